@@ -1,0 +1,62 @@
+//! Checking one user's entry in a `/keys/query` answer against what we knew.
+//!
+//! Every device must be self-signed and listed under its own user and device
+//! id. A known device whose identity keys changed is rejected and the old keys
+//! kept: the server accepts such a change silently, only a client can catch it.
+//! Devices the server no longer lists are marked deleted.
+
+use std::collections::BTreeMap;
+
+use ruma_common::{OwnedDeviceId, UserId, encryption::DeviceKeys, serde::Raw};
+use serde_json::Value;
+
+use super::{DeviceData, DeviceKeysError};
+use crate::olm::OwnIdentity;
+
+/// What one user's keys-query entry changed.
+#[derive(Debug, Default)]
+pub(crate) struct KeysQueryOutcome {
+    /// Devices that are new, updated, or newly marked deleted.
+    pub(crate) changed: Vec<DeviceData>,
+    /// Devices whose keys were refused, with the reason.
+    pub(crate) rejected: Vec<DeviceKeysError>,
+}
+
+/// Compares `listed` (the server's answer for `user_id`) with `known`.
+pub(crate) fn process_user_devices(
+    user_id: &UserId,
+    known: &BTreeMap<OwnedDeviceId, DeviceData>,
+    listed: &BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
+    own: &OwnIdentity,
+) -> KeysQueryOutcome {
+    let mut outcome = KeysQueryOutcome::default();
+    for (device_id, raw) in listed {
+        if user_id == own.user_id && *device_id == own.device_id {
+            continue; // our own device is not tracked as a peer
+        }
+        let parsed = raw
+            .deserialize_as_unchecked::<Value>()
+            .map_err(|e| DeviceKeysError::Malformed(e.to_string()))
+            .and_then(|value| DeviceData::from_signed_keys(value, user_id, Some(device_id)));
+        let accepted = parsed.and_then(|device| match known.get(device_id) {
+            Some(old) => old.accept_update(device),
+            _ => Ok(device),
+        });
+        match accepted {
+            Ok(device) if known.get(device_id) != Some(&device) => outcome.changed.push(device),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%user_id, %device_id, %error, "rejected device keys from /keys/query");
+                outcome.rejected.push(error);
+            }
+        }
+    }
+    for (device_id, device) in known {
+        if !listed.contains_key(device_id) && !device.is_deleted() {
+            let mut deleted = device.clone();
+            deleted.mark_deleted();
+            outcome.changed.push(deleted);
+        }
+    }
+    outcome
+}

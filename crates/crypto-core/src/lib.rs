@@ -1,0 +1,43 @@
+//! # hush-crypto-core
+//!
+//! The sans-I/O end-to-end encryption engine of hush, a Matrix E2EE SDK.
+//!
+//! [`OlmMachine`] holds one device's Olm account, its sessions with other
+//! devices and what it knows of those devices. It performs no I/O: it emits
+//! typed [`OutgoingRequest`]s, consumes their responses and each sync's
+//! changes, and saves every change through a [`CryptoStore`] in one atomic
+//! batch per input. Time is an input ([`Timestamp`]); nothing here reads a clock.
+//!
+//! See the [`OlmMachine`] documentation for the map of its methods and the
+//! order in which to drain its outputs.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod devices;
+mod machine;
+pub mod olm;
+mod requests;
+mod signing;
+pub mod store;
+mod time;
+
+pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
+pub use machine::{
+    DeviceListChanges, OlmDecryptionInfo, OlmMachine, OpenError, SyncChanges, SyncOutput, TO_DEVICE_BATCH,
+    ToDeviceEncryption, ToDeviceOutcome,
+};
+pub use olm::{OLM_ALGORITHM, OlmEncryptionError, OlmError};
+pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError};
+pub use signing::SignatureError;
+pub use store::{Changes, CryptoStore, MemoryStore, StoreError};
+pub use time::Timestamp;
+
+/// Re-exports of the ruma and vodozemac crates whose types appear in this API.
+pub mod deps {
+    pub use ruma_client_api;
+    pub use ruma_common;
+    pub use ruma_events;
+    pub use vodozemac;
+}

@@ -1,0 +1,42 @@
+//! Keeping the server stocked with our device keys, one-time keys and fallback key.
+
+use ruma_client_api::keys::upload_keys;
+use ruma_common::OneTimeKeyAlgorithm;
+
+use super::{OlmMachine, lock, pending::Meta};
+use crate::{AnyOutgoingRequest, StoreError, store::Changes};
+
+impl OlmMachine {
+    /// Lists a keys upload if the account holds keys the server lacks and no
+    /// upload is already waiting for its answer.
+    pub(super) async fn ensure_keys_upload_listed(&self) -> Result<(), StoreError> {
+        let account = self.inner.account.lock().await;
+        if lock(&self.inner.pending).has_keys_upload() {
+            return Ok(());
+        }
+        let request = account.keys_for_upload().map_err(|e| StoreError::serialization("keys upload", e))?;
+        if let Some(request) = request {
+            tracing::debug!(
+                one_time_keys = request.one_time_keys.len(),
+                fallback_keys = request.fallback_keys.len(),
+                device_keys = request.device_keys.is_some(),
+                "keys upload needed"
+            );
+            self.register(AnyOutgoingRequest::KeysUpload(request), Meta::None, true);
+        }
+        Ok(())
+    }
+
+    /// The server stored our keys: mark them published and save the account.
+    pub(super) async fn receive_keys_upload_response(
+        &self,
+        response: &upload_keys::v3::Response,
+    ) -> Result<(), StoreError> {
+        let mut account = self.inner.account.lock().await;
+        account.mark_keys_as_published(&response.one_time_key_counts);
+        let count = response.one_time_key_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519).map(|c| u64::from(*c));
+        account.update_key_counts(count, None);
+        let changes = Changes { account: Some(account.to_stored()), ..Default::default() };
+        self.save(Some(&mut account), None, changes).await
+    }
+}

@@ -1,0 +1,67 @@
+//! Requests handed out and not yet answered, in the order they were made.
+
+use ruma_common::{OwnedDeviceId, OwnedUserId, TransactionId};
+
+use crate::{AnyOutgoingRequest, OutgoingRequest};
+
+/// What the machine must remember about a request to apply its answer.
+#[derive(Clone, Debug)]
+pub(super) enum Meta {
+    /// Nothing beyond the request itself.
+    None,
+    /// The users queried, each with the generation of its dirty flag then.
+    KeysQuery(Vec<(OwnedUserId, u64)>),
+    /// The devices whose one-time keys were claimed.
+    KeysClaim(Vec<(OwnedUserId, OwnedDeviceId)>),
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Entry {
+    pub(super) request: OutgoingRequest,
+    pub(super) meta: Meta,
+    /// Listed by `outgoing_requests` (as opposed to returned by a command).
+    listed: bool,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    entries: Vec<Entry>,
+}
+
+impl Pending {
+    pub(super) fn insert(&mut self, request: OutgoingRequest, meta: Meta, listed: bool) {
+        self.entries.push(Entry { request, meta, listed });
+    }
+
+    pub(super) fn get(&self, id: &TransactionId) -> Option<Entry> {
+        self.entries.iter().find(|e| e.request.request_id() == id).cloned()
+    }
+
+    pub(super) fn remove(&mut self, id: &TransactionId) {
+        self.entries.retain(|e| e.request.request_id() != id);
+    }
+
+    pub(super) fn listed(&self) -> Vec<OutgoingRequest> {
+        self.entries.iter().filter(|e| e.listed).map(|e| e.request.clone()).collect()
+    }
+
+    pub(super) fn has_keys_upload(&self) -> bool {
+        self.entries.iter().any(|e| matches!(e.request.request(), AnyOutgoingRequest::KeysUpload(_)))
+    }
+
+    /// Users in a keys query that is still unanswered.
+    pub(super) fn users_being_queried(&self) -> impl Iterator<Item = &OwnedUserId> {
+        self.entries.iter().flat_map(|e| match &e.meta {
+            Meta::KeysQuery(users) => users.iter().map(|(u, _)| u).collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+    }
+
+    /// Devices in a keys claim that is still unanswered.
+    pub(super) fn devices_being_claimed(&self) -> impl Iterator<Item = &(OwnedUserId, OwnedDeviceId)> {
+        self.entries.iter().flat_map(|e| match &e.meta {
+            Meta::KeysClaim(devices) => devices.iter().collect::<Vec<_>>(),
+            _ => Vec::new(),
+        })
+    }
+}

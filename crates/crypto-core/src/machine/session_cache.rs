@@ -1,0 +1,42 @@
+//! The Olm sessions loaded from the store, by the other device's curve25519 key.
+
+use std::collections::HashMap;
+
+use vodozemac::Curve25519PublicKey;
+
+use crate::{
+    olm::Session,
+    store::{CryptoStore, StoreError},
+};
+
+/// Olm sessions in memory. Loaded per sender key on first use; the store
+/// stays the source of truth (the cache is dropped if a save fails).
+#[derive(Default)]
+pub(super) struct SessionCache {
+    by_key: HashMap<Curve25519PublicKey, Vec<Session>>,
+}
+
+impl std::fmt::Debug for SessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionCache").field("sender_keys", &self.by_key.len()).finish()
+    }
+}
+
+impl SessionCache {
+    /// The sessions with `key`, loading them from `store` if needed.
+    pub(super) async fn get_or_load(
+        &mut self,
+        store: &dyn CryptoStore,
+        key: Curve25519PublicKey,
+    ) -> Result<&mut Vec<Session>, StoreError> {
+        if !self.by_key.contains_key(&key) {
+            let stored = store.get_sessions(&key).await?;
+            self.by_key.insert(key, stored.into_iter().map(Session::from_stored).collect());
+        }
+        Ok(self.by_key.entry(key).or_default())
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.by_key.clear();
+    }
+}

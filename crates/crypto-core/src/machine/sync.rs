@@ -1,0 +1,157 @@
+//! One sync as one input: [`SyncChanges`] in, [`SyncOutput`] out, everything
+//! it changed saved in one batch before the call returns.
+
+use std::collections::BTreeMap;
+
+use js_int::UInt;
+use ruma_common::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, serde::Raw};
+use ruma_events::AnyToDeviceEvent;
+use serde_json::Value;
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
+
+use super::{OlmMachine, lock};
+use crate::{StoreError, Timestamp, olm::OlmError, store::Changes};
+
+/// Users whose device lists changed, from a sync's `device_lists`.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceListChanges {
+    /// Users whose devices changed: their lists are queried again.
+    pub changed: Vec<OwnedUserId>,
+    /// Users we no longer share an encrypted room with: no longer tracked.
+    pub left: Vec<OwnedUserId>,
+}
+
+/// The crypto-relevant parts of one `/sync` response.
+#[derive(Clone, Debug, Default)]
+pub struct SyncChanges {
+    /// `to_device.events`.
+    pub to_device_events: Vec<Raw<AnyToDeviceEvent>>,
+    /// `device_lists`.
+    pub device_lists: DeviceListChanges,
+    /// `device_one_time_keys_count` (empty if the server sent none).
+    pub one_time_keys_counts: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    /// `device_unused_fallback_key_types` (`None` if the server does not support fallback keys).
+    pub unused_fallback_keys: Option<Vec<OneTimeKeyAlgorithm>>,
+    /// `next_batch`, saved with the rest so sync and crypto state agree.
+    pub next_batch_token: Option<String>,
+}
+
+/// Who sent an Olm-encrypted to-device event, and over which session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OlmDecryptionInfo {
+    /// The sending user (the event's `sender`, matched by the plaintext).
+    pub sender: OwnedUserId,
+    /// The sending device, if known from a keys query or proven by `sender_device_keys`.
+    pub sender_device: Option<OwnedDeviceId>,
+    /// The sender's curve25519 key (authenticated by the Olm session).
+    pub sender_curve25519_key: Curve25519PublicKey,
+    /// The ed25519 key the plaintext claims (checked against the known device).
+    pub sender_ed25519_key: Ed25519PublicKey,
+    /// The Olm session that decrypted it.
+    pub session_id: String,
+    /// The decrypted event's type.
+    pub event_type: String,
+}
+
+/// What became of one to-device event.
+#[derive(Clone, Debug)]
+pub enum ToDeviceOutcome {
+    /// An Olm-encrypted event, decrypted and checked: `{sender, type, content}`.
+    Decrypted {
+        /// The decrypted event.
+        event: Raw<AnyToDeviceEvent>,
+        /// Who sent it, over which session.
+        info: OlmDecryptionInfo,
+    },
+    /// An event that was not encrypted, passed on unchanged.
+    PlainText(Raw<AnyToDeviceEvent>),
+    /// An event that was rejected; nothing stored changed because of it.
+    Failed {
+        /// The event as received.
+        event: Raw<AnyToDeviceEvent>,
+        /// Why it was rejected.
+        error: OlmError,
+    },
+}
+
+/// What a sync produced.
+#[derive(Clone, Debug, Default)]
+pub struct SyncOutput {
+    /// One outcome per to-device event, in order.
+    pub to_device: Vec<ToDeviceOutcome>,
+}
+
+impl OlmMachine {
+    /// Processes one sync: device-list changes, key counts (generating keys
+    /// to upload if needed), and every to-device event, decrypting Olm ones.
+    /// Everything it changed is saved in one batch, with `next_batch_token`,
+    /// before it returns; only then should the caller store its sync token.
+    /// A bad event fails alone (see [`ToDeviceOutcome::Failed`]); a store
+    /// failure fails the call and nothing of the sync is acknowledged.
+    pub async fn receive_sync_changes(&self, sync: SyncChanges, now: Timestamp) -> Result<SyncOutput, StoreError> {
+        let SyncChanges {
+            to_device_events,
+            device_lists,
+            one_time_keys_counts,
+            unused_fallback_keys,
+            next_batch_token,
+        } = sync;
+        let mut account = self.inner.account.lock().await;
+        let mut sessions = self.inner.sessions.lock().await;
+        let mut changes = Changes { next_batch_token, ..Default::default() };
+
+        self.apply_device_list_changes(&device_lists, &mut changes);
+
+        // While an upload is unanswered its keys are not yet published; the
+        // counts are applied after the answer, never by generating more now.
+        if !lock(&self.inner.pending).has_keys_upload() {
+            let count = if one_time_keys_counts.is_empty() {
+                None
+            } else {
+                Some(one_time_keys_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519).map_or(0, |c| u64::from(*c)))
+            };
+            if account.update_key_counts(count, unused_fallback_keys.as_deref()) {
+                changes.account = Some(account.to_stored());
+            }
+        }
+
+        let mut output = SyncOutput::default();
+        for raw in to_device_events {
+            let outcome = self.receive_to_device(&mut account, &mut sessions, raw, now, &mut changes).await?;
+            output.to_device.push(outcome);
+        }
+        if changes.account.is_some() {
+            // Inbound sessions consumed one-time keys: save the final account.
+            changes.account = Some(account.to_stored());
+        }
+        self.save(Some(&mut account), Some(&mut sessions), changes).await?;
+        Ok(output)
+    }
+
+    async fn receive_to_device(
+        &self,
+        account: &mut crate::olm::Account,
+        sessions: &mut super::session_cache::SessionCache,
+        raw: Raw<AnyToDeviceEvent>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<ToDeviceOutcome, StoreError> {
+        let value: Value = match raw.deserialize_as_unchecked() {
+            Ok(value) => value,
+            Err(e) => return Ok(ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e.to_string()) }),
+        };
+        if value.get("type").and_then(Value::as_str) != Some("m.room.encrypted") {
+            return Ok(ToDeviceOutcome::PlainText(raw));
+        }
+        Ok(match self.decrypt_olm_event(account, sessions, &value, now, changes).await? {
+            Ok((event, info)) => match Raw::new(&event) {
+                Ok(event) => ToDeviceOutcome::Decrypted { event: event.cast_unchecked(), info },
+                Err(e) => ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e.to_string()) },
+            },
+            Err(error) => {
+                tracing::warn!(%error, "rejected an encrypted to-device event");
+                ToDeviceOutcome::Failed { event: raw, error }
+            }
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! [`Account`]: this device's Olm account, its signed device keys, and the
+//! one-time and fallback keys it keeps on the server.
+//!
+//! Keys are generated and persisted before they are offered for upload, so an
+//! upload that was never acknowledged is repeated with the very same keys after
+//! a restart (never fresh keys under reused ids).
+
+use std::collections::BTreeMap;
+
+use ruma_client_api::keys::upload_keys;
+use ruma_common::{
+    DeviceId, OneTimeKeyAlgorithm, OneTimeKeyId, OwnedDeviceId, OwnedOneTimeKeyId, OwnedOneTimeKeyName, OwnedUserId,
+    encryption::OneTimeKey, serde::Raw,
+};
+use serde_json::{Value, json};
+use vodozemac::{
+    Curve25519PublicKey, Ed25519PublicKey, KeyId,
+    olm::{Account as OlmAccount, InboundCreationResult, PreKeyMessage, Session, SessionConfig, SessionCreationError},
+};
+
+use crate::{
+    Timestamp,
+    signing::{SignatureError, sign_json},
+    store::StoredAccount,
+};
+
+/// Algorithms our device keys advertise.
+pub(crate) const SUPPORTED_ALGORITHMS: [&str; 2] = ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"];
+
+/// This device's Olm account.
+pub(crate) struct Account {
+    inner: OlmAccount,
+    user_id: OwnedUserId,
+    device_id: OwnedDeviceId,
+    device_keys_uploaded: bool,
+    uploaded_one_time_key_count: u64,
+    created_at: Timestamp,
+}
+
+impl Account {
+    /// A fresh account with a first batch of one-time keys and a fallback key.
+    pub(crate) fn new(user_id: OwnedUserId, device_id: OwnedDeviceId, now: Timestamp) -> Self {
+        let mut account = Self {
+            inner: OlmAccount::new(),
+            user_id,
+            device_id,
+            device_keys_uploaded: false,
+            uploaded_one_time_key_count: 0,
+            created_at: now,
+        };
+        account.generate_one_time_keys_if_needed();
+        account.inner.generate_fallback_key();
+        account
+    }
+
+    pub(crate) fn from_stored(stored: StoredAccount) -> Self {
+        let StoredAccount { user_id, device_id, pickle, device_keys_uploaded, uploaded_one_time_key_count, created_at } =
+            stored;
+        Self {
+            inner: OlmAccount::from_pickle(pickle),
+            user_id,
+            device_id,
+            device_keys_uploaded,
+            uploaded_one_time_key_count,
+            created_at,
+        }
+    }
+
+    pub(crate) fn to_stored(&self) -> StoredAccount {
+        StoredAccount {
+            user_id: self.user_id.clone(),
+            device_id: self.device_id.clone(),
+            pickle: self.inner.pickle(),
+            device_keys_uploaded: self.device_keys_uploaded,
+            uploaded_one_time_key_count: self.uploaded_one_time_key_count,
+            created_at: self.created_at,
+        }
+    }
+
+    pub(crate) fn device_id(&self) -> &DeviceId {
+        &self.device_id
+    }
+
+    pub(crate) fn ed25519_key(&self) -> Ed25519PublicKey {
+        self.inner.ed25519_key()
+    }
+
+    pub(crate) fn curve25519_key(&self) -> Curve25519PublicKey {
+        self.inner.curve25519_key()
+    }
+
+    /// How many one-time keys the server should hold: half of what the
+    /// account can remember, so pre-key messages in flight still find theirs.
+    fn one_time_key_target(&self) -> u64 {
+        (self.inner.max_number_of_one_time_keys() / 2) as u64
+    }
+
+    /// Our device keys, signed with our ed25519 key.
+    pub(crate) fn signed_device_keys(&self) -> Result<Value, SignatureError> {
+        let device_id = &self.device_id;
+        let mut keys = json!({
+            "user_id": self.user_id,
+            "device_id": device_id,
+            "algorithms": SUPPORTED_ALGORITHMS,
+            "keys": {
+                format!("curve25519:{device_id}"): self.curve25519_key().to_base64(),
+                format!("ed25519:{device_id}"): self.ed25519_key().to_base64(),
+            },
+        });
+        self.sign(&mut keys)?;
+        Ok(keys)
+    }
+
+    fn sign(&self, value: &mut Value) -> Result<(), SignatureError> {
+        sign_json(value, &self.user_id, &format!("ed25519:{}", self.device_id), |m| self.inner.sign(m))
+    }
+
+    fn signed_key(&self, key: Curve25519PublicKey, fallback: bool) -> Result<Raw<OneTimeKey>, SignatureError> {
+        let mut value = json!({ "key": key.to_base64() });
+        if fallback {
+            value["fallback"] = Value::Bool(true);
+        }
+        self.sign(&mut value)?;
+        Raw::new(&value).map(Raw::cast_unchecked).map_err(|e| SignatureError::NotCanonical(e.to_string()))
+    }
+
+    fn signed_keys(
+        &self,
+        keys: impl IntoIterator<Item = (KeyId, Curve25519PublicKey)>,
+        fallback: bool,
+    ) -> Result<BTreeMap<OwnedOneTimeKeyId, Raw<OneTimeKey>>, SignatureError> {
+        keys.into_iter()
+            .map(|(id, key)| {
+                let name = OwnedOneTimeKeyName::from(id.to_base64());
+                let key_id = OneTimeKeyId::from_parts(OneTimeKeyAlgorithm::SignedCurve25519, &name);
+                Ok((key_id, self.signed_key(key, fallback)?))
+            })
+            .collect()
+    }
+
+    /// The upload the server still lacks, or `None` if it has everything.
+    /// Built only from persisted state, so it is identical after a restart.
+    pub(crate) fn keys_for_upload(&self) -> Result<Option<upload_keys::v3::Request>, SignatureError> {
+        let mut request = upload_keys::v3::Request::new();
+        if !self.device_keys_uploaded {
+            let keys = self.signed_device_keys()?;
+            request.device_keys = Some(
+                Raw::new(&keys).map(Raw::cast_unchecked).map_err(|e| SignatureError::NotCanonical(e.to_string()))?,
+            );
+        }
+        request.one_time_keys = self.signed_keys(self.inner.one_time_keys(), false)?;
+        request.fallback_keys = self.signed_keys(self.inner.fallback_key(), true)?;
+        let empty =
+            request.device_keys.is_none() && request.one_time_keys.is_empty() && request.fallback_keys.is_empty();
+        Ok((!empty).then_some(request))
+    }
+
+    /// The server acknowledged an upload: everything in it is published.
+    pub(crate) fn mark_keys_as_published(&mut self, one_time_key_counts: &BTreeMap<OneTimeKeyAlgorithm, js_int::UInt>) {
+        self.device_keys_uploaded = true;
+        self.inner.mark_keys_as_published();
+        if let Some(count) = one_time_key_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519) {
+            self.uploaded_one_time_key_count = u64::from(*count);
+        }
+    }
+
+    fn has_unpublished_one_time_keys(&self) -> bool {
+        !self.inner.one_time_keys().is_empty()
+    }
+
+    fn generate_one_time_keys_if_needed(&mut self) -> bool {
+        if self.has_unpublished_one_time_keys() {
+            return false;
+        }
+        let target = self.one_time_key_target();
+        let missing = target.saturating_sub(self.uploaded_one_time_key_count);
+        if missing == 0 {
+            return false;
+        }
+        self.inner.generate_one_time_keys(usize::try_from(missing).unwrap_or(usize::MAX));
+        true
+    }
+
+    /// Applies the key counts from a sync. Returns whether the account changed
+    /// (new keys to upload), so the caller persists it.
+    pub(crate) fn update_key_counts(
+        &mut self,
+        one_time_key_count: Option<u64>,
+        unused_fallback_keys: Option<&[OneTimeKeyAlgorithm]>,
+    ) -> bool {
+        let mut changed = false;
+        if let Some(count) = one_time_key_count
+            && self.device_keys_uploaded
+        {
+            if count != self.uploaded_one_time_key_count {
+                self.uploaded_one_time_key_count = count;
+                changed = true;
+            }
+            changed |= self.generate_one_time_keys_if_needed();
+        }
+        if let Some(unused) = unused_fallback_keys
+            && self.device_keys_uploaded
+            && !unused.contains(&OneTimeKeyAlgorithm::SignedCurve25519)
+            && self.inner.fallback_key().is_empty()
+        {
+            // The server handed our fallback key out: rotate it. The previous
+            // one stays usable until the next rotation, for messages in flight.
+            self.inner.forget_fallback_key();
+            self.inner.generate_fallback_key();
+            changed = true;
+        }
+        changed
+    }
+
+    /// Creates an inbound session from a pre-key message, removing the
+    /// one-time key it used.
+    pub(crate) fn create_inbound_session(
+        &mut self,
+        their_identity_key: Curve25519PublicKey,
+        message: &PreKeyMessage,
+    ) -> Result<InboundCreationResult, SessionCreationError> {
+        self.inner.create_inbound_session(SessionConfig::version_1(), their_identity_key, message)
+    }
+
+    /// Creates an outbound session from another device's identity and one-time key.
+    pub(crate) fn create_outbound_session(
+        &self,
+        identity_key: Curve25519PublicKey,
+        one_time_key: Curve25519PublicKey,
+    ) -> Result<Session, SessionCreationError> {
+        self.inner.create_outbound_session(SessionConfig::version_1(), identity_key, one_time_key)
+    }
+
+    /// A copy of the account, made through its pickle (vodozemac accounts are
+    /// not `Clone`); used to undo changes an input turned out not to justify.
+    pub(crate) fn snapshot(&self) -> Self {
+        Self::from_stored(self.to_stored())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use js_int::uint;
+    use ruma_common::{owned_device_id, owned_user_id};
+
+    use super::*;
+    use crate::signing::verify_json;
+
+    fn account() -> Account {
+        Account::new(owned_user_id!("@alice:example.org"), owned_device_id!("ALICEDEV"), Timestamp::EPOCH)
+    }
+
+    #[test]
+    fn first_upload_has_signed_device_keys_otks_and_fallback() {
+        let account = account();
+        let request = account.keys_for_upload().unwrap().unwrap();
+        let keys: Value = request.device_keys.unwrap().deserialize_as_unchecked().unwrap();
+        verify_json(&keys, &account.user_id, "ed25519:ALICEDEV", &account.ed25519_key()).unwrap();
+        assert_eq!(request.one_time_keys.len(), 25);
+        assert_eq!(request.fallback_keys.len(), 1);
+        for (id, key) in &request.one_time_keys {
+            assert!(id.as_str().starts_with("signed_curve25519:"));
+            let key: Value = key.deserialize_as_unchecked().unwrap();
+            verify_json(&key, &account.user_id, "ed25519:ALICEDEV", &account.ed25519_key()).unwrap();
+        }
+    }
+
+    #[test]
+    fn upload_is_identical_after_a_pickle_round_trip() {
+        let account = account();
+        let before = serde_json::to_string(&account.keys_for_upload().unwrap().unwrap().one_time_keys).unwrap();
+        let reopened = Account::from_stored(account.to_stored());
+        let after = serde_json::to_string(&reopened.keys_for_upload().unwrap().unwrap().one_time_keys).unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn published_keys_are_topped_up_from_sync_counts() {
+        let mut account = account();
+        account.mark_keys_as_published(&BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, uint!(25))]));
+        assert!(account.keys_for_upload().unwrap().is_none());
+        assert!(!account.update_key_counts(Some(25), Some(&[OneTimeKeyAlgorithm::SignedCurve25519])));
+        assert!(account.update_key_counts(Some(20), None));
+        assert_eq!(account.keys_for_upload().unwrap().unwrap().one_time_keys.len(), 5);
+        // While keys are unpublished, a further drop does not generate more.
+        assert!(account.update_key_counts(Some(19), None));
+        assert_eq!(account.keys_for_upload().unwrap().unwrap().one_time_keys.len(), 5);
+    }
+
+    #[test]
+    fn used_fallback_key_is_rotated_once() {
+        let mut account = account();
+        account.mark_keys_as_published(&BTreeMap::new());
+        assert!(account.update_key_counts(None, Some(&[])));
+        let request = account.keys_for_upload().unwrap().unwrap();
+        assert_eq!(request.fallback_keys.len(), 1);
+        // Until the new one is published, no second rotation.
+        assert!(!account.update_key_counts(None, Some(&[])));
+    }
+}

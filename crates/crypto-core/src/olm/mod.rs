@@ -1,0 +1,15 @@
+//! Olm: this device's account, its sessions with other devices, and the
+//! encrypted to-device wire format.
+
+mod account;
+mod error;
+mod payload;
+mod session;
+
+pub(crate) use account::Account;
+pub use error::{OlmEncryptionError, OlmError};
+pub use payload::OLM_ALGORITHM;
+pub(crate) use payload::{
+    CheckedPlaintext, OwnIdentity, build_plaintext, check_plaintext, encrypted_content, parse_incoming,
+};
+pub(crate) use session::Session;

@@ -1,0 +1,131 @@
+//! Outgoing requests the machine asks its caller to send, and the responses
+//! the caller hands back through `mark_request_as_sent`.
+
+use ruma_client_api::{
+    keys::{claim_keys, get_keys, upload_keys},
+    to_device::send_event_to_device,
+};
+use ruma_common::{OwnedTransactionId, TransactionId};
+
+/// A request for the homeserver, with the id under which its response is
+/// handed back to [`OlmMachine::mark_request_as_sent`](crate::OlmMachine::mark_request_as_sent).
+#[derive(Clone, Debug)]
+pub struct OutgoingRequest {
+    id: OwnedTransactionId,
+    request: AnyOutgoingRequest,
+}
+
+impl OutgoingRequest {
+    pub(crate) fn new(request: AnyOutgoingRequest) -> Self {
+        Self { id: TransactionId::new(), request }
+    }
+
+    pub(crate) fn with_id(id: OwnedTransactionId, request: AnyOutgoingRequest) -> Self {
+        Self { id, request }
+    }
+
+    /// The id to answer this request with. For to-device requests it is also
+    /// the transaction id, so the server drops a repeated send.
+    pub fn request_id(&self) -> &TransactionId {
+        &self.id
+    }
+
+    /// The request itself.
+    pub fn request(&self) -> &AnyOutgoingRequest {
+        &self.request
+    }
+}
+
+/// The kinds of request crypto-core emits, as ruma-client-api request values.
+#[derive(Clone, Debug)]
+pub enum AnyOutgoingRequest {
+    /// `POST /keys/upload`: device keys, one-time keys, fallback keys.
+    KeysUpload(upload_keys::v3::Request),
+    /// `POST /keys/query`: device lists of tracked users.
+    KeysQuery(get_keys::v3::Request),
+    /// `POST /keys/claim`: one-time keys for new Olm sessions.
+    KeysClaim(claim_keys::v3::Request),
+    /// `PUT /sendToDevice/{type}/{txnId}`: encrypted to-device messages.
+    ToDevice(send_event_to_device::v3::Request),
+}
+
+/// A homeserver response, handed back with the id of the request it answers.
+#[derive(Clone, Copy, Debug)]
+pub enum AnyIncomingResponse<'a> {
+    /// Answer to [`AnyOutgoingRequest::KeysUpload`].
+    KeysUpload(&'a upload_keys::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::KeysQuery`].
+    KeysQuery(&'a get_keys::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::KeysClaim`].
+    KeysClaim(&'a claim_keys::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::ToDevice`].
+    ToDevice(&'a send_event_to_device::v3::Response),
+}
+
+impl<'a> From<&'a upload_keys::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a upload_keys::v3::Response) -> Self {
+        Self::KeysUpload(response)
+    }
+}
+
+impl<'a> From<&'a get_keys::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a get_keys::v3::Response) -> Self {
+        Self::KeysQuery(response)
+    }
+}
+
+impl<'a> From<&'a claim_keys::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a claim_keys::v3::Response) -> Self {
+        Self::KeysClaim(response)
+    }
+}
+
+impl<'a> From<&'a send_event_to_device::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a send_event_to_device::v3::Response) -> Self {
+        Self::ToDevice(response)
+    }
+}
+
+/// Why a response was not accepted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    /// No request with this id is waiting for an answer (already answered, or
+    /// from before a restart).
+    #[error("no outstanding request with id {0}")]
+    UnknownRequest(OwnedTransactionId),
+    /// The response is of another kind than the request.
+    #[error("request {id} is a {expected} request, got a {found} response")]
+    KindMismatch {
+        /// The request id.
+        id: OwnedTransactionId,
+        /// The kind of the request.
+        expected: &'static str,
+        /// The kind of the response.
+        found: &'static str,
+    },
+    /// Saving what the response changed failed; the response was not applied.
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
+impl AnyOutgoingRequest {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::KeysUpload(_) => "keys upload",
+            Self::KeysQuery(_) => "keys query",
+            Self::KeysClaim(_) => "keys claim",
+            Self::ToDevice(_) => "to-device",
+        }
+    }
+}
+
+impl AnyIncomingResponse<'_> {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::KeysUpload(_) => "keys upload",
+            Self::KeysQuery(_) => "keys query",
+            Self::KeysClaim(_) => "keys claim",
+            Self::ToDevice(_) => "to-device",
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! [`Changes`]: everything one input changed, saved in one atomic batch.
+
+use ruma_common::OwnedUserId;
+
+use super::types::{StoredAccount, StoredSession, TrackedUser};
+use crate::devices::DeviceData;
+
+/// Everything one input to the machine changed. A store applies a `Changes`
+/// value entirely or not at all, before the input's call returns.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// The account, if it changed (keys generated, published, used).
+    pub account: Option<StoredAccount>,
+    /// Olm sessions created or advanced.
+    pub sessions: Vec<StoredSession>,
+    /// Devices added or updated (including ones marked deleted).
+    pub devices: Vec<DeviceData>,
+    /// Users newly tracked or whose dirty flag changed.
+    pub tracked_users: Vec<TrackedUser>,
+    /// Users no longer tracked.
+    pub untracked_users: Vec<OwnedUserId>,
+    /// The sync token of the sync whose changes these are.
+    pub next_batch_token: Option<String>,
+}
+
+impl Changes {
+    /// Whether nothing changed. Destructures the struct so that a new field
+    /// cannot be forgotten here.
+    pub fn is_empty(&self) -> bool {
+        let Self { account, sessions, devices, tracked_users, untracked_users, next_batch_token } = self;
+        account.is_none()
+            && sessions.is_empty()
+            && devices.is_empty()
+            && tracked_users.is_empty()
+            && untracked_users.is_empty()
+            && next_batch_token.is_none()
+    }
+
+    /// Appends `other`; where both set a single value, `other` wins.
+    pub fn extend(&mut self, other: Self) {
+        let Self { account, sessions, devices, tracked_users, untracked_users, next_batch_token } = other;
+        if account.is_some() {
+            self.account = account;
+        }
+        self.sessions.extend(sessions);
+        self.devices.extend(devices);
+        self.tracked_users.extend(tracked_users);
+        self.untracked_users.extend(untracked_users);
+        if next_batch_token.is_some() {
+            self.next_batch_token = next_batch_token;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma_common::owned_user_id;
+
+    use super::*;
+
+    #[test]
+    fn empty_until_something_is_set() {
+        let mut changes = Changes::default();
+        assert!(changes.is_empty());
+        changes.untracked_users.push(owned_user_id!("@a:b.c"));
+        assert!(!changes.is_empty());
+        let mut other = Changes { next_batch_token: Some("t".into()), ..Default::default() };
+        other.extend(changes);
+        assert_eq!(other.untracked_users.len(), 1);
+        assert_eq!(other.next_batch_token.as_deref(), Some("t"));
+    }
+}

@@ -1,0 +1,39 @@
+//! Errors a [`CryptoStore`](super::CryptoStore) reports.
+
+/// A storage failure. Store errors are never caused by a peer; they abort the
+/// input that needed the store, and nothing of that input is acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A stored value could not be encoded or decoded.
+    #[error("stored {what} could not be (de)serialized: {reason}")]
+    Serialization {
+        /// What kind of value failed (account, session, device ...).
+        what: &'static str,
+        /// The codec's message.
+        reason: String,
+    },
+    /// The backend failed (I/O error, transaction aborted, ...).
+    #[error("store backend failed: {0}")]
+    Backend(String),
+    /// The store file is damaged: a value failed its integrity check or is truncated.
+    #[error("the store is corrupt: {0}")]
+    Corrupt(String),
+    /// The passphrase (or raw key) does not open this store.
+    #[error("the passphrase does not open this store")]
+    WrongPassphrase,
+    /// The store was written by a newer version of hush.
+    #[error("store schema version {found} is newer than the supported version {supported}")]
+    UnsupportedSchema {
+        /// The version found in the store.
+        found: u32,
+        /// The newest version this build understands.
+        supported: u32,
+    },
+}
+
+impl StoreError {
+    /// A serialization failure of the named kind of value.
+    pub fn serialization(what: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Serialization { what, reason: error.to_string() }
+    }
+}

@@ -1,0 +1,125 @@
+//! [`MemoryStore`]: a [`CryptoStore`] that keeps everything in memory.
+//!
+//! Values are held serialized, as a persistent store would, so that a store
+//! round trip is exercised even in memory-only tests. Nothing survives the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Serialize, de::DeserializeOwned};
+use vodozemac::Curve25519PublicKey;
+use zeroize::Zeroizing;
+
+use super::{Changes, CryptoStore, StoreError, StoredAccount, StoredSession, TrackedUser};
+use crate::devices::DeviceData;
+
+type Bytes = Zeroizing<Vec<u8>>;
+
+#[derive(Default)]
+struct Tables {
+    account: Option<Bytes>,
+    /// sender key (base64) -> session id -> session
+    sessions: HashMap<String, BTreeMap<String, Bytes>>,
+    devices: HashMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>>,
+    tracked_users: BTreeMap<OwnedUserId, TrackedUser>,
+    next_batch_token: Option<String>,
+}
+
+/// An in-memory [`CryptoStore`]: every key is lost when it is dropped.
+#[derive(Default)]
+pub struct MemoryStore {
+    tables: Mutex<Tables>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn tables(&self) -> MutexGuard<'_, Tables> {
+        // A panic while holding the lock cannot leave a half-applied batch:
+        // batches are fully encoded before the lock is taken.
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(value).map(Zeroizing::new).map_err(|e| StoreError::serialization(what, e))
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::serialization(what, e))
+}
+
+#[async_trait]
+impl CryptoStore for MemoryStore {
+    async fn load_account(&self) -> Result<Option<StoredAccount>, StoreError> {
+        self.tables().account.as_ref().map(|b| decode("account", b)).transpose()
+    }
+
+    async fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
+        let Changes { account, sessions, devices, tracked_users, untracked_users, next_batch_token } = changes;
+        // Encode everything first, so a failure leaves the tables untouched.
+        let account = account.map(|a| encode("account", &a)).transpose()?;
+        let sessions = sessions
+            .iter()
+            .map(|s| Ok((s.sender_key.to_base64(), s.session_id.clone(), encode("session", s)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+
+        let mut tables = self.tables();
+        if let Some(account) = account {
+            tables.account = Some(account);
+        }
+        for (sender_key, session_id, bytes) in sessions {
+            tables.sessions.entry(sender_key).or_default().insert(session_id, bytes);
+        }
+        for device in devices {
+            tables
+                .devices
+                .entry(device.user_id().to_owned())
+                .or_default()
+                .insert(device.device_id().to_owned(), device);
+        }
+        for user in tracked_users {
+            tables.tracked_users.insert(user.user_id.clone(), user);
+        }
+        for user in untracked_users {
+            tables.tracked_users.remove(&user);
+        }
+        if next_batch_token.is_some() {
+            tables.next_batch_token = next_batch_token;
+        }
+        Ok(())
+    }
+
+    async fn get_sessions(&self, sender_key: &Curve25519PublicKey) -> Result<Vec<StoredSession>, StoreError> {
+        let tables = self.tables();
+        let Some(sessions) = tables.sessions.get(&sender_key.to_base64()) else { return Ok(Vec::new()) };
+        sessions.values().map(|b| decode("session", b)).collect()
+    }
+
+    async fn get_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceData>, StoreError> {
+        Ok(self.tables().devices.get(user_id).and_then(|d| d.get(device_id)).cloned())
+    }
+
+    async fn get_user_devices(&self, user_id: &UserId) -> Result<BTreeMap<OwnedDeviceId, DeviceData>, StoreError> {
+        Ok(self.tables().devices.get(user_id).cloned().unwrap_or_default())
+    }
+
+    async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {
+        Ok(self.tables().tracked_users.values().cloned().collect())
+    }
+
+    async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.tables().next_batch_token.clone())
+    }
+}

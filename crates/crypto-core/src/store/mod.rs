@@ -1,0 +1,50 @@
+//! Storage: the [`CryptoStore`] trait every backend implements, the
+//! [`Changes`] batch it saves atomically, and the in-memory [`MemoryStore`].
+
+mod changes;
+mod error;
+mod memory;
+mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use ruma_common::{DeviceId, OwnedDeviceId, UserId};
+use vodozemac::Curve25519PublicKey;
+
+pub use changes::Changes;
+pub use error::StoreError;
+pub use memory::MemoryStore;
+pub use types::{StoredAccount, StoredSession, TrackedUser};
+
+use crate::devices::DeviceData;
+
+/// Persistent state of one device's crypto engine.
+///
+/// Object-safe: the machine holds an `Arc<dyn CryptoStore>`. Every write goes
+/// through [`save_changes`](Self::save_changes), which must apply the whole
+/// batch atomically. Reads are by key; nothing requires loading everything.
+#[async_trait]
+pub trait CryptoStore: fmt::Debug + Send + Sync {
+    /// The account, or `None` for a new store.
+    async fn load_account(&self) -> Result<Option<StoredAccount>, StoreError>;
+
+    /// Applies `changes` atomically: after an error nothing of it is visible.
+    async fn save_changes(&self, changes: Changes) -> Result<(), StoreError>;
+
+    /// All Olm sessions with the device whose curve25519 key is `sender_key`.
+    async fn get_sessions(&self, sender_key: &Curve25519PublicKey) -> Result<Vec<StoredSession>, StoreError>;
+
+    /// One device of a user.
+    async fn get_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceData>, StoreError>;
+
+    /// Every known device of a user, including ones marked deleted.
+    async fn get_user_devices(&self, user_id: &UserId) -> Result<BTreeMap<OwnedDeviceId, DeviceData>, StoreError>;
+
+    /// Every tracked user with its dirty flag.
+    async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError>;
+
+    /// The sync token saved with the last processed sync.
+    async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError>;
+}

@@ -1,0 +1,76 @@
+//! The records a [`CryptoStore`](super::CryptoStore) persists.
+//!
+//! Each record is a plain serializable value. Records that hold secrets
+//! (account and session pickles) do not implement `Debug` with their contents.
+
+use std::fmt;
+
+use ruma_common::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+use vodozemac::{Curve25519PublicKey, olm::AccountPickle, olm::SessionPickle};
+
+use crate::Timestamp;
+
+/// The device's own Olm account and its upload state.
+#[derive(Serialize, Deserialize)]
+pub struct StoredAccount {
+    /// The user the account belongs to.
+    pub user_id: OwnedUserId,
+    /// The device the account belongs to.
+    pub device_id: OwnedDeviceId,
+    /// The vodozemac account: identity keys, one-time and fallback keys (secret).
+    pub pickle: AccountPickle,
+    /// Whether the server acknowledged our device keys.
+    pub device_keys_uploaded: bool,
+    /// The server's count of our `signed_curve25519` one-time keys, as last reported.
+    pub uploaded_one_time_key_count: u64,
+    /// When the account was created.
+    #[serde(default)]
+    pub created_at: Timestamp,
+}
+
+impl fmt::Debug for StoredAccount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredAccount")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("device_keys_uploaded", &self.device_keys_uploaded)
+            .field("uploaded_one_time_key_count", &self.uploaded_one_time_key_count)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One Olm session with another device.
+#[derive(Serialize, Deserialize)]
+pub struct StoredSession {
+    /// The other device's curve25519 identity key.
+    pub sender_key: Curve25519PublicKey,
+    /// The session id (stable across ratchet steps).
+    pub session_id: String,
+    /// The ratchet state (secret).
+    pub pickle: SessionPickle,
+    /// When the session was created.
+    pub created_at: Timestamp,
+    /// When the session last encrypted or decrypted a message.
+    pub last_used_at: Timestamp,
+}
+
+impl fmt::Debug for StoredSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSession")
+            .field("sender_key", &self.sender_key)
+            .field("session_id", &self.session_id)
+            .field("created_at", &self.created_at)
+            .field("last_used_at", &self.last_used_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user whose devices we track.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedUser {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// Whether the device list must be queried again.
+    pub dirty: bool,
+}

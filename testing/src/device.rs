@@ -1,0 +1,140 @@
+//! [`TestDevice`]: one engine and the small client loop around it.
+
+use std::sync::Arc;
+
+use hush_crypto_core::{
+    AnyOutgoingRequest, CryptoStore, MemoryStore, OlmMachine, OutgoingRequest, SyncOutput, ToDeviceOutcome,
+};
+use ruma_client_api::to_device::send_event_to_device;
+use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde_json::Value;
+
+use crate::{TestServer, VirtualClock};
+
+/// One device in a scenario: an [`OlmMachine`] wired to a [`TestServer`].
+#[derive(Debug)]
+pub struct TestDevice {
+    /// The engine under test.
+    pub machine: OlmMachine,
+    /// The device's user.
+    pub user_id: OwnedUserId,
+    /// The device id.
+    pub device_id: OwnedDeviceId,
+    server: Arc<TestServer>,
+    clock: VirtualClock,
+    syncs: u64,
+}
+
+impl TestDevice {
+    /// A device with a fresh [`MemoryStore`], keys uploaded.
+    pub async fn new(server: &Arc<TestServer>, clock: &VirtualClock, user_id: &UserId, device_id: &str) -> Self {
+        Self::with_store(server, clock, user_id, device_id, Arc::new(MemoryStore::new())).await
+    }
+
+    /// A device on the given store, keys uploaded.
+    pub async fn with_store(
+        server: &Arc<TestServer>,
+        clock: &VirtualClock,
+        user_id: &UserId,
+        device_id: &str,
+        store: Arc<dyn CryptoStore>,
+    ) -> Self {
+        let device_id: OwnedDeviceId = device_id.into();
+        let machine = OlmMachine::open(user_id, &device_id, store, clock.now()).await.expect("open the machine");
+        let device = Self {
+            machine,
+            user_id: user_id.to_owned(),
+            device_id,
+            server: server.clone(),
+            clock: clock.clone(),
+            syncs: 0,
+        };
+        device.drain().await;
+        device
+    }
+
+    /// Sends one request to the server and hands the answer back.
+    pub async fn send(&self, request: &OutgoingRequest) {
+        let now = self.clock.now();
+        let id = request.request_id();
+        let result = match request.request() {
+            AnyOutgoingRequest::KeysUpload(r) => {
+                let response =
+                    self.server.upload_keys(&self.user_id, &self.device_id, r).expect("keys upload accepted");
+                self.machine.mark_request_as_sent(id, &response, now).await
+            }
+            AnyOutgoingRequest::KeysQuery(r) => {
+                self.machine.mark_request_as_sent(id, &self.server.query_keys(r), now).await
+            }
+            AnyOutgoingRequest::KeysClaim(r) => {
+                self.machine.mark_request_as_sent(id, &self.server.claim_keys(r), now).await
+            }
+            AnyOutgoingRequest::ToDevice(r) => {
+                self.server.send_to_device(&self.user_id, r);
+                self.machine.mark_request_as_sent(id, &send_event_to_device::v3::Response::new(), now).await
+            }
+        };
+        result.expect("response accepted");
+    }
+
+    /// Sends every outgoing request until none is left.
+    pub async fn drain(&self) {
+        for _ in 0..10 {
+            let requests = self.machine.outgoing_requests(self.clock.now()).await.expect("outgoing requests");
+            if requests.is_empty() {
+                return;
+            }
+            for request in &requests {
+                self.send(request).await;
+            }
+        }
+        panic!("outgoing requests did not settle");
+    }
+
+    /// One sync: feed the server's changes to the engine, then drain.
+    pub async fn sync(&mut self) -> SyncOutput {
+        self.syncs += 1;
+        let changes = self.server.sync(&self.user_id, &self.device_id, format!("batch-{}", self.syncs));
+        let output = self.machine.receive_sync_changes(changes, self.clock.now()).await.expect("sync processed");
+        self.drain().await;
+        output
+    }
+
+    /// Tracks `users`, queries their devices and claims sessions with them.
+    pub async fn establish_sessions(&self, users: &[&UserId]) {
+        self.machine.update_tracked_users(users.iter().copied()).await.expect("track users");
+        self.drain().await;
+        let claim = self.machine.get_missing_sessions(users.iter().copied(), self.clock.now()).await.expect("claim");
+        if let Some(claim) = claim {
+            self.send(&claim).await;
+        }
+    }
+
+    /// Olm-encrypts an event for one device and sends it through the server.
+    pub async fn send_to_device(&self, user_id: &UserId, device_id: &DeviceId, event_type: &str, content: &Value) {
+        let encryption = self
+            .machine
+            .encrypt_to_device(&[(user_id, device_id)], event_type, content, self.clock.now())
+            .await
+            .expect("encrypt to device");
+        assert!(encryption.failures.is_empty(), "encryption failures: {:?}", encryption.failures);
+        for request in &encryption.requests {
+            self.send(request).await;
+        }
+    }
+}
+
+/// The decrypted events of a sync output as `(sender, type, content)`.
+pub fn decrypted(output: &SyncOutput) -> Vec<(OwnedUserId, String, Value)> {
+    output
+        .to_device
+        .iter()
+        .filter_map(|o| match o {
+            ToDeviceOutcome::Decrypted { event, info } => {
+                let value: Value = event.deserialize_as_unchecked().ok()?;
+                Some((info.sender.clone(), value["type"].as_str()?.to_owned(), value["content"].clone()))
+            }
+            _ => None,
+        })
+        .collect()
+}

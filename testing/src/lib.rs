@@ -1,0 +1,18 @@
+//! Shared test code for hush.
+//!
+//! * [`TestServer`]: an in-process stand-in for the homeserver's key and
+//!   to-device endpoints, good enough to wire several engines together.
+//! * [`VirtualClock`]: the `now` every engine call takes, advanced by tests
+//!   instead of sleeping.
+//! * [`TestDevice`]: one engine plus the loop a client would run around it
+//!   (sync, drain outgoing requests, answer them).
+
+mod clock;
+mod device;
+mod rogue;
+mod server;
+
+pub use clock::VirtualClock;
+pub use device::{TestDevice, decrypted};
+pub use rogue::RogueDevice;
+pub use server::{ServerError, TestServer};

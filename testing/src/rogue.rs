@@ -1,0 +1,155 @@
+//! [`RogueDevice`]: a device driven by bare vodozemac, so tests can send Olm
+//! messages whose plaintext breaks the rules (wrong recipient, spoofed sender,
+//! foreign `sender_device_keys` ...). Its keys are real and correctly signed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ruma_client_api::keys::{claim_keys, upload_keys};
+use ruma_common::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, UserId, serde::Raw};
+use serde_json::{Value, json};
+use vodozemac::{
+    Curve25519PublicKey, Ed25519PublicKey,
+    olm::{Account, OlmMessage, Session, SessionConfig},
+};
+
+use crate::TestServer;
+
+/// A device with a bare vodozemac account, registered on a [`TestServer`].
+pub struct RogueDevice {
+    /// The device's user.
+    pub user_id: OwnedUserId,
+    /// The device id.
+    pub device_id: OwnedDeviceId,
+    account: Account,
+    sessions: BTreeMap<String, Session>,
+}
+
+impl std::fmt::Debug for RogueDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RogueDevice").field("user_id", &self.user_id).field("device_id", &self.device_id).finish()
+    }
+}
+
+impl RogueDevice {
+    /// A new device whose correctly signed keys (and a few one-time keys) are on the server.
+    pub fn register(server: &Arc<TestServer>, user_id: &UserId, device_id: &str) -> Self {
+        let mut device = Self {
+            user_id: user_id.to_owned(),
+            device_id: device_id.into(),
+            account: Account::new(),
+            sessions: BTreeMap::new(),
+        };
+        device.account.generate_one_time_keys(5);
+        let mut request = upload_keys::v3::Request::new();
+        request.device_keys = Some(Raw::new(&device.device_keys_for(user_id)).expect("json").cast_unchecked());
+        for (id, key) in device.account.one_time_keys() {
+            let signed = device.sign(json!({ "key": key.to_base64() }));
+            let id = format!("signed_curve25519:{}", id.to_base64());
+            request
+                .one_time_keys
+                .insert(id.try_into().expect("key id"), Raw::new(&signed).expect("json").cast_unchecked());
+        }
+        device.account.mark_keys_as_published();
+        server.upload_keys(user_id, &device.device_id, &request).expect("upload");
+        device
+    }
+
+    /// This device's keys, self-signed, but claiming to belong to `user_id`.
+    pub fn device_keys_for(&self, user_id: &UserId) -> Value {
+        let id = &self.device_id;
+        let keys = json!({
+            "user_id": user_id,
+            "device_id": id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("curve25519:{id}"): self.account.curve25519_key().to_base64(),
+                format!("ed25519:{id}"): self.account.ed25519_key().to_base64(),
+            },
+        });
+        self.sign_as(keys, user_id)
+    }
+
+    /// Signs a JSON object as this device (canonical JSON, `signatures` added).
+    pub fn sign(&self, value: Value) -> Value {
+        self.sign_as(value, &self.user_id.clone())
+    }
+
+    fn sign_as(&self, mut value: Value, user_id: &UserId) -> Value {
+        let mut unsigned = value.clone();
+        if let Some(object) = unsigned.as_object_mut() {
+            object.remove("signatures");
+            object.remove("unsigned");
+        }
+        let canonical = ruma_common::canonical_json::to_canonical_value(&unsigned).expect("canonical").to_string();
+        let signature = self.account.sign(canonical.as_bytes()).to_base64();
+        value["signatures"] = json!({ user_id.as_str(): { format!("ed25519:{}", self.device_id): signature } });
+        value
+    }
+
+    /// The device's curve25519 identity key.
+    pub fn curve25519_key(&self) -> Curve25519PublicKey {
+        self.account.curve25519_key()
+    }
+
+    /// The device's ed25519 key.
+    pub fn ed25519_key(&self) -> Ed25519PublicKey {
+        self.account.ed25519_key()
+    }
+
+    /// Claims a one-time key of a target device and opens an outbound session.
+    pub fn open_session(&mut self, server: &TestServer, user_id: &UserId, device_id: &OwnedDeviceId) {
+        let request = claim_keys::v3::Request::new(BTreeMap::from([(
+            user_id.to_owned(),
+            BTreeMap::from([(device_id.clone(), OneTimeKeyAlgorithm::SignedCurve25519)]),
+        )]));
+        let response = server.claim_keys(&request);
+        let (_, key) = response.one_time_keys[user_id][device_id].iter().next().expect("a one-time key");
+        let key: Value = key.deserialize_as_unchecked().expect("json");
+        let key = Curve25519PublicKey::from_base64(key["key"].as_str().expect("key")).expect("curve key");
+        let identity = server.device_keys(user_id, device_id).expect("device keys");
+        let identity = identity["keys"][format!("curve25519:{device_id}")].as_str().expect("identity key");
+        let identity = Curve25519PublicKey::from_base64(identity).expect("curve key");
+        let session = self.account.create_outbound_session(SessionConfig::version_1(), identity, key).expect("session");
+        self.sessions.insert(identity.to_base64(), session);
+    }
+
+    /// Encrypts an arbitrary plaintext for the device with `recipient_key`,
+    /// returning the `m.room.encrypted` to-device event as the server delivers it.
+    pub fn encrypt_raw(&mut self, recipient_key: &Curve25519PublicKey, plaintext: &Value) -> Value {
+        let session = self.sessions.get_mut(&recipient_key.to_base64()).expect("a session");
+        let message = session.encrypt(plaintext.to_string()).expect("encrypt");
+        let (message_type, body) = match message {
+            OlmMessage::PreKey(m) => (0, m.to_base64()),
+            OlmMessage::Normal(m) => (1, m.to_base64()),
+        };
+        json!({
+            "sender": self.user_id,
+            "type": "m.room.encrypted",
+            "content": {
+                "algorithm": "m.olm.v1.curve25519-aes-sha2",
+                "sender_key": self.curve25519_key().to_base64(),
+                "ciphertext": { recipient_key.to_base64(): { "type": message_type, "body": body } },
+            },
+        })
+    }
+
+    /// A plaintext that follows every rule, addressed to `recipient`.
+    pub fn valid_plaintext(
+        &self,
+        recipient: &UserId,
+        recipient_ed25519: &Ed25519PublicKey,
+        event_type: &str,
+        content: Value,
+    ) -> Value {
+        json!({
+            "sender": self.user_id,
+            "recipient": recipient,
+            "recipient_keys": { "ed25519": recipient_ed25519.to_base64() },
+            "keys": { "ed25519": self.ed25519_key().to_base64() },
+            "type": event_type,
+            "content": content,
+            "sender_device_keys": self.device_keys_for(&self.user_id),
+        })
+    }
+}
