@@ -178,14 +178,13 @@ async fn an_unacknowledged_upload_is_repeated_with_the_same_keys_after_a_restart
     let device: OwnedDeviceId = "ALICE1".into();
 
     let upload_body = |machine_requests: Vec<hush_crypto_core::OutgoingRequest>| {
-        let request = machine_requests
+        machine_requests
             .iter()
             .find_map(|r| match r.request() {
                 AnyOutgoingRequest::KeysUpload(u) => Some(u.clone()),
                 _ => None,
             })
-            .expect("a keys upload");
-        request
+            .expect("a keys upload")
     };
 
     let first = OlmMachine::open(alice, &device, store.clone(), clock.now()).await.unwrap();

@@ -1,1 +1,63 @@
-fn main() {}
+//! hush's project tasks, run as `cargo xtask <task>`.
+//!
+//! * `ci`: everything CI checks: formatting, clippy (warnings denied), the
+//!   purity of crypto-core, docs, the whole test suite, cargo-deny.
+//! * `test`: the whole test suite (workspace, doc tests, interop crate).
+//!
+//! Only the standard library is used, so the tasks build in seconds.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+mod checks;
+mod tests;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => checks::ci(),
+        Some("test") => tests::from_args(&args[1..]),
+        Some("purity") => checks::purity(),
+        _ => Err(usage()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage() -> String {
+    "usage: cargo xtask <task>\n\
+     \n  ci      fmt check, clippy -D warnings, crypto-core purity, docs, tests, cargo-deny\
+     \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
+     \n  purity  check that crypto-core has no I/O dependency and reads no clock"
+        .to_owned()
+}
+
+/// The workspace root (the parent of this crate's directory).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `cargo` as the one that runs us, in the workspace root.
+fn cargo() -> Command {
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(root());
+    command
+}
+
+/// Runs a command, failing with its description if it does not succeed.
+fn run(mut command: Command, what: &str) -> Result<(), String> {
+    eprintln!("\n== {what}");
+    let status = command.status().map_err(|e| format!("{what}: could not start: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{what}: failed ({status})")) }
+}
+
+/// Whether a cargo subcommand is installed.
+fn has_cargo_subcommand(name: &str) -> bool {
+    cargo().args([name, "--version"]).output().is_ok_and(|o| o.status.success())
+}

@@ -1,6 +1,6 @@
 //! The Olm sessions loaded from the store, by the other device's curve25519 key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, hash_map::Entry};
 
 use vodozemac::Curve25519PublicKey;
 
@@ -29,11 +29,13 @@ impl SessionCache {
         store: &dyn CryptoStore,
         key: Curve25519PublicKey,
     ) -> Result<&mut Vec<Session>, StoreError> {
-        if !self.by_key.contains_key(&key) {
-            let stored = store.get_sessions(&key).await?;
-            self.by_key.insert(key, stored.into_iter().map(Session::from_stored).collect());
+        match self.by_key.entry(key) {
+            Entry::Occupied(entry) => Ok(entry.into_mut()),
+            Entry::Vacant(entry) => {
+                let stored = store.get_sessions(&key).await?;
+                Ok(entry.insert(stored.into_iter().map(Session::from_stored).collect()))
+            }
         }
-        Ok(self.by_key.entry(key).or_default())
     }
 
     pub(super) fn clear(&mut self) {

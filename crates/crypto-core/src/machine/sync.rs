@@ -61,7 +61,7 @@ pub enum ToDeviceOutcome {
         /// The decrypted event.
         event: Raw<AnyToDeviceEvent>,
         /// Who sent it, over which session.
-        info: OlmDecryptionInfo,
+        info: Box<OlmDecryptionInfo>,
     },
     /// An event that was not encrypted, passed on unchanged.
     PlainText(Raw<AnyToDeviceEvent>),
@@ -145,7 +145,7 @@ impl OlmMachine {
         }
         Ok(match self.decrypt_olm_event(account, sessions, &value, now, changes).await? {
             Ok((event, info)) => match Raw::new(&event) {
-                Ok(event) => ToDeviceOutcome::Decrypted { event: event.cast_unchecked(), info },
+                Ok(event) => ToDeviceOutcome::Decrypted { event: event.cast_unchecked(), info: Box::new(info) },
                 Err(e) => ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e.to_string()) },
             },
             Err(error) => {

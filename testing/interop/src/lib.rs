@@ -1,0 +1,133 @@
+//! Drives a matrix-sdk-crypto `OlmMachine` against hush's in-process
+//! [`TestServer`], so the two engines meet only on the wire.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use hush_testing::TestServer;
+use matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent;
+use matrix_sdk_crypto::{
+    DecryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
+    types::requests::AnyOutgoingRequest,
+};
+use ruma::{
+    OwnedDeviceId, OwnedUserId, UserId,
+    api::client::{keys::get_keys, sync::sync_events::DeviceLists, to_device::send_event_to_device},
+};
+use serde_json::Value;
+
+/// A matrix-sdk-crypto device wired to a [`TestServer`].
+pub struct SdkDevice {
+    /// The engine.
+    pub machine: OlmMachine,
+    /// The device's user.
+    pub user_id: OwnedUserId,
+    /// The device id.
+    pub device_id: OwnedDeviceId,
+    server: Arc<TestServer>,
+    syncs: u64,
+}
+
+impl SdkDevice {
+    /// A new device with matrix-sdk-crypto's memory store, keys uploaded.
+    pub async fn new(server: &Arc<TestServer>, user_id: &UserId, device_id: &str) -> Self {
+        let device_id: OwnedDeviceId = device_id.into();
+        let machine = OlmMachine::new(user_id, &device_id).await;
+        let device = Self { machine, user_id: user_id.to_owned(), device_id, server: server.clone(), syncs: 0 };
+        device.drain().await;
+        device
+    }
+
+    /// Sends every outgoing request to the server and hands the answers back.
+    pub async fn drain(&self) {
+        for _ in 0..10 {
+            let requests = self.machine.outgoing_requests().await.expect("outgoing requests");
+            if requests.is_empty() {
+                return;
+            }
+            for request in requests {
+                let id = request.request_id();
+                match request.request() {
+                    AnyOutgoingRequest::KeysUpload(r) => {
+                        let response = self.server.upload_keys(&self.user_id, &self.device_id, r).expect("upload");
+                        self.machine.mark_request_as_sent(id, &response).await.expect("upload answer");
+                    }
+                    AnyOutgoingRequest::KeysQuery(r) => {
+                        let mut query = get_keys::v3::Request::new();
+                        query.device_keys = r.device_keys.clone();
+                        let response = self.server.query_keys(&query);
+                        self.machine.mark_request_as_sent(id, &response).await.expect("query answer");
+                    }
+                    AnyOutgoingRequest::KeysClaim(r) => {
+                        let response = self.server.claim_keys(r);
+                        self.machine.mark_request_as_sent(id, &response).await.expect("claim answer");
+                    }
+                    AnyOutgoingRequest::ToDeviceRequest(r) => self.send_to_device(r).await,
+                    other => panic!("unexpected request from matrix-sdk-crypto: {other:?}"),
+                }
+            }
+        }
+        panic!("matrix-sdk-crypto's outgoing requests did not settle");
+    }
+
+    /// Sends one of matrix-sdk-crypto's to-device requests through the server.
+    pub async fn send_to_device(&self, request: &matrix_sdk_crypto::types::requests::ToDeviceRequest) {
+        let ruma_request = send_event_to_device::v3::Request::new_raw(
+            request.event_type.clone(),
+            request.txn_id.clone(),
+            request.messages.clone(),
+        );
+        self.server.send_to_device(&self.user_id, &ruma_request);
+        self.machine
+            .mark_request_as_sent(&request.txn_id, &send_event_to_device::v3::Response::new())
+            .await
+            .expect("to-device answer");
+    }
+
+    /// One sync; returns the to-device events as matrix-sdk-crypto processed them.
+    pub async fn sync(&mut self) -> Vec<ProcessedToDeviceEvent> {
+        self.syncs += 1;
+        let changes = self.server.sync(&self.user_id, &self.device_id, format!("sdk-{}", self.syncs));
+        let mut lists = DeviceLists::new();
+        lists.changed = changes.device_lists.changed.clone();
+        lists.left = changes.device_lists.left.clone();
+        let unused = changes.unused_fallback_keys.clone().unwrap_or_default();
+        let sync = EncryptionSyncChanges {
+            to_device_events: changes.to_device_events,
+            changed_devices: &lists,
+            one_time_keys_counts: &changes.one_time_keys_counts,
+            unused_fallback_keys: Some(&unused),
+            next_batch_token: changes.next_batch_token,
+        };
+        let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
+        let (events, _) = self.machine.receive_sync_changes(sync, &settings).await.expect("sync processed");
+        self.drain().await;
+        events
+    }
+
+    /// Tracks users, queries them and claims Olm sessions with their devices.
+    pub async fn establish_sessions(&self, users: &[&UserId]) {
+        self.machine.update_tracked_users(users.iter().copied()).await.expect("track");
+        self.drain().await;
+        if let Some((id, request)) =
+            self.machine.get_missing_sessions(users.iter().copied()).await.expect("missing sessions")
+        {
+            let response = self.server.claim_keys(&request);
+            self.machine.mark_request_as_sent(&id, &response).await.expect("claim answer");
+        }
+    }
+}
+
+/// The decrypted events of matrix-sdk-crypto's sync output, as JSON.
+pub fn sdk_decrypted(events: &[ProcessedToDeviceEvent]) -> Vec<Value> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            ProcessedToDeviceEvent::Decrypted { raw, .. } => raw.deserialize_as_unchecked().ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Counts of one-time keys, keyed as the sync API does.
+pub type KeyCounts = BTreeMap<ruma::OneTimeKeyAlgorithm, ruma::UInt>;

@@ -1,0 +1,100 @@
+//! `cargo xtask ci` and its checks.
+
+use super::{cargo, has_cargo_subcommand, root, run, tests};
+
+/// Crates crypto-core must never depend on: it performs no I/O.
+const FORBIDDEN_IN_CORE: [&str; 5] = ["tokio", "hyper", "sled", "redb", "reqwest"];
+
+pub(crate) fn ci() -> Result<(), String> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "rustfmt")?;
+
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run(clippy, "clippy")?;
+
+    let mut interop_clippy = cargo();
+    interop_clippy.args([
+        "clippy",
+        "--all-targets",
+        "--ignore-rust-version",
+        "--manifest-path",
+        "testing/interop/Cargo.toml",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(interop_clippy, "clippy (interop crate)")?;
+
+    purity()?;
+
+    let mut doc = cargo();
+    doc.args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings");
+    run(doc, "rustdoc")?;
+
+    tests::run_all(&[])?;
+
+    deny()
+}
+
+/// crypto-core has no I/O dependency and reads no clock.
+pub(crate) fn purity() -> Result<(), String> {
+    eprintln!("\n== purity of hush-crypto-core");
+    let output = cargo()
+        .args(["tree", "-p", "hush-crypto-core", "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .output()
+        .map_err(|e| format!("cargo tree: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("cargo tree failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let offending: Vec<&str> = tree
+        .lines()
+        .filter(|line| {
+            let name = line.split_whitespace().next().unwrap_or("");
+            FORBIDDEN_IN_CORE.contains(&name)
+        })
+        .collect();
+    if !offending.is_empty() {
+        return Err(format!("crypto-core depends on I/O crates: {offending:?}"));
+    }
+
+    let mut clock_reads = Vec::new();
+    scan_for_clock_reads(&root().join("crates/crypto-core/src"), &mut clock_reads)?;
+    if !clock_reads.is_empty() {
+        return Err(format!("crypto-core reads the clock (time is an input): {clock_reads:?}"));
+    }
+    eprintln!("crypto-core: no I/O dependency, no clock read");
+    Ok(())
+}
+
+fn scan_for_clock_reads(dir: &std::path::Path, found: &mut Vec<String>) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        if path.is_dir() {
+            scan_for_clock_reads(&path, found)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for (number, line) in text.lines().enumerate() {
+                if line.contains("Instant::now") || line.contains("SystemTime::now") {
+                    found.push(format!("{}:{}", path.display(), number + 1));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// cargo-deny: licenses, bans, sources (advisories need GitHub, unreachable here).
+fn deny() -> Result<(), String> {
+    if !has_cargo_subcommand("deny") {
+        let mut install = cargo();
+        install.args(["install", "--locked", "cargo-deny"]);
+        run(install, "install cargo-deny")?;
+    }
+    let mut deny = cargo();
+    deny.args(["deny", "--all-features", "check", "--hide-inclusion-graph", "licenses", "bans", "sources"]);
+    run(deny, "cargo-deny")
+}

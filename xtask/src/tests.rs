@@ -1,0 +1,44 @@
+//! `cargo xtask test`: the workspace tests with nextest (cargo test if it is
+//! missing), the doc tests, and the interop crate against matrix-sdk-crypto.
+
+use super::{cargo, has_cargo_subcommand, root, run};
+
+/// The interop crate's manifest, a workspace of its own (see its Cargo.toml).
+const INTEROP_MANIFEST: &str = "testing/interop/Cargo.toml";
+
+pub(crate) fn run_all(filter: &[String]) -> Result<(), String> {
+    let nextest = has_cargo_subcommand("nextest");
+    let mut workspace = cargo();
+    if nextest {
+        workspace.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+    } else {
+        workspace.args(["test", "--workspace", "--no-fail-fast"]);
+    }
+    workspace.args(filter);
+    run(workspace, "workspace tests")?;
+
+    if filter.is_empty() {
+        let mut doc = cargo();
+        doc.args(["test", "--workspace", "--doc"]);
+        run(doc, "doc tests")?;
+    }
+
+    if root().join(INTEROP_MANIFEST).exists() {
+        let mut interop = cargo();
+        // matrix-sdk-crypto 0.19 declares rust-version 1.96 but builds on 1.95.
+        if nextest {
+            interop.args(["nextest", "run", "--no-fail-fast", "--ignore-rust-version"]);
+        } else {
+            interop.args(["test", "--no-fail-fast", "--ignore-rust-version"]);
+        }
+        interop.args(["--manifest-path", INTEROP_MANIFEST]);
+        interop.args(filter);
+        run(interop, "interop tests (matrix-sdk-crypto)")?;
+    }
+    Ok(())
+}
+
+pub(crate) fn from_args(args: &[String]) -> Result<(), String> {
+    let filter: Vec<String> = args.iter().skip_while(|a| *a == "--").cloned().collect();
+    run_all(&filter)
+}
