@@ -125,6 +125,20 @@ impl TestServer {
         Self::announce_change(&mut state, user_id);
     }
 
+    /// Replaces the one-time keys the server holds for a device, unchecked,
+    /// as a malicious server could (e.g. keys signed by someone else).
+    pub fn replace_one_time_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &OwnedDeviceId,
+        keys: BTreeMap<OwnedOneTimeKeyId, Value>,
+    ) {
+        let mut state = self.state();
+        let record = state.devices.entry(user_id.to_owned()).or_default().entry(device_id.clone()).or_default();
+        record.one_time_keys =
+            keys.into_iter().filter_map(|(id, key)| Some((id, Raw::new(&key).ok()?.cast_unchecked()))).collect();
+    }
+
     /// Deletes a device, announcing the change.
     pub fn delete_device(&self, user_id: &UserId, device_id: &OwnedDeviceId) {
         let mut state = self.state();

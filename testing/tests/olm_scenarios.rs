@@ -302,3 +302,53 @@ async fn failed_claims_back_off_instead_of_retrying_every_call() {
     w.clock.advance(Duration::from_secs(16));
     assert!(w.alice1.machine.get_missing_sessions([bob.as_ref()], w.clock.now()).await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn a_one_time_key_not_signed_by_its_device_makes_no_session() {
+    let w = world().await;
+    let mallory = user_id!("@mallory:example.org");
+    let rogue = RogueDevice::register(&w.server, mallory, "MALLORY");
+    let forger = RogueDevice::register(&w.server, user_id!("@forger:example.org"), "FORGER");
+    // The server hands out a key signed by another device under Mallory's name.
+    let forged = forger.sign(json!({"key": forger.curve25519_key().to_base64()}));
+    let mut forged_as_mallory = forged.clone();
+    forged_as_mallory["signatures"] = json!({ "@mallory:example.org": { "ed25519:MALLORY": forged["signatures"]["@forger:example.org"]["ed25519:FORGER"] } });
+    let id: ruma_common::OwnedOneTimeKeyId = "signed_curve25519:AAAAAQ".try_into().unwrap();
+    w.server.replace_one_time_keys(mallory, &rogue.device_id, [(id, forged_as_mallory)].into());
+
+    w.alice1.establish_sessions(&[mallory]).await;
+    let encryption = w
+        .alice1
+        .machine
+        .encrypt_to_device(&[(mallory, rogue.device_id.as_ref())], "m.dummy", &json!({}), w.clock.now())
+        .await
+        .unwrap();
+    assert!(encryption.requests.is_empty());
+    assert!(matches!(encryption.failures.as_slice(), [hush_crypto_core::OlmEncryptionError::NoSession { .. }]));
+    // And the device backs off rather than being claimed again at once.
+    assert!(w.alice1.machine.get_missing_sessions([mallory], w.clock.now()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn keys_queries_name_at_most_250_users_each() {
+    let w = world().await;
+    let users: Vec<ruma_common::OwnedUserId> =
+        (0..600).map(|i| format!("@user{i}:example.org").try_into().unwrap()).collect();
+    w.alice1.machine.update_tracked_users(users.iter().map(|u| u.as_ref())).await.unwrap();
+    let requests = w.alice1.machine.outgoing_requests(w.clock.now()).await.unwrap();
+    let sizes: Vec<usize> = requests
+        .iter()
+        .filter_map(|r| match r.request() {
+            AnyOutgoingRequest::KeysQuery(q) => Some(q.device_keys.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sizes, vec![250, 250, 100]);
+    // Listed again with the same ids until answered, never duplicated.
+    let again = w.alice1.machine.outgoing_requests(w.clock.now()).await.unwrap();
+    let ids =
+        |rs: &[hush_crypto_core::OutgoingRequest]| rs.iter().map(|r| r.request_id().to_owned()).collect::<Vec<_>>();
+    assert_eq!(ids(&requests), ids(&again));
+    w.alice1.drain().await;
+    assert!(users.iter().all(|u| !w.alice1.machine.is_user_dirty(u)));
+}

@@ -178,4 +178,46 @@ mod tests {
             Err(SignatureError::MalformedSignature { .. })
         ));
     }
+
+    fn json_leaf() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<bool>().prop_map(Value::Bool),
+            (-(1i64 << 53) + 1..(1i64 << 53)).prop_map(|n| json!(n)),
+            ".{0,12}".prop_map(Value::String),
+        ]
+    }
+
+    fn json_object() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let value = json_leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        });
+        proptest::collection::btree_map("[a-z_]{1,8}", value, 0..6).prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    proptest::proptest! {
+        /// Any object signs and verifies; key order and `unsigned` do not matter;
+        /// any change to a signed member breaks the signature.
+        #[test]
+        fn signatures_cover_exactly_the_signed_members(object in json_object(), extra in ".{0,8}") {
+            let key = spec_key();
+            let user = user_id!("@prop:example.org");
+            let mut value = object;
+            sign_json(&mut value, user, "ed25519:P", |m| key.sign(m)).unwrap();
+            verify_json(&value, user, "ed25519:P", &key.public_key()).unwrap();
+
+            let mut with_unsigned = value.clone();
+            with_unsigned["unsigned"] = json!({"note": extra.clone()});
+            verify_json(&with_unsigned, user, "ed25519:P", &key.public_key()).unwrap();
+
+            let mut changed = value.clone();
+            changed["added_member"] = json!(extra);
+            proptest::prop_assert!(verify_json(&changed, user, "ed25519:P", &key.public_key()).is_err());
+        }
+    }
 }

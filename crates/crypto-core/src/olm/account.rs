@@ -297,4 +297,77 @@ mod tests {
         // Until the new one is published, no second rotation.
         assert!(!account.update_key_counts(None, Some(&[])));
     }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// The server hands out `n` one-time keys (or the fallback key if none are left).
+        Claim(u8),
+        /// A sync reports the server's counts.
+        Sync,
+        /// The pending upload is sent and acknowledged.
+        Upload,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![(0u8..30).prop_map(Step::Claim), Just(Step::Sync), Just(Step::Upload)]
+    }
+
+    proptest::proptest! {
+        /// Against a simulated server, the account never offers more keys
+        /// than the target, never leaves the server empty after a sync and an
+        /// upload, and keeps at most one unpublished fallback key.
+        #[test]
+        fn key_replenishment_holds_its_invariants(steps in proptest::collection::vec(step(), 1..60)) {
+            let mut account = account();
+            let target = 25u64;
+            let mut server_count = 0u64;
+            let mut fallback_unused = false;
+            for step in steps {
+                match step {
+                    Step::Claim(n) => {
+                        for _ in 0..n {
+                            if server_count > 0 { server_count -= 1 } else { fallback_unused = false }
+                        }
+                    }
+                    Step::Sync => {
+                        let unused: &[OneTimeKeyAlgorithm] =
+                            if fallback_unused { &[OneTimeKeyAlgorithm::SignedCurve25519] } else { &[] };
+                        account.update_key_counts(Some(server_count), Some(unused));
+                    }
+                    Step::Upload => {
+                        if let Some(request) = account.keys_for_upload().unwrap() {
+                            server_count += request.one_time_keys.len() as u64;
+                            fallback_unused |= !request.fallback_keys.is_empty();
+                            let counts = BTreeMap::from([(
+                                OneTimeKeyAlgorithm::SignedCurve25519,
+                                js_int::UInt::try_from(server_count).unwrap(),
+                            )]);
+                            account.mark_keys_as_published(&counts);
+                        }
+                    }
+                }
+                let unpublished = account.inner.one_time_keys().len() as u64;
+                proptest::prop_assert!(server_count + unpublished <= target, "{server_count} + {unpublished}");
+                proptest::prop_assert!(account.inner.fallback_key().len() <= 1);
+            }
+            // Settle: upload, sync, upload: the server is full and has a fallback key.
+            for _ in 0..2 {
+                if let Some(request) = account.keys_for_upload().unwrap() {
+                    server_count += request.one_time_keys.len() as u64;
+                    fallback_unused |= !request.fallback_keys.is_empty();
+                    let counts = BTreeMap::from([(
+                        OneTimeKeyAlgorithm::SignedCurve25519,
+                        js_int::UInt::try_from(server_count).unwrap(),
+                    )]);
+                    account.mark_keys_as_published(&counts);
+                }
+                let unused: &[OneTimeKeyAlgorithm] =
+                    if fallback_unused { &[OneTimeKeyAlgorithm::SignedCurve25519] } else { &[] };
+                account.update_key_counts(Some(server_count), Some(unused));
+            }
+            proptest::prop_assert_eq!(server_count, target);
+            proptest::prop_assert!(fallback_unused);
+        }
+    }
 }

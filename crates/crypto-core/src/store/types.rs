@@ -74,3 +74,24 @@ pub struct TrackedUser {
     /// Whether the device list must be queried again.
     pub dirty: bool,
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma_common::{owned_device_id, owned_user_id};
+
+    use crate::{Timestamp, olm::Account};
+
+    /// Debug output of persisted records must never show key material.
+    #[test]
+    fn debug_output_carries_no_secrets() {
+        let account = Account::new(owned_user_id!("@a:b.c"), owned_device_id!("DEV"), Timestamp::EPOCH);
+        let stored = account.to_stored();
+        let pickle = serde_json::to_string(&stored.pickle).unwrap();
+        let debug = format!("{stored:?} {account:?}");
+        assert!(debug.contains("DEV"));
+        for secret_marker in ["signing_key", "private_keys", "diffie_hellman_key"] {
+            assert!(pickle.contains(secret_marker), "the pickle should hold {secret_marker}");
+            assert!(!debug.contains(secret_marker), "Debug leaks {secret_marker}");
+        }
+    }
+}
