@@ -138,3 +138,59 @@ pub fn decrypted(output: &SyncOutput) -> Vec<(OwnedUserId, String, Value)> {
         })
         .collect()
 }
+
+static EVENT_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl TestDevice {
+    /// Shares the room key with `users` the way a client does before
+    /// sending: track and query them, claim missing sessions, share, send.
+    pub async fn share_room_key(
+        &self,
+        room_id: &ruma_common::RoomId,
+        users: &[&UserId],
+        settings: &hush_crypto_core::EncryptionSettings,
+    ) -> Vec<OutgoingRequest> {
+        self.establish_sessions(users).await;
+        let requests = self
+            .machine
+            .share_room_key(room_id, users.iter().copied(), settings, self.clock.now())
+            .await
+            .expect("share room key");
+        for request in &requests {
+            self.send(request).await;
+        }
+        requests
+    }
+
+    /// Encrypts a text message and returns the event as the server would
+    /// deliver it (fresh event id, sender, timestamp).
+    pub async fn encrypt_text(&self, room_id: &ruma_common::RoomId, body: &str) -> Value {
+        let content = serde_json::json!({"msgtype": "m.text", "body": body});
+        let encrypted = self
+            .machine
+            .encrypt_room_event(room_id, "m.room.message", &content, self.clock.now())
+            .await
+            .expect("encrypt room event");
+        let n = EVENT_COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        serde_json::json!({
+            "type": "m.room.encrypted",
+            "event_id": format!("$event{n}"),
+            "sender": self.user_id,
+            "origin_server_ts": self.clock.now().as_millis(),
+            "room_id": room_id,
+            "content": encrypted.deserialize_as_unchecked::<Value>().expect("json"),
+        })
+    }
+
+    /// Decrypts a room event, returning the message body or the error.
+    pub async fn decrypt_text(
+        &self,
+        room_id: &ruma_common::RoomId,
+        event: &Value,
+    ) -> Result<String, hush_crypto_core::MegolmError> {
+        let raw: ruma_common::serde::Raw<Value> = ruma_common::serde::Raw::new(event).expect("json");
+        let decrypted = self.machine.decrypt_room_event(&raw, room_id, &Default::default()).await?;
+        let value: Value = decrypted.event.deserialize_as_unchecked().expect("json");
+        Ok(value["content"]["body"].as_str().unwrap_or_default().to_owned())
+    }
+}

@@ -139,6 +139,16 @@ impl TestServer {
             keys.into_iter().filter_map(|(id, key)| Some((id, Raw::new(&key).ok()?.cast_unchecked()))).collect();
     }
 
+    /// Removes every one-time key and the fallback key of a device, so a
+    /// claim for it returns nothing.
+    pub fn exhaust_keys(&self, user_id: &UserId, device_id: &OwnedDeviceId) {
+        let mut state = self.state();
+        if let Some(record) = state.devices.get_mut(user_id).and_then(|d| d.get_mut(device_id)) {
+            record.one_time_keys.clear();
+            record.fallback_key = None;
+        }
+    }
+
     /// Deletes a device, announcing the change.
     pub fn delete_device(&self, user_id: &UserId, device_id: &OwnedDeviceId) {
         let mut state = self.state();

@@ -16,7 +16,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod devices;
+pub mod export;
 mod machine;
+pub mod megolm;
 pub mod olm;
 mod requests;
 mod signing;
@@ -25,8 +27,13 @@ mod time;
 
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use machine::{
-    DeviceListChanges, OlmDecryptionInfo, OlmMachine, OpenError, SyncChanges, SyncOutput, TO_DEVICE_BATCH,
-    ToDeviceEncryption, ToDeviceOutcome,
+    DecryptedRoomEvent, DeviceListChanges, ImportError, MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OpenError,
+    RoomKeyImportResult, RoomKeyInfo, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome,
+    VerificationState,
+};
+pub use megolm::{
+    DecryptionSettings, EncryptError, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError, ShareError,
+    SharingStrategy, TrustRequirement, WithheldCode, WithheldInfo,
 };
 pub use olm::{OLM_ALGORITHM, OlmEncryptionError, OlmError};
 pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError};

@@ -1,23 +1,33 @@
 //! [`OlmMachine`]: the sans-I/O engine one device runs.
 
 mod claim;
+mod export;
+mod group;
+mod group_cache;
 mod keys_upload;
 mod pending;
+mod room_keys;
 mod session_cache;
+mod share;
 mod sync;
 mod to_device;
 mod tracking;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use ruma_common::{DeviceId, OwnedDeviceId, OwnedTransactionId, TransactionId, UserId};
+use ruma_common::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedTransactionId, TransactionId, UserId};
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
+pub use export::{ImportError, RoomKeyImportResult};
+pub use group::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
+pub use room_keys::RoomKeyInfo;
 pub use sync::{DeviceListChanges, OlmDecryptionInfo, SyncChanges, SyncOutput, ToDeviceOutcome};
 pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 
-use self::{claim::ClaimState, pending::Pending, session_cache::SessionCache, tracking::Tracking};
+use self::{
+    claim::ClaimState, group_cache::GroupCache, pending::Pending, session_cache::SessionCache, tracking::Tracking,
+};
 use crate::{
     AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, Timestamp,
     devices::{DeviceData, LocalTrust},
@@ -74,6 +84,12 @@ pub enum OpenError {
 ///   [`update_tracked_users`](Self::update_tracked_users),
 ///   [`get_missing_sessions`](Self::get_missing_sessions),
 ///   [`encrypt_to_device`](Self::encrypt_to_device),
+///   [`share_room_key`](Self::share_room_key),
+///   [`encrypt_room_event`](Self::encrypt_room_event),
+///   [`decrypt_room_event`](Self::decrypt_room_event),
+///   [`discard_room_key`](Self::discard_room_key),
+///   [`export_room_keys`](Self::export_room_keys),
+///   [`import_room_keys`](Self::import_room_keys),
 ///   [`set_local_trust`](Self::set_local_trust).
 /// * **Outputs** are what the caller must send:
 ///   [`outgoing_requests`](Self::outgoing_requests), plus the requests the
@@ -90,7 +106,8 @@ pub enum OpenError {
 /// `outgoing_requests` (keys upload, keys queries, queued to-device messages,
 /// claims for wedged sessions) and answer each with `mark_request_as_sent`.
 /// Before encrypting for users, answer their keys queries first, then send the
-/// claim from `get_missing_sessions`. Until answered, a request is listed again
+/// claim from `get_missing_sessions`, then send the requests `share_room_key`
+/// returns, then encrypt. Until answered, a request is listed again
 /// by `outgoing_requests` under the same id, so sending it twice is harmless.
 #[derive(Clone, Debug)]
 pub struct OlmMachine {
@@ -107,6 +124,9 @@ struct Inner {
     tracking: Mutex<Tracking>,
     pending: Mutex<Pending>,
     claims: Mutex<ClaimState>,
+    groups: Mutex<GroupCache>,
+    /// Per-room locks: sharing and encrypting in one room are single-flight.
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<async_lock::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Account {
@@ -171,6 +191,8 @@ impl OlmMachine {
                 tracking: Mutex::new(tracking),
                 pending: Mutex::new(Pending::default()),
                 claims: Mutex::new(ClaimState::default()),
+                groups: Mutex::new(GroupCache::default()),
+                room_locks: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -263,6 +285,11 @@ impl OlmMachine {
             (AnyOutgoingRequest::KeysClaim(_), AnyIncomingResponse::KeysClaim(r)) => {
                 self.receive_keys_claim_response(&entry.meta, r, now).await?
             }
+            (AnyOutgoingRequest::ToDevice(_), AnyIncomingResponse::ToDevice(_)) => {
+                if let pending::Meta::RoomKeyShare(targets) = &entry.meta {
+                    self.receive_room_key_share_ack(targets).await?;
+                }
+            }
             _ => {}
         }
         lock(&self.inner.pending).remove(request_id);
@@ -302,6 +329,7 @@ impl OlmMachine {
             Ok(()) => Ok(()),
             Err(error) => {
                 tracing::error!(%error, "saving changes failed; reloading state from the store");
+                lock(&self.inner.groups).clear();
                 if let Some(sessions) = sessions {
                     sessions.clear();
                 }

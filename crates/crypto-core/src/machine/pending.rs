@@ -1,7 +1,10 @@
 //! Requests handed out and not yet answered, in the order they were made.
 
-use ruma_common::{OwnedDeviceId, OwnedUserId, TransactionId};
+use std::collections::HashSet;
 
+use ruma_common::{OwnedDeviceId, OwnedUserId, RoomId, TransactionId};
+
+use super::share::ShareTargets;
 use crate::{AnyOutgoingRequest, OutgoingRequest};
 
 /// What the machine must remember about a request to apply its answer.
@@ -13,6 +16,8 @@ pub(super) enum Meta {
     KeysQuery(Vec<(OwnedUserId, u64)>),
     /// The devices whose one-time keys were claimed.
     KeysClaim(Vec<(OwnedUserId, OwnedDeviceId)>),
+    /// A room key (or withheld notices) for these devices.
+    RoomKeyShare(ShareTargets),
 }
 
 #[derive(Clone, Debug)]
@@ -55,6 +60,42 @@ impl Pending {
             Meta::KeysQuery(users) => users.iter().map(|(u, _)| u).collect::<Vec<_>>(),
             _ => Vec::new(),
         })
+    }
+
+    fn room_key_shares<'a>(
+        &'a self,
+        room_id: &'a RoomId,
+        session_id: &'a str,
+    ) -> impl Iterator<Item = (&'a Entry, &'a ShareTargets)> {
+        self.entries.iter().filter_map(move |e| match &e.meta {
+            Meta::RoomKeyShare(t) if t.room_id == room_id && t.session_id == session_id => Some((e, t)),
+            _ => None,
+        })
+    }
+
+    /// Devices an unanswered share request of this room key addresses.
+    pub(super) fn room_key_share_targets(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> HashSet<(OwnedUserId, OwnedDeviceId)> {
+        self.room_key_shares(room_id, session_id)
+            .flat_map(|(_, t)| {
+                let shared = t.shared.iter().map(|(u, d, _)| (u.clone(), d.clone()));
+                let withheld = t.withheld.iter().map(|(u, d, _)| (u.clone(), d.clone()));
+                shared.chain(withheld).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// The unanswered share requests of this room key, oldest first.
+    pub(super) fn room_key_share_requests(&self, room_id: &RoomId, session_id: &str) -> Vec<OutgoingRequest> {
+        self.room_key_shares(room_id, session_id).map(|(e, _)| e.request.clone()).collect()
+    }
+
+    /// Forgets unanswered share requests of a room (its key was replaced).
+    pub(super) fn drop_room_key_shares(&mut self, room_id: &RoomId) {
+        self.entries.retain(|e| !matches!(&e.meta, Meta::RoomKeyShare(t) if t.room_id == room_id));
     }
 
     /// Devices in a keys claim that is still unanswered.

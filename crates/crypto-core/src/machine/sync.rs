@@ -9,8 +9,8 @@ use ruma_events::AnyToDeviceEvent;
 use serde_json::Value;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
-use super::{OlmMachine, lock};
-use crate::{StoreError, Timestamp, olm::OlmError, store::Changes};
+use super::{OlmMachine, lock, room_keys::RoomKeyInfo};
+use crate::{StoreError, Timestamp, megolm::WithheldInfo, olm::OlmError, store::Changes};
 
 /// Users whose device lists changed, from a sync's `device_lists`.
 #[derive(Clone, Debug, Default)]
@@ -79,6 +79,10 @@ pub enum ToDeviceOutcome {
 pub struct SyncOutput {
     /// One outcome per to-device event, in order.
     pub to_device: Vec<ToDeviceOutcome>,
+    /// Room keys that arrived and were stored.
+    pub room_keys: Vec<RoomKeyInfo>,
+    /// Withheld notices that arrived.
+    pub withheld: Vec<WithheldInfo>,
 }
 
 impl OlmMachine {
@@ -118,6 +122,7 @@ impl OlmMachine {
         let mut output = SyncOutput::default();
         for raw in to_device_events {
             let outcome = self.receive_to_device(&mut account, &mut sessions, raw, now, &mut changes).await?;
+            let outcome = self.apply_to_device(outcome, &mut changes, &mut output).await?;
             output.to_device.push(outcome);
         }
         if changes.account.is_some() {
@@ -126,6 +131,56 @@ impl OlmMachine {
         }
         self.save(Some(&mut account), Some(&mut sessions), changes).await?;
         Ok(output)
+    }
+
+    /// Acts on what a to-device event carries: room keys and withheld notices.
+    async fn apply_to_device(
+        &self,
+        outcome: ToDeviceOutcome,
+        changes: &mut Changes,
+        output: &mut SyncOutput,
+    ) -> Result<ToDeviceOutcome, StoreError> {
+        match outcome {
+            ToDeviceOutcome::Decrypted { event, info } if info.event_type == "m.room_key" => {
+                let mut value: Value = event.deserialize_as_unchecked().unwrap_or_default();
+                match self.receive_room_key(&info, &value["content"], changes).await? {
+                    Ok(stored) => {
+                        output.room_keys.extend(stored);
+                        // The key is secret: the caller gets the event without it.
+                        if let Some(key) = value.get_mut("content").and_then(|c| c.get_mut("session_key")) {
+                            *key = Value::String(String::new());
+                        }
+                        let event = Raw::new(&value).map(Raw::cast_unchecked).unwrap_or(event);
+                        Ok(ToDeviceOutcome::Decrypted { event, info })
+                    }
+                    Err(reason) => {
+                        tracing::warn!(%reason, sender = %info.sender, "rejected a room key");
+                        Ok(ToDeviceOutcome::Failed { event, error: OlmError::InvalidPayload(reason) })
+                    }
+                }
+            }
+            ToDeviceOutcome::Decrypted { event, info } if info.event_type == "m.room_key.withheld" => {
+                let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
+                match self.receive_withheld(&info.sender, &value["content"], changes) {
+                    Ok(withheld) => output.withheld.push(withheld),
+                    Err(reason) => tracing::warn!(%reason, "ignored a malformed withheld notice"),
+                }
+                Ok(ToDeviceOutcome::Decrypted { event, info })
+            }
+            ToDeviceOutcome::PlainText(event) => {
+                let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
+                if value["type"] == "m.room_key.withheld"
+                    && let Some(sender) = value["sender"].as_str().and_then(|s| ruma_common::UserId::parse(s).ok())
+                {
+                    match self.receive_withheld(&sender, &value["content"], changes) {
+                        Ok(withheld) => output.withheld.push(withheld),
+                        Err(reason) => tracing::warn!(%reason, "ignored a malformed withheld notice"),
+                    }
+                }
+                Ok(ToDeviceOutcome::PlainText(event))
+            }
+            other => Ok(other),
+        }
     }
 
     async fn receive_to_device(

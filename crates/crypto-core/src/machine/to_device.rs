@@ -78,6 +78,23 @@ impl OlmMachine {
     ) -> Result<(Vec<(DeviceData, Value)>, Vec<OlmEncryptionError>), StoreError> {
         let mut sessions = self.inner.sessions.lock().await;
         let mut changes = Changes::default();
+        let result =
+            self.encrypt_for_devices_into(&mut sessions, devices, event_type, content, now, &mut changes).await?;
+        self.save(None, Some(&mut sessions), changes).await?;
+        Ok(result)
+    }
+
+    /// Encrypts for each device with its newest session, adding the advanced
+    /// sessions to `changes`; the caller saves them before releasing `sessions`.
+    pub(super) async fn encrypt_for_devices_into(
+        &self,
+        sessions: &mut SessionCache,
+        devices: &[DeviceData],
+        event_type: &str,
+        content: &Value,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<(Vec<(DeviceData, Value)>, Vec<OlmEncryptionError>), StoreError> {
         let mut messages = Vec::new();
         let mut failures = Vec::new();
         for device in devices {
@@ -97,7 +114,6 @@ impl OlmMachine {
                 Err(error) => failures.push(error),
             }
         }
-        self.save(None, Some(&mut sessions), changes).await?;
         Ok((messages, failures))
     }
 
@@ -251,7 +267,11 @@ fn decrypted(
     (event, info)
 }
 
-fn to_device_request(id: OwnedTransactionId, event_type: &str, messages: &[(DeviceData, Value)]) -> AnyOutgoingRequest {
+pub(super) fn to_device_request(
+    id: OwnedTransactionId,
+    event_type: &str,
+    messages: &[(DeviceData, Value)],
+) -> AnyOutgoingRequest {
     let mut map: send_event_to_device::v3::Messages = BTreeMap::new();
     for (device, content) in messages {
         let raw = Raw::new(content).map(Raw::cast_unchecked);

@@ -71,6 +71,10 @@ pub enum OlmError {
     /// `sender_device_keys` is invalid or does not belong to the sender.
     #[error("invalid sender_device_keys: {0}")]
     InvalidSenderDeviceKeys(String),
+    /// The message decrypted, but what it carries is unusable (e.g. a room
+    /// key whose session id does not match its key).
+    #[error("invalid payload: {0}")]
+    InvalidPayload(String),
     /// The sender device's keys failed their checks.
     #[error(transparent)]
     SenderDevice(#[from] DeviceKeysError),

@@ -2,8 +2,11 @@
 
 use ruma_common::OwnedUserId;
 
-use super::types::{StoredAccount, StoredSession, TrackedUser};
-use crate::devices::DeviceData;
+use super::types::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser};
+use crate::{
+    devices::DeviceData,
+    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
+};
 
 /// Everything one input to the machine changed. A store applies a `Changes`
 /// value entirely or not at all, before the input's call returns.
@@ -19,6 +22,14 @@ pub struct Changes {
     pub tracked_users: Vec<TrackedUser>,
     /// Users no longer tracked.
     pub untracked_users: Vec<OwnedUserId>,
+    /// Room keys received, imported or created.
+    pub inbound_group_sessions: Vec<StoredInboundGroupSession>,
+    /// Our outbound room keys, created, advanced or shared further.
+    pub outbound_group_sessions: Vec<StoredOutboundGroupSession>,
+    /// Withheld notices received.
+    pub withheld: Vec<WithheldInfo>,
+    /// Megolm message indices decrypted, for replay detection.
+    pub message_indices: Vec<MessageIndexRecord>,
     /// The sync token of the sync whose changes these are.
     pub next_batch_token: Option<String>,
 }
@@ -27,22 +38,52 @@ impl Changes {
     /// Whether nothing changed. Destructures the struct so that a new field
     /// cannot be forgotten here.
     pub fn is_empty(&self) -> bool {
-        let Self { account, sessions, devices, tracked_users, untracked_users, next_batch_token } = self;
+        let Self {
+            account,
+            sessions,
+            devices,
+            tracked_users,
+            untracked_users,
+            inbound_group_sessions,
+            outbound_group_sessions,
+            withheld,
+            message_indices,
+            next_batch_token,
+        } = self;
         account.is_none()
             && sessions.is_empty()
             && devices.is_empty()
             && tracked_users.is_empty()
             && untracked_users.is_empty()
+            && inbound_group_sessions.is_empty()
+            && outbound_group_sessions.is_empty()
+            && withheld.is_empty()
+            && message_indices.is_empty()
             && next_batch_token.is_none()
     }
 
     /// Appends `other`; where both set a single value, `other` wins.
     pub fn extend(&mut self, other: Self) {
-        let Self { account, sessions, devices, tracked_users, untracked_users, next_batch_token } = other;
+        let Self {
+            account,
+            sessions,
+            devices,
+            tracked_users,
+            untracked_users,
+            inbound_group_sessions,
+            outbound_group_sessions,
+            withheld,
+            message_indices,
+            next_batch_token,
+        } = other;
         if account.is_some() {
             self.account = account;
         }
         self.sessions.extend(sessions);
+        self.inbound_group_sessions.extend(inbound_group_sessions);
+        self.outbound_group_sessions.extend(outbound_group_sessions);
+        self.withheld.extend(withheld);
+        self.message_indices.extend(message_indices);
         self.devices.extend(devices);
         self.tracked_users.extend(tracked_users);
         self.untracked_users.extend(untracked_users);

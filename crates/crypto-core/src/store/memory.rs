@@ -7,13 +7,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma_common::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde::{Serialize, de::DeserializeOwned};
 use vodozemac::Curve25519PublicKey;
 use zeroize::Zeroizing;
 
-use super::{Changes, CryptoStore, StoreError, StoredAccount, StoredSession, TrackedUser};
-use crate::devices::DeviceData;
+use super::{Changes, CryptoStore, MessageIndexRecord, StoreError, StoredAccount, StoredSession, TrackedUser};
+use crate::{
+    devices::DeviceData,
+    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
+};
 
 type Bytes = Zeroizing<Vec<u8>>;
 
@@ -24,6 +27,11 @@ struct Tables {
     sessions: HashMap<String, BTreeMap<String, Bytes>>,
     devices: HashMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>>,
     tracked_users: BTreeMap<OwnedUserId, TrackedUser>,
+    inbound: BTreeMap<(OwnedRoomId, String), Bytes>,
+    outbound: HashMap<OwnedRoomId, Bytes>,
+    withheld: HashMap<(OwnedRoomId, String), WithheldInfo>,
+    no_olm: HashMap<String, WithheldInfo>,
+    message_indices: HashMap<(OwnedRoomId, String, u32), MessageIndexRecord>,
     next_batch_token: Option<String>,
 }
 
@@ -67,12 +75,31 @@ impl CryptoStore for MemoryStore {
     }
 
     async fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
-        let Changes { account, sessions, devices, tracked_users, untracked_users, next_batch_token } = changes;
+        let Changes {
+            account,
+            sessions,
+            devices,
+            tracked_users,
+            untracked_users,
+            inbound_group_sessions,
+            outbound_group_sessions,
+            withheld,
+            message_indices,
+            next_batch_token,
+        } = changes;
         // Encode everything first, so a failure leaves the tables untouched.
         let account = account.map(|a| encode("account", &a)).transpose()?;
         let sessions = sessions
             .iter()
             .map(|s| Ok((s.sender_key.to_base64(), s.session_id.clone(), encode("session", s)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let inbound = inbound_group_sessions
+            .iter()
+            .map(|s| Ok(((s.room_id.clone(), s.session_id.clone()), encode("inbound group session", s)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let outbound = outbound_group_sessions
+            .iter()
+            .map(|s| Ok((s.room_id.clone(), encode("outbound group session", s)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
 
         let mut tables = self.tables();
@@ -94,6 +121,22 @@ impl CryptoStore for MemoryStore {
         }
         for user in untracked_users {
             tables.tracked_users.remove(&user);
+        }
+        tables.inbound.extend(inbound);
+        tables.outbound.extend(outbound);
+        for info in withheld {
+            match (&info.room_id, &info.session_id) {
+                (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
+                    tables.withheld.insert((room_id.clone(), session_id.clone()), info);
+                }
+                _ => {
+                    tables.no_olm.insert(info.sender_key.to_base64(), info);
+                }
+            }
+        }
+        for record in message_indices {
+            let key = (record.room_id.clone(), record.session_id.clone(), record.message_index);
+            tables.message_indices.entry(key).or_insert(record);
         }
         if next_batch_token.is_some() {
             tables.next_batch_token = next_batch_token;
@@ -121,5 +164,63 @@ impl CryptoStore for MemoryStore {
 
     async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError> {
         Ok(self.tables().next_batch_token.clone())
+    }
+
+    async fn get_inbound_group_session(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Option<StoredInboundGroupSession>, StoreError> {
+        let tables = self.tables();
+        let key = (room_id.to_owned(), session_id.to_owned());
+        tables.inbound.get(&key).map(|b| decode("inbound group session", b)).transpose()
+    }
+
+    async fn get_inbound_group_sessions(
+        &self,
+        after: Option<(&RoomId, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredInboundGroupSession>, StoreError> {
+        use std::ops::Bound;
+        let tables = self.tables();
+        let start = match after {
+            Some((room_id, session_id)) => Bound::Excluded((room_id.to_owned(), session_id.to_owned())),
+            None => Bound::Unbounded,
+        };
+        tables
+            .inbound
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, b)| decode("inbound group session", b))
+            .collect()
+    }
+
+    async fn inbound_group_session_count(&self) -> Result<usize, StoreError> {
+        Ok(self.tables().inbound.len())
+    }
+
+    async fn get_outbound_group_session(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<StoredOutboundGroupSession>, StoreError> {
+        self.tables().outbound.get(room_id).map(|b| decode("outbound group session", b)).transpose()
+    }
+
+    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {
+        Ok(self.tables().withheld.get(&(room_id.to_owned(), session_id.to_owned())).cloned())
+    }
+
+    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
+        Ok(self.tables().no_olm.get(&sender_key.to_base64()).cloned())
+    }
+
+    async fn get_message_index(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        message_index: u32,
+    ) -> Result<Option<MessageIndexRecord>, StoreError> {
+        let key = (room_id.to_owned(), session_id.to_owned(), message_index);
+        Ok(self.tables().message_indices.get(&key).cloned())
     }
 }

@@ -10,15 +10,18 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use async_trait::async_trait;
-use ruma_common::{DeviceId, OwnedDeviceId, UserId};
+use ruma_common::{DeviceId, OwnedDeviceId, RoomId, UserId};
 use vodozemac::Curve25519PublicKey;
 
 pub use changes::Changes;
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use types::{StoredAccount, StoredSession, TrackedUser};
+pub use types::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser};
 
-use crate::devices::DeviceData;
+use crate::{
+    devices::DeviceData,
+    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
+};
 
 /// Persistent state of one device's crypto engine.
 ///
@@ -47,4 +50,42 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
 
     /// The sync token saved with the last processed sync.
     async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError>;
+
+    /// One room key by room and session id.
+    async fn get_inbound_group_session(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Option<StoredInboundGroupSession>, StoreError>;
+
+    /// Up to `limit` room keys ordered by (room id, session id), starting
+    /// after `after`: a page, so a full export never holds every key at once.
+    async fn get_inbound_group_sessions(
+        &self,
+        after: Option<(&RoomId, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredInboundGroupSession>, StoreError>;
+
+    /// How many room keys the store holds.
+    async fn inbound_group_session_count(&self) -> Result<usize, StoreError>;
+
+    /// Our outbound room key for a room.
+    async fn get_outbound_group_session(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<StoredOutboundGroupSession>, StoreError>;
+
+    /// The withheld notice for a room key, if one arrived.
+    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError>;
+
+    /// The `m.no_olm` notice from the device with `sender_key`, if one arrived.
+    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError>;
+
+    /// Which event first used a Megolm message index.
+    async fn get_message_index(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        message_index: u32,
+    ) -> Result<Option<MessageIndexRecord>, StoreError>;
 }

@@ -66,6 +66,22 @@ impl fmt::Debug for StoredSession {
     }
 }
 
+/// A Megolm message index we decrypted, and for which event: a second event
+/// with the same session and index is a replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageIndexRecord {
+    /// The room.
+    pub room_id: ruma_common::OwnedRoomId,
+    /// The Megolm session.
+    pub session_id: String,
+    /// The message index.
+    pub message_index: u32,
+    /// The event that carried it.
+    pub event_id: ruma_common::OwnedEventId,
+    /// That event's timestamp.
+    pub origin_server_ts: u64,
+}
+
 /// A user whose devices we track.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackedUser {

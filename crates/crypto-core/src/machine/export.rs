@@ -1,0 +1,217 @@
+//! Exporting room keys to, and importing them from, key export files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Seek, Write};
+
+use ruma_common::{OwnedRoomId, RoomId};
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, megolm::ExportedSessionKey};
+
+use super::OlmMachine;
+use crate::{
+    StoreError,
+    export::{ExportedRoomKey, KeyExportError, KeyExportReader, KeyExportWriter},
+    megolm::{InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin},
+    store::Changes,
+};
+
+/// Keys are read from the store, and saved on import, this many at a time.
+const PAGE: usize = 1000;
+
+/// The outcome of an import.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomKeyImportResult {
+    /// Keys stored (new, or better than the copy we had).
+    pub imported_count: usize,
+    /// Keys in the input.
+    pub total_count: usize,
+    /// The stored keys, by room.
+    pub keys: BTreeMap<OwnedRoomId, BTreeSet<String>>,
+}
+
+/// Why a key file could not be imported.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    /// The file is unreadable, damaged, or the passphrase is wrong.
+    #[error(transparent)]
+    File(#[from] KeyExportError),
+    /// Saving the keys failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<&InboundGroupSession> for ExportedRoomKey {
+    fn from(session: &InboundGroupSession) -> Self {
+        let mut claimed = BTreeMap::new();
+        if let Some(ed25519) = session.sender_ed25519 {
+            claimed.insert("ed25519".to_owned(), ed25519.to_base64());
+        }
+        Self {
+            algorithm: MEGOLM_ALGORITHM.to_owned(),
+            room_id: session.room_id.clone(),
+            sender_key: session.sender_key.to_base64(),
+            session_id: session.session_id.clone(),
+            session_key: session.export().to_base64(),
+            sender_claimed_keys: claimed,
+            forwarding_curve25519_key_chain: Vec::new(),
+            shared_history: session.shared_history,
+        }
+    }
+}
+
+impl OlmMachine {
+    /// Visits every stored room key a page at a time, in (room, session) order.
+    async fn for_each_room_key(
+        &self,
+        mut visit: impl FnMut(ExportedRoomKey) -> Result<(), KeyExportError>,
+    ) -> Result<(), ImportError> {
+        let mut after: Option<(OwnedRoomId, String)> = None;
+        loop {
+            let cursor = after.as_ref().map(|(r, s)| (r.as_ref(), s.as_str()));
+            let page = self.inner.store.get_inbound_group_sessions(cursor, PAGE).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = Some((last.room_id.clone(), last.session_id.clone()));
+            let full = page.len() == PAGE;
+            for stored in page {
+                visit(ExportedRoomKey::from(&InboundGroupSession::from_stored(stored)))?;
+            }
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Every stored room key that `predicate` accepts, ready for a key file.
+    pub async fn export_room_keys(
+        &self,
+        mut predicate: impl FnMut(&ExportedRoomKey) -> bool,
+    ) -> Result<Vec<ExportedRoomKey>, StoreError> {
+        let mut keys = Vec::new();
+        let result = self
+            .for_each_room_key(|key| {
+                if predicate(&key) {
+                    keys.push(key);
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(()) => Ok(keys),
+            Err(ImportError::Store(error)) => Err(error),
+            Err(ImportError::File(error)) => Err(StoreError::Backend(error.to_string())),
+        }
+    }
+
+    /// Streams the room keys `predicate` accepts into an encrypted key file
+    /// on `out`, holding one page of keys in memory at a time. Returns how
+    /// many keys were written.
+    pub async fn export_room_keys_to<W: Write>(
+        &self,
+        out: W,
+        passphrase: &str,
+        rounds: u32,
+        mut predicate: impl FnMut(&ExportedRoomKey) -> bool,
+    ) -> Result<usize, ImportError> {
+        let mut writer = KeyExportWriter::new(out, passphrase, rounds)?;
+        let mut count = 0;
+        self.for_each_room_key(|key| {
+            if predicate(&key) {
+                writer.write_key(&key)?;
+                count += 1;
+            }
+            Ok(())
+        })
+        .await?;
+        writer.finish()?;
+        Ok(count)
+    }
+
+    /// Imports exported room keys, saving them in batches. A key never
+    /// replaces a better copy (one reaching further back, or one received
+    /// over Olm); imported keys are marked as imported. `progress` gets
+    /// (processed, total).
+    pub async fn import_room_keys(
+        &self,
+        keys: Vec<ExportedRoomKey>,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<RoomKeyImportResult, StoreError> {
+        let total = keys.len();
+        let mut result = RoomKeyImportResult { total_count: total, ..Default::default() };
+        for (i, batch) in keys.chunks(PAGE).enumerate() {
+            self.import_batch(batch, &mut result).await?;
+            progress((i * PAGE + batch.len()).min(total), total);
+        }
+        Ok(result)
+    }
+
+    /// Imports a key export file, streaming: the file is checked whole
+    /// (passphrase, MAC, JSON) before any key is stored, then imported in
+    /// batches, with one batch of keys in memory at a time. `progress` gets
+    /// (processed, total).
+    pub async fn import_room_key_export<R: Read + Seek>(
+        &self,
+        input: &mut R,
+        passphrase: &str,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<RoomKeyImportResult, ImportError> {
+        let mut reader: KeyExportReader<'_, R> = KeyExportReader::open(input, passphrase)?;
+        let total = reader.total();
+        let mut result = RoomKeyImportResult { total_count: total, ..Default::default() };
+        let mut done = 0;
+        loop {
+            let mut batch = Vec::with_capacity(PAGE);
+            while batch.len() < PAGE {
+                match reader.next_key()? {
+                    Some(key) => batch.push(key),
+                    None => break,
+                }
+            }
+            if batch.is_empty() {
+                break;
+            }
+            self.import_batch(&batch, &mut result).await?;
+            done += batch.len();
+            progress(done, total);
+        }
+        Ok(result)
+    }
+
+    async fn import_batch(&self, keys: &[ExportedRoomKey], result: &mut RoomKeyImportResult) -> Result<(), StoreError> {
+        let mut changes = Changes::default();
+        let mut stored = Vec::new();
+        for key in keys {
+            let Some(session) = session_from_export(key) else {
+                tracing::warn!(room_id = %key.room_id, session_id = %key.session_id, "skipped an invalid exported key");
+                continue;
+            };
+            let (room_id, session_id) = (session.room_id.clone(), session.session_id.clone());
+            if self.store_inbound_if_better(session, &mut changes).await? {
+                stored.push((room_id, session_id));
+            }
+        }
+        self.save(None, None, changes).await?;
+        for (room_id, session_id) in stored {
+            result.imported_count += 1;
+            result.keys.entry(room_id).or_default().insert(session_id);
+        }
+        Ok(())
+    }
+}
+
+/// A session from an exported key, if the key is well-formed and its session
+/// id matches its key material.
+fn session_from_export(key: &ExportedRoomKey) -> Option<InboundGroupSession> {
+    if key.algorithm != MEGOLM_ALGORITHM {
+        return None;
+    }
+    let session_key = ExportedSessionKey::from_base64(&key.session_key).ok()?;
+    let origin = Origin {
+        sender_key: Curve25519PublicKey::from_base64(&key.sender_key).ok()?,
+        sender_ed25519: key.sender_claimed_keys.get("ed25519").and_then(|k| Ed25519PublicKey::from_base64(k).ok()),
+        sender_user: None,
+        source: KeySource::Imported,
+        shared_history: key.shared_history,
+    };
+    let room_id: &RoomId = &key.room_id;
+    let session = InboundGroupSession::from_export(room_id, &session_key, origin);
+    (session.session_id == key.session_id).then_some(session)
+}

@@ -1,0 +1,46 @@
+//! In-memory caches of Megolm sessions in front of the store: hot inbound
+//! sessions (bounded) and our outbound session per room.
+
+use std::collections::HashMap;
+
+use ruma_common::{OwnedRoomId, RoomId};
+
+use crate::megolm::{InboundGroupSession, OutboundGroupSession};
+
+/// How many inbound sessions stay in memory; beyond that the cache is
+/// emptied and refilled from the store on demand.
+const INBOUND_CACHE_CAPACITY: usize = 4096;
+
+/// Hot Megolm sessions. The store stays the source of truth.
+#[derive(Default)]
+pub(super) struct GroupCache {
+    inbound: HashMap<(OwnedRoomId, String), InboundGroupSession>,
+    pub(super) outbound: HashMap<OwnedRoomId, OutboundGroupSession>,
+}
+
+impl std::fmt::Debug for GroupCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCache")
+            .field("inbound", &self.inbound.len())
+            .field("outbound", &self.outbound.len())
+            .finish()
+    }
+}
+
+impl GroupCache {
+    pub(super) fn inbound_mut(&mut self, room_id: &RoomId, session_id: &str) -> Option<&mut InboundGroupSession> {
+        self.inbound.get_mut(&(room_id.to_owned(), session_id.to_owned()))
+    }
+
+    pub(super) fn insert_inbound(&mut self, session: InboundGroupSession) {
+        if self.inbound.len() >= INBOUND_CACHE_CAPACITY {
+            self.inbound.clear();
+        }
+        self.inbound.insert((session.room_id.clone(), session.session_id.clone()), session);
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.inbound.clear();
+        self.outbound.clear();
+    }
+}

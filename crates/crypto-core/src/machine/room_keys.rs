@@ -1,0 +1,119 @@
+//! Receiving room keys (`m.room_key` over Olm) and withheld notices.
+
+use ruma_common::{OwnedRoomId, RoomId};
+use serde_json::Value;
+use vodozemac::{Curve25519PublicKey, megolm::SessionKey};
+
+use super::{OlmMachine, lock, sync::OlmDecryptionInfo};
+use crate::{
+    StoreError,
+    megolm::{InboundGroupSession, MEGOLM_ALGORITHM, Origin, RoomKeyContent, WithheldInfo, parse_withheld},
+    store::Changes,
+};
+
+/// A room key that arrived in a sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomKeyInfo {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The Megolm session id.
+    pub session_id: String,
+    /// The curve25519 key of the device that sent it.
+    pub sender_key: Curve25519PublicKey,
+}
+
+impl OlmMachine {
+    /// Stores an `m.room_key` that arrived over Olm, unless a better copy of
+    /// the same session is known. Returns what was stored.
+    pub(super) async fn receive_room_key(
+        &self,
+        info: &OlmDecryptionInfo,
+        content: &Value,
+        changes: &mut Changes,
+    ) -> Result<Result<Option<RoomKeyInfo>, String>, StoreError> {
+        let content: RoomKeyContent = match serde_json::from_value(content.clone()) {
+            Ok(content) => content,
+            Err(e) => return Ok(Err(format!("malformed m.room_key: {e}"))),
+        };
+        if content.algorithm != MEGOLM_ALGORITHM {
+            return Ok(Err(format!("unsupported room key algorithm {}", content.algorithm)));
+        }
+        let key = match SessionKey::from_base64(&content.session_key) {
+            Ok(key) => key,
+            Err(e) => return Ok(Err(format!("invalid session key: {e}"))),
+        };
+        let origin = Origin {
+            sender_key: info.sender_curve25519_key,
+            sender_ed25519: Some(info.sender_ed25519_key),
+            sender_user: Some(info.sender.clone()),
+            source: crate::megolm::KeySource::Olm,
+            shared_history: content.shared_history,
+        };
+        let session = InboundGroupSession::from_session_key(&content.room_id, &key, origin);
+        if session.session_id != content.session_id {
+            return Ok(Err(format!(
+                "session id {} does not match the key ({})",
+                content.session_id, session.session_id
+            )));
+        }
+        let stored = self.store_inbound_if_better(session, changes).await?;
+        Ok(Ok(stored.then_some(RoomKeyInfo {
+            room_id: content.room_id,
+            session_id: content.session_id,
+            sender_key: info.sender_curve25519_key,
+        })))
+    }
+
+    /// Keeps `session` if no better copy is known; adds it to `changes`.
+    pub(super) async fn store_inbound_if_better(
+        &self,
+        mut session: InboundGroupSession,
+        changes: &mut Changes,
+    ) -> Result<bool, StoreError> {
+        // A copy already in this batch counts as known.
+        let pending = changes
+            .inbound_group_sessions
+            .iter()
+            .rposition(|s| s.room_id == session.room_id && s.session_id == session.session_id);
+        let existing = match pending {
+            Some(i) => Some(InboundGroupSession::from_stored(changes.inbound_group_sessions.remove(i))),
+            None => self.load_inbound(&session.room_id, &session.session_id).await?,
+        };
+        let keep_new = match existing {
+            None => true,
+            Some(mut existing) => {
+                let better = session.is_better_than(&mut existing);
+                if !better && pending.is_some() {
+                    changes.inbound_group_sessions.push(existing.to_stored());
+                }
+                better
+            }
+        };
+        if keep_new {
+            changes.inbound_group_sessions.push(session.to_stored());
+            lock(&self.inner.groups).insert_inbound(session);
+        }
+        Ok(keep_new)
+    }
+
+    /// An inbound session from the cache or the store (not cached by this call).
+    pub(super) async fn load_inbound(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Option<InboundGroupSession>, StoreError> {
+        Ok(self.inner.store.get_inbound_group_session(room_id, session_id).await?.map(InboundGroupSession::from_stored))
+    }
+
+    /// Records an `m.room_key.withheld` notice.
+    pub(super) fn receive_withheld(
+        &self,
+        sender: &ruma_common::UserId,
+        content: &Value,
+        changes: &mut Changes,
+    ) -> Result<WithheldInfo, String> {
+        let info = parse_withheld(sender.to_owned(), content)?;
+        changes.withheld.push(info.clone());
+        Ok(info)
+    }
+}

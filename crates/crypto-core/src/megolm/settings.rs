@@ -1,0 +1,109 @@
+//! [`EncryptionSettings`] for sending in a room and [`DecryptionSettings`] for
+//! reading: what a room's `m.room.encryption` event and the user's trust
+//! choices say.
+
+use std::time::Duration;
+
+use ruma_events::room::history_visibility::HistoryVisibility;
+use serde::{Deserialize, Serialize};
+
+use crate::megolm::MEGOLM_ALGORITHM;
+
+/// Default rotation period of an outbound session (the spec's one week).
+pub const DEFAULT_ROTATION_PERIOD: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Default number of messages after which an outbound session is rotated.
+pub const DEFAULT_ROTATION_MESSAGES: u64 = 100;
+
+/// Which devices receive room keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SharingStrategy {
+    /// Every device of every member, except blocked ones (they get `m.blacklisted`).
+    #[default]
+    AllDevices,
+    /// Only devices the user verified; the others get `m.unverified`.
+    OnlyTrustedDevices,
+}
+
+/// How a room's messages are encrypted: from its `m.room.encryption` event,
+/// its history visibility, and the sharing strategy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionSettings {
+    /// The algorithm; only `m.megolm.v1.aes-sha2` is supported.
+    pub algorithm: String,
+    /// Rotate the outbound session after this much time.
+    #[serde(with = "duration_ms")]
+    pub rotation_period: Duration,
+    /// Rotate the outbound session after this many messages.
+    pub rotation_period_msgs: u64,
+    /// The room's history visibility: decides `shared_history` and who gets keys.
+    pub history_visibility: HistoryVisibility,
+    /// Which devices receive the key.
+    pub sharing_strategy: SharingStrategy,
+}
+
+impl Default for EncryptionSettings {
+    fn default() -> Self {
+        Self {
+            algorithm: MEGOLM_ALGORITHM.to_owned(),
+            rotation_period: DEFAULT_ROTATION_PERIOD,
+            rotation_period_msgs: DEFAULT_ROTATION_MESSAGES,
+            history_visibility: HistoryVisibility::Shared,
+            sharing_strategy: SharingStrategy::AllDevices,
+        }
+    }
+}
+
+impl EncryptionSettings {
+    /// Settings from an `m.room.encryption` content's optional rotation
+    /// fields (absent fields take the spec's defaults).
+    pub fn from_room_encryption(
+        rotation_period_ms: Option<u64>,
+        rotation_period_msgs: Option<u64>,
+        history_visibility: HistoryVisibility,
+        sharing_strategy: SharingStrategy,
+    ) -> Self {
+        Self {
+            algorithm: MEGOLM_ALGORITHM.to_owned(),
+            rotation_period: rotation_period_ms.map_or(DEFAULT_ROTATION_PERIOD, Duration::from_millis),
+            rotation_period_msgs: rotation_period_msgs.unwrap_or(DEFAULT_ROTATION_MESSAGES),
+            history_visibility,
+            sharing_strategy,
+        }
+    }
+
+    /// Whether keys made under these settings may be shared with later members.
+    pub fn shared_history(&self) -> bool {
+        matches!(self.history_visibility, HistoryVisibility::Shared | HistoryVisibility::WorldReadable)
+    }
+}
+
+/// What a decryption demands of the sending device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrustRequirement {
+    /// Decrypt whatever device sent it; the info says how far it is trusted.
+    #[default]
+    Untrusted,
+    /// Refuse events from devices the user has not verified.
+    VerifiedDevice,
+}
+
+/// Settings for [`OlmMachine::decrypt_room_event`](crate::OlmMachine::decrypt_room_event).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecryptionSettings {
+    /// The trust the sending device must have.
+    pub sender_device_trust_requirement: TrustRequirement,
+}
+
+mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
