@@ -73,6 +73,10 @@ pub enum KeyExportError {
 
 impl From<io::Error> for KeyExportError {
     fn from(error: io::Error) -> Self {
+        // Our own readers carry their errors through `io::Error`: unwrap them.
+        if let Some(inner) = error.get_ref().and_then(|e| e.downcast_ref::<Self>()) {
+            return inner.clone();
+        }
         if error.kind() == io::ErrorKind::UnexpectedEof { Self::Truncated } else { Self::Io(error.to_string()) }
     }
 }
@@ -512,4 +516,169 @@ pub fn decrypt_room_key_export(text: &str, passphrase: &str) -> Result<Vec<Expor
         keys.push(key);
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ruma_common::owned_room_id;
+
+    use super::*;
+
+    fn key(n: u8) -> ExportedRoomKey {
+        ExportedRoomKey {
+            algorithm: "m.megolm.v1.aes-sha2".into(),
+            room_id: owned_room_id!("!room:example.org"),
+            sender_key: format!("sender{n}"),
+            session_id: format!("session{n}"),
+            session_key: format!("secret{n}"),
+            sender_claimed_keys: BTreeMap::from([("ed25519".into(), format!("ed{n}"))]),
+            forwarding_curve25519_key_chain: Vec::new(),
+            shared_history: n % 2 == 0,
+        }
+    }
+
+    fn body_bytes(file: &str) -> Vec<u8> {
+        let body: String = file.lines().filter(|l| !l.starts_with("-----")).collect();
+        BASE64.decode(body).unwrap()
+    }
+
+    fn rearmor(bytes: &[u8]) -> String {
+        format!("{HEADER}\n{}\n{FOOTER}\n", BASE64.encode(bytes))
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let keys: Vec<_> = (0..5).map(key).collect();
+        let file = encrypt_room_key_export(&keys, "correct horse", 10).unwrap();
+        assert!(file.starts_with("-----BEGIN MEGOLM SESSION DATA-----\n"));
+        assert!(file.ends_with("-----END MEGOLM SESSION DATA-----\n"));
+        assert!(!file.contains("secret0"));
+        assert_eq!(decrypt_room_key_export(&file, "correct horse").unwrap(), keys);
+        let empty = encrypt_room_key_export(&[], "p", 1).unwrap();
+        assert!(decrypt_room_key_export(&empty, "p").unwrap().is_empty());
+    }
+
+    #[test]
+    fn layout_matches_the_spec() {
+        let file = encrypt_room_key_export(&[key(1)], "p", 1234).unwrap();
+        let bytes = body_bytes(&file);
+        assert_eq!(bytes[0], 1, "version");
+        assert_eq!(bytes[17 + 8] & 0x80, 0, "IV bit 63 is clear");
+        assert_eq!(u32::from_be_bytes(bytes[33..37].try_into().unwrap()), 1234);
+        // Lines are at most 96 characters.
+        assert!(file.lines().all(|l| l.len() <= 96));
+    }
+
+    #[test]
+    fn unpadded_single_line_and_crlf_files_are_read() {
+        let file = encrypt_room_key_export(&[key(1), key(2)], "p", 3).unwrap();
+        let bytes = body_bytes(&file);
+        let unpadded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+        let text = format!("{HEADER}\r\n{unpadded}\r\n{FOOTER}\r\n");
+        assert_eq!(decrypt_room_key_export(&text, "p").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn wrong_passphrase_is_refused() {
+        let file = encrypt_room_key_export(&[key(1)], "right", 5).unwrap();
+        assert_eq!(decrypt_room_key_export(&file, "wrong"), Err(KeyExportError::WrongPassphraseOrCorrupt));
+    }
+
+    #[test]
+    fn a_modified_byte_is_refused() {
+        let file = encrypt_room_key_export(&[key(1)], "p", 5).unwrap();
+        let mut bytes = body_bytes(&file);
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 1;
+        assert_eq!(decrypt_room_key_export(&rearmor(&bytes), "p"), Err(KeyExportError::WrongPassphraseOrCorrupt));
+    }
+
+    #[test]
+    fn a_truncated_file_is_refused() {
+        let file = encrypt_room_key_export(&[key(1), key(2), key(3)], "p", 5).unwrap();
+        let without_footer: String = file.lines().take(3).map(|l| format!("{l}\n")).collect();
+        assert_eq!(decrypt_room_key_export(&without_footer, "p"), Err(KeyExportError::Truncated));
+        let bytes = body_bytes(&file);
+        assert_eq!(decrypt_room_key_export(&rearmor(&bytes[..20]), "p"), Err(KeyExportError::Truncated));
+        assert!(decrypt_room_key_export(&rearmor(&bytes[..bytes.len() - 10]), "p").is_err());
+    }
+
+    #[test]
+    fn unknown_versions_and_bad_rounds_are_refused() {
+        let file = encrypt_room_key_export(&[key(1)], "p", 5).unwrap();
+        let mut bytes = body_bytes(&file);
+        bytes[0] = 2;
+        assert_eq!(decrypt_room_key_export(&rearmor(&bytes), "p"), Err(KeyExportError::UnsupportedVersion(2)));
+        let mut bytes = body_bytes(&file);
+        bytes[33..37].copy_from_slice(&0u32.to_be_bytes());
+        assert_eq!(decrypt_room_key_export(&rearmor(&bytes), "p"), Err(KeyExportError::InvalidRounds(0)));
+        let mut bytes = body_bytes(&file);
+        bytes[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(decrypt_room_key_export(&rearmor(&bytes), "p"), Err(KeyExportError::InvalidRounds(u32::MAX)));
+        assert!(matches!(encrypt_room_key_export(&[], "p", 0), Err(KeyExportError::InvalidRounds(0))));
+    }
+
+    #[test]
+    fn text_that_is_not_an_export_is_refused() {
+        assert!(matches!(decrypt_room_key_export("hello", "p"), Err(KeyExportError::NotAKeyExport(_))));
+        let garbage = format!("{HEADER}\n!!!!\n{FOOTER}\n");
+        assert_eq!(decrypt_room_key_export(&garbage, "p"), Err(KeyExportError::InvalidBase64));
+    }
+
+    #[test]
+    fn a_valid_mac_over_invalid_json_is_refused_before_any_key() {
+        // Build a file whose MAC is right but whose plaintext is not an array of keys.
+        let salt = [1u8; 16];
+        let iv = [2u8; 16];
+        let keys = derive_keys("p", &salt, 1);
+        let mut bytes = vec![VERSION];
+        bytes.extend_from_slice(&salt);
+        bytes.extend_from_slice(&iv);
+        bytes.extend_from_slice(&1u32.to_be_bytes());
+        let mut plaintext = br#"[{"algorithm":"m.megolm.v1.aes-sha2"},"#.to_vec();
+        Aes256Ctr::new((&*keys.aes).into(), (&iv).into()).apply_keystream(&mut plaintext);
+        bytes.extend_from_slice(&plaintext);
+        let mut mac = hmac(&keys);
+        mac.update(&bytes);
+        bytes.extend_from_slice(&mac.finalize().into_bytes());
+        let file = rearmor(&bytes);
+        let mut input = io::Cursor::new(file.as_bytes());
+        assert!(matches!(KeyExportReader::open(&mut input, "p"), Err(KeyExportError::InvalidJson(_))));
+    }
+
+    #[test]
+    fn debug_output_hides_the_session_key() {
+        assert!(!format!("{:?}", key(7)).contains("secret7"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+        /// Any set of keys and any passphrase survive a round trip; any other
+        /// passphrase is refused.
+        #[test]
+        fn arbitrary_keys_and_passphrases_round_trip(
+            passphrase in ".{0,24}",
+            keys in proptest::collection::vec(("[a-z]{1,8}", "\\PC{0,40}", proptest::bool::ANY), 0..12),
+        ) {
+            let keys: Vec<ExportedRoomKey> = keys
+                .into_iter()
+                .map(|(room, secret, shared)| ExportedRoomKey {
+                    algorithm: "m.megolm.v1.aes-sha2".into(),
+                    room_id: format!("!{room}:example.org").try_into().unwrap(),
+                    sender_key: "s".into(),
+                    session_id: room.clone(),
+                    session_key: secret,
+                    sender_claimed_keys: BTreeMap::new(),
+                    forwarding_curve25519_key_chain: vec![],
+                    shared_history: shared,
+                })
+                .collect();
+            let file = encrypt_room_key_export(&keys, &passphrase, 2).unwrap();
+            proptest::prop_assert_eq!(decrypt_room_key_export(&file, &passphrase).unwrap(), keys);
+            let wrong = format!("{passphrase}x");
+            proptest::prop_assert_eq!(decrypt_room_key_export(&file, &wrong), Err(KeyExportError::WrongPassphraseOrCorrupt));
+        }
+    }
 }

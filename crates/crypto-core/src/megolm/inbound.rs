@@ -168,3 +168,46 @@ impl InboundGroupSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ruma_common::room_id;
+    use vodozemac::megolm::GroupSession;
+
+    use super::*;
+
+    fn origin(source: KeySource) -> Origin {
+        Origin {
+            sender_key: Curve25519PublicKey::from_bytes([1; 32]),
+            sender_ed25519: None,
+            sender_user: None,
+            source,
+            shared_history: false,
+        }
+    }
+
+    #[test]
+    fn the_better_copy_wins_and_olm_beats_files() {
+        let room = room_id!("!r:e.org");
+        let mut outbound = GroupSession::new(SessionConfig::version_1());
+        let at_zero = outbound.session_key();
+        outbound.encrypt("one");
+        let at_one = outbound.session_key();
+
+        let mut imported_late = InboundGroupSession::from_session_key(room, &at_one, origin(KeySource::Imported));
+        let mut imported_early = InboundGroupSession::from_session_key(room, &at_zero, origin(KeySource::Imported));
+        let mut olm_late = InboundGroupSession::from_session_key(room, &at_one, origin(KeySource::Olm));
+
+        assert!(imported_early.is_better_than(&mut imported_late));
+        assert!(!imported_late.is_better_than(&mut imported_early));
+        // An unauthenticated copy never replaces an authenticated one, even if earlier.
+        assert!(!imported_early.is_better_than(&mut olm_late));
+        // The same ratchet arriving over Olm upgrades an imported copy.
+        let mut olm_early = InboundGroupSession::from_session_key(room, &at_zero, origin(KeySource::Olm));
+        assert!(olm_early.is_better_than(&mut imported_early));
+        // A different session under the same id is never taken.
+        let other = GroupSession::new(SessionConfig::version_1()).session_key();
+        let mut unrelated = InboundGroupSession::from_session_key(room, &other, origin(KeySource::Olm));
+        assert!(!unrelated.is_better_than(&mut imported_late));
+    }
+}
