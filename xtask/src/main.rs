@@ -3,6 +3,7 @@
 //! * `ci`: everything CI checks: formatting, clippy (warnings denied), the
 //!   purity of crypto-core, docs, the whole test suite, cargo-deny.
 //! * `test`: the whole test suite (workspace, doc tests, interop crate).
+//! * `bench`: benchmarks, all or one named workload group.
 //!
 //! Only the standard library is used, so the tasks build in seconds.
 
@@ -10,6 +11,7 @@ use std::env;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod bench;
 mod checks;
 mod tests;
 
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
         Some("ci") => checks::ci(),
         Some("test") => tests::from_args(&args[1..]),
         Some("purity") => checks::purity(),
+        Some("bench") => bench::run(&args[1..]),
         _ => Err(usage()),
     };
     match result {
@@ -34,7 +37,8 @@ fn usage() -> String {
     "usage: cargo xtask <task>\n\
      \n  ci      fmt check, clippy -D warnings, crypto-core purity, docs, tests, cargo-deny\
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
-     \n  purity  check that crypto-core has no I/O dependency and reads no clock"
+     \n  purity  check that crypto-core has no I/O dependency and reads no clock\
+     \n  bench [export]  benchmarks (export: peak memory of exporting/importing 100,000 room keys)"
         .to_owned()
 }
 
