@@ -535,7 +535,7 @@ mod tests {
             session_key: format!("secret{n}"),
             sender_claimed_keys: BTreeMap::from([("ed25519".into(), format!("ed{n}"))]),
             forwarding_curve25519_key_chain: Vec::new(),
-            shared_history: n % 2 == 0,
+            shared_history: n.is_multiple_of(2),
         }
     }
 
