@@ -319,3 +319,43 @@ async fn a_restarted_machine_keeps_its_room_keys() {
     assert_eq!(bob.decrypt_text(room(), &event).await.unwrap(), "kept");
     let _ = ROOM;
 }
+
+#[tokio::test]
+async fn misuse_and_malformed_events_are_typed_errors() {
+    let mut r = Room::new().await;
+    // Encrypting before any key was shared.
+    let err = r
+        .alice1
+        .machine
+        .encrypt_room_event(room(), "m.room.message", &json!({"body": "x"}), r.clock.now())
+        .await
+        .unwrap_err();
+    assert_eq!(err, hush_crypto_core::EncryptError::NoSharedSession(room().to_owned()));
+
+    let event = r.alice_sends(&r.members(), "valid", &EncryptionSettings::default()).await;
+    r.sync_all().await;
+    let mut wrong_algorithm = event.clone();
+    wrong_algorithm["content"]["algorithm"] = json!("m.olm.v1.curve25519-aes-sha2");
+    assert!(matches!(
+        r.bob1.decrypt_text(room(), &wrong_algorithm).await,
+        Err(MegolmError::UnsupportedAlgorithm(a)) if a == "m.olm.v1.curve25519-aes-sha2"
+    ));
+    let mut no_ciphertext = event.clone();
+    no_ciphertext["content"].as_object_mut().unwrap().remove("ciphertext");
+    assert!(matches!(r.bob1.decrypt_text(room(), &no_ciphertext).await, Err(MegolmError::Malformed(_))));
+    let mut garbled = event.clone();
+    garbled["content"]["ciphertext"] = json!("AAAA");
+    assert!(matches!(r.bob1.decrypt_text(room(), &garbled).await, Err(MegolmError::Malformed(_))));
+    let mut tampered = event.clone();
+    let ciphertext = event["content"]["ciphertext"].as_str().unwrap();
+    let mut bytes = vodozemac::base64_decode(ciphertext).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    tampered["content"]["ciphertext"] = json!(vodozemac::base64_encode(&bytes));
+    assert!(matches!(r.bob1.decrypt_text(room(), &tampered).await, Err(MegolmError::DecryptionFailed(_))));
+    let mut no_sender = event.clone();
+    no_sender.as_object_mut().unwrap().remove("sender");
+    assert!(matches!(r.bob1.decrypt_text(room(), &no_sender).await, Err(MegolmError::Malformed(_))));
+    // None of it burned the index: the real event decrypts.
+    assert_eq!(r.bob1.decrypt_text(room(), &event).await.unwrap(), "valid");
+}
