@@ -6,11 +6,15 @@
 //!   instead of sleeping.
 //! * [`TestDevice`]: one engine plus the loop a client would run around it
 //!   (sync, drain outgoing requests, answer them).
+//! * [`conformance`]: the store conformance suite; [`stores`]: factories
+//!   for every backend it runs against.
 
 mod clock;
+pub mod conformance;
 mod device;
 mod rogue;
 mod server;
+pub mod stores;
 
 pub use clock::VirtualClock;
 pub use device::{TestDevice, decrypted};

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Some("test") => tests::from_args(&args[1..]),
         Some("purity") => checks::purity(),
         Some("bench") => bench::run(&args[1..]),
+        Some("stress") => tests::stress(),
         _ => Err(usage()),
     };
     match result {
@@ -38,6 +39,7 @@ fn usage() -> String {
      \n  ci      fmt check, clippy -D warnings, crypto-core purity, docs, tests, cargo-deny\
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
+     \n  stress  the store crash test with 1,000 SIGKILLs per backend\
      \n  bench [export]  benchmarks (export: peak memory of exporting/importing 100,000 room keys)"
         .to_owned()
 }

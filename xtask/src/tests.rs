@@ -42,3 +42,10 @@ pub(crate) fn from_args(args: &[String]) -> Result<(), String> {
     let filter: Vec<String> = args.iter().skip_while(|a| *a == "--").cloned().collect();
     run_all(&filter)
 }
+
+/// The crash test at 1,000 kills per backend, in release mode.
+pub(crate) fn stress() -> Result<(), String> {
+    let mut crash = cargo();
+    crash.args(["test", "--release", "-p", "hush-testing", "--test", "store_crash"]).env("HUSH_CRASH_KILLS", "1000");
+    run(crash, "store crash test, 1,000 kills per backend")
+}

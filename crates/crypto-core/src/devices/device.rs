@@ -80,7 +80,7 @@ pub struct DeviceData {
 impl DeviceData {
     /// Parses signed device keys and checks their self-signature, that they
     /// belong to `user_id`, and (if given) to `device_id`.
-    pub(crate) fn from_signed_keys(
+    pub fn from_signed_keys(
         signed_keys: Value,
         user_id: &UserId,
         device_id: Option<&DeviceId>,

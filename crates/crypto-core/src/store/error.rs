@@ -21,6 +21,27 @@ pub enum StoreError {
     /// The passphrase (or raw key) does not open this store.
     #[error("the passphrase does not open this store")]
     WrongPassphrase,
+    /// The store is encrypted and was opened without a passphrase or key.
+    #[error("the store is encrypted: open it with its passphrase or key")]
+    PassphraseRequired,
+    /// A passphrase or key was given for a store that is not encrypted.
+    #[error("the store is not encrypted, but a passphrase or key was given")]
+    NotEncrypted,
+    /// The store belongs to another user or device.
+    #[error(
+        "the store belongs to {store_user_id} / {store_device_id}, not {user_id} / {device_id}; \
+         use the store created for this device, or log in again with device id {store_device_id}"
+    )]
+    DeviceMismatch {
+        /// The user the store belongs to.
+        store_user_id: String,
+        /// The device the store belongs to.
+        store_device_id: String,
+        /// The user it was opened for.
+        user_id: String,
+        /// The device it was opened for.
+        device_id: String,
+    },
     /// The store was written by a newer version of hush.
     #[error("store schema version {found} is newer than the supported version {supported}")]
     UnsupportedSchema {

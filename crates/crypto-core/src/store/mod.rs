@@ -58,8 +58,9 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
         session_id: &str,
     ) -> Result<Option<StoredInboundGroupSession>, StoreError>;
 
-    /// Up to `limit` room keys ordered by (room id, session id), starting
-    /// after `after`: a page, so a full export never holds every key at once.
+    /// Up to `limit` room keys in a stable order the store defines, starting
+    /// after the key `after` names (the last of the previous page): a page,
+    /// so a full export never holds every key at once.
     async fn get_inbound_group_sessions(
         &self,
         after: Option<(&RoomId, &str)>,

@@ -1,0 +1,112 @@
+//! [`KvBackend`]: the small interface a storage engine implements so that
+//! [`KvCryptoStore`](crate::KvCryptoStore) can run on it.
+
+use std::fmt;
+
+use hush_crypto_core::StoreError;
+
+/// The tables of a crypto store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Schema version, wrapped store key, owner (keys are not hashed).
+    Meta,
+    /// The Olm account.
+    Account,
+    /// Olm sessions by (sender key, session id).
+    OlmSessions,
+    /// Devices by (user, device).
+    Devices,
+    /// Tracked users by user.
+    TrackedUsers,
+    /// Room keys by (room, session).
+    InboundGroupSessions,
+    /// Our room key per room.
+    OutboundGroupSessions,
+    /// Withheld notices by (room, session).
+    Withheld,
+    /// `m.no_olm` notices by sender key.
+    NoOlm,
+    /// Decrypted Megolm indices by (room, session, index).
+    MessageIndices,
+    /// The sync token.
+    Sync,
+}
+
+impl Table {
+    /// Every table, in a fixed order.
+    pub const ALL: [Self; 11] = [
+        Self::Meta,
+        Self::Account,
+        Self::OlmSessions,
+        Self::Devices,
+        Self::TrackedUsers,
+        Self::InboundGroupSessions,
+        Self::OutboundGroupSessions,
+        Self::Withheld,
+        Self::NoOlm,
+        Self::MessageIndices,
+        Self::Sync,
+    ];
+
+    /// The table's name, as the engine stores it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Meta => "meta",
+            Self::Account => "account",
+            Self::OlmSessions => "olm_sessions",
+            Self::Devices => "devices",
+            Self::TrackedUsers => "tracked_users",
+            Self::InboundGroupSessions => "inbound_group_sessions",
+            Self::OutboundGroupSessions => "outbound_group_sessions",
+            Self::Withheld => "withheld",
+            Self::NoOlm => "no_olm",
+            Self::MessageIndices => "message_indices",
+            Self::Sync => "sync",
+        }
+    }
+
+    /// The table's position in [`Table::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One change in an atomic batch.
+#[derive(Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Insert or replace.
+    Put(Table, Vec<u8>, Vec<u8>),
+    /// Remove (no error if absent).
+    Delete(Table, Vec<u8>),
+}
+
+impl fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be plaintext secrets in an unencrypted store: show sizes only.
+        match self {
+            Self::Put(table, key, value) => {
+                write!(f, "Put({table:?}, {} key bytes, {} value bytes)", key.len(), value.len())
+            }
+            Self::Delete(table, key) => write!(f, "Delete({table:?}, {} key bytes)", key.len()),
+        }
+    }
+}
+
+/// Key-value pairs read by a scan, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// An ordered key-value engine with atomic, durable batches.
+pub trait KvBackend: Send + Sync + fmt::Debug {
+    /// The value under `key`.
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Entries whose key starts with `prefix`, in key order, strictly after
+    /// `after` if given, at most `limit` of them.
+    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError>;
+
+    /// How many entries a table holds.
+    fn count(&self, table: Table) -> Result<usize, StoreError>;
+
+    /// Applies every op or none, and makes them durable before returning.
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,350 @@
+//! [`KvCryptoStore`]: hush's [`CryptoStore`] on any [`KvBackend`].
+//!
+//! Opening checks, in order: the schema version (newer than this code: an
+//! error; older: migrations run), whether the store is encrypted and the
+//! secret opens it, and that it belongs to the requested user and device.
+//! A store is never reset or overwritten because something did not match.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use hush_crypto_core::{
+    Changes, CryptoStore, StoreError,
+    devices::DeviceData,
+    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
+    store::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser},
+};
+use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
+use serde::{Deserialize, Serialize};
+use vodozemac::Curve25519PublicKey;
+
+use crate::{
+    KvBackend, Table, WriteOp,
+    cipher::{DEFAULT_KDF_ROUNDS, StoreCipher, StoreSecret, WrappedStoreKey},
+    codec::{Codec, cipher_error},
+};
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A migration from version `n` to `n + 1` is `MIGRATIONS[n - 1]`: it reads
+/// what it needs and returns the writes, applied in one batch together with
+/// the new version number.
+type Migration = fn(&Codec, &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError>;
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] = [];
+
+const META_VERSION: &[u8] = b"schema_version";
+const META_STORE_KEY: &[u8] = b"store_key";
+const META_OWNER: &[u8] = b"owner";
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `None`: a plain store (values readable by anyone with the file).
+    /// `Some`: every value encrypted, every table key hashed.
+    pub secret: Option<StoreSecret>,
+    /// PBKDF2 rounds when a new store is created with a passphrase.
+    pub kdf_rounds: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { secret: None, kdf_rounds: DEFAULT_KDF_ROUNDS }
+    }
+}
+
+impl StoreOptions {
+    /// A store encrypted under a passphrase.
+    pub fn passphrase(passphrase: &str) -> Self {
+        Self { secret: Some(StoreSecret::Passphrase(passphrase.to_owned())), ..Self::default() }
+    }
+
+    /// A store encrypted under a raw 32-byte key (no KDF cost).
+    pub fn key(key: [u8; 32]) -> Self {
+        Self { secret: Some(StoreSecret::Key(key)), ..Self::default() }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Owner {
+    user_id: OwnedUserId,
+    device_id: OwnedDeviceId,
+}
+
+/// The crypto store of one device on a key-value engine.
+#[derive(Debug)]
+pub struct KvCryptoStore<B> {
+    backend: B,
+    codec: Codec,
+}
+
+impl<B: KvBackend> KvCryptoStore<B> {
+    /// Opens (or initializes) the store of `user_id` / `device_id` on `backend`.
+    pub fn open(backend: B, user_id: &UserId, device_id: &DeviceId, options: StoreOptions) -> Result<Self, StoreError> {
+        let version = match backend.get(Table::Meta, META_VERSION)? {
+            None => return Self::create(backend, user_id, device_id, options),
+            Some(bytes) => {
+                let bytes: [u8; 4] =
+                    bytes.try_into().map_err(|_| StoreError::Corrupt("schema version is not 4 bytes".into()))?;
+                u32::from_be_bytes(bytes)
+            }
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::UnsupportedSchema { found: version, supported: SCHEMA_VERSION });
+        }
+        if version == 0 {
+            return Err(StoreError::Corrupt("schema version 0".into()));
+        }
+        let wrapped = backend.get(Table::Meta, META_STORE_KEY)?;
+        let codec = match (wrapped, &options.secret) {
+            (Some(wrapped), Some(secret)) => {
+                let wrapped: WrappedStoreKey = rmp_serde::from_slice(&wrapped)
+                    .map_err(|e| StoreError::Corrupt(format!("wrapped store key: {e}")))?;
+                Codec::encrypted(StoreCipher::unwrap(&wrapped, secret).map_err(cipher_error)?)
+            }
+            (Some(_), None) => return Err(StoreError::PassphraseRequired),
+            (None, Some(_)) => return Err(StoreError::NotEncrypted),
+            (None, None) => Codec::Plain,
+        };
+        let store = Self { backend, codec };
+        store.check_owner(user_id, device_id)?;
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn create(backend: B, user_id: &UserId, device_id: &DeviceId, options: StoreOptions) -> Result<Self, StoreError> {
+        // Data without a schema version is not a new store: refuse to touch it.
+        for table in Table::ALL {
+            if backend.count(table)? > 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "table {} holds data but the store has no schema version",
+                    table.name()
+                )));
+            }
+        }
+        let mut ops = vec![WriteOp::Put(Table::Meta, META_VERSION.to_vec(), SCHEMA_VERSION.to_be_bytes().to_vec())];
+        let codec = match &options.secret {
+            Some(secret) => {
+                let cipher = StoreCipher::new().map_err(cipher_error)?;
+                let wrapped = cipher.wrap(secret, options.kdf_rounds).map_err(cipher_error)?;
+                let wrapped =
+                    rmp_serde::to_vec_named(&wrapped).map_err(|e| StoreError::serialization("store key", e))?;
+                ops.push(WriteOp::Put(Table::Meta, META_STORE_KEY.to_vec(), wrapped));
+                Codec::encrypted(cipher)
+            }
+            None => Codec::Plain,
+        };
+        let owner = Owner { user_id: user_id.to_owned(), device_id: device_id.to_owned() };
+        ops.push(WriteOp::Put(Table::Meta, META_OWNER.to_vec(), codec.seal(Table::Meta, META_OWNER, &owner)?));
+        backend.write(ops)?;
+        Ok(Self { backend, codec })
+    }
+
+    fn check_owner(&self, user_id: &UserId, device_id: &DeviceId) -> Result<(), StoreError> {
+        let bytes = self.backend.get(Table::Meta, META_OWNER)?.ok_or_else(|| StoreError::Corrupt("no owner".into()))?;
+        let owner: Owner = self.codec.open(Table::Meta, META_OWNER, &bytes)?;
+        if owner.user_id != user_id || owner.device_id != device_id {
+            return Err(StoreError::DeviceMismatch {
+                store_user_id: owner.user_id.to_string(),
+                store_device_id: owner.device_id.to_string(),
+                user_id: user_id.to_string(),
+                device_id: device_id.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn migrate(&self, from: u32) -> Result<(), StoreError> {
+        for version in from..SCHEMA_VERSION {
+            let migration = MIGRATIONS
+                .get(version as usize - 1)
+                .ok_or_else(|| StoreError::Corrupt(format!("no migration from version {version}")))?;
+            let mut ops = migration(&self.codec, &self.backend)?;
+            ops.push(WriteOp::Put(Table::Meta, META_VERSION.to_vec(), (version + 1).to_be_bytes().to_vec()));
+            self.backend.write(ops)?;
+            tracing::info!(from = version, to = version + 1, "migrated the crypto store");
+        }
+        Ok(())
+    }
+
+    /// The engine underneath.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, table: Table, parts: &[&[u8]]) -> Result<Option<T>, StoreError> {
+        let key = self.codec.key(table, parts);
+        self.backend.get(table, &key)?.map(|bytes| self.codec.open(table, &key, &bytes)).transpose()
+    }
+
+    fn scan<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[&[u8]],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<T>, StoreError> {
+        let prefix = self.codec.key(table, prefix);
+        self.backend
+            .scan(table, &prefix, after, limit)?
+            .into_iter()
+            .map(|(key, bytes)| self.codec.open(table, &key, &bytes))
+            .collect()
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        ops: &mut Vec<WriteOp>,
+        table: Table,
+        parts: &[&[u8]],
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let key = self.codec.key(table, parts);
+        let value = self.codec.seal(table, &key, value)?;
+        ops.push(WriteOp::Put(table, key, value));
+        Ok(())
+    }
+
+    fn ops_for(&self, changes: Changes) -> Result<Vec<WriteOp>, StoreError> {
+        let Changes {
+            account,
+            sessions,
+            devices,
+            tracked_users,
+            untracked_users,
+            inbound_group_sessions,
+            outbound_group_sessions,
+            withheld,
+            message_indices,
+            next_batch_token,
+        } = changes;
+        let mut ops = Vec::new();
+        if let Some(account) = account {
+            self.put(&mut ops, Table::Account, &[b"account"], &account)?;
+        }
+        for session in &sessions {
+            let sender_key = session.sender_key.to_base64();
+            self.put(&mut ops, Table::OlmSessions, &[sender_key.as_bytes(), session.session_id.as_bytes()], session)?;
+        }
+        for device in &devices {
+            let parts: [&[u8]; 2] = [device.user_id().as_bytes(), device.device_id().as_bytes()];
+            self.put(&mut ops, Table::Devices, &parts, device)?;
+        }
+        for user in &tracked_users {
+            self.put(&mut ops, Table::TrackedUsers, &[user.user_id.as_bytes()], user)?;
+        }
+        for user_id in &untracked_users {
+            ops.push(WriteOp::Delete(Table::TrackedUsers, self.codec.key(Table::TrackedUsers, &[user_id.as_bytes()])));
+        }
+        for session in &inbound_group_sessions {
+            let parts: [&[u8]; 2] = [session.room_id.as_bytes(), session.session_id.as_bytes()];
+            self.put(&mut ops, Table::InboundGroupSessions, &parts, session)?;
+        }
+        for session in &outbound_group_sessions {
+            self.put(&mut ops, Table::OutboundGroupSessions, &[session.room_id.as_bytes()], session)?;
+        }
+        for info in &withheld {
+            match (&info.room_id, &info.session_id) {
+                (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
+                    self.put(&mut ops, Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes()], info)?;
+                }
+                _ => {
+                    let sender_key = info.sender_key.to_base64();
+                    self.put(&mut ops, Table::NoOlm, &[sender_key.as_bytes()], info)?;
+                }
+            }
+        }
+        for record in &message_indices {
+            let index = record.message_index.to_be_bytes();
+            let parts: [&[u8]; 3] = [record.room_id.as_bytes(), record.session_id.as_bytes(), &index];
+            self.put(&mut ops, Table::MessageIndices, &parts, record)?;
+        }
+        if let Some(token) = next_batch_token {
+            self.put(&mut ops, Table::Sync, &[b"next_batch"], &token)?;
+        }
+        Ok(ops)
+    }
+}
+
+#[async_trait]
+impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
+    async fn load_account(&self) -> Result<Option<StoredAccount>, StoreError> {
+        self.get(Table::Account, &[b"account"])
+    }
+
+    async fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let ops = self.ops_for(changes)?;
+        self.backend.write(ops)
+    }
+
+    async fn get_sessions(&self, sender_key: &Curve25519PublicKey) -> Result<Vec<StoredSession>, StoreError> {
+        self.scan(Table::OlmSessions, &[sender_key.to_base64().as_bytes()], None, usize::MAX)
+    }
+
+    async fn get_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<DeviceData>, StoreError> {
+        self.get(Table::Devices, &[user_id.as_bytes(), device_id.as_bytes()])
+    }
+
+    async fn get_user_devices(&self, user_id: &UserId) -> Result<BTreeMap<OwnedDeviceId, DeviceData>, StoreError> {
+        let devices: Vec<DeviceData> = self.scan(Table::Devices, &[user_id.as_bytes()], None, usize::MAX)?;
+        Ok(devices.into_iter().map(|d| (d.device_id().to_owned(), d)).collect())
+    }
+
+    async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {
+        self.scan(Table::TrackedUsers, &[], None, usize::MAX)
+    }
+
+    async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError> {
+        self.get(Table::Sync, &[b"next_batch"])
+    }
+
+    async fn get_inbound_group_session(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Option<StoredInboundGroupSession>, StoreError> {
+        self.get(Table::InboundGroupSessions, &[room_id.as_bytes(), session_id.as_bytes()])
+    }
+
+    async fn get_inbound_group_sessions(
+        &self,
+        after: Option<(&RoomId, &str)>,
+        limit: usize,
+    ) -> Result<Vec<StoredInboundGroupSession>, StoreError> {
+        let after = after
+            .map(|(room, session)| self.codec.key(Table::InboundGroupSessions, &[room.as_bytes(), session.as_bytes()]));
+        self.scan(Table::InboundGroupSessions, &[], after.as_deref(), limit)
+    }
+
+    async fn inbound_group_session_count(&self) -> Result<usize, StoreError> {
+        self.backend.count(Table::InboundGroupSessions)
+    }
+
+    async fn get_outbound_group_session(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<StoredOutboundGroupSession>, StoreError> {
+        self.get(Table::OutboundGroupSessions, &[room_id.as_bytes()])
+    }
+
+    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {
+        self.get(Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes()])
+    }
+
+    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
+        self.get(Table::NoOlm, &[sender_key.to_base64().as_bytes()])
+    }
+
+    async fn get_message_index(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        message_index: u32,
+    ) -> Result<Option<MessageIndexRecord>, StoreError> {
+        let index = message_index.to_be_bytes();
+        self.get(Table::MessageIndices, &[room_id.as_bytes(), session_id.as_bytes(), &index])
+    }
+}

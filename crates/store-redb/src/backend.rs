@@ -1,0 +1,118 @@
+//! [`RedbBackend`]: the [`KvBackend`] on a redb database, one redb table per
+//! store table.
+
+use std::path::Path;
+
+use hush_crypto_core::StoreError;
+use hush_store_cipher::{Entries, KvBackend, Table, WriteOp};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableError};
+
+/// A redb table of byte keys and values.
+type BytesTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
+
+fn definition(table: Table) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
+    TableDefinition::new(table.name())
+}
+
+fn backend_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// A redb database holding one crypto store.
+pub struct RedbBackend {
+    db: Database,
+}
+
+impl std::fmt::Debug for RedbBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbBackend").finish_non_exhaustive()
+    }
+}
+
+impl RedbBackend {
+    /// Opens or creates the database file. A file that is not a redb
+    /// database, or is damaged, is an error, and is left as it is.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = if path.exists() {
+            Database::open(path).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?
+        } else {
+            Database::create(path).map_err(backend_error)?
+        };
+        Ok(Self { db })
+    }
+}
+
+impl KvBackend for RedbBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend_error)?;
+        let handle = match txn.open_table(definition(table)) {
+            Ok(handle) => handle,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(backend_error(error)),
+        };
+        Ok(handle.get(key).map_err(backend_error)?.map(|value| value.value().to_vec()))
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        let txn = self.db.begin_read().map_err(backend_error)?;
+        let handle = match txn.open_table(definition(table)) {
+            Ok(handle) => handle,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(backend_error(error)),
+        };
+        let start = match after {
+            Some(after) if after > prefix => after,
+            _ => prefix,
+        };
+        let mut entries = Vec::new();
+        for entry in handle.range::<&[u8]>(start..).map_err(backend_error)? {
+            let (key, value) = entry.map_err(backend_error)?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if after.is_some_and(|after| key <= after) {
+                continue;
+            }
+            entries.push((key.to_vec(), value.value().to_vec()));
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    fn count(&self, table: Table) -> Result<usize, StoreError> {
+        let txn = self.db.begin_read().map_err(backend_error)?;
+        match txn.open_table(definition(table)) {
+            Ok(handle) => Ok(usize::try_from(handle.len().map_err(backend_error)?).unwrap_or(usize::MAX)),
+            Err(TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(error) => Err(backend_error(error)),
+        }
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend_error)?;
+        {
+            // Consecutive ops on one table share its handle.
+            let mut open: Option<(Table, BytesTable<'_>)> = None;
+            for op in &ops {
+                let (WriteOp::Put(table, ..) | WriteOp::Delete(table, _)) = op;
+                if open.as_ref().is_none_or(|(current, _)| current != table) {
+                    open = Some((*table, txn.open_table(definition(*table)).map_err(backend_error)?));
+                }
+                let Some((_, handle)) = open.as_mut() else { continue };
+                match op {
+                    WriteOp::Put(_, key, value) => {
+                        handle.insert(key.as_slice(), value.as_slice()).map_err(backend_error)?;
+                    }
+                    WriteOp::Delete(_, key) => {
+                        handle.remove(key.as_slice()).map_err(backend_error)?;
+                    }
+                }
+            }
+        }
+        // Durable on return (redb's default immediate durability).
+        txn.commit().map_err(backend_error)
+    }
+}

@@ -1,0 +1,59 @@
+//! # hush-store-redb
+//!
+//! hush's crypto store on [redb](https://docs.rs/redb): the default
+//! persistent store. One file; every `save_changes` is one redb write
+//! transaction, committed durably before it returns, so a batch is on disk
+//! entirely or not at all. Reads are by key; opening loads nothing but the
+//! store's metadata, whatever the number of sessions.
+//!
+//! Opened without a passphrase or key, the store is **plain**: anyone with the
+//! file can read every key in it. With a passphrase (PBKDF2, once per open)
+//! or a raw 32-byte key, every value is encrypted and every table key hashed
+//! (see `hush-store-cipher`).
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hush_crypto_core::StoreError> {
+//! use hush_store_redb::StoreOptions;
+//! use ruma_common::{device_id, user_id};
+//!
+//! let store = hush_store_redb::open(
+//!     "crypto.redb",
+//!     user_id!("@alice:example.org"),
+//!     device_id!("ALICEDEVICE"),
+//!     StoreOptions::passphrase("correct horse battery staple"),
+//! )?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod backend;
+
+use std::path::Path;
+
+pub use backend::RedbBackend;
+use hush_crypto_core::StoreError;
+use hush_store_cipher::KvCryptoStore;
+pub use hush_store_cipher::{SCHEMA_VERSION, StoreOptions, StoreSecret};
+use ruma_common::{DeviceId, UserId};
+
+/// The crypto store of one device in a redb file.
+pub type RedbStore = KvCryptoStore<RedbBackend>;
+
+/// Opens the store at `path` (creating it if absent) for `user_id` /
+/// `device_id`. Errors: the file is damaged or not a store
+/// ([`StoreError::Corrupt`]), it belongs to another device
+/// ([`StoreError::DeviceMismatch`]), the passphrase is wrong
+/// ([`StoreError::WrongPassphrase`]) or missing
+/// ([`StoreError::PassphraseRequired`]), or it was written by a newer hush
+/// ([`StoreError::UnsupportedSchema`]). It is never reset or overwritten.
+pub fn open(
+    path: impl AsRef<Path>,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    options: StoreOptions,
+) -> Result<RedbStore, StoreError> {
+    KvCryptoStore::open(RedbBackend::open(path.as_ref())?, user_id, device_id, options)
+}

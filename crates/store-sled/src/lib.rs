@@ -1,0 +1,121 @@
+//! # hush-store-sled
+//!
+//! hush's crypto store on [sled](https://docs.rs/sled). Every table lives in
+//! one sled tree under a one-byte table prefix; every `save_changes` is one
+//! atomic sled batch followed by a flush, so a batch is on disk entirely or
+//! not at all when the call returns. Reads are by key.
+//!
+//! Without a passphrase or key the store is **plain**; with one, values are
+//! encrypted and table keys hashed (see `hush-store-cipher`).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+use std::path::Path;
+
+use hush_crypto_core::StoreError;
+use hush_store_cipher::{Entries, KvBackend, KvCryptoStore, Table, WriteOp};
+pub use hush_store_cipher::{SCHEMA_VERSION, StoreOptions, StoreSecret};
+use ruma_common::{DeviceId, UserId};
+
+/// The crypto store of one device in a sled database.
+pub type SledStore = KvCryptoStore<SledBackend>;
+
+/// Opens the store in the directory `path` (creating it if absent) for
+/// `user_id` / `device_id`, with the same checks and errors as the redb store.
+pub fn open(
+    path: impl AsRef<Path>,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    options: StoreOptions,
+) -> Result<SledStore, StoreError> {
+    KvCryptoStore::open(SledBackend::open(path.as_ref())?, user_id, device_id, options)
+}
+
+fn backend_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(error.to_string())
+}
+
+/// A sled database holding one crypto store.
+pub struct SledBackend {
+    db: sled::Db,
+    tree: sled::Tree,
+}
+
+impl std::fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledBackend").finish_non_exhaustive()
+    }
+}
+
+impl SledBackend {
+    /// Opens or creates the database directory.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::open(path).map_err(|e| match e {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{}: {e}", path.display())),
+            other => backend_error(other),
+        })?;
+        let tree = db.open_tree("hush-crypto").map_err(backend_error)?;
+        Ok(Self { db, tree })
+    }
+
+    fn key(table: Table, key: &[u8]) -> Vec<u8> {
+        let mut full = Vec::with_capacity(1 + key.len());
+        full.push(table.index() as u8);
+        full.extend_from_slice(key);
+        full
+    }
+}
+
+impl KvBackend for SledBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(Self::key(table, key)).map_err(backend_error)?.map(|v| v.to_vec()))
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        let full_prefix = Self::key(table, prefix);
+        let start = match after {
+            Some(after) if after > prefix => Self::key(table, after),
+            _ => full_prefix.clone(),
+        };
+        let mut entries = Vec::new();
+        for entry in self.tree.range(start..) {
+            let (key, value) = entry.map_err(backend_error)?;
+            if !key.starts_with(&full_prefix) {
+                break;
+            }
+            let key = &key[1..];
+            if after.is_some_and(|after| key <= after) {
+                continue;
+            }
+            entries.push((key.to_vec(), value.to_vec()));
+            if entries.len() >= limit {
+                break;
+            }
+        }
+        Ok(entries)
+    }
+
+    fn count(&self, table: Table) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for entry in self.tree.scan_prefix([table.index() as u8]).keys() {
+            entry.map_err(backend_error)?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                WriteOp::Put(table, key, value) => batch.insert(Self::key(table, &key), value),
+                WriteOp::Delete(table, key) => batch.remove(Self::key(table, &key)),
+            }
+        }
+        self.tree.apply_batch(batch).map_err(backend_error)?;
+        self.db.flush().map_err(backend_error)?;
+        Ok(())
+    }
+}

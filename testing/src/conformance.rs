@@ -1,0 +1,339 @@
+//! The store conformance suite: generic checks every [`CryptoStore`] backend
+//! must pass, run unchanged against MemoryStore, redb and sled, with and
+//! without encryption (see `tests/store_conformance.rs`).
+
+use std::collections::BTreeSet;
+
+use hush_crypto_core::{
+    Changes, CryptoStore, EncryptionSettings, KeySource, Timestamp, WithheldCode,
+    devices::DeviceData,
+    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
+    store::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser},
+};
+use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, UserId, owned_device_id, owned_user_id};
+use serde_json::Value;
+use vodozemac::{
+    Curve25519PublicKey,
+    megolm::{GroupSession, InboundGroupSession},
+    olm::{Account, SessionConfig},
+};
+
+/// Makes stores for the suite: fresh ones, and the same one again after a
+/// restart (persistent backends) or `None` (memory).
+pub trait StoreFactory {
+    /// The store type.
+    type Store: CryptoStore;
+    /// A new, empty store for `@owner:example.org` / `OWNER`.
+    fn create(&mut self) -> Self::Store;
+    /// The store last created, opened again (the previous handle is dropped
+    /// first), or `None` if the backend does not persist.
+    fn reopen(&mut self) -> Option<Self::Store>;
+}
+
+/// Serialized form, to compare records that hold pickles.
+fn json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("records serialize")
+}
+
+/// A stored account of a fresh vodozemac account.
+pub fn account_fixture() -> StoredAccount {
+    StoredAccount {
+        user_id: owned_user_id!("@owner:example.org"),
+        device_id: owned_device_id!("OWNER"),
+        pickle: Account::new().pickle(),
+        device_keys_uploaded: true,
+        uploaded_one_time_key_count: 25,
+        created_at: Timestamp::from_millis(5),
+    }
+}
+
+/// An Olm session with the device whose identity key is `sender_key`.
+pub fn olm_session_fixture(sender_key: Curve25519PublicKey, n: u64) -> StoredSession {
+    let alice = Account::new();
+    let mut bob = Account::new();
+    bob.generate_one_time_keys(1);
+    let otk = *bob.one_time_keys().values().next().expect("a key");
+    let session =
+        alice.create_outbound_session(SessionConfig::version_1(), bob.curve25519_key(), otk).expect("session");
+    StoredSession {
+        sender_key,
+        session_id: session.session_id(),
+        pickle: session.pickle(),
+        created_at: Timestamp::from_millis(n),
+        last_used_at: Timestamp::from_millis(n + 1),
+    }
+}
+
+/// A room key for `room_id`.
+pub fn inbound_fixture(room_id: &RoomId) -> StoredInboundGroupSession {
+    let outbound = GroupSession::new(Default::default());
+    let inbound = InboundGroupSession::new(&outbound.session_key(), Default::default());
+    StoredInboundGroupSession {
+        room_id: room_id.to_owned(),
+        session_id: inbound.session_id(),
+        sender_key: Curve25519PublicKey::from_bytes([3; 32]),
+        sender_ed25519: None,
+        sender_user: Some(owned_user_id!("@sender:example.org")),
+        source: KeySource::Olm,
+        shared_history: true,
+        pickle: inbound.pickle(),
+    }
+}
+
+/// Our outbound room key for `room_id`.
+pub fn outbound_fixture(room_id: &RoomId, message_count: u64) -> StoredOutboundGroupSession {
+    let session = GroupSession::new(Default::default());
+    StoredOutboundGroupSession {
+        room_id: room_id.to_owned(),
+        session_id: session.session_id(),
+        created_at: Timestamp::from_millis(1),
+        message_count,
+        settings: EncryptionSettings::default(),
+        shared_with: Default::default(),
+        withheld_from: Default::default(),
+        invalidated: false,
+        pickle: session.pickle(),
+    }
+}
+
+/// A device of `user_id`, with self-signed keys.
+pub fn device_fixture(user_id: &UserId, device_id: &str) -> DeviceData {
+    let server = std::sync::Arc::new(crate::TestServer::new());
+    let rogue = crate::RogueDevice::register(&server, user_id, device_id);
+    DeviceData::from_signed_keys(rogue.device_keys_for(user_id), user_id, None).expect("valid device keys")
+}
+
+fn room(n: usize) -> OwnedRoomId {
+    format!("!room{n}:example.org").try_into().expect("room id")
+}
+
+/// The account is absent in a new store, then reads back as saved.
+pub async fn account_round_trip<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    assert!(store.load_account().await.unwrap().is_none());
+    let account = account_fixture();
+    let expected = json(&account);
+    store.save_changes(Changes { account: Some(account), ..Default::default() }).await.unwrap();
+    assert_eq!(json(&store.load_account().await.unwrap().unwrap()), expected);
+    drop(store);
+    if let Some(store) = factory.reopen() {
+        assert_eq!(json(&store.load_account().await.unwrap().unwrap()), expected, "account lost on reopen");
+    }
+}
+
+/// Olm sessions are found by their sender key only.
+pub async fn olm_sessions_by_sender_key<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let (k1, k2) = (Curve25519PublicKey::from_bytes([1; 32]), Curve25519PublicKey::from_bytes([2; 32]));
+    let sessions = vec![olm_session_fixture(k1, 1), olm_session_fixture(k1, 2), olm_session_fixture(k2, 3)];
+    let ids = |list: &[StoredSession]| list.iter().map(|s| s.session_id.clone()).collect::<BTreeSet<_>>();
+    let expected_k1 = ids(&sessions[..2]);
+    let expected_k2 = ids(&sessions[2..]);
+    store.save_changes(Changes { sessions, ..Default::default() }).await.unwrap();
+    assert_eq!(ids(&store.get_sessions(&k1).await.unwrap()), expected_k1);
+    assert_eq!(ids(&store.get_sessions(&k2).await.unwrap()), expected_k2);
+    assert!(store.get_sessions(&Curve25519PublicKey::from_bytes([9; 32])).await.unwrap().is_empty());
+    // Saving a session again replaces it.
+    let mut again = olm_session_fixture(k2, 10);
+    again.session_id = expected_k2.iter().next().unwrap().clone();
+    store.save_changes(Changes { sessions: vec![again], ..Default::default() }).await.unwrap();
+    let stored = store.get_sessions(&k2).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].created_at, Timestamp::from_millis(10));
+    drop(store);
+    if let Some(store) = factory.reopen() {
+        assert_eq!(ids(&store.get_sessions(&k1).await.unwrap()), expected_k1);
+    }
+}
+
+/// Devices are found by user and device; updates replace; users do not mix.
+pub async fn devices_by_user<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let alice = owned_user_id!("@alice:example.org");
+    // A user id that is a prefix of the other must not see its devices.
+    let alice2 = owned_user_id!("@alice:example.org2");
+    let devices = vec![device_fixture(&alice, "A1"), device_fixture(&alice, "A2"), device_fixture(&alice2, "B1")];
+    store.save_changes(Changes { devices: devices.clone(), ..Default::default() }).await.unwrap();
+    assert_eq!(store.get_device(&alice, "A1".into()).await.unwrap(), Some(devices[0].clone()));
+    assert_eq!(store.get_device(&alice, "B1".into()).await.unwrap(), None);
+    let listed = store.get_user_devices(&alice).await.unwrap();
+    assert_eq!(listed.keys().map(|d| d.as_str()).collect::<Vec<_>>(), vec!["A1", "A2"]);
+    assert_eq!(store.get_user_devices(&alice2).await.unwrap().len(), 1);
+    assert!(store.get_user_devices(&owned_user_id!("@nobody:example.org")).await.unwrap().is_empty());
+    drop(store);
+    if let Some(store) = factory.reopen() {
+        assert_eq!(store.get_user_devices(&alice).await.unwrap().len(), 2);
+    }
+}
+
+/// Tracked users: added, updated, removed.
+pub async fn tracked_users<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let users: Vec<OwnedUserId> = (0..5).map(|i| format!("@u{i}:example.org").try_into().unwrap()).collect();
+    let rows: Vec<_> = users.iter().map(|u| TrackedUser { user_id: u.clone(), dirty: true }).collect();
+    store.save_changes(Changes { tracked_users: rows, ..Default::default() }).await.unwrap();
+    let changes = Changes {
+        tracked_users: vec![TrackedUser { user_id: users[0].clone(), dirty: false }],
+        untracked_users: vec![users[4].clone()],
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    let mut loaded = store.load_tracked_users().await.unwrap();
+    loaded.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    assert_eq!(loaded.len(), 4);
+    assert_eq!(loaded[0], TrackedUser { user_id: users[0].clone(), dirty: false });
+    assert!(loaded[1..].iter().all(|u| u.dirty));
+    drop(store);
+    if let Some(store) = factory.reopen() {
+        assert_eq!(store.load_tracked_users().await.unwrap().len(), 4);
+    }
+}
+
+/// Room keys by (room, session); pages cover every key exactly once.
+pub async fn inbound_group_sessions_and_pages<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let sessions: Vec<_> = (0..10).map(|i| inbound_fixture(&room(i % 3))).collect();
+    let expected: BTreeSet<(OwnedRoomId, String)> =
+        sessions.iter().map(|s| (s.room_id.clone(), s.session_id.clone())).collect();
+    let first = json(&sessions[0]);
+    let (room0, session0) = (sessions[0].room_id.clone(), sessions[0].session_id.clone());
+    store.save_changes(Changes { inbound_group_sessions: sessions, ..Default::default() }).await.unwrap();
+    assert_eq!(json(&store.get_inbound_group_session(&room0, &session0).await.unwrap().unwrap()), first);
+    assert!(store.get_inbound_group_session(&room(1), &session0).await.unwrap().is_none());
+    assert_eq!(store.inbound_group_session_count().await.unwrap(), 10);
+
+    let mut seen = BTreeSet::new();
+    let mut after: Option<(OwnedRoomId, String)> = None;
+    loop {
+        let cursor = after.as_ref().map(|(r, s)| (r.as_ref(), s.as_str()));
+        let page = store.get_inbound_group_sessions(cursor, 3).await.unwrap();
+        assert!(page.len() <= 3);
+        for s in &page {
+            assert!(seen.insert((s.room_id.clone(), s.session_id.clone())), "a key was listed twice");
+        }
+        match page.last() {
+            Some(last) => after = Some((last.room_id.clone(), last.session_id.clone())),
+            None => break,
+        }
+    }
+    assert_eq!(seen, expected);
+    drop(store);
+    if let Some(store) = factory.reopen() {
+        assert_eq!(store.inbound_group_session_count().await.unwrap(), 10);
+    }
+}
+
+/// Our room key per room; withheld notices; replay records; the sync token.
+pub async fn outbound_withheld_indices_and_token<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let first = outbound_fixture(&room(1), 3);
+    let replacement = outbound_fixture(&room(1), 7);
+    let expected = json(&replacement);
+    let sender_key = Curve25519PublicKey::from_bytes([4; 32]);
+    let notice = |room_id: Option<OwnedRoomId>, session_id: Option<&str>, code| WithheldInfo {
+        sender: owned_user_id!("@s:example.org"),
+        sender_key,
+        room_id,
+        session_id: session_id.map(ToOwned::to_owned),
+        code,
+        reason: Some("because".into()),
+    };
+    let record = |index, event: &str| MessageIndexRecord {
+        room_id: room(1),
+        session_id: "S".into(),
+        message_index: index,
+        event_id: event.try_into().unwrap(),
+        origin_server_ts: 42,
+    };
+    let changes = Changes {
+        outbound_group_sessions: vec![first],
+        withheld: vec![
+            notice(Some(room(1)), Some("S"), WithheldCode::Unverified),
+            notice(None, None, WithheldCode::NoOlm),
+        ],
+        message_indices: vec![record(0, "$a"), record(1, "$b")],
+        next_batch_token: Some("s1".into()),
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    store
+        .save_changes(Changes {
+            outbound_group_sessions: vec![replacement],
+            next_batch_token: Some("s2".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let check = |store: F::Store| {
+        let expected = expected.clone();
+        async move {
+            assert_eq!(json(&store.get_outbound_group_session(&room(1)).await.unwrap().unwrap()), expected);
+            assert!(store.get_outbound_group_session(&room(2)).await.unwrap().is_none());
+            assert_eq!(store.get_withheld_info(&room(1), "S").await.unwrap().unwrap().code, WithheldCode::Unverified);
+            assert!(store.get_withheld_info(&room(1), "T").await.unwrap().is_none());
+            assert_eq!(store.get_no_olm_notice(&sender_key).await.unwrap().unwrap().code, WithheldCode::NoOlm);
+            assert!(store.get_no_olm_notice(&Curve25519PublicKey::from_bytes([5; 32])).await.unwrap().is_none());
+            assert_eq!(store.get_message_index(&room(1), "S", 1).await.unwrap().unwrap().event_id.as_str(), "$b");
+            assert!(store.get_message_index(&room(1), "S", 2).await.unwrap().is_none());
+            assert_eq!(store.load_next_batch_token().await.unwrap().as_deref(), Some("s2"));
+        }
+    };
+    check(store).await;
+    if let Some(store) = factory.reopen() {
+        check(store).await;
+    }
+}
+
+/// One batch holding every kind of record is visible whole after the call.
+pub async fn a_batch_is_applied_whole<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let alice = owned_user_id!("@alice:example.org");
+    let key = Curve25519PublicKey::from_bytes([6; 32]);
+    let inbound = inbound_fixture(&room(9));
+    let (room_id, session_id) = (inbound.room_id.clone(), inbound.session_id.clone());
+    let changes = Changes {
+        account: Some(account_fixture()),
+        sessions: vec![olm_session_fixture(key, 1)],
+        devices: vec![device_fixture(&alice, "D")],
+        tracked_users: vec![TrackedUser { user_id: alice.clone(), dirty: false }],
+        inbound_group_sessions: vec![inbound],
+        outbound_group_sessions: vec![outbound_fixture(&room(9), 0)],
+        next_batch_token: Some("t".into()),
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    let check = |store: F::Store| {
+        let (room_id, session_id, alice) = (room_id.clone(), session_id.clone(), alice.clone());
+        async move {
+            assert!(store.load_account().await.unwrap().is_some());
+            assert_eq!(store.get_sessions(&key).await.unwrap().len(), 1);
+            assert!(store.get_device(&alice, "D".into()).await.unwrap().is_some());
+            assert_eq!(store.load_tracked_users().await.unwrap().len(), 1);
+            assert!(store.get_inbound_group_session(&room_id, &session_id).await.unwrap().is_some());
+            assert!(store.get_outbound_group_session(&room_id).await.unwrap().is_some());
+            assert_eq!(store.load_next_batch_token().await.unwrap().as_deref(), Some("t"));
+        }
+    };
+    check(store).await;
+    if let Some(store) = factory.reopen() {
+        check(store).await;
+    }
+    // An empty batch is a no-op.
+    assert!(Changes::default().is_empty());
+}
+
+/// Runs the whole suite against one factory.
+pub async fn run_all<F: StoreFactory>(factory: &mut F) {
+    account_round_trip(factory).await;
+    olm_sessions_by_sender_key(factory).await;
+    devices_by_user(factory).await;
+    tracked_users(factory).await;
+    inbound_group_sessions_and_pages(factory).await;
+    outbound_withheld_indices_and_token(factory).await;
+    a_batch_is_applied_whole(factory).await;
+}
+
+/// The user and device every conformance store belongs to.
+pub fn owner() -> (OwnedUserId, ruma_common::OwnedDeviceId) {
+    (owned_user_id!("@owner:example.org"), owned_device_id!("OWNER"))
+}
