@@ -110,3 +110,21 @@ pub trait KvBackend: Send + Sync + fmt::Debug {
     /// Applies every op or none, and makes them durable before returning.
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
 }
+
+/// Runs an engine call, turning a panic inside the engine into
+/// [`StoreError::Corrupt`]. Storage engines may assert on damaged pages;
+/// hush reports a damaged file as an error instead of taking the caller down.
+pub fn guard_engine<T>(what: &str, call: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the storage engine failed");
+            tracing::error!(what, detail, "storage engine panicked: the store file is damaged");
+            Err(StoreError::Corrupt(format!("{what}: {detail}")))
+        }
+    }
+}

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvBackend, Table, WriteOp};
+use hush_store_cipher::{Entries, KvBackend, Table, WriteOp, guard_engine};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableError};
 
 /// A redb table of byte keys and values.
@@ -33,17 +33,19 @@ impl RedbBackend {
     /// Opens or creates the database file. A file that is not a redb
     /// database, or is damaged, is an error, and is left as it is.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = if path.exists() {
-            Database::open(path).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?
-        } else {
-            Database::create(path).map_err(backend_error)?
-        };
-        Ok(Self { db })
+        guard_engine("open", || {
+            let db = if path.exists() {
+                Database::open(path).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?
+            } else {
+                Database::create(path).map_err(backend_error)?
+            };
+            Ok(Self { db })
+        })
     }
 }
 
-impl KvBackend for RedbBackend {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl RedbBackend {
+    fn get_inner(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
@@ -53,7 +55,13 @@ impl KvBackend for RedbBackend {
         Ok(handle.get(key).map_err(backend_error)?.map(|value| value.value().to_vec()))
     }
 
-    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+    fn scan_inner(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
@@ -82,7 +90,7 @@ impl KvBackend for RedbBackend {
         Ok(entries)
     }
 
-    fn count(&self, table: Table) -> Result<usize, StoreError> {
+    fn count_inner(&self, table: Table) -> Result<usize, StoreError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
         match txn.open_table(definition(table)) {
             Ok(handle) => Ok(usize::try_from(handle.len().map_err(backend_error)?).unwrap_or(usize::MAX)),
@@ -91,7 +99,7 @@ impl KvBackend for RedbBackend {
         }
     }
 
-    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    fn write_inner(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend_error)?;
         {
             // Consecutive ops on one table share its handle.
@@ -114,5 +122,23 @@ impl KvBackend for RedbBackend {
         }
         // Durable on return (redb's default immediate durability).
         txn.commit().map_err(backend_error)
+    }
+}
+
+impl KvBackend for RedbBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        guard_engine("read", || self.get_inner(table, key))
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        guard_engine("scan", || self.scan_inner(table, prefix, after, limit))
+    }
+
+    fn count(&self, table: Table) -> Result<usize, StoreError> {
+        guard_engine("count", || self.count_inner(table))
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        guard_engine("write", || self.write_inner(ops))
     }
 }

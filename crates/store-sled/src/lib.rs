@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvBackend, KvCryptoStore, Table, WriteOp};
+use hush_store_cipher::{Entries, KvBackend, KvCryptoStore, Table, WriteOp, guard_engine};
 pub use hush_store_cipher::{SCHEMA_VERSION, StoreOptions, StoreSecret};
 use ruma_common::{DeviceId, UserId};
 
@@ -52,12 +52,14 @@ impl std::fmt::Debug for SledBackend {
 impl SledBackend {
     /// Opens or creates the database directory.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = sled::open(path).map_err(|e| match e {
-            sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{}: {e}", path.display())),
-            other => backend_error(other),
-        })?;
-        let tree = db.open_tree("hush-crypto").map_err(backend_error)?;
-        Ok(Self { db, tree })
+        guard_engine("open", || {
+            let db = sled::open(path).map_err(|e| match e {
+                sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{}: {e}", path.display())),
+                other => backend_error(other),
+            })?;
+            let tree = db.open_tree("hush-crypto").map_err(backend_error)?;
+            Ok(Self { db, tree })
+        })
     }
 
     fn key(table: Table, key: &[u8]) -> Vec<u8> {
@@ -68,12 +70,18 @@ impl SledBackend {
     }
 }
 
-impl KvBackend for SledBackend {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl SledBackend {
+    fn get_inner(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(Self::key(table, key)).map_err(backend_error)?.map(|v| v.to_vec()))
     }
 
-    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+    fn scan_inner(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError> {
         let full_prefix = Self::key(table, prefix);
         let start = match after {
             Some(after) if after > prefix => Self::key(table, after),
@@ -97,7 +105,7 @@ impl KvBackend for SledBackend {
         Ok(entries)
     }
 
-    fn count(&self, table: Table) -> Result<usize, StoreError> {
+    fn count_inner(&self, table: Table) -> Result<usize, StoreError> {
         let mut count = 0;
         for entry in self.tree.scan_prefix([table.index() as u8]).keys() {
             entry.map_err(backend_error)?;
@@ -106,7 +114,7 @@ impl KvBackend for SledBackend {
         Ok(count)
     }
 
-    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    fn write_inner(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
@@ -117,5 +125,23 @@ impl KvBackend for SledBackend {
         self.tree.apply_batch(batch).map_err(backend_error)?;
         self.db.flush().map_err(backend_error)?;
         Ok(())
+    }
+}
+
+impl KvBackend for SledBackend {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        guard_engine("read", || self.get_inner(table, key))
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        guard_engine("scan", || self.scan_inner(table, prefix, after, limit))
+    }
+
+    fn count(&self, table: Table) -> Result<usize, StoreError> {
+        guard_engine("count", || self.count_inner(table))
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        guard_engine("write", || self.write_inner(ops))
     }
 }

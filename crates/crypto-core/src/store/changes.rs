@@ -28,7 +28,8 @@ pub struct Changes {
     pub outbound_group_sessions: Vec<StoredOutboundGroupSession>,
     /// Withheld notices received.
     pub withheld: Vec<WithheldInfo>,
-    /// Megolm message indices decrypted, for replay detection.
+    /// Megolm message indices decrypted, for replay detection (a record
+    /// replaces an earlier one for the same index).
     pub message_indices: Vec<MessageIndexRecord>,
     /// The sync token of the sync whose changes these are.
     pub next_batch_token: Option<String>,

@@ -136,7 +136,7 @@ impl CryptoStore for MemoryStore {
         }
         for record in message_indices {
             let key = (record.room_id.clone(), record.session_id.clone(), record.message_index);
-            tables.message_indices.entry(key).or_insert(record);
+            tables.message_indices.insert(key, record);
         }
         if next_batch_token.is_some() {
             tables.next_batch_token = next_batch_token;

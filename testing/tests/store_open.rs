@@ -1,0 +1,226 @@
+//! Opening persistent stores: wrong or missing secrets, another device's
+//! store, a newer schema, damaged or foreign files, and what a stolen file
+//! reveals. Every case is a clear error; none panics or resets the store.
+
+use std::path::{Path, PathBuf};
+
+use hush_crypto_core::{Changes, CryptoStore, StoreError, store::TrackedUser};
+use hush_store_cipher::{KvBackend, StoreOptions, Table, WriteOp};
+use hush_testing::conformance::{device_fixture, inbound_fixture, owner};
+use ruma_common::{owned_device_id, owned_user_id, room_id};
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Redb,
+    Sled,
+}
+
+const BACKENDS: [Backend; 2] = [Backend::Redb, Backend::Sled];
+
+fn path(dir: &Path, backend: Backend) -> PathBuf {
+    dir.join(match backend {
+        Backend::Redb => "store.redb",
+        Backend::Sled => "store.sled",
+    })
+}
+
+/// Opens and reads everything an open exposes, returning the error if any.
+async fn open(backend: Backend, path: &Path, options: StoreOptions) -> Result<(), StoreError> {
+    let (user, device) = owner();
+    match backend {
+        Backend::Redb => read_all(hush_store_redb::open(path, &user, &device, options)?).await,
+        Backend::Sled => read_all(hush_store_sled::open(path, &user, &device, options)?).await,
+    }
+}
+
+async fn read_all(store: impl CryptoStore) -> Result<(), StoreError> {
+    store.load_account().await?;
+    store.load_tracked_users().await?;
+    store.get_inbound_group_sessions(None, usize::MAX).await?;
+    Ok(())
+}
+
+async fn create_with_data(backend: Backend, path: &Path, options: StoreOptions) {
+    let (user, device) = owner();
+    let changes = || Changes {
+        tracked_users: vec![TrackedUser { user_id: owned_user_id!("@alice-secret-friend:example.org"), dirty: false }],
+        devices: vec![device_fixture(&owned_user_id!("@alice-secret-friend:example.org"), "FRIENDDEVICE")],
+        inbound_group_sessions: vec![inbound_fixture(room_id!("!secret-room:example.org"))],
+        ..Default::default()
+    };
+    match backend {
+        Backend::Redb => {
+            hush_store_redb::open(path, &user, &device, options).unwrap().save_changes(changes()).await.unwrap()
+        }
+        Backend::Sled => {
+            hush_store_sled::open(path, &user, &device, options).unwrap().save_changes(changes()).await.unwrap()
+        }
+    }
+}
+
+fn quick_passphrase(passphrase: &str) -> StoreOptions {
+    StoreOptions { kdf_rounds: 1000, ..StoreOptions::passphrase(passphrase) }
+}
+
+#[tokio::test]
+async fn secrets_must_match_the_store() {
+    for backend in BACKENDS {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = path(dir.path(), backend);
+        create_with_data(backend, &path, quick_passphrase("right")).await;
+        assert_eq!(open(backend, &path, quick_passphrase("right")).await, Ok(()));
+        assert_eq!(
+            open(backend, &path, quick_passphrase("wrong")).await,
+            Err(StoreError::WrongPassphrase),
+            "{backend:?}"
+        );
+        assert_eq!(open(backend, &path, StoreOptions::key([1; 32])).await, Err(StoreError::WrongPassphrase));
+        assert_eq!(open(backend, &path, StoreOptions::default()).await, Err(StoreError::PassphraseRequired));
+
+        let plain = dir.path().join("plain");
+        create_with_data(backend, &plain, StoreOptions::default()).await;
+        assert_eq!(open(backend, &plain, quick_passphrase("any")).await, Err(StoreError::NotEncrypted));
+
+        let keyed = dir.path().join("keyed");
+        create_with_data(backend, &keyed, StoreOptions::key([5; 32])).await;
+        assert_eq!(open(backend, &keyed, StoreOptions::key([5; 32])).await, Ok(()));
+        assert_eq!(open(backend, &keyed, StoreOptions::key([6; 32])).await, Err(StoreError::WrongPassphrase));
+    }
+}
+
+#[tokio::test]
+async fn a_store_belongs_to_one_device() {
+    for backend in BACKENDS {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = path(dir.path(), backend);
+        create_with_data(backend, &path, StoreOptions::default()).await;
+        let other = owned_device_id!("OTHERDEVICE");
+        let (user, _) = owner();
+        let error = match backend {
+            Backend::Redb => hush_store_redb::open(&path, &user, &other, StoreOptions::default()).map(|_| ()),
+            Backend::Sled => hush_store_sled::open(&path, &user, &other, StoreOptions::default()).map(|_| ()),
+        }
+        .unwrap_err();
+        assert!(matches!(&error, StoreError::DeviceMismatch { store_device_id, device_id, .. }
+            if store_device_id == "OWNER" && device_id == "OTHERDEVICE"));
+        let message = error.to_string();
+        assert!(message.contains("OWNER") && message.contains("OTHERDEVICE"), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_and_left_alone() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = path(dir.path(), Backend::Redb);
+    create_with_data(Backend::Redb, &path, StoreOptions::default()).await;
+    {
+        let backend = hush_store_redb::RedbBackend::open(&path).unwrap();
+        backend
+            .write(vec![WriteOp::Put(Table::Meta, b"schema_version".to_vec(), 99u32.to_be_bytes().to_vec())])
+            .unwrap();
+    }
+    assert_eq!(
+        open(Backend::Redb, &path, StoreOptions::default()).await,
+        Err(StoreError::UnsupportedSchema { found: 99, supported: hush_store_cipher::SCHEMA_VERSION })
+    );
+    let backend = hush_store_redb::RedbBackend::open(&path).unwrap();
+    assert_eq!(backend.get(Table::Meta, b"schema_version").unwrap(), Some(99u32.to_be_bytes().to_vec()));
+    assert_eq!(backend.count(Table::TrackedUsers).unwrap(), 1, "the data is untouched");
+}
+
+#[tokio::test]
+async fn data_without_a_schema_version_is_not_taken_over() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = path(dir.path(), Backend::Sled);
+    {
+        let backend = hush_store_sled::SledBackend::open(&path).unwrap();
+        backend.write(vec![WriteOp::Put(Table::Account, b"x".to_vec(), b"y".to_vec())]).unwrap();
+    }
+    assert!(matches!(open(Backend::Sled, &path, StoreOptions::default()).await, Err(StoreError::Corrupt(_))));
+    let backend = hush_store_sled::SledBackend::open(&path).unwrap();
+    assert_eq!(backend.get(Table::Account, b"x").unwrap(), Some(b"y".to_vec()));
+}
+
+#[tokio::test]
+async fn foreign_and_damaged_files_are_errors_not_panics() {
+    // A file that is not a database at all.
+    let dir = tempfile::TempDir::new().unwrap();
+    let foreign = dir.path().join("notes.txt");
+    std::fs::write(&foreign, b"shopping list: milk, eggs").unwrap();
+    assert!(open(Backend::Redb, &foreign, StoreOptions::default()).await.is_err());
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"shopping list: milk, eggs", "the file was modified");
+
+    // A truncated redb file.
+    let redb_path = path(dir.path(), Backend::Redb);
+    create_with_data(Backend::Redb, &redb_path, StoreOptions::key([3; 32])).await;
+    let bytes = std::fs::read(&redb_path).unwrap();
+    let truncated = dir.path().join("truncated.redb");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    assert!(open(Backend::Redb, &truncated, StoreOptions::key([3; 32])).await.is_err());
+
+    // Every 4 KiB page overwritten with garbage, one at a time.
+    let mut detected = 0;
+    for page in 0..bytes.len() / 4096 {
+        let damaged = dir.path().join(format!("damaged{page}.redb"));
+        let mut copy = bytes.clone();
+        for byte in &mut copy[page * 4096..(page + 1) * 4096] {
+            *byte = byte.wrapping_mul(31).wrapping_add(7);
+        }
+        std::fs::write(&damaged, &copy).unwrap();
+        // Either the damage hits nothing the store uses, or it is an error.
+        detected += usize::from(open(Backend::Redb, &damaged, StoreOptions::key([3; 32])).await.is_err());
+    }
+    assert!(detected > 0, "no damaged page was noticed");
+
+    // The same for sled's files.
+    let sled_path = path(dir.path(), Backend::Sled);
+    let redb_detected = detected;
+    create_with_data(Backend::Sled, &sled_path, StoreOptions::key([3; 32])).await;
+    for file in walk(&sled_path) {
+        let original = std::fs::read(&file).unwrap();
+        for chunk in 0..original.len().div_ceil(4096) {
+            let mut copy = original.clone();
+            let end = ((chunk + 1) * 4096).min(copy.len());
+            for byte in &mut copy[chunk * 4096..end] {
+                *byte = byte.wrapping_mul(31).wrapping_add(7);
+            }
+            std::fs::write(&file, &copy).unwrap();
+            detected += usize::from(open(Backend::Sled, &sled_path, StoreOptions::key([3; 32])).await.is_err());
+            std::fs::write(&file, &original).unwrap();
+        }
+    }
+    assert!(detected > redb_detected, "no damaged sled file was noticed");
+    assert_eq!(open(Backend::Sled, &sled_path, StoreOptions::key([3; 32])).await, Ok(()));
+}
+
+#[tokio::test]
+async fn an_encrypted_file_shows_neither_secrets_nor_who_talks_to_whom() {
+    for backend in BACKENDS {
+        let dir = tempfile::TempDir::new().unwrap();
+        let encrypted = dir.path().join("encrypted");
+        let plain = dir.path().join("plain");
+        create_with_data(backend, &encrypted, StoreOptions::key([4; 32])).await;
+        create_with_data(backend, &plain, StoreOptions::default()).await;
+        let contains = |path: &Path, needle: &[u8]| -> bool {
+            let files: Vec<PathBuf> = if path.is_dir() { walk(path) } else { vec![path.to_owned()] };
+            files.iter().any(|f| std::fs::read(f).unwrap().windows(needle.len()).any(|w| w == needle))
+        };
+        for needle in [&b"alice-secret-friend"[..], b"secret-room", b"FRIENDDEVICE", b"@owner:example.org"] {
+            assert!(contains(&plain, needle), "{backend:?}: the plain store should show {needle:?} (test sanity)");
+            assert!(!contains(&encrypted, needle), "{backend:?}: the encrypted store shows {needle:?}");
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
