@@ -26,20 +26,7 @@ use vodozemac::{Curve25519PublicKey, megolm::GroupSession};
 
 const SESSIONS: usize = 100_000;
 
-fn rss_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn reset_peak() {
-    // Writing 5 to clear_refs resets VmHWM to the current RSS.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
+use hush_testing::memory::{reset_peak_rss as reset_peak, status_kib as rss_kib};
 
 /// A store that keeps the account and only counts room keys.
 #[derive(Debug, Default)]

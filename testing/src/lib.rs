@@ -12,6 +12,7 @@
 mod clock;
 pub mod conformance;
 mod device;
+pub mod memory;
 mod rogue;
 mod server;
 pub mod stores;

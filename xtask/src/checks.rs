@@ -27,6 +27,19 @@ pub(crate) fn ci() -> Result<(), String> {
     ]);
     run(interop_clippy, "clippy (interop crate)")?;
 
+    let mut bench_clippy = cargo();
+    bench_clippy.args([
+        "clippy",
+        "--all-targets",
+        "--ignore-rust-version",
+        "--manifest-path",
+        "testing/bench/Cargo.toml",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(bench_clippy, "clippy (benchmark crate: benchmarks compile)")?;
+
     purity()?;
 
     let mut doc = cargo();

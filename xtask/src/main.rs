@@ -40,7 +40,8 @@ fn usage() -> String {
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
      \n  stress  the store crash test with 1,000 SIGKILLs per backend\
-     \n  bench [export]  benchmarks (export: peak memory of exporting/importing 100,000 room keys)"
+     \n  bench [export|stores]  benchmarks (export: peak memory of exporting/importing 100,000 room keys;\
+     \n                         stores: hush's stores beside matrix-sdk-crypto's SQLite store)"
         .to_owned()
 }
 

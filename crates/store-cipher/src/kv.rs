@@ -111,6 +111,45 @@ pub trait KvBackend: Send + Sync + fmt::Debug {
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
 }
 
+/// What a storage engine implements: the [`KvBackend`] calls, free to panic
+/// where the engine panics (some assert on damaged pages). Every engine is a
+/// [`KvBackend`] through a blanket impl that turns such panics into
+/// [`StoreError::Corrupt`].
+pub trait KvEngine: Send + Sync + fmt::Debug {
+    /// See [`KvBackend::get`].
+    fn engine_get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// See [`KvBackend::scan`].
+    fn engine_scan(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Entries, StoreError>;
+    /// See [`KvBackend::count`].
+    fn engine_count(&self, table: Table) -> Result<usize, StoreError>;
+    /// See [`KvBackend::write`].
+    fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+}
+
+impl<E: KvEngine> KvBackend for E {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        guard_engine("read", || self.engine_get(table, key))
+    }
+
+    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
+        guard_engine("scan", || self.engine_scan(table, prefix, after, limit))
+    }
+
+    fn count(&self, table: Table) -> Result<usize, StoreError> {
+        guard_engine("count", || self.engine_count(table))
+    }
+
+    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        guard_engine("write", || self.engine_write(ops))
+    }
+}
+
 /// Runs an engine call, turning a panic inside the engine into
 /// [`StoreError::Corrupt`]. Storage engines may assert on damaged pages;
 /// hush reports a damaged file as an error instead of taking the caller down.

@@ -25,5 +25,5 @@ mod kv;
 mod store;
 
 pub use cipher::{CipherError, DEFAULT_KDF_ROUNDS, KeyHasher, StoreCipher, StoreSecret, WrappedStoreKey};
-pub use kv::{Entries, KvBackend, Table, WriteOp, guard_engine};
+pub use kv::{Entries, KvBackend, KvEngine, Table, WriteOp, guard_engine};
 pub use store::{KvCryptoStore, SCHEMA_VERSION, StoreOptions};

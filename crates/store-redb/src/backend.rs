@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvBackend, Table, WriteOp, guard_engine};
+use hush_store_cipher::{Entries, KvEngine, Table, WriteOp, guard_engine};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableError};
 
 /// A redb table of byte keys and values.
@@ -44,8 +44,8 @@ impl RedbBackend {
     }
 }
 
-impl RedbBackend {
-    fn get_inner(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl KvEngine for RedbBackend {
+    fn engine_get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
@@ -55,7 +55,7 @@ impl RedbBackend {
         Ok(handle.get(key).map_err(backend_error)?.map(|value| value.value().to_vec()))
     }
 
-    fn scan_inner(
+    fn engine_scan(
         &self,
         table: Table,
         prefix: &[u8],
@@ -90,7 +90,7 @@ impl RedbBackend {
         Ok(entries)
     }
 
-    fn count_inner(&self, table: Table) -> Result<usize, StoreError> {
+    fn engine_count(&self, table: Table) -> Result<usize, StoreError> {
         let txn = self.db.begin_read().map_err(backend_error)?;
         match txn.open_table(definition(table)) {
             Ok(handle) => Ok(usize::try_from(handle.len().map_err(backend_error)?).unwrap_or(usize::MAX)),
@@ -99,7 +99,7 @@ impl RedbBackend {
         }
     }
 
-    fn write_inner(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend_error)?;
         {
             // Consecutive ops on one table share its handle.
@@ -122,23 +122,5 @@ impl RedbBackend {
         }
         // Durable on return (redb's default immediate durability).
         txn.commit().map_err(backend_error)
-    }
-}
-
-impl KvBackend for RedbBackend {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        guard_engine("read", || self.get_inner(table, key))
-    }
-
-    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
-        guard_engine("scan", || self.scan_inner(table, prefix, after, limit))
-    }
-
-    fn count(&self, table: Table) -> Result<usize, StoreError> {
-        guard_engine("count", || self.count_inner(table))
-    }
-
-    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        guard_engine("write", || self.write_inner(ops))
     }
 }

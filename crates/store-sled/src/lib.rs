@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvBackend, KvCryptoStore, Table, WriteOp, guard_engine};
+use hush_store_cipher::{Entries, KvCryptoStore, KvEngine, Table, WriteOp, guard_engine};
 pub use hush_store_cipher::{SCHEMA_VERSION, StoreOptions, StoreSecret};
 use ruma_common::{DeviceId, UserId};
 
@@ -70,12 +70,12 @@ impl SledBackend {
     }
 }
 
-impl SledBackend {
-    fn get_inner(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl KvEngine for SledBackend {
+    fn engine_get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.tree.get(Self::key(table, key)).map_err(backend_error)?.map(|v| v.to_vec()))
     }
 
-    fn scan_inner(
+    fn engine_scan(
         &self,
         table: Table,
         prefix: &[u8],
@@ -105,7 +105,7 @@ impl SledBackend {
         Ok(entries)
     }
 
-    fn count_inner(&self, table: Table) -> Result<usize, StoreError> {
+    fn engine_count(&self, table: Table) -> Result<usize, StoreError> {
         let mut count = 0;
         for entry in self.tree.scan_prefix([table.index() as u8]).keys() {
             entry.map_err(backend_error)?;
@@ -114,7 +114,7 @@ impl SledBackend {
         Ok(count)
     }
 
-    fn write_inner(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+    fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for op in ops {
             match op {
@@ -125,23 +125,5 @@ impl SledBackend {
         self.tree.apply_batch(batch).map_err(backend_error)?;
         self.db.flush().map_err(backend_error)?;
         Ok(())
-    }
-}
-
-impl KvBackend for SledBackend {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        guard_engine("read", || self.get_inner(table, key))
-    }
-
-    fn scan(&self, table: Table, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Entries, StoreError> {
-        guard_engine("scan", || self.scan_inner(table, prefix, after, limit))
-    }
-
-    fn count(&self, table: Table) -> Result<usize, StoreError> {
-        guard_engine("count", || self.count_inner(table))
-    }
-
-    fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        guard_engine("write", || self.write_inner(ops))
     }
 }
