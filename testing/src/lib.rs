@@ -16,6 +16,7 @@ pub mod memory;
 mod rogue;
 mod server;
 pub mod stores;
+pub mod synapse;
 
 pub use clock::VirtualClock;
 pub use device::{TestDevice, decrypted};

@@ -2,7 +2,9 @@
 //!
 //! * `ci`: everything CI checks: formatting, clippy (warnings denied), the
 //!   purity of crypto-core, docs, the whole test suite, cargo-deny.
-//! * `test`: the whole test suite (workspace, doc tests, interop crate).
+//! * `test`: the whole test suite (workspace, doc tests, interop crate), with
+//!   a local Synapse started for the integration tests.
+//! * `homeserver start|stop|status`: that Synapse.
 //! * `bench`: benchmarks, all or one named workload group.
 //!
 //! Only the standard library is used, so the tasks build in seconds.
@@ -13,6 +15,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod checks;
+mod homeserver;
 mod tests;
 
 fn main() -> ExitCode {
@@ -23,6 +26,7 @@ fn main() -> ExitCode {
         Some("purity") => checks::purity(),
         Some("bench") => bench::run(&args[1..]),
         Some("stress") => tests::stress(),
+        Some("homeserver") => homeserver::command(&args[1..]),
         _ => Err(usage()),
     };
     match result {
@@ -40,6 +44,7 @@ fn usage() -> String {
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
      \n  stress  the store crash test with 1,000 SIGKILLs per backend\
+     \n  homeserver start|stop|status  the local Synapse for tests and the demo\
      \n  bench [export|stores]  benchmarks (export: peak memory of exporting/importing 100,000 room keys;\
      \n                         stores: hush's stores beside matrix-sdk-crypto's SQLite store)"
         .to_owned()

@@ -6,16 +6,28 @@ use super::{cargo, has_cargo_subcommand, root, run};
 /// The interop crate's manifest, a workspace of its own (see its Cargo.toml).
 const INTEROP_MANIFEST: &str = "testing/interop/Cargo.toml";
 
+/// The whole suite, the Synapse tests included: Synapse is started first
+/// (installed if needed) and stopped afterwards if this run started it.
 pub(crate) fn run_all(filter: &[String]) -> Result<(), String> {
+    let started = crate::homeserver::ensure_running()?;
+    let result = run_suites(filter);
+    if started {
+        crate::homeserver::run_script("stop")?;
+    }
+    result
+}
+
+fn run_suites(filter: &[String]) -> Result<(), String> {
     let nextest = has_cargo_subcommand("nextest");
     let mut workspace = cargo();
+    // Tests that need Synapse are #[ignore]d for a plain `cargo test`; run them here.
     if nextest {
-        workspace.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
+        workspace.args(["nextest", "run", "--workspace", "--no-fail-fast", "--run-ignored", "all"]);
     } else {
-        workspace.args(["test", "--workspace", "--no-fail-fast"]);
+        workspace.args(["test", "--workspace", "--no-fail-fast", "--", "--include-ignored"]);
     }
     workspace.args(filter);
-    run(workspace, "workspace tests")?;
+    run(workspace, "workspace tests (with the Synapse integration tests)")?;
 
     if filter.is_empty() {
         let mut doc = cargo();

@@ -35,7 +35,13 @@ impl RedbBackend {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         guard_engine("open", || {
             let db = if path.exists() {
-                Database::open(path).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?
+                Database::open(path).map_err(|e| match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                        "{} is already open in another client or process; close it first",
+                        path.display()
+                    )),
+                    other => StoreError::Corrupt(format!("{}: {other}", path.display())),
+                })?
             } else {
                 Database::create(path).map_err(backend_error)?
             };

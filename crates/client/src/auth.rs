@@ -1,0 +1,99 @@
+//! Logging in and restoring a session.
+
+use ruma_client_api::session::login;
+use ruma_common::{OwnedDeviceId, OwnedUserId};
+use serde::{Deserialize, Serialize};
+
+use crate::{Client, ClientError};
+
+/// A logged-in session: store it to restore the client later.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// The device the access token belongs to.
+    pub device_id: OwnedDeviceId,
+    /// The access token (secret).
+    pub access_token: String,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user_id", &self.user_id)
+            .field("device_id", &self.device_id)
+            .field("access_token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Password login (`client.matrix_auth()`).
+#[derive(Debug)]
+pub struct MatrixAuth<'a> {
+    pub(crate) client: &'a Client,
+}
+
+impl<'a> MatrixAuth<'a> {
+    /// Starts a password login for `user` (a user id or localpart).
+    pub fn login_username(&self, user: &str, password: &str) -> LoginBuilder<'a> {
+        LoginBuilder {
+            client: self.client,
+            user: user.to_owned(),
+            password: password.to_owned(),
+            device_id: None,
+            display_name: None,
+        }
+    }
+}
+
+/// A password login being prepared.
+pub struct LoginBuilder<'a> {
+    client: &'a Client,
+    user: String,
+    password: String,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<String>,
+}
+
+impl std::fmt::Debug for LoginBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginBuilder")
+            .field("user", &self.user)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginBuilder<'_> {
+    /// Logs in as this device (e.g. the device id saved with the store):
+    /// the server replaces the token without creating a new device.
+    pub fn device_id(mut self, device_id: &str) -> Self {
+        self.device_id = Some(device_id.into());
+        self
+    }
+
+    /// The display name of a newly created device.
+    pub fn initial_device_display_name(mut self, name: &str) -> Self {
+        self.display_name = Some(name.to_owned());
+        self
+    }
+
+    /// Logs in, opens the crypto store for the session's device and returns
+    /// the session for the application to store.
+    pub async fn send(self) -> Result<Session, ClientError> {
+        let identifier = login::v3::LoginInfo::Password(login::v3::Password::new(
+            ruma_client_api::uiaa::UserIdentifier::Matrix(ruma_client_api::uiaa::MatrixUserIdentifier::new(
+                self.user.clone(),
+            )),
+            self.password.clone(),
+        ));
+        let mut request = login::v3::Request::new(identifier);
+        request.device_id = self.device_id.clone();
+        request.initial_device_display_name = self.display_name.clone();
+        let response = self.client.http().send(request, None, Default::default()).await?;
+        let session =
+            Session { user_id: response.user_id, device_id: response.device_id, access_token: response.access_token };
+        self.client.activate(session.clone()).await?;
+        Ok(session)
+    }
+}

@@ -1,0 +1,311 @@
+//! [`Client`] and [`ClientBuilder`]: the session, the crypto engine, the
+//! rooms, and moving crypto-core's requests over HTTP.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hush_crypto_core::{AnyOutgoingRequest, OlmMachine, OpenError, OutgoingRequest, StoreError, Timestamp};
+use ruma_client_api::{account::whoami, membership::join_room_by_id, membership::leave_room, room::create_room};
+use ruma_common::{OwnedRoomId, RoomId, UserId, serde::Raw};
+use serde_json::json;
+
+use crate::{
+    ClientError, Encryption, MatrixAuth, Room, RoomEvent, Session, StoreConfig,
+    events::{Handler, boxed},
+    http::{HttpClient, HttpSettings},
+    rooms::RoomState,
+};
+
+/// The wall clock, as crypto-core's `now`.
+pub(crate) fn now() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Default)]
+pub struct ClientBuilder {
+    homeserver: Option<String>,
+    store: Option<StoreConfig>,
+    http: HttpSettings,
+}
+
+impl ClientBuilder {
+    /// The homeserver's base URL, e.g. `https://matrix.example.org`.
+    pub fn homeserver_url(mut self, url: impl Into<String>) -> Self {
+        self.homeserver = Some(url.into());
+        self
+    }
+
+    /// The crypto store; memory by default.
+    pub fn store_config(mut self, store: StoreConfig) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// A redb store at `path`, encrypted if a passphrase is given.
+    #[cfg(feature = "redb")]
+    pub fn redb_store(self, path: impl Into<std::path::PathBuf>, passphrase: Option<&str>) -> Self {
+        self.store_config(StoreConfig::Redb { path: path.into(), passphrase: passphrase.map(ToOwned::to_owned) })
+    }
+
+    /// A sled store in the directory `path`, encrypted if a passphrase is given.
+    #[cfg(feature = "sled")]
+    pub fn sled_store(self, path: impl Into<std::path::PathBuf>, passphrase: Option<&str>) -> Self {
+        self.store_config(StoreConfig::Sled { path: path.into(), passphrase: passphrase.map(ToOwned::to_owned) })
+    }
+
+    /// Timeout of one HTTP request attempt (default 30 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.http.request_timeout = timeout;
+        self
+    }
+
+    /// Builds the client (no network traffic yet).
+    pub fn build(self) -> Result<Client, ClientError> {
+        let homeserver = self.homeserver.ok_or_else(|| ClientError::Config("no homeserver URL".into()))?;
+        let http = HttpClient::new(&homeserver, self.http)?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                store: self.store.unwrap_or(StoreConfig::Memory),
+                session: RwLock::new(None),
+                machine: RwLock::new(None),
+                rooms: Mutex::new(BTreeMap::new()),
+                handlers: Mutex::new(Vec::new()),
+                undecrypted: Mutex::new(Vec::new()),
+                warned_unencrypted_build: AtomicBool::new(false),
+                sync_lock: tokio::sync::Mutex::new(()),
+                initial_sync_done: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) http: HttpClient,
+    store: StoreConfig,
+    session: RwLock<Option<Session>>,
+    machine: RwLock<Option<OlmMachine>>,
+    pub(crate) rooms: Mutex<BTreeMap<OwnedRoomId, RoomState>>,
+    pub(crate) handlers: Mutex<Vec<Handler>>,
+    /// Events that could not be decrypted yet: retried when keys arrive.
+    pub(crate) undecrypted: Mutex<Vec<(OwnedRoomId, serde_json::Value)>>,
+    pub(crate) warned_unencrypted_build: AtomicBool,
+    pub(crate) sync_lock: tokio::sync::Mutex<()>,
+    pub(crate) initial_sync_done: AtomicBool,
+}
+
+/// A Matrix client driving hush's crypto engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("homeserver", &self.inner.http.homeserver()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    pub(crate) fn http(&self) -> &HttpClient {
+        &self.inner.http
+    }
+
+    /// Password login.
+    pub fn matrix_auth(&self) -> MatrixAuth<'_> {
+        MatrixAuth { client: self }
+    }
+
+    /// The current session, if logged in.
+    pub fn session(&self) -> Option<Session> {
+        self.inner.session.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub(crate) fn access_token(&self) -> Result<String, ClientError> {
+        self.session().map(|s| s.access_token).ok_or(ClientError::NotLoggedIn)
+    }
+
+    /// The crypto engine, once logged in or restored.
+    pub fn olm_machine(&self) -> Result<OlmMachine, ClientError> {
+        self.inner.machine.read().unwrap_or_else(PoisonError::into_inner).clone().ok_or(ClientError::NotLoggedIn)
+    }
+
+    /// Restores a session saved after login. The access token is checked
+    /// against the store: a token of another device than the store's is an
+    /// error naming both. With a memory store, a warning says that keys will
+    /// not survive a restart.
+    pub async fn restore_session(&self, session: Session) -> Result<(), ClientError> {
+        if !self.inner.store.is_persistent() {
+            tracing::warn!(
+                "restore_session with a memory store: the restored device has no keys from before, and \
+                 messages it could decrypt before a restart will not decrypt; use a persistent store"
+            );
+        }
+        let whoami = self.http().send(whoami::v3::Request::new(), Some(&session.access_token), Duration::ZERO).await?;
+        if let Some(token_device) = whoami.device_id
+            && token_device != session.device_id
+        {
+            return Err(ClientError::DeviceMismatch {
+                token_device: token_device.to_string(),
+                store_device: session.device_id.to_string(),
+            });
+        }
+        self.activate(session).await
+    }
+
+    /// Opens the store and the engine for `session`.
+    pub(crate) async fn activate(&self, session: Session) -> Result<(), ClientError> {
+        let store = self.inner.store.open(&session.user_id, &session.device_id).map_err(|error| match error {
+            StoreError::DeviceMismatch { store_device_id, device_id, .. } => {
+                ClientError::DeviceMismatch { token_device: device_id, store_device: store_device_id }
+            }
+            other => ClientError::Store(other),
+        })?;
+        let machine =
+            OlmMachine::open(&session.user_id, &session.device_id, store, now()).await.map_err(
+                |error| match error {
+                    OpenError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
+                        token_device: device_id.to_string(),
+                        store_device: store_device_id.to_string(),
+                    },
+                    other => ClientError::Open(other),
+                },
+            )?;
+        *self.inner.machine.write().unwrap_or_else(PoisonError::into_inner) = Some(machine);
+        *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
+        self.send_outgoing_requests().await
+    }
+
+    /// Registers a handler called for every timeline event (decrypted when
+    /// possible; undecryptable ones carry the reason; late decryptions are
+    /// delivered again, marked as such).
+    pub fn add_event_handler<F, Fut>(&self, handler: F)
+    where
+        F: Fn(RoomEvent) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        lock(&self.inner.handlers).push(boxed(handler));
+    }
+
+    /// The encryption API.
+    pub fn encryption(&self) -> Encryption {
+        Encryption { client: self.clone() }
+    }
+
+    /// A room the client knows from sync.
+    pub fn get_room(&self, room_id: &RoomId) -> Option<Room> {
+        lock(&self.inner.rooms)
+            .contains_key(room_id)
+            .then(|| Room { client: self.clone(), room_id: room_id.to_owned() })
+    }
+
+    /// Creates a room, encrypted if asked, inviting `invite`. Returns its id.
+    pub async fn create_room(
+        &self,
+        name: &str,
+        encrypted: bool,
+        invite: &[&UserId],
+    ) -> Result<OwnedRoomId, ClientError> {
+        let mut request = create_room::v3::Request::new();
+        request.name = Some(name.to_owned());
+        request.invite = invite.iter().map(|u| (*u).to_owned()).collect();
+        request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
+        if encrypted {
+            let event = json!({"type": "m.room.encryption", "state_key": "", "content": {"algorithm": hush_crypto_core::MEGOLM_ALGORITHM}});
+            request.initial_state =
+                vec![Raw::new(&event).map_err(|e| ClientError::Config(e.to_string()))?.cast_unchecked()];
+        }
+        let response = self.http().send(request, Some(&self.access_token()?), Duration::ZERO).await?;
+        Ok(response.room_id)
+    }
+
+    /// Joins a room we are invited to.
+    pub async fn join_room(&self, room_id: &RoomId) -> Result<(), ClientError> {
+        let request = join_room_by_id::v3::Request::new(room_id.to_owned());
+        self.http().send(request, Some(&self.access_token()?), Duration::ZERO).await?;
+        Ok(())
+    }
+
+    /// Leaves a room.
+    pub async fn leave_room(&self, room_id: &RoomId) -> Result<(), ClientError> {
+        let request = leave_room::v3::Request::new(room_id.to_owned());
+        self.http().send(request, Some(&self.access_token()?), Duration::ZERO).await?;
+        Ok(())
+    }
+
+    /// Sends every request the crypto engine asks for, concurrently, and
+    /// hands the answers back.
+    pub async fn send_outgoing_requests(&self) -> Result<(), ClientError> {
+        let machine = self.olm_machine()?;
+        let requests = machine.outgoing_requests(now()).await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for request in requests {
+            let client = self.clone();
+            tasks.spawn(async move { client.send_crypto_request(&request).await });
+        }
+        let mut first_error = None;
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => first_error = first_error.or(Some(error)),
+                Err(join) => first_error = first_error.or(Some(ClientError::Config(join.to_string()))),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Sends one of crypto-core's requests and hands its answer back.
+    pub(crate) async fn send_crypto_request(&self, request: &OutgoingRequest) -> Result<(), ClientError> {
+        let machine = self.olm_machine()?;
+        let token = self.access_token()?;
+        let token = Some(token.as_str());
+        let id = request.request_id();
+        let http = self.http();
+        let result = match request.request() {
+            AnyOutgoingRequest::KeysUpload(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+            AnyOutgoingRequest::KeysQuery(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+            AnyOutgoingRequest::KeysClaim(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+            AnyOutgoingRequest::ToDevice(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+        };
+        result.map_err(|e| match e {
+            hush_crypto_core::ResponseError::Store(store) => ClientError::Store(store),
+            other => ClientError::Config(other.to_string()),
+        })
+    }
+
+    pub(crate) fn warn_unencrypted_build_once(&self, room_id: &RoomId) {
+        if !self.inner.warned_unencrypted_build.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                %room_id,
+                "this client was built without the e2e-encryption feature: encrypted rooms can be neither \
+                 read nor written"
+            );
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! [`ClientError`]: what can go wrong in the client, by concern.
+
+use hush_crypto_core::{EncryptError, ImportError, OpenError, ShareError, StoreError};
+
+use crate::http::HttpError;
+
+/// An error of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Talking to the homeserver failed.
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    /// The crypto store failed or did not open.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The crypto engine could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Encrypting failed.
+    #[error(transparent)]
+    Encrypt(#[from] EncryptError),
+    /// Sharing the room key failed.
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    /// Importing keys failed.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    /// The access token belongs to another device than the store.
+    #[error(
+        "the access token is for device {token_device} but the store belongs to device {store_device}; \
+         restore the session saved with this store, or log in with device id {store_device}"
+    )]
+    DeviceMismatch {
+        /// The device the access token is tied to.
+        token_device: String,
+        /// The device the store belongs to.
+        store_device: String,
+    },
+    /// The call needs a logged-in client.
+    #[error("the client is not logged in")]
+    NotLoggedIn,
+    /// The room is not known to the client (not joined, or not synced yet).
+    #[error("unknown room {0}")]
+    UnknownRoom(String),
+    /// The room is encrypted but the client was built without `e2e-encryption`.
+    #[error("room {0} is encrypted and this client was built without the e2e-encryption feature")]
+    EncryptionDisabled(String),
+    /// A file could not be read or written.
+    #[error("file error: {0}")]
+    Io(String),
+    /// The builder was given inconsistent settings.
+    #[error("invalid client configuration: {0}")]
+    Config(String),
+}

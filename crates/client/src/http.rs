@@ -1,0 +1,218 @@
+//! The HTTP layer: typed ruma requests over hyper (rustls for https), with a
+//! timeout on every request, retries with exponential back-off and jitter on
+//! connection errors and 5xx, `M_LIMIT_EXCEEDED` honoured through
+//! `retry_after_ms`, and `M_UNKNOWN_TOKEN` reported as a logged-out session.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+use ruma_common::api::{
+    IncomingResponseExt, MatrixVersion, OutgoingRequest, OutgoingRequestExt, SupportedVersions,
+    auth_scheme::{AuthScheme, SendAccessToken},
+    error::FromHttpResponseError,
+    path_builder::PathBuilder,
+};
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The request could not be built (bad URL, bad parameters).
+    #[error("the request could not be built: {0}")]
+    Build(String),
+    /// The server could not be reached after all retries.
+    #[error("the homeserver could not be reached: {0}")]
+    Connection(String),
+    /// The server did not answer in time.
+    #[error("the request timed out after {0:?}")]
+    Timeout(Duration),
+    /// The access token is no longer valid: the session was logged out.
+    #[error("the session was logged out (M_UNKNOWN_TOKEN); log in again")]
+    LoggedOut,
+    /// The server answered with an error.
+    #[error("the homeserver answered {status}: {errcode}: {message}")]
+    Server {
+        /// The HTTP status.
+        status: u16,
+        /// The Matrix error code, e.g. `M_FORBIDDEN`.
+        errcode: String,
+        /// The error message.
+        message: String,
+    },
+    /// The answer could not be understood.
+    #[error("the homeserver's answer could not be parsed: {0}")]
+    Response(String),
+}
+
+/// How requests are sent.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Timeout of one attempt (a long-polling sync adds its own timeout to it).
+    pub request_timeout: Duration,
+    /// Attempts after the first on connection errors and 5xx.
+    pub retries: u32,
+    /// First back-off delay, doubled per retry, with up to 50% jitter.
+    pub initial_backoff: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { request_timeout: Duration::from_secs(30), retries: 5, initial_backoff: Duration::from_millis(250) }
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Sends typed Matrix requests to one homeserver.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: HyperClient<Connector, Full<Bytes>>,
+    homeserver: String,
+    settings: HttpSettings,
+    versions: SupportedVersions,
+}
+
+enum Attempt<T> {
+    Done(T),
+    Retry { after: Option<Duration>, error: HttpError },
+}
+
+impl HttpClient {
+    /// A client for `homeserver` (e.g. `https://matrix.example.org`).
+    pub fn new(homeserver: &str, settings: HttpSettings) -> Result<Self, HttpError> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| HttpError::Build(format!("TLS roots: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let versions = SupportedVersions { versions: [MatrixVersion::V1_1].into(), features: Default::default() };
+        Ok(Self { client, homeserver: homeserver.trim_end_matches('/').to_owned(), settings, versions })
+    }
+
+    /// The homeserver URL.
+    pub fn homeserver(&self) -> &str {
+        &self.homeserver
+    }
+
+    /// Sends `request`, retrying transient failures. `extra_timeout` is added
+    /// to the attempt timeout (for long-polling requests).
+    pub async fn send<R>(
+        &self,
+        request: R,
+        access_token: Option<&str>,
+        extra_timeout: Duration,
+    ) -> Result<R::IncomingResponse, HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let token = match access_token {
+            Some(token) => SendAccessToken::IfRequired(token),
+            None => SendAccessToken::None,
+        };
+        let mut backoff = self.settings.initial_backoff;
+        let mut attempt = 0;
+        loop {
+            let http_request = request
+                .clone()
+                .try_into_http_request::<Vec<u8>>(&self.homeserver, token, Cow::Borrowed(&self.versions))
+                .map_err(|e| HttpError::Build(e.to_string()))?;
+            match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout).await {
+                Attempt::Done(result) => return result,
+                Attempt::Retry { after, error } => {
+                    if attempt >= self.settings.retries {
+                        return Err(error);
+                    }
+                    attempt += 1;
+                    let wait = after.unwrap_or_else(|| with_jitter(backoff));
+                    tracing::warn!(%error, attempt, wait_ms = wait.as_millis() as u64, "retrying a request");
+                    tokio::time::sleep(wait).await;
+                    backoff = backoff.saturating_mul(2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    async fn attempt<R: OutgoingRequest>(
+        &self,
+        request: http::Request<Vec<u8>>,
+        timeout: Duration,
+    ) -> Attempt<Result<R::IncomingResponse, HttpError>> {
+        let request = request.map(|body| Full::new(Bytes::from(body)));
+        let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
+            Err(_) => return Attempt::Retry { after: None, error: HttpError::Timeout(timeout) },
+            Ok(Err(error)) => return Attempt::Retry { after: None, error: HttpError::Connection(error.to_string()) },
+            Ok(Ok(response)) => response,
+        };
+        let (parts, body) = response.into_parts();
+        let body = match tokio::time::timeout(timeout, body.collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(error)) => return Attempt::Retry { after: None, error: HttpError::Connection(error.to_string()) },
+            Err(_) => return Attempt::Retry { after: None, error: HttpError::Timeout(timeout) },
+        };
+        let status = parts.status.as_u16();
+        let response = http::Response::from_parts(parts, body.as_ref());
+        match <R::IncomingResponse as IncomingResponseExt>::try_from_http_response(response) {
+            Ok(response) => Attempt::Done(Ok(response)),
+            Err(FromHttpResponseError::Server(_)) | Err(FromHttpResponseError::Deserialization(_)) if status >= 400 => {
+                classify_error(status, &body)
+            }
+            Err(error) => Attempt::Done(Err(HttpError::Response(error.to_string()))),
+        }
+    }
+}
+
+/// Maps an error answer to a retry or a final error.
+fn classify_error<T>(status: u16, body: &[u8]) -> Attempt<Result<T, HttpError>> {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let errcode = parsed.as_ref().and_then(|v| v["errcode"].as_str()).unwrap_or("").to_owned();
+    let message = parsed.as_ref().and_then(|v| v["error"].as_str()).unwrap_or("").to_owned();
+    let error = HttpError::Server { status, errcode: errcode.clone(), message };
+    if status == 401 && errcode == "M_UNKNOWN_TOKEN" {
+        return Attempt::Done(Err(HttpError::LoggedOut));
+    }
+    if status == 429 || errcode == "M_LIMIT_EXCEEDED" {
+        let after = parsed.as_ref().and_then(|v| v["retry_after_ms"].as_u64()).map(Duration::from_millis);
+        return Attempt::Retry { after: Some(after.unwrap_or(Duration::from_secs(1))), error };
+    }
+    if status >= 500 {
+        return Attempt::Retry { after: None, error };
+    }
+    Attempt::Done(Err(error))
+}
+
+/// `delay` plus up to 50% random jitter.
+fn with_jitter(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let jitter = if getrandom::fill(&mut byte).is_ok() { f64::from(byte[0]) / 510.0 } else { 0.25 };
+    delay.mul_f64(1.0 + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified() {
+        let logged_out = classify_error::<()>(401, br#"{"errcode":"M_UNKNOWN_TOKEN","error":"gone"}"#);
+        assert!(matches!(logged_out, Attempt::Done(Err(HttpError::LoggedOut))));
+        let limited = classify_error::<()>(429, br#"{"errcode":"M_LIMIT_EXCEEDED","retry_after_ms":1500}"#);
+        assert!(matches!(limited, Attempt::Retry { after: Some(d), .. } if d == Duration::from_millis(1500)));
+        assert!(matches!(classify_error::<()>(502, b"bad gateway"), Attempt::Retry { after: None, .. }));
+        let forbidden = classify_error::<()>(403, br#"{"errcode":"M_FORBIDDEN","error":"no"}"#);
+        assert!(matches!(forbidden, Attempt::Done(Err(HttpError::Server { status: 403, .. }))));
+    }
+
+    #[test]
+    fn jitter_stays_within_half_the_delay() {
+        for _ in 0..100 {
+            let d = with_jitter(Duration::from_millis(100));
+            assert!(d >= Duration::from_millis(100) && d <= Duration::from_millis(151), "{d:?}");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! # hush-client
+//!
+//! A thin Matrix client that drives hush's sans-I/O crypto engine over
+//! HTTP (hyper + rustls): password login and session restore, a sync loop
+//! that feeds the engine and persists before acknowledging, rooms with
+//! their encryption state, sending that encrypts automatically, handlers that
+//! receive decrypted events (or the reason they could not be decrypted), and
+//! an encryption API for key export and import and device trust.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), hush_client::ClientError> {
+//! use hush_client::{Client, SyncSettings};
+//!
+//! let client = Client::builder()
+//!     .homeserver_url("https://matrix.example.org")
+//!     .redb_store("alice.redb", Some("store passphrase"))
+//!     .build()?;
+//! let session = client.matrix_auth().login_username("alice", "password").device_id("ALICEPHONE").send().await?;
+//! // Save `session`; later: client.restore_session(session).await?
+//! client.add_event_handler(|event| async move {
+//!     if let Some(body) = event.text_body() {
+//!         println!("{}: {body}", event.room_id);
+//!     }
+//! });
+//! client.sync(SyncSettings::default()).await?;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod auth;
+mod client;
+mod encryption;
+mod error;
+mod events;
+pub mod http;
+mod room;
+mod rooms;
+mod store;
+mod sync;
+
+pub use auth::{LoginBuilder, MatrixAuth, Session};
+pub use client::{Client, ClientBuilder};
+pub use encryption::{Device, EXPORT_ROUNDS, Encryption};
+pub use error::ClientError;
+pub use events::RoomEvent;
+pub use hush_crypto_core;
+pub use room::Room;
+pub use rooms::{Membership, RoomEncryption, RoomState};
+pub use store::StoreConfig;
+pub use sync::{SyncSettings, SyncSummary};

@@ -1,0 +1,75 @@
+//! Which crypto store a client uses, opened once the user and device are known.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hush_crypto_core::{CryptoStore, MemoryStore, StoreError};
+use hush_store_cipher::StoreOptions;
+use ruma_common::{DeviceId, UserId};
+
+/// How the client's crypto store is made.
+#[derive(Clone)]
+pub enum StoreConfig {
+    /// In memory: every key is lost when the process ends.
+    Memory,
+    /// redb, at a file path, optionally encrypted with a passphrase.
+    #[cfg(feature = "redb")]
+    Redb {
+        /// The file.
+        path: PathBuf,
+        /// The passphrase, or `None` for a plain store.
+        passphrase: Option<String>,
+    },
+    /// sled, in a directory, optionally encrypted with a passphrase.
+    #[cfg(feature = "sled")]
+    Sled {
+        /// The directory.
+        path: PathBuf,
+        /// The passphrase, or `None` for a plain store.
+        passphrase: Option<String>,
+    },
+    /// Any store the application opened itself.
+    Custom(Arc<dyn CryptoStore>),
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            #[cfg(feature = "redb")]
+            Self::Redb { path, .. } => f.debug_struct("Redb").field("path", path).finish_non_exhaustive(),
+            #[cfg(feature = "sled")]
+            Self::Sled { path, .. } => f.debug_struct("Sled").field("path", path).finish_non_exhaustive(),
+            Self::Custom(store) => f.debug_tuple("Custom").field(store).finish(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Whether keys survive a restart.
+    pub fn is_persistent(&self) -> bool {
+        !matches!(self, Self::Memory)
+    }
+
+    #[allow(unused_variables)]
+    pub(crate) fn open(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Arc<dyn CryptoStore>, StoreError> {
+        #[cfg(any(feature = "redb", feature = "sled"))]
+        let options = |passphrase: &Option<String>| match passphrase {
+            Some(passphrase) => StoreOptions::passphrase(passphrase),
+            None => StoreOptions::default(),
+        };
+        let _ = StoreOptions::default;
+        Ok(match self {
+            Self::Memory => Arc::new(MemoryStore::new()),
+            #[cfg(feature = "redb")]
+            Self::Redb { path, passphrase } => {
+                Arc::new(hush_store_redb::open(path, user_id, device_id, options(passphrase))?)
+            }
+            #[cfg(feature = "sled")]
+            Self::Sled { path, passphrase } => {
+                Arc::new(hush_store_sled::open(path, user_id, device_id, options(passphrase))?)
+            }
+            Self::Custom(store) => store.clone(),
+        })
+    }
+}

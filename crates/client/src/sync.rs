@@ -1,0 +1,213 @@
+//! The sync loop: one `/sync`, its crypto parts fed to the engine (which
+//! saves them, with the sync token, before anything else happens), then the
+//! rooms, then the timeline decrypted and delivered, then the engine's
+//! outgoing requests.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, SyncChanges};
+use ruma_client_api::sync::sync_events::{self, v3::State};
+use ruma_common::{OwnedRoomId, serde::Raw};
+use serde_json::Value;
+
+use crate::{
+    Client, ClientError, RoomEvent,
+    client::{lock, now},
+    http::HttpError,
+    rooms::{Membership, RoomState},
+};
+
+/// How to sync.
+#[derive(Clone, Debug)]
+pub struct SyncSettings {
+    /// How long the server may hold the request open waiting for news.
+    pub timeout: Duration,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What one sync brought.
+#[derive(Clone, Debug, Default)]
+pub struct SyncSummary {
+    /// The sync token now stored.
+    pub next_batch: String,
+    /// Timeline events delivered to handlers.
+    pub events: usize,
+    /// Room keys received.
+    pub room_keys: usize,
+}
+
+impl Client {
+    /// One sync. The token is saved by the crypto store together with
+    /// everything the sync changed in the crypto state, so a crash never
+    /// acknowledges a to-device message whose keys were not saved.
+    pub async fn sync_once(&self, settings: SyncSettings) -> Result<SyncSummary, ClientError> {
+        let _one_at_a_time = self.inner.sync_lock.lock().await;
+        let machine = self.olm_machine()?;
+        let token = self.access_token()?;
+        // The first sync of a process is a full one: it rebuilds room state.
+        let initial = !self.inner.initial_sync_done.load(std::sync::atomic::Ordering::Relaxed);
+        let since = if initial { None } else { machine.store().load_next_batch_token().await? };
+        let mut request = sync_events::v3::Request::new();
+        request.since = since.clone();
+        request.timeout = (!initial).then_some(settings.timeout);
+        let response = self.http().send(request, Some(&token), settings.timeout).await?;
+
+        let changes = SyncChanges {
+            to_device_events: response.to_device.events,
+            device_lists: DeviceListChanges {
+                changed: response.device_lists.changed,
+                left: response.device_lists.left,
+            },
+            one_time_keys_counts: response.device_one_time_keys_count,
+            unused_fallback_keys: response.device_unused_fallback_key_types,
+            next_batch_token: Some(response.next_batch.clone()),
+        };
+        let output = machine.receive_sync_changes(changes, now()).await?;
+        self.inner.initial_sync_done.store(true, std::sync::atomic::Ordering::Relaxed);
+
+        let mut timeline = Vec::new();
+        {
+            let mut rooms = lock(&self.inner.rooms);
+            for (room_id, joined) in response.rooms.join {
+                let room =
+                    rooms.entry(room_id.clone()).or_insert_with(|| RoomState::new(room_id.clone(), Membership::Join));
+                room.own_membership = Membership::Join;
+                apply_state(room, &joined.state);
+                for event in &joined.timeline.events {
+                    let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
+                    if value.get("state_key").is_some() {
+                        room.apply(&value);
+                    }
+                    timeline.push((room_id.clone(), value));
+                }
+            }
+            for (room_id, _) in response.rooms.invite {
+                rooms.entry(room_id.clone()).or_insert_with(|| RoomState::new(room_id, Membership::Invite));
+            }
+            for (room_id, left) in response.rooms.leave {
+                let room =
+                    rooms.entry(room_id.clone()).or_insert_with(|| RoomState::new(room_id.clone(), Membership::Leave));
+                room.own_membership = Membership::Leave;
+                apply_state(room, &left.state);
+            }
+        }
+        // Members of encrypted rooms are tracked, so their devices are known.
+        let members: BTreeSet<_> = lock(&self.inner.rooms)
+            .values()
+            .filter(|r| r.is_encrypted() && r.own_membership == Membership::Join)
+            .flat_map(|r| r.key_recipients())
+            .collect();
+        machine.update_tracked_users(members.iter().map(|u| u.as_ref())).await?;
+
+        let mut delivered = 0;
+        for (room_id, event) in timeline {
+            self.deliver(room_id, event, false).await;
+            delivered += 1;
+        }
+        if !output.room_keys.is_empty() {
+            let sessions: BTreeSet<String> = output.room_keys.iter().map(|k| k.session_id.clone()).collect();
+            self.retry_undecrypted(&sessions).await;
+        }
+        self.send_outgoing_requests().await?;
+        Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
+    }
+
+    /// Syncs until an error that retrying cannot fix (e.g. the session was
+    /// logged out). Network errors and server restarts are waited out.
+    pub async fn sync(&self, settings: SyncSettings) -> Result<(), ClientError> {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.sync_once(settings.clone()).await {
+                Ok(_) => backoff = Duration::from_secs(1),
+                Err(ClientError::Http(HttpError::LoggedOut)) => return Err(ClientError::Http(HttpError::LoggedOut)),
+                Err(ClientError::Http(error)) => {
+                    tracing::warn!(%error, wait_s = backoff.as_secs(), "sync failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// Decrypts (if needed) and hands one timeline event to the handlers.
+    pub(crate) async fn deliver(&self, room_id: OwnedRoomId, event: Value, late: bool) {
+        let mut room_event = RoomEvent {
+            room_id: room_id.clone(),
+            event,
+            encryption: None,
+            unable_to_decrypt: None,
+            late_decryption: late,
+        };
+        if room_event.event_type() == "m.room.encrypted" {
+            if cfg!(feature = "e2e-encryption") {
+                match self.decrypt(&room_id, &room_event.event).await {
+                    Ok((event, info)) => {
+                        room_event.event = event;
+                        room_event.encryption = Some(info);
+                    }
+                    Err(error) => {
+                        if matches!(error, MegolmError::MissingRoomKey { .. } | MegolmError::UnknownMessageIndex { .. })
+                        {
+                            lock(&self.inner.undecrypted).push((room_id.clone(), room_event.event.clone()));
+                        }
+                        room_event.unable_to_decrypt = Some(error);
+                    }
+                }
+            } else {
+                self.warn_unencrypted_build_once(&room_id);
+            }
+        } else if late {
+            return;
+        }
+        let handlers = lock(&self.inner.handlers).clone();
+        for handler in handlers {
+            handler(room_event.clone()).await;
+        }
+    }
+
+    async fn decrypt(
+        &self,
+        room_id: &OwnedRoomId,
+        event: &Value,
+    ) -> Result<(Value, hush_crypto_core::MegolmDecryptionInfo), MegolmError> {
+        let machine = self.olm_machine().map_err(|e| MegolmError::Malformed(e.to_string()))?;
+        let raw: Raw<Value> = Raw::new(event).map_err(|e| MegolmError::Malformed(e.to_string()))?;
+        let decrypted = machine.decrypt_room_event(&raw, room_id, &DecryptionSettings::default()).await?;
+        let value = decrypted.event.deserialize_as_unchecked().map_err(|e| MegolmError::Malformed(e.to_string()))?;
+        Ok((value, decrypted.info))
+    }
+
+    /// Retries events whose keys just arrived; delivers them again as late decryptions.
+    async fn retry_undecrypted(&self, sessions: &BTreeSet<String>) {
+        let waiting: Vec<_> = {
+            let mut undecrypted = lock(&self.inner.undecrypted);
+            let (now_ready, still_waiting): (Vec<_>, Vec<_>) = undecrypted
+                .drain(..)
+                .partition(|(_, e)| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)));
+            *undecrypted = still_waiting;
+            now_ready
+        };
+        for (room_id, event) in waiting {
+            self.deliver(room_id, event, true).await;
+        }
+    }
+}
+
+fn apply_state(room: &mut RoomState, state: &State) {
+    let events = match state {
+        State::Before(events) | State::After(events) => events,
+        _ => return,
+    };
+    for event in &events.events {
+        if let Ok(value) = event.deserialize_as_unchecked::<Value>() {
+            room.apply(&value);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Helpers for tests against the local Synapse that `testing/synapse/synapse.sh`
+//! runs (`cargo xtask homeserver start`, or `cargo xtask test` which starts it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hush_client::{Client, ClientError, RoomEvent, Session, StoreConfig, SyncSettings, http::HttpClient};
+use ruma_client_api::{account::register, uiaa};
+use ruma_common::OwnedRoomId;
+use tempfile::TempDir;
+
+/// The homeserver the tests talk to.
+pub fn homeserver_url() -> String {
+    std::env::var("HUSH_HOMESERVER_URL").unwrap_or_else(|_| "http://127.0.0.1:8008".to_owned())
+}
+
+/// A user name no other test run used.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    format!("{prefix}{}x{}x{}", std::process::id(), millis % 100_000_000, COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// Registers a user with a password (open registration, dummy auth).
+pub async fn register(name: &str, password: &str) -> Result<(), ClientError> {
+    let http = HttpClient::new(&homeserver_url(), Default::default())?;
+    let mut request = register::v3::Request::new();
+    request.username = Some(name.to_owned());
+    request.password = Some(password.to_owned());
+    request.inhibit_login = true;
+    request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
+    http.send(request, None, Duration::ZERO).await?;
+    Ok(())
+}
+
+/// Which persistent store the test clients use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    /// redb.
+    Redb,
+    /// sled.
+    Sled,
+}
+
+/// A test user's device: a client with a persistent store, and the events
+/// its handler received.
+pub struct TestClient {
+    /// The client.
+    pub client: Client,
+    /// The session, as an application would save it.
+    pub session: Session,
+    /// Every event the handler received.
+    pub events: Arc<std::sync::Mutex<Vec<RoomEvent>>>,
+    /// The store's directory (kept alive with the client).
+    pub dir: Arc<TempDir>,
+    /// The user's name and password.
+    pub credentials: (String, String),
+    /// The store kind.
+    pub kind: StoreKind,
+}
+
+impl std::fmt::Debug for TestClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestClient").field("session", &self.session).finish_non_exhaustive()
+    }
+}
+
+fn store_config(kind: StoreKind, dir: &TempDir) -> StoreConfig {
+    match kind {
+        StoreKind::Redb => {
+            StoreConfig::Redb { path: dir.path().join("crypto.redb"), passphrase: Some("store secret".into()) }
+        }
+        StoreKind::Sled => {
+            StoreConfig::Sled { path: dir.path().join("crypto.sled"), passphrase: Some("store secret".into()) }
+        }
+    }
+}
+
+impl TestClient {
+    /// Registers a new user and logs in as `device_id`.
+    pub async fn new_user(prefix: &str, device_id: &str, kind: StoreKind) -> Self {
+        let name = unique_name(prefix);
+        register(&name, "password").await.expect("register");
+        Self::login(&name, "password", device_id, kind, Arc::new(TempDir::new().expect("temp dir"))).await
+    }
+
+    /// Logs in (a new device, or the same device again) with a store in `dir`.
+    pub async fn login(name: &str, password: &str, device_id: &str, kind: StoreKind, dir: Arc<TempDir>) -> Self {
+        let client = Self::build(kind, &dir);
+        let session = client
+            .matrix_auth()
+            .login_username(name, password)
+            .device_id(device_id)
+            .initial_device_display_name(device_id)
+            .send()
+            .await
+            .expect("login");
+        Self::with_handler(client, session, dir, (name.to_owned(), password.to_owned()), kind)
+    }
+
+    /// Ends this client (as its process would end) and restores the device
+    /// from its store in a new client.
+    pub async fn restart(self) -> Self {
+        let Self { client, session, dir, credentials, kind, .. } = self;
+        drop(client);
+        let client = Self::build(kind, &dir);
+        client.restore_session(session.clone()).await.expect("restore session");
+        Self::with_handler(client, session, dir, credentials, kind)
+    }
+
+    /// Ends this client, keeping its store directory for a later login.
+    pub fn close(self) -> (Arc<TempDir>, (String, String)) {
+        (self.dir, self.credentials)
+    }
+
+    fn build(kind: StoreKind, dir: &TempDir) -> Client {
+        Client::builder()
+            .homeserver_url(homeserver_url())
+            .store_config(store_config(kind, dir))
+            .request_timeout(Duration::from_secs(20))
+            .build()
+            .expect("build client")
+    }
+
+    fn with_handler(
+        client: Client,
+        session: Session,
+        dir: Arc<TempDir>,
+        credentials: (String, String),
+        kind: StoreKind,
+    ) -> Self {
+        let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        client.add_event_handler(move |event| {
+            let sink = sink.clone();
+            async move { sink.lock().expect("events").push(event) }
+        });
+        Self { client, session, events, dir, credentials, kind }
+    }
+
+    /// One short sync.
+    pub async fn sync(&self) {
+        self.client.sync_once(SyncSettings { timeout: Duration::from_millis(200) }).await.expect("sync");
+    }
+
+    /// Syncs until `done` holds (at most ~20 s).
+    pub async fn sync_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        for _ in 0..100 {
+            self.sync().await;
+            if done(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{}: gave up waiting for {what}", self.session.user_id);
+    }
+
+    /// The decrypted text bodies received in `room`, in order.
+    pub fn texts(&self, room: &OwnedRoomId) -> Vec<String> {
+        let events = self.events.lock().expect("events");
+        events
+            .iter()
+            .filter(|e| &e.room_id == room && e.encryption.is_some())
+            .filter_map(|e| e.text_body().map(ToOwned::to_owned))
+            .collect()
+    }
+
+    /// Events in `room` that stayed encrypted.
+    pub fn undecryptable(&self, room: &OwnedRoomId) -> usize {
+        let events = self.events.lock().expect("events");
+        events.iter().filter(|e| &e.room_id == room && e.unable_to_decrypt.is_some()).count()
+    }
+
+    /// Waits until the room is known and our membership there is `join`.
+    pub async fn join(&self, room: &OwnedRoomId) {
+        self.sync_until("the invite", |c| c.client.get_room(room).is_some()).await;
+        self.client.join_room(room).await.expect("join");
+        self.sync_until("the join", |c| {
+            c.client.get_room(room).is_some_and(|r| r.key_recipients().contains(&c.session.user_id))
+        })
+        .await;
+    }
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask homeserver start|stop|status`: the local Synapse that the
+//! integration tests and the demo use (testing/synapse/synapse.sh does the work).
+
+use std::process::Command;
+
+use super::root;
+
+const SCRIPT: &str = "testing/synapse/synapse.sh";
+
+pub(crate) fn run_script(action: &str) -> Result<(), String> {
+    let status = Command::new("bash")
+        .arg(root().join(SCRIPT))
+        .arg(action)
+        .status()
+        .map_err(|e| format!("could not run {SCRIPT}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("synapse {action} failed ({status})")) }
+}
+
+fn is_running() -> bool {
+    Command::new("bash")
+        .arg(root().join(SCRIPT))
+        .arg("status")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Starts Synapse unless it already runs; returns whether this call started it.
+pub(crate) fn ensure_running() -> Result<bool, String> {
+    if is_running() {
+        return Ok(false);
+    }
+    eprintln!("\n== starting the local Synapse");
+    run_script("start")?;
+    Ok(true)
+}
+
+pub(crate) fn command(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some(action @ ("start" | "stop" | "status" | "install")) => run_script(action),
+        _ => Err("usage: cargo xtask homeserver start|stop|status|install".to_owned()),
+    }
+}
