@@ -109,6 +109,14 @@ impl TestClient {
         Self::with_handler(client, session, dir, credentials, kind)
     }
 
+    /// A new process restoring a saved session from the redb store in `dir`.
+    pub async fn login_restore(dir: &Arc<TempDir>, credentials: &(String, String), session_json: &str) -> Self {
+        let session: Session = serde_json::from_str(session_json).expect("session json");
+        let client = Self::build(StoreKind::Redb, dir);
+        client.restore_session(session.clone()).await.expect("restore session");
+        Self::with_handler(client, session, dir.clone(), credentials.clone(), StoreKind::Redb)
+    }
+
     /// Ends this client, keeping its store directory for a later login.
     pub fn close(self) -> (Arc<TempDir>, (String, String)) {
         (self.dir, self.credentials)

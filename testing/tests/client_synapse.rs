@@ -221,3 +221,73 @@ async fn members_joining_and_leaving_and_101_messages_redb() {
 async fn members_joining_and_leaving_and_101_messages_sled() {
     membership_and_rotation(StoreKind::Sled).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn a_killed_client_loses_no_room_key() {
+    use std::process::{Command, Stdio};
+
+    let alice = TestClient::new_user("alice", "ALICE1", StoreKind::Redb).await;
+    let bob = TestClient::new_user("bob", "BOB1", StoreKind::Redb).await;
+    let room = room_with(&alice, &[&bob]).await;
+    bob.join(&room).await;
+    alice.sync_until("bob's join", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2)).await;
+    let session = serde_json::to_string(&bob.session).unwrap();
+    let store = bob.dir.path().join("crypto.redb");
+    let (dir, credentials) = bob.close();
+
+    // Bob's app syncs in a child process that is SIGKILLed at arbitrary
+    // moments, while Alice keeps sending messages under fresh room keys.
+    let mut sent = Vec::new();
+    for round in 0..6u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_client-child"))
+            .args([store.to_str().unwrap(), &session])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn the client");
+        let alice_room = alice.client.get_room(&room).unwrap();
+        alice.client.olm_machine().unwrap().discard_room_key(&room).await.unwrap();
+        let text = format!("round {round}");
+        alice_room.send_text(&text).await.unwrap();
+        sent.push(text);
+        tokio::time::sleep(std::time::Duration::from_millis(150 + 97 * round % 400)).await;
+        child.kill().expect("SIGKILL");
+        child.wait().unwrap();
+    }
+
+    // A new process of Bob: every message decrypts, so no room key was lost.
+    let bob = TestClient::login_restore(&dir, &credentials, &session).await;
+    bob.sync_until("every message", |c| sent.iter().all(|t| c.texts(&room).contains(t))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn restoring_with_another_devices_token_is_a_clear_error() {
+    let bob = TestClient::new_user("bob", "BOB1", StoreKind::Redb).await;
+    let (name, password) = bob.credentials.clone();
+    let other =
+        TestClient::login(&name, &password, "BOB2", StoreKind::Redb, Arc::new(tempfile::TempDir::new().unwrap())).await;
+    let other_session = other.session.clone();
+    let (dir, _) = bob.close();
+
+    // BOB2's token with BOB1's store.
+    let client = hush_client::Client::builder()
+        .homeserver_url(hush_testing::synapse::homeserver_url())
+        .store_config(hush_client::StoreConfig::Redb {
+            path: dir.path().join("crypto.redb"),
+            passphrase: Some("store secret".into()),
+        })
+        .build()
+        .unwrap();
+    let error = client.restore_session(other_session.clone()).await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, hush_client::ClientError::DeviceMismatch { .. }), "{error}");
+    assert!(message.contains("BOB1") && message.contains("BOB2"), "{message}");
+
+    // A session that claims BOB1 while its token belongs to BOB2.
+    let mut lying = other_session;
+    lying.device_id = "BOB1".into();
+    let error = client.restore_session(lying).await.unwrap_err();
+    assert!(matches!(error, hush_client::ClientError::DeviceMismatch { .. }), "{error}");
+}

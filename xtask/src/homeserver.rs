@@ -17,11 +17,7 @@ pub(crate) fn run_script(action: &str) -> Result<(), String> {
 }
 
 fn is_running() -> bool {
-    Command::new("bash")
-        .arg(root().join(SCRIPT))
-        .arg("status")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("bash").arg(root().join(SCRIPT)).arg("status").output().is_ok_and(|o| o.status.success())
 }
 
 /// Starts Synapse unless it already runs; returns whether this call started it.
@@ -39,4 +35,12 @@ pub(crate) fn command(args: &[String]) -> Result<(), String> {
         Some(action @ ("start" | "stop" | "status" | "install")) => run_script(action),
         _ => Err("usage: cargo xtask homeserver start|stop|status|install".to_owned()),
     }
+}
+
+/// `cargo xtask demo`: Synapse up (installed if needed), then the demo example.
+pub(crate) fn demo() -> Result<(), String> {
+    ensure_running()?;
+    let mut example = super::cargo();
+    example.args(["run", "--quiet", "-p", "hush-testing", "--example", "demo"]);
+    super::run(example, "the hush demo")
 }

@@ -5,6 +5,7 @@
 //! * `test`: the whole test suite (workspace, doc tests, interop crate), with
 //!   a local Synapse started for the integration tests.
 //! * `homeserver start|stop|status`: that Synapse.
+//! * `demo`: the end-to-end demo against it.
 //! * `bench`: benchmarks, all or one named workload group.
 //!
 //! Only the standard library is used, so the tasks build in seconds.
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("stress") => tests::stress(),
         Some("homeserver") => homeserver::command(&args[1..]),
+        Some("demo") => homeserver::demo(),
         _ => Err(usage()),
     };
     match result {
@@ -44,6 +46,7 @@ fn usage() -> String {
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
      \n  stress  the store crash test with 1,000 SIGKILLs per backend\
+     \n  demo    start the local Synapse (installing it if needed) and run the end-to-end demo\
      \n  homeserver start|stop|status  the local Synapse for tests and the demo\
      \n  bench [export|stores]  benchmarks (export: peak memory of exporting/importing 100,000 room keys;\
      \n                         stores: hush's stores beside matrix-sdk-crypto's SQLite store)"

@@ -23,6 +23,8 @@ fn room(n: usize) -> OwnedRoomId {
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The SQLite store needs the runtime's context even where it is dropped.
+    let _context = runtime.enter();
     let mut criterion = Criterion::default().configure_from_args().sample_size(10).warm_up_time(Duration::from_secs(1));
     let backends: Vec<Backend> = match std::env::var("HUSH_BENCH_STORES") {
         Ok(list) => Backend::ALL.into_iter().filter(|b| list.split(',').any(|n| n == b.name())).collect(),
