@@ -106,15 +106,21 @@ async fn crash_test(backend: &str) {
         saved_total += last.map_or(0, |l| l + 1);
         reported.insert(run, last);
         let options = Encryption::RawKey.options();
+        let keep = |error: hush_crypto_core::StoreError| {
+            // Keep a copy of the damaged store for inspection.
+            let kept = std::env::temp_dir().join(format!("hush-crash-failure-{backend}-{}", std::process::id()));
+            let _ = Command::new("cp").arg("-r").arg(dir.path()).arg(&kept).status();
+            panic!("reopen after kill {run}: {error}; a copy of the store is at {}", kept.display())
+        };
         match backend {
-            "redb" => {
-                check(&hush_store_redb::open(&path, &user, &device, options).expect("reopen after kill"), &reported)
-                    .await
-            }
-            _ => {
-                check(&hush_store_sled::open(&path, &user, &device, options).expect("reopen after kill"), &reported)
-                    .await
-            }
+            "redb" => match hush_store_redb::open(&path, &user, &device, options) {
+                Ok(store) => check(&store, &reported).await,
+                Err(error) => keep(error),
+            },
+            _ => match hush_store_sled::open(&path, &user, &device, options) {
+                Ok(store) => check(&store, &reported).await,
+                Err(error) => keep(error),
+            },
         }
     }
     assert!(saved_total > 0, "the children never got to save anything");

@@ -224,3 +224,19 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files
 }
+
+#[tokio::test]
+async fn a_sled_snapshot_left_unfinished_by_a_crash_is_recovered() {
+    // sled 0.34 refuses to open with an empty `snap.*.generating` file (what a
+    // process killed while writing a snapshot leaves); the store removes it.
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = path(dir.path(), Backend::Sled);
+    create_with_data(Backend::Sled, &path, StoreOptions::key([2; 32])).await;
+    let unfinished = path.join("snap.0000000000FFFFFF.generating");
+    std::fs::write(&unfinished, b"").unwrap();
+    assert_eq!(open(Backend::Sled, &path, StoreOptions::key([2; 32])).await, Ok(()));
+    assert!(!unfinished.exists(), "the unfinished snapshot was not the problem any more: revisit the workaround");
+    let (user, device) = owner();
+    let store = hush_store_sled::open(&path, &user, &device, StoreOptions::key([2; 32])).unwrap();
+    assert_eq!(store.load_tracked_users().await.unwrap().len(), 1, "the data survived");
+}

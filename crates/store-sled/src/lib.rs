@@ -33,6 +33,30 @@ pub fn open(
     KvCryptoStore::open(SledBackend::open(path.as_ref())?, user_id, device_id, options)
 }
 
+fn open_error(path: &Path, error: sled::Error) -> StoreError {
+    match error {
+        sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{}: {error}", path.display())),
+        other => backend_error(other),
+    }
+}
+
+/// Removes `snap.*.generating` files (snapshots a crash left unfinished);
+/// returns how many it removed.
+fn remove_unfinished_snapshots(path: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    let entries = std::fs::read_dir(path).map_err(backend_error)?;
+    for entry in entries {
+        let entry = entry.map_err(backend_error)?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(backend_error)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 fn backend_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
 }
@@ -53,10 +77,21 @@ impl SledBackend {
     /// Opens or creates the database directory.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         guard_engine("open", || {
-            let db = sled::open(path).map_err(|e| match e {
-                sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{}: {e}", path.display())),
-                other => backend_error(other),
-            })?;
+            let db = match sled::open(path) {
+                Ok(db) => db,
+                // sled 0.34 writes each snapshot to `snap.<lsn>.generating`
+                // and renames it when complete. A process killed mid-way
+                // leaves that file behind, and the next open fails with
+                // `Corruption { at: None }` (upstream sled issues #1527,
+                // #1533). The file is an unfinished temporary by
+                // construction: remove it and open again, once. (Another
+                // process holding the store would fail the lock, not this.)
+                Err(sled::Error::Corruption { at: None, .. }) if remove_unfinished_snapshots(path)? > 0 => {
+                    tracing::warn!(path = %path.display(), "removed an unfinished sled snapshot left by a crash");
+                    sled::open(path).map_err(|e| open_error(path, e))?
+                }
+                Err(error) => return Err(open_error(path, error)),
+            };
             let tree = db.open_tree("hush-crypto").map_err(backend_error)?;
             Ok(Self { db, tree })
         })
