@@ -14,6 +14,11 @@ pub(crate) fn ci() -> Result<(), String> {
     clippy.args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]);
     run(clippy, "clippy")?;
 
+    // The client must also build without its default features (no e2e, no stores).
+    let mut minimal_client = cargo();
+    minimal_client.args(["clippy", "-p", "hush-client", "--no-default-features", "--", "-D", "warnings"]);
+    run(minimal_client, "clippy (hush-client without default features)")?;
+
     let mut interop_clippy = cargo();
     interop_clippy.args([
         "clippy",

@@ -1,9 +1,11 @@
 //! Which crypto store a client uses, opened once the user and device are known.
 
+#[cfg(any(feature = "redb", feature = "sled"))]
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use hush_crypto_core::{CryptoStore, MemoryStore, StoreError};
+#[cfg(any(feature = "redb", feature = "sled"))]
 use hush_store_cipher::StoreOptions;
 use ruma_common::{DeviceId, UserId};
 
@@ -51,14 +53,9 @@ impl StoreConfig {
         !matches!(self, Self::Memory)
     }
 
-    #[allow(unused_variables)]
     pub(crate) fn open(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Arc<dyn CryptoStore>, StoreError> {
-        #[cfg(any(feature = "redb", feature = "sled"))]
-        let options = |passphrase: &Option<String>| match passphrase {
-            Some(passphrase) => StoreOptions::passphrase(passphrase),
-            None => StoreOptions::default(),
-        };
-        let _ = StoreOptions::default;
+        #[cfg(not(any(feature = "redb", feature = "sled")))]
+        let _ = (user_id, device_id);
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::new()),
             #[cfg(feature = "redb")]
@@ -71,5 +68,14 @@ impl StoreConfig {
             }
             Self::Custom(store) => store.clone(),
         })
+    }
+}
+
+/// Store options for an optional passphrase.
+#[cfg(any(feature = "redb", feature = "sled"))]
+fn options(passphrase: &Option<String>) -> StoreOptions {
+    match passphrase {
+        Some(passphrase) => StoreOptions::passphrase(passphrase),
+        None => StoreOptions::default(),
     }
 }
