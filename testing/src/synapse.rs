@@ -109,12 +109,25 @@ impl TestClient {
         Self::with_handler(client, session, dir, credentials, kind)
     }
 
-    /// A new process restoring a saved session from the redb store in `dir`.
-    pub async fn login_restore(dir: &Arc<TempDir>, credentials: &(String, String), session_json: &str) -> Self {
+    /// A new process restoring a saved session from the store in `dir`.
+    pub async fn login_restore(
+        kind: StoreKind,
+        dir: &Arc<TempDir>,
+        credentials: &(String, String),
+        session_json: &str,
+    ) -> Self {
         let session: Session = serde_json::from_str(session_json).expect("session json");
-        let client = Self::build(StoreKind::Redb, dir);
+        let client = Self::build(kind, dir);
         client.restore_session(session.clone()).await.expect("restore session");
-        Self::with_handler(client, session, dir.clone(), credentials.clone(), StoreKind::Redb)
+        Self::with_handler(client, session, dir.clone(), credentials.clone(), kind)
+    }
+
+    /// The path of the store (file or directory) of a device in `dir`.
+    pub fn store_path(kind: StoreKind, dir: &TempDir) -> std::path::PathBuf {
+        match store_config(kind, dir) {
+            StoreConfig::Redb { path, .. } | StoreConfig::Sled { path, .. } => path,
+            _ => dir.path().to_owned(),
+        }
     }
 
     /// Ends this client, keeping its store directory for a later login.

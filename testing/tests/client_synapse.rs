@@ -224,16 +224,27 @@ async fn members_joining_and_leaving_and_101_messages_sled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
-async fn a_killed_client_loses_no_room_key() {
+async fn a_killed_client_loses_no_room_key_redb() {
+    killed_client(StoreKind::Redb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn a_killed_client_loses_no_room_key_sled() {
+    killed_client(StoreKind::Sled).await;
+}
+
+async fn killed_client(kind: StoreKind) {
     use std::process::{Command, Stdio};
 
-    let alice = TestClient::new_user("alice", "ALICE1", StoreKind::Redb).await;
-    let bob = TestClient::new_user("bob", "BOB1", StoreKind::Redb).await;
+    let alice = TestClient::new_user("alice", "ALICE1", kind).await;
+    let bob = TestClient::new_user("bob", "BOB1", kind).await;
     let room = room_with(&alice, &[&bob]).await;
     bob.join(&room).await;
     alice.sync_until("bob's join", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2)).await;
     let session = serde_json::to_string(&bob.session).unwrap();
-    let store = bob.dir.path().join("crypto.redb");
+    let store = TestClient::store_path(kind, &bob.dir);
+    let kind_arg = if kind == StoreKind::Sled { "sled" } else { "redb" };
     let (dir, credentials) = bob.close();
 
     // Bob's app syncs in a child process that is SIGKILLed at arbitrary
@@ -241,7 +252,7 @@ async fn a_killed_client_loses_no_room_key() {
     let mut sent = Vec::new();
     for round in 0..6u64 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_client-child"))
-            .args([store.to_str().unwrap(), &session])
+            .args([kind_arg, store.to_str().unwrap(), &session])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -257,7 +268,7 @@ async fn a_killed_client_loses_no_room_key() {
     }
 
     // A new process of Bob: every message decrypts, so no room key was lost.
-    let bob = TestClient::login_restore(&dir, &credentials, &session).await;
+    let bob = TestClient::login_restore(kind, &dir, &credentials, &session).await;
     bob.sync_until("every message", |c| sent.iter().all(|t| c.texts(&room).contains(t))).await;
 }
 
