@@ -313,6 +313,46 @@ mod tests {
         prop_oneof![(0u8..30).prop_map(Step::Claim), Just(Step::Sync), Just(Step::Upload)]
     }
 
+    /// The server side of the key-count state machine.
+    #[derive(Default)]
+    struct SimulatedServer {
+        count: u64,
+        fallback_unused: bool,
+    }
+
+    impl SimulatedServer {
+        /// Hands out `n` one-time keys, or the fallback key once none are left.
+        fn claim(&mut self, n: u8) {
+            for _ in 0..n {
+                if self.count > 0 {
+                    self.count -= 1;
+                } else {
+                    self.fallback_unused = false;
+                }
+            }
+        }
+
+        /// Reports the counts to the account, as a sync does.
+        fn sync(&self, account: &mut Account) {
+            let unused: &[OneTimeKeyAlgorithm] =
+                if self.fallback_unused { &[OneTimeKeyAlgorithm::SignedCurve25519] } else { &[] };
+            account.update_key_counts(Some(self.count), Some(unused));
+        }
+
+        /// Takes the account's pending upload and acknowledges it.
+        fn upload(&mut self, account: &mut Account) {
+            if let Some(request) = account.keys_for_upload().unwrap() {
+                self.count += request.one_time_keys.len() as u64;
+                self.fallback_unused |= !request.fallback_keys.is_empty();
+                let counts = BTreeMap::from([(
+                    OneTimeKeyAlgorithm::SignedCurve25519,
+                    js_int::UInt::try_from(self.count).unwrap(),
+                )]);
+                account.mark_keys_as_published(&counts);
+            }
+        }
+    }
+
     proptest::proptest! {
         /// Against a simulated server, the account never offers more keys
         /// than the target, never leaves the server empty after a sync and an
@@ -321,53 +361,24 @@ mod tests {
         fn key_replenishment_holds_its_invariants(steps in proptest::collection::vec(step(), 1..60)) {
             let mut account = account();
             let target = 25u64;
-            let mut server_count = 0u64;
-            let mut fallback_unused = false;
+            let mut server = SimulatedServer::default();
             for step in steps {
                 match step {
-                    Step::Claim(n) => {
-                        for _ in 0..n {
-                            if server_count > 0 { server_count -= 1 } else { fallback_unused = false }
-                        }
-                    }
-                    Step::Sync => {
-                        let unused: &[OneTimeKeyAlgorithm] =
-                            if fallback_unused { &[OneTimeKeyAlgorithm::SignedCurve25519] } else { &[] };
-                        account.update_key_counts(Some(server_count), Some(unused));
-                    }
-                    Step::Upload => {
-                        if let Some(request) = account.keys_for_upload().unwrap() {
-                            server_count += request.one_time_keys.len() as u64;
-                            fallback_unused |= !request.fallback_keys.is_empty();
-                            let counts = BTreeMap::from([(
-                                OneTimeKeyAlgorithm::SignedCurve25519,
-                                js_int::UInt::try_from(server_count).unwrap(),
-                            )]);
-                            account.mark_keys_as_published(&counts);
-                        }
-                    }
+                    Step::Claim(n) => server.claim(n),
+                    Step::Sync => server.sync(&mut account),
+                    Step::Upload => server.upload(&mut account),
                 }
                 let unpublished = account.inner.one_time_keys().len() as u64;
-                proptest::prop_assert!(server_count + unpublished <= target, "{server_count} + {unpublished}");
+                proptest::prop_assert!(server.count + unpublished <= target, "{} + {unpublished}", server.count);
                 proptest::prop_assert!(account.inner.fallback_key().len() <= 1);
             }
-            // Settle: upload, sync, upload: the server is full and has a fallback key.
+            // Settle: upload, sync, upload, sync: the server is full and has a fallback key.
             for _ in 0..2 {
-                if let Some(request) = account.keys_for_upload().unwrap() {
-                    server_count += request.one_time_keys.len() as u64;
-                    fallback_unused |= !request.fallback_keys.is_empty();
-                    let counts = BTreeMap::from([(
-                        OneTimeKeyAlgorithm::SignedCurve25519,
-                        js_int::UInt::try_from(server_count).unwrap(),
-                    )]);
-                    account.mark_keys_as_published(&counts);
-                }
-                let unused: &[OneTimeKeyAlgorithm] =
-                    if fallback_unused { &[OneTimeKeyAlgorithm::SignedCurve25519] } else { &[] };
-                account.update_key_counts(Some(server_count), Some(unused));
+                server.upload(&mut account);
+                server.sync(&mut account);
             }
-            proptest::prop_assert_eq!(server_count, target);
-            proptest::prop_assert!(fallback_unused);
+            proptest::prop_assert_eq!(server.count, target);
+            proptest::prop_assert!(server.fallback_unused);
         }
     }
 }
