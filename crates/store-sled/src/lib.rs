@@ -33,6 +33,22 @@ pub fn open(
     KvCryptoStore::open(SledBackend::open(path.as_ref())?, user_id, device_id, options)
 }
 
+/// Opens the database, waiting up to 2 s for its lock: sled releases the
+/// lock of a dropped handle only when its background flusher next wakes, so
+/// a store reopened right after it was closed would otherwise fail.
+fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, sled::Error> {
+    let mut attempts = 0;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
     match error {
         sled::Error::Corruption { .. } => StoreError::Corrupt(format!("{}: {error}", path.display())),
@@ -77,7 +93,7 @@ impl SledBackend {
     /// Opens or creates the database directory.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         guard_engine("open", || {
-            let db = match sled::open(path) {
+            let db = match open_waiting_for_lock(path) {
                 Ok(db) => db,
                 // sled 0.34 writes each snapshot to `snap.<lsn>.generating`
                 // and renames it when complete. A process killed mid-way
@@ -88,7 +104,7 @@ impl SledBackend {
                 // process holding the store would fail the lock, not this.)
                 Err(sled::Error::Corruption { at: None, .. }) if remove_unfinished_snapshots(path)? > 0 => {
                     tracing::warn!(path = %path.display(), "removed an unfinished sled snapshot left by a crash");
-                    sled::open(path).map_err(|e| open_error(path, e))?
+                    open_waiting_for_lock(path).map_err(|e| open_error(path, e))?
                 }
                 Err(error) => return Err(open_error(path, error)),
             };
