@@ -34,14 +34,36 @@ impl std::fmt::Debug for RogueDevice {
 impl RogueDevice {
     /// A new device whose correctly signed keys (and a few one-time keys) are on the server.
     pub fn register(server: &Arc<TestServer>, user_id: &UserId, device_id: &str) -> Self {
+        Self::register_with_keys(server, user_id, device_id, 5, false)
+    }
+
+    /// A new device with `one_time_keys` signed one-time keys (at most 100,
+    /// vodozemac's limit) and, if `fallback`, a signed fallback key on the server.
+    pub fn register_with_keys(
+        server: &TestServer,
+        user_id: &UserId,
+        device_id: &str,
+        one_time_keys: usize,
+        fallback: bool,
+    ) -> Self {
         let mut device = Self {
             user_id: user_id.to_owned(),
             device_id: device_id.into(),
             account: Account::new(),
             sessions: BTreeMap::new(),
         };
-        device.account.generate_one_time_keys(5);
+        device.account.generate_one_time_keys(one_time_keys);
         let mut request = upload_keys::v3::Request::new();
+        if fallback {
+            device.account.generate_fallback_key();
+            for (id, key) in device.account.fallback_key() {
+                let signed = device.sign(json!({ "key": key.to_base64(), "fallback": true }));
+                let id = format!("signed_curve25519:{}", id.to_base64());
+                request
+                    .fallback_keys
+                    .insert(id.try_into().expect("key id"), Raw::new(&signed).expect("json").cast_unchecked());
+            }
+        }
         request.device_keys = Some(Raw::new(&device.device_keys_for(user_id)).expect("json").cast_unchecked());
         for (id, key) in device.account.one_time_keys() {
             let signed = device.sign(json!({ "key": key.to_base64() }));
@@ -85,6 +107,11 @@ impl RogueDevice {
         let signature = self.account.sign(canonical.as_bytes()).to_base64();
         value["signatures"] = json!({ user_id.as_str(): { format!("ed25519:{}", self.device_id): signature } });
         value
+    }
+
+    /// The bare vodozemac account, for benchmarks that measure vodozemac itself.
+    pub fn account_mut(&mut self) -> &mut Account {
+        &mut self.account
     }
 
     /// The device's curve25519 identity key.

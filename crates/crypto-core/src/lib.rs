@@ -20,6 +20,7 @@ pub mod export;
 mod machine;
 pub mod megolm;
 pub mod olm;
+mod parallel;
 mod requests;
 mod signing;
 pub mod store;

@@ -2,7 +2,7 @@
 //! appendix "Signing JSON" describes: the object without its `signatures`
 //! and `unsigned` members, encoded as canonical JSON, signed with ed25519.
 
-use ruma_common::{UserId, canonical_json::CanonicalJsonValue};
+use ruma_common::UserId;
 use serde_json::{Map, Value};
 use vodozemac::{Ed25519PublicKey, Ed25519Signature};
 
@@ -38,14 +38,46 @@ pub enum SignatureError {
 }
 
 /// The canonical JSON text of `object` with `signatures` and `unsigned` removed:
-/// the bytes a signature covers.
+/// the bytes a signature covers. Written straight from the borrowed object:
+/// `serde_json`'s map is ordered by key (code points) and its compact output
+/// is canonical once numbers are checked to be integers in the safe range.
 pub(crate) fn canonical_bytes_to_sign(object: &Map<String, Value>) -> Result<String, SignatureError> {
-    let mut stripped = object.clone();
-    stripped.remove("signatures");
-    stripped.remove("unsigned");
-    let canonical = CanonicalJsonValue::try_from(Value::Object(stripped))
-        .map_err(|e| SignatureError::NotCanonical(e.to_string()))?;
-    Ok(canonical.to_string())
+    let signed = WithoutSignatures(object);
+    for (_, value) in signed.entries() {
+        check_canonical(value)?;
+    }
+    serde_json::to_string(&signed).map_err(|e| SignatureError::NotCanonical(e.to_string()))
+}
+
+/// The largest integer canonical JSON allows (2^53 - 1), and its negation the smallest.
+const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Refuses what canonical JSON cannot carry: floats and integers outside ±(2^53 - 1).
+fn check_canonical(value: &Value) -> Result<(), SignatureError> {
+    match value {
+        Value::Number(n) => match n.as_i64() {
+            Some(i) if (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&i) => Ok(()),
+            _ => Err(SignatureError::NotCanonical(format!("{n} is not an integer in the safe range"))),
+        },
+        Value::Array(items) => items.iter().try_for_each(check_canonical),
+        Value::Object(map) => map.values().try_for_each(check_canonical),
+        Value::Null | Value::Bool(_) | Value::String(_) => Ok(()),
+    }
+}
+
+/// An object seen without its `signatures` and `unsigned` members.
+struct WithoutSignatures<'a>(&'a Map<String, Value>);
+
+impl WithoutSignatures<'_> {
+    fn entries(&self) -> impl Iterator<Item = (&String, &Value)> {
+        self.0.iter().filter(|(key, _)| key.as_str() != "signatures" && key.as_str() != "unsigned")
+    }
+}
+
+impl serde::Serialize for WithoutSignatures<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.entries())
+    }
 }
 
 /// Adds a signature by `user_id` / `key_id` to `value`, signing with `sign`.
@@ -145,6 +177,47 @@ mod tests {
         let value = json!({"b": 1, "a": "ü", "signatures": {"x": {}}, "unsigned": {"age": 3}});
         let text = canonical_bytes_to_sign(value.as_object().unwrap()).unwrap();
         assert_eq!(text, r#"{"a":"ü","b":1}"#);
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            (-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).prop_map(|i| json!(i)),
+            "\\PC{0,8}|[\\x00-\\x1f\"\\\\]{0,3}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("\\PC{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Our borrowed canonical encoder writes exactly what ruma's canonical
+        /// JSON type writes, for any object.
+        #[test]
+        fn canonical_bytes_match_ruma(
+            members in proptest::collection::btree_map("\\PC{0,6}", json_value(), 0..6),
+        ) {
+            let object: Map<String, Value> = members.into_iter().collect();
+            let mut stripped = object.clone();
+            stripped.remove("signatures");
+            stripped.remove("unsigned");
+            let expected = ruma_common::canonical_json::CanonicalJsonValue::try_from(Value::Object(stripped))
+                .unwrap()
+                .to_string();
+            proptest::prop_assert_eq!(canonical_bytes_to_sign(&object).unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn out_of_range_integers_are_not_canonical() {
+        let value = json!({"a": [1, {"b": MAX_SAFE_INTEGER + 1}]});
+        assert!(matches!(canonical_bytes_to_sign(value.as_object().unwrap()), Err(SignatureError::NotCanonical(_))));
     }
 
     #[test]

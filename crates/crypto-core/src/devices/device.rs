@@ -3,6 +3,7 @@
 use ruma_common::{DeviceId, EventEncryptionAlgorithm, OwnedDeviceId, OwnedUserId, UserId, encryption::DeviceKeys};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::sync::Arc;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 use crate::signing::{SignatureError, verify_json};
@@ -71,8 +72,9 @@ pub struct DeviceData {
     curve25519: Curve25519PublicKey,
     algorithms: Vec<EventEncryptionAlgorithm>,
     display_name: Option<String>,
-    /// The signed JSON exactly as received, so its signatures can be checked again.
-    signed_keys: Value,
+    /// The signed JSON exactly as received, so its signatures can be checked
+    /// again (shared: devices are copied often, their keys never change).
+    signed_keys: Arc<Value>,
     local_trust: LocalTrust,
     deleted: bool,
 }
@@ -85,8 +87,7 @@ impl DeviceData {
         user_id: &UserId,
         device_id: Option<&DeviceId>,
     ) -> Result<Self, DeviceKeysError> {
-        let keys: DeviceKeys =
-            serde_json::from_value(signed_keys.clone()).map_err(|e| DeviceKeysError::Malformed(e.to_string()))?;
+        let keys = DeviceKeys::deserialize(&signed_keys).map_err(|e| DeviceKeysError::Malformed(e.to_string()))?;
         if keys.user_id != user_id {
             return Err(DeviceKeysError::UserMismatch { expected: user_id.to_owned(), found: keys.user_id });
         }
@@ -113,7 +114,7 @@ impl DeviceData {
             curve25519,
             algorithms: keys.algorithms,
             display_name: keys.unsigned.device_display_name,
-            signed_keys,
+            signed_keys: Arc::new(signed_keys),
             local_trust: LocalTrust::Unset,
             deleted: false,
         })

@@ -11,6 +11,7 @@ use serde_json::Value;
 use vodozemac::Curve25519PublicKey;
 
 use super::{OlmMachine, lock, pending::Meta};
+use crate::parallel::run_split;
 use crate::{
     AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp, devices::DeviceData, olm::Session,
     signing::verify_json, store::Changes,
@@ -145,13 +146,30 @@ impl OlmMachine {
         let mut changes = Changes::default();
         let mut created = Vec::new();
         let mut failed = Vec::new();
+        let mut claimed = Vec::with_capacity(devices.len());
         for (user_id, device_id) in devices {
             let device = self.inner.store.get_device(user_id, device_id).await?;
-            let claimed = response.one_time_keys.get(user_id).and_then(|d| d.get(device_id));
-            let session = match (device, claimed) {
-                (Some(device), Some(keys)) => session_from_claim(&account, &device, keys, now),
-                _ => Err("the server returned no one-time key".to_owned()),
-            };
+            let keys = response.one_time_keys.get(user_id).and_then(|d| d.get(device_id));
+            claimed.push((user_id, device_id, device, keys));
+        }
+        // Checking the signatures and the 3DH are independent per device.
+        let results = run_split(
+            claimed,
+            self.workers(),
+            |_| 1,
+            |part| {
+                part.into_iter()
+                    .map(|(user_id, device_id, device, keys)| {
+                        let session = match (device, keys) {
+                            (Some(device), Some(keys)) => session_from_claim(&account, &device, keys, now),
+                            _ => Err("the server returned no one-time key".to_owned()),
+                        };
+                        (user_id, device_id, session)
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        for (user_id, device_id, session) in results.into_iter().flatten() {
             match session {
                 Ok((device, session)) => {
                     changes.sessions.push(session.to_stored());

@@ -208,6 +208,22 @@ impl OlmMachine {
         Ok(DecryptedRoomEvent { event, info })
     }
 
+    /// Decrypts a batch of `m.room.encrypted` events received in `room_id`
+    /// (a timeline page, a backlog): one result per event, in order, each as
+    /// [`decrypt_room_event`](Self::decrypt_room_event) would give it.
+    pub async fn decrypt_room_events<T>(
+        &self,
+        events: &[Raw<T>],
+        room_id: &RoomId,
+        settings: &DecryptionSettings,
+    ) -> Vec<Result<DecryptedRoomEvent, MegolmError>> {
+        let mut results = Vec::with_capacity(events.len());
+        for event in events {
+            results.push(self.decrypt_room_event(event, room_id, settings).await);
+        }
+        results
+    }
+
     /// The withheld code explaining a missing key: a notice for the session,
     /// or an `m.no_olm` notice from the device the event claims to come from.
     async fn withheld_code(

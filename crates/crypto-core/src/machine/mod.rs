@@ -5,6 +5,7 @@ mod export;
 mod group;
 mod group_cache;
 mod keys_upload;
+mod olm_batch;
 mod pending;
 mod room_keys;
 mod session_cache;
@@ -14,6 +15,7 @@ mod to_device;
 mod tracking;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedTransactionId, TransactionId, UserId};
@@ -127,6 +129,8 @@ struct Inner {
     groups: Mutex<GroupCache>,
     /// Per-room locks: sharing and encrypting in one room are single-flight.
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<async_lock::Mutex<()>>>>,
+    /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
+    workers: AtomicUsize,
 }
 
 impl std::fmt::Debug for Account {
@@ -193,8 +197,23 @@ impl OlmMachine {
                 claims: Mutex::new(ClaimState::default()),
                 groups: Mutex::new(GroupCache::default()),
                 room_locks: Mutex::new(HashMap::new()),
+                workers: AtomicUsize::new(crate::parallel::default_workers()),
             }),
         })
+    }
+
+    /// Sets how many threads CPU-heavy batches may use: creating Olm
+    /// sessions from a `/keys/claim` answer, encrypting a room key for many
+    /// devices, decrypting a sync's to-device events or a batch of room
+    /// events. The default is the number of cores available to the process;
+    /// `1` keeps all work on the calling thread (e.g. where threads are not
+    /// available). Small batches always stay on the calling thread.
+    pub fn set_worker_threads(&self, threads: usize) {
+        self.inner.workers.store(threads.max(1), Ordering::Relaxed);
+    }
+
+    fn workers(&self) -> usize {
+        self.inner.workers.load(Ordering::Relaxed)
     }
 
     /// Our user id.

@@ -1,6 +1,7 @@
 //! Receiving room keys (`m.room_key` over Olm) and withheld notices.
 
 use ruma_common::{OwnedRoomId, RoomId};
+use serde::Deserialize;
 use serde_json::Value;
 use vodozemac::{Curve25519PublicKey, megolm::SessionKey};
 
@@ -22,46 +23,53 @@ pub struct RoomKeyInfo {
     pub sender_key: Curve25519PublicKey,
 }
 
+/// An `m.room_key` whose content was parsed and whose session key (and its
+/// signature) was checked, ready to be stored.
+pub(super) struct PreparedRoomKey {
+    info: RoomKeyInfo,
+    session: InboundGroupSession,
+}
+
+/// Checks an `m.room_key` content that arrived over Olm and builds the
+/// inbound session. Pure CPU work, so it runs on the decryption workers.
+pub(super) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Result<Box<PreparedRoomKey>, String> {
+    let content: RoomKeyContent =
+        RoomKeyContent::deserialize(content).map_err(|e| format!("malformed m.room_key: {e}"))?;
+    if content.algorithm != MEGOLM_ALGORITHM {
+        return Err(format!("unsupported room key algorithm {}", content.algorithm));
+    }
+    let key = SessionKey::from_base64(&content.session_key).map_err(|e| format!("invalid session key: {e}"))?;
+    let origin = Origin {
+        sender_key: info.sender_curve25519_key,
+        sender_ed25519: Some(info.sender_ed25519_key),
+        sender_user: Some(info.sender.clone()),
+        source: crate::megolm::KeySource::Olm,
+        shared_history: content.shared_history,
+    };
+    let session = InboundGroupSession::from_session_key(&content.room_id, &key, origin);
+    if session.session_id != content.session_id {
+        return Err(format!("session id {} does not match the key ({})", content.session_id, session.session_id));
+    }
+    let info = RoomKeyInfo {
+        room_id: content.room_id,
+        session_id: content.session_id,
+        sender_key: info.sender_curve25519_key,
+    };
+    Ok(Box::new(PreparedRoomKey { info, session }))
+}
+
 impl OlmMachine {
-    /// Stores an `m.room_key` that arrived over Olm, unless a better copy of
-    /// the same session is known. Returns what was stored.
+    /// Stores an `m.room_key` that arrived over Olm (checked by
+    /// [`prepare_room_key`]), unless a better copy of the same session is
+    /// known. Returns what was stored.
     pub(super) async fn receive_room_key(
         &self,
-        info: &OlmDecryptionInfo,
-        content: &Value,
+        prepared: Box<PreparedRoomKey>,
         changes: &mut Changes,
-    ) -> Result<Result<Option<RoomKeyInfo>, String>, StoreError> {
-        let content: RoomKeyContent = match serde_json::from_value(content.clone()) {
-            Ok(content) => content,
-            Err(e) => return Ok(Err(format!("malformed m.room_key: {e}"))),
-        };
-        if content.algorithm != MEGOLM_ALGORITHM {
-            return Ok(Err(format!("unsupported room key algorithm {}", content.algorithm)));
-        }
-        let key = match SessionKey::from_base64(&content.session_key) {
-            Ok(key) => key,
-            Err(e) => return Ok(Err(format!("invalid session key: {e}"))),
-        };
-        let origin = Origin {
-            sender_key: info.sender_curve25519_key,
-            sender_ed25519: Some(info.sender_ed25519_key),
-            sender_user: Some(info.sender.clone()),
-            source: crate::megolm::KeySource::Olm,
-            shared_history: content.shared_history,
-        };
-        let session = InboundGroupSession::from_session_key(&content.room_id, &key, origin);
-        if session.session_id != content.session_id {
-            return Ok(Err(format!(
-                "session id {} does not match the key ({})",
-                content.session_id, session.session_id
-            )));
-        }
+    ) -> Result<Option<RoomKeyInfo>, StoreError> {
+        let PreparedRoomKey { info, session } = *prepared;
         let stored = self.store_inbound_if_better(session, changes).await?;
-        Ok(Ok(stored.then_some(RoomKeyInfo {
-            room_id: content.room_id,
-            session_id: content.session_id,
-            sender_key: info.sender_curve25519_key,
-        })))
+        Ok(stored.then_some(info))
     }
 
     /// Keeps `session` if no better copy is known; adds it to `changes`.

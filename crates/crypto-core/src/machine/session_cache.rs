@@ -38,6 +38,24 @@ impl SessionCache {
         }
     }
 
+    /// Takes the sessions with `key` out (loading them if needed), to work on
+    /// them without the cache; hand them back with [`put_back`](Self::put_back).
+    pub(super) async fn take(
+        &mut self,
+        store: &dyn CryptoStore,
+        key: Curve25519PublicKey,
+    ) -> Result<Vec<Session>, StoreError> {
+        match self.by_key.remove(&key) {
+            Some(sessions) => Ok(sessions),
+            None => Ok(store.get_sessions(&key).await?.into_iter().map(Session::from_stored).collect()),
+        }
+    }
+
+    /// Returns sessions taken with [`take`](Self::take).
+    pub(super) fn put_back(&mut self, key: Curve25519PublicKey, sessions: Vec<Session>) {
+        self.by_key.insert(key, sessions);
+    }
+
     pub(super) fn clear(&mut self) {
         self.by_key.clear();
     }

@@ -120,13 +120,14 @@ impl OlmMachine {
         }
 
         let mut output = SyncOutput::default();
-        for raw in to_device_events {
-            let outcome = self.receive_to_device(&mut account, &mut sessions, raw, now, &mut changes).await?;
-            let outcome = self.apply_to_device(outcome, &mut changes, &mut output).await?;
+        let outcomes =
+            self.receive_to_device_batch(&mut account, &mut sessions, to_device_events, now, &mut changes).await?;
+        for (outcome, room_key) in outcomes {
+            let outcome = self.apply_to_device(outcome, room_key, &mut changes, &mut output).await?;
             output.to_device.push(outcome);
         }
         if changes.account.is_some() {
-            // Inbound sessions consumed one-time keys: save the final account.
+            // Key counts or consumed one-time keys: save the final account.
             changes.account = Some(account.to_stored());
         }
         self.save(Some(&mut account), Some(&mut sessions), changes).await?;
@@ -137,20 +138,21 @@ impl OlmMachine {
     async fn apply_to_device(
         &self,
         outcome: ToDeviceOutcome,
+        room_key: Option<Result<Box<super::room_keys::PreparedRoomKey>, String>>,
         changes: &mut Changes,
         output: &mut SyncOutput,
     ) -> Result<ToDeviceOutcome, StoreError> {
         match outcome {
             ToDeviceOutcome::Decrypted { event, info } if info.event_type == "m.room_key" => {
-                let mut value: Value = event.deserialize_as_unchecked().unwrap_or_default();
-                match self.receive_room_key(&info, &value["content"], changes).await? {
+                let prepared = room_key.unwrap_or_else(|| Err("the room key was not checked".to_owned()));
+                let stored = match prepared {
+                    Ok(prepared) => Ok(self.receive_room_key(prepared, changes).await?),
+                    Err(reason) => Err(reason),
+                };
+                match stored {
+                    // The event's session key was blanked when it was decrypted.
                     Ok(stored) => {
                         output.room_keys.extend(stored);
-                        // The key is secret: the caller gets the event without it.
-                        if let Some(key) = value.get_mut("content").and_then(|c| c.get_mut("session_key")) {
-                            *key = Value::String(String::new());
-                        }
-                        let event = Raw::new(&value).map(Raw::cast_unchecked).unwrap_or(event);
                         Ok(ToDeviceOutcome::Decrypted { event, info })
                     }
                     Err(reason) => {
@@ -181,32 +183,5 @@ impl OlmMachine {
             }
             other => Ok(other),
         }
-    }
-
-    async fn receive_to_device(
-        &self,
-        account: &mut crate::olm::Account,
-        sessions: &mut super::session_cache::SessionCache,
-        raw: Raw<AnyToDeviceEvent>,
-        now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<ToDeviceOutcome, StoreError> {
-        let value: Value = match raw.deserialize_as_unchecked() {
-            Ok(value) => value,
-            Err(e) => return Ok(ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e.to_string()) }),
-        };
-        if value.get("type").and_then(Value::as_str) != Some("m.room.encrypted") {
-            return Ok(ToDeviceOutcome::PlainText(raw));
-        }
-        Ok(match self.decrypt_olm_event(account, sessions, &value, now, changes).await? {
-            Ok((event, info)) => match Raw::new(&event) {
-                Ok(event) => ToDeviceOutcome::Decrypted { event: event.cast_unchecked(), info: Box::new(info) },
-                Err(e) => ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e.to_string()) },
-            },
-            Err(error) => {
-                tracing::warn!(%error, "rejected an encrypted to-device event");
-                ToDeviceOutcome::Failed { event: raw, error }
-            }
-        })
     }
 }

@@ -1,24 +1,22 @@
 //! Olm-encrypted to-device messages: encrypting for devices and decrypting
 //! what arrives in a sync, with every plaintext field checked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ruma_client_api::to_device::send_event_to_device;
 use ruma_common::{DeviceId, OwnedTransactionId, TransactionId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices};
 use ruma_events::ToDeviceEventType;
-use serde_json::{Value, json};
-use vodozemac::olm::OlmMessage;
+use serde_json::Value;
 
-use super::{OlmMachine, lock, pending::Meta, session_cache::SessionCache, sync::OlmDecryptionInfo};
+use super::{OlmMachine, lock, pending::Meta, session_cache::SessionCache};
 use crate::{
     AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp,
     devices::DeviceData,
-    olm::{
-        Account, OlmEncryptionError, OlmError, Session, build_plaintext, check_plaintext, encrypted_content,
-        parse_incoming,
-    },
+    olm::{OlmEncryptionError, OwnIdentity, Session, build_plaintext, encrypted_content},
+    parallel::run_split,
     store::Changes,
 };
+use vodozemac::Curve25519PublicKey;
 
 /// The most messages one to-device request carries.
 pub const TO_DEVICE_BATCH: usize = 250;
@@ -95,24 +93,60 @@ impl OlmMachine {
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<(Vec<(DeviceData, Value)>, Vec<OlmEncryptionError>), StoreError> {
-        let mut messages = Vec::new();
-        let mut failures = Vec::new();
+        // Group by identity key: one job per Olm session list.
+        let mut jobs: Vec<(Curve25519PublicKey, Vec<Session>, Vec<&DeviceData>)> = Vec::new();
+        let mut job_of: HashMap<Curve25519PublicKey, usize> = HashMap::new();
         for device in devices {
-            let list = sessions.get_or_load(&*self.inner.store, device.curve25519_key()).await?;
-            let Some(session) = list.iter_mut().max_by_key(|s| s.recency()) else {
-                failures.push(OlmEncryptionError::NoSession {
-                    user_id: device.user_id().to_owned(),
-                    device_id: device.device_id().to_owned(),
-                });
-                continue;
-            };
-            match self.encrypt_with_session(session, device, event_type, content, now) {
-                Ok(encrypted) => {
-                    changes.sessions.push(session.to_stored());
-                    messages.push((device.clone(), encrypted));
+            let key = device.curve25519_key();
+            match job_of.get(&key) {
+                Some(&job) => jobs[job].2.push(device),
+                None => {
+                    let list = sessions.take(&*self.inner.store, key).await?;
+                    job_of.insert(key, jobs.len());
+                    jobs.push((key, list, vec![device]));
                 }
-                Err(error) => failures.push(error),
             }
+        }
+        // Each device's encryption is independent of the others'.
+        let own = &self.inner.own;
+        let done = run_split(
+            jobs,
+            self.workers(),
+            |(_, _, devices)| devices.len(),
+            |part| {
+                part.into_iter()
+                    .map(|(key, mut list, devices)| {
+                        let results: Vec<_> = devices
+                            .into_iter()
+                            .map(|device| match list.iter_mut().max_by_key(|s| s.recency()) {
+                                None => Err(OlmEncryptionError::NoSession {
+                                    user_id: device.user_id().to_owned(),
+                                    device_id: device.device_id().to_owned(),
+                                }),
+                                Some(session) => encrypt_for(own, session, device, event_type, content, now)
+                                    .map(|encrypted| (device.clone(), encrypted, session.session_id().to_owned())),
+                            })
+                            .collect();
+                        (key, list, results)
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        let mut messages = Vec::with_capacity(devices.len());
+        let mut failures = Vec::new();
+        for (key, list, results) in done.into_iter().flatten() {
+            for result in results {
+                match result {
+                    Ok((device, encrypted, session_id)) => {
+                        if let Some(session) = list.iter().find(|s| s.session_id() == session_id) {
+                            changes.sessions.push(session.to_stored());
+                        }
+                        messages.push((device, encrypted));
+                    }
+                    Err(error) => failures.push(error),
+                }
+            }
+            sessions.put_back(key, list);
         }
         Ok((messages, failures))
     }
@@ -126,10 +160,7 @@ impl OlmMachine {
         content: &Value,
         now: Timestamp,
     ) -> Result<Value, OlmEncryptionError> {
-        let plaintext = build_plaintext(&self.inner.own, device, event_type, content);
-        let bytes = serde_json::to_vec(&plaintext).map_err(|e| OlmEncryptionError::Serialization(e.to_string()))?;
-        let message = session.encrypt(&bytes, now).map_err(|e| OlmEncryptionError::Encryption(e.to_string()))?;
-        Ok(encrypted_content(&self.inner.own, device.curve25519_key(), &message))
+        encrypt_for(&self.inner.own, session, device, event_type, content, now)
     }
 
     /// Queues encrypted messages to be listed by `outgoing_requests`.
@@ -141,93 +172,13 @@ impl OlmMachine {
         }
     }
 
-    /// Decrypts one `m.room.encrypted` to-device event. The outer `Result` is a
-    /// store failure (the whole sync fails); the inner one is this event's fate.
-    /// A rejected event leaves account and sessions as they were.
-    pub(super) async fn decrypt_olm_event(
-        &self,
-        account: &mut Account,
-        sessions: &mut SessionCache,
-        event: &Value,
-        now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<Result<(Value, OlmDecryptionInfo), OlmError>, StoreError> {
-        let incoming = match parse_incoming(event, &self.inner.own.curve25519) {
-            Ok(incoming) => incoming,
-            Err(error) => return Ok(Err(error)),
-        };
-        let known_device = self
-            .inner
-            .store
-            .get_user_devices(&incoming.sender)
-            .await?
-            .into_values()
-            .find(|d| d.curve25519_key() == incoming.sender_key);
-        let check = |plaintext: &[u8]| {
-            check_plaintext(plaintext, &incoming.sender, incoming.sender_key, &self.inner.own, known_device.as_ref())
-        };
-
-        let list = sessions.get_or_load(&*self.inner.store, incoming.sender_key).await?;
-        let mut tried = 0;
-        let mut order: Vec<usize> = (0..list.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(list[i].recency()));
-        for i in order {
-            let session = &mut list[i];
-            if let OlmMessage::PreKey(m) = &incoming.message
-                && m.session_id() != session.session_id()
-            {
-                continue;
-            }
-            tried += 1;
-            let before = session.snapshot();
-            let Ok(plaintext) = session.decrypt(&incoming.message, now) else { continue };
-            return Ok(match check(&plaintext) {
-                Ok(checked) => {
-                    changes.sessions.push(session.to_stored());
-                    Ok(decrypted(&incoming.sender, incoming.sender_key, session.session_id(), checked))
-                }
-                Err(error) => {
-                    *session = before;
-                    Err(error)
-                }
-            });
-        }
-
-        let OlmMessage::PreKey(pre_key) = &incoming.message else {
-            self.note_wedged(&incoming.sender, incoming.sender_key, known_device.as_ref(), now, changes);
-            return Ok(Err(OlmError::NoMatchingSession {
-                sender_key: incoming.sender_key.to_base64(),
-                sessions_tried: tried,
-            }));
-        };
-        let before = account.snapshot();
-        let created = match account.create_inbound_session(incoming.sender_key, pre_key) {
-            Ok(created) => created,
-            Err(error) => return Ok(Err(OlmError::SessionCreation(error.to_string()))),
-        };
-        match check(&created.plaintext) {
-            Ok(checked) => {
-                let session = Session::new(created.session, incoming.sender_key, now);
-                let info = decrypted(&incoming.sender, incoming.sender_key, session.session_id(), checked);
-                changes.sessions.push(session.to_stored());
-                changes.account = Some(account.to_stored());
-                list.push(session);
-                Ok(Ok(info))
-            }
-            Err(error) => {
-                *account = before;
-                Ok(Err(error))
-            }
-        }
-    }
-
     /// A normal message nothing decrypts: schedule a new session with the
     /// sender (at most once per hour per device), or a keys query if the
     /// device is unknown.
-    fn note_wedged(
+    pub(super) fn note_wedged(
         &self,
         sender: &UserId,
-        sender_key: vodozemac::Curve25519PublicKey,
+        sender_key: Curve25519PublicKey,
         device: Option<&DeviceData>,
         now: Timestamp,
         changes: &mut Changes,
@@ -249,22 +200,19 @@ impl OlmMachine {
     }
 }
 
-fn decrypted(
-    sender: &UserId,
-    sender_key: vodozemac::Curve25519PublicKey,
-    session_id: &str,
-    checked: crate::olm::CheckedPlaintext,
-) -> (Value, OlmDecryptionInfo) {
-    let event = json!({ "sender": sender, "type": checked.event_type, "content": checked.content });
-    let info = OlmDecryptionInfo {
-        sender: sender.to_owned(),
-        sender_device: checked.sender_device.as_ref().map(|d| d.device_id().to_owned()),
-        sender_curve25519_key: sender_key,
-        sender_ed25519_key: checked.sender_ed25519,
-        session_id: session_id.to_owned(),
-        event_type: checked.event_type,
-    };
-    (event, info)
+/// The `m.room.encrypted` content of one event for `device`, advancing `session`.
+fn encrypt_for(
+    own: &OwnIdentity,
+    session: &mut Session,
+    device: &DeviceData,
+    event_type: &str,
+    content: &Value,
+    now: Timestamp,
+) -> Result<Value, OlmEncryptionError> {
+    let plaintext = build_plaintext(own, device, event_type, content);
+    let bytes = serde_json::to_vec(&plaintext).map_err(|e| OlmEncryptionError::Serialization(e.to_string()))?;
+    let message = session.encrypt(&bytes, now).map_err(|e| OlmEncryptionError::Encryption(e.to_string()))?;
+    Ok(encrypted_content(own, device.curve25519_key(), &message))
 }
 
 pub(super) fn to_device_request(

@@ -7,6 +7,7 @@ use ruma_client_api::keys::get_keys;
 use ruma_common::{OwnedUserId, UserId};
 
 use super::{OlmMachine, lock, pending::Meta, sync::DeviceListChanges};
+use crate::parallel::run_split;
 use crate::{
     AnyOutgoingRequest, StoreError,
     devices::process_user_devices,
@@ -147,6 +148,7 @@ impl OlmMachine {
         let empty = BTreeMap::new();
         let mut changes = Changes::default();
         let mut cleaned = Vec::new();
+        let mut to_check = Vec::with_capacity(users.len());
         for (user_id, generation) in users {
             if !lock(&self.inner.tracking).is_tracked(user_id) {
                 continue;
@@ -159,11 +161,27 @@ impl OlmMachine {
                 None => &empty,
             };
             let known = self.inner.store.get_user_devices(user_id).await?;
-            let outcome = process_user_devices(user_id, &known, listed, &self.inner.own);
+            to_check.push((user_id, *generation, known, listed));
+        }
+        // Checking the devices' signatures is independent per user.
+        let own = &self.inner.own;
+        let checked = run_split(
+            to_check,
+            self.workers(),
+            |(_, _, _, listed)| listed.len(),
+            |part| {
+                part.into_iter()
+                    .map(|(user_id, generation, known, listed)| {
+                        (user_id, generation, process_user_devices(user_id, &known, listed, own))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        for (user_id, generation, outcome) in checked.into_iter().flatten() {
             changes.devices.extend(outcome.changed);
-            if lock(&self.inner.tracking).generation(user_id) == Some(*generation) {
+            if lock(&self.inner.tracking).generation(user_id) == Some(generation) {
                 changes.tracked_users.push(Tracking::row(user_id, false));
-                cleaned.push((user_id.clone(), *generation));
+                cleaned.push((user_id.clone(), generation));
             }
         }
         self.save(None, None, changes).await?;

@@ -236,6 +236,13 @@ impl Account {
     pub(crate) fn snapshot(&self) -> Self {
         Self::from_stored(self.to_stored())
     }
+
+    /// Forgets the one-time key `public_key` (used by a session created on a
+    /// copy of this account). `false` if it is not one of our one-time keys
+    /// (a fallback key, or a key already used).
+    pub(crate) fn remove_one_time_key(&mut self, public_key: Curve25519PublicKey) -> bool {
+        self.inner.remove_one_time_key(public_key).is_some()
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,6 @@ pub(crate) use account::Account;
 pub use error::{OlmEncryptionError, OlmError};
 pub use payload::OLM_ALGORITHM;
 pub(crate) use payload::{
-    CheckedPlaintext, OwnIdentity, build_plaintext, check_plaintext, encrypted_content, parse_incoming,
+    CheckedPlaintext, IncomingOlm, OwnIdentity, build_plaintext, check_plaintext, encrypted_content, parse_incoming,
 };
 pub(crate) use session::Session;
