@@ -93,6 +93,7 @@ pub fn outbound_fixture(room_id: &RoomId, message_count: u64) -> StoredOutboundG
         withheld_from: Default::default(),
         invalidated: false,
         pickle: session.pickle(),
+        reserved_until: 0,
     }
 }
 

@@ -141,6 +141,14 @@ impl RogueDevice {
         self.sessions.insert(identity.to_base64(), session);
     }
 
+    /// Opens an outbound session with a device's identity key and a one-time
+    /// key chosen by the test (e.g. one another device already used).
+    pub fn open_session_with(&mut self, identity: Curve25519PublicKey, one_time_key: Curve25519PublicKey) {
+        let session =
+            self.account.create_outbound_session(SessionConfig::version_1(), identity, one_time_key).expect("session");
+        self.sessions.insert(identity.to_base64(), session);
+    }
+
     /// Encrypts an arbitrary plaintext for the device with `recipient_key`,
     /// returning the `m.room.encrypted` to-device event as the server delivers it.
     pub fn encrypt_raw(&mut self, recipient_key: &Curve25519PublicKey, plaintext: &Value) -> Value {

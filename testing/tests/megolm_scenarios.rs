@@ -359,3 +359,97 @@ async fn misuse_and_malformed_events_are_typed_errors() {
     // None of it burned the index: the real event decrypts.
     assert_eq!(r.bob1.decrypt_text(room(), &event).await.unwrap(), "valid");
 }
+
+/// The message index of a Megolm event (parsed from its ciphertext).
+fn message_index(event: &Value) -> u32 {
+    let ciphertext = event["content"]["ciphertext"].as_str().unwrap();
+    vodozemac::megolm::MegolmMessage::from_base64(ciphertext).unwrap().message_index()
+}
+
+#[tokio::test]
+async fn a_sender_restarted_after_unsaved_messages_never_reuses_an_index() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let store: Arc<dyn hush_crypto_core::CryptoStore> = Arc::new(hush_crypto_core::MemoryStore::new());
+    let alice_id = user_id!("@alice:example.org");
+    let alice = TestDevice::with_store(&server, &clock, alice_id, "ALICE1", store.clone()).await;
+    let bob_id = user_id!("@bob:example.org");
+    let mut bob = TestDevice::new(&server, &clock, bob_id, "BOB1").await;
+    let members = [alice_id, bob_id];
+    alice.share_room_key(room(), &members, &EncryptionSettings::default()).await;
+    let mut sent = Vec::new();
+    for n in 0..5 {
+        sent.push(alice.encrypt_text(room(), &format!("before {n}")).await);
+    }
+    // The process dies: whatever it did after its last save is lost.
+    drop(alice);
+    let alice = TestDevice::with_store(&server, &clock, alice_id, "ALICE1", store).await;
+    alice.share_room_key(room(), &members, &EncryptionSettings::default()).await;
+    let after = alice.encrypt_text(room(), "after").await;
+    assert_eq!(session_id(&after), session_id(&sent[0]), "the same room key, no rotation");
+    let used: Vec<u32> = sent.iter().map(message_index).collect();
+    assert_eq!(used, vec![0, 1, 2, 3, 4]);
+    assert!(message_index(&after) > 4, "index {} was already used", message_index(&after));
+    bob.sync().await;
+    for (n, event) in sent.iter().enumerate() {
+        assert_eq!(bob.decrypt_text(room(), event).await.unwrap(), format!("before {n}"));
+    }
+    assert_eq!(bob.decrypt_text(room(), &after).await.unwrap(), "after");
+}
+
+#[tokio::test]
+async fn a_batch_decrypts_on_several_threads_like_one_by_one() {
+    let mut r = Room::new().await;
+    let settings = EncryptionSettings { rotation_period_msgs: 1000, ..Default::default() };
+    let users: Vec<_> = r.members();
+    let users: Vec<_> = users.iter().map(|u| u.as_ref()).collect();
+    r.alice1.share_room_key(room(), &users, &settings).await;
+    let mut events = Vec::new();
+    for n in 0..200 {
+        events.push(r.alice1.encrypt_text(room(), &format!("message {n}")).await);
+    }
+    // A replay inside the batch (same ciphertext, another event id), a
+    // malformed event and an event of an unknown session.
+    let mut replay = events[10].clone();
+    replay["event_id"] = json!("$replay-in-batch");
+    events.push(replay);
+    events.push(json!({ "type": "m.room.encrypted", "content": {} }));
+    let mut unknown = events[0].clone();
+    unknown["content"]["session_id"] = json!("unknown-session");
+    unknown["event_id"] = json!("$unknown");
+    events.push(unknown);
+    r.sync_all().await;
+
+    let raws: Vec<_> = events.iter().map(|e| ruma_common::serde::Raw::new(e).unwrap()).collect();
+    let settings = hush_crypto_core::DecryptionSettings::default();
+    r.bob1.machine.set_worker_threads(2);
+    let batch = r.bob1.machine.decrypt_room_events(&raws, room(), &settings).await;
+    r.bob2.machine.set_worker_threads(1);
+    assert_eq!(batch.len(), events.len());
+    for (n, (result, raw)) in batch.iter().zip(&raws).enumerate() {
+        let single = r.bob2.machine.decrypt_room_event(raw, room(), &settings).await;
+        match (result, &single) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.info, b.info);
+                assert_eq!(a.event.json().get(), b.event.json().get());
+                let value: Value = a.event.deserialize_as_unchecked().unwrap();
+                assert_eq!(value["content"]["body"], json!(format!("message {n}")));
+            }
+            (Err(a), Err(b)) => assert_eq!(a, b, "event {n}"),
+            _ => panic!("event {n}: batch {result:?} vs single {single:?}"),
+        }
+    }
+    assert!(matches!(batch[200], Err(MegolmError::Replay { message_index: 10, .. })));
+    assert!(matches!(batch[201], Err(MegolmError::Malformed(_))));
+    assert!(matches!(batch[202], Err(MegolmError::MissingRoomKey { .. })));
+    // The replay records of the batch were saved: decrypting again is fine,
+    // a replay of another index is caught from the store.
+    assert!(r.bob1.machine.decrypt_room_event(&raws[5], room(), &settings).await.is_ok());
+    let mut late_replay = events[20].clone();
+    late_replay["event_id"] = json!("$late-replay");
+    let late_replay = ruma_common::serde::Raw::new(&late_replay).unwrap();
+    assert!(matches!(
+        r.bob1.machine.decrypt_room_event(&late_replay, room(), &settings).await,
+        Err(MegolmError::Replay { message_index: 20, .. })
+    ));
+}

@@ -225,3 +225,62 @@ async fn unencrypted_to_device_events_pass_through() {
     let output = s.bob.sync().await;
     assert!(matches!(output.to_device.as_slice(), [ToDeviceOutcome::PlainText(_)]));
 }
+
+/// A sync with pre-key messages from many devices is decrypted on several
+/// threads; a one-time key used by two devices serves only the first.
+#[tokio::test]
+async fn a_large_sync_is_decrypted_in_parallel_and_a_reused_one_time_key_serves_once() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let mut bob = TestDevice::new(&server, &clock, user_id!("@bob:example.org"), "BOB1").await;
+    bob.machine.set_worker_threads(2);
+    let (ed, curve) = bob.machine.identity_keys();
+    let one_time_key = |server: &TestServer| {
+        let request = ruma_client_api::keys::claim_keys::v3::Request::new(
+            [(
+                bob.user_id.clone(),
+                [(bob.device_id.clone(), ruma_common::OneTimeKeyAlgorithm::SignedCurve25519)].into(),
+            )]
+            .into(),
+        );
+        let answer = server.claim_keys(&request);
+        let (_, key) = answer.one_time_keys[&bob.user_id][&bob.device_id].iter().next().unwrap();
+        let key: Value = key.deserialize_as_unchecked().unwrap();
+        vodozemac::Curve25519PublicKey::from_base64(key["key"].as_str().unwrap()).unwrap()
+    };
+    // 40 devices; the last two share one one-time key.
+    let mut senders: Vec<RogueDevice> = (0..40)
+        .map(|n| {
+            RogueDevice::register(
+                &server,
+                &ruma_common::OwnedUserId::try_from(format!("@s{n}:example.org")).unwrap(),
+                "S",
+            )
+        })
+        .collect();
+    let shared_key = one_time_key(&server);
+    for (n, sender) in senders.iter_mut().enumerate() {
+        let key = if n >= 38 { shared_key } else { one_time_key(&server) };
+        sender.open_session_with(curve, key);
+        let plaintext = sender.valid_plaintext(&bob.user_id, &ed, "org.example.test", json!({ "n": n }));
+        let event = sender.encrypt_raw(&curve, &plaintext);
+        server.inject_to_device(&bob.user_id, &bob.device_id, event);
+    }
+    let output = bob.sync().await;
+    assert_eq!(output.to_device.len(), 40);
+    let got: Vec<u64> = decrypted(&output).iter().map(|(_, _, c)| c["n"].as_u64().unwrap()).collect();
+    assert_eq!(got, (0..39).collect::<Vec<_>>(), "in order, all but the second user of the shared key");
+    assert!(matches!(&output.to_device[39], ToDeviceOutcome::Failed { error: OlmError::SessionCreation(_), .. }));
+
+    // The one-time keys are gone from the account for good (saved): the
+    // sessions work on, and a new pre-key message on a used key fails.
+    let mut late = RogueDevice::register(&server, user_id!("@late:example.org"), "LATE");
+    late.open_session_with(curve, shared_key);
+    let plaintext = late.valid_plaintext(&bob.user_id, &ed, "org.example.test", json!({ "n": 99 }));
+    server.inject_to_device(&bob.user_id, &bob.device_id, late.encrypt_raw(&curve, &plaintext));
+    let plaintext = senders[0].valid_plaintext(&bob.user_id, &ed, "org.example.test", json!({ "n": 0 }));
+    server.inject_to_device(&bob.user_id, &bob.device_id, senders[0].encrypt_raw(&curve, &plaintext));
+    let output = bob.sync().await;
+    assert!(matches!(&output.to_device[0], ToDeviceOutcome::Failed { error: OlmError::SessionCreation(_), .. }));
+    assert_eq!(decrypted(&output).len(), 1);
+}

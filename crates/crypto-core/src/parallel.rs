@@ -20,6 +20,11 @@ pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
+/// How many parts [`run_split`] makes of `jobs` jobs of `total` weight.
+pub(crate) fn parts(jobs: usize, total: usize, workers: usize) -> usize {
+    workers.min(jobs).min(total / MIN_PARALLEL_WEIGHT).max(1)
+}
+
 /// Splits `jobs` into at most `workers` contiguous parts of about equal
 /// `weight` and runs `work` on each, in parallel. Returns one result per part,
 /// in order. With one worker (or too little weight) it is a plain call.
@@ -34,7 +39,7 @@ where
     R: Send,
 {
     let total: usize = jobs.iter().map(&weight).sum();
-    let workers = workers.min(jobs.len()).min(total / MIN_PARALLEL_WEIGHT).max(1);
+    let workers = parts(jobs.len(), total, workers);
     if workers == 1 {
         return vec![work(jobs)];
     }

@@ -28,8 +28,9 @@ impl std::fmt::Debug for GroupCache {
 }
 
 impl GroupCache {
-    pub(super) fn inbound_mut(&mut self, room_id: &RoomId, session_id: &str) -> Option<&mut InboundGroupSession> {
-        self.inbound.get_mut(&(room_id.to_owned(), session_id.to_owned()))
+    /// Takes a session out (to be handed back with `insert_inbound`).
+    pub(super) fn take_inbound(&mut self, room_id: &RoomId, session_id: &str) -> Option<InboundGroupSession> {
+        self.inbound.remove(&(room_id.to_owned(), session_id.to_owned()))
     }
 
     pub(super) fn insert_inbound(&mut self, session: InboundGroupSession) {
@@ -37,6 +38,15 @@ impl GroupCache {
             self.inbound.clear();
         }
         self.inbound.insert((session.room_id.clone(), session.session_id.clone()), session);
+    }
+
+    /// Hands back a session taken with `take_inbound`, unless a newer copy
+    /// (e.g. a better key that arrived meanwhile) took its place.
+    pub(super) fn return_inbound(&mut self, session: InboundGroupSession) {
+        let key = (session.room_id.clone(), session.session_id.clone());
+        if !self.inbound.contains_key(&key) {
+            self.insert_inbound(session);
+        }
     }
 
     pub(super) fn clear(&mut self) {

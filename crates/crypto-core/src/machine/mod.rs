@@ -7,6 +7,7 @@ mod group_cache;
 mod keys_upload;
 mod olm_batch;
 mod pending;
+mod room_decrypt;
 mod room_keys;
 mod session_cache;
 mod share;

@@ -4,7 +4,7 @@
 use ruma_common::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vodozemac::{Curve25519PublicKey, megolm::MegolmMessage};
+use vodozemac::megolm::MegolmMessage;
 
 use super::{MEGOLM_ALGORITHM, MegolmError};
 
@@ -28,23 +28,6 @@ pub(crate) struct RoomKeyContent {
     pub(crate) session_key: String,
     #[serde(default, alias = "org.matrix.msc3061.shared_history", alias = "m.shared_history")]
     pub(crate) shared_history: bool,
-}
-
-/// The `m.room.encrypted` content of a Megolm message. `sender_key` and
-/// `device_id` are deprecated but still sent, as the spec asks.
-pub(crate) fn encrypted_content(
-    message: &MegolmMessage,
-    session_id: &str,
-    sender_key: Curve25519PublicKey,
-    device_id: &str,
-) -> Value {
-    json!({
-        "algorithm": MEGOLM_ALGORITHM,
-        "ciphertext": message.to_base64(),
-        "session_id": session_id,
-        "sender_key": sender_key.to_base64(),
-        "device_id": device_id,
-    })
 }
 
 #[derive(Deserialize)]

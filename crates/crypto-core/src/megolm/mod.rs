@@ -9,7 +9,7 @@ mod outbound;
 mod settings;
 mod withheld;
 
-pub(crate) use content::{RoomKeyContent, RoomPlaintext, encrypted_content, parse_encrypted_event, room_key_content};
+pub(crate) use content::{IncomingRoomEvent, RoomKeyContent, RoomPlaintext, parse_encrypted_event, room_key_content};
 pub use error::{EncryptError, MegolmError, ShareError};
 pub(crate) use inbound::{InboundGroupSession, Origin};
 pub use inbound::{KeySource, StoredInboundGroupSession};

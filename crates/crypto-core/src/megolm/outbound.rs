@@ -44,6 +44,10 @@ pub struct StoredOutboundGroupSession {
     pub invalidated: bool,
     /// The ratchet (secret).
     pub pickle: GroupSessionPickle,
+    /// Message indices below this may have been used although the stored
+    /// ratchet is older: a session loaded from the store skips them.
+    #[serde(default)]
+    pub reserved_until: u32,
 }
 
 impl fmt::Debug for StoredOutboundGroupSession {
@@ -67,7 +71,15 @@ pub(crate) struct OutboundGroupSession {
     pub(crate) shared_with: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, SharedWith>>,
     pub(crate) withheld_from: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, WithheldCode>>,
     pub(crate) invalidated: bool,
+    /// Indices below this are covered by the last save (see [`RESERVATION`]).
+    reserved_until: u32,
 }
+
+/// How many message indices one save of an outbound session covers. The
+/// session is saved once per this many messages, with the promise that the
+/// indices up to the reservation may be in use; after a restart the ratchet
+/// skips past them, so a crash can skip indices but never reuse one.
+pub(crate) const RESERVATION: u32 = 64;
 
 impl OutboundGroupSession {
     pub(crate) fn new(room_id: &RoomId, settings: EncryptionSettings, now: Timestamp) -> Self {
@@ -82,6 +94,7 @@ impl OutboundGroupSession {
             shared_with: BTreeMap::new(),
             withheld_from: BTreeMap::new(),
             invalidated: false,
+            reserved_until: 0,
         }
     }
 
@@ -96,8 +109,9 @@ impl OutboundGroupSession {
             withheld_from,
             invalidated,
             pickle,
+            reserved_until,
         } = stored;
-        Self {
+        let mut session = Self {
             inner: GroupSession::from_pickle(pickle),
             room_id,
             session_id,
@@ -107,7 +121,14 @@ impl OutboundGroupSession {
             shared_with,
             withheld_from,
             invalidated,
+            reserved_until,
+        };
+        // Indices the last process may have used after its last save are
+        // skipped (vodozemac can only move the ratchet by encrypting).
+        while session.inner.message_index() < reserved_until {
+            session.encrypt(&[]);
         }
+        session
     }
 
     pub(crate) fn to_stored(&self) -> StoredOutboundGroupSession {
@@ -121,7 +142,20 @@ impl OutboundGroupSession {
             withheld_from: self.withheld_from.clone(),
             invalidated: self.invalidated,
             pickle: self.inner.pickle(),
+            reserved_until: self.reserved_until,
         }
+    }
+
+    /// Whether the next message's index lies beyond the saved reservation;
+    /// if so, extends it: the caller must save the session before the
+    /// message leaves.
+    pub(crate) fn reserve_next(&mut self) -> bool {
+        let next = self.inner.message_index();
+        if next < self.reserved_until {
+            return false;
+        }
+        self.reserved_until = next.saturating_add(RESERVATION);
+        true
     }
 
     /// The key at the current index, for `m.room_key`.
