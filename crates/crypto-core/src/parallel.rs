@@ -9,15 +9,17 @@
 //! (wasm) or set to one worker runs everything on the calling thread.
 
 use std::num::NonZeroUsize;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 /// Below this much total weight a batch runs on the calling thread: starting
 /// a thread costs about as much as a few cheap items.
 pub(crate) const MIN_PARALLEL_WEIGHT: usize = 16;
 
-/// The default number of workers: the cores this process may use.
+/// The default number of workers: the cores this process may use (asked
+/// once; the answer involves reading cgroup files).
 pub(crate) fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+    static WORKERS: OnceLock<usize> = OnceLock::new();
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get))
 }
 
 /// How many parts [`run_split`] makes of `jobs` jobs of `total` weight.

@@ -164,6 +164,11 @@ impl OlmMachine {
                             (Some(device), Some(keys)) => session_from_claim(&account, &device, keys, now),
                             _ => Err("the server returned no one-time key".to_owned()),
                         };
+                        // Pickled here too, on the worker.
+                        let session = session.map(|(device, session)| {
+                            let stored = session.to_stored();
+                            (device, session, stored)
+                        });
                         (user_id, device_id, session)
                     })
                     .collect::<Vec<_>>()
@@ -171,8 +176,8 @@ impl OlmMachine {
         );
         for (user_id, device_id, session) in results.into_iter().flatten() {
             match session {
-                Ok((device, session)) => {
-                    changes.sessions.push(session.to_stored());
+                Ok((device, session, stored)) => {
+                    changes.sessions.push(stored);
                     created.push((device, session));
                 }
                 Err(reason) => {

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use ruma_common::serde::Raw;
 use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, TransactionId, UserId};
-use serde_json::Value;
 
 use super::{OlmMachine, lock, pending::Meta};
 use crate::{
@@ -167,22 +167,27 @@ impl OlmMachine {
             self.register_with_id(id, request, Meta::RoomKeyShare(targets), false);
         }
         let own_key = self.inner.own.curve25519;
-        let notices: Vec<(DeviceData, Value)> = to_withhold
-            .iter()
-            .map(|(d, code)| (d.clone(), withheld_content(code, room_id, &session_id, own_key)))
+        // Serializing a notice cannot fail; one that did would be skipped whole.
+        let notices: Vec<(DeviceData, super::to_device::ToDeviceContent, WithheldCode)> = to_withhold
+            .into_iter()
+            .filter_map(|(device, code)| {
+                let content = withheld_content(&code, room_id, &session_id, own_key);
+                Some((device, Raw::new(&content).ok()?.cast_unchecked(), code))
+            })
             .collect();
-        for (chunk, codes) in notices.chunks(crate::TO_DEVICE_BATCH).zip(to_withhold.chunks(crate::TO_DEVICE_BATCH)) {
+        for chunk in notices.chunks(crate::TO_DEVICE_BATCH) {
             let targets = ShareTargets {
                 room_id: room_id.to_owned(),
                 session_id: session_id.clone(),
                 shared: Vec::new(),
-                withheld: codes
+                withheld: chunk
                     .iter()
-                    .map(|(d, c)| (d.user_id().to_owned(), d.device_id().to_owned(), c.clone()))
+                    .map(|(d, _, c)| (d.user_id().to_owned(), d.device_id().to_owned(), c.clone()))
                     .collect(),
             };
+            let messages: Vec<_> = chunk.iter().map(|(d, content, _)| (d.clone(), content.clone())).collect();
             let id = TransactionId::new();
-            let request = super::to_device::to_device_request(id.clone(), "m.room_key.withheld", chunk);
+            let request = super::to_device::to_device_request(id.clone(), "m.room_key.withheld", &messages);
             self.register_with_id(id, request, Meta::RoomKeyShare(targets), false);
         }
         Ok(lock(&self.inner.pending).room_key_share_requests(room_id, &session_id))

@@ -18,6 +18,9 @@ use crate::{
 };
 use vodozemac::Curve25519PublicKey;
 
+/// A to-device event content, serialized.
+pub(crate) type ToDeviceContent = Raw<ruma_events::AnyToDeviceEventContent>;
+
 /// The most messages one to-device request carries.
 pub const TO_DEVICE_BATCH: usize = 250;
 
@@ -73,7 +76,7 @@ impl OlmMachine {
         event_type: &str,
         content: &Value,
         now: Timestamp,
-    ) -> Result<(Vec<(DeviceData, Value)>, Vec<OlmEncryptionError>), StoreError> {
+    ) -> Result<(Vec<(DeviceData, ToDeviceContent)>, Vec<OlmEncryptionError>), StoreError> {
         let mut sessions = self.inner.sessions.lock().await;
         let mut changes = Changes::default();
         let result =
@@ -92,7 +95,7 @@ impl OlmMachine {
         content: &Value,
         now: Timestamp,
         changes: &mut Changes,
-    ) -> Result<(Vec<(DeviceData, Value)>, Vec<OlmEncryptionError>), StoreError> {
+    ) -> Result<(Vec<(DeviceData, ToDeviceContent)>, Vec<OlmEncryptionError>), StoreError> {
         // Group by identity key: one job per Olm session list.
         let mut jobs: Vec<(Curve25519PublicKey, Vec<Session>, Vec<&DeviceData>)> = Vec::new();
         let mut job_of: HashMap<Curve25519PublicKey, usize> = HashMap::new();
@@ -124,7 +127,7 @@ impl OlmMachine {
                                     device_id: device.device_id().to_owned(),
                                 }),
                                 Some(session) => encrypt_for(own, session, device, event_type, content, now)
-                                    .map(|encrypted| (device.clone(), encrypted, session.session_id().to_owned())),
+                                    .map(|encrypted| (device.clone(), encrypted, session.to_stored())),
                             })
                             .collect();
                         (key, list, results)
@@ -137,10 +140,8 @@ impl OlmMachine {
         for (key, list, results) in done.into_iter().flatten() {
             for result in results {
                 match result {
-                    Ok((device, encrypted, session_id)) => {
-                        if let Some(session) = list.iter().find(|s| s.session_id() == session_id) {
-                            changes.sessions.push(session.to_stored());
-                        }
+                    Ok((device, encrypted, stored)) => {
+                        changes.sessions.push(stored);
                         messages.push((device, encrypted));
                     }
                     Err(error) => failures.push(error),
@@ -159,12 +160,12 @@ impl OlmMachine {
         event_type: &str,
         content: &Value,
         now: Timestamp,
-    ) -> Result<Value, OlmEncryptionError> {
+    ) -> Result<ToDeviceContent, OlmEncryptionError> {
         encrypt_for(&self.inner.own, session, device, event_type, content, now)
     }
 
     /// Queues encrypted messages to be listed by `outgoing_requests`.
-    pub(super) fn queue_to_device(&self, event_type: &str, messages: Vec<(DeviceData, Value)>) {
+    pub(super) fn queue_to_device(&self, event_type: &str, messages: Vec<(DeviceData, ToDeviceContent)>) {
         for chunk in messages.chunks(TO_DEVICE_BATCH) {
             let id = TransactionId::new();
             let request = to_device_request(id.clone(), event_type, chunk);
@@ -208,27 +209,24 @@ fn encrypt_for(
     event_type: &str,
     content: &Value,
     now: Timestamp,
-) -> Result<Value, OlmEncryptionError> {
+) -> Result<ToDeviceContent, OlmEncryptionError> {
     let plaintext = build_plaintext(own, device, event_type, content);
     let bytes = serde_json::to_vec(&plaintext).map_err(|e| OlmEncryptionError::Serialization(e.to_string()))?;
     let message = session.encrypt(&bytes, now).map_err(|e| OlmEncryptionError::Encryption(e.to_string()))?;
-    Ok(encrypted_content(own, device.curve25519_key(), &message))
+    encrypted_content(own, device.curve25519_key(), &message)
+        .map_err(|e| OlmEncryptionError::Serialization(e.to_string()))
 }
 
 pub(super) fn to_device_request(
     id: OwnedTransactionId,
     event_type: &str,
-    messages: &[(DeviceData, Value)],
+    messages: &[(DeviceData, ToDeviceContent)],
 ) -> AnyOutgoingRequest {
     let mut map: send_event_to_device::v3::Messages = BTreeMap::new();
     for (device, content) in messages {
-        let raw = Raw::new(content).map(Raw::cast_unchecked);
-        // Serializing a `serde_json::Value` cannot fail.
-        if let Ok(raw) = raw {
-            map.entry(device.user_id().to_owned())
-                .or_default()
-                .insert(DeviceIdOrAllDevices::DeviceId(device.device_id().to_owned()), raw);
-        }
+        map.entry(device.user_id().to_owned())
+            .or_default()
+            .insert(DeviceIdOrAllDevices::DeviceId(device.device_id().to_owned()), content.clone());
     }
     AnyOutgoingRequest::ToDevice(send_event_to_device::v3::Request::new_raw(
         ToDeviceEventType::from(event_type),

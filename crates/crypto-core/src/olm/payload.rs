@@ -1,9 +1,12 @@
 //! The Olm wire format: the encrypted to-device content and the plaintext
 //! payload inside it, built for sending and checked field by field on receipt.
 
-use ruma_common::{OwnedDeviceId, OwnedUserId, UserId};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use ruma_common::{OwnedDeviceId, OwnedUserId, UserId, serde::Raw};
+use ruma_events::AnyToDeviceEventContent;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, olm::OlmMessage};
 
 use super::OlmError;
@@ -23,31 +26,75 @@ pub(crate) struct OwnIdentity {
     pub(crate) signed_device_keys: Value,
 }
 
-/// The plaintext of an Olm message from us to `recipient`.
-pub(crate) fn build_plaintext(own: &OwnIdentity, recipient: &DeviceData, event_type: &str, content: &Value) -> Value {
-    json!({
-        "sender": own.user_id,
-        "sender_device": own.device_id,
-        "keys": { "ed25519": own.ed25519.to_base64() },
-        "recipient": recipient.user_id(),
-        "recipient_keys": { "ed25519": recipient.ed25519_key().to_base64() },
-        "type": event_type,
-        "content": content,
-        "sender_device_keys": own.signed_device_keys,
-    })
+/// An Olm plaintext as the spec describes it (with MSC4147's
+/// `sender_device_keys`), serialized straight from borrowed parts.
+#[derive(Serialize)]
+pub(crate) struct OlmPlaintext<'a> {
+    sender: &'a UserId,
+    sender_device: &'a ruma_common::DeviceId,
+    keys: Ed25519Only,
+    recipient: &'a UserId,
+    recipient_keys: Ed25519Only,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    content: &'a Value,
+    sender_device_keys: &'a Value,
+}
+
+#[derive(Serialize)]
+struct Ed25519Only {
+    ed25519: String,
+}
+
+/// The plaintext of `event_type` / `content` from us to `recipient`.
+pub(crate) fn build_plaintext<'a>(
+    own: &'a OwnIdentity,
+    recipient: &'a DeviceData,
+    event_type: &'a str,
+    content: &'a Value,
+) -> OlmPlaintext<'a> {
+    OlmPlaintext {
+        sender: &own.user_id,
+        sender_device: &own.device_id,
+        keys: Ed25519Only { ed25519: own.ed25519.to_base64() },
+        recipient: recipient.user_id(),
+        recipient_keys: Ed25519Only { ed25519: recipient.ed25519_key().to_base64() },
+        event_type,
+        content,
+        sender_device_keys: &own.signed_device_keys,
+    }
+}
+
+#[derive(Serialize)]
+struct OlmContentOut<'a> {
+    algorithm: &'a str,
+    sender_key: String,
+    ciphertext: BTreeMap<String, OlmCiphertextOut>,
+}
+
+#[derive(Serialize)]
+struct OlmCiphertextOut {
+    #[serde(rename = "type")]
+    message_type: u8,
+    body: String,
 }
 
 /// The `m.room.encrypted` to-device content carrying `message` for `recipient_key`.
-pub(crate) fn encrypted_content(own: &OwnIdentity, recipient_key: Curve25519PublicKey, message: &OlmMessage) -> Value {
+pub(crate) fn encrypted_content(
+    own: &OwnIdentity,
+    recipient_key: Curve25519PublicKey,
+    message: &OlmMessage,
+) -> Result<Raw<AnyToDeviceEventContent>, serde_json::Error> {
     let (message_type, body) = match message {
         OlmMessage::PreKey(m) => (0, m.to_base64()),
         OlmMessage::Normal(m) => (1, m.to_base64()),
     };
-    json!({
-        "algorithm": OLM_ALGORITHM,
-        "sender_key": own.curve25519.to_base64(),
-        "ciphertext": { recipient_key.to_base64(): { "type": message_type, "body": body } },
-    })
+    let content = OlmContentOut {
+        algorithm: OLM_ALGORITHM,
+        sender_key: own.curve25519.to_base64(),
+        ciphertext: BTreeMap::from([(recipient_key.to_base64(), OlmCiphertextOut { message_type, body })]),
+    };
+    Ok(Raw::from_json(serde_json::value::to_raw_value(&content)?))
 }
 
 /// An incoming Olm message addressed to us.

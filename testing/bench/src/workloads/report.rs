@@ -42,6 +42,11 @@ const PHASE_ORDER: [&str; 8] =
     ["keys_query", "claim_request", "keys_claim", "share_room_key", "total", "encrypt", "decrypt", "receive"];
 
 impl Report {
+    /// Records the peak RSS growth of one run of `workload` on `engine`.
+    pub fn record_peak(&mut self, workload: &str, engine: Engine, peak_kib: u64) {
+        self.peaks.entry((workload.to_owned(), engine)).or_default().push(peak_kib);
+    }
+
     /// Names the floor workload measured alongside `workload`.
     pub fn name_floor(&mut self, workload: &str, floor: &str) {
         self.floor_names.insert(workload.to_owned(), floor.to_owned());
