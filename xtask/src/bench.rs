@@ -6,8 +6,10 @@ use super::cargo;
 const BENCH_MANIFEST: &str = "testing/bench/Cargo.toml";
 
 /// Benchmark groups: name, package (`None`: the side-by-side bench crate), bench target.
-const GROUPS: [(&str, Option<&str>, &str); 2] =
-    [("export", Some("hush-testing"), "export_memory"), ("stores", None, "stores")];
+/// `workloads` (the engines side by side) runs first: its table is the one
+/// `cargo xtask bench` is for; it also writes `target/hush-bench/workloads.json`.
+const GROUPS: [(&str, Option<&str>, &str); 3] =
+    [("workloads", None, "workloads"), ("export", Some("hush-testing"), "export_memory"), ("stores", None, "stores")];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let wanted = args.first().map(String::as_str);

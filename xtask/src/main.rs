@@ -48,7 +48,9 @@ fn usage() -> String {
      \n  stress  the store crash test with 1,000 SIGKILLs per backend\
      \n  demo    start the local Synapse (installing it if needed) and run the end-to-end demo\
      \n  homeserver start|stop|status  the local Synapse for tests and the demo\
-     \n  bench [export|stores]  benchmarks (export: peak memory of exporting/importing 100,000 room keys;\
+     \n  bench [workloads|export|stores]  benchmarks (workloads: hush beside matrix-sdk-crypto and bare\
+     \n                         vodozemac on the named workloads, table + target/hush-bench/workloads.json;\
+     \n                         export: peak memory of exporting/importing 100,000 room keys;\
      \n                         stores: hush's stores beside matrix-sdk-crypto's SQLite store)"
         .to_owned()
 }

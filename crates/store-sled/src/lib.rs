@@ -40,13 +40,20 @@ fn open_waiting_for_lock(path: &Path) -> Result<sled::Db, sled::Error> {
     let mut attempts = 0;
     loop {
         match sled::open(path) {
-            Err(sled::Error::Io(error)) if error.kind() == std::io::ErrorKind::WouldBlock && attempts < 100 => {
+            Err(sled::Error::Io(error)) if is_lock_contention(&error) && attempts < 100 => {
                 attempts += 1;
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             other => return other,
         }
     }
+}
+
+/// Whether opening failed because another handle holds the lock. sled 0.34
+/// reports it as an `Other` I/O error whose message names the lock (the
+/// `WouldBlock` of the lock call is only in the text).
+fn is_lock_contention(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().starts_with("could not acquire lock")
 }
 
 fn open_error(path: &Path, error: sled::Error) -> StoreError {
@@ -176,5 +183,29 @@ impl KvEngine for SledBackend {
         self.tree.apply_batch(batch).map_err(backend_error)?;
         self.db.flush().map_err(backend_error)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_waits_for_a_lock_released_soon_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let first = sled::open(&path).unwrap();
+        // The lock is held now: the error is recognised as contention.
+        match sled::open(&path) {
+            Err(sled::Error::Io(error)) => assert!(is_lock_contention(&error), "{error}"),
+            other => panic!("expected lock contention, got {:?}", other.map(|_| ())),
+        }
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        let second = open_waiting_for_lock(&path);
+        holder.join().unwrap();
+        assert!(second.is_ok(), "the second open waited for the lock");
     }
 }

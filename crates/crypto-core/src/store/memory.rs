@@ -61,12 +61,14 @@ impl MemoryStore {
     }
 }
 
+// MessagePack with field names: compact and quick for the byte arrays of
+// pickles (JSON spells each byte as a number).
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Bytes, StoreError> {
-    serde_json::to_vec(value).map(Zeroizing::new).map_err(|e| StoreError::serialization(what, e))
+    rmp_serde::to_vec_named(value).map(Zeroizing::new).map_err(|e| StoreError::serialization(what, e))
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::serialization(what, e))
+    rmp_serde::from_slice(bytes).map_err(|e| StoreError::serialization(what, e))
 }
 
 #[async_trait]
