@@ -5,23 +5,26 @@ use ruma_client_api::{
     keys::{claim_keys, get_keys, upload_keys},
     to_device::send_event_to_device,
 };
+use std::sync::Arc;
+
 use ruma_common::{OwnedTransactionId, TransactionId};
 
 /// A request for the homeserver, with the id under which its response is
 /// handed back to [`OlmMachine::mark_request_as_sent`](crate::OlmMachine::mark_request_as_sent).
+/// Cloning is cheap: the request body is shared.
 #[derive(Clone, Debug)]
 pub struct OutgoingRequest {
     id: OwnedTransactionId,
-    request: AnyOutgoingRequest,
+    request: Arc<AnyOutgoingRequest>,
 }
 
 impl OutgoingRequest {
     pub(crate) fn new(request: AnyOutgoingRequest) -> Self {
-        Self { id: TransactionId::new(), request }
+        Self { id: TransactionId::new(), request: Arc::new(request) }
     }
 
     pub(crate) fn with_id(id: OwnedTransactionId, request: AnyOutgoingRequest) -> Self {
-        Self { id, request }
+        Self { id, request: Arc::new(request) }
     }
 
     /// The id to answer this request with. For to-device requests it is also

@@ -195,6 +195,7 @@ fn main() {
     let machine = machine_description();
     let out = output_path();
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let out = std::fs::canonicalize(out.parent().unwrap()).unwrap().join("workloads.json");
     let json = report.to_json(&machine);
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     println!("machine: {machine}\nwritten to {}", out.display());

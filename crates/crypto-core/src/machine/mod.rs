@@ -306,7 +306,7 @@ impl OlmMachine {
                 self.receive_keys_claim_response(&entry.meta, r, now).await?
             }
             (AnyOutgoingRequest::ToDevice(_), AnyIncomingResponse::ToDevice(_)) => {
-                if let pending::Meta::RoomKeyShare(targets) = &entry.meta {
+                if let pending::Meta::RoomKeyShare(targets) = &*entry.meta {
                     self.receive_room_key_share_ack(targets).await?;
                 }
             }

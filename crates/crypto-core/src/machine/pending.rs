@@ -23,7 +23,8 @@ pub(super) enum Meta {
 #[derive(Clone, Debug)]
 pub(super) struct Entry {
     pub(super) request: OutgoingRequest,
-    pub(super) meta: Meta,
+    /// Shared: entries are copied out on every answer.
+    pub(super) meta: std::sync::Arc<Meta>,
     /// Listed by `outgoing_requests` (as opposed to returned by a command).
     listed: bool,
 }
@@ -35,7 +36,7 @@ pub(super) struct Pending {
 
 impl Pending {
     pub(super) fn insert(&mut self, request: OutgoingRequest, meta: Meta, listed: bool) {
-        self.entries.push(Entry { request, meta, listed });
+        self.entries.push(Entry { request, meta: std::sync::Arc::new(meta), listed });
     }
 
     pub(super) fn get(&self, id: &TransactionId) -> Option<Entry> {
@@ -56,7 +57,7 @@ impl Pending {
 
     /// Users in a keys query that is still unanswered.
     pub(super) fn users_being_queried(&self) -> impl Iterator<Item = &OwnedUserId> {
-        self.entries.iter().flat_map(|e| match &e.meta {
+        self.entries.iter().flat_map(|e| match &*e.meta {
             Meta::KeysQuery(users) => users.iter().map(|(u, _)| u).collect::<Vec<_>>(),
             _ => Vec::new(),
         })
@@ -67,7 +68,7 @@ impl Pending {
         room_id: &'a RoomId,
         session_id: &'a str,
     ) -> impl Iterator<Item = (&'a Entry, &'a ShareTargets)> {
-        self.entries.iter().filter_map(move |e| match &e.meta {
+        self.entries.iter().filter_map(move |e| match &*e.meta {
             Meta::RoomKeyShare(t) if t.room_id == room_id && t.session_id == session_id => Some((e, t)),
             _ => None,
         })
@@ -95,12 +96,12 @@ impl Pending {
 
     /// Forgets unanswered share requests of a room (its key was replaced).
     pub(super) fn drop_room_key_shares(&mut self, room_id: &RoomId) {
-        self.entries.retain(|e| !matches!(&e.meta, Meta::RoomKeyShare(t) if t.room_id == room_id));
+        self.entries.retain(|e| !matches!(&*e.meta, Meta::RoomKeyShare(t) if t.room_id == room_id));
     }
 
     /// Devices in a keys claim that is still unanswered.
     pub(super) fn devices_being_claimed(&self) -> impl Iterator<Item = &(OwnedUserId, OwnedDeviceId)> {
-        self.entries.iter().flat_map(|e| match &e.meta {
+        self.entries.iter().flat_map(|e| match &*e.meta {
             Meta::KeysClaim(devices) => devices.iter().collect::<Vec<_>>(),
             _ => Vec::new(),
         })

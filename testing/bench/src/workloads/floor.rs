@@ -69,9 +69,22 @@ pub fn olm(peers: &SharePeers, devices_per_user: usize) -> Vec<Phase> {
     vec![keys_claim, share_room_key]
 }
 
-/// A plaintext of the size an engine sends with an `m.room_key`.
+/// The plaintext an engine sends with an `m.room_key`: the spec's fields and,
+/// as hush and matrix-sdk-crypto both send them, the sender's signed device
+/// keys (MSC4147 `sender_device_keys`).
 fn room_key_plaintext(group: &GroupSession, account: &Account) -> Value {
+    let device_keys = json!({
+        "user_id": "@floor:hush.example",
+        "device_id": "FLOOR",
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {
+            "curve25519:FLOOR": account.curve25519_key().to_base64(),
+            "ed25519:FLOOR": account.ed25519_key().to_base64(),
+        },
+        "signatures": { "@floor:hush.example": { "ed25519:FLOOR": account.sign("device keys").to_base64() } },
+    });
     json!({
+        "sender_device_keys": device_keys,
         "sender": "@floor:hush.example",
         "sender_device": "FLOOR",
         "keys": { "ed25519": account.ed25519_key().to_base64() },
