@@ -24,7 +24,8 @@ impl Sqlite {
     /// Opens the store in the directory `path`; `encrypted` uses a raw key.
     pub async fn open(path: &Path, encrypted: bool) -> Self {
         let key = [42u8; 32];
-        let store = SqliteCryptoStore::open_with_key(path, encrypted.then_some(&key[..])).await.expect("open sqlite store");
+        let store =
+            SqliteCryptoStore::open_with_key(path, encrypted.then_some(&key[..])).await.expect("open sqlite store");
         Self(store)
     }
 }

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use hush_crypto_core::SyncChanges;
 use hush_testing::TestServer;
 use matrix_sdk_common::deserialized_responses::ProcessedToDeviceEvent;
 use matrix_sdk_crypto::{
-    DecryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement,
+    DecryptionSettings, EncryptionSyncChanges, OlmMachine, TrustRequirement, store::types::RoomKeyInfo,
     types::requests::AnyOutgoingRequest,
 };
 use ruma::{
@@ -33,7 +34,14 @@ impl SdkDevice {
     pub async fn new(server: &Arc<TestServer>, user_id: &UserId, device_id: &str) -> Self {
         let device_id: OwnedDeviceId = device_id.into();
         let machine = OlmMachine::new(user_id, &device_id).await;
-        let device = Self { machine, user_id: user_id.to_owned(), device_id, server: server.clone(), syncs: 0 };
+        Self::with_machine(server, machine).await
+    }
+
+    /// A device around an already built machine (e.g. on another store), keys uploaded.
+    pub async fn with_machine(server: &Arc<TestServer>, machine: OlmMachine) -> Self {
+        let user_id = machine.user_id().to_owned();
+        let device_id = machine.device_id().to_owned();
+        let device = Self { machine, user_id, device_id, server: server.clone(), syncs: 0 };
         device.drain().await;
         device
     }
@@ -86,8 +94,17 @@ impl SdkDevice {
 
     /// One sync; returns the to-device events as matrix-sdk-crypto processed them.
     pub async fn sync(&mut self) -> Vec<ProcessedToDeviceEvent> {
+        let changes = self.server.sync(&self.user_id, &self.device_id, format!("sdk-{}", self.syncs + 1));
+        let (events, _) = self.receive(changes).await;
+        self.drain().await;
+        events
+    }
+
+    /// Feeds one sync's changes to matrix-sdk-crypto (without draining its
+    /// requests); returns the processed to-device events and the room keys
+    /// it accepted.
+    pub async fn receive(&mut self, changes: SyncChanges) -> (Vec<ProcessedToDeviceEvent>, Vec<RoomKeyInfo>) {
         self.syncs += 1;
-        let changes = self.server.sync(&self.user_id, &self.device_id, format!("sdk-{}", self.syncs));
         let mut lists = DeviceLists::new();
         lists.changed = changes.device_lists.changed.clone();
         lists.left = changes.device_lists.left.clone();
@@ -100,9 +117,7 @@ impl SdkDevice {
             next_batch_token: changes.next_batch_token,
         };
         let settings = DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted };
-        let (events, _) = self.machine.receive_sync_changes(sync, &settings).await.expect("sync processed");
-        self.drain().await;
-        events
+        self.machine.receive_sync_changes(sync, &settings).await.expect("sync processed")
     }
 
     /// Tracks users, queries them and claims Olm sessions with their devices.

@@ -8,9 +8,7 @@ use hush_crypto_core::EncryptionSettings;
 use hush_interop::SdkDevice;
 use hush_testing::{TestDevice, TestServer, VirtualClock};
 use matrix_sdk_crypto::{DecryptionSettings, EncryptionSettings as SdkSettings, TrustRequirement};
-use ruma::{
-    RoomId, events::AnyMessageLikeEventContent, room_id, serde::Raw, user_id,
-};
+use ruma::{RoomId, events::AnyMessageLikeEventContent, room_id, serde::Raw, user_id};
 use serde_json::{Value, json};
 
 fn room() -> &'static RoomId {
@@ -56,11 +54,8 @@ async fn sdk_decrypt(sdk: &SdkDevice, event: &Value) -> Result<String, String> {
 
 async fn sdk_share(sdk: &SdkDevice, users: &[&ruma::UserId]) {
     sdk.establish_sessions(users).await;
-    let requests = sdk
-        .machine
-        .share_room_key(room(), users.iter().copied(), SdkSettings::default())
-        .await
-        .expect("sdk shares");
+    let requests =
+        sdk.machine.share_room_key(room(), users.iter().copied(), SdkSettings::default()).await.expect("sdk shares");
     for request in requests {
         sdk.send_to_device(&request).await;
     }
@@ -122,7 +117,8 @@ async fn a_hush_export_imports_into_matrix_sdk_crypto() {
     hush.machine.export_room_keys_to(&mut file, "shared secret", 1000, |_| true).await.unwrap();
 
     let fresh = SdkDevice::new(&server, user_id!("@hush:example.org"), "SDK2").await;
-    let keys = matrix_sdk_crypto::decrypt_room_key_export(file.as_slice(), "shared secret").expect("sdk reads hush's file");
+    let keys =
+        matrix_sdk_crypto::decrypt_room_key_export(file.as_slice(), "shared secret").expect("sdk reads hush's file");
     let result = fresh.machine.store().import_exported_room_keys(keys, |_, _| {}).await.unwrap();
     assert_eq!(result.imported_count, 1);
     let mut event = event;

@@ -79,10 +79,8 @@ async fn matrix_sdk_crypto_first_contact_reaches_hush() {
     let sdk = SdkDevice::new(&server, user_id!("@sdk:example.org"), "SDKDEV").await;
     sdk.establish_sessions(&[&hush.user_id]).await;
     let peer = sdk.machine.get_device(&hush.user_id, &hush.device_id, None).await.unwrap().expect("known");
-    let content = peer
-        .encrypt_event_raw("m.dummy", &json!({}), CollectStrategy::AllDevices)
-        .await
-        .expect("sdk encrypts");
+    let content =
+        peer.encrypt_event_raw("m.dummy", &json!({}), CollectStrategy::AllDevices).await.expect("sdk encrypts");
     server.inject_to_device(
         &hush.user_id,
         &hush.device_id,

@@ -194,7 +194,8 @@ impl OlmMachine {
             let key = device_key(&device);
             let was_wedged = lock(&self.inner.claims).wedged.contains(&key);
             if was_wedged {
-                match self.encrypt_with_session(
+                match super::to_device::encrypt_for(
+                    &self.inner.own,
                     &mut session,
                     &device,
                     "m.dummy",

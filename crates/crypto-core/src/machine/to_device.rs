@@ -152,18 +152,6 @@ impl OlmMachine {
         Ok((messages, failures))
     }
 
-    /// The `m.room.encrypted` content of one event for `device`, advancing `session`.
-    pub(super) fn encrypt_with_session(
-        &self,
-        session: &mut Session,
-        device: &DeviceData,
-        event_type: &str,
-        content: &Value,
-        now: Timestamp,
-    ) -> Result<ToDeviceContent, OlmEncryptionError> {
-        encrypt_for(&self.inner.own, session, device, event_type, content, now)
-    }
-
     /// Queues encrypted messages to be listed by `outgoing_requests`.
     pub(super) fn queue_to_device(&self, event_type: &str, messages: Vec<(DeviceData, ToDeviceContent)>) {
         for chunk in messages.chunks(TO_DEVICE_BATCH) {
@@ -202,7 +190,7 @@ impl OlmMachine {
 }
 
 /// The `m.room.encrypted` content of one event for `device`, advancing `session`.
-fn encrypt_for(
+pub(super) fn encrypt_for(
     own: &OwnIdentity,
     session: &mut Session,
     device: &DeviceData,

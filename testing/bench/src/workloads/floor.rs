@@ -138,8 +138,8 @@ pub fn receive_keys(server: &Arc<TestServer>, senders: &mut [RogueDevice], run: 
     for event in &changes.to_device_events {
         let event: Value = event.deserialize_as_unchecked().expect("json");
         let content = &event["content"];
-        let sender_key = Curve25519PublicKey::from_base64(content["sender_key"].as_str().expect("sender key"))
-            .expect("curve key");
+        let sender_key =
+            Curve25519PublicKey::from_base64(content["sender_key"].as_str().expect("sender key")).expect("curve key");
         let body = content["ciphertext"][&our_key_b64]["body"].as_str().expect("body");
         let message = PreKeyMessage::from_base64(body).expect("pre-key message");
         let created = account.create_inbound_session(SessionConfig::version_1(), sender_key, &message).expect("3DH");

@@ -159,10 +159,7 @@ pub async fn megolm(messages: usize, store: HushStore, dir: &Path, run: usize) -
         })
         .collect();
     let timer = Stopwatch::start();
-    let decrypted = bob
-        .machine
-        .decrypt_room_events(&events, &room, &DecryptionSettings::default())
-        .await;
+    let decrypted = bob.machine.decrypt_room_events(&events, &room, &DecryptionSettings::default()).await;
     let decrypt = timer.phase("decrypt", messages);
     assert!(decrypted.iter().all(|d| d.is_ok()), "every event decrypts");
     vec![encrypt, decrypt]

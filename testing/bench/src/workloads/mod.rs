@@ -158,9 +158,8 @@ impl SharePeers {
     /// `one_time_keys` signed one-time keys (one is used per run).
     pub fn new(users: usize, devices: usize, one_time_keys: usize) -> Self {
         let server = Arc::new(TestServer::new());
-        let user_ids: Vec<OwnedUserId> = (0..users)
-            .map(|u| format!("@peer{u}:hush.example").try_into().expect("valid user id"))
-            .collect();
+        let user_ids: Vec<OwnedUserId> =
+            (0..users).map(|u| format!("@peer{u}:hush.example").try_into().expect("valid user id")).collect();
         // Key generation is set-up; spread it over the cores.
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         std::thread::scope(|scope| {
@@ -169,7 +168,13 @@ impl SharePeers {
                 scope.spawn(move || {
                     for user_id in chunk {
                         for d in 0..devices {
-                            RogueDevice::register_with_keys(server, user_id, &format!("PEERDEV{d}"), one_time_keys, false);
+                            RogueDevice::register_with_keys(
+                                server,
+                                user_id,
+                                &format!("PEERDEV{d}"),
+                                one_time_keys,
+                                false,
+                            );
                         }
                     }
                 });

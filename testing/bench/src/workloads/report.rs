@@ -64,7 +64,8 @@ impl Report {
             all.push(Phase { name: "total", items: phases[0].items, time });
         }
         for phase in all {
-            let entry = self.phases.entry((workload.to_owned(), phase.name, engine)).or_insert((phase.items, Vec::new()));
+            let entry =
+                self.phases.entry((workload.to_owned(), phase.name, engine)).or_insert((phase.items, Vec::new()));
             entry.1.push(phase.time);
         }
         if let Some(peak) = peak_kib {
