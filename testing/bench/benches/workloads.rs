@@ -177,7 +177,7 @@ fn main() {
                     phases.iter().map(|p| format!("{} {:.1} ms", p.name, p.time.as_secs_f64() * 1e3)).collect();
                 eprintln!("  rep {rep} {:<26} {}", engine.name(), summary.join(", "));
                 if rep > 0 {
-                    report.record(&name, engine, &phases, None);
+                    report.record(&name, engine, &phases);
                 }
             }
         }

@@ -92,24 +92,27 @@ impl OlmMachine {
         let mut jobs: Vec<SenderJob> = Vec::new();
         let mut job_of_key: HashMap<Curve25519PublicKey, usize> = HashMap::new();
         let mut devices_of: HashMap<OwnedUserId, Vec<DeviceData>> = HashMap::new();
-        for (index, raw) in events.iter().enumerate() {
+        // Each raw event is kept (moved, not copied) until its outcome needs it.
+        let mut raws: Vec<Option<Raw<AnyToDeviceEvent>>> = events.into_iter().map(Some).collect();
+        for (index, slot) in raws.iter_mut().enumerate() {
+            let Some(raw) = slot.as_ref() else { continue };
             let value: Value = match raw.deserialize_as_unchecked() {
                 Ok(value) => value,
                 Err(e) => {
                     let error = OlmError::Malformed(e.to_string());
-                    outcomes[index] = Some((ToDeviceOutcome::Failed { event: raw.clone(), error }, None));
+                    outcomes[index] = Some((ToDeviceOutcome::Failed { event: take(slot), error }, None));
                     continue;
                 }
             };
             if value.get("type").and_then(Value::as_str) != Some("m.room.encrypted") {
-                outcomes[index] = Some((ToDeviceOutcome::PlainText(raw.clone()), None));
+                outcomes[index] = Some((ToDeviceOutcome::PlainText(take(slot)), None));
                 continue;
             }
             let incoming = match parse_incoming(&value, &own.curve25519) {
                 Ok(incoming) => incoming,
                 Err(error) => {
                     tracing::warn!(%error, "rejected an encrypted to-device event");
-                    outcomes[index] = Some((ToDeviceOutcome::Failed { event: raw.clone(), error }, None));
+                    outcomes[index] = Some((ToDeviceOutcome::Failed { event: take(slot), error }, None));
                     continue;
                 }
             };
@@ -159,7 +162,7 @@ impl OlmMachine {
         let mut dropped: HashSet<(Curve25519PublicKey, String)> = HashSet::new();
         let mut account_changed = false;
         for (index, sender_key, fate) in fates {
-            let raw = events[index].clone();
+            let raw = take(&mut raws[index]);
             let mut room_key = None;
             let outcome = match fate {
                 Fate::Decrypted { info, .. } if dropped.contains(&(sender_key, info.session_id.clone())) => {
@@ -218,6 +221,11 @@ impl OlmMachine {
         }
         Ok(outcomes.into_iter().flatten().collect())
     }
+}
+
+/// The raw event of a slot (each slot is taken exactly once).
+fn take(slot: &mut Option<Raw<AnyToDeviceEvent>>) -> Raw<AnyToDeviceEvent> {
+    slot.take().unwrap_or_else(|| Raw::from_json(serde_json::value::RawValue::NULL.to_owned()))
 }
 
 /// One worker's share of the senders. The account copy is made on first need.

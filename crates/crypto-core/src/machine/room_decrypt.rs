@@ -24,6 +24,12 @@ use crate::{
     store::{Changes, MessageIndexRecord},
 };
 
+/// The inbound sessions one worker decrypts with, by session id.
+type SessionMap = HashMap<String, InboundGroupSession>;
+
+/// An event's position in the batch and how parsing it went.
+type Indexed = (usize, Result<Parsed, MegolmError>);
+
 /// An event parsed on a worker.
 struct Parsed {
     incoming: IncomingRoomEvent,
@@ -101,7 +107,7 @@ impl OlmMachine {
         // workers use them) or the store.
         let mut results: Vec<Option<Result<DecryptedRoomEvent, MegolmError>>> =
             (0..events.len()).map(|_| None).collect();
-        let mut sessions: HashMap<String, InboundGroupSession> = HashMap::new();
+        let mut sessions: SessionMap = HashMap::new();
         let mut missing: HashSet<String> = HashSet::new();
         for item in &parsed {
             let Ok(parsed) = item else { continue };
@@ -127,53 +133,52 @@ impl OlmMachine {
             }
         }
 
-        // Decrypt on the workers: one works on the sessions themselves, the
-        // others on copies.
+        // Decrypt on the workers: the events in contiguous chunks, one per
+        // worker; the first chunk works on the sessions themselves, the
+        // others on copies. Results come back in chunk order.
         let parts = crate::parallel::parts(events.len(), events.len(), workers);
-        let mut maps = Vec::with_capacity(parts);
-        for _ in 1..parts {
-            let copy = sessions
-                .iter()
-                .map(|(id, s)| (id.clone(), InboundGroupSession::from_stored(s.to_stored())))
-                .collect::<HashMap<_, _>>();
-            maps.push((false, copy));
+        let mut jobs: Vec<(SessionMap, Vec<Indexed>)> = Vec::with_capacity(parts);
+        let mut remaining = parsed.into_iter().enumerate().collect::<Vec<_>>();
+        let chunk = remaining.len().div_ceil(parts).max(1);
+        while !remaining.is_empty() {
+            let rest = remaining.split_off(chunk.min(remaining.len()));
+            let map = if jobs.is_empty() {
+                std::mem::take(&mut sessions)
+            } else {
+                jobs[0].0.iter().map(|(id, s)| (id.clone(), InboundGroupSession::from_stored(s.to_stored()))).collect()
+            };
+            jobs.push((map, std::mem::replace(&mut remaining, rest)));
         }
-        maps.push((true, std::mem::take(&mut sessions)));
-        let maps = std::sync::Mutex::new(maps);
-        let jobs: Vec<(usize, Result<Parsed, MegolmError>)> = parsed.into_iter().enumerate().collect();
         let opened = run_split(
             jobs,
             workers,
-            |_| 1,
+            |(_, events)| events.len(),
             |part| {
-                let taken = maps.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
-                let (is_original, mut local) = taken.unwrap_or_default();
-                let outputs: Vec<_> = part
-                    .into_iter()
-                    .map(|(index, parsed)| {
-                        let result = parsed.and_then(|parsed| match local.get_mut(&parsed.incoming.session_id) {
-                            Some(session) => open(session, parsed, room_id).map(Ok),
-                            // Explained after the workers, with the store.
-                            None => Ok(Err(parsed)),
-                        });
-                        (index, result)
+                part.into_iter()
+                    .map(|(mut local, events)| {
+                        let outputs: Vec<_> = events
+                            .into_iter()
+                            .map(|(index, parsed)| {
+                                let result =
+                                    parsed.and_then(|parsed| match local.get_mut(&parsed.incoming.session_id) {
+                                        Some(session) => open(session, parsed, room_id).map(Ok),
+                                        // Explained after the workers, with the store.
+                                        None => Ok(Err(parsed)),
+                                    });
+                                (index, result)
+                            })
+                            .collect();
+                        (local, outputs)
                     })
-                    .collect();
-                (is_original.then_some(local), outputs)
+                    .collect::<Vec<_>>()
             },
         );
         let mut all = Vec::with_capacity(events.len());
-        for (local, outputs) in opened {
-            if let Some(local) = local {
+        for (n, (local, outputs)) in opened.into_iter().flatten().enumerate() {
+            if n == 0 {
                 sessions = local;
             }
             all.extend(outputs);
-        }
-        // Originals no part took (none, unless the split made fewer parts).
-        for (is_original, local) in maps.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
-            if is_original {
-                sessions = local;
-            }
         }
         {
             let mut groups = lock(&self.inner.groups);

@@ -13,7 +13,6 @@ use vodozemac::Curve25519PublicKey;
 use zeroize::Zeroizing;
 
 use super::{Changes, CryptoStore, MessageIndexRecord, StoreError, StoredAccount, StoredSession, TrackedUser};
-use crate::parallel::run_split;
 use crate::{
     devices::DeviceData,
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
@@ -92,35 +91,14 @@ impl CryptoStore for MemoryStore {
         } = changes;
         // Encode everything first, so a failure leaves the tables untouched.
         let account = account.map(|a| encode("account", &a)).transpose()?;
-        // Large batches (a room key for thousands of devices) are encoded on
-        // several cores.
-        let workers = crate::parallel::default_workers();
-        let sessions = run_split(
-            sessions,
-            workers,
-            |_| 1,
-            |part| {
-                part.iter()
-                    .map(|s| Ok((s.sender_key.to_base64(), s.session_id.clone(), encode("session", s)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            },
-        )
-        .into_iter()
-        .collect::<Result<Vec<_>, StoreError>>()?
-        .concat();
-        let inbound = run_split(
-            inbound_group_sessions,
-            workers,
-            |_| 1,
-            |part| {
-                part.iter()
-                    .map(|s| Ok(((s.room_id.clone(), s.session_id.clone()), encode("inbound group session", s)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            },
-        )
-        .into_iter()
-        .collect::<Result<Vec<_>, StoreError>>()?
-        .concat();
+        let sessions = sessions
+            .iter()
+            .map(|s| Ok((s.sender_key.to_base64(), s.session_id.clone(), encode("session", s)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let inbound = inbound_group_sessions
+            .iter()
+            .map(|s| Ok(((s.room_id.clone(), s.session_id.clone()), encode("inbound group session", s)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let outbound = outbound_group_sessions
             .iter()
             .map(|s| Ok((s.room_id.clone(), encode("outbound group session", s)?)))

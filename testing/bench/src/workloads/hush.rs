@@ -78,7 +78,7 @@ pub async fn share(peers: &SharePeers, store: HushStore, dir: &Path, run: usize)
     for (id, answer) in &answers {
         machine.mark_request_as_sent(id, answer, now).await.expect("keys query answer");
     }
-    let devices = users.len() * count_devices(&answers);
+    let devices = super::listed_devices(answers.iter().map(|(_, a)| a), &user_id);
     let keys_query = timer.phase("keys_query", devices);
 
     let timer = Stopwatch::start();
@@ -109,13 +109,6 @@ pub async fn share(peers: &SharePeers, store: HushStore, dir: &Path, run: usize)
     let share_room_key = timer.phase("share_room_key", devices);
     assert_eq!(sent, devices, "every device gets the room key");
     vec![keys_query, claim_request, keys_claim, share_room_key]
-}
-
-fn count_devices(answers: &[(ruma::OwnedTransactionId, ruma::api::client::keys::get_keys::v3::Response)]) -> usize {
-    let (devices, users) = answers.iter().fold((0, 0), |(d, u), (_, a)| {
-        (d + a.device_keys.values().map(|m| m.len()).sum::<usize>(), u + a.device_keys.len())
-    });
-    devices / users.max(1)
 }
 
 /// `megolm/M` on hush: one device encrypts, another decrypts.

@@ -184,6 +184,14 @@ impl SharePeers {
     }
 }
 
+/// How many devices `/keys/query` answers list for users other than `own`.
+pub fn listed_devices<'a>(
+    answers: impl Iterator<Item = &'a ruma::api::client::keys::get_keys::v3::Response>,
+    own: &ruma::UserId,
+) -> usize {
+    answers.flat_map(|a| a.device_keys.iter()).filter(|(u, _)| u.as_str() != own.as_str()).map(|(_, d)| d.len()).sum()
+}
+
 /// The content of an `m.room.message` whose encrypted plaintext (type,
 /// content and room id) is about 200 bytes.
 pub fn message_content(n: usize) -> Value {

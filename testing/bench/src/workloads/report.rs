@@ -54,7 +54,7 @@ impl Report {
 
     /// Records one repetition of `workload` on `engine`. A `total` phase is
     /// added when there is more than one phase.
-    pub fn record(&mut self, workload: &str, engine: Engine, phases: &[Phase], peak_kib: Option<u64>) {
+    pub fn record(&mut self, workload: &str, engine: Engine, phases: &[Phase]) {
         if !self.order.iter().any(|w| w == workload) {
             self.order.push(workload.to_owned());
         }
@@ -67,9 +67,6 @@ impl Report {
             let entry =
                 self.phases.entry((workload.to_owned(), phase.name, engine)).or_insert((phase.items, Vec::new()));
             entry.1.push(phase.time);
-        }
-        if let Some(peak) = peak_kib {
-            self.peaks.entry((workload.to_owned(), engine)).or_default().push(peak);
         }
     }
 

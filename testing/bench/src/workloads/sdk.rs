@@ -70,12 +70,7 @@ pub async fn share(peers: &SharePeers, store: SdkStore, dir: &Path, run: usize) 
             answers.push((request.request_id().to_owned(), peers.server.query_keys(&query)));
         }
     }
-    let devices: usize = answers
-        .iter()
-        .flat_map(|(_, a)| a.device_keys.iter())
-        .filter(|(u, _)| **u != user_id)
-        .map(|(_, d)| d.len())
-        .sum();
+    let devices = super::listed_devices(answers.iter().map(|(_, a)| a), &user_id);
     let timer = Stopwatch::start();
     for (id, answer) in &answers {
         machine.mark_request_as_sent(id, answer).await.expect("keys query answer");
