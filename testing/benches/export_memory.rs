@@ -19,7 +19,7 @@ use hush_crypto_core::{
     Changes, CryptoStore, MemoryStore, OlmMachine, StoreError, Timestamp,
     devices::DeviceData,
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
-    store::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser},
+    store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
 };
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedRoomId, RoomId, UserId, user_id};
 use vodozemac::{Curve25519PublicKey, megolm::GroupSession};
@@ -56,6 +56,15 @@ impl CryptoStore for CountingStore {
     }
     async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {
         self.inner.load_tracked_users().await
+    }
+    async fn get_devices_by_curve25519(&self, key: &Curve25519PublicKey) -> Result<Vec<DeviceData>, StoreError> {
+        self.inner.get_devices_by_curve25519(key).await
+    }
+    async fn is_olm_message_known(&self, hash: &OlmMessageHash) -> Result<bool, StoreError> {
+        self.inner.is_olm_message_known(hash).await
+    }
+    async fn get_custom_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_custom_value(name).await
     }
     async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError> {
         self.inner.load_next_batch_token().await

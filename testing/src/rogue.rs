@@ -169,6 +169,32 @@ impl RogueDevice {
         })
     }
 
+    /// Decrypts an Olm to-device event addressed to this device (creating
+    /// the inbound session from a pre-key message), returning the plaintext:
+    /// lets a test see what an honest device sent to an attacker's device.
+    pub fn decrypt(&mut self, event: &Value) -> Value {
+        let content = &event["content"];
+        let sender_key =
+            Curve25519PublicKey::from_base64(content["sender_key"].as_str().expect("sender_key")).expect("sender key");
+        let ours = &content["ciphertext"][self.curve25519_key().to_base64()];
+        let body = vodozemac::base64_decode(ours["body"].as_str().expect("body")).expect("base64");
+        let message_type = ours["type"].as_u64().expect("type") as usize;
+        let message = OlmMessage::from_parts(message_type, &body).expect("olm message");
+        let plaintext = match (&message, self.sessions.get_mut(&sender_key.to_base64())) {
+            (OlmMessage::Normal(_), Some(session)) => session.decrypt(&message).expect("decrypt"),
+            (OlmMessage::PreKey(pre_key), _) => {
+                let created = self
+                    .account
+                    .create_inbound_session(SessionConfig::version_1(), sender_key, pre_key)
+                    .expect("inbound session");
+                self.sessions.insert(sender_key.to_base64(), created.session);
+                created.plaintext
+            }
+            (OlmMessage::Normal(_), None) => panic!("no session with the sender"),
+        };
+        serde_json::from_slice(&plaintext).expect("json plaintext")
+    }
+
     /// A plaintext that follows every rule, addressed to `recipient`.
     pub fn valid_plaintext(
         &self,

@@ -15,8 +15,10 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+mod contain;
 pub mod devices;
 pub mod export;
+pub mod keys;
 mod machine;
 pub mod megolm;
 pub mod olm;

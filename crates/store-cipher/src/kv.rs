@@ -30,11 +30,17 @@ pub enum Table {
     MessageIndices,
     /// The sync token.
     Sync,
+    /// Device index by (curve25519 key, user, device).
+    DevicesByCurve,
+    /// Decrypted Olm message hashes by (sender key, hash).
+    OlmHashes,
+    /// Named values ([`Changes::custom_values`](hush_crypto_core::Changes)).
+    Custom,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 14] = [
         Self::Meta,
         Self::Account,
         Self::OlmSessions,
@@ -46,6 +52,9 @@ impl Table {
         Self::NoOlm,
         Self::MessageIndices,
         Self::Sync,
+        Self::DevicesByCurve,
+        Self::OlmHashes,
+        Self::Custom,
     ];
 
     /// The table's name, as the engine stores it.
@@ -62,6 +71,9 @@ impl Table {
             Self::NoOlm => "no_olm",
             Self::MessageIndices => "message_indices",
             Self::Sync => "sync",
+            Self::DevicesByCurve => "devices_by_curve",
+            Self::OlmHashes => "olm_hashes",
+            Self::Custom => "custom",
         }
     }
 

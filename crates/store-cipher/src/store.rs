@@ -12,7 +12,7 @@ use hush_crypto_core::{
     Changes, CryptoStore, StoreError,
     devices::DeviceData,
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
-    store::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser},
+    store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
 };
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -216,6 +216,8 @@ impl<B: KvBackend> KvCryptoStore<B> {
             outbound_group_sessions,
             withheld,
             message_indices,
+            olm_message_hashes,
+            custom_values,
             next_batch_token,
         } = changes;
         let mut ops = Vec::new();
@@ -229,6 +231,10 @@ impl<B: KvBackend> KvCryptoStore<B> {
         for device in &devices {
             let parts: [&[u8]; 2] = [device.user_id().as_bytes(), device.device_id().as_bytes()];
             self.put(&mut ops, Table::Devices, &parts, device)?;
+            let curve = device.curve25519_key().to_base64();
+            let index: [&[u8]; 3] = [curve.as_bytes(), parts[0], parts[1]];
+            let owner = (device.user_id(), device.device_id());
+            self.put(&mut ops, Table::DevicesByCurve, &index, &owner)?;
         }
         for user in &tracked_users {
             self.put(&mut ops, Table::TrackedUsers, &[user.user_id.as_bytes()], user)?;
@@ -258,6 +264,12 @@ impl<B: KvBackend> KvCryptoStore<B> {
             let index = record.message_index.to_be_bytes();
             let parts: [&[u8]; 3] = [record.room_id.as_bytes(), record.session_id.as_bytes(), &index];
             self.put(&mut ops, Table::MessageIndices, &parts, record)?;
+        }
+        for hash in &olm_message_hashes {
+            self.put(&mut ops, Table::OlmHashes, &[hash.sender_key.as_bytes(), hash.hash.as_bytes()], &true)?;
+        }
+        for (name, value) in &custom_values {
+            self.put(&mut ops, Table::Custom, &[name.as_bytes()], value)?;
         }
         if let Some(token) = next_batch_token {
             self.put(&mut ops, Table::Sync, &[b"next_batch"], &token)?;
@@ -291,6 +303,24 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
     async fn get_user_devices(&self, user_id: &UserId) -> Result<BTreeMap<OwnedDeviceId, DeviceData>, StoreError> {
         let devices: Vec<DeviceData> = self.scan(Table::Devices, &[user_id.as_bytes()], None, usize::MAX)?;
         Ok(devices.into_iter().map(|d| (d.device_id().to_owned(), d)).collect())
+    }
+
+    async fn get_devices_by_curve25519(&self, key: &Curve25519PublicKey) -> Result<Vec<DeviceData>, StoreError> {
+        let owners: Vec<(OwnedUserId, OwnedDeviceId)> =
+            self.scan(Table::DevicesByCurve, &[key.to_base64().as_bytes()], None, usize::MAX)?;
+        let mut devices = Vec::with_capacity(owners.len());
+        for (user_id, device_id) in owners {
+            devices.extend(self.get::<DeviceData>(Table::Devices, &[user_id.as_bytes(), device_id.as_bytes()])?);
+        }
+        Ok(devices)
+    }
+
+    async fn is_olm_message_known(&self, hash: &OlmMessageHash) -> Result<bool, StoreError> {
+        Ok(self.get::<bool>(Table::OlmHashes, &[hash.sender_key.as_bytes(), hash.hash.as_bytes()])?.is_some())
+    }
+
+    async fn get_custom_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(Table::Custom, &[name.as_bytes()])
     }
 
     async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {

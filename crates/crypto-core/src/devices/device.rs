@@ -101,10 +101,10 @@ impl DeviceData {
             keys.keys.iter().find(|(key_id, _)| key_id.as_str() == id).map(|(_, key)| key.as_str())
         };
         let ed25519 = key_for("ed25519")
-            .and_then(|k| Ed25519PublicKey::from_base64(k).ok())
+            .and_then(|k| crate::keys::ed25519_from_base64(k).ok())
             .ok_or(DeviceKeysError::MissingKey("ed25519"))?;
         let curve25519 = key_for("curve25519")
-            .and_then(|k| Curve25519PublicKey::from_base64(k).ok())
+            .and_then(|k| crate::keys::curve25519_from_base64(k).ok())
             .ok_or(DeviceKeysError::MissingKey("curve25519"))?;
         verify_json(&signed_keys, user_id, &format!("ed25519:{}", keys.device_id), &ed25519)?;
         Ok(Self {

@@ -11,7 +11,7 @@ use ruma_common::{OwnedDeviceId, UserId, encryption::DeviceKeys, serde::Raw};
 use serde_json::Value;
 
 use super::{DeviceData, DeviceKeysError};
-use crate::olm::OwnIdentity;
+use crate::{contain::contain, olm::OwnIdentity};
 
 /// What one user's keys-query entry changed.
 #[derive(Debug, Default)]
@@ -34,14 +34,18 @@ pub(crate) fn process_user_devices(
         if user_id == own.user_id && *device_id == own.device_id {
             continue; // our own device is not tracked as a peer
         }
-        let parsed = raw
-            .deserialize_as_unchecked::<Value>()
-            .map_err(|e| DeviceKeysError::Malformed(e.to_string()))
-            .and_then(|value| DeviceData::from_signed_keys(value, user_id, Some(device_id)));
-        let accepted = parsed.and_then(|device| match known.get(device_id) {
-            Some(old) => old.accept_update(device),
-            _ => Ok(device),
-        });
+        // A bug hit by one device's keys rejects that device alone.
+        let accepted = contain("a device in a keys-query answer", || {
+            let parsed = raw
+                .deserialize_as_unchecked::<Value>()
+                .map_err(|e| DeviceKeysError::Malformed(e.to_string()))
+                .and_then(|value| DeviceData::from_signed_keys(value, user_id, Some(device_id)));
+            parsed.and_then(|device| match known.get(device_id) {
+                Some(old) => old.accept_update(device),
+                _ => Ok(device),
+            })
+        })
+        .unwrap_or_else(|reason| Err(DeviceKeysError::Malformed(reason)));
         match accepted {
             Ok(device) if known.get(device_id) != Some(&device) => outcome.changed.push(device),
             Ok(_) => {}

@@ -251,7 +251,7 @@ fn session_from_claim(
         .map_err(|e| format!("one-time key signature: {e}"))?;
     let claimed: ClaimedKey = serde_json::from_value(value).map_err(|e| format!("malformed one-time key: {e}"))?;
     let one_time_key =
-        Curve25519PublicKey::from_base64(&claimed.key).map_err(|e| format!("invalid one-time key: {e}"))?;
+        crate::keys::curve25519_from_base64(&claimed.key).map_err(|e| format!("invalid one-time key: {e}"))?;
     let session = account
         .create_outbound_session(device.curve25519_key(), one_time_key)
         .map_err(|e| format!("session creation: {e}"))?;

@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, Write};
 
 use ruma_common::{OwnedRoomId, RoomId};
-use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, megolm::ExportedSessionKey};
+use vodozemac::megolm::ExportedSessionKey;
 
-use super::OlmMachine;
+use super::{OlmMachine, room_keys::KeyOffer};
 use crate::{
     StoreError,
+    contain::contain,
     export::{ExportedRoomKey, KeyExportError, KeyExportReader, KeyExportWriter},
     megolm::{InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin},
     store::Changes,
@@ -26,6 +27,9 @@ pub struct RoomKeyImportResult {
     pub total_count: usize,
     /// The stored keys, by room.
     pub keys: BTreeMap<OwnedRoomId, BTreeSet<String>>,
+    /// Keys refused because their session id is held for another owner
+    /// (another sender key, claimed ed25519 key or user).
+    pub conflicting_count: usize,
 }
 
 /// Why a key file could not be imported.
@@ -179,13 +183,17 @@ impl OlmMachine {
         let mut changes = Changes::default();
         let mut stored = Vec::new();
         for key in keys {
-            let Some(session) = session_from_export(key) else {
+            let checked = contain("an imported room key", || session_from_export(key)).ok().flatten();
+            let Some(mut session) = checked else {
                 tracing::warn!(room_id = %key.room_id, session_id = %key.session_id, "skipped an invalid exported key");
                 continue;
             };
+            session.sender_user = self.owner_of_claimed_keys(&session).await?;
             let (room_id, session_id) = (session.room_id.clone(), session.session_id.clone());
-            if self.store_inbound_if_better(session, &mut changes).await? {
-                stored.push((room_id, session_id));
+            match self.offer_inbound(session, &mut changes).await? {
+                KeyOffer::Stored => stored.push((room_id, session_id)),
+                KeyOffer::KeptExisting => {}
+                KeyOffer::Conflict(_) => result.conflicting_count += 1,
             }
         }
         self.save(None, None, changes).await?;
@@ -197,6 +205,23 @@ impl OlmMachine {
     }
 }
 
+impl OlmMachine {
+    /// The user whose known device has the key's curve25519 key and claimed
+    /// ed25519 key: the key is tied to that user, so an event from anyone
+    /// else decrypted with it is a sender mismatch.
+    async fn owner_of_claimed_keys(
+        &self,
+        session: &InboundGroupSession,
+    ) -> Result<Option<ruma_common::OwnedUserId>, StoreError> {
+        let Some(claimed) = session.sender_ed25519 else { return Ok(None) };
+        if session.sender_key == self.inner.own.curve25519 && claimed == self.inner.own.ed25519 {
+            return Ok(Some(self.inner.own.user_id.clone()));
+        }
+        let devices = self.inner.store.get_devices_by_curve25519(&session.sender_key).await?;
+        Ok(devices.into_iter().find(|d| d.ed25519_key() == claimed).map(|d| d.user_id().to_owned()))
+    }
+}
+
 /// A session from an exported key, if the key is well-formed and its session
 /// id matches its key material.
 fn session_from_export(key: &ExportedRoomKey) -> Option<InboundGroupSession> {
@@ -205,8 +230,12 @@ fn session_from_export(key: &ExportedRoomKey) -> Option<InboundGroupSession> {
     }
     let session_key = ExportedSessionKey::from_base64(&key.session_key).ok()?;
     let origin = Origin {
-        sender_key: Curve25519PublicKey::from_base64(&key.sender_key).ok()?,
-        sender_ed25519: key.sender_claimed_keys.get("ed25519").and_then(|k| Ed25519PublicKey::from_base64(k).ok()),
+        sender_key: crate::keys::curve25519_from_base64(&key.sender_key).ok()?,
+        // A claimed key that is present but invalid makes the whole key invalid.
+        sender_ed25519: match key.sender_claimed_keys.get("ed25519") {
+            Some(claimed) => Some(crate::keys::ed25519_from_base64(claimed).ok()?),
+            None => None,
+        },
         sender_user: None,
         source: KeySource::Imported,
         shared_history: key.shared_history,

@@ -9,7 +9,7 @@ use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 use super::{OlmMachine, lock};
 use crate::{
     StoreError, Timestamp,
-    megolm::{EncryptError, InboundGroupSession, KeySource, WithheldCode},
+    megolm::{EncryptError, InboundGroupSession, KeySource, MegolmError, WithheldCode},
     store::Changes,
 };
 
@@ -24,6 +24,11 @@ pub enum VerificationState {
     UnknownDevice,
     /// The known device's ed25519 key differs from the one the key's sender claimed.
     KeyMismatch,
+    /// The key matches a known device of the sender, but our copy did not
+    /// come over Olm from that device (a key file; later a backup or a
+    /// forward): who made the key is only claimed, so the sender is not
+    /// reported verified, whatever the device's trust.
+    UnauthenticatedSource,
 }
 
 /// Who sent a decrypted room event, and how we know.
@@ -140,14 +145,34 @@ impl OlmMachine {
         }
     }
 
-    /// The sending device and its trust, looked up by the key's curve25519 key.
+    /// The sending device and its trust, looked up by the key's curve25519
+    /// key. A key whose owner we did not learn over Olm (an imported key) is
+    /// tied here to the known device with its curve25519 and claimed ed25519
+    /// keys: an event from any other user is a [`MegolmError::SenderMismatch`].
     pub(super) async fn sender_device_state(
         &self,
         sender: &ruma_common::UserId,
         key: &KeyFacts,
-    ) -> Result<(Option<OwnedDeviceId>, VerificationState), StoreError> {
+    ) -> Result<(Option<OwnedDeviceId>, VerificationState), MegolmError> {
         if *sender == self.inner.own.user_id && key.sender_key == self.inner.own.curve25519 {
-            return Ok((Some(self.inner.own.device_id.clone()), VerificationState::Verified));
+            let state = if key.source.is_authenticated() {
+                VerificationState::Verified
+            } else {
+                VerificationState::UnauthenticatedSource
+            };
+            return Ok((Some(self.inner.own.device_id.clone()), state));
+        }
+        if key.sender_user.is_none() {
+            let owners = self.inner.store.get_devices_by_curve25519(&key.sender_key).await?;
+            let owner = owners.iter().find(|d| key.sender_ed25519.is_some_and(|ed| ed == d.ed25519_key()));
+            if let Some(owner) = owner
+                && owner.user_id() != sender
+            {
+                return Err(MegolmError::SenderMismatch {
+                    event_sender: sender.to_owned(),
+                    key_owner: owner.user_id().to_owned(),
+                });
+            }
         }
         let devices = self.inner.store.get_user_devices(sender).await?;
         let Some(device) = devices.into_values().find(|d| d.curve25519_key() == key.sender_key) else {
@@ -155,6 +180,8 @@ impl OlmMachine {
         };
         let state = if key.sender_ed25519.is_some_and(|ed| ed != device.ed25519_key()) {
             VerificationState::KeyMismatch
+        } else if !key.source.is_authenticated() {
+            VerificationState::UnauthenticatedSource
         } else if device.is_verified() {
             VerificationState::Verified
         } else {

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     StoreError, Timestamp, ToDeviceOutcome,
+    contain::contain,
     devices::DeviceData,
     olm::{Account, IncomingOlm, OlmError, OwnIdentity, Session, check_plaintext, parse_incoming},
     parallel::run_split,
@@ -74,6 +75,9 @@ struct SenderDone {
     /// Ids of the sessions that advanced or were created.
     touched: HashSet<String>,
     fates: Vec<(usize, Fate)>,
+    /// A bug was contained while processing this sender: its sessions in
+    /// memory may be half-changed, so they are dropped, never saved.
+    poisoned: bool,
 }
 
 impl OlmMachine {
@@ -208,6 +212,10 @@ impl OlmMachine {
             outcomes[index] = Some((outcome, room_key));
         }
         for mut sender in finished {
+            if sender.poisoned {
+                // Reloaded from the store on next use; nothing of it is saved.
+                continue;
+            }
             sender.sessions.retain(|s| !dropped.contains(&(sender.sender_key, s.session_id().to_owned())));
             for session in &sender.sessions {
                 if sender.touched.contains(session.session_id()) {
@@ -262,72 +270,103 @@ impl AccountCopy<'_> {
     }
 }
 
-/// Decrypts one sending device's events in order.
+/// Decrypts one sending device's events in order. A bug hit while
+/// processing one of them (see [`contain`]) fails every event of this sender
+/// in the batch and leaves its sessions unsaved, as if they never arrived.
 fn decrypt_sender(job: SenderJob, own: &OwnIdentity, account: &mut AccountCopy<'_>, now: Timestamp) -> SenderDone {
     let SenderJob { sender_key, mut sessions, events } = job;
     let mut touched = HashSet::new();
     let mut fates = Vec::with_capacity(events.len());
-    for Pending { index, incoming, known_device } in events {
-        let check =
-            |plaintext: &[u8]| check_plaintext(plaintext, &incoming.sender, sender_key, own, known_device.as_ref());
-        // Existing sessions first, newest first.
-        let mut order: Vec<usize> = (0..sessions.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(sessions[i].recency()));
-        let mut tried = 0;
-        let mut fate = None;
-        for i in order {
-            let session = &mut sessions[i];
-            if let OlmMessage::PreKey(m) = &incoming.message
-                && m.session_id() != session.session_id()
-            {
-                continue;
-            }
-            tried += 1;
-            let before = session.snapshot();
-            let Ok(plaintext) = session.decrypt(&incoming.message, now) else { continue };
-            fate = Some(match check(&plaintext) {
-                Ok(checked) => {
-                    touched.insert(session.session_id().to_owned());
-                    let (event, info) = decrypted(&incoming.sender, sender_key, session.session_id(), checked);
-                    decrypted_fate(event, info, None)
-                }
-                Err(error) => {
-                    *session = before;
-                    Fate::Rejected(error)
-                }
-            });
-            break;
+    let mut poisoned = None;
+    for event in events {
+        let index = event.index;
+        if let Some(reason) = &poisoned {
+            fates.push((
+                index,
+                Fate::Rejected(OlmError::Internal(format!("{reason} (an earlier event of this sender)"))),
+            ));
+            continue;
         }
-        let fate = match (fate, &incoming.message) {
-            (Some(fate), _) => fate,
-            (None, OlmMessage::Normal(_)) => {
-                Fate::Wedged { sender: incoming.sender.clone(), known_device: known_device.map(Box::new), tried }
+        match contain("an Olm to-device event", || {
+            decrypt_event(event, sender_key, &mut sessions, &mut touched, own, account, now)
+        }) {
+            Ok(fate) => fates.push((index, fate)),
+            Err(reason) => {
+                account.roll_back();
+                for (_, fate) in &mut fates {
+                    *fate = Fate::Rejected(OlmError::Internal(reason.clone()));
+                }
+                fates.push((index, Fate::Rejected(OlmError::Internal(reason.clone()))));
+                poisoned = Some(reason);
             }
-            (None, OlmMessage::PreKey(pre_key)) => match account.get() {
-                None => Fate::Rejected(OlmError::SessionCreation("no account to create a session with".into())),
-                Some(copy) => match copy.create_inbound_session(sender_key, pre_key) {
-                    Err(error) => Fate::Rejected(OlmError::SessionCreation(error.to_string())),
-                    Ok(created) => match check(&created.plaintext) {
-                        Ok(checked) => {
-                            let key = pre_key.one_time_key();
-                            account.used.push(key);
-                            let session = Session::new(created.session, sender_key, now);
-                            let (event, info) = decrypted(&incoming.sender, sender_key, session.session_id(), checked);
-                            touched.insert(session.session_id().to_owned());
-                            sessions.push(session);
-                            decrypted_fate(event, info, Some(key))
-                        }
-                        Err(error) => {
-                            account.roll_back();
-                            Fate::Rejected(error)
-                        }
-                    },
-                },
-            },
-        };
-        fates.push((index, fate));
+        }
     }
-    SenderDone { sender_key, sessions, touched, fates }
+    SenderDone { sender_key, sessions, touched, fates, poisoned: poisoned.is_some() }
+}
+
+/// Decrypts one event of a sender: existing sessions first (newest first),
+/// then, for a pre-key message, a new inbound session.
+fn decrypt_event(
+    event: Pending,
+    sender_key: Curve25519PublicKey,
+    sessions: &mut Vec<Session>,
+    touched: &mut HashSet<String>,
+    own: &OwnIdentity,
+    account: &mut AccountCopy<'_>,
+    now: Timestamp,
+) -> Fate {
+    let Pending { incoming, known_device, .. } = event;
+    let check = |plaintext: &[u8]| check_plaintext(plaintext, &incoming.sender, sender_key, own, known_device.as_ref());
+    let mut order: Vec<usize> = (0..sessions.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sessions[i].recency()));
+    let mut tried = 0;
+    for i in order {
+        let session = &mut sessions[i];
+        if let OlmMessage::PreKey(m) = &incoming.message
+            && m.session_id() != session.session_id()
+        {
+            continue;
+        }
+        tried += 1;
+        let before = session.snapshot();
+        let Ok(plaintext) = session.decrypt(&incoming.message, now) else { continue };
+        return match check(&plaintext) {
+            Ok(checked) => {
+                touched.insert(session.session_id().to_owned());
+                let (event, info) = decrypted(&incoming.sender, sender_key, session.session_id(), checked);
+                decrypted_fate(event, info, None)
+            }
+            Err(error) => {
+                *session = before;
+                Fate::Rejected(error)
+            }
+        };
+    }
+    let OlmMessage::PreKey(pre_key) = &incoming.message else {
+        return Fate::Wedged { sender: incoming.sender.clone(), known_device: known_device.map(Box::new), tried };
+    };
+    let Some(copy) = account.get() else {
+        return Fate::Rejected(OlmError::SessionCreation("no account to create a session with".into()));
+    };
+    let created = match copy.create_inbound_session(sender_key, pre_key) {
+        Ok(created) => created,
+        Err(error) => return Fate::Rejected(OlmError::SessionCreation(error.to_string())),
+    };
+    match check(&created.plaintext) {
+        Ok(checked) => {
+            let key = pre_key.one_time_key();
+            account.used.push(key);
+            let session = Session::new(created.session, sender_key, now);
+            let (event, info) = decrypted(&incoming.sender, sender_key, session.session_id(), checked);
+            touched.insert(session.session_id().to_owned());
+            sessions.push(session);
+            decrypted_fate(event, info, Some(key))
+        }
+        Err(error) => {
+            account.roll_back();
+            Fate::Rejected(error)
+        }
+    }
 }
 
 fn decrypted_fate(mut event: Value, info: OlmDecryptionInfo, new_session_key: Option<Curve25519PublicKey>) -> Fate {

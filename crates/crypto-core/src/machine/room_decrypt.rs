@@ -16,6 +16,7 @@ use super::{
     lock,
 };
 use crate::{
+    contain::contain,
     megolm::{
         DecryptionSettings, InboundGroupSession, IncomingRoomEvent, MegolmError, RoomPlaintext, TrustRequirement,
         parse_encrypted_event,
@@ -26,6 +27,9 @@ use crate::{
 
 /// The inbound sessions one worker decrypts with, by session id.
 type SessionMap = HashMap<String, InboundGroupSession>;
+
+/// What a sender device's state depends on: the sender and the key's facts.
+type DeviceStateKey = (OwnedUserId, Curve25519PublicKey, crate::megolm::KeySource, Option<String>);
 
 /// An event's position in the batch and how parsing it went.
 type Indexed = (usize, Result<Parsed, MegolmError>);
@@ -52,7 +56,7 @@ fn parse(value: Result<Value, MegolmError>) -> Result<Parsed, MegolmError> {
     let value = value?;
     let outer_relation = value["content"].get("m.relates_to").cloned();
     let claimed_sender_key =
-        value["content"]["sender_key"].as_str().and_then(|k| Curve25519PublicKey::from_base64(k).ok());
+        value["content"]["sender_key"].as_str().and_then(|k| crate::keys::curve25519_from_base64(k).ok());
     let incoming = parse_encrypted_event(value)?;
     Ok(Parsed { incoming, outer_relation, claimed_sender_key })
 }
@@ -159,12 +163,8 @@ impl OlmMachine {
                         let outputs: Vec<_> = events
                             .into_iter()
                             .map(|(index, parsed)| {
-                                let result =
-                                    parsed.and_then(|parsed| match local.get_mut(&parsed.incoming.session_id) {
-                                        Some(session) => open(session, parsed, room_id).map(Ok),
-                                        // Explained after the workers, with the store.
-                                        None => Ok(Err(parsed)),
-                                    });
+                                // A missing key is explained after the workers, with the store.
+                                let result = parsed.and_then(|parsed| contain_open(&mut local, parsed, room_id));
                                 (index, result)
                             })
                             .collect();
@@ -190,8 +190,7 @@ impl OlmMachine {
         // Replay records, sender devices, trust: in event order, one save.
         let mut changes = Changes::default();
         let mut seen_in_batch: HashMap<(String, u32), (OwnedEventId, u64)> = HashMap::new();
-        let mut devices: HashMap<(OwnedUserId, Curve25519PublicKey), (Option<OwnedDeviceId>, VerificationState)> =
-            HashMap::new();
+        let mut devices: HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)> = HashMap::new();
         let mut accepted = Vec::new();
         for (index, result) in all {
             let opened = match result {
@@ -215,14 +214,14 @@ impl OlmMachine {
                 }
                 Ok(Ok(opened)) => opened,
             };
-            match self.check_replay(room_id, &opened, &mut seen_in_batch, &mut changes).await {
-                Ok(()) => {}
-                Err(error) => {
-                    results[index] = Some(Err(error));
-                    continue;
-                }
-            }
-            let device_key = (opened.sender.clone(), opened.key.sender_key);
+            // Sender and trust first: an event refused by either writes no
+            // replay record, so it cannot claim the index of the genuine one.
+            let device_key = (
+                opened.sender.clone(),
+                opened.key.sender_key,
+                opened.key.source,
+                opened.key.sender_ed25519.map(|k| k.to_base64()),
+            );
             let state = match devices.get(&device_key) {
                 Some(state) => state.clone(),
                 None => match self.sender_device_state(&opened.sender, &opened.key).await {
@@ -231,7 +230,7 @@ impl OlmMachine {
                         state
                     }
                     Err(error) => {
-                        results[index] = Some(Err(MegolmError::Store(error)));
+                        results[index] = Some(Err(error));
                         continue;
                     }
                 },
@@ -241,6 +240,10 @@ impl OlmMachine {
                 && verification_state != VerificationState::Verified
             {
                 results[index] = Some(Err(MegolmError::UnverifiedSenderDevice));
+                continue;
+            }
+            if let Err(error) = self.check_replay(room_id, &opened, &mut seen_in_batch, &mut changes).await {
+                results[index] = Some(Err(error));
                 continue;
             }
             accepted.push((index, opened, sender_device, verification_state));
@@ -302,6 +305,25 @@ impl OlmMachine {
                 });
                 Ok(())
             }
+        }
+    }
+}
+
+/// [`open`] with a bug contained: the event fails alone, and its session
+/// copy, which the bug may have left half-changed, is dropped from the map
+/// (the cache reloads it from the store).
+fn contain_open(
+    local: &mut SessionMap,
+    parsed: Parsed,
+    room_id: &RoomId,
+) -> Result<Result<Opened, Parsed>, MegolmError> {
+    let session_id = parsed.incoming.session_id.clone();
+    let Some(session) = local.get_mut(&session_id) else { return Ok(Err(parsed)) };
+    match contain("a room event", || open(session, parsed, room_id)) {
+        Ok(result) => result.map(Ok),
+        Err(reason) => {
+            local.remove(&session_id);
+            Err(MegolmError::Internal(reason))
         }
     }
 }

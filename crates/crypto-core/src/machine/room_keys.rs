@@ -8,7 +8,9 @@ use vodozemac::{Curve25519PublicKey, megolm::SessionKey};
 use super::{OlmMachine, lock, sync::OlmDecryptionInfo};
 use crate::{
     StoreError,
-    megolm::{InboundGroupSession, MEGOLM_ALGORITHM, Origin, RoomKeyContent, WithheldInfo, parse_withheld},
+    megolm::{
+        InboundGroupSession, MEGOLM_ALGORITHM, Origin, OwnerMismatch, RoomKeyContent, WithheldInfo, parse_withheld,
+    },
     store::Changes,
 };
 
@@ -58,26 +60,42 @@ pub(super) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Res
     Ok(Box::new(PreparedRoomKey { info, session }))
 }
 
+/// What became of a room key offered to the store.
+#[derive(Debug)]
+pub(super) enum KeyOffer {
+    /// Stored: new, or a better copy of the same owner's key.
+    Stored,
+    /// A copy at least as good is already held.
+    KeptExisting,
+    /// A key with this session id is held for another owner: the newcomer
+    /// is a different key and was refused.
+    Conflict(OwnerMismatch),
+}
+
 impl OlmMachine {
     /// Stores an `m.room_key` that arrived over Olm (checked by
     /// [`prepare_room_key`]), unless a better copy of the same session is
-    /// known. Returns what was stored.
+    /// known. A key whose session id is held for another owner is refused.
     pub(super) async fn receive_room_key(
         &self,
         prepared: Box<PreparedRoomKey>,
         changes: &mut Changes,
-    ) -> Result<Option<RoomKeyInfo>, StoreError> {
+    ) -> Result<Result<Option<RoomKeyInfo>, OwnerMismatch>, StoreError> {
         let PreparedRoomKey { info, session } = *prepared;
-        let stored = self.store_inbound_if_better(session, changes).await?;
-        Ok(stored.then_some(info))
+        Ok(match self.offer_inbound(session, changes).await? {
+            KeyOffer::Stored => Ok(Some(info)),
+            KeyOffer::KeptExisting => Ok(None),
+            KeyOffer::Conflict(mismatch) => Err(mismatch),
+        })
     }
 
-    /// Keeps `session` if no better copy is known; adds it to `changes`.
-    pub(super) async fn store_inbound_if_better(
+    /// Keeps `session` if no better copy of the same owner's key is known
+    /// and no other owner holds its session id; adds it to `changes`.
+    pub(super) async fn offer_inbound(
         &self,
         mut session: InboundGroupSession,
         changes: &mut Changes,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<KeyOffer, StoreError> {
         // A copy already in this batch counts as known.
         let pending = changes
             .inbound_group_sessions
@@ -87,21 +105,33 @@ impl OlmMachine {
             Some(i) => Some(InboundGroupSession::from_stored(changes.inbound_group_sessions.remove(i))),
             None => self.load_inbound(&session.room_id, &session.session_id).await?,
         };
-        let keep_new = match existing {
-            None => true,
+        let offer = match existing {
+            None => KeyOffer::Stored,
             Some(mut existing) => {
-                let better = session.is_better_than(&mut existing);
-                if !better && pending.is_some() {
+                let offer = match OwnerMismatch::between(&existing, &session) {
+                    Some(mismatch) => {
+                        tracing::warn!(
+                            room_id = %session.room_id,
+                            session_id = %session.session_id,
+                            ?mismatch,
+                            "refused a room key whose session id is held for another owner"
+                        );
+                        KeyOffer::Conflict(mismatch)
+                    }
+                    None if session.is_better_than(&mut existing) => KeyOffer::Stored,
+                    None => KeyOffer::KeptExisting,
+                };
+                if !matches!(offer, KeyOffer::Stored) && pending.is_some() {
                     changes.inbound_group_sessions.push(existing.to_stored());
                 }
-                better
+                offer
             }
         };
-        if keep_new {
+        if matches!(offer, KeyOffer::Stored) {
             changes.inbound_group_sessions.push(session.to_stored());
             lock(&self.inner.groups).insert_inbound(session);
         }
-        Ok(keep_new)
+        Ok(offer)
     }
 
     /// An inbound session from the cache or the store (not cached by this call).

@@ -65,6 +65,20 @@ pub enum ToDeviceOutcome {
     },
     /// An event that was not encrypted, passed on unchanged.
     PlainText(Raw<AnyToDeviceEvent>),
+    /// An Olm event that decrypted and passed every plaintext check, whose
+    /// payload was then refused (an invalid `m.room_key`, or one whose session
+    /// id is held for another owner). The Olm layer worked: the session the
+    /// message used or established is kept (and a one-time key it used stays
+    /// consumed), since the sender really holds it and its next messages
+    /// need it. Nothing the payload carried was stored.
+    PayloadRejected {
+        /// The decrypted event (a room key's secret blanked).
+        event: Raw<AnyToDeviceEvent>,
+        /// Who sent it, over which session.
+        info: Box<OlmDecryptionInfo>,
+        /// Why the payload was refused.
+        error: OlmError,
+    },
     /// An event that was rejected; nothing stored changed because of it.
     Failed {
         /// The event as received.
@@ -146,8 +160,13 @@ impl OlmMachine {
             ToDeviceOutcome::Decrypted { event, info } if info.event_type == "m.room_key" => {
                 let prepared = room_key.unwrap_or_else(|| Err("the room key was not checked".to_owned()));
                 let stored = match prepared {
-                    Ok(prepared) => Ok(self.receive_room_key(prepared, changes).await?),
-                    Err(reason) => Err(reason),
+                    Ok(prepared) => match self.receive_room_key(prepared, changes).await? {
+                        Ok(stored) => Ok(stored),
+                        Err(mismatch) => {
+                            Err(OlmError::RoomKeyConflict { session_id: room_key_session_id(&event), mismatch })
+                        }
+                    },
+                    Err(reason) => Err(OlmError::InvalidPayload(reason)),
                 };
                 match stored {
                     // The event's session key was blanked when it was decrypted.
@@ -155,9 +174,9 @@ impl OlmMachine {
                         output.room_keys.extend(stored);
                         Ok(ToDeviceOutcome::Decrypted { event, info })
                     }
-                    Err(reason) => {
-                        tracing::warn!(%reason, sender = %info.sender, "rejected a room key");
-                        Ok(ToDeviceOutcome::Failed { event, error: OlmError::InvalidPayload(reason) })
+                    Err(error) => {
+                        tracing::warn!(%error, sender = %info.sender, "rejected a room key");
+                        Ok(ToDeviceOutcome::PayloadRejected { event, info, error })
                     }
                 }
             }
@@ -184,4 +203,10 @@ impl OlmMachine {
             other => Ok(other),
         }
     }
+}
+
+/// The session id an `m.room_key` event names (for error reports).
+fn room_key_session_id(event: &Raw<AnyToDeviceEvent>) -> String {
+    let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
+    value["content"]["session_id"].as_str().unwrap_or_default().to_owned()
 }

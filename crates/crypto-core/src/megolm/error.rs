@@ -62,6 +62,10 @@ pub enum MegolmError {
     /// The sending device does not meet the trust requirement.
     #[error("the sending device is not verified")]
     UnverifiedSenderDevice,
+    /// A bug in hush was hit while processing the event; it was contained
+    /// and the event rejected (nothing stored changed because of it).
+    #[error("{0}")]
+    Internal(String),
     /// Reading the store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -169,6 +169,40 @@ impl InboundGroupSession {
     }
 }
 
+/// How a refused key's owner differs from the held key's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerMismatch {
+    /// Another sender curve25519 key.
+    SenderKey,
+    /// Another claimed ed25519 key.
+    ClaimedEd25519,
+    /// Another owning user.
+    User,
+}
+
+impl OwnerMismatch {
+    /// The rule: two keys are the same key only if every owner fact that
+    /// both record agrees. A fact one side lacks (an imported key knows no
+    /// user) is not a difference, so an imported copy can be upgraded by the
+    /// same owner's copy over Olm, and only by that.
+    pub(crate) fn between(held: &InboundGroupSession, offered: &InboundGroupSession) -> Option<Self> {
+        if held.sender_key != offered.sender_key {
+            return Some(Self::SenderKey);
+        }
+        if let (Some(a), Some(b)) = (held.sender_ed25519, offered.sender_ed25519)
+            && a != b
+        {
+            return Some(Self::ClaimedEd25519);
+        }
+        if let (Some(a), Some(b)) = (&held.sender_user, &offered.sender_user)
+            && a != b
+        {
+            return Some(Self::User);
+        }
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use ruma_common::room_id;

@@ -12,7 +12,7 @@ mod withheld;
 pub(crate) use content::{IncomingRoomEvent, RoomKeyContent, RoomPlaintext, parse_encrypted_event, room_key_content};
 pub use error::{EncryptError, MegolmError, ShareError};
 pub(crate) use inbound::{InboundGroupSession, Origin};
-pub use inbound::{KeySource, StoredInboundGroupSession};
+pub use inbound::{KeySource, OwnerMismatch, StoredInboundGroupSession};
 pub(crate) use outbound::OutboundGroupSession;
 pub use outbound::{SharedWith, StoredOutboundGroupSession};
 pub use settings::{

@@ -130,7 +130,7 @@ pub(crate) fn parse_withheld(sender: OwnedUserId, content: &Value) -> Result<Wit
     if raw.algorithm != MEGOLM_ALGORITHM {
         return Err(format!("unsupported algorithm {}", raw.algorithm));
     }
-    let sender_key = Curve25519PublicKey::from_base64(&raw.sender_key).map_err(|e| e.to_string())?;
+    let sender_key = crate::keys::curve25519_from_base64(&raw.sender_key).map_err(|e| e.to_string())?;
     let code = WithheldCode::from_wire(&raw.code);
     if code != WithheldCode::NoOlm && (raw.room_id.is_none() || raw.session_id.is_none()) {
         return Err("a withheld notice other than m.no_olm needs room_id and session_id".into());

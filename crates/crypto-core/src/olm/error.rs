@@ -71,6 +71,19 @@ pub enum OlmError {
     /// `sender_device_keys` is invalid or does not belong to the sender.
     #[error("invalid sender_device_keys: {0}")]
     InvalidSenderDeviceKeys(String),
+    /// An `m.room_key` names a session id we hold for another owner (another
+    /// sender key, claimed ed25519 key or user): a different key, refused.
+    #[error("room key {session_id} is held for another owner ({mismatch:?} differs); refused")]
+    RoomKeyConflict {
+        /// The session id the key claims.
+        session_id: String,
+        /// Which owner fact differs.
+        mismatch: crate::megolm::OwnerMismatch,
+    },
+    /// A bug in hush was hit while processing the event; it was contained
+    /// and the event rejected (nothing stored changed because of it).
+    #[error("{0}")]
+    Internal(String),
     /// The message decrypted, but what it carries is unusable (e.g. a room
     /// key whose session id does not match its key).
     #[error("invalid payload: {0}")]

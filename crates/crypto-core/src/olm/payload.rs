@@ -135,7 +135,7 @@ pub(crate) fn parse_incoming(event: &Value, our_key: &Curve25519PublicKey) -> Re
         return Err(OlmError::UnsupportedAlgorithm(content.algorithm));
     }
     let sender_key = content.sender_key.ok_or_else(|| OlmError::Malformed("missing sender_key".into()))?;
-    let sender_key = Curve25519PublicKey::from_base64(&sender_key)
+    let sender_key = crate::keys::curve25519_from_base64(&sender_key)
         .map_err(|e| OlmError::InvalidKey { what: "sender_key", reason: e.to_string() })?;
     let ciphertext = content.ciphertext.ok_or_else(|| OlmError::Malformed("missing ciphertext".into()))?;
     let ours = ciphertext.get(&our_key.to_base64()).ok_or(OlmError::NotForThisDevice)?;
@@ -192,12 +192,12 @@ pub(crate) fn check_plaintext(
     if raw.recipient != own.user_id {
         return Err(OlmError::RecipientMismatch { expected: own.user_id.clone(), found: raw.recipient });
     }
-    let recipient_key = Ed25519PublicKey::from_base64(&raw.recipient_keys.ed25519)
+    let recipient_key = crate::keys::ed25519_from_base64(&raw.recipient_keys.ed25519)
         .map_err(|e| OlmError::InvalidKey { what: "recipient_keys.ed25519", reason: e.to_string() })?;
     if recipient_key != own.ed25519 {
         return Err(OlmError::RecipientKeyMismatch);
     }
-    let sender_ed25519 = Ed25519PublicKey::from_base64(&raw.keys.ed25519)
+    let sender_ed25519 = crate::keys::ed25519_from_base64(&raw.keys.ed25519)
         .map_err(|e| OlmError::InvalidKey { what: "keys.ed25519", reason: e.to_string() })?;
     if let Some(device) = known_sender_device
         && device.ed25519_key() != sender_ed25519

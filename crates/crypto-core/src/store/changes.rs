@@ -2,7 +2,7 @@
 
 use ruma_common::OwnedUserId;
 
-use super::types::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser};
+use super::types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser};
 use crate::{
     devices::DeviceData,
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
@@ -31,6 +31,13 @@ pub struct Changes {
     /// Megolm message indices decrypted, for replay detection (a record
     /// replaces an earlier one for the same index).
     pub message_indices: Vec<MessageIndexRecord>,
+    /// Hashes of Olm messages decrypted, so a redelivered message is
+    /// recognised and dropped instead of being taken for a wedged session.
+    pub olm_message_hashes: Vec<OlmMessageHash>,
+    /// Small named values saved with the batch: the engine's persisted timer
+    /// state, and state an embedder (e.g. hush-client's room list) must keep
+    /// atomically with the sync token. A later value for a name replaces it.
+    pub custom_values: Vec<(String, Vec<u8>)>,
     /// The sync token of the sync whose changes these are.
     pub next_batch_token: Option<String>,
 }
@@ -49,6 +56,8 @@ impl Changes {
             outbound_group_sessions,
             withheld,
             message_indices,
+            olm_message_hashes,
+            custom_values,
             next_batch_token,
         } = self;
         account.is_none()
@@ -60,6 +69,8 @@ impl Changes {
             && outbound_group_sessions.is_empty()
             && withheld.is_empty()
             && message_indices.is_empty()
+            && olm_message_hashes.is_empty()
+            && custom_values.is_empty()
             && next_batch_token.is_none()
     }
 
@@ -75,6 +86,8 @@ impl Changes {
             outbound_group_sessions,
             withheld,
             message_indices,
+            olm_message_hashes,
+            custom_values,
             next_batch_token,
         } = other;
         if account.is_some() {
@@ -85,6 +98,8 @@ impl Changes {
         self.outbound_group_sessions.extend(outbound_group_sessions);
         self.withheld.extend(withheld);
         self.message_indices.extend(message_indices);
+        self.olm_message_hashes.extend(olm_message_hashes);
+        self.custom_values.extend(custom_values);
         self.devices.extend(devices);
         self.tracked_users.extend(tracked_users);
         self.untracked_users.extend(untracked_users);

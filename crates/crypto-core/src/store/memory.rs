@@ -12,7 +12,9 @@ use serde::{Serialize, de::DeserializeOwned};
 use vodozemac::Curve25519PublicKey;
 use zeroize::Zeroizing;
 
-use super::{Changes, CryptoStore, MessageIndexRecord, StoreError, StoredAccount, StoredSession, TrackedUser};
+use super::{
+    Changes, CryptoStore, MessageIndexRecord, OlmMessageHash, StoreError, StoredAccount, StoredSession, TrackedUser,
+};
 use crate::{
     devices::DeviceData,
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
@@ -32,6 +34,10 @@ struct Tables {
     withheld: HashMap<(OwnedRoomId, String), WithheldInfo>,
     no_olm: HashMap<String, WithheldInfo>,
     message_indices: HashMap<(OwnedRoomId, String, u32), MessageIndexRecord>,
+    /// curve25519 key (base64) -> the devices claiming it
+    devices_by_curve: HashMap<String, std::collections::BTreeSet<(OwnedUserId, OwnedDeviceId)>>,
+    olm_hashes: std::collections::HashSet<OlmMessageHash>,
+    custom: HashMap<String, Bytes>,
     next_batch_token: Option<String>,
 }
 
@@ -87,6 +93,8 @@ impl CryptoStore for MemoryStore {
             outbound_group_sessions,
             withheld,
             message_indices,
+            olm_message_hashes,
+            custom_values,
             next_batch_token,
         } = changes;
         // Encode everything first, so a failure leaves the tables untouched.
@@ -112,6 +120,11 @@ impl CryptoStore for MemoryStore {
             tables.sessions.entry(sender_key).or_default().insert(session_id, bytes);
         }
         for device in devices {
+            tables
+                .devices_by_curve
+                .entry(device.curve25519_key().to_base64())
+                .or_default()
+                .insert((device.user_id().to_owned(), device.device_id().to_owned()));
             tables
                 .devices
                 .entry(device.user_id().to_owned())
@@ -140,6 +153,10 @@ impl CryptoStore for MemoryStore {
             let key = (record.room_id.clone(), record.session_id.clone(), record.message_index);
             tables.message_indices.insert(key, record);
         }
+        tables.olm_hashes.extend(olm_message_hashes);
+        for (name, value) in custom_values {
+            tables.custom.insert(name, Zeroizing::new(value));
+        }
         if next_batch_token.is_some() {
             tables.next_batch_token = next_batch_token;
         }
@@ -158,6 +175,20 @@ impl CryptoStore for MemoryStore {
 
     async fn get_user_devices(&self, user_id: &UserId) -> Result<BTreeMap<OwnedDeviceId, DeviceData>, StoreError> {
         Ok(self.tables().devices.get(user_id).cloned().unwrap_or_default())
+    }
+
+    async fn get_devices_by_curve25519(&self, key: &Curve25519PublicKey) -> Result<Vec<DeviceData>, StoreError> {
+        let tables = self.tables();
+        let Some(owners) = tables.devices_by_curve.get(&key.to_base64()) else { return Ok(Vec::new()) };
+        Ok(owners.iter().filter_map(|(u, d)| tables.devices.get(u).and_then(|ds| ds.get(d)).cloned()).collect())
+    }
+
+    async fn is_olm_message_known(&self, hash: &OlmMessageHash) -> Result<bool, StoreError> {
+        Ok(self.tables().olm_hashes.contains(hash))
+    }
+
+    async fn get_custom_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tables().custom.get(name).map(|v| v.to_vec()))
     }
 
     async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {

@@ -16,7 +16,7 @@ use vodozemac::Curve25519PublicKey;
 pub use changes::Changes;
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use types::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser};
+pub use types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser};
 
 use crate::{
     devices::DeviceData,
@@ -44,6 +44,17 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
 
     /// Every known device of a user, including ones marked deleted.
     async fn get_user_devices(&self, user_id: &UserId) -> Result<BTreeMap<OwnedDeviceId, DeviceData>, StoreError>;
+
+    /// Every known device (of any user, deleted ones included) whose
+    /// curve25519 key is `key`: normally one, but a hostile user can publish
+    /// a device claiming someone else's key.
+    async fn get_devices_by_curve25519(&self, key: &Curve25519PublicKey) -> Result<Vec<DeviceData>, StoreError>;
+
+    /// Whether an Olm message with this hash was decrypted before.
+    async fn is_olm_message_known(&self, hash: &OlmMessageHash) -> Result<bool, StoreError>;
+
+    /// A named value saved through [`Changes::custom_values`].
+    async fn get_custom_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Every tracked user with its dirty flag.
     async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError>;

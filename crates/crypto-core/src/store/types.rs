@@ -82,6 +82,16 @@ pub struct MessageIndexRecord {
     pub origin_server_ts: u64,
 }
 
+/// An Olm message we decrypted: the sender's curve25519 key and the SHA-256
+/// of the message (base64). Not secret: the ciphertext was on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct OlmMessageHash {
+    /// The sending device's curve25519 key (base64).
+    pub sender_key: String,
+    /// SHA-256 of the message type and body (base64).
+    pub hash: String,
+}
+
 /// A user whose devices we track.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrackedUser {
