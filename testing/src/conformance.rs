@@ -61,6 +61,8 @@ pub fn olm_session_fixture(sender_key: Curve25519PublicKey, n: u64) -> StoredSes
         pickle: session.pickle(),
         created_at: Timestamp::from_millis(n),
         last_used_at: Timestamp::from_millis(n + 1),
+        owner_user: Some(ruma_common::owned_user_id!("@owner:example.org")),
+        owner_device: Some(format!("DEVICE{n}").into()),
     }
 }
 

@@ -238,6 +238,7 @@ impl TestServer {
             device_lists: DeviceListChanges {
                 changed: std::mem::take(&mut record.changed_users).into_iter().collect(),
                 left: Vec::new(),
+                is_initial: false,
             },
             one_time_keys_counts: counts(record.one_time_keys.len()),
             unused_fallback_keys: Some(if fallback_unused {

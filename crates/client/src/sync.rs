@@ -63,6 +63,7 @@ impl Client {
             device_lists: DeviceListChanges {
                 changed: response.device_lists.changed,
                 left: response.device_lists.left,
+                is_initial: since.is_none(),
             },
             one_time_keys_counts: response.device_one_time_keys_count,
             unused_fallback_keys: response.device_unused_fallback_key_types,

@@ -13,8 +13,11 @@ use vodozemac::Curve25519PublicKey;
 use super::{OlmMachine, lock, pending::Meta};
 use crate::parallel::run_split;
 use crate::{
-    AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp, devices::DeviceData, olm::Session,
-    signing::verify_json, store::Changes,
+    AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp,
+    devices::DeviceData,
+    olm::{Session, SessionOwner},
+    signing::verify_json,
+    store::Changes,
 };
 
 /// First retry delay after a failed claim; doubles per failure.
@@ -32,7 +35,12 @@ struct Backoff {
     retry_at: Timestamp,
 }
 
-/// Claim bookkeeping kept in memory (a restart retries at once, which is fine).
+/// The custom value under which the unwedging budget is persisted.
+pub(super) const UNWEDGE_RECORD: &str = "hush.core.unwedge";
+
+/// Claim bookkeeping. The unwedging budget is persisted (a restart must
+/// not let a peer's session be replaced again at once); claim back-off is
+/// kept in memory (a restart retries at once, which is fine).
 #[derive(Debug, Default)]
 pub(super) struct ClaimState {
     backoff: HashMap<DeviceKey, Backoff>,
@@ -69,6 +77,26 @@ impl ClaimState {
     pub(super) fn mark_wedged(&mut self, device: DeviceKey) {
         self.wedged.insert(device);
     }
+
+    /// The persisted unwedging budget, as a custom value: entries older than
+    /// the interval are dropped, so the record stays small.
+    pub(super) fn unwedge_record(&mut self, now: Timestamp) -> (String, Vec<u8>) {
+        self.last_unwedge.retain(|_, last| now.saturating_duration_since(*last) < UNWEDGE_INTERVAL);
+        let entries: Vec<(String, Timestamp)> =
+            self.last_unwedge.iter().map(|(key, at)| (key.to_base64(), *at)).collect();
+        (UNWEDGE_RECORD.to_owned(), serde_json::to_vec(&entries).unwrap_or_default())
+    }
+
+    /// Claim state with the unwedging budget read back from the store (a
+    /// damaged record is ignored: the budget is a rate limit, not a secret).
+    pub(super) fn from_unwedge_record(bytes: Option<&[u8]>) -> Self {
+        let entries: Vec<(String, Timestamp)> = bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let last_unwedge = entries
+            .into_iter()
+            .filter_map(|(key, at)| crate::keys::curve25519_from_base64(&key).ok().map(|key| (key, at)))
+            .collect();
+        Self { last_unwedge, ..Self::default() }
+    }
 }
 
 #[derive(Deserialize)]
@@ -96,7 +124,8 @@ impl OlmMachine {
                 continue;
             }
             let wedged = lock(&self.inner.claims).wedged.contains(&device_key(&device));
-            if wedged || sessions.get_or_load(&*self.inner.store, device.curve25519_key()).await?.is_empty() {
+            let list = sessions.get_or_load(&*self.inner.store, device.curve25519_key()).await?;
+            if wedged || !list.iter().any(|s| s.belongs_to(&device)) {
                 missing.push(device_key(&device));
             }
         }
@@ -255,5 +284,5 @@ fn session_from_claim(
     let session = account
         .create_outbound_session(device.curve25519_key(), one_time_key)
         .map_err(|e| format!("session creation: {e}"))?;
-    Ok((device.clone(), Session::new(session, device.curve25519_key(), now)))
+    Ok((device.clone(), Session::new(session, device.curve25519_key(), SessionOwner::of(device), now)))
 }

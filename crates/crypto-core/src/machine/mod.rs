@@ -187,6 +187,7 @@ impl OlmMachine {
             signed_device_keys: account.signed_device_keys()?,
         };
         let tracking = Tracking::from_stored(store.load_tracked_users().await?);
+        let claims = ClaimState::from_unwedge_record(store.get_custom_value(claim::UNWEDGE_RECORD).await?.as_deref());
         Ok(Self {
             inner: Arc::new(Inner {
                 own,
@@ -195,7 +196,7 @@ impl OlmMachine {
                 sessions: async_lock::Mutex::new(SessionCache::default()),
                 tracking: Mutex::new(tracking),
                 pending: Mutex::new(Pending::default()),
-                claims: Mutex::new(ClaimState::default()),
+                claims: Mutex::new(claims),
                 groups: Mutex::new(GroupCache::default()),
                 room_locks: Mutex::new(HashMap::new()),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),

@@ -26,9 +26,9 @@ use crate::{
     StoreError, Timestamp, ToDeviceOutcome,
     contain::contain,
     devices::DeviceData,
-    olm::{Account, IncomingOlm, OlmError, OwnIdentity, Session, check_plaintext, parse_incoming},
+    olm::{Account, IncomingOlm, OlmError, OwnIdentity, Session, SessionOwner, check_plaintext, parse_incoming},
     parallel::run_split,
-    store::Changes,
+    store::{Changes, OlmMessageHash},
 };
 
 /// An event's outcome, and for an accepted `m.room_key` the checked key (or
@@ -96,6 +96,8 @@ impl OlmMachine {
         let mut jobs: Vec<SenderJob> = Vec::new();
         let mut job_of_key: HashMap<Curve25519PublicKey, usize> = HashMap::new();
         let mut devices_of: HashMap<OwnedUserId, Vec<DeviceData>> = HashMap::new();
+        let mut hashes: Vec<Option<OlmMessageHash>> = vec![None; events.len()];
+        let mut hashes_in_batch: HashSet<OlmMessageHash> = HashSet::new();
         // Each raw event is kept (moved, not copied) until its outcome needs it.
         let mut raws: Vec<Option<Raw<AnyToDeviceEvent>>> = events.into_iter().map(Some).collect();
         for (index, slot) in raws.iter_mut().enumerate() {
@@ -108,7 +110,12 @@ impl OlmMachine {
                     continue;
                 }
             };
-            if value.get("type").and_then(Value::as_str) != Some("m.room.encrypted") {
+            let Some(event_type) = value.get("type").and_then(Value::as_str) else {
+                let error = OlmError::Malformed("a to-device event must be an object with a string type".into());
+                outcomes[index] = Some((ToDeviceOutcome::Failed { event: take(slot), error }, None));
+                continue;
+            };
+            if event_type != "m.room.encrypted" {
                 outcomes[index] = Some((ToDeviceOutcome::PlainText(take(slot)), None));
                 continue;
             }
@@ -120,6 +127,17 @@ impl OlmMachine {
                     continue;
                 }
             };
+            // A message we decrypted before (in this batch or earlier) is a
+            // redelivery: dropped before any session sees it.
+            if !hashes_in_batch.insert(incoming.hash.clone())
+                || self.inner.store.is_olm_message_known(&incoming.hash).await?
+            {
+                tracing::debug!(sender = %incoming.sender, "dropped a redelivered Olm message");
+                outcomes[index] =
+                    Some((ToDeviceOutcome::Failed { event: take(slot), error: OlmError::Redelivered }, None));
+                continue;
+            }
+            hashes[index] = Some(incoming.hash.clone());
             if !devices_of.contains_key(&incoming.sender) {
                 let devices = self.inner.store.get_user_devices(&incoming.sender).await?.into_values().collect();
                 devices_of.insert(incoming.sender.clone(), devices);
@@ -198,7 +216,17 @@ impl OlmMachine {
                 }
             };
             let outcome = match outcome {
-                Ok((Ok(event), info)) => ToDeviceOutcome::Decrypted { event, info },
+                Ok((Ok(event), info)) => {
+                    changes.olm_message_hashes.extend(hashes[index].take());
+                    let known = devices_of
+                        .get(&info.sender)
+                        .is_some_and(|devices| devices.iter().any(|d| d.curve25519_key() == sender_key));
+                    if !known {
+                        // A device we do not know: its owner's list is outdated.
+                        self.note_unknown_device(&info.sender, sender_key, changes);
+                    }
+                    ToDeviceOutcome::Decrypted { event, info }
+                }
                 Ok((Err(e), _)) => {
                     room_key = None;
                     ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e) }
@@ -356,7 +384,11 @@ fn decrypt_event(
         Ok(checked) => {
             let key = pre_key.one_time_key();
             account.used.push(key);
-            let session = Session::new(created.session, sender_key, now);
+            let owner = match &checked.sender_device {
+                Some(device) => SessionOwner::of(device),
+                None => SessionOwner { user: Some(incoming.sender.clone()), device: None },
+            };
+            let session = Session::new(created.session, sender_key, owner, now);
             let (event, info) = decrypted(&incoming.sender, sender_key, session.session_id(), checked);
             touched.insert(session.session_id().to_owned());
             sessions.push(session);

@@ -236,6 +236,9 @@ impl OlmMachine {
                 },
             };
             let (sender_device, verification_state) = state;
+            if verification_state == VerificationState::UnknownDevice {
+                self.note_unknown_device(&opened.sender, opened.key.sender_key, &mut changes);
+            }
             if settings.sender_device_trust_requirement == TrustRequirement::VerifiedDevice
                 && verification_state != VerificationState::Verified
             {

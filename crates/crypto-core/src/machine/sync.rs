@@ -19,6 +19,11 @@ pub struct DeviceListChanges {
     pub changed: Vec<OwnedUserId>,
     /// Users we no longer share an encrypted room with: no longer tracked.
     pub left: Vec<OwnedUserId>,
+    /// The sync had no `since` token (a first sync, or a full resync).
+    /// Device-list changes are only reported between two tokens, so after
+    /// such a sync every tracked user is queried again: a device added
+    /// while we were away would otherwise never receive our room keys.
+    pub is_initial: bool,
 }
 
 /// The crypto-relevant parts of one `/sync` response.

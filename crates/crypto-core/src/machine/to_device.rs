@@ -121,13 +121,15 @@ impl OlmMachine {
                     .map(|(key, mut list, devices)| {
                         let results: Vec<_> = devices
                             .into_iter()
-                            .map(|device| match list.iter_mut().max_by_key(|s| s.recency()) {
-                                None => Err(OlmEncryptionError::NoSession {
-                                    user_id: device.user_id().to_owned(),
-                                    device_id: device.device_id().to_owned(),
-                                }),
-                                Some(session) => encrypt_for(own, session, device, event_type, content, now)
-                                    .map(|encrypted| (device.clone(), encrypted, session.to_stored())),
+                            .map(|device| {
+                                match list.iter_mut().filter(|s| s.belongs_to(device)).max_by_key(|s| s.recency()) {
+                                    None => Err(OlmEncryptionError::NoSession {
+                                        user_id: device.user_id().to_owned(),
+                                        device_id: device.device_id().to_owned(),
+                                    }),
+                                    Some(session) => encrypt_for(own, session, device, event_type, content, now)
+                                        .map(|encrypted| (device.clone(), encrypted, session.to_stored())),
+                                }
                             })
                             .collect();
                         (key, list, results)
@@ -161,9 +163,13 @@ impl OlmMachine {
         }
     }
 
-    /// A normal message nothing decrypts: schedule a new session with the
-    /// sender (at most once per hour per device), or a keys query if the
-    /// device is unknown.
+    /// A normal message nothing decrypts. Only a message whose sender key
+    /// belongs to a known device of the event's `sender` spends that
+    /// device's unwedging budget (a new session at most once per hour,
+    /// persisted so a restart does not reset it): the event's `sender_key`
+    /// is unauthenticated, so a forgery naming someone else's key must not
+    /// block unwedging with them. A message from an unknown device only
+    /// marks its sender's device list outdated.
     pub(super) fn note_wedged(
         &self,
         sender: &UserId,
@@ -172,19 +178,27 @@ impl OlmMachine {
         now: Timestamp,
         changes: &mut Changes,
     ) {
+        let Some(device) = device.filter(|d| d.user_id() == sender && d.curve25519_key() == sender_key) else {
+            self.note_unknown_device(sender, sender_key, changes);
+            return;
+        };
         let mut claims = lock(&self.inner.claims);
         if !claims.should_unwedge(sender_key, now) {
             return;
         }
-        match device {
-            Some(device) => {
-                tracing::info!(user_id = %sender, device_id = %device.device_id(), "Olm session wedged; establishing a new one");
-                claims.mark_wedged((device.user_id().to_owned(), device.device_id().to_owned()));
-            }
-            None => {
-                drop(claims);
-                changes.tracked_users.extend(lock(&self.inner.tracking).mark_dirty(sender));
-            }
+        tracing::info!(user_id = %sender, device_id = %device.device_id(), "Olm session wedged; establishing a new one");
+        claims.mark_wedged((device.user_id().to_owned(), device.device_id().to_owned()));
+        changes.custom_values.push(claims.unwedge_record(now));
+    }
+
+    /// A message (Olm or Megolm) from a device of `sender` we do not know:
+    /// the sender's device list is marked outdated, once per device key per
+    /// process, so a flood of unknown keys costs at most one query each.
+    pub(super) fn note_unknown_device(&self, sender: &UserId, sender_key: Curve25519PublicKey, changes: &mut Changes) {
+        let mut tracking = lock(&self.inner.tracking);
+        if tracking.first_unknown_device_report(sender, sender_key) {
+            tracing::info!(user_id = %sender, "a message from an unknown device; querying the user's devices");
+            changes.tracked_users.extend(tracking.mark_dirty(sender));
         }
     }
 }

@@ -29,12 +29,35 @@ struct UserState {
 #[derive(Debug, Default)]
 pub(super) struct Tracking {
     users: HashMap<OwnedUserId, UserState>,
+    /// Unknown devices (user, curve25519 key) that already triggered a query.
+    unknown_reported: HashSet<(OwnedUserId, vodozemac::Curve25519PublicKey)>,
 }
+
+/// The most unknown-device reports remembered before the set starts afresh.
+const UNKNOWN_REPORTS_KEPT: usize = 10_000;
 
 impl Tracking {
     pub(super) fn from_stored(users: Vec<TrackedUser>) -> Self {
         let users = users.into_iter().map(|u| (u.user_id, UserState { dirty: u.dirty, generation: 0 })).collect();
-        Self { users }
+        Self { users, unknown_reported: HashSet::new() }
+    }
+
+    /// Whether this is the first report of this unknown device (bounded memory).
+    pub(super) fn first_unknown_device_report(
+        &mut self,
+        user_id: &UserId,
+        key: vodozemac::Curve25519PublicKey,
+    ) -> bool {
+        if self.unknown_reported.len() >= UNKNOWN_REPORTS_KEPT {
+            self.unknown_reported.clear();
+        }
+        self.unknown_reported.insert((user_id.to_owned(), key))
+    }
+
+    /// Marks every tracked user outdated. Returns the rows to save.
+    fn mark_all_dirty(&mut self) -> Vec<TrackedUser> {
+        let users: Vec<OwnedUserId> = self.users.keys().cloned().collect();
+        users.iter().filter_map(|u| self.mark_dirty(u)).collect()
     }
 
     fn row(user_id: &UserId, dirty: bool) -> TrackedUser {
@@ -111,6 +134,11 @@ impl OlmMachine {
     /// rows to save to `changes`.
     pub(super) fn apply_device_list_changes(&self, lists: &DeviceListChanges, changes: &mut Changes) {
         let mut tracking = lock(&self.inner.tracking);
+        if lists.is_initial {
+            // Changes are reported only between two tokens: after a sync from
+            // nothing, any tracked user may have added a device meanwhile.
+            changes.tracked_users.extend(tracking.mark_all_dirty());
+        }
         for user_id in &lists.changed {
             changes.tracked_users.extend(tracking.mark_dirty(user_id));
         }

@@ -80,6 +80,10 @@ pub enum OlmError {
         /// Which owner fact differs.
         mismatch: crate::megolm::OwnerMismatch,
     },
+    /// The server delivered a message we already decrypted (e.g. after a
+    /// sync token moved back): dropped, and not taken for a wedged session.
+    #[error("this Olm message was already decrypted; a redelivery was dropped")]
+    Redelivered,
     /// A bug in hush was hit while processing the event; it was contained
     /// and the event rejected (nothing stored changed because of it).
     #[error("{0}")]

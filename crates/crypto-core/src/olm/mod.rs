@@ -12,4 +12,4 @@ pub use payload::OLM_ALGORITHM;
 pub(crate) use payload::{
     CheckedPlaintext, IncomingOlm, OwnIdentity, build_plaintext, check_plaintext, encrypted_content, parse_incoming,
 };
-pub(crate) use session::Session;
+pub(crate) use session::{Session, SessionOwner};

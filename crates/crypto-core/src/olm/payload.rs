@@ -11,6 +11,7 @@ use vodozemac::{Curve25519PublicKey, Ed25519PublicKey, olm::OlmMessage};
 
 use super::OlmError;
 use crate::devices::DeviceData;
+use crate::store::OlmMessageHash;
 
 /// The algorithm name of Olm to-device encryption.
 pub const OLM_ALGORITHM: &str = "m.olm.v1.curve25519-aes-sha2";
@@ -102,6 +103,17 @@ pub(crate) struct IncomingOlm {
     pub(crate) sender: OwnedUserId,
     pub(crate) sender_key: Curve25519PublicKey,
     pub(crate) message: OlmMessage,
+    /// Identifies the message, to recognise a redelivery.
+    pub(crate) hash: OlmMessageHash,
+}
+
+/// SHA-256 of an Olm message's type and body, with its sender key.
+fn message_hash(sender_key: &Curve25519PublicKey, message_type: u8, body: &str) -> OlmMessageHash {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update([message_type]);
+    hasher.update(body.as_bytes());
+    OlmMessageHash { sender_key: sender_key.to_base64(), hash: vodozemac::base64_encode(hasher.finalize()) }
 }
 
 #[derive(Deserialize)]
@@ -144,7 +156,8 @@ pub(crate) fn parse_incoming(event: &Value, our_key: &Curve25519PublicKey) -> Re
     let bytes = vodozemac::base64_decode(&info.body).map_err(|e| OlmError::InvalidMessage(e.to_string()))?;
     let message = OlmMessage::from_parts(usize::from(info.message_type), &bytes)
         .map_err(|e| OlmError::InvalidMessage(e.to_string()))?;
-    Ok(IncomingOlm { sender: event.sender, sender_key, message })
+    let hash = message_hash(&sender_key, info.message_type, &info.body);
+    Ok(IncomingOlm { sender: event.sender, sender_key, message, hash })
 }
 
 #[derive(Deserialize)]

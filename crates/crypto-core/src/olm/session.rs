@@ -6,7 +6,9 @@ use vodozemac::{
     olm::{DecryptionError, EncryptionError, OlmMessage, Session as OlmSession},
 };
 
-use crate::{Timestamp, store::StoredSession};
+use ruma_common::{OwnedDeviceId, OwnedUserId};
+
+use crate::{Timestamp, devices::DeviceData, store::StoredSession};
 
 /// An Olm session with the device whose curve25519 key is `sender_key`.
 pub(crate) struct Session {
@@ -15,17 +17,44 @@ pub(crate) struct Session {
     session_id: String,
     created_at: Timestamp,
     last_used_at: Timestamp,
+    owner: SessionOwner,
+}
+
+/// Who the session was made with: a session is used only for that device,
+/// never for another device (of another user) that claims the same
+/// curve25519 key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SessionOwner {
+    pub(crate) user: Option<OwnedUserId>,
+    pub(crate) device: Option<OwnedDeviceId>,
+}
+
+impl SessionOwner {
+    /// The owner of a session made with `device`.
+    pub(crate) fn of(device: &DeviceData) -> Self {
+        Self { user: Some(device.user_id().to_owned()), device: Some(device.device_id().to_owned()) }
+    }
 }
 
 impl Session {
-    pub(crate) fn new(inner: OlmSession, sender_key: Curve25519PublicKey, now: Timestamp) -> Self {
+    pub(crate) fn new(inner: OlmSession, sender_key: Curve25519PublicKey, owner: SessionOwner, now: Timestamp) -> Self {
         let session_id = inner.session_id();
-        Self { inner, sender_key, session_id, created_at: now, last_used_at: now }
+        Self { inner, sender_key, session_id, created_at: now, last_used_at: now, owner }
     }
 
     pub(crate) fn from_stored(stored: StoredSession) -> Self {
-        let StoredSession { sender_key, session_id, pickle, created_at, last_used_at } = stored;
-        Self { inner: OlmSession::from_pickle(pickle), sender_key, session_id, created_at, last_used_at }
+        let StoredSession { sender_key, session_id, pickle, created_at, last_used_at, owner_user, owner_device } =
+            stored;
+        let owner = SessionOwner { user: owner_user, device: owner_device };
+        Self { inner: OlmSession::from_pickle(pickle), sender_key, session_id, created_at, last_used_at, owner }
+    }
+
+    /// Whether this session may be used to encrypt for `device`: every
+    /// owner fact it records matches (sessions from stores that recorded
+    /// none match any device with their curve25519 key).
+    pub(crate) fn belongs_to(&self, device: &DeviceData) -> bool {
+        self.owner.user.as_deref().is_none_or(|u| u == device.user_id())
+            && self.owner.device.as_deref().is_none_or(|d| d == device.device_id())
     }
 
     pub(crate) fn to_stored(&self) -> StoredSession {
@@ -35,6 +64,8 @@ impl Session {
             pickle: self.inner.pickle(),
             created_at: self.created_at,
             last_used_at: self.last_used_at,
+            owner_user: self.owner.user.clone(),
+            owner_device: self.owner.device.clone(),
         }
     }
 

@@ -53,6 +53,14 @@ pub struct StoredSession {
     pub created_at: Timestamp,
     /// When the session last encrypted or decrypted a message.
     pub last_used_at: Timestamp,
+    /// The user of the device the session was made with (`None` in stores
+    /// written before this was recorded).
+    #[serde(default)]
+    pub owner_user: Option<OwnedUserId>,
+    /// That device, when known (an inbound session from a device we had
+    /// not learnt yet knows only the user).
+    #[serde(default)]
+    pub owner_device: Option<OwnedDeviceId>,
 }
 
 impl fmt::Debug for StoredSession {
