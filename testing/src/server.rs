@@ -247,6 +247,7 @@ impl TestServer {
                 vec![]
             }),
             next_batch_token: Some(next_batch),
+            custom_values: Vec::new(),
         }
     }
 

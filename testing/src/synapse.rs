@@ -177,6 +177,34 @@ impl TestClient {
         panic!("{}: gave up waiting for {what}", self.session.user_id);
     }
 
+    /// Reads the room's latest messages with `Room::messages` (a restarted
+    /// client resumes with an incremental sync and gets no old timeline),
+    /// adding those not seen yet to the received events.
+    pub async fn load_history(&self, room: &OwnedRoomId) {
+        let Some(handle) = self.client.get_room(room) else { return };
+        let history = handle.messages(100).await.expect("room messages");
+        let mut events = self.events.lock().expect("events");
+        for event in history {
+            let id = event.event["event_id"].clone();
+            if !events.iter().any(|e| e.room_id == *room && e.event["event_id"] == id) {
+                events.push(event);
+            }
+        }
+    }
+
+    /// Syncs and reads the room's history until `done` holds (at most ~20 s).
+    pub async fn sync_with_history_until(&self, room: &OwnedRoomId, what: &str, done: impl Fn(&Self) -> bool) {
+        for _ in 0..100 {
+            self.sync().await;
+            self.load_history(room).await;
+            if done(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{}: gave up waiting for {what}", self.session.user_id);
+    }
+
     /// The decrypted text bodies received in `room`, in order.
     pub fn texts(&self, room: &OwnedRoomId) -> Vec<String> {
         let events = self.events.lock().expect("events");

@@ -65,8 +65,9 @@ async fn restart_and_relogin(kind: StoreKind) {
     // Bob's process ends; a new one restores the session from the store.
     let restarted = bob.restart().await;
     alice.client.get_room(&room).unwrap().send_text("after the restart").await.unwrap();
+    // It resumes with an incremental sync; the old message comes from the room's history.
     restarted
-        .sync_until("old and new messages", |c| {
+        .sync_with_history_until(&room, "old and new messages", |c| {
             let texts = c.texts(&room);
             texts.contains(&"before the restart".to_owned()) && texts.contains(&"after the restart".to_owned())
         })
@@ -78,7 +79,7 @@ async fn restart_and_relogin(kind: StoreKind) {
     let relogged = TestClient::login(&name, &password, "BOB1", kind, dir).await;
     alice.client.get_room(&room).unwrap().send_text("after the new login").await.unwrap();
     relogged
-        .sync_until("everything", |c| {
+        .sync_with_history_until(&room, "everything", |c| {
             let texts = c.texts(&room);
             ["before the restart", "after the restart", "after the new login"]
                 .iter()
@@ -132,10 +133,10 @@ async fn export_import(kind: StoreKind) {
         .unwrap();
     assert_eq!(result.imported_count, count);
     assert_eq!(progress.last(), Some(&(count, count)));
-    // A new process of the fresh device reads the history from its full sync.
+    // A new process of the fresh device reads the history with the imported keys.
     let restarted = fresh.restart().await;
     restarted
-        .sync_until("the history", |c| {
+        .sync_with_history_until(&room, "the history", |c| {
             let texts = c.texts(&room);
             texts.contains(&"history".to_owned()) && texts.contains(&"more history".to_owned())
         })
@@ -269,7 +270,7 @@ async fn killed_client(kind: StoreKind) {
 
     // A new process of Bob: every message decrypts, so no room key was lost.
     let bob = TestClient::login_restore(kind, &dir, &credentials, &session).await;
-    bob.sync_until("every message", |c| sent.iter().all(|t| c.texts(&room).contains(t))).await;
+    bob.sync_with_history_until(&room, "every message", |c| sent.iter().all(|t| c.texts(&room).contains(t))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

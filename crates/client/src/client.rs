@@ -83,7 +83,7 @@ impl ClientBuilder {
                 undecrypted: Mutex::new(Vec::new()),
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
-                initial_sync_done: AtomicBool::new(false),
+                rooms_restored: AtomicBool::new(false),
             }),
         })
     }
@@ -100,7 +100,8 @@ pub(crate) struct Inner {
     pub(crate) undecrypted: Mutex<Vec<(OwnedRoomId, serde_json::Value)>>,
     pub(crate) warned_unencrypted_build: AtomicBool,
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
-    pub(crate) initial_sync_done: AtomicBool,
+    /// The room state was loaded from the store (or rebuilt by a sync).
+    pub(crate) rooms_restored: AtomicBool,
 }
 
 /// A Matrix client driving hush's crypto engine. Cheap to clone.
@@ -185,6 +186,10 @@ impl Client {
                     other => ClientError::Open(other),
                 },
             )?;
+        if let Some(rooms) = crate::persist::load_rooms(&**machine.store()).await? {
+            *lock(&self.inner.rooms) = rooms;
+            self.inner.rooms_restored.store(true, Ordering::Relaxed);
+        }
         *self.inner.machine.write().unwrap_or_else(PoisonError::into_inner) = Some(machine);
         *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
         self.send_outgoing_requests().await
@@ -237,6 +242,9 @@ impl Client {
     pub async fn join_room(&self, room_id: &RoomId) -> Result<(), ClientError> {
         let request = join_room_by_id::v3::Request::new(room_id.to_owned());
         self.http().send(request, Some(&self.access_token()?), Duration::ZERO).await?;
+        if let Some(room) = lock(&self.inner.rooms).get_mut(room_id) {
+            room.own_membership = crate::rooms::Membership::Join;
+        }
         Ok(())
     }
 

@@ -40,6 +40,17 @@ pub enum ClientError {
     #[error("the client is not logged in")]
     NotLoggedIn,
     /// The room is not known to the client (not joined, or not synced yet).
+    #[error(
+        "the encryption state of room {room_id} could not be learnt from the server ({reason}); \
+         nothing was sent, since the room may be encrypted"
+    )]
+    EncryptionStateUnknown {
+        /// The room.
+        room_id: String,
+        /// Why the server's answer was no help.
+        reason: String,
+    },
+    /// The room is not known to this client.
     #[error("unknown room {0}")]
     UnknownRoom(String),
     /// The room is encrypted but the client was built without `e2e-encryption`.

@@ -2,16 +2,21 @@
 
 use std::time::Duration;
 
-use hush_crypto_core::EncryptionSettings;
-use ruma_client_api::message::send_message_event;
+use hush_crypto_core::{Changes, EncryptionSettings};
+use js_int::UInt;
+use ruma_client_api::{
+    message::{get_message_events, send_message_event},
+    state::get_state_event_for_key,
+};
 use ruma_common::{OwnedEventId, OwnedRoomId, OwnedUserId, TransactionId, serde::Raw};
-use ruma_events::MessageLikeEventType;
+use ruma_events::{MessageLikeEventType, StateEventType};
 use serde_json::{Value, json};
 
 use crate::{
-    Client, ClientError,
+    Client, ClientError, RoomEvent,
     client::{lock, now},
-    rooms::RoomState,
+    http::HttpError,
+    rooms::{EncryptionState, RoomState},
 };
 
 /// A room the client knows.
@@ -52,8 +57,15 @@ impl Room {
     /// Sends an event. In an encrypted room: makes sure the members' devices
     /// are known, claims missing Olm sessions, shares the room key with the
     /// room's rotation settings, encrypts and sends `m.room.encrypted`.
+    /// Never sends in the clear unless the room is known to be unencrypted:
+    /// a room whose encryption state this client never saw is asked of the
+    /// server first (`m.room.encryption` state), and sending is refused if
+    /// the server's answer does not settle it.
     pub async fn send(&self, event_type: &str, content: Value) -> Result<OwnedEventId, ClientError> {
-        let state = self.state()?;
+        let mut state = self.state()?;
+        if state.encryption_state() == EncryptionState::Unknown {
+            state = self.learn_encryption_state().await?;
+        }
         let token = self.client.access_token()?;
         let (event_type, content) = match &state.encryption {
             Some(_) if !cfg!(feature = "e2e-encryption") => {
@@ -75,6 +87,77 @@ impl Room {
         );
         let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
         Ok(response.event_id)
+    }
+
+    /// The room's latest `limit` timeline events (at most 100), oldest
+    /// first, from `/messages`, decrypted where the keys are held; the rest
+    /// carry why they stayed encrypted. Handlers are not called. A client
+    /// restarted from its store resumes with an incremental sync, so this is
+    /// how it reads what arrived before the restart.
+    pub async fn messages(&self, limit: u32) -> Result<Vec<RoomEvent>, ClientError> {
+        let token = self.client.access_token()?;
+        let mut request = get_message_events::v3::Request::backward(self.room_id.clone());
+        request.limit = UInt::from(limit.min(100));
+        let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        let mut events = Vec::with_capacity(response.chunk.len());
+        for raw in response.chunk.iter().rev() {
+            let Ok(event) = raw.deserialize_as_unchecked::<Value>() else { continue };
+            let mut room_event = RoomEvent {
+                room_id: self.room_id.clone(),
+                event,
+                encryption: None,
+                unable_to_decrypt: None,
+                late_decryption: false,
+            };
+            if cfg!(feature = "e2e-encryption") && room_event.event_type() == "m.room.encrypted" {
+                match self.client.decrypt(&self.room_id, &room_event.event).await {
+                    Ok((event, info)) => {
+                        room_event.event = event;
+                        room_event.encryption = Some(info);
+                    }
+                    Err(error) => room_event.unable_to_decrypt = Some(error),
+                }
+            }
+            events.push(room_event);
+        }
+        Ok(events)
+    }
+
+    /// Asks the server for the room's `m.room.encryption` state and saves
+    /// the answer with the room's state: present means encrypted, `M_NOT_FOUND`
+    /// means unencrypted, anything else is an error and nothing is sent.
+    async fn learn_encryption_state(&self) -> Result<RoomState, ClientError> {
+        let token = self.client.access_token()?;
+        let request = get_state_event_for_key::v3::Request::new(
+            self.room_id.clone(),
+            StateEventType::RoomEncryption,
+            String::new(),
+        );
+        let answer = self.client.http().send(request, Some(&token), Duration::ZERO).await;
+        let unknown =
+            |reason: String| ClientError::EncryptionStateUnknown { room_id: self.room_id.to_string(), reason };
+        let mut state = self.state()?;
+        match answer {
+            Ok(response) => {
+                let content: Value =
+                    serde_json::from_str(response.event_or_content.get()).map_err(|e| unknown(e.to_string()))?;
+                // The endpoint answers the content; accept a whole event too.
+                let content = if content.get("content").is_some() { content["content"].clone() } else { content };
+                state.apply(&json!({"type": "m.room.encryption", "state_key": "", "content": content}));
+                if !state.is_encrypted() {
+                    return Err(unknown("the m.room.encryption state names no algorithm".into()));
+                }
+            }
+            Err(HttpError::Server { status: 404, errcode, .. }) if errcode == "M_NOT_FOUND" => {
+                state.confirmed_unencrypted = true;
+            }
+            Err(other) => return Err(unknown(other.to_string())),
+        }
+        let machine = self.client.olm_machine()?;
+        let custom_values = crate::persist::room_values([&state], None)?;
+        machine.store().save_changes(Changes { custom_values, ..Default::default() }).await?;
+        lock(&self.client.inner.rooms).insert(self.room_id.clone(), state.clone());
+        Ok(state)
     }
 
     async fn encrypt(

@@ -5,12 +5,14 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
+
 use ruma_common::{OwnedRoomId, OwnedUserId};
 use ruma_events::room::history_visibility::HistoryVisibility;
 use serde_json::Value;
 
 /// A member's state in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Membership {
     /// Joined.
     Join,
@@ -21,7 +23,7 @@ pub enum Membership {
 }
 
 /// The room's `m.room.encryption` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomEncryption {
     /// The algorithm.
     pub algorithm: String,
@@ -31,8 +33,10 @@ pub struct RoomEncryption {
     pub rotation_period_msgs: Option<u64>,
 }
 
-/// One room's state as far as the client needs it.
-#[derive(Clone, Debug)]
+/// One room's state as far as the client needs it. Persisted in the crypto
+/// store with the sync token, so a restarted client resumes with an
+/// incremental sync and knows which rooms are encrypted before it syncs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RoomState {
     /// The room id.
     pub room_id: OwnedRoomId,
@@ -44,6 +48,13 @@ pub struct RoomState {
     pub encryption: Option<RoomEncryption>,
     /// The history visibility (default `shared`).
     pub history_visibility: HistoryVisibility,
+    /// The server confirmed that the room has no `m.room.encryption` state.
+    /// Until encryption is on or this is set, the room's encryption is
+    /// unknown and nothing is sent in the clear. Never persisted: after a
+    /// restart the server is asked again, since encryption may have been
+    /// switched on while the client was not running.
+    #[serde(skip)]
+    pub confirmed_unencrypted: bool,
 }
 
 impl RoomState {
@@ -54,6 +65,7 @@ impl RoomState {
             members: BTreeMap::new(),
             encryption: None,
             history_visibility: HistoryVisibility::Shared,
+            confirmed_unencrypted: false,
         }
     }
 
@@ -80,7 +92,10 @@ impl RoomState {
                     rotation_period_msgs: content["rotation_period_msgs"].as_u64(),
                 };
                 match &self.encryption {
-                    None => self.encryption = Some(candidate),
+                    None => {
+                        self.encryption = Some(candidate);
+                        self.confirmed_unencrypted = false;
+                    }
                     // Once on, encryption stays on; a later event may only
                     // shorten the rotation limits, never switch it off or loosen it.
                     Some(current) if current.algorithm == candidate.algorithm => {
@@ -114,6 +129,20 @@ impl RoomState {
         self.encryption.is_some()
     }
 
+    /// The room's encryption as far as it is known.
+    pub fn encryption_state(&self) -> EncryptionState {
+        match (&self.encryption, self.confirmed_unencrypted) {
+            (Some(_), _) => EncryptionState::Encrypted,
+            (None, true) => EncryptionState::Unencrypted,
+            (None, false) => EncryptionState::Unknown,
+        }
+    }
+
+    /// The store key of this room's persisted state.
+    pub(crate) fn store_key(room_id: &ruma_common::RoomId) -> String {
+        format!("{ROOM_KEY_PREFIX}{room_id}")
+    }
+
     /// Members who should receive room keys: joined members, and invited ones
     /// unless history is visible to joined members only.
     pub fn key_recipients(&self) -> Vec<OwnedUserId> {
@@ -124,6 +153,22 @@ impl RoomState {
             .map(|(u, _)| u.clone())
             .collect()
     }
+}
+
+/// The custom-value name of the list of rooms whose state is persisted.
+pub(crate) const ROOM_LIST_KEY: &str = "hush.client.rooms";
+const ROOM_KEY_PREFIX: &str = "hush.client.room.";
+
+/// Whether a room's messages must be encrypted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncryptionState {
+    /// `m.room.encryption` is set: every message is encrypted.
+    Encrypted,
+    /// The server confirmed the room has no `m.room.encryption` state.
+    Unencrypted,
+    /// Not known yet (e.g. a room whose state this client never saw):
+    /// asked of the server before anything is sent.
+    Unknown,
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! rooms, then the timeline decrypted and delivered, then the engine's
 //! outgoing requests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, SyncChanges};
@@ -50,14 +50,32 @@ impl Client {
         let _one_at_a_time = self.inner.sync_lock.lock().await;
         let machine = self.olm_machine()?;
         let token = self.access_token()?;
-        // The first sync of a process is a full one: it rebuilds room state.
-        let initial = !self.inner.initial_sync_done.load(std::sync::atomic::Ordering::Relaxed);
-        let since = if initial { None } else { machine.store().load_next_batch_token().await? };
+        // Resume from the stored token: never a sync from nothing once a
+        // token exists (Synapse answers a repeated sync from a cache, and a
+        // restart's first full sync repeated the previous process's one, so
+        // the token moved back). A store without persisted room state gets
+        // its rooms back with `full_state` on top of the stored token.
+        let since = machine.store().load_next_batch_token().await?;
+        let rooms_known = self.inner.rooms_restored.load(std::sync::atomic::Ordering::Relaxed);
+        let full_state = since.is_some() && !rooms_known;
         let mut request = sync_events::v3::Request::new();
         request.since = since.clone();
-        request.timeout = (!initial).then_some(settings.timeout);
+        request.full_state = full_state;
+        let catching_up = since.is_none() || full_state;
+        request.timeout = (!catching_up).then_some(settings.timeout);
         let response = self.http().send(request, Some(&token), settings.timeout).await?;
 
+        // Room state is worked out first and saved with the crypto changes
+        // and the token, in one batch.
+        let (updated, timeline, new_rooms) = self.updated_rooms(&response.rooms);
+        let all_ids = {
+            let rooms = lock(&self.inner.rooms);
+            (new_rooms || !rooms_known)
+                .then(|| rooms.keys().chain(updated.keys()).collect::<BTreeSet<_>>().into_iter().cloned().collect())
+        };
+        let all_ids: Option<Vec<OwnedRoomId>> = all_ids;
+        let custom_values =
+            crate::persist::room_values(updated.values(), all_ids.as_ref().map(|ids| ids.iter().collect()))?;
         let changes = SyncChanges {
             to_device_events: response.to_device.events,
             device_lists: DeviceListChanges {
@@ -68,36 +86,12 @@ impl Client {
             one_time_keys_counts: response.device_one_time_keys_count,
             unused_fallback_keys: response.device_unused_fallback_key_types,
             next_batch_token: Some(response.next_batch.clone()),
+            custom_values,
         };
         let output = machine.receive_sync_changes(changes, now()).await?;
-        self.inner.initial_sync_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.inner.rooms).extend(updated);
+        self.inner.rooms_restored.store(true, std::sync::atomic::Ordering::Relaxed);
 
-        let mut timeline = Vec::new();
-        {
-            let mut rooms = lock(&self.inner.rooms);
-            for (room_id, joined) in response.rooms.join {
-                let room =
-                    rooms.entry(room_id.clone()).or_insert_with(|| RoomState::new(room_id.clone(), Membership::Join));
-                room.own_membership = Membership::Join;
-                apply_state(room, &joined.state);
-                for event in &joined.timeline.events {
-                    let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
-                    if value.get("state_key").is_some() {
-                        room.apply(&value);
-                    }
-                    timeline.push((room_id.clone(), value));
-                }
-            }
-            for (room_id, _) in response.rooms.invite {
-                rooms.entry(room_id.clone()).or_insert_with(|| RoomState::new(room_id, Membership::Invite));
-            }
-            for (room_id, left) in response.rooms.leave {
-                let room =
-                    rooms.entry(room_id.clone()).or_insert_with(|| RoomState::new(room_id.clone(), Membership::Leave));
-                room.own_membership = Membership::Leave;
-                apply_state(room, &left.state);
-            }
-        }
         // Members of encrypted rooms are tracked, so their devices are known.
         let members: BTreeSet<_> = lock(&self.inner.rooms)
             .values()
@@ -117,6 +111,63 @@ impl Client {
         }
         self.send_outgoing_requests().await?;
         Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
+    }
+
+    /// The rooms this sync changes, as updated copies (applied to the
+    /// client only after they were saved), the timeline to deliver, and
+    /// whether a room new to the client appeared.
+    fn updated_rooms(
+        &self,
+        rooms: &sync_events::v3::Rooms,
+    ) -> (BTreeMap<OwnedRoomId, RoomState>, Vec<(OwnedRoomId, Value)>, bool) {
+        let known = lock(&self.inner.rooms);
+        let mut updated: BTreeMap<OwnedRoomId, RoomState> = BTreeMap::new();
+        let mut new_rooms = false;
+        let mut copy =
+            |room_id: &OwnedRoomId, membership: Membership, updated: &mut BTreeMap<OwnedRoomId, RoomState>| {
+                if !updated.contains_key(room_id) {
+                    let room = known.get(room_id).cloned().unwrap_or_else(|| {
+                        new_rooms = true;
+                        RoomState::new(room_id.clone(), membership)
+                    });
+                    updated.insert(room_id.clone(), room);
+                }
+            };
+        let mut timeline = Vec::new();
+        for (room_id, joined) in &rooms.join {
+            copy(room_id, Membership::Join, &mut updated);
+            let Some(room) = updated.get_mut(room_id) else { continue };
+            room.own_membership = Membership::Join;
+            apply_state(room, &joined.state);
+            for event in &joined.timeline.events {
+                let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
+                if value.get("state_key").is_some() {
+                    room.apply(&value);
+                }
+                timeline.push((room_id.clone(), value));
+            }
+        }
+        for (room_id, invited) in &rooms.invite {
+            copy(room_id, Membership::Invite, &mut updated);
+            let Some(room) = updated.get_mut(room_id) else { continue };
+            // The stripped state carries `m.room.encryption`: an invited
+            // room is known to be encrypted before we join.
+            for event in &invited.invite_state.events {
+                if let Ok(value) = event.deserialize_as_unchecked::<Value>() {
+                    room.apply(&value);
+                }
+            }
+            if room.own_membership != Membership::Join {
+                room.own_membership = Membership::Invite;
+            }
+        }
+        for (room_id, left) in &rooms.leave {
+            copy(room_id, Membership::Leave, &mut updated);
+            let Some(room) = updated.get_mut(room_id) else { continue };
+            room.own_membership = Membership::Leave;
+            apply_state(room, &left.state);
+        }
+        (updated, timeline, new_rooms)
     }
 
     /// Syncs until an error that retrying cannot fix (e.g. the session was
@@ -173,7 +224,7 @@ impl Client {
         }
     }
 
-    async fn decrypt(
+    pub(crate) async fn decrypt(
         &self,
         room_id: &OwnedRoomId,
         event: &Value,

@@ -140,7 +140,7 @@ async fn the_unwedging_budget_survives_a_restart() {
 /// since-token every tracked user must be queried again.
 #[tokio::test]
 async fn a_sync_from_nothing_requeries_every_tracked_user() {
-    let mut v = Victim::new().await;
+    let v = Victim::new().await;
     assert!(!v.bob.machine.is_user_dirty(&v.mallory.user_id));
     let _new = RogueDevice::register(&v.server, &v.mallory.user_id, "MALLORY3");
     // The notification is lost with the old process.

@@ -39,6 +39,9 @@ pub struct SyncChanges {
     pub unused_fallback_keys: Option<Vec<OneTimeKeyAlgorithm>>,
     /// `next_batch`, saved with the rest so sync and crypto state agree.
     pub next_batch_token: Option<String>,
+    /// The embedder's own state to save atomically with this sync (e.g.
+    /// hush-client's room list), as [`Changes::custom_values`].
+    pub custom_values: Vec<(String, Vec<u8>)>,
 }
 
 /// Who sent an Olm-encrypted to-device event, and over which session.
@@ -118,10 +121,11 @@ impl OlmMachine {
             one_time_keys_counts,
             unused_fallback_keys,
             next_batch_token,
+            custom_values,
         } = sync;
         let mut account = self.inner.account.lock().await;
         let mut sessions = self.inner.sessions.lock().await;
-        let mut changes = Changes { next_batch_token, ..Default::default() };
+        let mut changes = Changes { next_batch_token, custom_values, ..Default::default() };
 
         self.apply_device_list_changes(&device_lists, &mut changes);
 
