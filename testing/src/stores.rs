@@ -28,7 +28,10 @@ impl Encryption {
         match self {
             Self::None => StoreOptions::default(),
             Self::RawKey => StoreOptions::key([7; 32]),
-            Self::Passphrase => StoreOptions { kdf_rounds: 1000, ..StoreOptions::passphrase("conformance") },
+            Self::Passphrase => StoreOptions {
+                kdf_rounds: hush_store_cipher::MIN_KDF_ROUNDS,
+                ..StoreOptions::passphrase("conformance")
+            },
         }
     }
 }

@@ -59,7 +59,7 @@ async fn create_with_data(backend: Backend, path: &Path, options: StoreOptions) 
 }
 
 fn quick_passphrase(passphrase: &str) -> StoreOptions {
-    StoreOptions { kdf_rounds: 1000, ..StoreOptions::passphrase(passphrase) }
+    StoreOptions { kdf_rounds: hush_store_cipher::MIN_KDF_ROUNDS, ..StoreOptions::passphrase(passphrase) }
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// A timeline event delivered to handlers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RoomEvent {
     /// The room it was sent in.
     pub room_id: OwnedRoomId,
@@ -54,4 +54,21 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     Arc::new(move |event| Box::pin(handler(event)))
+}
+
+impl std::fmt::Debug for RoomEvent {
+    /// The event's type and sender, never a decrypted event's content.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let content: &dyn std::fmt::Debug =
+            if self.encryption.is_some() { &"(decrypted content redacted)" } else { &self.event["content"] };
+        f.debug_struct("RoomEvent")
+            .field("room_id", &self.room_id)
+            .field("type", &self.event["type"])
+            .field("sender", &self.event["sender"])
+            .field("content", content)
+            .field("encryption", &self.encryption)
+            .field("unable_to_decrypt", &self.unable_to_decrypt)
+            .field("late_decryption", &self.late_decryption)
+            .finish()
+    }
 }

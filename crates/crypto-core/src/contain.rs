@@ -26,3 +26,47 @@ pub(crate) fn contain<T>(what: &'static str, work: impl FnOnce() -> T) -> Result
         format!("internal error while processing {what}: {message}")
     })
 }
+
+/// A serde error about decrypted (secret) JSON, without the input it may
+/// quote: "invalid type: string \"…\"" keeps only "invalid type". A missing
+/// field names only our own schema's field and is kept whole.
+pub(crate) fn secret_json_error(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    if message.starts_with("missing field") {
+        return message;
+    }
+    let cut = message.find([':', '`', '"']).unwrap_or(message.len());
+    format!("{} (details withheld: the input is secret)", message[..cut].trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_json_errors_do_not_quote_the_input() {
+        let error = serde_json::from_str::<u8>("\"my secret\"").unwrap_err();
+        assert!(error.to_string().contains("my secret"));
+        assert!(!secret_json_error(&error).contains("my secret"));
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        enum Kind {
+            A,
+        }
+        let error = serde_json::from_str::<Kind>("\"hunter2\"").unwrap_err();
+        assert!(!secret_json_error(&error).contains("hunter2"));
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Needs {
+            sender: String,
+        }
+        let error = serde_json::from_str::<Needs>("{}").unwrap_err();
+        assert_eq!(secret_json_error(&error), error.to_string());
+    }
+
+    #[test]
+    fn a_panic_becomes_an_error() {
+        let result: Result<(), String> = contain("a test item", || panic!("boom"));
+        assert!(result.unwrap_err().contains("boom"));
+    }
+}

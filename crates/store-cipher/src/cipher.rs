@@ -16,6 +16,14 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// PBKDF2 rounds for a new passphrase-protected store.
 pub const DEFAULT_KDF_ROUNDS: u32 = 200_000;
+/// The fewest PBKDF2 rounds a store may use (creating with fewer is an
+/// error; a stored header asking for fewer is refused as tampered with).
+pub const MIN_KDF_ROUNDS: u32 = 10_000;
+/// The most PBKDF2 rounds a store may ask for: the count is read from the
+/// file before the passphrase is checked, so an unbounded count would let a
+/// damaged or hostile file cost minutes of CPU per open (u32::MAX is about
+/// 13 minutes here); 2,000,000 is about 1 s.
+pub const MAX_KDF_ROUNDS: u32 = 2_000_000;
 const VALUE_VERSION: u8 = 1;
 const NONCE_LEN: usize = 24;
 
@@ -28,6 +36,9 @@ pub enum CipherError {
     /// A value failed authentication, or has an unknown envelope.
     #[error("a stored value is corrupt: {0}")]
     Corrupt(&'static str),
+    /// A PBKDF2 round count outside [`MIN_KDF_ROUNDS`]..=[`MAX_KDF_ROUNDS`].
+    #[error("the store asks for {0} PBKDF2 rounds (allowed: {MIN_KDF_ROUNDS} to {MAX_KDF_ROUNDS})")]
+    KdfRounds(u32),
     /// The system gave no randomness.
     #[error("no randomness available: {0}")]
     Randomness(String),
@@ -77,6 +88,9 @@ fn wrapping_key(secret: &StoreSecret, kdf: &Kdf) -> Result<Zeroizing<[u8; 32]>, 
     let mut key = Zeroizing::new([0u8; 32]);
     match (secret, kdf) {
         (StoreSecret::Passphrase(passphrase), Kdf::Pbkdf2 { rounds, salt }) => {
+            if !(MIN_KDF_ROUNDS..=MAX_KDF_ROUNDS).contains(rounds) {
+                return Err(CipherError::KdfRounds(*rounds));
+            }
             pbkdf2::pbkdf2_hmac::<Sha256>(passphrase.as_bytes(), salt, *rounds, key.as_mut_slice());
         }
         (StoreSecret::Key(raw), Kdf::RawKey) => key.copy_from_slice(raw),

@@ -87,5 +87,10 @@ pub(crate) fn cipher_error(error: CipherError) -> StoreError {
         CipherError::WrongPassphrase => StoreError::WrongPassphrase,
         CipherError::Corrupt(what) => StoreError::Corrupt(what.to_owned()),
         CipherError::Randomness(reason) => StoreError::Backend(reason),
+        CipherError::KdfRounds(rounds) => StoreError::InvalidKdfRounds {
+            rounds,
+            min: crate::cipher::MIN_KDF_ROUNDS,
+            max: crate::cipher::MAX_KDF_ROUNDS,
+        },
     }
 }

@@ -24,6 +24,9 @@ mod codec;
 mod kv;
 mod store;
 
-pub use cipher::{CipherError, DEFAULT_KDF_ROUNDS, KeyHasher, StoreCipher, StoreSecret, WrappedStoreKey};
+pub use cipher::{
+    CipherError, DEFAULT_KDF_ROUNDS, KeyHasher, MAX_KDF_ROUNDS, MIN_KDF_ROUNDS, StoreCipher, StoreSecret,
+    WrappedStoreKey,
+};
 pub use kv::{Entries, KvBackend, KvEngine, Table, WriteOp, guard_engine};
 pub use store::{KvCryptoStore, SCHEMA_VERSION, StoreOptions};

@@ -81,8 +81,37 @@ pub struct KvCryptoStore<B> {
 impl<B: KvBackend> KvCryptoStore<B> {
     /// Opens (or initializes) the store of `user_id` / `device_id` on `backend`.
     pub fn open(backend: B, user_id: &UserId, device_id: &DeviceId, options: StoreOptions) -> Result<Self, StoreError> {
+        if backend.get(Table::Meta, META_VERSION)?.is_none() {
+            return Self::create(backend, user_id, device_id, options);
+        }
+        let (store, version) = Self::check(backend, user_id, device_id, &options)?;
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    /// Runs every check of [`open`](Self::open) on an existing store and
+    /// writes nothing (no creation, no migration): for a backend opened
+    /// read-only, so that a refused open leaves the files untouched.
+    pub fn open_checked(
+        backend: B,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        options: &StoreOptions,
+    ) -> Result<Self, StoreError> {
+        if backend.get(Table::Meta, META_VERSION)?.is_none() {
+            return Err(StoreError::Corrupt("the store has no schema version".into()));
+        }
+        Ok(Self::check(backend, user_id, device_id, options)?.0)
+    }
+
+    fn check(
+        backend: B,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        options: &StoreOptions,
+    ) -> Result<(Self, u32), StoreError> {
         let version = match backend.get(Table::Meta, META_VERSION)? {
-            None => return Self::create(backend, user_id, device_id, options),
+            None => return Err(StoreError::Corrupt("the store has no schema version".into())),
             Some(bytes) => {
                 let bytes: [u8; 4] =
                     bytes.try_into().map_err(|_| StoreError::Corrupt("schema version is not 4 bytes".into()))?;
@@ -108,8 +137,7 @@ impl<B: KvBackend> KvCryptoStore<B> {
         };
         let store = Self { backend, codec };
         store.check_owner(user_id, device_id)?;
-        store.migrate(version)?;
-        Ok(store)
+        Ok((store, version))
     }
 
     fn create(backend: B, user_id: &UserId, device_id: &DeviceId, options: StoreOptions) -> Result<Self, StoreError> {

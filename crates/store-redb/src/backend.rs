@@ -20,7 +20,23 @@ fn backend_error(error: impl std::fmt::Display) -> StoreError {
 
 /// A redb database holding one crypto store.
 pub struct RedbBackend {
-    db: Database,
+    db: Handle,
+}
+
+/// Read-write, or read-only for checking a store before anything may write.
+enum Handle {
+    ReadWrite(Database),
+    ReadOnly(redb::ReadOnlyDatabase),
+}
+
+impl Handle {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        match self {
+            Self::ReadWrite(db) => db.begin_read(),
+            Self::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(backend_error)
+    }
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -45,14 +61,30 @@ impl RedbBackend {
             } else {
                 Database::create(path).map_err(backend_error)?
             };
-            Ok(Self { db })
+            Ok(Self { db: Handle::ReadWrite(db) })
+        })
+    }
+
+    /// Opens an existing database file without the right to write: used to
+    /// check a store (passphrase, owner, schema) so that a refused open
+    /// leaves the file byte-identical.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        guard_engine("open", || {
+            let db = redb::ReadOnlyDatabase::open(path).map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+                    "{} is already open in another client or process; close it first",
+                    path.display()
+                )),
+                other => StoreError::Corrupt(format!("{}: {other}", path.display())),
+            })?;
+            Ok(Self { db: Handle::ReadOnly(db) })
         })
     }
 }
 
 impl KvEngine for RedbBackend {
     fn engine_get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend_error)?;
+        let txn = self.db.begin_read()?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -68,7 +100,7 @@ impl KvEngine for RedbBackend {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let txn = self.db.begin_read().map_err(backend_error)?;
+        let txn = self.db.begin_read()?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -97,7 +129,7 @@ impl KvEngine for RedbBackend {
     }
 
     fn engine_count(&self, table: Table) -> Result<usize, StoreError> {
-        let txn = self.db.begin_read().map_err(backend_error)?;
+        let txn = self.db.begin_read()?;
         match txn.open_table(definition(table)) {
             Ok(handle) => Ok(usize::try_from(handle.len().map_err(backend_error)?).unwrap_or(usize::MAX)),
             Err(TableError::TableDoesNotExist(_)) => Ok(0),
@@ -106,7 +138,10 @@ impl KvEngine for RedbBackend {
     }
 
     fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend_error)?;
+        let Handle::ReadWrite(db) = &self.db else {
+            return Err(StoreError::Backend("the store was opened read-only".into()));
+        };
+        let txn = db.begin_write().map_err(backend_error)?;
         {
             // Consecutive ops on one table share its handle.
             let mut open: Option<(Table, BytesTable<'_>)> = None;

@@ -55,5 +55,13 @@ pub fn open(
     device_id: &DeviceId,
     options: StoreOptions,
 ) -> Result<RedbStore, StoreError> {
-    KvCryptoStore::open(RedbBackend::open(path.as_ref())?, user_id, device_id, options)
+    let path = path.as_ref();
+    if path.exists() {
+        // Checked read-only first: an open refused for a wrong or missing
+        // passphrase, another device's store or a newer schema writes
+        // nothing (a redb database opened for writing rewrites its header).
+        let checked = KvCryptoStore::open_checked(RedbBackend::open_read_only(path)?, user_id, device_id, &options)?;
+        drop(checked);
+    }
+    KvCryptoStore::open(RedbBackend::open(path)?, user_id, device_id, options)
 }

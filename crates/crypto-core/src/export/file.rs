@@ -34,7 +34,7 @@ const MAC_LEN: usize = 32;
 const LINE_BYTES: usize = 72;
 /// Files asking for more PBKDF2 rounds than this are refused: a hostile file
 /// must not make the importer spin for hours.
-pub const MAX_ROUNDS: u32 = 10_000_000;
+pub const MAX_ROUNDS: u32 = 1_000_000;
 
 /// Base64 that writes padding and reads it with or without.
 const BASE64: GeneralPurpose = GeneralPurpose::new(

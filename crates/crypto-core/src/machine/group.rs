@@ -53,13 +53,22 @@ pub struct MegolmDecryptionInfo {
 }
 
 /// A decrypted room event: the original event with the plaintext's type and
-/// content in place of the ciphertext.
-#[derive(Clone, Debug)]
+/// content in place of the ciphertext. `Debug` omits the decrypted event.
+#[derive(Clone)]
 pub struct DecryptedRoomEvent {
     /// The decrypted event (`room_id` included).
     pub event: Raw<AnyTimelineEvent>,
     /// Who sent it.
     pub info: MegolmDecryptionInfo,
+}
+
+impl std::fmt::Debug for DecryptedRoomEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptedRoomEvent")
+            .field("event", &"(decrypted content redacted)")
+            .field("info", &self.info)
+            .finish()
+    }
 }
 
 /// The plaintext of a Megolm message, serialized without building a `Value`.

@@ -346,8 +346,8 @@ fn open(session: &mut InboundGroupSession, parsed: Parsed, room_id: &RoomId) -> 
     {
         return Err(MegolmError::SenderMismatch { event_sender: incoming.sender, key_owner: owner.clone() });
     }
-    let plaintext: RoomPlaintext =
-        serde_json::from_slice(&decrypted.plaintext).map_err(|e| MegolmError::Malformed(format!("payload: {e}")))?;
+    let plaintext: RoomPlaintext = serde_json::from_slice(&decrypted.plaintext)
+        .map_err(|e| MegolmError::Malformed(format!("payload: {}", crate::contain::secret_json_error(&e))))?;
     if plaintext.room_id != room_id.as_str() {
         return Err(MegolmError::RoomMismatch { expected: room_id.to_owned(), found: plaintext.room_id });
     }

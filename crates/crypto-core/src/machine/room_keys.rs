@@ -35,12 +35,12 @@ pub(super) struct PreparedRoomKey {
 /// Checks an `m.room_key` content that arrived over Olm and builds the
 /// inbound session. Pure CPU work, so it runs on the decryption workers.
 pub(super) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Result<Box<PreparedRoomKey>, String> {
-    let content: RoomKeyContent =
-        RoomKeyContent::deserialize(content).map_err(|e| format!("malformed m.room_key: {e}"))?;
+    let content: RoomKeyContent = RoomKeyContent::deserialize(content)
+        .map_err(|e| format!("malformed m.room_key: {}", crate::contain::secret_json_error(&e)))?;
     if content.algorithm != MEGOLM_ALGORITHM {
         return Err(format!("unsupported room key algorithm {}", content.algorithm));
     }
-    let key = SessionKey::from_base64(&content.session_key).map_err(|e| format!("invalid session key: {e}"))?;
+    let key = SessionKey::from_base64(&content.session_key).map_err(|_| "invalid session key".to_owned())?;
     let origin = Origin {
         sender_key: info.sender_curve25519_key,
         sender_ed25519: Some(info.sender_ed25519_key),

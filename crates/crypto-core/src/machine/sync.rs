@@ -61,8 +61,9 @@ pub struct OlmDecryptionInfo {
     pub event_type: String,
 }
 
-/// What became of one to-device event.
-#[derive(Clone, Debug)]
+/// What became of one to-device event. `Debug` shows a decrypted event's
+/// type and sender, never its content (decrypted payloads are secret).
+#[derive(Clone)]
 pub enum ToDeviceOutcome {
     /// An Olm-encrypted event, decrypted and checked: `{sender, type, content}`.
     Decrypted {
@@ -218,4 +219,43 @@ impl OlmMachine {
 fn room_key_session_id(event: &Raw<AnyToDeviceEvent>) -> String {
     let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
     value["content"]["session_id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `type` and `sender` of an event, for `Debug` without its content.
+pub(crate) fn event_summary(event: &Raw<AnyToDeviceEvent>) -> String {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        event_type: Option<String>,
+        sender: Option<String>,
+    }
+    match event.deserialize_as_unchecked::<Head>() {
+        Ok(head) => format!(
+            "{} from {} (content redacted)",
+            head.event_type.as_deref().unwrap_or("?"),
+            head.sender.as_deref().unwrap_or("?")
+        ),
+        Err(_) => "(unreadable event, redacted)".to_owned(),
+    }
+}
+
+impl std::fmt::Debug for ToDeviceOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Decrypted { event, info } => {
+                f.debug_struct("Decrypted").field("event", &event_summary(event)).field("info", info).finish()
+            }
+            Self::PayloadRejected { event, info, error } => f
+                .debug_struct("PayloadRejected")
+                .field("event", &event_summary(event))
+                .field("info", info)
+                .field("error", error)
+                .finish(),
+            // Sent in the clear, or still encrypted: nothing secret to hide.
+            Self::PlainText(event) => f.debug_tuple("PlainText").field(event).finish(),
+            Self::Failed { event, error } => {
+                f.debug_struct("Failed").field("event", event).field("error", error).finish()
+            }
+        }
+    }
 }

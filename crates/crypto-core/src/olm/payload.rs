@@ -197,8 +197,8 @@ pub(crate) fn check_plaintext(
     own: &OwnIdentity,
     known_sender_device: Option<&DeviceData>,
 ) -> Result<CheckedPlaintext, OlmError> {
-    let raw: RawPlaintext =
-        serde_json::from_slice(plaintext).map_err(|e| OlmError::Malformed(format!("plaintext: {e}")))?;
+    let raw: RawPlaintext = serde_json::from_slice(plaintext)
+        .map_err(|e| OlmError::Malformed(format!("plaintext: {}", crate::contain::secret_json_error(&e))))?;
     if raw.sender != event_sender {
         return Err(OlmError::SenderMismatch { event_sender: event_sender.to_owned(), plaintext_sender: raw.sender });
     }

@@ -42,6 +42,17 @@ pub enum StoreError {
         /// The device it was opened for.
         device_id: String,
     },
+    /// A PBKDF2 round count outside the documented bounds: refused when a
+    /// store is created with it, or when a store's header asks for it.
+    #[error("the store's PBKDF2 round count {rounds} is outside {min}..={max}")]
+    InvalidKdfRounds {
+        /// The count asked for.
+        rounds: u32,
+        /// The least allowed.
+        min: u32,
+        /// The most allowed.
+        max: u32,
+    },
     /// The store was written by a newer version of hush.
     #[error("store schema version {found} is newer than the supported version {supported}")]
     UnsupportedSchema {
