@@ -8,7 +8,7 @@ use hush_crypto_core::{
     Changes, CryptoStore, EncryptionSettings, KeySource, Timestamp, WithheldCode,
     devices::DeviceData,
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
-    store::{MessageIndexRecord, StoredAccount, StoredSession, TrackedUser},
+    store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
 };
 use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, UserId, owned_device_id, owned_user_id};
 use serde_json::Value;
@@ -325,6 +325,43 @@ pub async fn a_batch_is_applied_whole<F: StoreFactory>(factory: &mut F) {
     assert!(Changes::default().is_empty());
 }
 
+/// Devices are found by their curve25519 key too, across users; Olm
+/// message hashes and named custom values read back as saved.
+pub async fn device_index_hashes_and_custom_values<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let (alice, eve) = (owned_user_id!("@alice:example.org"), owned_user_id!("@eve:example.org"));
+    let a1 = device_fixture(&alice, "A1");
+    let e1 = device_fixture(&eve, "E1");
+    let hash = OlmMessageHash { sender_key: "key".into(), hash: "h1".into() };
+    let changes = Changes {
+        devices: vec![a1.clone(), e1.clone()],
+        olm_message_hashes: vec![hash.clone()],
+        custom_values: vec![("one".into(), b"first".to_vec()), ("two".into(), b"2".to_vec())],
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    let later = Changes { custom_values: vec![("one".into(), b"second".to_vec())], ..Default::default() };
+    store.save_changes(later).await.unwrap();
+    check_index(&store, &a1, &e1, &hash).await;
+    drop(store);
+    if let Some(store) = factory.reopen() {
+        check_index(&store, &a1, &e1, &hash).await;
+    }
+}
+
+async fn check_index<S: CryptoStore>(store: &S, a1: &DeviceData, e1: &DeviceData, hash: &OlmMessageHash) {
+    let found = store.get_devices_by_curve25519(&a1.curve25519_key()).await.unwrap();
+    assert_eq!(found, vec![a1.clone()]);
+    assert_eq!(store.get_devices_by_curve25519(&e1.curve25519_key()).await.unwrap(), vec![e1.clone()]);
+    assert!(store.get_devices_by_curve25519(&Curve25519PublicKey::from_bytes([3; 32])).await.unwrap().is_empty());
+    assert!(store.is_olm_message_known(hash).await.unwrap());
+    let other = OlmMessageHash { sender_key: "key".into(), hash: "h2".into() };
+    assert!(!store.is_olm_message_known(&other).await.unwrap());
+    assert_eq!(store.get_custom_value("one").await.unwrap().as_deref(), Some(&b"second"[..]));
+    assert_eq!(store.get_custom_value("two").await.unwrap().as_deref(), Some(&b"2"[..]));
+    assert_eq!(store.get_custom_value("three").await.unwrap(), None);
+}
+
 /// Runs the whole suite against one factory.
 pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     account_round_trip(factory).await;
@@ -334,6 +371,7 @@ pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     inbound_group_sessions_and_pages(factory).await;
     outbound_withheld_indices_and_token(factory).await;
     a_batch_is_applied_whole(factory).await;
+    device_index_hashes_and_custom_values(factory).await;
 }
 
 /// The user and device every conformance store belongs to.

@@ -173,3 +173,43 @@ async fn redelivered_to_device_messages_are_dropped() {
         "a redelivery made Bob claim a new session"
     );
 }
+
+/// Attack (1): Mallory uploads device keys whose ed25519 key is 33 bytes
+/// (44 unpadded base64 characters: the length that made vodozemac 0.11
+/// panic). This records what Synapse does with such an upload, and checks
+/// that Alice, who tracks Mallory, processes the keys-query answer without
+/// panicking and without accepting the device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn synapse_serves_a_33_byte_device_key_and_hush_refuses_it() {
+    use ruma_client_api::{keys::upload_keys, session::login};
+    let alice = TestClient::new_user("alice", "ALICE1", StoreKind::Redb).await;
+    let name = hush_testing::synapse::unique_name("mallory");
+    hush_testing::synapse::register(&name, "password").await.unwrap();
+    let identifier =
+        ruma_client_api::uiaa::UserIdentifier::Matrix(ruma_client_api::uiaa::MatrixUserIdentifier::new(name.clone()));
+    let password = login::v3::Password::new(identifier, "password".into());
+    let mut request = login::v3::Request::new(login::v3::LoginInfo::Password(password));
+    request.device_id = Some("MALLORY".into());
+    let session = http().send(request, None, Duration::ZERO).await.expect("login");
+
+    let account = vodozemac::olm::Account::new();
+    let bad_key = vodozemac::base64_encode([7u8; 33]);
+    let keys = json!({
+        "user_id": session.user_id, "device_id": "MALLORY",
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {"ed25519:MALLORY": bad_key, "curve25519:MALLORY": account.curve25519_key().to_base64()},
+        "signatures": {session.user_id.as_str(): {"ed25519:MALLORY": account.sign("x").to_base64()}},
+    });
+    let mut upload = upload_keys::v3::Request::new();
+    upload.device_keys = Some(Raw::new(&keys).unwrap().cast_unchecked());
+    let uploaded = http().send(upload, Some(&session.access_token), Duration::ZERO).await;
+    // Synapse 1.163.2 checks neither key lengths nor signatures here.
+    assert!(uploaded.is_ok(), "Synapse refused the upload: {uploaded:?}");
+
+    let machine = alice.client.olm_machine().unwrap();
+    machine.update_tracked_users([session.user_id.as_ref()]).await.unwrap();
+    alice.client.send_outgoing_requests().await.expect("the keys query answer is processed");
+    assert!(!machine.is_user_dirty(&session.user_id), "the answer was not applied");
+    assert!(machine.get_device(&session.user_id, "MALLORY".into()).await.unwrap().is_none(), "the device was accepted");
+}

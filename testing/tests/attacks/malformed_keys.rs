@@ -158,3 +158,62 @@ async fn random_keys_of_every_length_in_outer_fields_never_panic() {
         assert!(v.bob.decrypt_text(&room, &event).await.is_err());
     }
 }
+
+/// Property: random base64 of every length 0–100 as a device's ed25519 or
+/// curve25519 key in a keys-query answer, as a claimed one-time key, and as
+/// a key file's `sender_key` or claimed ed25519 key: the item is refused
+/// with a typed error, the answer or file is still processed, nothing panics.
+#[tokio::test]
+async fn random_keys_of_every_length_in_server_answers_and_files_never_panic() {
+    let mut v = Victim::new().await;
+    let mut seed = 30;
+    let known = v.bob.machine.get_device(&v.mallory.user_id, &v.mallory.device_id).await.unwrap().unwrap();
+    let victim_of_claims = hush_testing::RogueDevice::register(&v.server, &v.mallory.user_id, "CLAIMED");
+    v.bob.sync().await;
+    let (mut outbound, room) = (vodozemac::megolm::GroupSession::new(Default::default()), owned_room_id!("!r:e.org"));
+    outbound.encrypt("x");
+    let inbound = vodozemac::megolm::InboundGroupSession::new(&outbound.session_key(), Default::default());
+    for len in 0..=100 {
+        let key = vodozemac::base64_encode(bytes(&mut seed, len));
+        for which in ["ed25519", "curve25519"] {
+            let mut keys = v.mallory.device_keys_for(&v.mallory.user_id);
+            keys["keys"][format!("{which}:{}", v.mallory.device_id)] = json!(key);
+            keys.as_object_mut().unwrap().remove("signatures");
+            v.server.overwrite_device_keys(&v.mallory.user_id, &v.mallory.device_id, v.mallory.sign(keys));
+            v.bob.sync().await;
+            assert!(!v.bob.machine.is_user_dirty(&v.mallory.user_id), "the answer was not processed");
+            let after = v.bob.machine.get_device(&v.mallory.user_id, &v.mallory.device_id).await.unwrap().unwrap();
+            assert_eq!(after.curve25519_key(), known.curve25519_key());
+        }
+
+        let signed = victim_of_claims.sign(json!({"key": key}));
+        let id: ruma_common::OwnedOneTimeKeyId = format!("signed_curve25519:K{len}").try_into().unwrap();
+        v.server.replace_one_time_keys(&v.mallory.user_id, &victim_of_claims.device_id, [(id, signed)].into());
+        let claim = v.bob.machine.get_missing_sessions([v.mallory.user_id.as_ref()], v.clock.now()).await.unwrap();
+        if let Some(claim) = claim {
+            v.bob.send(&claim).await;
+        }
+        v.clock.advance(std::time::Duration::from_secs(3600));
+
+        for field in ["sender_key", "ed25519"] {
+            let mut exported = ExportedRoomKey {
+                algorithm: "m.megolm.v1.aes-sha2".into(),
+                room_id: room.clone(),
+                sender_key: v.mallory.curve25519_key().to_base64(),
+                session_id: inbound.session_id(),
+                session_key: inbound.export_at_first_known_index().to_base64(),
+                sender_claimed_keys: Default::default(),
+                forwarding_curve25519_key_chain: vec![],
+                shared_history: false,
+            };
+            match field {
+                "sender_key" => exported.sender_key = key.clone(),
+                _ => {
+                    exported.sender_claimed_keys.insert("ed25519".into(), key.clone());
+                }
+            }
+            let result = v.bob.machine.import_room_keys(vec![exported], |_, _| {}).await.unwrap();
+            assert_eq!(result.total_count, 1);
+        }
+    }
+}

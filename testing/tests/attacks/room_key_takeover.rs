@@ -64,3 +64,23 @@ async fn a_co_member_cannot_take_over_anothers_room_key() {
         "Mallory's re-post of Alice's ciphertext decrypted: {result:?}"
     );
 }
+
+/// Attack (2, files): a key file carries a session id Bob holds from Alice
+/// over Olm, but claims Mallory's device keys. It is a different key: not
+/// imported, and counted as a conflict.
+#[tokio::test]
+async fn a_key_file_cannot_take_over_a_room_key_either() {
+    let mut v = Victim::new().await;
+    let room = owned_room_id!("!room:example.org");
+    let alice = TestDevice::new(&v.server, &v.clock, user_id!("@alice:example.org"), "ALICE1").await;
+    alice.share_room_key(&room, &[&v.bob.user_id], &EncryptionSettings::default()).await;
+    v.bob.sync().await;
+    let mut keys = alice.machine.export_room_keys(|_| true).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    keys[0].sender_key = v.mallory.curve25519_key().to_base64();
+    keys[0].sender_claimed_keys.insert("ed25519".into(), v.mallory.ed25519_key().to_base64());
+    let result = v.bob.machine.import_room_keys(keys, |_, _| {}).await.unwrap();
+    assert_eq!((result.imported_count, result.conflicting_count), (0, 1));
+    let message = alice.encrypt_text(&room, "still alice's").await;
+    assert_eq!(v.bob.decrypt_text(&room, &message).await.unwrap(), "still alice's");
+}
