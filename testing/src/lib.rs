@@ -17,8 +17,10 @@ mod rogue;
 mod server;
 pub mod stores;
 pub mod synapse;
+mod victim;
 
 pub use clock::VirtualClock;
 pub use device::{TestDevice, decrypted};
 pub use rogue::RogueDevice;
 pub use server::{ServerError, TestServer};
+pub use victim::Victim;

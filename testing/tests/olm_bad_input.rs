@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use hush_crypto_core::{OlmError, ToDeviceOutcome};
-use hush_testing::{RogueDevice, TestDevice, TestServer, VirtualClock, decrypted};
+use hush_testing::{RogueDevice, TestDevice, TestServer, Victim, VirtualClock, decrypted};
 use ruma_common::user_id;
 use serde_json::{Value, json};
 
@@ -16,16 +16,7 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let server = Arc::new(TestServer::new());
-    let clock = VirtualClock::default();
-    let mut bob = TestDevice::new(&server, &clock, user_id!("@bob:example.org"), "BOB1").await;
-    let mut mallory = RogueDevice::register(&server, user_id!("@mallory:example.org"), "MALLORY");
-    bob.machine.update_tracked_users([mallory.user_id.as_ref()]).await.unwrap();
-    bob.sync().await;
-    mallory.open_session(&server, &bob.user_id, &bob.device_id);
-    // Bob replaces the claimed one-time key now, so later state comparisons
-    // see only what the events under test change.
-    bob.sync().await;
+    let Victim { server, bob, mallory, .. } = Victim::new().await;
     Setup { server, bob, mallory }
 }
 

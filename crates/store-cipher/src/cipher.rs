@@ -243,7 +243,7 @@ mod tests {
     fn wrapping_needs_the_right_secret() {
         let cipher = StoreCipher::new().unwrap();
         let passphrase = StoreSecret::Passphrase("hunter2".into());
-        let wrapped = cipher.wrap(&passphrase, 1000).unwrap();
+        let wrapped = cipher.wrap(&passphrase, MIN_KDF_ROUNDS).unwrap();
         let reopened = StoreCipher::unwrap(&wrapped, &passphrase).unwrap();
         assert_eq!(reopened.key, cipher.key);
         assert_eq!(

@@ -67,17 +67,18 @@ impl RedbBackend {
 
     /// Opens an existing database file without the right to write: used to
     /// check a store (passphrase, owner, schema) so that a refused open
-    /// leaves the file byte-identical.
-    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
-        guard_engine("open", || {
-            let db = redb::ReadOnlyDatabase::open(path).map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                    "{} is already open in another client or process; close it first",
-                    path.display()
-                )),
-                other => StoreError::Corrupt(format!("{}: {other}", path.display())),
-            })?;
-            Ok(Self { db: Handle::ReadOnly(db) })
+    /// leaves the file byte-identical. `None` if the file needs a repair
+    /// first (a process was killed while writing), which only a read-write
+    /// open can do.
+    pub fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
+        guard_engine("open", || match redb::ReadOnlyDatabase::open(path) {
+            Ok(db) => Ok(Some(Self { db: Handle::ReadOnly(db) })),
+            Err(redb::DatabaseError::RepairAborted) => Ok(None),
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Backend(format!(
+                "{} is already open in another client or process; close it first",
+                path.display()
+            ))),
+            Err(other) => Err(StoreError::Corrupt(format!("{}: {other}", path.display()))),
         })
     }
 }

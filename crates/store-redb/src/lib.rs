@@ -56,12 +56,14 @@ pub fn open(
     options: StoreOptions,
 ) -> Result<RedbStore, StoreError> {
     let path = path.as_ref();
-    if path.exists() {
-        // Checked read-only first: an open refused for a wrong or missing
-        // passphrase, another device's store or a newer schema writes
-        // nothing (a redb database opened for writing rewrites its header).
-        let checked = KvCryptoStore::open_checked(RedbBackend::open_read_only(path)?, user_id, device_id, &options)?;
-        drop(checked);
+    // Checked read-only first: an open refused for a wrong or missing
+    // passphrase, another device's store or a newer schema writes nothing
+    // (a redb database opened for writing rewrites its header). A file a
+    // crash left needing repair is repaired by the read-write open below.
+    if path.exists()
+        && let Some(read_only) = RedbBackend::open_read_only(path)?
+    {
+        drop(KvCryptoStore::open_checked(read_only, user_id, device_id, &options)?);
     }
     KvCryptoStore::open(RedbBackend::open(path)?, user_id, device_id, options)
 }
