@@ -240,3 +240,28 @@ async fn a_sled_snapshot_left_unfinished_by_a_crash_is_recovered() {
     let store = hush_store_sled::open(&path, &user, &device, StoreOptions::key([2; 32])).unwrap();
     assert_eq!(store.load_tracked_users().await.unwrap().len(), 1, "the data survived");
 }
+
+/// A version-1 store (written before the device index existed) is migrated
+/// on open: its known devices are found by their curve25519 key.
+#[tokio::test]
+async fn a_version_1_store_gets_its_device_index() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("v1.redb");
+    let (user, device_id) = owner();
+    let device = device_fixture(&owned_user_id!("@alice:example.org"), "A1");
+    let store = hush_store_redb::open(&path, &user, &device_id, StoreOptions::key([5; 32])).unwrap();
+    store.save_changes(Changes { devices: vec![device.clone()], ..Default::default() }).await.unwrap();
+    // Back to what version 1 wrote: no index, version 1.
+    let index = store.backend().scan(Table::DevicesByCurve, &[], None, usize::MAX).unwrap();
+    assert_eq!(index.len(), 1);
+    let mut ops: Vec<WriteOp> = index.into_iter().map(|(key, _)| WriteOp::Delete(Table::DevicesByCurve, key)).collect();
+    ops.push(WriteOp::Put(Table::Meta, b"schema_version".to_vec(), 1u32.to_be_bytes().to_vec()));
+    store.backend().write(ops).unwrap();
+    assert!(store.get_devices_by_curve25519(&device.curve25519_key()).await.unwrap().is_empty());
+    drop(store);
+
+    let store = hush_store_redb::open(&path, &user, &device_id, StoreOptions::key([5; 32])).unwrap();
+    assert_eq!(store.get_devices_by_curve25519(&device.curve25519_key()).await.unwrap(), vec![device]);
+    let version = store.backend().get(Table::Meta, b"schema_version").unwrap().unwrap();
+    assert_eq!(version, hush_store_cipher::SCHEMA_VERSION.to_be_bytes().to_vec());
+}

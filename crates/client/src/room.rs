@@ -136,28 +136,41 @@ impl Room {
         let answer = self.client.http().send(request, Some(&token), Duration::ZERO).await;
         let unknown =
             |reason: String| ClientError::EncryptionStateUnknown { room_id: self.room_id.to_string(), reason };
-        let mut state = self.state()?;
+        // The answer is merged into the room's current state under the lock:
+        // a sync that switched encryption on meanwhile is never undone.
         match answer {
             Ok(response) => {
                 let content: Value =
                     serde_json::from_str(response.event_or_content.get()).map_err(|e| unknown(e.to_string()))?;
                 // The endpoint answers the content; accept a whole event too.
                 let content = if content.get("content").is_some() { content["content"].clone() } else { content };
-                state.apply(&json!({"type": "m.room.encryption", "state_key": "", "content": content}));
+                let event = json!({"type": "m.room.encryption", "state_key": "", "content": content});
+                let state = {
+                    let mut rooms = lock(&self.client.inner.rooms);
+                    let room = rooms.get_mut(&self.room_id).ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))?;
+                    room.apply(&event);
+                    room.clone()
+                };
                 if !state.is_encrypted() {
                     return Err(unknown("the m.room.encryption state names no algorithm".into()));
                 }
+                let machine = self.client.olm_machine()?;
+                let custom_values = crate::persist::room_values([&state], None)?;
+                machine.store().save_changes(Changes { custom_values, ..Default::default() }).await?;
+                Ok(state)
             }
             Err(HttpError::Server { status: 404, errcode, .. }) if errcode == "M_NOT_FOUND" => {
-                state.confirmed_unencrypted = true;
+                // Kept in memory only (never persisted), and only if nothing
+                // switched encryption on in the meantime.
+                let mut rooms = lock(&self.client.inner.rooms);
+                let room = rooms.get_mut(&self.room_id).ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))?;
+                if room.encryption.is_none() {
+                    room.confirmed_unencrypted = true;
+                }
+                Ok(room.clone())
             }
-            Err(other) => return Err(unknown(other.to_string())),
+            Err(other) => Err(unknown(other.to_string())),
         }
-        let machine = self.client.olm_machine()?;
-        let custom_values = crate::persist::room_values([&state], None)?;
-        machine.store().save_changes(Changes { custom_values, ..Default::default() }).await?;
-        lock(&self.client.inner.rooms).insert(self.room_id.clone(), state.clone());
-        Ok(state)
     }
 
     async fn encrypt(

@@ -16,8 +16,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 /// PBKDF2 rounds for a new passphrase-protected store.
 pub const DEFAULT_KDF_ROUNDS: u32 = 200_000;
-/// The fewest PBKDF2 rounds a store may use (creating with fewer is an
-/// error; a stored header asking for fewer is refused as tampered with).
+/// The fewest PBKDF2 rounds a new store may use (creating with fewer is an
+/// error; stores created before this minimum existed still open).
 pub const MIN_KDF_ROUNDS: u32 = 10_000;
 /// The most PBKDF2 rounds a store may ask for: the count is read from the
 /// file before the passphrase is checked, so an unbounded count would let a
@@ -88,7 +88,10 @@ fn wrapping_key(secret: &StoreSecret, kdf: &Kdf) -> Result<Zeroizing<[u8; 32]>, 
     let mut key = Zeroizing::new([0u8; 32]);
     match (secret, kdf) {
         (StoreSecret::Passphrase(passphrase), Kdf::Pbkdf2 { rounds, salt }) => {
-            if !(MIN_KDF_ROUNDS..=MAX_KDF_ROUNDS).contains(rounds) {
+            // The minimum is enforced when a store is created (`wrap`); a
+            // stored count is only bounded above, so stores made before the
+            // minimum existed still open.
+            if *rounds == 0 || *rounds > MAX_KDF_ROUNDS {
                 return Err(CipherError::KdfRounds(*rounds));
             }
             pbkdf2::pbkdf2_hmac::<Sha256>(passphrase.as_bytes(), salt, *rounds, key.as_mut_slice());
@@ -188,6 +191,9 @@ impl StoreCipher {
     /// Encrypts the store key under `secret` (PBKDF2 with `rounds` for a passphrase).
     pub fn wrap(&self, secret: &StoreSecret, rounds: u32) -> Result<WrappedStoreKey, CipherError> {
         let kdf = match secret {
+            StoreSecret::Passphrase(_) if !(MIN_KDF_ROUNDS..=MAX_KDF_ROUNDS).contains(&rounds) => {
+                return Err(CipherError::KdfRounds(rounds));
+            }
             StoreSecret::Passphrase(_) => Kdf::Pbkdf2 { rounds, salt: random()? },
             StoreSecret::Key(_) => Kdf::RawKey,
         };

@@ -25,13 +25,38 @@ use crate::{
 };
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A migration from version `n` to `n + 1` is `MIGRATIONS[n - 1]`: it reads
 /// what it needs and returns the writes, applied in one batch together with
 /// the new version number.
 type Migration = fn(&Codec, &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError>;
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] = [];
+const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] = [index_devices_by_curve25519];
+
+/// Version 2 added the index of devices by curve25519 key (through it a
+/// room key from a file is tied to the device that made it, and a device
+/// claiming another's key is found): built from the devices already stored.
+fn index_devices_by_curve25519(codec: &Codec, backend: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
+    const PAGE: usize = 1000;
+    let mut ops = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = backend.scan(Table::Devices, &[], after.as_deref(), PAGE)?;
+        for (key, bytes) in &page {
+            let device: DeviceData = codec.open(Table::Devices, key, bytes)?;
+            let curve = device.curve25519_key().to_base64();
+            let parts: [&[u8]; 3] = [curve.as_bytes(), device.user_id().as_bytes(), device.device_id().as_bytes()];
+            let index_key = codec.key(Table::DevicesByCurve, &parts);
+            let owner = (device.user_id(), device.device_id());
+            let value = codec.seal(Table::DevicesByCurve, &index_key, &owner)?;
+            ops.push(WriteOp::Put(Table::DevicesByCurve, index_key, value));
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
+            _ => return Ok(ops),
+        }
+    }
+}
 
 const META_VERSION: &[u8] = b"schema_version";
 const META_STORE_KEY: &[u8] = b"store_key";
@@ -91,17 +116,19 @@ impl<B: KvBackend> KvCryptoStore<B> {
 
     /// Runs every check of [`open`](Self::open) on an existing store and
     /// writes nothing (no creation, no migration): for a backend opened
-    /// read-only, so that a refused open leaves the files untouched.
+    /// read-only, so that a refused open leaves the files untouched. `None`
+    /// for a store that was never initialized (e.g. a first open that failed
+    /// after the engine made its file): [`open`](Self::open) creates it.
     pub fn open_checked(
         backend: B,
         user_id: &UserId,
         device_id: &DeviceId,
         options: &StoreOptions,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Option<Self>, StoreError> {
         if backend.get(Table::Meta, META_VERSION)?.is_none() {
-            return Err(StoreError::Corrupt("the store has no schema version".into()));
+            return Ok(None);
         }
-        Ok(Self::check(backend, user_id, device_id, options)?.0)
+        Ok(Some(Self::check(backend, user_id, device_id, options)?.0))
     }
 
     fn check(

@@ -60,6 +60,8 @@ pub fn open(
     // passphrase, another device's store or a newer schema writes nothing
     // (a redb database opened for writing rewrites its header). A file a
     // crash left needing repair is repaired by the read-write open below.
+    // A file never initialized (a first open that failed after redb made
+    // the file) is created by the read-write open too.
     if path.exists()
         && let Some(read_only) = RedbBackend::open_read_only(path)?
     {

@@ -65,6 +65,10 @@ fn a_store_cannot_be_created_with_zero_rounds() {
     let options = StoreOptions { kdf_rounds: 0, ..StoreOptions::passphrase("p") };
     let result = hush_store_redb::open(dir.path().join("s.redb"), user_id!("@a:e.org"), "DEV".into(), options);
     assert!(matches!(result, Err(StoreError::InvalidKdfRounds { rounds: 0, .. })), "{result:?}");
+    // The failed first open left redb's empty file; a correct open creates the store.
+    let options = StoreOptions { kdf_rounds: 10_000, ..StoreOptions::passphrase("p") };
+    let again = hush_store_redb::open(dir.path().join("s.redb"), user_id!("@a:e.org"), "DEV".into(), options);
+    assert!(again.is_ok(), "{again:?}");
 }
 
 /// Attack (10a): opening someone's store with a wrong or missing passphrase

@@ -88,7 +88,10 @@ pub enum ToDeviceOutcome {
         /// Why the payload was refused.
         error: OlmError,
     },
-    /// An event that was rejected; nothing stored changed because of it.
+    /// An event that was rejected: no Olm session, one-time key or room key
+    /// changed because of it. Only bookkeeping may be saved: the sender's
+    /// device list marked outdated, or (for a known device's message that
+    /// no session decrypts) the once-an-hour unwedging record.
     Failed {
         /// The event as received.
         event: Raw<AnyToDeviceEvent>,
