@@ -147,7 +147,9 @@ impl Room {
                 let event = json!({"type": "m.room.encryption", "state_key": "", "content": content});
                 let state = {
                     let mut rooms = lock(&self.client.inner.rooms);
-                    let room = rooms.get_mut(&self.room_id).ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))?;
+                    let room = rooms
+                        .get_mut(&self.room_id)
+                        .ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))?;
                     room.apply(&event);
                     room.clone()
                 };
@@ -163,7 +165,8 @@ impl Room {
                 // Kept in memory only (never persisted), and only if nothing
                 // switched encryption on in the meantime.
                 let mut rooms = lock(&self.client.inner.rooms);
-                let room = rooms.get_mut(&self.room_id).ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))?;
+                let room =
+                    rooms.get_mut(&self.room_id).ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))?;
                 if room.encryption.is_none() {
                     room.confirmed_unencrypted = true;
                 }
