@@ -10,19 +10,31 @@ use ruma_common::OwnedRoomId;
 use crate::rooms::{ROOM_LIST_KEY, RoomState};
 
 /// Loads every persisted room; `None` if this store never held a room list
-/// (a store written before room state was persisted, or a new one).
+/// (a store written before room state was persisted, or a new one), or if
+/// what it holds does not decode: the store is outside input too, and a
+/// damaged room record must not lock the user out. `None` makes the next
+/// sync a `full_state` catch-up on top of the stored token, which rewrites
+/// every room.
 pub(crate) async fn load_rooms(
     store: &dyn CryptoStore,
 ) -> Result<Option<BTreeMap<OwnedRoomId, RoomState>>, StoreError> {
     let Some(list) = store.get_custom_value(ROOM_LIST_KEY).await? else { return Ok(None) };
-    let ids: Vec<OwnedRoomId> =
-        serde_json::from_slice(&list).map_err(|e| StoreError::Corrupt(format!("room list: {e}")))?;
+    let Ok(ids) = serde_json::from_slice::<Vec<OwnedRoomId>>(&list) else {
+        tracing::warn!("the saved room list does not decode; rebuilding room state from the server");
+        return Ok(None);
+    };
     let mut rooms = BTreeMap::new();
     for room_id in ids {
-        let Some(bytes) = store.get_custom_value(&RoomState::store_key(&room_id)).await? else { continue };
-        let room: RoomState =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt(format!("room {room_id}: {e}")))?;
-        rooms.insert(room_id, room);
+        let Some(bytes) = store.get_custom_value(&RoomState::store_key(&room_id)).await? else { return Ok(None) };
+        match serde_json::from_slice::<RoomState>(&bytes) {
+            Ok(room) if room.room_id == room_id => {
+                rooms.insert(room_id, room);
+            }
+            _ => {
+                tracing::warn!(%room_id, "a saved room does not decode; rebuilding room state from the server");
+                return Ok(None);
+            }
+        }
     }
     Ok(Some(rooms))
 }
@@ -43,4 +55,40 @@ pub(crate) fn room_values<'a>(
         values.push((ROOM_LIST_KEY.to_owned(), bytes));
     }
     Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use hush_crypto_core::{Changes, MemoryStore};
+    use ruma_common::owned_room_id;
+
+    use super::*;
+    use crate::rooms::Membership;
+
+    fn save(store: &MemoryStore, values: Vec<(String, Vec<u8>)>) {
+        block_on(store.save_changes(Changes { custom_values: values, ..Default::default() })).expect("save");
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(future)
+    }
+
+    #[test]
+    fn rooms_round_trip_and_damaged_records_mean_rebuild() {
+        let store = MemoryStore::new();
+        assert!(block_on(load_rooms(&store)).unwrap().is_none(), "a new store has no rooms");
+        let room = RoomState::new(owned_room_id!("!a:e.org"), Membership::Join);
+        let ids = vec![&room.room_id];
+        save(&store, room_values([&room], Some(ids)).unwrap());
+        let loaded = block_on(load_rooms(&store)).unwrap().expect("rooms");
+        assert_eq!(loaded.keys().collect::<Vec<_>>(), vec![&room.room_id]);
+
+        // A damaged room record, then a damaged list: rebuilt, not an error.
+        save(&store, vec![(RoomState::store_key(&room.room_id), b"{not json".to_vec())]);
+        assert!(block_on(load_rooms(&store)).unwrap().is_none());
+        save(&store, vec![(ROOM_LIST_KEY.to_owned(), vec![0xff, 0x00])]);
+        assert!(block_on(load_rooms(&store)).unwrap().is_none());
+    }
 }
