@@ -35,6 +35,34 @@ async fn room_with(alice: &TestClient, bob: &TestClient, encrypted: bool) -> Own
     room
 }
 
+/// `sender` sends `text` into `room`: the server holds only ciphertext, and
+/// `reader` decrypts it.
+async fn sends_encrypted(sender: &TestClient, reader: &TestClient, room: &OwnedRoomId, text: &str) {
+    let event_id = sender.client.get_room(room).expect("the room is known").send_text(text).await.unwrap();
+    let held = server_copy(reader, room, &event_id).await;
+    assert_eq!(held["type"], "m.room.encrypted", "sent in the clear: {held}");
+    reader.sync_until("the message", |c| c.texts(room).contains(&text.to_owned())).await;
+}
+
+/// A client whose process ended, with what a new process restores it from.
+struct Stopped {
+    dir: Arc<tempfile::TempDir>,
+    credentials: (String, String),
+    session: String,
+}
+
+impl Stopped {
+    fn of(client: TestClient) -> Self {
+        let session = serde_json::to_string(&client.session).unwrap();
+        let (dir, credentials) = client.close();
+        Self { dir, credentials, session }
+    }
+
+    async fn restore(&self) -> TestClient {
+        TestClient::login_restore(StoreKind::Redb, &self.dir, &self.credentials, &self.session).await
+    }
+}
+
 /// Synapse's sync tokens start `s<stream position>_`.
 fn stream_position(token: &str) -> u64 {
     token.trim_start_matches('s').split('_').next().and_then(|n| n.parse().ok()).expect("a Synapse token")
@@ -62,11 +90,7 @@ async fn a_restart_right_after_joining_still_sends_encrypted() {
     bob.sync().await;
     let after = stored_token(&bob).await;
     assert!(stream_position(&after) >= stream_position(&before), "the token moved back: {before} -> {after}");
-    let event_id =
-        bob.client.get_room(&room).expect("the room survived the restart").send_text("secret").await.unwrap();
-    let held = server_copy(&alice, &room, &event_id).await;
-    assert_eq!(held["type"], "m.room.encrypted", "sent in the clear: {held}");
-    alice.sync_until("bob's message", |c| c.texts(&room).contains(&"secret".to_owned())).await;
+    sends_encrypted(&bob, &alice, &room, "secret").await;
 }
 
 /// Attack (0): encryption is switched on while Bob's client is not running;
@@ -80,9 +104,7 @@ async fn a_send_into_a_room_whose_encryption_was_never_seen_is_encrypted() {
     let bob = TestClient::new_user("bob", "BOB1", StoreKind::Redb).await;
     let room = room_with(&alice, &bob, false).await;
     assert!(!bob.client.get_room(&room).unwrap().is_encrypted());
-    let (dir, credentials) = (bob.dir.clone(), bob.credentials.clone());
-    let session = serde_json::to_string(&bob.session).unwrap();
-    drop(bob);
+    let bob = Stopped::of(bob);
 
     let content: Raw<ruma_events::AnyStateEventContent> =
         Raw::new(&json!({"algorithm": "m.megolm.v1.aes-sha2"})).unwrap().cast_unchecked();
@@ -90,12 +112,9 @@ async fn a_send_into_a_room_whose_encryption_was_never_seen_is_encrypted() {
         send_state_event::v3::Request::new_raw(room.clone(), StateEventType::RoomEncryption, String::new(), content);
     http().send(request, Some(&alice.session.access_token), Duration::ZERO).await.expect("enable encryption");
 
-    let bob = TestClient::login_restore(StoreKind::Redb, &dir, &credentials, &session).await;
+    let bob = bob.restore().await;
     alice.sync_until("encryption on", |c| c.client.get_room(&room).is_some_and(|r| r.is_encrypted())).await;
-    let event_id = bob.client.get_room(&room).expect("room known").send_text("after the switch").await.unwrap();
-    let held = server_copy(&alice, &room, &event_id).await;
-    assert_eq!(held["type"], "m.room.encrypted", "sent in the clear: {held}");
-    alice.sync_until("bob's message", |c| c.texts(&room).contains(&"after the switch".to_owned())).await;
+    sends_encrypted(&bob, &alice, &room, "after the switch").await;
 }
 
 /// Attack (8): Alice logs in a new device while Bob's client is not
@@ -108,9 +127,7 @@ async fn a_device_added_while_offline_receives_the_next_room_key() {
     let bob = TestClient::new_user("bob", "BOB1", StoreKind::Redb).await;
     let room = room_with(&alice, &bob, true).await;
     bob.client.get_room(&room).unwrap().send_text("before").await.unwrap();
-    let (dir, credentials) = (bob.dir.clone(), bob.credentials.clone());
-    let session = serde_json::to_string(&bob.session).unwrap();
-    drop(bob);
+    let bob = Stopped::of(bob);
 
     let (name, password) = alice.credentials.clone();
     let alice2 =
@@ -118,7 +135,7 @@ async fn a_device_added_while_offline_receives_the_next_room_key() {
             .await;
     alice2.sync().await;
 
-    let bob = TestClient::login_restore(StoreKind::Redb, &dir, &credentials, &session).await;
+    let bob = bob.restore().await;
     bob.sync().await;
     bob.client.get_room(&room).unwrap().send_text("after").await.unwrap();
     // `texts` holds only decrypted messages: the new device read it.

@@ -68,12 +68,11 @@ impl Client {
         // Room state is worked out first and saved with the crypto changes
         // and the token, in one batch.
         let (updated, timeline, new_rooms) = self.updated_rooms(&response.rooms);
-        let all_ids = {
+        // The room list is rewritten when a room is new, or when it was never saved.
+        let all_ids: Option<Vec<OwnedRoomId>> = (new_rooms || !rooms_known).then(|| {
             let rooms = lock(&self.inner.rooms);
-            (new_rooms || !rooms_known)
-                .then(|| rooms.keys().chain(updated.keys()).collect::<BTreeSet<_>>().into_iter().cloned().collect())
-        };
-        let all_ids: Option<Vec<OwnedRoomId>> = all_ids;
+            rooms.keys().chain(updated.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+        });
         let custom_values =
             crate::persist::room_values(updated.values(), all_ids.as_ref().map(|ids| ids.iter().collect()))?;
         let changes = SyncChanges {

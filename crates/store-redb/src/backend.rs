@@ -18,6 +18,18 @@ fn backend_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(error.to_string())
 }
 
+/// Why an existing file could not be opened: held by another process, or
+/// not a (healthy) redb database.
+fn open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
+    match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
+            "{} is already open in another client or process; close it first",
+            path.display()
+        )),
+        other => StoreError::Corrupt(format!("{}: {other}", path.display())),
+    }
+}
+
 /// A redb database holding one crypto store.
 pub struct RedbBackend {
     db: Handle,
@@ -51,13 +63,7 @@ impl RedbBackend {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         guard_engine("open", || {
             let db = if path.exists() {
-                Database::open(path).map_err(|e| match e {
-                    redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!(
-                        "{} is already open in another client or process; close it first",
-                        path.display()
-                    )),
-                    other => StoreError::Corrupt(format!("{}: {other}", path.display())),
-                })?
+                Database::open(path).map_err(|e| open_error(path, e))?
             } else {
                 Database::create(path).map_err(backend_error)?
             };
@@ -74,11 +80,7 @@ impl RedbBackend {
         guard_engine("open", || match redb::ReadOnlyDatabase::open(path) {
             Ok(db) => Ok(Some(Self { db: Handle::ReadOnly(db) })),
             Err(redb::DatabaseError::RepairAborted) => Ok(None),
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Backend(format!(
-                "{} is already open in another client or process; close it first",
-                path.display()
-            ))),
-            Err(other) => Err(StoreError::Corrupt(format!("{}: {other}", path.display()))),
+            Err(other) => Err(open_error(path, other)),
         })
     }
 }

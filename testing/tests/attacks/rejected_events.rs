@@ -82,6 +82,14 @@ async fn an_event_refused_for_trust_writes_no_replay_record() {
     assert_eq!(state, Ok(VerificationState::Verified), "the genuine event was refused");
 }
 
+/// Alice's event re-posted by Mallory as her own.
+fn reposted_by_mallory(v: &Victim, genuine: &Value) -> Value {
+    let mut spoof = genuine.clone();
+    spoof["sender"] = json!(v.mallory.user_id);
+    spoof["event_id"] = json!("$spoof");
+    spoof
+}
+
 /// Keys Alice holds, as a key file would carry them, imported by Bob.
 async fn bob_imports_alices_keys(v: &Victim, alice: &TestDevice) {
     let keys = alice.machine.export_room_keys(|_| true).await.unwrap();
@@ -102,10 +110,7 @@ async fn an_imported_key_is_tied_to_its_device_and_a_spoof_claims_nothing() {
     let (alice, room) = alice_known_to_bob(&mut v, false).await;
     let genuine = alice.encrypt_text(&room, "hello").await;
     bob_imports_alices_keys(&v, &alice).await;
-    let mut spoof = genuine.clone();
-    spoof["sender"] = json!(v.mallory.user_id);
-    spoof["event_id"] = json!("$spoof");
-    let result = v.bob.decrypt_text(&room, &spoof).await;
+    let result = v.bob.decrypt_text(&room, &reposted_by_mallory(&v, &genuine)).await;
     assert!(matches!(result, Err(MegolmError::SenderMismatch { .. })), "the spoof decrypted: {result:?}");
     assert_eq!(v.bob.decrypt_text(&room, &genuine).await.unwrap(), "hello", "the genuine event was refused");
 }
@@ -122,10 +127,7 @@ async fn an_imported_key_is_tied_to_a_device_learnt_after_the_import() {
     bob_imports_alices_keys(&v, &alice).await;
     v.bob.machine.update_tracked_users([alice.user_id.as_ref()]).await.unwrap();
     v.bob.sync().await;
-    let mut spoof = genuine.clone();
-    spoof["sender"] = json!(v.mallory.user_id);
-    spoof["event_id"] = json!("$spoof");
-    let result = v.bob.decrypt_text(&room, &spoof).await;
+    let result = v.bob.decrypt_text(&room, &reposted_by_mallory(&v, &genuine)).await;
     assert!(matches!(result, Err(MegolmError::SenderMismatch { .. })), "the spoof decrypted: {result:?}");
 }
 
