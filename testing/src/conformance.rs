@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 use hush_crypto_core::{
     Changes, CryptoStore, EncryptionSettings, KeySource, Timestamp, WithheldCode,
     devices::DeviceData,
-    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
+    megolm::{
+        RoomKeyShareRecord, ShareOutcome, SharedWith, StoredInboundGroupSession, StoredOutboundGroupSession,
+        WithheldInfo,
+    },
     store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
 };
 use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, UserId, owned_device_id, owned_user_id};
@@ -96,6 +99,7 @@ pub fn outbound_fixture(room_id: &RoomId, message_count: u64) -> StoredOutboundG
         invalidated: false,
         pickle: session.pickle(),
         reserved_until: 0,
+        shares_in_records: true,
     }
 }
 
@@ -362,6 +366,64 @@ async fn check_index<S: CryptoStore>(store: &S, a1: &DeviceData, e1: &DeviceData
     assert_eq!(store.get_custom_value("three").await.unwrap(), None);
 }
 
+/// Acknowledged shares are saved one row per device and come back inside
+/// the outbound session they belong to; a new room key for the room drops
+/// the rows of the one it replaced.
+pub async fn room_key_share_records<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    let first = outbound_fixture(&room(3), 0);
+    let replacement = outbound_fixture(&room(3), 0);
+    let other_room = outbound_fixture(&room(4), 0);
+    let share = |session: &StoredOutboundGroupSession, user: &str, device: &str, outcome| RoomKeyShareRecord {
+        room_id: session.room_id.clone(),
+        session_id: session.session_id.clone(),
+        user_id: OwnedUserId::try_from(user).unwrap(),
+        device_id: device.into(),
+        outcome,
+    };
+    let with = SharedWith { curve25519: Curve25519PublicKey::from_bytes([8; 32]), message_index: 5 };
+    let changes = Changes {
+        outbound_group_sessions: vec![json_clone(&first), json_clone(&other_room)],
+        room_key_shares: vec![
+            share(&first, "@a:example.org", "A1", ShareOutcome::Shared(with)),
+            share(&first, "@b:example.org", "B1", ShareOutcome::Withheld(WithheldCode::Blacklisted)),
+            share(&other_room, "@a:example.org", "A1", ShareOutcome::Shared(with)),
+        ],
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    // A second acknowledgement adds a row, without rewriting the session.
+    let more = vec![share(&first, "@a:example.org", "A2", ShareOutcome::Shared(with))];
+    store.save_changes(Changes { room_key_shares: more, ..Default::default() }).await.unwrap();
+    let loaded = store.get_outbound_group_session(&room(3)).await.unwrap().unwrap();
+    let alice = owned_user_id!("@a:example.org");
+    let bob = owned_user_id!("@b:example.org");
+    assert_eq!(loaded.shared_with[&alice].len(), 2);
+    assert_eq!(loaded.shared_with[&alice][<&ruma_common::DeviceId>::from("A1")], with);
+    assert_eq!(loaded.withheld_from[&bob][<&ruma_common::DeviceId>::from("B1")], WithheldCode::Blacklisted);
+    // The room key is replaced: its rows go, the other room's stay.
+    let changes = Changes { outbound_group_sessions: vec![json_clone(&replacement)], ..Default::default() };
+    store.save_changes(changes).await.unwrap();
+    let check = |store: F::Store| {
+        let replacement_id = replacement.session_id.clone();
+        async move {
+            let loaded = store.get_outbound_group_session(&room(3)).await.unwrap().unwrap();
+            assert_eq!(loaded.session_id, replacement_id);
+            assert!(loaded.shared_with.is_empty() && loaded.withheld_from.is_empty());
+            let other = store.get_outbound_group_session(&room(4)).await.unwrap().unwrap();
+            assert_eq!(other.shared_with.values().map(|d| d.len()).sum::<usize>(), 1);
+        }
+    };
+    check(store).await;
+    if let Some(store) = factory.reopen() {
+        check(store).await;
+    }
+}
+
+fn json_clone(session: &StoredOutboundGroupSession) -> StoredOutboundGroupSession {
+    serde_json::from_value(serde_json::to_value(session).unwrap()).unwrap()
+}
+
 /// Runs the whole suite against one factory.
 pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     account_round_trip(factory).await;
@@ -372,6 +434,7 @@ pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     outbound_withheld_indices_and_token(factory).await;
     a_batch_is_applied_whole(factory).await;
     device_index_hashes_and_custom_values(factory).await;
+    room_key_share_records(factory).await;
 }
 
 /// The user and device every conformance store belongs to.

@@ -1,4 +1,6 @@
-//! [`TestDevice`]: one engine and the small client loop around it.
+//! [`TestDevice`]: one engine and the drive loop around it, the same one
+//! hush-client runs: an input, then every queued request sent and answered,
+//! then the events drained.
 
 use std::sync::Arc;
 
@@ -77,8 +79,13 @@ impl TestDevice {
         result.expect("response accepted");
     }
 
-    /// Sends every outgoing request until none is left.
+    /// The drive loop: runs due timers, then sends every queued request
+    /// until none is left. Events stay queued for the test to drain.
     pub async fn drain(&self) {
+        let now = self.clock.now();
+        if self.machine.poll_timeout().is_some_and(|at| at <= now) {
+            self.machine.handle_timeout(now).await.expect("timers handled");
+        }
         for _ in 0..10 {
             let requests = self.machine.outgoing_requests(self.clock.now()).await.expect("outgoing requests");
             if requests.is_empty() {
@@ -91,6 +98,18 @@ impl TestDevice {
         panic!("outgoing requests did not settle");
     }
 
+    /// Gets a room ready with the engine's room-level command, driving the
+    /// queue between steps; returns the room key's session id.
+    pub async fn prepare_room(&self, room: &hush_crypto_core::RoomInfo) -> String {
+        for _ in 0..8 {
+            match self.machine.prepare_room(room, self.clock.now()).await.expect("prepare room") {
+                hush_crypto_core::RoomReadiness::Ready { session_id, .. } => return session_id,
+                hush_crypto_core::RoomReadiness::Waiting { .. } => self.drain().await,
+            }
+        }
+        panic!("the room did not become ready");
+    }
+
     /// One sync: feed the server's changes to the engine, then drain.
     pub async fn sync(&mut self) -> SyncOutput {
         self.syncs += 1;
@@ -100,14 +119,13 @@ impl TestDevice {
         output
     }
 
-    /// Tracks `users`, queries their devices and claims sessions with them.
+    /// Tracks `users`, queries their devices and claims sessions with them
+    /// (the low-level commands, each followed by the drive loop).
     pub async fn establish_sessions(&self, users: &[&UserId]) {
         self.machine.update_tracked_users(users.iter().copied()).await.expect("track users");
         self.drain().await;
-        let claim = self.machine.get_missing_sessions(users.iter().copied(), self.clock.now()).await.expect("claim");
-        if let Some(claim) = claim {
-            self.send(&claim).await;
-        }
+        self.machine.get_missing_sessions(users.iter().copied(), self.clock.now()).await.expect("claim");
+        self.drain().await;
     }
 
     /// Olm-encrypts an event for one device and sends it through the server.
@@ -118,9 +136,7 @@ impl TestDevice {
             .await
             .expect("encrypt to device");
         assert!(encryption.failures.is_empty(), "encryption failures: {:?}", encryption.failures);
-        for request in &encryption.requests {
-            self.send(request).await;
-        }
+        self.drain().await;
     }
 }
 
@@ -142,8 +158,9 @@ pub fn decrypted(output: &SyncOutput) -> Vec<(OwnedUserId, String, Value)> {
 static EVENT_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl TestDevice {
-    /// Shares the room key with `users` the way a client does before
-    /// sending: track and query them, claim missing sessions, share, send.
+    /// Shares the room key with `users` through the low-level commands:
+    /// track and query them, claim missing sessions, share, drive the queue.
+    /// Returns the share requests the command returned (all sent).
     pub async fn share_room_key(
         &self,
         room_id: &ruma_common::RoomId,
@@ -156,9 +173,7 @@ impl TestDevice {
             .share_room_key(room_id, users.iter().copied(), settings, self.clock.now())
             .await
             .expect("share room key");
-        for request in &requests {
-            self.send(request).await;
-        }
+        self.drain().await;
         requests
     }
 

@@ -49,6 +49,11 @@ struct DeviceRecord {
 struct State {
     devices: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceRecord>>,
     uploads: usize,
+    /// (sender, transaction id) of every to-device request taken: a repeat
+    /// is dropped, as a real server does.
+    to_device_txns: BTreeSet<(OwnedUserId, String)>,
+    /// How many to-device requests were dropped as repeats.
+    repeated_to_device: usize,
 }
 
 /// An in-process stand-in for a homeserver's E2EE endpoints.
@@ -65,6 +70,12 @@ impl TestServer {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many to-device requests were dropped as repeats of an earlier
+    /// transaction id.
+    pub fn repeated_to_device_requests(&self) -> usize {
+        self.state().repeated_to_device
     }
 
     /// `POST /keys/upload` by `user_id` / `device_id`.
@@ -194,9 +205,14 @@ impl TestServer {
         claim_keys::v3::Response::new(claimed)
     }
 
-    /// `PUT /sendToDevice` by `sender`.
+    /// `PUT /sendToDevice` by `sender`. A request whose transaction id the
+    /// sender used before is accepted and dropped, as a real server does.
     pub fn send_to_device(&self, sender: &UserId, request: &send_event_to_device::v3::Request) {
         let mut state = self.state();
+        if !state.to_device_txns.insert((sender.to_owned(), request.txn_id.to_string())) {
+            state.repeated_to_device += 1;
+            return;
+        }
         for (user_id, messages) in &request.messages {
             for (target, content) in messages {
                 let Some(devices) = state.devices.get_mut(user_id) else { continue };

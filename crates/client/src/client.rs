@@ -1,15 +1,15 @@
 //! [`Client`] and [`ClientBuilder`]: the session, the crypto engine, the
 //! rooms, and moving crypto-core's requests over HTTP.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hush_crypto_core::{AnyOutgoingRequest, OlmMachine, OpenError, OutgoingRequest, StoreError, Timestamp};
+use hush_crypto_core::{OlmMachine, OpenError, StoreError, Timestamp};
 use ruma_client_api::{account::whoami, membership::join_room_by_id, membership::leave_room, room::create_room};
-use ruma_common::{OwnedRoomId, RoomId, UserId, serde::Raw};
+use ruma_common::{OwnedRoomId, OwnedTransactionId, RoomId, UserId, serde::Raw};
 use serde_json::json;
 
 use crate::{
@@ -84,6 +84,8 @@ impl ClientBuilder {
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
                 rooms_restored: AtomicBool::new(false),
+                in_flight: Mutex::new(HashSet::new()),
+                request_done: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -102,6 +104,10 @@ pub(crate) struct Inner {
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// The room state was loaded from the store (or rebuilt by a sync).
     pub(crate) rooms_restored: AtomicBool,
+    /// Ids of the engine's requests being sent now (by any task).
+    pub(crate) in_flight: Mutex<HashSet<OwnedTransactionId>>,
+    /// Signalled whenever a request being sent is done.
+    pub(crate) request_done: tokio::sync::Notify,
 }
 
 /// A Matrix client driving hush's crypto engine. Cheap to clone.
@@ -255,56 +261,11 @@ impl Client {
         Ok(())
     }
 
-    /// Sends every request the crypto engine asks for, concurrently, and
-    /// hands the answers back.
+    /// Sends every request the crypto engine has queued, concurrently,
+    /// hands the answers back and acts on the engine's events (one turn of
+    /// the client's drive loop).
     pub async fn send_outgoing_requests(&self) -> Result<(), ClientError> {
-        let machine = self.olm_machine()?;
-        let requests = machine.outgoing_requests(now()).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        for request in requests {
-            let client = self.clone();
-            tasks.spawn(async move { client.send_crypto_request(&request).await });
-        }
-        let mut first_error = None;
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => first_error = first_error.or(Some(error)),
-                Err(join) => first_error = first_error.or(Some(ClientError::Config(join.to_string()))),
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Sends one of crypto-core's requests and hands its answer back.
-    pub(crate) async fn send_crypto_request(&self, request: &OutgoingRequest) -> Result<(), ClientError> {
-        let machine = self.olm_machine()?;
-        let token = self.access_token()?;
-        let token = Some(token.as_str());
-        let id = request.request_id();
-        let http = self.http();
-        let result = match request.request() {
-            AnyOutgoingRequest::KeysUpload(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
-            }
-            AnyOutgoingRequest::KeysQuery(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
-            }
-            AnyOutgoingRequest::KeysClaim(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
-            }
-            AnyOutgoingRequest::ToDevice(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
-            }
-        };
-        result.map_err(|e| match e {
-            hush_crypto_core::ResponseError::Store(store) => ClientError::Store(store),
-            other => ClientError::Config(other.to_string()),
-        })
+        self.drive().await
     }
 
     pub(crate) fn warn_unencrypted_build_once(&self, room_id: &RoomId) {

@@ -50,6 +50,15 @@ pub enum ClientError {
         /// Why the server's answer was no help.
         reason: String,
     },
+    /// The room did not become ready to encrypt (its requests kept failing
+    /// or another task kept them busy); nothing was sent.
+    #[error("room {room_id} is not ready to encrypt after several rounds (still {waiting}); nothing was sent")]
+    RoomNotReady {
+        /// The room.
+        room_id: String,
+        /// What it was still waiting for.
+        waiting: String,
+    },
     /// The room is not known to this client.
     #[error("unknown room {0}")]
     UnknownRoom(String),

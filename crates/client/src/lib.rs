@@ -32,6 +32,7 @@
 
 mod auth;
 mod client;
+mod driver;
 mod encryption;
 mod error;
 mod events;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use hush_crypto_core::{Changes, EncryptionSettings};
+use hush_crypto_core::{Changes, RoomReadiness};
 use js_int::UInt;
 use ruma_client_api::{
     message::{get_message_events, send_message_event},
@@ -18,6 +18,10 @@ use crate::{
     http::HttpError,
     rooms::{EncryptionState, RoomState},
 };
+
+/// How many steps of the room-level command a send waits for (query,
+/// claim, share, and retries of each when another task was sending).
+const PREPARE_ROUNDS: usize = 8;
 
 /// A room the client knows.
 #[derive(Clone, Debug)]
@@ -72,8 +76,8 @@ impl Room {
                 self.client.warn_unencrypted_build_once(&self.room_id);
                 return Err(ClientError::EncryptionDisabled(self.room_id.to_string()));
             }
-            Some(encryption) => {
-                let content = self.encrypt(&state, encryption, event_type, &content).await?;
+            Some(_) => {
+                let content = self.encrypt(&state, event_type, &content).await?;
                 ("m.room.encrypted".to_owned(), content)
             }
             None => (event_type.to_owned(), content),
@@ -176,33 +180,25 @@ impl Room {
         }
     }
 
-    async fn encrypt(
-        &self,
-        state: &RoomState,
-        encryption: &crate::rooms::RoomEncryption,
-        event_type: &str,
-        content: &Value,
-    ) -> Result<Value, ClientError> {
+    /// Gets the room ready with crypto-core's room-level command (it picks
+    /// the recipients, queries, claims and shares), driving the request
+    /// queue between steps, then encrypts.
+    async fn encrypt(&self, state: &RoomState, event_type: &str, content: &Value) -> Result<Value, ClientError> {
         let machine = self.client.olm_machine()?;
-        let members = state.key_recipients();
-        let users: Vec<_> = members.iter().map(|u| u.as_ref()).collect();
-        machine.update_tracked_users(users.iter().copied()).await?;
-        self.client.send_outgoing_requests().await?;
-        if let Some(claim) = machine.get_missing_sessions(users.iter().copied(), now()).await? {
-            self.client.send_crypto_request(&claim).await?;
+        let room = state.room_info();
+        let mut last = None;
+        for _ in 0..PREPARE_ROUNDS {
+            match machine.prepare_room(&room, now()).await? {
+                RoomReadiness::Ready { .. } => {
+                    let encrypted = machine.encrypt_room_event(&self.room_id, event_type, content, now()).await?;
+                    return encrypted.deserialize_as_unchecked().map_err(|e| ClientError::Config(e.to_string()));
+                }
+                waiting => {
+                    last = Some(waiting);
+                    self.client.drive().await?;
+                }
+            }
         }
-        let settings = EncryptionSettings::from_room_encryption(
-            encryption.rotation_period_ms,
-            encryption.rotation_period_msgs,
-            state.history_visibility.clone(),
-            Default::default(),
-        );
-        let settings = EncryptionSettings { algorithm: encryption.algorithm.clone(), ..settings };
-        let requests = machine.share_room_key(&self.room_id, users.iter().copied(), &settings, now()).await?;
-        for request in &requests {
-            self.client.send_crypto_request(request).await?;
-        }
-        let encrypted = machine.encrypt_room_event(&self.room_id, event_type, content, now()).await?;
-        encrypted.deserialize_as_unchecked().map_err(|e| ClientError::Config(e.to_string()))
+        Err(ClientError::RoomNotReady { room_id: self.room_id.to_string(), waiting: format!("{last:?}") })
     }
 }

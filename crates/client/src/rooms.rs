@@ -1,37 +1,18 @@
 //! What the client knows of each room, built from sync: membership, whether
 //! it is encrypted (and with which rotation settings), history visibility.
-//! Encryption can only be switched on: a later event cannot turn it off or
-//! weaken it.
+//! The rules are crypto-core's: encryption can only be switched on, never
+//! off or weakened (`RoomEncryption::merge`), and who receives room keys
+//! follows the history visibility (`key_recipients`).
 
 use std::collections::BTreeMap;
 
+use hush_crypto_core::{EncryptionMerge, RoomInfo, SharingStrategy, key_recipients};
+pub use hush_crypto_core::{Membership, RoomEncryption};
 use serde::{Deserialize, Serialize};
 
 use ruma_common::{OwnedRoomId, OwnedUserId};
 use ruma_events::room::history_visibility::HistoryVisibility;
 use serde_json::Value;
-
-/// A member's state in a room.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Membership {
-    /// Joined.
-    Join,
-    /// Invited.
-    Invite,
-    /// Left, kicked or banned.
-    Leave,
-}
-
-/// The room's `m.room.encryption` settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomEncryption {
-    /// The algorithm.
-    pub algorithm: String,
-    /// `rotation_period_ms`, if set.
-    pub rotation_period_ms: Option<u64>,
-    /// `rotation_period_msgs`, if set.
-    pub rotation_period_msgs: Option<u64>,
-}
 
 /// One room's state as far as the client needs it. Persisted in the crypto
 /// store with the sync token, so a restarted client resumes with an
@@ -77,43 +58,14 @@ impl RoomState {
                 let Some(user) = event["state_key"].as_str().and_then(|u| OwnedUserId::try_from(u).ok()) else {
                     return;
                 };
-                let membership = match content["membership"].as_str() {
-                    Some("join") => Membership::Join,
-                    Some("invite") => Membership::Invite,
-                    _ => Membership::Leave,
-                };
-                self.members.insert(user, membership);
+                self.members.insert(user, Membership::from_wire(content["membership"].as_str().unwrap_or_default()));
             }
             Some("m.room.encryption") => {
-                let Some(algorithm) = content["algorithm"].as_str() else { return };
-                let candidate = RoomEncryption {
-                    algorithm: algorithm.to_owned(),
-                    rotation_period_ms: content["rotation_period_ms"].as_u64(),
-                    rotation_period_msgs: content["rotation_period_msgs"].as_u64(),
-                };
-                match &self.encryption {
-                    None => {
-                        self.encryption = Some(candidate);
-                        self.confirmed_unencrypted = false;
-                    }
-                    // Once on, encryption stays on; a later event may only
-                    // shorten the rotation limits, never switch it off or loosen it.
-                    Some(current) if current.algorithm == candidate.algorithm => {
-                        let tighter = |old: Option<u64>, new: Option<u64>| match (old, new) {
-                            (Some(old), Some(new)) => Some(old.min(new)),
-                            (old, None) => old,
-                            (None, new) => new,
-                        };
-                        self.encryption = Some(RoomEncryption {
-                            algorithm: current.algorithm.clone(),
-                            rotation_period_ms: tighter(current.rotation_period_ms, candidate.rotation_period_ms),
-                            rotation_period_msgs: tighter(current.rotation_period_msgs, candidate.rotation_period_msgs),
-                        });
-                    }
-                    Some(_) => {
-                        tracing::warn!(room_id = %self.room_id, "ignored an m.room.encryption event changing the algorithm")
-                    }
+                let merge = RoomEncryption::merge(self.encryption.as_ref(), RoomEncryption::from_content(content));
+                if matches!(merge, EncryptionMerge::SwitchedOn(_)) {
+                    self.confirmed_unencrypted = false;
                 }
+                self.encryption = merge.into_current();
             }
             Some("m.room.history_visibility") => {
                 if let Some(visibility) = content["history_visibility"].as_str() {
@@ -146,12 +98,18 @@ impl RoomState {
     /// Members who should receive room keys: joined members, and invited ones
     /// unless history is visible to joined members only.
     pub fn key_recipients(&self) -> Vec<OwnedUserId> {
-        let invited_too = self.history_visibility != HistoryVisibility::Joined;
-        self.members
-            .iter()
-            .filter(|(_, m)| **m == Membership::Join || (invited_too && **m == Membership::Invite))
-            .map(|(u, _)| u.clone())
-            .collect()
+        key_recipients(self.members.iter().map(|(u, m)| (u.as_ref(), *m)), &self.history_visibility)
+    }
+
+    /// The room as crypto-core's room-level command takes it.
+    pub fn room_info(&self) -> RoomInfo {
+        RoomInfo {
+            room_id: self.room_id.clone(),
+            members: self.members.iter().map(|(u, m)| (u.clone(), *m)).collect(),
+            history_visibility: self.history_visibility.clone(),
+            encryption: self.encryption.clone(),
+            sharing_strategy: SharingStrategy::AllDevices,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The sync loop: one `/sync`, its crypto parts fed to the engine (which
 //! saves them, with the sync token, before anything else happens), then the
-//! rooms, then the timeline decrypted and delivered, then the engine's
-//! outgoing requests.
+//! rooms, then the timeline decrypted and delivered, then one turn of the
+//! drive loop (the engine's requests, timers and events).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -104,11 +104,8 @@ impl Client {
             self.deliver(room_id, event, false).await;
             delivered += 1;
         }
-        if !output.room_keys.is_empty() {
-            let sessions: BTreeSet<String> = output.room_keys.iter().map(|k| k.session_id.clone()).collect();
-            self.retry_undecrypted(&sessions).await;
-        }
-        self.send_outgoing_requests().await?;
+        // Requests out, answers in, events handled (late decryptions).
+        self.drive().await?;
         Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 
@@ -236,7 +233,7 @@ impl Client {
     }
 
     /// Retries events whose keys just arrived; delivers them again as late decryptions.
-    async fn retry_undecrypted(&self, sessions: &BTreeSet<String>) {
+    pub(crate) async fn retry_undecrypted(&self, sessions: &BTreeSet<String>) {
         let waiting: Vec<_> = {
             let mut undecrypted = lock(&self.inner.undecrypted);
             let (now_ready, still_waiting): (Vec<_>, Vec<_>) = undecrypted

@@ -8,8 +8,8 @@
 //! changes, and saves every change through a [`CryptoStore`] in one atomic
 //! batch per input. Time is an input ([`Timestamp`]); nothing here reads a clock.
 //!
-//! See the [`OlmMachine`] documentation for the map of its methods and the
-//! order in which to drain its outputs.
+//! See the [`OlmMachine`] documentation for the map of its methods, the
+//! drain rule of its request queue, its [`EngineEvent`]s and its timers.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -17,6 +17,7 @@
 
 mod contain;
 pub mod devices;
+mod events;
 pub mod export;
 pub mod keys;
 mod machine;
@@ -29,14 +30,16 @@ pub mod store;
 mod time;
 
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
+pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};
 pub use machine::{
     DecryptedRoomEvent, DeviceListChanges, ImportError, MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OpenError,
-    RoomKeyImportResult, RoomKeyInfo, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome,
-    VerificationState,
+    RoomInfo, RoomKeyImportResult, RoomReadiness, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption,
+    ToDeviceOutcome, VerificationState,
 };
 pub use megolm::{
-    DecryptionSettings, EncryptError, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError, ShareError,
-    SharingStrategy, TrustRequirement, WithheldCode, WithheldInfo,
+    DecryptionSettings, EncryptError, EncryptionMerge, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError,
+    Membership, RoomEncryption, RotationReason, ShareError, SharingStrategy, TrustRequirement, WithheldCode,
+    WithheldInfo, key_recipients,
 };
 pub use olm::{OLM_ALGORITHM, OlmEncryptionError, OlmError};
 pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError};

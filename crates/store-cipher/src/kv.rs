@@ -36,11 +36,13 @@ pub enum Table {
     OlmHashes,
     /// Named values ([`Changes::custom_values`](hush_crypto_core::Changes)).
     Custom,
+    /// Acknowledged shares of our room keys by (room, session, user, device).
+    RoomKeyShares,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::Meta,
         Self::Account,
         Self::OlmSessions,
@@ -55,6 +57,7 @@ impl Table {
         Self::DevicesByCurve,
         Self::OlmHashes,
         Self::Custom,
+        Self::RoomKeyShares,
     ];
 
     /// The table's name, as the engine stores it.
@@ -74,6 +77,7 @@ impl Table {
             Self::DevicesByCurve => "devices_by_curve",
             Self::OlmHashes => "olm_hashes",
             Self::Custom => "custom",
+            Self::RoomKeyShares => "room_key_shares",
         }
     }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use hush_crypto_core::{
     Changes, CryptoStore, StoreError,
     devices::DeviceData,
-    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
+    megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
     store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
 };
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
@@ -260,6 +260,29 @@ impl<B: KvBackend> KvCryptoStore<B> {
         Ok(())
     }
 
+    /// When a room gets a new room key, the share records of the keys it
+    /// replaced are deleted.
+    fn drop_replaced_shares(
+        &self,
+        ops: &mut Vec<WriteOp>,
+        session: &StoredOutboundGroupSession,
+    ) -> Result<(), StoreError> {
+        let old: Option<StoredOutboundGroupSession> =
+            self.get(Table::OutboundGroupSessions, &[session.room_id.as_bytes()])?;
+        if old.is_none_or(|old| old.session_id == session.session_id) {
+            return Ok(());
+        }
+        let prefix = self.codec.key(Table::RoomKeyShares, &[session.room_id.as_bytes()]);
+        let current =
+            self.codec.key(Table::RoomKeyShares, &[session.room_id.as_bytes(), session.session_id.as_bytes()]);
+        for (key, _) in self.backend.scan(Table::RoomKeyShares, &prefix, None, usize::MAX)? {
+            if !key.starts_with(&current) {
+                ops.push(WriteOp::Delete(Table::RoomKeyShares, key));
+            }
+        }
+        Ok(())
+    }
+
     fn ops_for(&self, changes: Changes) -> Result<Vec<WriteOp>, StoreError> {
         let Changes {
             account,
@@ -269,6 +292,7 @@ impl<B: KvBackend> KvCryptoStore<B> {
             untracked_users,
             inbound_group_sessions,
             outbound_group_sessions,
+            room_key_shares,
             withheld,
             message_indices,
             olm_message_hashes,
@@ -302,7 +326,17 @@ impl<B: KvBackend> KvCryptoStore<B> {
             self.put(&mut ops, Table::InboundGroupSessions, &parts, session)?;
         }
         for session in &outbound_group_sessions {
+            self.drop_replaced_shares(&mut ops, session)?;
             self.put(&mut ops, Table::OutboundGroupSessions, &[session.room_id.as_bytes()], session)?;
+        }
+        for record in &room_key_shares {
+            let parts: [&[u8]; 4] = [
+                record.room_id.as_bytes(),
+                record.session_id.as_bytes(),
+                record.user_id.as_bytes(),
+                record.device_id.as_bytes(),
+            ];
+            self.put(&mut ops, Table::RoomKeyShares, &parts, record)?;
         }
         for info in &withheld {
             match (&info.room_id, &info.session_id) {
@@ -412,7 +446,15 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
         &self,
         room_id: &RoomId,
     ) -> Result<Option<StoredOutboundGroupSession>, StoreError> {
-        self.get(Table::OutboundGroupSessions, &[room_id.as_bytes()])
+        let session: Option<StoredOutboundGroupSession> =
+            self.get(Table::OutboundGroupSessions, &[room_id.as_bytes()])?;
+        let Some(mut session) = session else { return Ok(None) };
+        let parts: [&[u8]; 2] = [room_id.as_bytes(), session.session_id.as_bytes()];
+        let records: Vec<RoomKeyShareRecord> = self.scan(Table::RoomKeyShares, &parts, None, usize::MAX)?;
+        for record in records {
+            session.apply_share_record(record);
+        }
+        Ok(Some(session))
     }
 
     async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {

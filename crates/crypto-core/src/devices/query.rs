@@ -64,3 +64,28 @@ pub(crate) fn process_user_devices(
     }
     outcome
 }
+
+/// The event-level summary of what a query changed for `user_id`.
+pub(crate) fn device_changes(
+    user_id: &UserId,
+    known: &BTreeMap<OwnedDeviceId, DeviceData>,
+    changed: &[DeviceData],
+) -> Option<crate::events::DeviceChanges> {
+    let mut summary = crate::events::DeviceChanges {
+        user_id: user_id.to_owned(),
+        added: Vec::new(),
+        changed: Vec::new(),
+        deleted: Vec::new(),
+    };
+    for device in changed {
+        let id = device.device_id().to_owned();
+        match known.get(device.device_id()) {
+            _ if device.is_deleted() => summary.deleted.push(id),
+            Some(old) if !old.is_deleted() => summary.changed.push(id),
+            // New, or listed again after it was gone.
+            _ => summary.added.push(id),
+        }
+    }
+    let empty = summary.added.is_empty() && summary.changed.is_empty() && summary.deleted.is_empty();
+    (!empty).then_some(summary)
+}

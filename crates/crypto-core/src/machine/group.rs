@@ -113,7 +113,7 @@ impl OlmMachine {
             let mut groups = lock(&self.inner.groups);
             let session =
                 groups.outbound.get_mut(room_id).ok_or_else(|| EncryptError::NoSharedSession(room_id.to_owned()))?;
-            if session.invalidated || session.is_expired(now) {
+            if crate::megolm::expiry_reason(session, now).is_some() {
                 return Err(EncryptError::SessionExpired(room_id.to_owned()));
             }
             // Once per reservation the session is saved before the message

@@ -3,15 +3,15 @@
 use ruma_client_api::keys::upload_keys;
 use ruma_common::OneTimeKeyAlgorithm;
 
-use super::{OlmMachine, lock, pending::Meta};
-use crate::{AnyOutgoingRequest, StoreError, store::Changes};
+use super::{OlmMachine, lock};
+use crate::{AnyOutgoingRequest, StoreError, requests::Meta, store::Changes};
 
 impl OlmMachine {
     /// Lists a keys upload if the account holds keys the server lacks and no
     /// upload is already waiting for its answer.
     pub(super) async fn ensure_keys_upload_listed(&self) -> Result<(), StoreError> {
         let account = self.inner.account.lock().await;
-        if lock(&self.inner.pending).has_keys_upload() {
+        if lock(&self.inner.requests).has_keys_upload() {
             return Ok(());
         }
         let request = account.keys_for_upload().map_err(|e| StoreError::serialization("keys upload", e))?;
@@ -22,7 +22,7 @@ impl OlmMachine {
                 device_keys = request.device_keys.is_some(),
                 "keys upload needed"
             );
-            self.register(AnyOutgoingRequest::KeysUpload(request), Meta::None, true);
+            self.queue(AnyOutgoingRequest::KeysUpload(request), Meta::KeysUpload);
         }
         Ok(())
     }

@@ -1,40 +1,45 @@
-//! [`OlmMachine`]: the sans-I/O engine one device runs.
+//! [`OlmMachine`]: the sans-I/O engine one device runs. This module only
+//! routes: inputs and commands go to the concern that owns the rule
+//! (`olm/`, `megolm/`, `devices/`, `requests/`), and each input's changes
+//! are collected into one [`Changes`] batch and saved before it returns.
 
 mod claim;
 mod export;
 mod group;
 mod group_cache;
+mod keys_query;
 mod keys_upload;
 mod olm_batch;
-mod pending;
+mod room;
 mod room_decrypt;
 mod room_keys;
+mod rooms;
 mod session_cache;
 mod share;
 mod sync;
+mod timers;
 mod to_device;
-mod tracking;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use ruma_common::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedTransactionId, TransactionId, UserId};
+use ruma_common::{DeviceId, OwnedDeviceId, TransactionId, UserId};
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 pub use export::{ImportError, RoomKeyImportResult};
 pub use group::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
-pub use room_keys::RoomKeyInfo;
+pub use room::{RoomInfo, RoomReadiness};
 pub use sync::{DeviceListChanges, OlmDecryptionInfo, SyncChanges, SyncOutput, ToDeviceOutcome};
 pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 
-use self::{
-    claim::ClaimState, group_cache::GroupCache, pending::Pending, session_cache::SessionCache, tracking::Tracking,
-};
+use self::{group_cache::GroupCache, rooms::RoomRegistry, session_cache::SessionCache};
 use crate::{
     AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, Timestamp,
-    devices::{DeviceData, LocalTrust},
-    olm::{Account, OwnIdentity},
+    devices::{DeviceData, DeviceTracker, LocalTrust, QUERY_RETRY_RECORD},
+    events::{EngineEvent, EventQueue},
+    olm::{Account, CLAIMS_RECORD, ClaimState, LEGACY_UNWEDGE_RECORD, OwnIdentity},
+    requests::{IdSource, Meta, RequestQueue},
     signing::SignatureError,
     store::{Changes, CryptoStore, StoreError, TrackedUser},
 };
@@ -70,66 +75,88 @@ pub enum OpenError {
 ///
 /// `OlmMachine` is cheap to clone (an `Arc` inside), `Send` and `Sync`.
 /// Concurrent calls are safe: syncs, responses and encryptions that touch Olm
-/// sessions are serialized so that no session is used by two tasks at once.
+/// sessions are serialized so that no session is used by two tasks at once,
+/// and sharing and encrypting in one room are single-flight.
 ///
 /// # Method kinds
 ///
+/// * **Inputs** say what the server said:
+///   [`receive_sync_changes`](Self::receive_sync_changes) (one call per
+///   sync) and [`mark_request_as_sent`](Self::mark_request_as_sent) (the
+///   answer to a queued request).
+/// * **Time** is an input too: [`poll_timeout`](Self::poll_timeout) names the
+///   next deadline, [`handle_timeout`](Self::handle_timeout) runs what is due.
+/// * **The room-level command** [`prepare_room`](Self::prepare_room) owns the
+///   whole query → claim → share choreography for a room and says when the
+///   room is ready for [`encrypt_room_event`](Self::encrypt_room_event).
+/// * **Low-level commands**, for embedders who choreograph themselves:
+///   [`update_tracked_users`](Self::update_tracked_users),
+///   [`get_missing_sessions`](Self::get_missing_sessions),
+///   [`share_room_key`](Self::share_room_key),
+///   [`encrypt_to_device`](Self::encrypt_to_device),
+///   [`discard_room_key`](Self::discard_room_key); and the others:
+///   [`decrypt_room_event`](Self::decrypt_room_event) /
+///   [`decrypt_room_events`](Self::decrypt_room_events),
+///   [`export_room_keys`](Self::export_room_keys),
+///   [`import_room_keys`](Self::import_room_keys),
+///   [`set_local_trust`](Self::set_local_trust).
+/// * **Outputs**: the request queue, drained with
+///   [`outgoing_requests`](Self::outgoing_requests), and the event queue,
+///   drained with [`poll_event`](Self::poll_event) /
+///   [`drain_events`](Self::drain_events).
 /// * **Getters** read state: [`user_id`](Self::user_id),
 ///   [`device_id`](Self::device_id), [`identity_keys`](Self::identity_keys),
 ///   [`get_device`](Self::get_device), [`get_user_devices`](Self::get_user_devices),
 ///   [`tracked_users`](Self::tracked_users).
-/// * **Inputs** feed what the server said:
-///   [`receive_sync_changes`](Self::receive_sync_changes) (one call per sync:
-///   to-device events, device-list changes, key counts, the sync token) and
-///   [`mark_request_as_sent`](Self::mark_request_as_sent) (the answer to an
-///   outgoing request).
-/// * **Commands** are the caller's wishes:
-///   [`update_tracked_users`](Self::update_tracked_users),
-///   [`get_missing_sessions`](Self::get_missing_sessions),
-///   [`encrypt_to_device`](Self::encrypt_to_device),
-///   [`share_room_key`](Self::share_room_key),
-///   [`encrypt_room_event`](Self::encrypt_room_event),
-///   [`decrypt_room_event`](Self::decrypt_room_event),
-///   [`discard_room_key`](Self::discard_room_key),
-///   [`export_room_keys`](Self::export_room_keys),
-///   [`import_room_keys`](Self::import_room_keys),
-///   [`set_local_trust`](Self::set_local_trust).
-/// * **Outputs** are what the caller must send:
-///   [`outgoing_requests`](Self::outgoing_requests), plus the requests the
-///   commands return.
 ///
 /// Every input and command saves everything it changed in one atomic
 /// [`Changes`] batch before it returns (persist before acknowledge): the
 /// caller stores its sync token only after `receive_sync_changes` returned.
-/// Time-dependent calls take `now`; the machine never reads a clock.
+/// The machine never reads a clock.
 ///
-/// # Drain order
+/// # The drain rule
 ///
-/// After each sync: call `receive_sync_changes`, then send every request from
-/// `outgoing_requests` (keys upload, keys queries, queued to-device messages,
-/// claims for wedged sessions) and answer each with `mark_request_as_sent`.
-/// Before encrypting for users, answer their keys queries first, then send the
-/// claim from `get_missing_sessions`, then send the requests `share_room_key`
-/// returns, then encrypt. Until answered, a request is listed again
-/// by `outgoing_requests` under the same id, so sending it twice is harmless.
+/// Every request the engine wants sent is in one queue and listed by
+/// `outgoing_requests` until its answer is handed back or the engine
+/// cancels it (a share superseded by a new room key, a query or claim for
+/// users no longer tracked). Commands that return requests return copies of
+/// queued ones for convenience; dropping them loses nothing. A request may
+/// be sent more than once (to-device requests carry their id as the
+/// transaction id, so the server drops repeats), and a second answer, or an
+/// answer to a cancelled request, is accepted and ignored. So a driver is
+/// one loop: feed an input, send every listed request (concurrently),
+/// answer each, drain the events, and sleep until the next sync or
+/// `poll_timeout`.
 #[derive(Clone, Debug)]
 pub struct OlmMachine {
     inner: Arc<Inner>,
 }
 
+/// The engine's state, each part owned by its concern.
 #[derive(Debug)]
 struct Inner {
     own: OwnIdentity,
     store: Arc<dyn CryptoStore>,
     /// Lock order: `account`, then `sessions`, then the std mutexes.
     account: async_lock::Mutex<Account>,
+    /// Olm sessions in memory (`olm/`).
     sessions: async_lock::Mutex<SessionCache>,
-    tracking: Mutex<Tracking>,
-    pending: Mutex<Pending>,
+    /// Whose device lists we follow (`devices/tracker`).
+    tracker: Mutex<DeviceTracker>,
+    /// Claim back-off, wedged devices, the unwedging budget (`olm/claims`).
     claims: Mutex<ClaimState>,
+    /// Room keys in memory (`megolm/`).
     groups: Mutex<GroupCache>,
-    /// Per-room locks: sharing and encrypting in one room are single-flight.
-    room_locks: Mutex<HashMap<OwnedRoomId, Arc<async_lock::Mutex<()>>>>,
+    /// Per-room locks and the rooms' known encryption settings.
+    rooms: Mutex<RoomRegistry>,
+    /// Every unanswered request (`requests/queue`).
+    requests: Mutex<RequestQueue>,
+    /// Events not yet drained (`events`).
+    events: Mutex<EventQueue>,
+    /// The latest `now` handled by `handle_timeout`.
+    timers_handled_until: Mutex<Timestamp>,
+    /// Where request and transaction ids come from.
+    ids: IdSource,
     /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
     workers: AtomicUsize,
 }
@@ -186,19 +213,28 @@ impl OlmMachine {
             curve25519: account.curve25519_key(),
             signed_device_keys: account.signed_device_keys()?,
         };
-        let tracking = Tracking::from_stored(store.load_tracked_users().await?);
-        let claims = ClaimState::from_unwedge_record(store.get_custom_value(claim::UNWEDGE_RECORD).await?.as_deref());
+        let retry = store.get_custom_value(QUERY_RETRY_RECORD).await?;
+        let tracker = DeviceTracker::from_stored(store.load_tracked_users().await?, retry.as_deref());
+        let claims_record = store.get_custom_value(CLAIMS_RECORD).await?;
+        let legacy_unwedge = match claims_record {
+            Some(_) => None,
+            None => store.get_custom_value(LEGACY_UNWEDGE_RECORD).await?,
+        };
+        let claims = ClaimState::from_records(claims_record.as_deref(), legacy_unwedge.as_deref());
         Ok(Self {
             inner: Arc::new(Inner {
                 own,
                 store,
                 account: async_lock::Mutex::new(account),
                 sessions: async_lock::Mutex::new(SessionCache::default()),
-                tracking: Mutex::new(tracking),
-                pending: Mutex::new(Pending::default()),
+                tracker: Mutex::new(tracker),
                 claims: Mutex::new(claims),
                 groups: Mutex::new(GroupCache::default()),
-                room_locks: Mutex::new(HashMap::new()),
+                rooms: Mutex::new(RoomRegistry::default()),
+                requests: Mutex::new(RequestQueue::default()),
+                events: Mutex::new(EventQueue::default()),
+                timers_handled_until: Mutex::new(Timestamp::EPOCH),
+                ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
             }),
         })
@@ -212,6 +248,15 @@ impl OlmMachine {
     /// available). Small batches always stay on the calling thread.
     pub fn set_worker_threads(&self, threads: usize) {
         self.inner.workers.store(threads.max(1), Ordering::Relaxed);
+    }
+
+    /// Makes the ids of the requests this machine creates from now on a
+    /// fixed sequence determined by `seed`, so that a simulated network
+    /// replays exactly. Never use a fixed seed for a real device across
+    /// restarts: the server drops a to-device request whose transaction id
+    /// it already saw from the device. By default the seed is random.
+    pub fn set_id_seed(&self, seed: u64) {
+        self.inner.ids.reseed(seed);
     }
 
     fn workers(&self) -> usize {
@@ -268,20 +313,21 @@ impl OlmMachine {
         Ok(true)
     }
 
-    /// Every request waiting to be sent: a keys upload if the server lacks
-    /// keys, keys queries for users whose device lists are outdated (at most
-    /// 250 users each), queued to-device messages, and claims that will
-    /// replace wedged sessions. Requests not yet answered are listed again
-    /// with the same id.
+    /// Every request waiting to be sent, oldest first: the keys upload if
+    /// the server lacks keys, keys queries for outdated device lists (at most
+    /// 250 users each), claims, room-key shares, queued to-device messages.
+    /// A request stays listed, under the same id, until it is answered or
+    /// cancelled (see the drain rule on [`OlmMachine`]).
     pub async fn outgoing_requests(&self, now: Timestamp) -> Result<Vec<OutgoingRequest>, StoreError> {
         self.ensure_keys_upload_listed().await?;
-        self.ensure_keys_queries_listed();
-        self.ensure_unwedging_claim_listed(now).await?;
-        Ok(lock(&self.inner.pending).listed())
+        self.ensure_keys_queries_listed(now);
+        self.ensure_unwedging_claim_listed(now);
+        Ok(lock(&self.inner.requests).listed())
     }
 
     /// Hands back the homeserver's answer to the request with `request_id`,
-    /// and saves what it changes.
+    /// and saves what it changes. The answer to a request that was already
+    /// answered or was cancelled is accepted and changes nothing.
     pub async fn mark_request_as_sent<'a>(
         &self,
         request_id: &TransactionId,
@@ -289,50 +335,55 @@ impl OlmMachine {
         now: Timestamp,
     ) -> Result<(), ResponseError> {
         let response = response.into();
-        let entry = lock(&self.inner.pending)
-            .get(request_id)
-            .ok_or_else(|| ResponseError::UnknownRequest(request_id.to_owned()))?;
+        let entry = {
+            let requests = lock(&self.inner.requests);
+            match requests.get(request_id) {
+                Some(entry) => entry,
+                None if requests.was_finished(request_id) => return Ok(()),
+                None => return Err(ResponseError::UnknownRequest(request_id.to_owned())),
+            }
+        };
         let expected = entry.request.request().kind();
         if expected != response.kind() {
             return Err(ResponseError::KindMismatch { id: request_id.to_owned(), expected, found: response.kind() });
         }
-        match (&entry.request.request(), response) {
-            (AnyOutgoingRequest::KeysUpload(_), AnyIncomingResponse::KeysUpload(r)) => {
-                self.receive_keys_upload_response(r).await?
+        match (&*entry.meta, response) {
+            (Meta::KeysUpload, AnyIncomingResponse::KeysUpload(r)) => self.receive_keys_upload_response(r).await?,
+            (Meta::KeysQuery(users), AnyIncomingResponse::KeysQuery(r)) => {
+                self.receive_keys_query_response(users, r, now).await?
             }
-            (AnyOutgoingRequest::KeysQuery(_), AnyIncomingResponse::KeysQuery(r)) => {
-                self.receive_keys_query_response(&entry.meta, r).await?
+            (Meta::KeysClaim(devices), AnyIncomingResponse::KeysClaim(r)) => {
+                self.receive_keys_claim_response(devices, r, now).await?
             }
-            (AnyOutgoingRequest::KeysClaim(_), AnyIncomingResponse::KeysClaim(r)) => {
-                self.receive_keys_claim_response(&entry.meta, r, now).await?
-            }
-            (AnyOutgoingRequest::ToDevice(_), AnyIncomingResponse::ToDevice(_)) => {
-                if let pending::Meta::RoomKeyShare(targets) = &*entry.meta {
-                    self.receive_room_key_share_ack(targets).await?;
-                }
+            (Meta::RoomKeyShare(targets), AnyIncomingResponse::ToDevice(_)) => {
+                self.receive_room_key_share_ack(targets).await?
             }
             _ => {}
         }
-        lock(&self.inner.pending).remove(request_id);
+        lock(&self.inner.requests).finish(request_id);
         Ok(())
     }
 
-    fn register(&self, request: AnyOutgoingRequest, meta: pending::Meta, listed: bool) -> OutgoingRequest {
-        let request = OutgoingRequest::new(request);
-        lock(&self.inner.pending).insert(request.clone(), meta, listed);
-        request
+    /// The oldest event not yet drained, if any (see [`EngineEvent`]).
+    pub fn poll_event(&self) -> Option<EngineEvent> {
+        lock(&self.inner.events).pop()
     }
 
-    fn register_with_id(
-        &self,
-        id: OwnedTransactionId,
-        request: AnyOutgoingRequest,
-        meta: pending::Meta,
-        listed: bool,
-    ) -> OutgoingRequest {
-        let request = OutgoingRequest::with_id(id, request);
-        lock(&self.inner.pending).insert(request.clone(), meta, listed);
-        request
+    /// Every event not yet drained, oldest first.
+    pub fn drain_events(&self) -> Vec<EngineEvent> {
+        let mut events = lock(&self.inner.events);
+        std::iter::from_fn(|| events.pop()).collect()
+    }
+
+    /// Queues a request with a fresh id; returns a copy for the caller.
+    fn queue(&self, request: AnyOutgoingRequest, meta: Meta) -> OutgoingRequest {
+        let request = OutgoingRequest::with_id(self.inner.ids.next(), request);
+        lock(&self.inner.requests).push(request, meta)
+    }
+
+    /// Queues events, after the changes they report were saved.
+    fn announce(&self, events: impl IntoIterator<Item = EngineEvent>) {
+        lock(&self.inner.events).extend(events);
     }
 
     /// Saves `changes`. On failure the in-memory caches are dropped and the

@@ -31,9 +31,19 @@ use crate::{
     store::{Changes, OlmMessageHash},
 };
 
+/// What an accepted `m.room_key` carried, checked on the worker.
+pub(super) enum CarriedRoomKey {
+    /// The event was no room key, or was itself rejected.
+    None,
+    /// A valid key, ready to be offered to the store.
+    Checked(Box<PreparedRoomKey>),
+    /// The key was refused.
+    Refused(OlmError),
+}
+
 /// An event's outcome, and for an accepted `m.room_key` the checked key (or
 /// why it is refused), to be stored by the caller.
-pub(super) type BatchOutcome = (ToDeviceOutcome, Option<Result<Box<PreparedRoomKey>, String>>);
+pub(super) type BatchOutcome = (ToDeviceOutcome, CarriedRoomKey);
 
 /// One event of a sending device, with what is known of the device it claims.
 struct Pending {
@@ -58,7 +68,7 @@ enum Fate {
         /// The key a new inbound session was created from (one-time or fallback).
         new_session_key: Option<Curve25519PublicKey>,
         /// For an `m.room_key`: the checked key, or why it is refused.
-        room_key: Option<Result<Box<PreparedRoomKey>, String>>,
+        room_key: CarriedRoomKey,
     },
     Rejected(OlmError),
     /// A normal message no session decrypts.
@@ -80,9 +90,32 @@ struct SenderDone {
     poisoned: bool,
 }
 
+/// The gather phase's result: events sorted into per-sender jobs, and the
+/// outcomes already known (plain, malformed, redelivered).
+struct Gathered {
+    outcomes: Vec<Option<BatchOutcome>>,
+    raws: Vec<Option<Raw<AnyToDeviceEvent>>>,
+    jobs: Vec<SenderJob>,
+    devices_of: HashMap<OwnedUserId, Vec<DeviceData>>,
+    hashes: Vec<Option<OlmMessageHash>>,
+}
+
+/// The merge phase's bookkeeping of one-time keys used in the batch.
+#[derive(Default)]
+struct KeyUse {
+    used: HashSet<Curve25519PublicKey>,
+    /// Sessions made from a key another session of the batch took first.
+    dropped: HashSet<(Curve25519PublicKey, String)>,
+    account_changed: bool,
+}
+
 impl OlmMachine {
     /// Decrypts every `m.room.encrypted` event of a sync; other events pass
-    /// through. The outer `Result` is a store failure (the whole sync fails).
+    /// through. Phases: gather (parse, drop redeliveries, group by sender,
+    /// load sessions), decrypt (per sender, on the workers), merge (in event
+    /// order: one-time keys, wedges, unknown devices), apply (sessions and
+    /// the account into `changes`). The outer `Result` is a store failure
+    /// (the whole sync fails).
     pub(super) async fn receive_to_device_batch(
         &self,
         account: &mut Account,
@@ -91,39 +124,58 @@ impl OlmMachine {
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<Vec<BatchOutcome>, StoreError> {
+        let mut gathered = self.gather_olm_events(sessions, events).await?;
+        if gathered.jobs.is_empty() {
+            return Ok(gathered.outcomes.into_iter().flatten().collect());
+        }
+        let jobs = std::mem::take(&mut gathered.jobs);
+        let needs_account =
+            jobs.iter().flat_map(|j| &j.events).any(|e| matches!(e.incoming.message, OlmMessage::PreKey(_)));
+        let source: Option<&Account> = needs_account.then_some(&*account);
         let own = &self.inner.own;
-        let mut outcomes: Vec<Option<BatchOutcome>> = (0..events.len()).map(|_| None).collect();
-        let mut jobs: Vec<SenderJob> = Vec::new();
+        let done: Vec<SenderDone> =
+            run_split(jobs, self.workers(), |job| job.events.len(), |part| decrypt_part(part, own, source, now))
+                .into_iter()
+                .flatten()
+                .collect();
+        let (finished, keys) = self.merge_fates(account, &mut gathered, done, now, changes);
+        apply_senders(sessions, finished, &keys, changes);
+        if keys.account_changed {
+            changes.account = Some(account.to_stored());
+        }
+        Ok(gathered.outcomes.into_iter().flatten().collect())
+    }
+
+    /// Gather: parses each event, settles the ones that need no session
+    /// (plain, malformed, redelivered) and groups the others by sender key
+    /// with that sender's sessions taken out of the cache.
+    async fn gather_olm_events(
+        &self,
+        sessions: &mut SessionCache,
+        events: Vec<Raw<AnyToDeviceEvent>>,
+    ) -> Result<Gathered, StoreError> {
+        let own = &self.inner.own;
+        let mut gathered = Gathered {
+            outcomes: (0..events.len()).map(|_| None).collect(),
+            hashes: vec![None; events.len()],
+            // Each raw event is kept (moved, not copied) until its outcome needs it.
+            raws: events.into_iter().map(Some).collect(),
+            jobs: Vec::new(),
+            devices_of: HashMap::new(),
+        };
         let mut job_of_key: HashMap<Curve25519PublicKey, usize> = HashMap::new();
-        let mut devices_of: HashMap<OwnedUserId, Vec<DeviceData>> = HashMap::new();
-        let mut hashes: Vec<Option<OlmMessageHash>> = vec![None; events.len()];
         let mut hashes_in_batch: HashSet<OlmMessageHash> = HashSet::new();
-        // Each raw event is kept (moved, not copied) until its outcome needs it.
-        let mut raws: Vec<Option<Raw<AnyToDeviceEvent>>> = events.into_iter().map(Some).collect();
-        for (index, slot) in raws.iter_mut().enumerate() {
-            let Some(raw) = slot.as_ref() else { continue };
-            let value: Value = match raw.deserialize_as_unchecked() {
-                Ok(value) => value,
-                Err(e) => {
-                    let error = OlmError::Malformed(e.to_string());
-                    outcomes[index] = Some((ToDeviceOutcome::Failed { event: take(slot), error }, None));
+        for index in 0..gathered.raws.len() {
+            let settled = |outcome| Some((outcome, CarriedRoomKey::None));
+            let incoming = match classify(gathered.raws[index].as_ref(), own) {
+                Classified::Encrypted(incoming) => *incoming,
+                Classified::Plain => {
+                    gathered.outcomes[index] = settled(ToDeviceOutcome::PlainText(take(&mut gathered.raws[index])));
                     continue;
                 }
-            };
-            let Some(event_type) = value.get("type").and_then(Value::as_str) else {
-                let error = OlmError::Malformed("a to-device event must be an object with a string type".into());
-                outcomes[index] = Some((ToDeviceOutcome::Failed { event: take(slot), error }, None));
-                continue;
-            };
-            if event_type != "m.room.encrypted" {
-                outcomes[index] = Some((ToDeviceOutcome::PlainText(take(slot)), None));
-                continue;
-            }
-            let incoming = match parse_incoming(&value, &own.curve25519) {
-                Ok(incoming) => incoming,
-                Err(error) => {
-                    tracing::warn!(%error, "rejected an encrypted to-device event");
-                    outcomes[index] = Some((ToDeviceOutcome::Failed { event: take(slot), error }, None));
+                Classified::Failed(error) => {
+                    let event = take(&mut gathered.raws[index]);
+                    gathered.outcomes[index] = settled(ToDeviceOutcome::Failed { event, error });
                     continue;
                 }
             };
@@ -133,16 +185,17 @@ impl OlmMachine {
                 || self.inner.store.is_olm_message_known(&incoming.hash).await?
             {
                 tracing::debug!(sender = %incoming.sender, "dropped a redelivered Olm message");
-                outcomes[index] =
-                    Some((ToDeviceOutcome::Failed { event: take(slot), error: OlmError::Redelivered }, None));
+                let event = take(&mut gathered.raws[index]);
+                gathered.outcomes[index] = settled(ToDeviceOutcome::Failed { event, error: OlmError::Redelivered });
                 continue;
             }
-            hashes[index] = Some(incoming.hash.clone());
-            if !devices_of.contains_key(&incoming.sender) {
+            gathered.hashes[index] = Some(incoming.hash.clone());
+            if !gathered.devices_of.contains_key(&incoming.sender) {
                 let devices = self.inner.store.get_user_devices(&incoming.sender).await?.into_values().collect();
-                devices_of.insert(incoming.sender.clone(), devices);
+                gathered.devices_of.insert(incoming.sender.clone(), devices);
             }
-            let known_device = devices_of
+            let known_device = gathered
+                .devices_of
                 .get(&incoming.sender)
                 .and_then(|d| d.iter().find(|d| d.curve25519_key() == incoming.sender_key))
                 .cloned();
@@ -151,27 +204,28 @@ impl OlmMachine {
                 None => {
                     let sender_key = incoming.sender_key;
                     let sessions = sessions.take(&*self.inner.store, sender_key).await?;
-                    jobs.push(SenderJob { sender_key, sessions, events: Vec::new() });
-                    job_of_key.insert(sender_key, jobs.len() - 1);
-                    jobs.len() - 1
+                    gathered.jobs.push(SenderJob { sender_key, sessions, events: Vec::new() });
+                    job_of_key.insert(sender_key, gathered.jobs.len() - 1);
+                    gathered.jobs.len() - 1
                 }
             };
-            jobs[job].events.push(Pending { index, incoming, known_device });
+            gathered.jobs[job].events.push(Pending { index, incoming, known_device });
         }
-        if jobs.is_empty() {
-            return Ok(outcomes.into_iter().flatten().collect());
-        }
+        Ok(gathered)
+    }
 
-        let needs_account =
-            jobs.iter().flat_map(|j| &j.events).any(|e| matches!(e.incoming.message, OlmMessage::PreKey(_)));
-        let source: Option<&Account> = needs_account.then_some(&*account);
-        let done: Vec<SenderDone> =
-            run_split(jobs, self.workers(), |job| job.events.len(), |part| decrypt_part(part, own, source, now))
-                .into_iter()
-                .flatten()
-                .collect();
-
-        // Merge in event order.
+    /// Merge: the workers' fates in event order. One-time keys used by new
+    /// sessions leave the real account (a second session from the same key
+    /// is rejected, as sequential processing would); wedges and unknown
+    /// devices are noted.
+    fn merge_fates(
+        &self,
+        account: &mut Account,
+        gathered: &mut Gathered,
+        done: Vec<SenderDone>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> (Vec<SenderDone>, KeyUse) {
         let mut fates: Vec<(usize, Curve25519PublicKey, Fate)> =
             Vec::with_capacity(done.iter().map(|d| d.fates.len()).sum());
         let mut finished = Vec::with_capacity(done.len());
@@ -180,33 +234,17 @@ impl OlmMachine {
             finished.push(sender);
         }
         fates.sort_by_key(|(i, _, _)| *i);
-        let mut used_keys: HashSet<Curve25519PublicKey> = HashSet::new();
-        let mut dropped: HashSet<(Curve25519PublicKey, String)> = HashSet::new();
-        let mut account_changed = false;
+        let mut keys = KeyUse::default();
         for (index, sender_key, fate) in fates {
-            let raw = take(&mut raws[index]);
-            let mut room_key = None;
-            let outcome = match fate {
-                Fate::Decrypted { info, .. } if dropped.contains(&(sender_key, info.session_id.clone())) => {
+            let raw = take(&mut gathered.raws[index]);
+            let settled = match fate {
+                Fate::Decrypted { info, .. } if keys.dropped.contains(&(sender_key, info.session_id.clone())) => {
                     Err(OlmError::SessionCreation("its session's one-time key was used twice".into()))
                 }
-                Fate::Decrypted { event, info, new_session_key, room_key: prepared } => {
-                    room_key = prepared;
-                    let mut reused = false;
-                    if let Some(key) = new_session_key {
-                        if account.remove_one_time_key(key) {
-                            used_keys.insert(key);
-                            account_changed = true;
-                        } else if used_keys.contains(&key) {
-                            // Another device's session in this batch took the key first.
-                            dropped.insert((sender_key, info.session_id.clone()));
-                            reused = true;
-                        }
-                    }
-                    if reused {
-                        Err(OlmError::SessionCreation("the one-time key was already used".into()))
-                    } else {
-                        Ok((event, info))
+                Fate::Decrypted { event, info, new_session_key, room_key } => {
+                    match new_session_key.map(|key| keys.take(account, key, sender_key, &info.session_id)) {
+                        Some(false) => Err(OlmError::SessionCreation("the one-time key was already used".into())),
+                        _ => Ok((event, info, room_key)),
                     }
                 }
                 Fate::Rejected(error) => Err(error),
@@ -215,47 +253,101 @@ impl OlmMachine {
                     Err(OlmError::NoMatchingSession { sender_key: sender_key.to_base64(), sessions_tried: tried })
                 }
             };
-            let outcome = match outcome {
-                Ok((Ok(event), info)) => {
-                    changes.olm_message_hashes.extend(hashes[index].take());
-                    let known = devices_of
+            gathered.outcomes[index] = Some(match settled {
+                Ok((Ok(event), info, room_key)) => {
+                    changes.olm_message_hashes.extend(gathered.hashes[index].take());
+                    let known = gathered
+                        .devices_of
                         .get(&info.sender)
                         .is_some_and(|devices| devices.iter().any(|d| d.curve25519_key() == sender_key));
                     if !known {
                         // A device we do not know: its owner's list is outdated.
                         self.note_unknown_device(&info.sender, sender_key, changes);
                     }
-                    ToDeviceOutcome::Decrypted { event, info }
+                    (ToDeviceOutcome::Decrypted { event, info }, room_key)
                 }
-                Ok((Err(e), _)) => {
-                    room_key = None;
-                    ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e) }
+                Ok((Err(e), _, _)) => {
+                    (ToDeviceOutcome::Failed { event: raw, error: OlmError::Malformed(e) }, CarriedRoomKey::None)
                 }
                 Err(error) => {
                     tracing::warn!(%error, "rejected an encrypted to-device event");
-                    room_key = None;
-                    ToDeviceOutcome::Failed { event: raw, error }
+                    (ToDeviceOutcome::Failed { event: raw, error }, CarriedRoomKey::None)
                 }
-            };
-            outcomes[index] = Some((outcome, room_key));
+            });
         }
-        for mut sender in finished {
-            if sender.poisoned {
-                // Reloaded from the store on next use; nothing of it is saved.
-                continue;
+        (finished, keys)
+    }
+}
+
+impl KeyUse {
+    /// Removes a new session's one-time key from the account; `false` if
+    /// another session of the batch took it first (the session is dropped).
+    fn take(
+        &mut self,
+        account: &mut Account,
+        key: Curve25519PublicKey,
+        sender_key: Curve25519PublicKey,
+        session_id: &str,
+    ) -> bool {
+        if account.remove_one_time_key(key) {
+            self.used.insert(key);
+            self.account_changed = true;
+            true
+        } else if self.used.contains(&key) {
+            self.dropped.insert((sender_key, session_id.to_owned()));
+            false
+        } else {
+            // A fallback key (kept for reuse), or one removed before the batch.
+            true
+        }
+    }
+}
+
+/// Apply: the senders' sessions go back to the cache and, where they
+/// advanced or were created, into `changes`; a poisoned sender's are dropped.
+fn apply_senders(sessions: &mut SessionCache, finished: Vec<SenderDone>, keys: &KeyUse, changes: &mut Changes) {
+    for mut sender in finished {
+        if sender.poisoned {
+            // Reloaded from the store on next use; nothing of it is saved.
+            continue;
+        }
+        sender.sessions.retain(|s| !keys.dropped.contains(&(sender.sender_key, s.session_id().to_owned())));
+        for session in &sender.sessions {
+            if sender.touched.contains(session.session_id()) {
+                changes.sessions.push(session.to_stored());
             }
-            sender.sessions.retain(|s| !dropped.contains(&(sender.sender_key, s.session_id().to_owned())));
-            for session in &sender.sessions {
-                if sender.touched.contains(session.session_id()) {
-                    changes.sessions.push(session.to_stored());
-                }
-            }
-            sessions.put_back(sender.sender_key, sender.sessions);
         }
-        if account_changed {
-            changes.account = Some(account.to_stored());
+        sessions.put_back(sender.sender_key, sender.sessions);
+    }
+}
+
+/// How the gather phase sorts an event.
+enum Classified {
+    Encrypted(Box<IncomingOlm>),
+    Plain,
+    Failed(OlmError),
+}
+
+fn classify(raw: Option<&Raw<AnyToDeviceEvent>>, own: &OwnIdentity) -> Classified {
+    let Some(raw) = raw else { return Classified::Failed(OlmError::Malformed("missing event".into())) };
+    let value: Value = match raw.deserialize_as_unchecked() {
+        Ok(value) => value,
+        Err(e) => return Classified::Failed(OlmError::Malformed(e.to_string())),
+    };
+    let Some(event_type) = value.get("type").and_then(Value::as_str) else {
+        return Classified::Failed(OlmError::Malformed(
+            "a to-device event must be an object with a string type".into(),
+        ));
+    };
+    if event_type != "m.room.encrypted" {
+        return Classified::Plain;
+    }
+    match parse_incoming(&value, &own.curve25519) {
+        Ok(incoming) => Classified::Encrypted(Box::new(incoming)),
+        Err(error) => {
+            tracing::warn!(%error, "rejected an encrypted to-device event");
+            Classified::Failed(error)
         }
-        Ok(outcomes.into_iter().flatten().collect())
     }
 }
 
@@ -402,8 +494,14 @@ fn decrypt_event(
 }
 
 fn decrypted_fate(mut event: Value, info: OlmDecryptionInfo, new_session_key: Option<Curve25519PublicKey>) -> Fate {
-    let room_key = (info.event_type == "m.room_key").then(|| prepare_room_key(&info, &event["content"]));
-    if room_key.is_some()
+    let room_key = match info.event_type.as_str() {
+        "m.room_key" => match prepare_room_key(&info, &event["content"]) {
+            Ok(key) => CarriedRoomKey::Checked(key),
+            Err(error) => CarriedRoomKey::Refused(error),
+        },
+        _ => CarriedRoomKey::None,
+    };
+    if !matches!(room_key, CarriedRoomKey::None)
         && let Some(key) = event.get_mut("content").and_then(|c| c.get_mut("session_key"))
     {
         // The key is secret: the caller gets the event without it.

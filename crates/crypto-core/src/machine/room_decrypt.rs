@@ -1,7 +1,7 @@
-//! Decrypting room events, one or a batch: parsing and Megolm decryption are
-//! spread over the cores (each worker on its own copy of the sessions it
-//! needs), then replay records, sender devices and the save happen once for
-//! the batch, in event order.
+//! Routing for decrypting room events, one or a batch, in chunks of 256:
+//! parsing and Megolm decryption are spread over the cores (each worker on
+//! its own copy of the sessions it needs), then the sender checks and the
+//! replay rule (`megolm::replay`) run in event order, and one save per chunk.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,8 +18,8 @@ use super::{
 use crate::{
     contain::contain,
     megolm::{
-        DecryptionSettings, InboundGroupSession, IncomingRoomEvent, MegolmError, RoomPlaintext, TrustRequirement,
-        parse_encrypted_event,
+        DecryptionSettings, FirstUse, InboundGroupSession, IncomingRoomEvent, IndexUse, MegolmError, ReplayGuard,
+        RoomPlaintext, TrustRequirement, parse_encrypted_event,
     },
     parallel::run_split,
     store::{Changes, MessageIndexRecord},
@@ -61,6 +61,25 @@ fn parse(value: Result<Value, MegolmError>) -> Result<Parsed, MegolmError> {
     Ok(Parsed { incoming, outer_relation, claimed_sender_key })
 }
 
+/// How many events one pass of a batch decryption holds at once: the
+/// batch is decrypted in chunks of this size (each with its own save), so
+/// peak memory stays flat however long the batch is.
+pub(crate) const DECRYPT_CHUNK: usize = 256;
+
+/// One event's result.
+pub(crate) type RoomEventResult = Result<DecryptedRoomEvent, MegolmError>;
+
+/// The workers' result for one event: decrypted, its key missing, or failed.
+type WorkerResult = (usize, Result<Result<Opened, Parsed>, MegolmError>);
+
+/// An event that passed every check, waiting for the save.
+struct Accepted {
+    index: usize,
+    opened: Opened,
+    sender_device: Option<OwnedDeviceId>,
+    verification_state: VerificationState,
+}
+
 impl OlmMachine {
     /// Decrypts an `m.room.encrypted` room event received in `room_id`.
     /// Checks that the event's sender owns the room key, that the payload is
@@ -72,7 +91,7 @@ impl OlmMachine {
         room_id: &RoomId,
         settings: &DecryptionSettings,
     ) -> Result<DecryptedRoomEvent, MegolmError> {
-        let mut results = self.decrypt_room_events(std::slice::from_ref(event), room_id, settings).await;
+        let mut results = self.decrypt_chunk(std::slice::from_ref(event), room_id, settings).await;
         results.pop().unwrap_or_else(|| Err(MegolmError::Malformed("no result for the event".into())))
     }
 
@@ -80,184 +99,64 @@ impl OlmMachine {
     /// (a timeline page, a backlog): one result per event, in order, each as
     /// [`decrypt_room_event`](Self::decrypt_room_event) would give it. Large
     /// batches are decrypted on several cores (see
-    /// [`set_worker_threads`](Self::set_worker_threads)); the replay records
-    /// of the whole batch are saved in one write.
+    /// [`set_worker_threads`](Self::set_worker_threads)), 256 events at a
+    /// time, with one save of replay records per 256. To keep memory flat
+    /// over a long backlog, use
+    /// [`decrypt_room_events_each`](Self::decrypt_room_events_each).
     pub async fn decrypt_room_events<T>(
         &self,
         events: &[Raw<T>],
         room_id: &RoomId,
         settings: &DecryptionSettings,
-    ) -> Vec<Result<DecryptedRoomEvent, MegolmError>> {
-        let workers = self.workers();
-        // Parse on the workers.
-        let raws: Vec<&serde_json::value::RawValue> = events.iter().map(Raw::json).collect();
-        let parsed: Vec<Result<Parsed, MegolmError>> = run_split(
-            raws,
-            workers,
-            |_| 1,
-            |part| {
-                part.into_iter()
-                    .map(|raw| {
-                        parse(serde_json::from_str(raw.get()).map_err(|e| MegolmError::Malformed(e.to_string())))
-                    })
-                    .collect::<Vec<_>>()
-            },
-        )
-        .into_iter()
-        .flatten()
-        .collect();
+    ) -> Vec<RoomEventResult> {
+        let mut results = Vec::with_capacity(events.len());
+        self.decrypt_room_events_each(events, room_id, settings, |_, result| results.push(result)).await;
+        results
+    }
 
-        // The sessions the batch needs: from the cache (taken out while the
-        // workers use them) or the store.
-        let mut results: Vec<Option<Result<DecryptedRoomEvent, MegolmError>>> =
-            (0..events.len()).map(|_| None).collect();
-        let mut sessions: SessionMap = HashMap::new();
-        let mut missing: HashSet<String> = HashSet::new();
-        for item in &parsed {
-            let Ok(parsed) = item else { continue };
-            let session_id = &parsed.incoming.session_id;
-            if sessions.contains_key(session_id) || missing.contains(session_id) {
-                continue;
-            }
-            let cached = lock(&self.inner.groups).take_inbound(room_id, session_id);
-            let session = match cached {
-                Some(session) => Some(session),
-                None => match self.load_inbound(room_id, session_id).await {
-                    Ok(session) => session,
-                    Err(error) => return events.iter().map(|_| Err(MegolmError::Store(error.clone()))).collect(),
-                },
-            };
-            match session {
-                Some(session) => {
-                    sessions.insert(session_id.clone(), session);
-                }
-                None => {
-                    missing.insert(session_id.clone());
-                }
+    /// [`decrypt_room_events`](Self::decrypt_room_events) that hands each
+    /// result to `each` (with its position in `events`) as soon as its chunk
+    /// of 256 is done, instead of collecting them: the engine never holds
+    /// more than one chunk's results.
+    pub async fn decrypt_room_events_each<T>(
+        &self,
+        events: &[Raw<T>],
+        room_id: &RoomId,
+        settings: &DecryptionSettings,
+        mut each: impl FnMut(usize, RoomEventResult),
+    ) {
+        for (n, chunk) in events.chunks(DECRYPT_CHUNK).enumerate() {
+            let base = n * DECRYPT_CHUNK;
+            for (i, result) in self.decrypt_chunk(chunk, room_id, settings).await.into_iter().enumerate() {
+                each(base + i, result);
             }
         }
+    }
 
-        // Decrypt on the workers: the events in contiguous chunks, one per
-        // worker; the first chunk works on the sessions themselves, the
-        // others on copies. Results come back in chunk order.
-        let parts = crate::parallel::parts(events.len(), events.len(), workers);
-        let mut jobs: Vec<(SessionMap, Vec<Indexed>)> = Vec::with_capacity(parts);
-        let mut remaining = parsed.into_iter().enumerate().collect::<Vec<_>>();
-        let chunk = remaining.len().div_ceil(parts).max(1);
-        while !remaining.is_empty() {
-            let rest = remaining.split_off(chunk.min(remaining.len()));
-            let map = if jobs.is_empty() {
-                std::mem::take(&mut sessions)
-            } else {
-                jobs[0].0.iter().map(|(id, s)| (id.clone(), InboundGroupSession::from_stored(s.to_stored()))).collect()
-            };
-            jobs.push((map, std::mem::replace(&mut remaining, rest)));
-        }
-        let opened = run_split(
-            jobs,
-            workers,
-            |(_, events)| events.len(),
-            |part| {
-                part.into_iter()
-                    .map(|(mut local, events)| {
-                        let outputs: Vec<_> = events
-                            .into_iter()
-                            .map(|(index, parsed)| {
-                                // A missing key is explained after the workers, with the store.
-                                let result = parsed.and_then(|parsed| contain_open(&mut local, parsed, room_id));
-                                (index, result)
-                            })
-                            .collect();
-                        (local, outputs)
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
-        let mut all = Vec::with_capacity(events.len());
-        for (n, (local, outputs)) in opened.into_iter().flatten().enumerate() {
-            if n == 0 {
-                sessions = local;
-            }
-            all.extend(outputs);
-        }
-        {
-            let mut groups = lock(&self.inner.groups);
-            for (_, session) in sessions.drain() {
-                groups.return_inbound(session);
-            }
-        }
-
-        // Replay records, sender devices, trust: in event order, one save.
+    /// One chunk, in phases: parse (workers), take the sessions it needs,
+    /// decrypt (workers), check in event order (sender, trust, replay), save.
+    async fn decrypt_chunk<T>(
+        &self,
+        events: &[Raw<T>],
+        room_id: &RoomId,
+        settings: &DecryptionSettings,
+    ) -> Vec<RoomEventResult> {
+        let parsed = self.parse_room_events(events);
+        let sessions = match self.take_inbound_sessions(room_id, &parsed).await {
+            Ok(sessions) => sessions,
+            Err(error) => return events.iter().map(|_| Err(MegolmError::Store(error.clone()))).collect(),
+        };
+        let opened = self.open_room_events(sessions, parsed, room_id);
+        let mut results: Vec<Option<RoomEventResult>> = (0..events.len()).map(|_| None).collect();
         let mut changes = Changes::default();
-        let mut seen_in_batch: HashMap<(String, u32), (OwnedEventId, u64)> = HashMap::new();
-        let mut devices: HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)> = HashMap::new();
-        let mut accepted = Vec::new();
-        for (index, result) in all {
-            let opened = match result {
-                Err(error) => {
-                    results[index] = Some(Err(error));
-                    continue;
-                }
-                Ok(Err(parsed)) => {
-                    let withheld =
-                        match self.withheld_code(room_id, &parsed.incoming.session_id, parsed.claimed_sender_key).await
-                        {
-                            Ok(withheld) => withheld,
-                            Err(error) => {
-                                results[index] = Some(Err(MegolmError::Store(error)));
-                                continue;
-                            }
-                        };
-                    results[index] =
-                        Some(Err(MegolmError::MissingRoomKey { session_id: parsed.incoming.session_id, withheld }));
-                    continue;
-                }
-                Ok(Ok(opened)) => opened,
-            };
-            // Sender and trust first: an event refused by either writes no
-            // replay record, so it cannot claim the index of the genuine one.
-            let device_key = (
-                opened.sender.clone(),
-                opened.key.sender_key,
-                opened.key.source,
-                opened.key.sender_ed25519.map(|k| k.to_base64()),
-            );
-            let state = match devices.get(&device_key) {
-                Some(state) => state.clone(),
-                None => match self.sender_device_state(&opened.sender, &opened.key).await {
-                    Ok(state) => {
-                        devices.insert(device_key, state.clone());
-                        state
-                    }
-                    Err(error) => {
-                        results[index] = Some(Err(error));
-                        continue;
-                    }
-                },
-            };
-            let (sender_device, verification_state) = state;
-            if verification_state == VerificationState::UnknownDevice {
-                self.note_unknown_device(&opened.sender, opened.key.sender_key, &mut changes);
-            }
-            if settings.sender_device_trust_requirement == TrustRequirement::VerifiedDevice
-                && verification_state != VerificationState::Verified
-            {
-                results[index] = Some(Err(MegolmError::UnverifiedSenderDevice));
-                continue;
-            }
-            if let Err(error) = self.check_replay(room_id, &opened, &mut seen_in_batch, &mut changes).await {
-                results[index] = Some(Err(error));
-                continue;
-            }
-            accepted.push((index, opened, sender_device, verification_state));
-        }
+        let accepted = self.check_opened(room_id, settings, opened, &mut results, &mut changes).await;
         if let Err(error) = self.save(None, None, changes).await {
-            for (index, ..) in accepted {
-                results[index] = Some(Err(MegolmError::Store(error.clone())));
+            for accepted in accepted {
+                results[accepted.index] = Some(Err(MegolmError::Store(error.clone())));
             }
             return results.into_iter().flatten().collect();
         }
-        for (index, opened, sender_device, verification_state) in accepted {
+        for Accepted { index, opened, sender_device, verification_state } in accepted {
             let info = MegolmDecryptionInfo {
                 sender: opened.sender,
                 sender_device,
@@ -273,42 +172,227 @@ impl OlmMachine {
         results.into_iter().flatten().collect()
     }
 
-    /// Refuses a message index already used by another event (stored, or
-    /// earlier in this batch); records its first use.
-    async fn check_replay(
+    /// Parse phase, on the workers.
+    fn parse_room_events<T>(&self, events: &[Raw<T>]) -> Vec<Result<Parsed, MegolmError>> {
+        let raws: Vec<&serde_json::value::RawValue> = events.iter().map(Raw::json).collect();
+        run_split(
+            raws,
+            self.workers(),
+            |_| 1,
+            |part| {
+                part.into_iter()
+                    .map(|raw| {
+                        parse(serde_json::from_str(raw.get()).map_err(|e| MegolmError::Malformed(e.to_string())))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        )
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// The sessions the parsed events need: taken out of the cache (while the
+    /// workers use them) or loaded from the store.
+    async fn take_inbound_sessions(
+        &self,
+        room_id: &RoomId,
+        parsed: &[Result<Parsed, MegolmError>],
+    ) -> Result<SessionMap, crate::StoreError> {
+        let mut sessions: SessionMap = HashMap::new();
+        let mut missing: HashSet<&str> = HashSet::new();
+        for parsed in parsed.iter().flatten() {
+            let session_id = parsed.incoming.session_id.as_str();
+            if sessions.contains_key(session_id) || missing.contains(session_id) {
+                continue;
+            }
+            let cached = lock(&self.inner.groups).take_inbound(room_id, session_id);
+            let session = match cached {
+                Some(session) => Some(session),
+                None => self.load_inbound(room_id, session_id).await?,
+            };
+            match session {
+                Some(session) => {
+                    sessions.insert(session_id.to_owned(), session);
+                }
+                None => {
+                    missing.insert(session_id);
+                }
+            }
+        }
+        Ok(sessions)
+    }
+
+    /// Decrypt phase: contiguous runs of events, one per worker; the first
+    /// works on the sessions themselves, the others on copies. The sessions
+    /// go back to the cache afterwards.
+    fn open_room_events(
+        &self,
+        sessions: SessionMap,
+        parsed: Vec<Result<Parsed, MegolmError>>,
+        room_id: &RoomId,
+    ) -> Vec<WorkerResult> {
+        let workers = self.workers();
+        let total = parsed.len();
+        let parts = crate::parallel::parts(total, total, workers);
+        let chunk = total.div_ceil(parts).max(1);
+        let mut jobs: Vec<(SessionMap, Vec<Indexed>)> = Vec::with_capacity(parts);
+        let mut remaining = parsed.into_iter().enumerate().collect::<Vec<_>>();
+        let mut sessions = Some(sessions);
+        while !remaining.is_empty() {
+            let rest = remaining.split_off(chunk.min(remaining.len()));
+            let map = match sessions.take() {
+                Some(own) => own,
+                None => jobs[0]
+                    .0
+                    .iter()
+                    .map(|(id, s)| (id.clone(), InboundGroupSession::from_stored(s.to_stored())))
+                    .collect(),
+            };
+            jobs.push((map, std::mem::replace(&mut remaining, rest)));
+        }
+        let opened = run_split(
+            jobs,
+            workers,
+            |(_, events)| events.len(),
+            |part| {
+                part.into_iter()
+                    .map(|(mut local, events)| {
+                        let outputs: Vec<_> = events
+                            .into_iter()
+                            .map(|(index, parsed)| {
+                                // A missing key is explained after the workers, with the store.
+                                (index, parsed.and_then(|parsed| contain_open(&mut local, parsed, room_id)))
+                            })
+                            .collect();
+                        (local, outputs)
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+        let mut all = Vec::with_capacity(total);
+        let mut groups = lock(&self.inner.groups);
+        for (n, (local, outputs)) in opened.into_iter().flatten().enumerate() {
+            if n == 0 {
+                for (_, session) in local {
+                    groups.return_inbound(session);
+                }
+            }
+            all.extend(outputs);
+        }
+        all
+    }
+
+    /// Check phase, in event order: a missing key explained, the sender
+    /// device and its trust, then the replay rule. An event refused by the
+    /// sender or trust checks writes no replay record, so it cannot claim
+    /// the index of the genuine one.
+    async fn check_opened(
+        &self,
+        room_id: &RoomId,
+        settings: &DecryptionSettings,
+        opened: Vec<WorkerResult>,
+        results: &mut [Option<RoomEventResult>],
+        changes: &mut Changes,
+    ) -> Vec<Accepted> {
+        let mut replay = ReplayGuard::default();
+        let mut devices: HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)> = HashMap::new();
+        let mut accepted = Vec::new();
+        for (index, result) in opened {
+            let opened = match result {
+                Err(error) => {
+                    results[index] = Some(Err(error));
+                    continue;
+                }
+                Ok(Err(parsed)) => {
+                    results[index] = Some(Err(self.explain_missing_key(room_id, parsed).await));
+                    continue;
+                }
+                Ok(Ok(opened)) => opened,
+            };
+            let (sender_device, verification_state) = match self.cached_sender_state(&mut devices, &opened).await {
+                Ok(state) => state,
+                Err(error) => {
+                    results[index] = Some(Err(error));
+                    continue;
+                }
+            };
+            if verification_state == VerificationState::UnknownDevice {
+                self.note_unknown_device(&opened.sender, opened.key.sender_key, changes);
+            }
+            if settings.sender_device_trust_requirement == TrustRequirement::VerifiedDevice
+                && verification_state != VerificationState::Verified
+            {
+                results[index] = Some(Err(MegolmError::UnverifiedSenderDevice));
+                continue;
+            }
+            match self.judge_replay(room_id, &opened, &mut replay).await {
+                Ok(record) => changes.message_indices.extend(record),
+                Err(error) => {
+                    results[index] = Some(Err(error));
+                    continue;
+                }
+            }
+            accepted.push(Accepted { index, opened, sender_device, verification_state });
+        }
+        accepted
+    }
+
+    /// Why an event's key is missing: withheld (with the code) or unknown.
+    async fn explain_missing_key(&self, room_id: &RoomId, parsed: Parsed) -> MegolmError {
+        let session_id = parsed.incoming.session_id;
+        match self.withheld_code(room_id, &session_id, parsed.claimed_sender_key).await {
+            Ok(withheld) => MegolmError::MissingRoomKey { session_id, withheld },
+            Err(error) => MegolmError::Store(error),
+        }
+    }
+
+    /// The sender device's state, looked up once per (sender, key facts).
+    async fn cached_sender_state(
+        &self,
+        cache: &mut HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)>,
+        opened: &Opened,
+    ) -> Result<(Option<OwnedDeviceId>, VerificationState), MegolmError> {
+        let key = (
+            opened.sender.clone(),
+            opened.key.sender_key,
+            opened.key.source,
+            opened.key.sender_ed25519.map(|k| k.to_base64()),
+        );
+        if let Some(state) = cache.get(&key) {
+            return Ok(state.clone());
+        }
+        let state = self.sender_device_state(&opened.sender, &opened.key).await?;
+        cache.insert(key, state.clone());
+        Ok(state)
+    }
+
+    /// The replay rule (`megolm::replay`) with the store's first use of the
+    /// index: the record to save for a first use, nothing for the same event
+    /// again, an error for a replay.
+    async fn judge_replay(
         &self,
         room_id: &RoomId,
         opened: &Opened,
-        seen_in_batch: &mut HashMap<(String, u32), (OwnedEventId, u64)>,
-        changes: &mut Changes,
-    ) -> Result<(), MegolmError> {
-        let key = (opened.session_id.clone(), opened.message_index);
-        let first = match seen_in_batch.get(&key) {
-            Some((event_id, ts)) => Some((event_id.clone(), *ts)),
+        replay: &mut ReplayGuard,
+    ) -> Result<Option<MessageIndexRecord>, MegolmError> {
+        let stored = match replay.seen(&opened.session_id, opened.message_index) {
+            Some(_) => None,
             None => self
                 .inner
                 .store
                 .get_message_index(room_id, &opened.session_id, opened.message_index)
                 .await?
-                .map(|r| (r.event_id, r.origin_server_ts)),
+                .map(|r| FirstUse { event_id: r.event_id, origin_server_ts: r.origin_server_ts }),
         };
-        match first {
-            Some((event_id, ts)) if event_id != opened.event_id || ts != opened.origin_server_ts => {
-                Err(MegolmError::Replay { message_index: opened.message_index, first_event_id: event_id })
-            }
-            Some(_) => Ok(()),
-            None => {
-                seen_in_batch.insert(key, (opened.event_id.clone(), opened.origin_server_ts));
-                changes.message_indices.push(MessageIndexRecord {
-                    room_id: room_id.to_owned(),
-                    session_id: opened.session_id.clone(),
-                    message_index: opened.message_index,
-                    event_id: opened.event_id.clone(),
-                    origin_server_ts: opened.origin_server_ts,
-                });
-                Ok(())
-            }
-        }
+        let claim = IndexUse {
+            room_id,
+            session_id: &opened.session_id,
+            message_index: opened.message_index,
+            event_id: &opened.event_id,
+            origin_server_ts: opened.origin_server_ts,
+        };
+        replay.judge(claim, stored)
     }
 }
 

@@ -1,29 +1,19 @@
 //! Receiving room keys (`m.room_key` over Olm) and withheld notices.
 
-use ruma_common::{OwnedRoomId, RoomId};
+use ruma_common::RoomId;
 use serde::Deserialize;
 use serde_json::Value;
-use vodozemac::{Curve25519PublicKey, megolm::SessionKey};
+use vodozemac::megolm::SessionKey;
 
 use super::{OlmMachine, lock, sync::OlmDecryptionInfo};
 use crate::{
-    StoreError,
+    OlmError, StoreError,
+    events::RoomKeyInfo,
     megolm::{
         InboundGroupSession, MEGOLM_ALGORITHM, Origin, OwnerMismatch, RoomKeyContent, WithheldInfo, parse_withheld,
     },
     store::Changes,
 };
-
-/// A room key that arrived in a sync.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RoomKeyInfo {
-    /// The room.
-    pub room_id: OwnedRoomId,
-    /// The Megolm session id.
-    pub session_id: String,
-    /// The curve25519 key of the device that sent it.
-    pub sender_key: Curve25519PublicKey,
-}
 
 /// An `m.room_key` whose content was parsed and whose session key (and its
 /// signature) was checked, ready to be stored.
@@ -34,13 +24,14 @@ pub(super) struct PreparedRoomKey {
 
 /// Checks an `m.room_key` content that arrived over Olm and builds the
 /// inbound session. Pure CPU work, so it runs on the decryption workers.
-pub(super) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Result<Box<PreparedRoomKey>, String> {
+pub(super) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Result<Box<PreparedRoomKey>, OlmError> {
+    let invalid = OlmError::InvalidPayload;
     let content: RoomKeyContent = RoomKeyContent::deserialize(content)
-        .map_err(|e| format!("malformed m.room_key: {}", crate::contain::secret_json_error(&e)))?;
+        .map_err(|e| invalid(format!("malformed m.room_key: {}", crate::contain::secret_json_error(&e))))?;
     if content.algorithm != MEGOLM_ALGORITHM {
-        return Err(format!("unsupported room key algorithm {}", content.algorithm));
+        return Err(invalid(format!("unsupported room key algorithm {}", content.algorithm)));
     }
-    let key = SessionKey::from_base64(&content.session_key).map_err(|_| "invalid session key".to_owned())?;
+    let key = SessionKey::from_base64(&content.session_key).map_err(|_| invalid("invalid session key".to_owned()))?;
     let origin = Origin {
         sender_key: info.sender_curve25519_key,
         sender_ed25519: Some(info.sender_ed25519_key),
@@ -50,12 +41,16 @@ pub(super) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Res
     };
     let session = InboundGroupSession::from_session_key(&content.room_id, &key, origin);
     if session.session_id != content.session_id {
-        return Err(format!("session id {} does not match the key ({})", content.session_id, session.session_id));
+        return Err(invalid(format!(
+            "session id {} does not match the key ({})",
+            content.session_id, session.session_id
+        )));
     }
     let info = RoomKeyInfo {
         room_id: content.room_id,
         session_id: content.session_id,
         sender_key: info.sender_curve25519_key,
+        sender: info.sender.clone(),
     };
     Ok(Box::new(PreparedRoomKey { info, session }))
 }

@@ -1,51 +1,64 @@
-//! Sharing our room key: deciding on rotation, choosing recipients, Olm-
-//! encrypting `m.room_key` for them, telling the others why not, and
-//! recording who has the key once the server acknowledged it.
+//! Routing for sharing our room key, as named phases: gather the
+//! recipients' devices, plan (rotate if `megolm::rotation` says so, pick
+//! each device's share by `megolm::recipients`), encrypt `m.room_key` for
+//! them on the workers, then queue the to-device requests. The server's
+//! acknowledgement records one share row per device.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use ruma_common::serde::Raw;
-use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, TransactionId, UserId};
+use ruma_common::{OwnedDeviceId, OwnedUserId, RoomId, UserId};
 
-use super::{OlmMachine, lock, pending::Meta};
+use super::{OlmMachine, lock, to_device::ToDeviceContent};
 use crate::{
     OutgoingRequest, StoreError, Timestamp,
     devices::DeviceData,
     megolm::{
-        EncryptionSettings, InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin, OutboundGroupSession, ShareError,
-        SharedWith, SharingStrategy, WithheldCode, room_key_content, withheld_content,
+        DeviceShare, EncryptionSettings, InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin,
+        OutboundGroupSession, RoomKeyShareRecord, ShareError, ShareOutcome, ShareTargets, SharedWith, WithheldCode,
+        age_deadline, device_share, room_key_content, rotation_reason, withheld_content,
     },
     olm::OlmEncryptionError,
+    requests::Meta,
     store::Changes,
 };
 
-/// Who a share request carries the key (or a withheld notice) to.
-#[derive(Clone, Debug)]
-pub(super) struct ShareTargets {
-    pub(super) room_id: OwnedRoomId,
-    pub(super) session_id: String,
-    pub(super) shared: Vec<(OwnedUserId, OwnedDeviceId, SharedWith)>,
-    pub(super) withheld: Vec<(OwnedUserId, OwnedDeviceId, WithheldCode)>,
+type DevicesByUser = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>>;
+
+/// What the plan phase decided for the current room key.
+struct SharePlan {
+    session_id: String,
+    key_content: serde_json::Value,
+    message_index: u32,
+    to_share: Vec<DeviceData>,
+    to_withhold: Vec<(DeviceData, WithheldCode)>,
+    /// Devices already told the key is withheld (no second notice).
+    withheld_before: HashSet<(OwnedUserId, OwnedDeviceId)>,
 }
 
 impl OlmMachine {
     /// The lock that makes sharing and encrypting in one room single-flight.
     pub(super) fn room_lock(&self, room_id: &RoomId) -> Arc<async_lock::Mutex<()>> {
-        lock(&self.inner.room_locks).entry(room_id.to_owned()).or_default().clone()
+        lock(&self.inner.rooms).lock(room_id)
     }
 
-    /// Loads our outbound session for `room_id` into the cache if it is not there.
+    /// Loads our outbound session for `room_id` into the cache if it is not
+    /// there. A session an older version saved with its shares inline has
+    /// them converted to share rows.
     pub(super) async fn ensure_outbound_loaded(&self, room_id: &RoomId) -> Result<(), StoreError> {
         if lock(&self.inner.groups).outbound.contains_key(room_id) {
             return Ok(());
         }
-        if let Some(stored) = self.inner.store.get_outbound_group_session(room_id).await? {
-            lock(&self.inner.groups)
-                .outbound
-                .entry(room_id.to_owned())
-                .or_insert(OutboundGroupSession::from_stored(stored));
+        let Some(stored) = self.inner.store.get_outbound_group_session(room_id).await? else { return Ok(()) };
+        let legacy = !stored.shares_in_records;
+        let session = OutboundGroupSession::from_stored(stored);
+        if legacy {
+            let changes = Changes { room_key_shares: session.share_records(), ..Default::default() };
+            self.save(None, None, changes).await?;
         }
+        lock(&self.inner.rooms).set_age_deadline(room_id, &session.session_id, age_deadline(&session));
+        lock(&self.inner.groups).outbound.entry(room_id.to_owned()).or_insert(session);
         Ok(())
     }
 
@@ -56,10 +69,14 @@ impl OlmMachine {
     /// or blocked, or when the settings changed. New devices of current
     /// members get the current key at its current index.
     ///
-    /// Claims nothing: run `get_missing_sessions` first. Devices without an
-    /// Olm session get `m.room_key.withheld` (`m.no_olm`). Returns to-device
-    /// requests of at most 250 messages; until they are acknowledged, a
-    /// repeat call returns the same requests, never a second session.
+    /// Claims nothing: run `get_missing_sessions` first (or use
+    /// [`prepare_room`](Self::prepare_room), which does all of it). Devices
+    /// without an Olm session get `m.room_key.withheld` (`m.no_olm`). The
+    /// to-device requests (at most 250 messages each) are queued and listed
+    /// by `outgoing_requests`; the returned copies are the unanswered share
+    /// requests of the current key. Until they are acknowledged, a repeat
+    /// call returns the same requests, never a second session; a rotation
+    /// cancels the requests of the key it replaces.
     pub async fn share_room_key<'a>(
         &self,
         room_id: &RoomId,
@@ -74,111 +91,138 @@ impl OlmMachine {
         let _single_flight = room_lock.lock().await;
 
         let users: BTreeSet<OwnedUserId> = users.into_iter().map(ToOwned::to_owned).collect();
-        let mut devices: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>> = BTreeMap::new();
-        for user_id in &users {
-            devices.insert(user_id.clone(), self.inner.store.get_user_devices(user_id).await?);
-        }
-
+        let devices = self.gather_devices(&users).await?;
         self.ensure_outbound_loaded(room_id).await?;
         let mut changes = Changes::default();
-        let (session_id, key_content, index, shared, withheld) = {
-            let mut groups = lock(&self.inner.groups);
-            let rotate = match groups.outbound.get(room_id) {
-                None => true,
-                Some(session) => needs_rotation(session, &users, &devices, settings, now),
-            };
-            if rotate {
-                let (session, own_inbound) = self.new_outbound_session(room_id, settings, now, &mut changes);
-                tracing::info!(%room_id, session_id = %session.session_id, "created a new room key");
-                groups.insert_inbound(own_inbound);
-                groups.outbound.insert(room_id.to_owned(), session);
-            }
-            let Some(session) = groups.outbound.get(room_id) else {
-                return Err(ShareError::Store(StoreError::Backend("outbound session vanished".into())));
-            };
-            let key = session.session_key().to_base64();
-            let content = room_key_content(room_id, &session.session_id, &key, settings.shared_history());
-            let shared: BTreeSet<(OwnedUserId, OwnedDeviceId)> =
-                session.shared_with.iter().flat_map(|(u, d)| d.keys().map(|d| (u.clone(), d.clone()))).collect();
-            let withheld: BTreeSet<(OwnedUserId, OwnedDeviceId)> =
-                session.withheld_from.iter().flat_map(|(u, d)| d.keys().map(|d| (u.clone(), d.clone()))).collect();
-            (session.session_id.clone(), content, session.message_index(), shared, withheld)
-        };
-        if changes.outbound_group_sessions.is_empty() {
-            // No rotation: keep only pending requests of the current session.
-        } else {
-            lock(&self.inner.pending).drop_room_key_shares(room_id);
-        }
-
-        let in_flight = lock(&self.inner.pending).room_key_share_targets(room_id, &session_id);
-        let mut to_share = Vec::new();
-        let mut to_withhold = Vec::new();
-        for device in devices.values().flat_map(BTreeMap::values) {
-            let key = (device.user_id().to_owned(), device.device_id().to_owned());
-            let is_own_device = key.0 == self.inner.own.user_id && key.1 == self.inner.own.device_id;
-            if device.is_deleted() || is_own_device || shared.contains(&key) || in_flight.contains(&key) {
-                continue;
-            }
-            let code = if device.is_blacklisted() {
-                Some(WithheldCode::Blacklisted)
-            } else if settings.sharing_strategy == SharingStrategy::OnlyTrustedDevices && !device.is_verified() {
-                Some(WithheldCode::Unverified)
-            } else {
-                None
-            };
-            match code {
-                Some(_) if withheld.contains(&key) => {}
-                Some(code) => to_withhold.push((device.clone(), code)),
-                None => to_share.push(device.clone()),
-            }
-        }
+        let mut plan = self.plan_share(room_id, &users, &devices, settings, now, &mut changes)?;
 
         let mut sessions = self.inner.sessions.lock().await;
         let (encrypted, failures) = self
-            .encrypt_for_devices_into(&mut sessions, &to_share, "m.room_key", &key_content, now, &mut changes)
+            .encrypt_for_devices_into(&mut sessions, &plan.to_share, "m.room_key", &plan.key_content, now, &mut changes)
             .await?;
         for failure in failures {
             if let OlmEncryptionError::NoSession { user_id, device_id } = failure
-                && !withheld.contains(&(user_id.clone(), device_id.clone()))
-                && let Some(device) = to_share.iter().find(|d| d.user_id() == user_id && d.device_id() == device_id)
+                && !plan.withheld_before.contains(&(user_id.clone(), device_id.clone()))
+                && let Some(device) =
+                    plan.to_share.iter().find(|d| d.user_id() == user_id && d.device_id() == device_id)
             {
-                to_withhold.push((device.clone(), WithheldCode::NoOlm));
+                plan.to_withhold.push((device.clone(), WithheldCode::NoOlm));
             }
         }
         self.save(None, Some(&mut sessions), changes).await?;
         drop(sessions);
 
-        let shared_with = SharedWith { curve25519: self.inner.own.curve25519, message_index: index };
+        self.queue_room_key_shares(room_id, &plan, encrypted);
+        self.queue_withheld_notices(room_id, &plan.session_id, std::mem::take(&mut plan.to_withhold));
+        Ok(lock(&self.inner.requests).room_key_share_requests(room_id, &plan.session_id))
+    }
+
+    /// Gather: every known device of each user.
+    async fn gather_devices(&self, users: &BTreeSet<OwnedUserId>) -> Result<DevicesByUser, StoreError> {
+        let mut devices = BTreeMap::new();
+        for user_id in users {
+            devices.insert(user_id.clone(), self.inner.store.get_user_devices(user_id).await?);
+        }
+        Ok(devices)
+    }
+
+    /// Plan: rotates the key if needed (the new session goes into
+    /// `changes`), then decides what each device gets.
+    fn plan_share(
+        &self,
+        room_id: &RoomId,
+        users: &BTreeSet<OwnedUserId>,
+        devices: &DevicesByUser,
+        settings: &EncryptionSettings,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<SharePlan, ShareError> {
+        let mut groups = lock(&self.inner.groups);
+        let reason = match groups.outbound.get(room_id) {
+            None => Some(None),
+            Some(session) => rotation_reason(session, users, devices, settings, now).map(Some),
+        };
+        if let Some(reason) = reason {
+            let (session, own_inbound) = self.new_outbound_session(room_id, settings, now, changes);
+            match reason {
+                Some(reason) => {
+                    tracing::info!(%room_id, session_id = %session.session_id, %reason, "rotated the room key")
+                }
+                None => tracing::info!(%room_id, session_id = %session.session_id, "created a room key"),
+            }
+            lock(&self.inner.requests).cancel_room_key_shares(room_id);
+            lock(&self.inner.rooms).set_age_deadline(room_id, &session.session_id, age_deadline(&session));
+            groups.insert_inbound(own_inbound);
+            groups.outbound.insert(room_id.to_owned(), session);
+        }
+        let Some(session) = groups.outbound.get(room_id) else {
+            return Err(ShareError::Store(StoreError::Backend("outbound session vanished".into())));
+        };
+        let key = session.session_key().to_base64();
+        let key_content = room_key_content(room_id, &session.session_id, &key, settings.shared_history());
+        let shared = device_pairs(&session.shared_with);
+        let withheld_before = device_pairs(&session.withheld_from);
+        let in_flight = lock(&self.inner.requests).room_key_share_targets(room_id, &session.session_id);
+        let mut to_share = Vec::new();
+        let mut to_withhold = Vec::new();
+        for device in devices.values().flat_map(BTreeMap::values) {
+            let key = (device.user_id().to_owned(), device.device_id().to_owned());
+            if shared.contains(&key) || in_flight.contains(&key) {
+                continue;
+            }
+            let is_own = key.0 == self.inner.own.user_id && key.1 == self.inner.own.device_id;
+            match device_share(device, settings.sharing_strategy, is_own) {
+                DeviceShare::Skip => {}
+                DeviceShare::Withhold(_) if withheld_before.contains(&key) => {}
+                DeviceShare::Withhold(code) => to_withhold.push((device.clone(), code)),
+                DeviceShare::Share => to_share.push(device.clone()),
+            }
+        }
+        Ok(SharePlan {
+            session_id: session.session_id.clone(),
+            key_content,
+            message_index: session.message_index(),
+            to_share,
+            to_withhold,
+            withheld_before,
+        })
+    }
+
+    /// Queue: the encrypted room keys, at most 250 per request.
+    fn queue_room_key_shares(&self, room_id: &RoomId, plan: &SharePlan, encrypted: Vec<(DeviceData, ToDeviceContent)>) {
         for chunk in encrypted.chunks(crate::TO_DEVICE_BATCH) {
+            let shared = chunk
+                .iter()
+                .map(|(d, _)| {
+                    let with = SharedWith { curve25519: d.curve25519_key(), message_index: plan.message_index };
+                    (d.user_id().to_owned(), d.device_id().to_owned(), with)
+                })
+                .collect();
             let targets = ShareTargets {
                 room_id: room_id.to_owned(),
-                session_id: session_id.clone(),
-                shared: chunk
-                    .iter()
-                    .map(|(d, _)| {
-                        let with = SharedWith { curve25519: d.curve25519_key(), ..shared_with };
-                        (d.user_id().to_owned(), d.device_id().to_owned(), with)
-                    })
-                    .collect(),
+                session_id: plan.session_id.clone(),
+                shared,
                 withheld: Vec::new(),
             };
-            let id = TransactionId::new();
-            let request = super::to_device::to_device_request(id.clone(), "m.room.encrypted", chunk);
-            self.register_with_id(id, request, Meta::RoomKeyShare(targets), false);
+            self.queue_to_device_chunk("m.room.encrypted", chunk, Meta::RoomKeyShare(targets));
         }
+    }
+
+    /// Queue: withheld notices, at most 250 per request.
+    fn queue_withheld_notices(&self, room_id: &RoomId, session_id: &str, to_withhold: Vec<(DeviceData, WithheldCode)>) {
         let own_key = self.inner.own.curve25519;
         // Serializing a notice cannot fail; one that did would be skipped whole.
-        let notices: Vec<(DeviceData, super::to_device::ToDeviceContent, WithheldCode)> = to_withhold
+        let notices: Vec<(DeviceData, ToDeviceContent, WithheldCode)> = to_withhold
             .into_iter()
             .filter_map(|(device, code)| {
-                let content = withheld_content(&code, room_id, &session_id, own_key);
+                let content = withheld_content(&code, room_id, session_id, own_key);
                 Some((device, Raw::new(&content).ok()?.cast_unchecked(), code))
             })
             .collect();
         for chunk in notices.chunks(crate::TO_DEVICE_BATCH) {
             let targets = ShareTargets {
                 room_id: room_id.to_owned(),
-                session_id: session_id.clone(),
+                session_id: session_id.to_owned(),
                 shared: Vec::new(),
                 withheld: chunk
                     .iter()
@@ -186,11 +230,8 @@ impl OlmMachine {
                     .collect(),
             };
             let messages: Vec<_> = chunk.iter().map(|(d, content, _)| (d.clone(), content.clone())).collect();
-            let id = TransactionId::new();
-            let request = super::to_device::to_device_request(id.clone(), "m.room_key.withheld", &messages);
-            self.register_with_id(id, request, Meta::RoomKeyShare(targets), false);
+            self.queue_to_device_chunk("m.room_key.withheld", &messages, Meta::RoomKeyShare(targets));
         }
-        Ok(lock(&self.inner.pending).room_key_share_requests(room_id, &session_id))
     }
 
     /// A new outbound session and our own inbound copy of it, both added to `changes`.
@@ -215,30 +256,44 @@ impl OlmMachine {
         (session, inbound)
     }
 
-    /// The server took a share request: record who now has the key (or was
-    /// told it is withheld). Ignored if the room key was rotated meanwhile.
+    /// The server took a share request: save one share row per device it
+    /// addressed and record them in memory. Ignored if the room key was
+    /// rotated meanwhile.
     pub(super) async fn receive_room_key_share_ack(&self, targets: &ShareTargets) -> Result<(), StoreError> {
         let room_lock = self.room_lock(&targets.room_id);
         let _single_flight = room_lock.lock().await;
         self.ensure_outbound_loaded(&targets.room_id).await?;
-        let stored = {
-            let mut groups = lock(&self.inner.groups);
-            let Some(session) = groups.outbound.get_mut(&targets.room_id) else { return Ok(()) };
-            if session.session_id != targets.session_id {
-                return Ok(());
-            }
-            for (user_id, device_id, with) in &targets.shared {
-                session.shared_with.entry(user_id.clone()).or_default().insert(device_id.clone(), *with);
-            }
-            for (user_id, device_id, code) in &targets.withheld {
-                session.withheld_from.entry(user_id.clone()).or_default().insert(device_id.clone(), code.clone());
-            }
-            session.to_stored()
+        let current = lock(&self.inner.groups)
+            .outbound
+            .get(&targets.room_id)
+            .is_some_and(|session| session.session_id == targets.session_id);
+        if !current {
+            return Ok(());
+        }
+        let record = |user_id: &OwnedUserId, device_id: &OwnedDeviceId, outcome| RoomKeyShareRecord {
+            room_id: targets.room_id.clone(),
+            session_id: targets.session_id.clone(),
+            user_id: user_id.clone(),
+            device_id: device_id.clone(),
+            outcome,
         };
-        self.save(None, None, Changes { outbound_group_sessions: vec![stored], ..Default::default() }).await
+        let shared = targets.shared.iter().map(|(u, d, with)| record(u, d, ShareOutcome::Shared(*with)));
+        let withheld = targets.withheld.iter().map(|(u, d, code)| record(u, d, ShareOutcome::Withheld(code.clone())));
+        let records: Vec<RoomKeyShareRecord> = shared.chain(withheld).collect();
+        self.save(None, None, Changes { room_key_shares: records.clone(), ..Default::default() }).await?;
+        let mut groups = lock(&self.inner.groups);
+        if let Some(session) = groups.outbound.get_mut(&targets.room_id)
+            && session.session_id == targets.session_id
+        {
+            for record in &records {
+                session.apply_share(record);
+            }
+        }
+        Ok(())
     }
 
-    /// Forces the next `share_room_key` in the room to create a new key.
+    /// Forces the next `share_room_key` in the room to create a new key,
+    /// and cancels the unanswered shares of the old one.
     pub async fn discard_room_key(&self, room_id: &RoomId) -> Result<bool, StoreError> {
         let room_lock = self.room_lock(room_id);
         let _single_flight = room_lock.lock().await;
@@ -249,39 +304,14 @@ impl OlmMachine {
             session.invalidated = true;
             session.to_stored()
         };
-        lock(&self.inner.pending).drop_room_key_shares(room_id);
+        lock(&self.inner.requests).cancel_room_key_shares(room_id);
+        lock(&self.inner.rooms).clear_age_deadline(room_id);
         self.save(None, None, Changes { outbound_group_sessions: vec![stored], ..Default::default() }).await?;
         Ok(true)
     }
 }
 
-/// Whether the room key must be replaced before it is shared further.
-fn needs_rotation(
-    session: &OutboundGroupSession,
-    users: &BTreeSet<OwnedUserId>,
-    devices: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>>,
-    settings: &EncryptionSettings,
-    now: Timestamp,
-) -> bool {
-    let reason = if session.invalidated {
-        Some("discarded")
-    } else if session.is_expired(now) {
-        Some("rotation period or message count reached")
-    } else if session.settings != *settings {
-        Some("encryption settings changed")
-    } else if session.shared_with.keys().any(|u| !users.contains(u)) {
-        Some("a member it was shared with left")
-    } else if session.shared_with.iter().any(|(user_id, shared)| {
-        shared.keys().any(|device_id| {
-            devices.get(user_id).and_then(|d| d.get(device_id)).is_none_or(|d| d.is_deleted() || d.is_blacklisted())
-        })
-    }) {
-        Some("a device it was shared with was deleted or blocked")
-    } else {
-        None
-    };
-    if let Some(reason) = reason {
-        tracing::info!(room_id = %session.room_id, session_id = %session.session_id, reason, "rotating the room key");
-    }
-    reason.is_some()
+/// Every (user, device) of a per-user device map.
+fn device_pairs<V>(map: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, V>>) -> HashSet<(OwnedUserId, OwnedDeviceId)> {
+    map.iter().flat_map(|(u, d)| d.keys().map(|d| (u.clone(), d.clone()))).collect()
 }

@@ -9,8 +9,14 @@ use ruma_events::AnyToDeviceEvent;
 use serde_json::Value;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
-use super::{OlmMachine, lock, room_keys::RoomKeyInfo};
-use crate::{StoreError, Timestamp, megolm::WithheldInfo, olm::OlmError, store::Changes};
+use super::{OlmMachine, lock, olm_batch::CarriedRoomKey};
+use crate::{
+    StoreError, Timestamp,
+    events::{EngineEvent, RoomKeyInfo},
+    megolm::WithheldInfo,
+    olm::OlmError,
+    store::Changes,
+};
 
 /// Users whose device lists changed, from a sync's `device_lists`.
 #[derive(Clone, Debug, Default)]
@@ -100,7 +106,9 @@ pub enum ToDeviceOutcome {
     },
 }
 
-/// What a sync produced.
+/// What a sync produced: what it decrypted. The same room keys and
+/// withheld notices are also queued as [`EngineEvent`]s, with the other
+/// state changes.
 #[derive(Clone, Debug, Default)]
 pub struct SyncOutput {
     /// One outcome per to-device event, in order.
@@ -117,7 +125,8 @@ impl OlmMachine {
     /// Everything it changed is saved in one batch, with `next_batch_token`,
     /// before it returns; only then should the caller store its sync token.
     /// A bad event fails alone (see [`ToDeviceOutcome::Failed`]); a store
-    /// failure fails the call and nothing of the sync is acknowledged.
+    /// failure fails the call and nothing of the sync is acknowledged. After
+    /// the save, the room keys and withheld notices are queued as events.
     pub async fn receive_sync_changes(&self, sync: SyncChanges, now: Timestamp) -> Result<SyncOutput, StoreError> {
         let SyncChanges {
             to_device_events,
@@ -135,7 +144,7 @@ impl OlmMachine {
 
         // While an upload is unanswered its keys are not yet published; the
         // counts are applied after the answer, never by generating more now.
-        if !lock(&self.inner.pending).has_keys_upload() {
+        if !lock(&self.inner.requests).has_keys_upload() {
             let count = if one_time_keys_counts.is_empty() {
                 None
             } else {
@@ -158,6 +167,11 @@ impl OlmMachine {
             changes.account = Some(account.to_stored());
         }
         self.save(Some(&mut account), Some(&mut sessions), changes).await?;
+        drop(sessions);
+        drop(account);
+        let keys = output.room_keys.iter().cloned().map(EngineEvent::RoomKeyReceived);
+        let withheld = output.withheld.iter().cloned().map(EngineEvent::RoomKeyWithheld);
+        self.announce(keys.chain(withheld));
         Ok(output)
     }
 
@@ -165,21 +179,21 @@ impl OlmMachine {
     async fn apply_to_device(
         &self,
         outcome: ToDeviceOutcome,
-        room_key: Option<Result<Box<super::room_keys::PreparedRoomKey>, String>>,
+        room_key: CarriedRoomKey,
         changes: &mut Changes,
         output: &mut SyncOutput,
     ) -> Result<ToDeviceOutcome, StoreError> {
         match outcome {
             ToDeviceOutcome::Decrypted { event, info } if info.event_type == "m.room_key" => {
-                let prepared = room_key.unwrap_or_else(|| Err("the room key was not checked".to_owned()));
-                let stored = match prepared {
-                    Ok(prepared) => match self.receive_room_key(prepared, changes).await? {
+                let stored = match room_key {
+                    CarriedRoomKey::Checked(prepared) => match self.receive_room_key(prepared, changes).await? {
                         Ok(stored) => Ok(stored),
                         Err(mismatch) => {
                             Err(OlmError::RoomKeyConflict { session_id: room_key_session_id(&event), mismatch })
                         }
                     },
-                    Err(reason) => Err(OlmError::InvalidPayload(reason)),
+                    CarriedRoomKey::Refused(error) => Err(error),
+                    CarriedRoomKey::None => Err(OlmError::InvalidPayload("the room key was not checked".into())),
                 };
                 match stored {
                     // The event's session key was blanked when it was decrypted.

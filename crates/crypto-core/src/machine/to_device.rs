@@ -4,16 +4,17 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ruma_client_api::to_device::send_event_to_device;
-use ruma_common::{DeviceId, OwnedTransactionId, TransactionId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices};
+use ruma_common::{DeviceId, OwnedTransactionId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices};
 use ruma_events::ToDeviceEventType;
 use serde_json::Value;
 
-use super::{OlmMachine, lock, pending::Meta, session_cache::SessionCache};
+use super::{OlmMachine, lock, session_cache::SessionCache};
 use crate::{
     AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp,
     devices::DeviceData,
-    olm::{OlmEncryptionError, OwnIdentity, Session, build_plaintext, encrypted_content},
+    olm::{OlmEncryptionError, OwnIdentity, Session, WedgeDecision, build_plaintext, encrypted_content},
     parallel::run_split,
+    requests::Meta,
     store::Changes,
 };
 use vodozemac::Curve25519PublicKey;
@@ -36,7 +37,8 @@ pub struct ToDeviceEncryption {
 impl OlmMachine {
     /// Olm-encrypts one event for each listed device, using the newest
     /// session with each. The advanced sessions are saved before the requests
-    /// are returned. Answer each request with `mark_request_as_sent`.
+    /// are returned. The requests are queued: `outgoing_requests` lists them
+    /// until they are answered, so dropping the returned copies loses nothing.
     pub async fn encrypt_to_device(
         &self,
         recipients: &[(&UserId, &DeviceId)],
@@ -57,14 +59,7 @@ impl OlmMachine {
         }
         let (messages, more_failures) = self.encrypt_for_devices(&devices, event_type, content, now).await?;
         failures.extend(more_failures);
-        let requests = messages
-            .chunks(TO_DEVICE_BATCH)
-            .map(|chunk| {
-                let id = TransactionId::new();
-                let request = to_device_request(id.clone(), "m.room.encrypted", chunk);
-                self.register_with_id(id, request, Meta::None, false)
-            })
-            .collect();
+        let requests = self.queue_to_device("m.room.encrypted", messages);
         Ok(ToDeviceEncryption { requests, failures })
     }
 
@@ -154,19 +149,36 @@ impl OlmMachine {
         Ok((messages, failures))
     }
 
-    /// Queues encrypted messages to be listed by `outgoing_requests`.
-    pub(super) fn queue_to_device(&self, event_type: &str, messages: Vec<(DeviceData, ToDeviceContent)>) {
-        for chunk in messages.chunks(TO_DEVICE_BATCH) {
-            let id = TransactionId::new();
-            let request = to_device_request(id.clone(), event_type, chunk);
-            self.register_with_id(id, request, Meta::None, true);
-        }
+    /// Queues to-device messages (at most [`TO_DEVICE_BATCH`] per request)
+    /// to be listed by `outgoing_requests`; returns copies of the requests.
+    pub(super) fn queue_to_device(
+        &self,
+        event_type: &str,
+        messages: Vec<(DeviceData, ToDeviceContent)>,
+    ) -> Vec<OutgoingRequest> {
+        messages
+            .chunks(TO_DEVICE_BATCH)
+            .map(|chunk| self.queue_to_device_chunk(event_type, chunk, Meta::None))
+            .collect()
+    }
+
+    /// Queues one to-device request; its id is also its transaction id.
+    pub(super) fn queue_to_device_chunk(
+        &self,
+        event_type: &str,
+        chunk: &[(DeviceData, ToDeviceContent)],
+        meta: Meta,
+    ) -> OutgoingRequest {
+        let id = self.inner.ids.next();
+        let request = to_device_request(id.clone(), event_type, chunk);
+        lock(&self.inner.requests).push(OutgoingRequest::with_id(id, request), meta)
     }
 
     /// A normal message nothing decrypts. Only a message whose sender key
     /// belongs to a known device of the event's `sender` spends that
     /// device's unwedging budget (a new session at most once per hour,
-    /// persisted so a restart does not reset it): the event's `sender_key`
+    /// persisted so a restart does not reset it; a wedge within the hour is
+    /// deferred to its end, see `poll_timeout`): the event's `sender_key`
     /// is unauthenticated, so a forgery naming someone else's key must not
     /// block unwedging with them. A message from an unknown device only
     /// marks its sender's device list outdated.
@@ -183,22 +195,26 @@ impl OlmMachine {
             return;
         };
         let mut claims = lock(&self.inner.claims);
-        if !claims.should_unwedge(sender_key, now) {
-            return;
+        let key = (device.user_id().to_owned(), device.device_id().to_owned());
+        match claims.report_wedged(key, sender_key, now) {
+            WedgeDecision::UnwedgeNow => {
+                tracing::info!(user_id = %sender, device_id = %device.device_id(), "Olm session wedged; establishing a new one");
+            }
+            WedgeDecision::Deferred(at) => {
+                tracing::info!(user_id = %sender, device_id = %device.device_id(), at = at.as_millis(), "Olm session wedged; unwedging deferred");
+            }
         }
-        tracing::info!(user_id = %sender, device_id = %device.device_id(), "Olm session wedged; establishing a new one");
-        claims.mark_wedged((device.user_id().to_owned(), device.device_id().to_owned()));
-        changes.custom_values.push(claims.unwedge_record(now));
+        changes.custom_values.push(claims.record(now));
     }
 
     /// A message (Olm or Megolm) from a device of `sender` we do not know:
     /// the sender's device list is marked outdated, once per device key per
     /// process, so a flood of unknown keys costs at most one query each.
     pub(super) fn note_unknown_device(&self, sender: &UserId, sender_key: Curve25519PublicKey, changes: &mut Changes) {
-        let mut tracking = lock(&self.inner.tracking);
-        if tracking.first_unknown_device_report(sender, sender_key) {
+        let mut tracker = lock(&self.inner.tracker);
+        if tracker.first_unknown_device_report(sender, sender_key) {
             tracing::info!(user_id = %sender, "a message from an unknown device; querying the user's devices");
-            changes.tracked_users.extend(tracking.mark_dirty(sender));
+            changes.tracked_users.extend(tracker.mark_dirty(sender));
         }
     }
 }

@@ -94,6 +94,10 @@ pub enum ShareError {
     /// The settings name an algorithm other than `m.megolm.v1.aes-sha2`.
     #[error("unsupported room encryption algorithm {0}")]
     UnsupportedAlgorithm(String),
+    /// The room is not known to be encrypted: neither the caller nor the
+    /// engine has seen its `m.room.encryption` state.
+    #[error("room {0} is not known to be encrypted; nothing was shared")]
+    RoomNotEncrypted(OwnedRoomId),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

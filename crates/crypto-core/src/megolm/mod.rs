@@ -1,12 +1,19 @@
 //! Megolm: room keys. Our outbound session per room (shared over Olm, rotated
-//! by count, age, membership and settings), the inbound sessions we decrypt
-//! with, withheld notices, and the wire formats.
+//! by count, age, membership and settings: `rotation`), who receives it
+//! (`recipients`), the room's encryption rule (`room_encryption`), the
+//! inbound sessions we decrypt with and the replay rule (`replay`), withheld
+//! notices, and the wire formats.
 
 mod content;
 mod error;
 mod inbound;
 mod outbound;
+pub mod recipients;
+mod replay;
+mod room_encryption;
+mod rotation;
 mod settings;
+mod sharing;
 mod withheld;
 
 pub(crate) use content::{IncomingRoomEvent, RoomKeyContent, RoomPlaintext, parse_encrypted_event, room_key_content};
@@ -14,11 +21,18 @@ pub use error::{EncryptError, MegolmError, ShareError};
 pub(crate) use inbound::{InboundGroupSession, Origin};
 pub use inbound::{KeySource, OwnerMismatch, StoredInboundGroupSession};
 pub(crate) use outbound::OutboundGroupSession;
-pub use outbound::{SharedWith, StoredOutboundGroupSession};
+pub use outbound::{RoomKeyShareRecord, ShareOutcome, SharedWith, StoredOutboundGroupSession};
+pub(crate) use recipients::{DeviceShare, device_share};
+pub use recipients::{Membership, key_recipients};
+pub(crate) use replay::{FirstUse, IndexUse, ReplayGuard};
+pub use room_encryption::{EncryptionMerge, RoomEncryption};
+pub use rotation::RotationReason;
+pub(crate) use rotation::{age_deadline, expiry_reason, rotation_reason};
 pub use settings::{
     DEFAULT_ROTATION_MESSAGES, DEFAULT_ROTATION_PERIOD, DecryptionSettings, EncryptionSettings, SharingStrategy,
     TrustRequirement,
 };
+pub(crate) use sharing::ShareTargets;
 pub use withheld::{WithheldCode, WithheldInfo};
 pub(crate) use withheld::{parse_withheld, withheld_content};
 

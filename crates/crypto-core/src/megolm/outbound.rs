@@ -23,6 +23,50 @@ pub struct SharedWith {
     pub message_index: u32,
 }
 
+/// What one device got of one of our room keys.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShareOutcome {
+    /// The key, at this index.
+    Shared(SharedWith),
+    /// A withheld notice with this code.
+    Withheld(WithheldCode),
+}
+
+/// One device's share of one of our room keys, acknowledged by the server:
+/// saved per device, so acknowledging a share costs one row per device
+/// instead of a rewrite of the session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomKeyShareRecord {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The room key's session id.
+    pub session_id: String,
+    /// The device's user.
+    pub user_id: OwnedUserId,
+    /// The device.
+    pub device_id: OwnedDeviceId,
+    /// What it got.
+    pub outcome: ShareOutcome,
+}
+
+impl StoredOutboundGroupSession {
+    /// Adds a share record of this session (records of other sessions are
+    /// ignored): how a store rebuilds the maps when it loads the session.
+    pub fn apply_share_record(&mut self, record: RoomKeyShareRecord) {
+        if record.room_id != self.room_id || record.session_id != self.session_id {
+            return;
+        }
+        match record.outcome {
+            ShareOutcome::Shared(with) => {
+                self.shared_with.entry(record.user_id).or_default().insert(record.device_id, with);
+            }
+            ShareOutcome::Withheld(code) => {
+                self.withheld_from.entry(record.user_id).or_default().insert(record.device_id, code);
+            }
+        }
+    }
+}
+
 /// A stored outbound group session (the ratchet is secret).
 #[derive(Serialize, Deserialize)]
 pub struct StoredOutboundGroupSession {
@@ -36,9 +80,13 @@ pub struct StoredOutboundGroupSession {
     pub message_count: u64,
     /// The settings it was created under.
     pub settings: EncryptionSettings,
-    /// Devices whose receipt of the key the server acknowledged.
+    /// Devices whose receipt of the key the server acknowledged. The engine
+    /// saves these as [`RoomKeyShareRecord`]s, one per device, and the store
+    /// fills this map from them when it loads the session; a session saved
+    /// by an older version may carry them here too.
     pub shared_with: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, SharedWith>>,
-    /// Devices told (and acknowledged) that the key is withheld from them.
+    /// Devices told (and acknowledged) that the key is withheld from them,
+    /// stored and loaded like `shared_with`.
     pub withheld_from: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, WithheldCode>>,
     /// Set by `discard_room_key`: never used again.
     pub invalidated: bool,
@@ -48,6 +96,11 @@ pub struct StoredOutboundGroupSession {
     /// ratchet is older: a session loaded from the store skips them.
     #[serde(default)]
     pub reserved_until: u32,
+    /// Set by versions that save the share maps as [`RoomKeyShareRecord`]s;
+    /// a session saved without it may carry its shares inline only, and the
+    /// engine converts them to records when it loads it.
+    #[serde(default)]
+    pub shares_in_records: bool,
 }
 
 impl fmt::Debug for StoredOutboundGroupSession {
@@ -71,15 +124,24 @@ pub(crate) struct OutboundGroupSession {
     pub(crate) shared_with: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, SharedWith>>,
     pub(crate) withheld_from: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, WithheldCode>>,
     pub(crate) invalidated: bool,
-    /// Indices below this are covered by the last save (see [`RESERVATION`]).
+    /// Indices below this are covered by the last save (see [`MAX_RESERVATION`]).
     reserved_until: u32,
+    /// The size of the next reservation: 1 in a new process, doubling per
+    /// reservation up to [`MAX_RESERVATION`].
+    next_block: u32,
 }
 
-/// How many message indices one save of an outbound session covers. The
-/// session is saved once per this many messages, with the promise that the
-/// indices up to the reservation may be in use; after a restart the ratchet
-/// skips past them, so a crash can skip indices but never reuse one.
-pub(crate) const RESERVATION: u32 = 64;
+/// The largest number of message indices one save of an outbound session
+/// covers. The session is saved before a message whose index lies beyond
+/// the last reservation leaves, reserving the next block of indices; after
+/// a restart the ratchet skips past the reserved ones, and counts them as
+/// sent, so a crash can skip indices but never reuse one, and the session
+/// never carries more messages than the room allows. Blocks start at one
+/// index in each process and double while it keeps sending (1, 2, 4, … 64):
+/// a process that sends `k` messages and stops skips fewer than `k` (at
+/// most 63) indices, and one that restarts after every message skips none,
+/// at one save per message, which it would pay for the share anyway.
+pub(crate) const MAX_RESERVATION: u32 = 64;
 
 impl OutboundGroupSession {
     pub(crate) fn new(room_id: &RoomId, settings: EncryptionSettings, now: Timestamp) -> Self {
@@ -95,6 +157,7 @@ impl OutboundGroupSession {
             withheld_from: BTreeMap::new(),
             invalidated: false,
             reserved_until: 0,
+            next_block: 1,
         }
     }
 
@@ -110,6 +173,7 @@ impl OutboundGroupSession {
             invalidated,
             pickle,
             reserved_until,
+            shares_in_records: _,
         } = stored;
         let mut session = Self {
             inner: GroupSession::from_pickle(pickle),
@@ -122,15 +186,19 @@ impl OutboundGroupSession {
             withheld_from,
             invalidated,
             reserved_until,
+            next_block: 1,
         };
         // Indices the last process may have used after its last save are
-        // skipped (vodozemac can only move the ratchet by encrypting).
+        // skipped and counted (vodozemac can only move the ratchet by
+        // encrypting).
         while session.inner.message_index() < reserved_until {
             session.encrypt(&[]);
         }
         session
     }
 
+    /// The stored form, without the share maps (those are saved as
+    /// [`RoomKeyShareRecord`]s when the server acknowledges a share).
     pub(crate) fn to_stored(&self) -> StoredOutboundGroupSession {
         StoredOutboundGroupSession {
             room_id: self.room_id.clone(),
@@ -138,11 +206,12 @@ impl OutboundGroupSession {
             created_at: self.created_at,
             message_count: self.message_count,
             settings: self.settings.clone(),
-            shared_with: self.shared_with.clone(),
-            withheld_from: self.withheld_from.clone(),
+            shared_with: BTreeMap::new(),
+            withheld_from: BTreeMap::new(),
             invalidated: self.invalidated,
             pickle: self.inner.pickle(),
             reserved_until: self.reserved_until,
+            shares_in_records: true,
         }
     }
 
@@ -154,8 +223,42 @@ impl OutboundGroupSession {
         if next < self.reserved_until {
             return false;
         }
-        self.reserved_until = next.saturating_add(RESERVATION);
+        self.reserved_until = next.saturating_add(self.next_block);
+        self.next_block = self.next_block.saturating_mul(2).min(MAX_RESERVATION);
         true
+    }
+
+    /// Every share in the maps as records (to convert a session an older
+    /// version saved with its maps inline).
+    pub(crate) fn share_records(&self) -> Vec<RoomKeyShareRecord> {
+        let record = |user_id: &OwnedUserId, device_id: &OwnedDeviceId, outcome| RoomKeyShareRecord {
+            room_id: self.room_id.clone(),
+            session_id: self.session_id.clone(),
+            user_id: user_id.clone(),
+            device_id: device_id.clone(),
+            outcome,
+        };
+        let shared = self
+            .shared_with
+            .iter()
+            .flat_map(|(u, devices)| devices.iter().map(move |(d, with)| record(u, d, ShareOutcome::Shared(*with))));
+        let withheld = self.withheld_from.iter().flat_map(|(u, devices)| {
+            devices.iter().map(move |(d, code)| record(u, d, ShareOutcome::Withheld(code.clone())))
+        });
+        shared.chain(withheld).collect()
+    }
+
+    /// Records an acknowledged share in the maps.
+    pub(crate) fn apply_share(&mut self, record: &RoomKeyShareRecord) {
+        match &record.outcome {
+            ShareOutcome::Shared(with) => {
+                self.shared_with.entry(record.user_id.clone()).or_default().insert(record.device_id.clone(), *with);
+            }
+            ShareOutcome::Withheld(code) => {
+                let devices = self.withheld_from.entry(record.user_id.clone()).or_default();
+                devices.insert(record.device_id.clone(), code.clone());
+            }
+        }
     }
 
     /// The key at the current index, for `m.room_key`.
@@ -165,12 +268,6 @@ impl OutboundGroupSession {
 
     pub(crate) fn message_index(&self) -> u32 {
         self.inner.message_index()
-    }
-
-    /// Whether the message count or the age reached the rotation limits.
-    pub(crate) fn is_expired(&self, now: Timestamp) -> bool {
-        self.message_count >= self.settings.rotation_period_msgs
-            || now.saturating_duration_since(self.created_at) >= self.settings.rotation_period
     }
 
     pub(crate) fn encrypt(&mut self, plaintext: &[u8]) -> MegolmMessage {

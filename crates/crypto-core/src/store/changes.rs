@@ -5,7 +5,7 @@ use ruma_common::OwnedUserId;
 use super::types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser};
 use crate::{
     devices::DeviceData,
-    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
+    megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
 };
 
 /// Everything one input to the machine changed. A store applies a `Changes`
@@ -26,6 +26,9 @@ pub struct Changes {
     pub inbound_group_sessions: Vec<StoredInboundGroupSession>,
     /// Our outbound room keys, created, advanced or shared further.
     pub outbound_group_sessions: Vec<StoredOutboundGroupSession>,
+    /// Acknowledged shares of our room keys, one row per device: the store
+    /// adds them to the outbound session's maps when it loads the session.
+    pub room_key_shares: Vec<RoomKeyShareRecord>,
     /// Withheld notices received.
     pub withheld: Vec<WithheldInfo>,
     /// Megolm message indices decrypted, for replay detection (a record
@@ -54,6 +57,7 @@ impl Changes {
             untracked_users,
             inbound_group_sessions,
             outbound_group_sessions,
+            room_key_shares,
             withheld,
             message_indices,
             olm_message_hashes,
@@ -67,6 +71,7 @@ impl Changes {
             && untracked_users.is_empty()
             && inbound_group_sessions.is_empty()
             && outbound_group_sessions.is_empty()
+            && room_key_shares.is_empty()
             && withheld.is_empty()
             && message_indices.is_empty()
             && olm_message_hashes.is_empty()
@@ -84,6 +89,7 @@ impl Changes {
             untracked_users,
             inbound_group_sessions,
             outbound_group_sessions,
+            room_key_shares,
             withheld,
             message_indices,
             olm_message_hashes,
@@ -96,6 +102,7 @@ impl Changes {
         self.sessions.extend(sessions);
         self.inbound_group_sessions.extend(inbound_group_sessions);
         self.outbound_group_sessions.extend(outbound_group_sessions);
+        self.room_key_shares.extend(room_key_shares);
         self.withheld.extend(withheld);
         self.message_indices.extend(message_indices);
         self.olm_message_hashes.extend(olm_message_hashes);

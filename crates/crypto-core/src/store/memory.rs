@@ -17,10 +17,13 @@ use super::{
 };
 use crate::{
     devices::DeviceData,
-    megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
+    megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
 };
 
 type Bytes = Zeroizing<Vec<u8>>;
+
+/// The acknowledged shares of one room key, by device.
+type SharesByDevice = BTreeMap<(OwnedUserId, OwnedDeviceId), RoomKeyShareRecord>;
 
 #[derive(Default)]
 struct Tables {
@@ -31,6 +34,8 @@ struct Tables {
     tracked_users: BTreeMap<OwnedUserId, TrackedUser>,
     inbound: BTreeMap<(OwnedRoomId, String), Bytes>,
     outbound: HashMap<OwnedRoomId, Bytes>,
+    /// room -> (session id, the acknowledged shares of that session by device)
+    room_key_shares: HashMap<OwnedRoomId, (String, SharesByDevice)>,
     withheld: HashMap<(OwnedRoomId, String), WithheldInfo>,
     no_olm: HashMap<String, WithheldInfo>,
     message_indices: HashMap<(OwnedRoomId, String, u32), MessageIndexRecord>,
@@ -91,6 +96,7 @@ impl CryptoStore for MemoryStore {
             untracked_users,
             inbound_group_sessions,
             outbound_group_sessions,
+            room_key_shares,
             withheld,
             message_indices,
             olm_message_hashes,
@@ -109,7 +115,7 @@ impl CryptoStore for MemoryStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
         let outbound = outbound_group_sessions
             .iter()
-            .map(|s| Ok((s.room_id.clone(), encode("outbound group session", s)?)))
+            .map(|s| Ok((s.room_id.clone(), s.session_id.clone(), encode("outbound group session", s)?)))
             .collect::<Result<Vec<_>, StoreError>>()?;
 
         let mut tables = self.tables();
@@ -138,7 +144,20 @@ impl CryptoStore for MemoryStore {
             tables.tracked_users.remove(&user);
         }
         tables.inbound.extend(inbound);
-        tables.outbound.extend(outbound);
+        for (room_id, session_id, bytes) in outbound {
+            // A new room key: the shares of the one it replaced are dropped.
+            if tables.room_key_shares.get(&room_id).is_some_and(|(current, _)| *current != session_id) {
+                tables.room_key_shares.remove(&room_id);
+            }
+            tables.outbound.insert(room_id, bytes);
+        }
+        for record in room_key_shares {
+            let entry = tables.room_key_shares.entry(record.room_id.clone()).or_default();
+            if entry.0 != record.session_id {
+                *entry = (record.session_id.clone(), BTreeMap::new());
+            }
+            entry.1.insert((record.user_id.clone(), record.device_id.clone()), record);
+        }
         for info in withheld {
             match (&info.room_id, &info.session_id) {
                 (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
@@ -236,7 +255,15 @@ impl CryptoStore for MemoryStore {
         &self,
         room_id: &RoomId,
     ) -> Result<Option<StoredOutboundGroupSession>, StoreError> {
-        self.tables().outbound.get(room_id).map(|b| decode("outbound group session", b)).transpose()
+        let tables = self.tables();
+        let Some(bytes) = tables.outbound.get(room_id) else { return Ok(None) };
+        let mut session: StoredOutboundGroupSession = decode("outbound group session", bytes)?;
+        if let Some((_, records)) = tables.room_key_shares.get(room_id) {
+            for record in records.values() {
+                session.apply_share_record(record.clone());
+            }
+        }
+        Ok(Some(session))
     }
 
     async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {

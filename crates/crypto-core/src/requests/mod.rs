@@ -1,5 +1,12 @@
-//! Outgoing requests the machine asks its caller to send, and the responses
-//! the caller hands back through `mark_request_as_sent`.
+//! Outgoing requests the machine asks its caller to send, the responses the
+//! caller hands back through `mark_request_as_sent`, the queue that keeps
+//! every unanswered request listed, and the source of their ids.
+
+mod ids;
+mod queue;
+
+pub(crate) use ids::IdSource;
+pub(crate) use queue::{Meta, RequestQueue};
 
 use ruma_client_api::{
     keys::{claim_keys, get_keys, upload_keys},
@@ -19,10 +26,6 @@ pub struct OutgoingRequest {
 }
 
 impl OutgoingRequest {
-    pub(crate) fn new(request: AnyOutgoingRequest) -> Self {
-        Self { id: TransactionId::new(), request: Arc::new(request) }
-    }
-
     pub(crate) fn with_id(id: OwnedTransactionId, request: AnyOutgoingRequest) -> Self {
         Self { id, request: Arc::new(request) }
     }
@@ -92,8 +95,8 @@ impl<'a> From<&'a send_event_to_device::v3::Response> for AnyIncomingResponse<'a
 /// Why a response was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
-    /// No request with this id is waiting for an answer (already answered, or
-    /// from before a restart).
+    /// No request with this id is waiting for an answer, nor was one
+    /// answered or cancelled lately (e.g. an id from before a restart).
     #[error("no outstanding request with id {0}")]
     UnknownRequest(OwnedTransactionId),
     /// The response is of another kind than the request.

@@ -1,0 +1,131 @@
+//! The one drive loop between crypto-core and the homeserver, like quinn's
+//! `ConnectionDriver`: run due timers, send every queued request
+//! (concurrently, each once even when several tasks drive), hand each
+//! answer back, then act on the engine's events. Every place the client
+//! needs the engine to make progress (after a sync, before a send, after
+//! login) runs [`Client::drive`]; nothing else talks to the engine's queue.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hush_crypto_core::{AnyOutgoingRequest, EngineEvent, OutgoingRequest, ResponseError};
+
+use crate::{
+    Client, ClientError,
+    client::{lock, now},
+};
+
+/// How long a drive waits for requests another task is sending.
+const WAIT_FOR_OTHERS: Duration = Duration::from_secs(30);
+
+impl Client {
+    /// One turn of the drive loop. Returns once every request that was
+    /// queued when it started has been answered (by this task or another).
+    pub(crate) async fn drive(&self) -> Result<(), ClientError> {
+        let machine = self.olm_machine()?;
+        if machine.poll_timeout().is_some_and(|at| at <= now()) {
+            machine.handle_timeout(now()).await?;
+        }
+        let requests = machine.outgoing_requests(now()).await?;
+        let (mine, others): (Vec<OutgoingRequest>, Vec<OutgoingRequest>) = {
+            let mut in_flight = lock(&self.inner.in_flight);
+            requests.into_iter().partition(|r| in_flight.insert(r.request_id().to_owned()))
+        };
+        let result = self.send_all(mine).await;
+        if !others.is_empty() {
+            self.wait_for_others(&others).await;
+        }
+        self.handle_engine_events().await;
+        result
+    }
+
+    /// Sends requests concurrently; the first error is returned after all finished.
+    async fn send_all(&self, requests: Vec<OutgoingRequest>) -> Result<(), ClientError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for request in requests {
+            let client = self.clone();
+            tasks.spawn(async move {
+                let result = client.send_crypto_request(&request).await;
+                lock(&client.inner.in_flight).remove(request.request_id());
+                client.inner.request_done.notify_waiters();
+                result
+            });
+        }
+        let mut first_error = None;
+        while let Some(result) = tasks.join_next().await {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => first_error = first_error.or(Some(error)),
+                Err(join) => first_error = first_error.or(Some(ClientError::Config(join.to_string()))),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Waits (bounded) until requests another task sends are done.
+    async fn wait_for_others(&self, others: &[OutgoingRequest]) {
+        let deadline = tokio::time::Instant::now() + WAIT_FOR_OTHERS;
+        loop {
+            let notified = self.inner.request_done.notified();
+            let pending = {
+                let in_flight = lock(&self.inner.in_flight);
+                others.iter().any(|r| in_flight.contains(r.request_id()))
+            };
+            if !pending || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Acts on the engine's events: room keys that arrived let waiting
+    /// events decrypt (delivered again as late decryptions).
+    async fn handle_engine_events(&self) {
+        let Ok(machine) = self.olm_machine() else { return };
+        let mut sessions = BTreeSet::new();
+        for event in machine.drain_events() {
+            match event {
+                EngineEvent::RoomKeyReceived(key) => {
+                    sessions.insert(key.session_id);
+                }
+                EngineEvent::DevicesChanged(changes) => {
+                    tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
+                }
+                other => tracing::debug!(?other, "engine event"),
+            }
+        }
+        if !sessions.is_empty() {
+            self.retry_undecrypted(&sessions).await;
+        }
+    }
+
+    /// Sends one of crypto-core's requests and hands its answer back.
+    pub(crate) async fn send_crypto_request(&self, request: &OutgoingRequest) -> Result<(), ClientError> {
+        let machine = self.olm_machine()?;
+        let token = self.access_token()?;
+        let token = Some(token.as_str());
+        let id = request.request_id();
+        let http = self.http();
+        let result = match request.request() {
+            AnyOutgoingRequest::KeysUpload(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+            AnyOutgoingRequest::KeysQuery(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+            AnyOutgoingRequest::KeysClaim(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+            AnyOutgoingRequest::ToDevice(r) => {
+                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                machine.mark_request_as_sent(id, &response, now()).await
+            }
+        };
+        result.map_err(|e| match e {
+            ResponseError::Store(store) => ClientError::Store(store),
+            other => ClientError::Config(other.to_string()),
+        })
+    }
+}

@@ -1,0 +1,132 @@
+//! [`EngineEvent`]: what changed in the engine's state, for the caller to
+//! drain with `OlmMachine::poll_event` / `drain_events`.
+//!
+//! An event is queued only after the change it reports was saved. Events
+//! live in memory: after a restart the store holds the state, the events
+//! that announced it are gone. The queue is bounded; when a caller never
+//! drains it, the oldest events make room and an
+//! [`EngineEvent::EventsDropped`] says how many were lost.
+
+use std::collections::VecDeque;
+
+use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
+use vodozemac::Curve25519PublicKey;
+
+use crate::megolm::{RotationReason, WithheldInfo};
+
+/// A room key that arrived over Olm and was stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomKeyInfo {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The Megolm session id.
+    pub session_id: String,
+    /// The curve25519 key of the device that sent it.
+    pub sender_key: Curve25519PublicKey,
+    /// The user whose device sent it (authenticated by the Olm session).
+    pub sender: OwnedUserId,
+}
+
+/// How one user's device list changed after a keys query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceChanges {
+    /// The user.
+    pub user_id: OwnedUserId,
+    /// Devices seen for the first time.
+    pub added: Vec<OwnedDeviceId>,
+    /// Known devices whose display name or signed keys changed.
+    pub changed: Vec<OwnedDeviceId>,
+    /// Devices the server no longer lists.
+    pub deleted: Vec<OwnedDeviceId>,
+}
+
+/// Something the engine's state gained or lost. More kinds will come
+/// (identities, verification), so match with a wildcard arm.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EngineEvent {
+    /// A room key arrived over Olm and was stored: events of its session
+    /// that failed to decrypt can be tried again.
+    RoomKeyReceived(RoomKeyInfo),
+    /// A sender told us it withholds a room key, and why.
+    RoomKeyWithheld(WithheldInfo),
+    /// A keys query changed what we know of a user's devices.
+    DevicesChanged(DeviceChanges),
+    /// Our room key of a room can no longer be used: the next message in
+    /// the room needs a new key shared first (the room-level command does
+    /// it when called).
+    RoomKeyExpired {
+        /// The room.
+        room_id: OwnedRoomId,
+        /// The retired key's session id.
+        session_id: String,
+        /// Why.
+        reason: RotationReason,
+    },
+    /// The queue overflowed: this many older events were dropped.
+    EventsDropped {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// The most events held before the oldest are dropped.
+pub(crate) const EVENT_QUEUE_CAPACITY: usize = 10_000;
+
+/// The bounded queue of events not yet drained.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    events: VecDeque<EngineEvent>,
+    dropped: u64,
+}
+
+impl EventQueue {
+    /// Adds an event, dropping the oldest if the queue is full.
+    pub(crate) fn push(&mut self, event: EngineEvent) {
+        if self.events.len() >= EVENT_QUEUE_CAPACITY {
+            self.events.pop_front();
+            self.dropped = self.dropped.saturating_add(1);
+        }
+        self.events.push_back(event);
+    }
+
+    pub(crate) fn extend(&mut self, events: impl IntoIterator<Item = EngineEvent>) {
+        for event in events {
+            self.push(event);
+        }
+    }
+
+    /// The oldest event; a drop report comes first if events were lost.
+    pub(crate) fn pop(&mut self) -> Option<EngineEvent> {
+        if self.dropped > 0 {
+            let count = std::mem::take(&mut self.dropped);
+            return Some(EngineEvent::EventsDropped { count });
+        }
+        self.events.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn withheld_room(n: usize) -> EngineEvent {
+        EngineEvent::RoomKeyExpired {
+            room_id: OwnedRoomId::try_from(format!("!r{n}:x.y")).unwrap(),
+            session_id: String::new(),
+            reason: RotationReason::Discarded,
+        }
+    }
+
+    #[test]
+    fn an_undrained_queue_stays_bounded_and_says_what_it_lost() {
+        let mut queue = EventQueue::default();
+        for n in 0..EVENT_QUEUE_CAPACITY + 5 {
+            queue.push(withheld_room(n));
+        }
+        assert_eq!(queue.pop(), Some(EngineEvent::EventsDropped { count: 5 }));
+        assert_eq!(queue.pop(), Some(withheld_room(5)));
+        let rest = std::iter::from_fn(|| queue.pop()).count();
+        assert_eq!(rest, EVENT_QUEUE_CAPACITY - 1);
+    }
+}
