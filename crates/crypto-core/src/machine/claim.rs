@@ -211,21 +211,14 @@ impl OlmMachine {
         &self,
         created: &mut [Created],
         now: Timestamp,
-    ) -> Vec<(DeviceData, super::to_device::ToDeviceContent)> {
+    ) -> Vec<(DeviceData, crate::olm::ToDeviceContent)> {
         let mut dummies = Vec::new();
         for made in created.iter_mut() {
             if !lock(&self.inner.claims).is_wedged(&device_key(&made.device)) {
                 continue;
             }
             let empty = Value::Object(Default::default());
-            match super::to_device::encrypt_for(
-                &self.inner.own,
-                &mut made.session,
-                &made.device,
-                "m.dummy",
-                &empty,
-                now,
-            ) {
+            match crate::olm::encrypt_for(&self.inner.own, &mut made.session, &made.device, "m.dummy", &empty, now) {
                 Ok(content) => {
                     made.stored = made.session.to_stored();
                     dummies.push((made.device.clone(), content));

@@ -6,7 +6,6 @@
 mod claim;
 mod export;
 mod group;
-mod group_cache;
 mod keys_query;
 mod keys_upload;
 mod olm_batch;
@@ -14,7 +13,6 @@ mod room;
 mod room_decrypt;
 mod room_keys;
 mod rooms;
-mod session_cache;
 mod share;
 mod sync;
 mod timers;
@@ -27,18 +25,20 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use ruma_common::{DeviceId, OwnedDeviceId, TransactionId, UserId};
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
+pub use crate::megolm::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
+pub use crate::olm::{OlmDecryptionInfo, ToDeviceOutcome};
 pub use export::{ImportError, RoomKeyImportResult};
-pub use group::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
 pub use room::{RoomInfo, RoomReadiness};
-pub use sync::{DeviceListChanges, OlmDecryptionInfo, SyncChanges, SyncOutput, ToDeviceOutcome};
+pub use sync::{DeviceListChanges, SyncChanges, SyncOutput};
 pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 
-use self::{group_cache::GroupCache, rooms::RoomRegistry, session_cache::SessionCache};
+use self::rooms::RoomRegistry;
 use crate::{
     AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, Timestamp,
     devices::{DeviceData, DeviceTracker, LocalTrust, QUERY_RETRY_RECORD},
     events::{EngineEvent, EventQueue},
-    olm::{Account, CLAIMS_RECORD, ClaimState, LEGACY_UNWEDGE_RECORD, OwnIdentity},
+    megolm::GroupCache,
+    olm::{Account, CLAIMS_RECORD, ClaimState, LEGACY_UNWEDGE_RECORD, OwnIdentity, SessionCache},
     requests::{IdSource, Meta, RequestQueue},
     signing::SignatureError,
     store::{Changes, CryptoStore, StoreError, TrackedUser},

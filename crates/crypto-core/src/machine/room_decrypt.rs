@@ -5,61 +5,24 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ruma_common::{OwnedDeviceId, OwnedEventId, OwnedUserId, RoomId, serde::Raw};
-use ruma_events::AnyTimelineEvent;
-use serde_json::{Value, json};
-use vodozemac::{Curve25519PublicKey, megolm::DecryptionError};
+use ruma_common::{OwnedDeviceId, OwnedUserId, RoomId, serde::Raw};
+use vodozemac::Curve25519PublicKey;
 
-use super::{
-    OlmMachine,
-    group::{DecryptedRoomEvent, KeyFacts, MegolmDecryptionInfo, VerificationState},
-    lock,
-};
+use super::{OlmMachine, lock};
 use crate::{
-    contain::contain,
     megolm::{
-        DecryptionSettings, FirstUse, InboundGroupSession, IncomingRoomEvent, IndexUse, MegolmError, ReplayGuard,
-        RoomPlaintext, TrustRequirement, parse_encrypted_event,
+        DecryptedRoomEvent, DecryptionSettings, FirstUse, InboundGroupSession, IndexUse, MegolmDecryptionInfo,
+        MegolmError, Opened, Parsed, ReplayGuard, SessionMap, TrustRequirement, VerificationState, contain_open, parse,
     },
     parallel::run_split,
     store::{Changes, MessageIndexRecord},
 };
-
-/// The inbound sessions one worker decrypts with, by session id.
-type SessionMap = HashMap<String, InboundGroupSession>;
 
 /// What a sender device's state depends on: the sender and the key's facts.
 type DeviceStateKey = (OwnedUserId, Curve25519PublicKey, crate::megolm::KeySource, Option<String>);
 
 /// An event's position in the batch and how parsing it went.
 type Indexed = (usize, Result<Parsed, MegolmError>);
-
-/// An event parsed on a worker.
-struct Parsed {
-    incoming: IncomingRoomEvent,
-    outer_relation: Option<Value>,
-    claimed_sender_key: Option<Curve25519PublicKey>,
-}
-
-/// An event decrypted and checked on a worker; what is left needs the store.
-struct Opened {
-    sender: OwnedUserId,
-    event_id: OwnedEventId,
-    origin_server_ts: u64,
-    session_id: String,
-    message_index: u32,
-    key: KeyFacts,
-    event: Raw<AnyTimelineEvent>,
-}
-
-fn parse(value: Result<Value, MegolmError>) -> Result<Parsed, MegolmError> {
-    let value = value?;
-    let outer_relation = value["content"].get("m.relates_to").cloned();
-    let claimed_sender_key =
-        value["content"]["sender_key"].as_str().and_then(|k| crate::keys::curve25519_from_base64(k).ok());
-    let incoming = parse_encrypted_event(value)?;
-    Ok(Parsed { incoming, outer_relation, claimed_sender_key })
-}
 
 /// How many events one pass of a batch decryption holds at once: the
 /// batch is decrypted in chunks of this size (each with its own save), so
@@ -394,70 +357,4 @@ impl OlmMachine {
         };
         replay.judge(claim, stored)
     }
-}
-
-/// [`open`] with a bug contained: the event fails alone, and its session
-/// copy, which the bug may have left half-changed, is dropped from the map
-/// (the cache reloads it from the store).
-fn contain_open(
-    local: &mut SessionMap,
-    parsed: Parsed,
-    room_id: &RoomId,
-) -> Result<Result<Opened, Parsed>, MegolmError> {
-    let session_id = parsed.incoming.session_id.clone();
-    let Some(session) = local.get_mut(&session_id) else { return Ok(Err(parsed)) };
-    match contain("a room event", || open(session, parsed, room_id)) {
-        Ok(result) => result.map(Ok),
-        Err(reason) => {
-            local.remove(&session_id);
-            Err(MegolmError::Internal(reason))
-        }
-    }
-}
-
-/// Decrypts and checks one event with its session: pure work for a worker.
-fn open(session: &mut InboundGroupSession, parsed: Parsed, room_id: &RoomId) -> Result<Opened, MegolmError> {
-    let Parsed { incoming, outer_relation, .. } = parsed;
-    let decrypted = session.decrypt(&incoming.message).map_err(|e| match e {
-        DecryptionError::UnknownMessageIndex(first_known_index, message_index) => {
-            MegolmError::UnknownMessageIndex { first_known_index, message_index }
-        }
-        other => MegolmError::DecryptionFailed(other.to_string()),
-    })?;
-    let key = KeyFacts::of(session);
-    if let Some(owner) = &key.sender_user
-        && *owner != incoming.sender
-    {
-        return Err(MegolmError::SenderMismatch { event_sender: incoming.sender, key_owner: owner.clone() });
-    }
-    let plaintext: RoomPlaintext = serde_json::from_slice(&decrypted.plaintext)
-        .map_err(|e| MegolmError::Malformed(format!("payload: {}", crate::contain::secret_json_error(&e))))?;
-    if plaintext.room_id != room_id.as_str() {
-        return Err(MegolmError::RoomMismatch { expected: room_id.to_owned(), found: plaintext.room_id });
-    }
-    let mut content = plaintext.content;
-    if let Some(relation) = outer_relation {
-        content.entry("m.relates_to").or_insert(relation);
-    }
-    let mut event = json!({
-        "type": plaintext.event_type,
-        "content": content,
-        "room_id": room_id,
-        "sender": incoming.sender,
-        "event_id": incoming.event_id,
-        "origin_server_ts": incoming.origin_server_ts,
-    });
-    if let Some(unsigned) = incoming.unsigned {
-        event["unsigned"] = unsigned;
-    }
-    let event = Raw::new(&event).map(Raw::cast_unchecked).map_err(|e| MegolmError::Malformed(e.to_string()))?;
-    Ok(Opened {
-        sender: incoming.sender,
-        event_id: incoming.event_id,
-        origin_server_ts: u64::from(incoming.origin_server_ts),
-        session_id: incoming.session_id,
-        message_index: decrypted.message_index,
-        key,
-        event,
-    })
 }

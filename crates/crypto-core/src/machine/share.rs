@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ruma_common::serde::Raw;
 use ruma_common::{OwnedDeviceId, OwnedUserId, RoomId, UserId};
 
-use super::{OlmMachine, lock, to_device::ToDeviceContent};
+use super::{OlmMachine, lock};
 use crate::{
     OutgoingRequest, StoreError, Timestamp,
     devices::DeviceData,
@@ -19,7 +19,7 @@ use crate::{
         OutboundGroupSession, RoomKeyShareRecord, ShareError, ShareOutcome, ShareTargets, SharedWith, WithheldCode,
         age_deadline, device_share, room_key_content, rotation_reason, withheld_content,
     },
-    olm::OlmEncryptionError,
+    olm::{OlmEncryptionError, ToDeviceContent},
     requests::Meta,
     store::Changes,
 };

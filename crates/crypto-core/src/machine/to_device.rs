@@ -1,26 +1,21 @@
 //! Olm-encrypted to-device messages: encrypting for devices and decrypting
 //! what arrives in a sync, with every plaintext field checked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-use ruma_client_api::to_device::send_event_to_device;
-use ruma_common::{DeviceId, OwnedTransactionId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices};
-use ruma_events::ToDeviceEventType;
+use ruma_common::{DeviceId, UserId};
 use serde_json::Value;
 
-use super::{OlmMachine, lock, session_cache::SessionCache};
+use super::{OlmMachine, lock};
 use crate::{
-    AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp,
+    OutgoingRequest, StoreError, Timestamp,
     devices::DeviceData,
-    olm::{OlmEncryptionError, OwnIdentity, Session, WedgeDecision, build_plaintext, encrypted_content},
+    olm::{OlmEncryptionError, Session, SessionCache, ToDeviceContent, WedgeDecision, encrypt_for, to_device_request},
     parallel::run_split,
     requests::Meta,
     store::Changes,
 };
 use vodozemac::Curve25519PublicKey;
-
-/// A to-device event content, serialized.
-pub(crate) type ToDeviceContent = Raw<ruma_events::AnyToDeviceEventContent>;
 
 /// The most messages one to-device request carries.
 pub const TO_DEVICE_BATCH: usize = 250;
@@ -217,38 +212,4 @@ impl OlmMachine {
             changes.tracked_users.extend(tracker.mark_dirty(sender));
         }
     }
-}
-
-/// The `m.room.encrypted` content of one event for `device`, advancing `session`.
-pub(super) fn encrypt_for(
-    own: &OwnIdentity,
-    session: &mut Session,
-    device: &DeviceData,
-    event_type: &str,
-    content: &Value,
-    now: Timestamp,
-) -> Result<ToDeviceContent, OlmEncryptionError> {
-    let plaintext = build_plaintext(own, device, event_type, content);
-    let bytes = serde_json::to_vec(&plaintext).map_err(|e| OlmEncryptionError::Serialization(e.to_string()))?;
-    let message = session.encrypt(&bytes, now).map_err(|e| OlmEncryptionError::Encryption(e.to_string()))?;
-    encrypted_content(own, device.curve25519_key(), &message)
-        .map_err(|e| OlmEncryptionError::Serialization(e.to_string()))
-}
-
-pub(super) fn to_device_request(
-    id: OwnedTransactionId,
-    event_type: &str,
-    messages: &[(DeviceData, ToDeviceContent)],
-) -> AnyOutgoingRequest {
-    let mut map: send_event_to_device::v3::Messages = BTreeMap::new();
-    for (device, content) in messages {
-        map.entry(device.user_id().to_owned())
-            .or_default()
-            .insert(DeviceIdOrAllDevices::DeviceId(device.device_id().to_owned()), content.clone());
-    }
-    AnyOutgoingRequest::ToDevice(send_event_to_device::v3::Request::new_raw(
-        ToDeviceEventType::from(event_type),
-        id,
-        map,
-    ))
 }

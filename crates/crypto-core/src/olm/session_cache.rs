@@ -12,7 +12,7 @@ use crate::{
 /// Olm sessions in memory. Loaded per sender key on first use; the store
 /// stays the source of truth (the cache is dropped if a save fails).
 #[derive(Default)]
-pub(super) struct SessionCache {
+pub(crate) struct SessionCache {
     by_key: HashMap<Curve25519PublicKey, Vec<Session>>,
 }
 
@@ -24,7 +24,7 @@ impl std::fmt::Debug for SessionCache {
 
 impl SessionCache {
     /// The sessions with `key`, loading them from `store` if needed.
-    pub(super) async fn get_or_load(
+    pub(crate) async fn get_or_load(
         &mut self,
         store: &dyn CryptoStore,
         key: Curve25519PublicKey,
@@ -40,7 +40,7 @@ impl SessionCache {
 
     /// Takes the sessions with `key` out (loading them if needed), to work on
     /// them without the cache; hand them back with [`put_back`](Self::put_back).
-    pub(super) async fn take(
+    pub(crate) async fn take(
         &mut self,
         store: &dyn CryptoStore,
         key: Curve25519PublicKey,
@@ -52,11 +52,11 @@ impl SessionCache {
     }
 
     /// Returns sessions taken with [`take`](Self::take).
-    pub(super) fn put_back(&mut self, key: Curve25519PublicKey, sessions: Vec<Session>) {
+    pub(crate) fn put_back(&mut self, key: Curve25519PublicKey, sessions: Vec<Session>) {
         self.by_key.insert(key, sessions);
     }
 
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.by_key.clear();
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use ruma_common::{OwnedRoomId, RoomId};
 
-use crate::megolm::{InboundGroupSession, OutboundGroupSession};
+use super::{InboundGroupSession, OutboundGroupSession};
 
 /// How many inbound sessions stay in memory; beyond that the cache is
 /// emptied and refilled from the store on demand.
@@ -13,9 +13,9 @@ const INBOUND_CACHE_CAPACITY: usize = 4096;
 
 /// Hot Megolm sessions. The store stays the source of truth.
 #[derive(Default)]
-pub(super) struct GroupCache {
+pub(crate) struct GroupCache {
     inbound: HashMap<(OwnedRoomId, String), InboundGroupSession>,
-    pub(super) outbound: HashMap<OwnedRoomId, OutboundGroupSession>,
+    pub(crate) outbound: HashMap<OwnedRoomId, OutboundGroupSession>,
 }
 
 impl std::fmt::Debug for GroupCache {
@@ -29,11 +29,11 @@ impl std::fmt::Debug for GroupCache {
 
 impl GroupCache {
     /// Takes a session out (to be handed back with `insert_inbound`).
-    pub(super) fn take_inbound(&mut self, room_id: &RoomId, session_id: &str) -> Option<InboundGroupSession> {
+    pub(crate) fn take_inbound(&mut self, room_id: &RoomId, session_id: &str) -> Option<InboundGroupSession> {
         self.inbound.remove(&(room_id.to_owned(), session_id.to_owned()))
     }
 
-    pub(super) fn insert_inbound(&mut self, session: InboundGroupSession) {
+    pub(crate) fn insert_inbound(&mut self, session: InboundGroupSession) {
         if self.inbound.len() >= INBOUND_CACHE_CAPACITY {
             self.inbound.clear();
         }
@@ -42,14 +42,14 @@ impl GroupCache {
 
     /// Hands back a session taken with `take_inbound`, unless a newer copy
     /// (e.g. a better key that arrived meanwhile) took its place.
-    pub(super) fn return_inbound(&mut self, session: InboundGroupSession) {
+    pub(crate) fn return_inbound(&mut self, session: InboundGroupSession) {
         let key = (session.room_id.clone(), session.session_id.clone());
         if !self.inbound.contains_key(&key) {
             self.insert_inbound(session);
         }
     }
 
-    pub(super) fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.inbound.clear();
         self.outbound.clear();
     }

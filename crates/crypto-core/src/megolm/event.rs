@@ -1,0 +1,67 @@
+//! A decrypted room event and what is known of its sender:
+//! [`DecryptedRoomEvent`], [`MegolmDecryptionInfo`], [`VerificationState`].
+//! `Debug` never shows the decrypted content.
+
+use ruma_common::{OwnedDeviceId, OwnedUserId, serde::Raw};
+use ruma_events::AnyTimelineEvent;
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
+
+use super::KeySource;
+
+/// How far the device that sent a room event is trusted, as known today.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationState {
+    /// Our own device, or a device the user verified.
+    Verified,
+    /// A known device the user has not verified.
+    Unverified,
+    /// The key's device is not among the sender's known devices.
+    UnknownDevice,
+    /// The known device's ed25519 key differs from the one the key's sender claimed.
+    KeyMismatch,
+    /// The key matches a known device of the sender, but our copy did not
+    /// come over Olm from that device (a key file; later a backup or a
+    /// forward): who made the key is only claimed, so the sender is not
+    /// reported verified, whatever the device's trust.
+    UnauthenticatedSource,
+}
+
+/// Who sent a decrypted room event, and how we know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MegolmDecryptionInfo {
+    /// The event's sender (checked against the key's owner).
+    pub sender: OwnedUserId,
+    /// The sending device, if known.
+    pub sender_device: Option<OwnedDeviceId>,
+    /// The curve25519 key of the device that shared the room key.
+    pub sender_curve25519_key: Curve25519PublicKey,
+    /// The ed25519 key that device claimed.
+    pub sender_claimed_ed25519_key: Option<Ed25519PublicKey>,
+    /// The Megolm session.
+    pub session_id: String,
+    /// The message's index in the session.
+    pub message_index: u32,
+    /// Where our copy of the key came from.
+    pub key_source: KeySource,
+    /// The sending device's trust.
+    pub verification_state: VerificationState,
+}
+
+/// A decrypted room event: the original event with the plaintext's type and
+/// content in place of the ciphertext. `Debug` omits the decrypted event.
+#[derive(Clone)]
+pub struct DecryptedRoomEvent {
+    /// The decrypted event (`room_id` included).
+    pub event: Raw<AnyTimelineEvent>,
+    /// Who sent it.
+    pub info: MegolmDecryptionInfo,
+}
+
+impl std::fmt::Debug for DecryptedRoomEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecryptedRoomEvent")
+            .field("event", &"(decrypted content redacted)")
+            .field("info", &self.info)
+            .finish()
+    }
+}
