@@ -260,6 +260,19 @@ impl<B: KvBackend> KvCryptoStore<B> {
         Ok(())
     }
 
+    /// A withheld notice: by room key, or (`m.no_olm`) by sender key.
+    fn put_withheld(&self, ops: &mut Vec<WriteOp>, info: &WithheldInfo) -> Result<(), StoreError> {
+        match (&info.room_id, &info.session_id) {
+            (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
+                self.put(ops, Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes()], info)
+            }
+            _ => {
+                let sender_key = info.sender_key.to_base64();
+                self.put(ops, Table::NoOlm, &[sender_key.as_bytes()], info)
+            }
+        }
+    }
+
     /// When a room gets a new room key, the share records of the keys it
     /// replaced are deleted.
     fn drop_replaced_shares(
@@ -339,15 +352,7 @@ impl<B: KvBackend> KvCryptoStore<B> {
             self.put(&mut ops, Table::RoomKeyShares, &parts, record)?;
         }
         for info in &withheld {
-            match (&info.room_id, &info.session_id) {
-                (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
-                    self.put(&mut ops, Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes()], info)?;
-                }
-                _ => {
-                    let sender_key = info.sender_key.to_base64();
-                    self.put(&mut ops, Table::NoOlm, &[sender_key.as_bytes()], info)?;
-                }
-            }
+            self.put_withheld(&mut ops, info)?;
         }
         for record in &message_indices {
             let index = record.message_index.to_be_bytes();

@@ -46,6 +46,41 @@ struct Tables {
     next_batch_token: Option<String>,
 }
 
+impl Tables {
+    fn put_device(&mut self, device: DeviceData) {
+        let owner = (device.user_id().to_owned(), device.device_id().to_owned());
+        self.devices_by_curve.entry(device.curve25519_key().to_base64()).or_default().insert(owner);
+        self.devices.entry(device.user_id().to_owned()).or_default().insert(device.device_id().to_owned(), device);
+    }
+
+    fn put_outbound(&mut self, room_id: OwnedRoomId, session_id: &str, bytes: Bytes) {
+        // A new room key: the shares of the one it replaced are dropped.
+        if self.room_key_shares.get(&room_id).is_some_and(|(current, _)| current != session_id) {
+            self.room_key_shares.remove(&room_id);
+        }
+        self.outbound.insert(room_id, bytes);
+    }
+
+    fn put_share(&mut self, record: RoomKeyShareRecord) {
+        let entry = self.room_key_shares.entry(record.room_id.clone()).or_default();
+        if entry.0 != record.session_id {
+            *entry = (record.session_id.clone(), BTreeMap::new());
+        }
+        entry.1.insert((record.user_id.clone(), record.device_id.clone()), record);
+    }
+
+    fn put_withheld(&mut self, info: WithheldInfo) {
+        match (&info.room_id, &info.session_id) {
+            (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
+                self.withheld.insert((room_id.clone(), session_id.clone()), info);
+            }
+            _ => {
+                self.no_olm.insert(info.sender_key.to_base64(), info);
+            }
+        }
+    }
+}
+
 /// An in-memory [`CryptoStore`]: every key is lost when it is dropped.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -126,16 +161,7 @@ impl CryptoStore for MemoryStore {
             tables.sessions.entry(sender_key).or_default().insert(session_id, bytes);
         }
         for device in devices {
-            tables
-                .devices_by_curve
-                .entry(device.curve25519_key().to_base64())
-                .or_default()
-                .insert((device.user_id().to_owned(), device.device_id().to_owned()));
-            tables
-                .devices
-                .entry(device.user_id().to_owned())
-                .or_default()
-                .insert(device.device_id().to_owned(), device);
+            tables.put_device(device);
         }
         for user in tracked_users {
             tables.tracked_users.insert(user.user_id.clone(), user);
@@ -145,28 +171,13 @@ impl CryptoStore for MemoryStore {
         }
         tables.inbound.extend(inbound);
         for (room_id, session_id, bytes) in outbound {
-            // A new room key: the shares of the one it replaced are dropped.
-            if tables.room_key_shares.get(&room_id).is_some_and(|(current, _)| *current != session_id) {
-                tables.room_key_shares.remove(&room_id);
-            }
-            tables.outbound.insert(room_id, bytes);
+            tables.put_outbound(room_id, &session_id, bytes);
         }
         for record in room_key_shares {
-            let entry = tables.room_key_shares.entry(record.room_id.clone()).or_default();
-            if entry.0 != record.session_id {
-                *entry = (record.session_id.clone(), BTreeMap::new());
-            }
-            entry.1.insert((record.user_id.clone(), record.device_id.clone()), record);
+            tables.put_share(record);
         }
         for info in withheld {
-            match (&info.room_id, &info.session_id) {
-                (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
-                    tables.withheld.insert((room_id.clone(), session_id.clone()), info);
-                }
-                _ => {
-                    tables.no_olm.insert(info.sender_key.to_base64(), info);
-                }
-            }
+            tables.put_withheld(info);
         }
         for record in message_indices {
             let key = (record.room_id.clone(), record.session_id.clone(), record.message_index);
