@@ -517,3 +517,49 @@ async fn room_keys_and_withheld_notices_arrive_as_events_too() {
     assert!(events.iter().any(|e| matches!(e, EngineEvent::RoomKeyWithheld(w)
         if w.session_id.as_deref() == Some(withheld_id.as_str()) && w.code == hush_crypto_core::WithheldCode::Unverified)));
 }
+
+/// A room key saved by an older version keeps who has it inside the session
+/// (no share rows). After the upgrade, a member who left must still make the
+/// key rotate: the inline shares are converted, not lost.
+#[tokio::test]
+async fn shares_saved_inline_by_an_older_version_still_rotate_the_key_when_a_member_leaves() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+    let (alice, _bob) = pair(&server, &clock, store.clone()).await;
+    let both =
+        vec![(alice.user_id.clone(), Membership::Join), (user_id!("@bob:example.org").to_owned(), Membership::Join)];
+    let first = alice.prepare_room(&RoomInfo::new(room().to_owned(), both, megolm())).await;
+    drop(alice);
+
+    // Rewrite the store as an older version left it: shares inline, no rows.
+    let mut legacy = store.get_outbound_group_session(room()).await.unwrap().unwrap();
+    assert!(legacy.shared_with.contains_key(user_id!("@bob:example.org")));
+    legacy.shares_in_records = false;
+    let mut other = store.get_outbound_group_session(room()).await.unwrap().unwrap();
+    other.session_id = "a-different-session".into();
+    let save = |session| hush_crypto_core::Changes { outbound_group_sessions: vec![session], ..Default::default() };
+    store.save_changes(save(other)).await.unwrap(); // drops the rows
+    store.save_changes(save(legacy)).await.unwrap();
+    let reloaded = store.get_outbound_group_session(room()).await.unwrap().unwrap();
+    assert_eq!(reloaded.session_id, first);
+    assert!(reloaded.shared_with.contains_key(user_id!("@bob:example.org")), "inline shares are read");
+
+    // The upgraded engine loads it (converting the shares to rows and
+    // rewriting the session without them), with Bob still a member.
+    let alice = TestDevice::with_store(&server, &clock, user_id!("@alice:example.org"), "ALICE1", store.clone()).await;
+    let both =
+        vec![(alice.user_id.clone(), Membership::Join), (user_id!("@bob:example.org").to_owned(), Membership::Join)];
+    assert_eq!(alice.prepare_room(&RoomInfo::new(room().to_owned(), both, megolm())).await, first);
+    drop(alice);
+    let converted = store.get_outbound_group_session(room()).await.unwrap().unwrap();
+    assert!(converted.shares_in_records, "the session was rewritten");
+    assert!(converted.shared_with.contains_key(user_id!("@bob:example.org")), "Bob's share is a row now");
+
+    // Another restart, and Bob has left.
+    let alice = TestDevice::with_store(&server, &clock, user_id!("@alice:example.org"), "ALICE1", store.clone()).await;
+    let alone =
+        vec![(alice.user_id.clone(), Membership::Join), (user_id!("@bob:example.org").to_owned(), Membership::Leave)];
+    let after = alice.prepare_room(&RoomInfo::new(room().to_owned(), alone, megolm())).await;
+    assert_ne!(after, first, "Bob left: the key he holds must not be used again");
+}

@@ -15,6 +15,20 @@ use crate::{
     client::{lock, now},
 };
 
+/// Marks one request as being sent; dropping it (even in an aborted task)
+/// clears the mark and wakes the tasks waiting for it.
+struct InFlight {
+    client: Client,
+    id: ruma_common::OwnedTransactionId,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.client.inner.in_flight).remove(&self.id);
+        self.client.inner.request_done.notify_waiters();
+    }
+}
+
 /// How long a drive waits for requests another task is sending.
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(30);
 
@@ -44,11 +58,12 @@ impl Client {
         let mut tasks = tokio::task::JoinSet::new();
         for request in requests {
             let client = self.clone();
+            // The id leaves the in-flight set however the send ends: done,
+            // failed, panicked, or aborted because this drive was cancelled.
+            let guard = InFlight { client: self.clone(), id: request.request_id().to_owned() };
             tasks.spawn(async move {
-                let result = client.send_crypto_request(&request).await;
-                lock(&client.inner.in_flight).remove(request.request_id());
-                client.inner.request_done.notify_waiters();
-                result
+                let _guard = guard;
+                client.send_crypto_request(&request).await
             });
         }
         let mut first_error = None;

@@ -64,9 +64,8 @@ impl Client {
         let catching_up = since.is_none() || full_state;
         // The long poll ends by the engine's next deadline, so its timers
         // run on time (the drive after the sync handles them).
-        let until_deadline = machine
-            .poll_timeout()
-            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(now().as_millis())));
+        let until_deadline =
+            machine.poll_timeout().map(|at| Duration::from_millis(at.as_millis().saturating_sub(now().as_millis())));
         let poll = until_deadline.map_or(settings.timeout, |d| d.min(settings.timeout));
         request.timeout = (!catching_up).then_some(poll);
         let response = self.http().send(request, Some(&token), settings.timeout).await?;

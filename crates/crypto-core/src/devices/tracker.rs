@@ -135,6 +135,11 @@ impl DeviceTracker {
         self.users.get(user_id).map(|s| s.generation)
     }
 
+    /// An answer for `user_id` arrived: its back-off is over.
+    pub(crate) fn clear_retry(&mut self, user_id: &UserId) {
+        self.retry.remove(user_id);
+    }
+
     /// The answer for `user_id` arrived: clean unless marked again since.
     pub(crate) fn mark_clean(&mut self, user_id: &UserId, generation: u64) {
         self.retry.remove(user_id);

@@ -137,8 +137,9 @@ impl OlmMachine {
             let keys = response.one_time_keys.get(user_id).and_then(|d| d.get(device_id));
             claimed.push((user_id, device_id, device, keys));
         }
+        // The account lock is kept to the end: claim state changes here
+        // and in syncs are serialized, so the saved record is never stale.
         let results = self.create_sessions(&account, claimed, now);
-        drop(account);
 
         let mut changes = Changes::default();
         let mut created = Vec::with_capacity(results.len());
@@ -159,18 +160,19 @@ impl OlmMachine {
             changes.sessions.push(stored);
             sessions.get_or_load(&*self.inner.store, device.curve25519_key()).await?.push(session);
         }
-        {
-            let mut claims = lock(&self.inner.claims);
-            for key in failed {
-                claims.record_failure(key, now);
-            }
-            for device in &succeeded {
-                claims.record_success(device);
-            }
-            changes.custom_values.push(claims.record(now));
+        // The new claim state is saved first, then it replaces the old one.
+        let mut claims = lock(&self.inner.claims).clone();
+        for key in failed {
+            claims.record_failure(key, now);
         }
+        for device in &succeeded {
+            claims.record_success(device);
+        }
+        changes.custom_values.push(claims.record(now));
         self.save(None, Some(&mut sessions), changes).await?;
+        *lock(&self.inner.claims) = claims;
         drop(sessions);
+        drop(account);
         if !dummies.is_empty() {
             self.queue_to_device("m.room.encrypted", dummies);
         }

@@ -72,6 +72,14 @@ impl OlmMachine {
         }
         if untracked {
             changes.custom_values.push(tracker.retry_record());
+            let mut claims = lock(&self.inner.claims);
+            for user_id in &lists.left {
+                if !tracker.is_tracked(user_id) {
+                    claims.forget_user(user_id);
+                }
+            }
+            changes.custom_values.push(claims.record_unpruned());
+            drop(claims);
             lock(&self.inner.requests).cancel_untracked(|u| tracker.is_tracked(u));
         }
     }
@@ -120,19 +128,24 @@ impl OlmMachine {
             let known = self.inner.store.get_user_devices(user_id).await?;
             to_check.push(QueriedUser { user_id, generation: *generation, known, listed });
         }
+        let answered: Vec<OwnedUserId> = to_check.iter().map(|u| u.user_id.clone()).collect();
         let (mut changes, events, cleaned) = self.check_queried_users(to_check);
         {
             let mut tracker = lock(&self.inner.tracker);
             for user_id in &unreachable {
                 tracker.record_failure(user_id, now);
             }
-            if !unreachable.is_empty() || !cleaned.is_empty() {
-                let answered: Vec<&OwnedUserId> = cleaned.iter().map(|(u, _)| u).collect();
+            if !unreachable.is_empty() || !answered.is_empty() {
+                // An answer ends the user's back-off, even if a newer mark keeps them outdated.
+                let answered: Vec<&OwnedUserId> = answered.iter().collect();
                 changes.custom_values.push(tracker.retry_record_excluding(&answered));
             }
         }
         self.save(None, None, changes).await?;
         let mut tracker = lock(&self.inner.tracker);
+        for user_id in &answered {
+            tracker.clear_retry(user_id);
+        }
         for (user_id, generation) in cleaned {
             tracker.mark_clean(&user_id, generation);
         }

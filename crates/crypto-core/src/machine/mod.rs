@@ -337,30 +337,46 @@ impl OlmMachine {
         let response = response.into();
         let entry = {
             let requests = lock(&self.inner.requests);
-            match requests.get(request_id) {
+            let Some(entry) = requests.find(request_id) else {
+                return match requests.was_finished(request_id) {
+                    true => Ok(()),
+                    false => Err(ResponseError::UnknownRequest(request_id.to_owned())),
+                };
+            };
+            let expected = entry.request().kind();
+            if expected != response.kind() {
+                return Err(ResponseError::KindMismatch {
+                    id: request_id.to_owned(),
+                    expected,
+                    found: response.kind(),
+                });
+            }
+            drop(requests);
+            // Taken out of the queue while the answer is applied: a second
+            // answer arriving meanwhile finds it finished and does nothing.
+            match lock(&self.inner.requests).begin_answer(request_id) {
                 Some(entry) => entry,
-                None if requests.was_finished(request_id) => return Ok(()),
-                None => return Err(ResponseError::UnknownRequest(request_id.to_owned())),
+                None => return Ok(()),
             }
         };
-        let expected = entry.request.request().kind();
-        if expected != response.kind() {
-            return Err(ResponseError::KindMismatch { id: request_id.to_owned(), expected, found: response.kind() });
-        }
-        match (&*entry.meta, response) {
-            (Meta::KeysUpload, AnyIncomingResponse::KeysUpload(r)) => self.receive_keys_upload_response(r).await?,
+        let applied = match (&*entry.meta, response) {
+            (Meta::KeysUpload, AnyIncomingResponse::KeysUpload(r)) => self.receive_keys_upload_response(r).await,
             (Meta::KeysQuery(users), AnyIncomingResponse::KeysQuery(r)) => {
-                self.receive_keys_query_response(users, r, now).await?
+                self.receive_keys_query_response(users, r, now).await
             }
             (Meta::KeysClaim(devices), AnyIncomingResponse::KeysClaim(r)) => {
-                self.receive_keys_claim_response(devices, r, now).await?
+                self.receive_keys_claim_response(devices, r, now).await
             }
             (Meta::RoomKeyShare(targets), AnyIncomingResponse::ToDevice(_)) => {
-                self.receive_room_key_share_ack(targets).await?
+                self.receive_room_key_share_ack(targets).await
             }
-            _ => {}
+            _ => Ok(()),
+        };
+        if let Err(error) = applied {
+            // Not applied: listed again, to be sent and answered again.
+            lock(&self.inner.requests).restore(entry);
+            return Err(error.into());
         }
-        lock(&self.inner.requests).finish(request_id);
         Ok(())
     }
 
@@ -377,8 +393,22 @@ impl OlmMachine {
 
     /// Queues a request with a fresh id; returns a copy for the caller.
     fn queue(&self, request: AnyOutgoingRequest, meta: Meta) -> OutgoingRequest {
-        let request = OutgoingRequest::with_id(self.inner.ids.next(), request);
-        lock(&self.inner.requests).push(request, meta)
+        let mut requests = lock(&self.inner.requests);
+        let id = self.fresh_id(&requests);
+        requests.push(OutgoingRequest::with_id(id, request), meta)
+    }
+
+    /// An id no queued or lately finished request has (a reseeded source
+    /// may repeat an earlier one; it is skipped).
+    fn fresh_id(&self, requests: &RequestQueue) -> ruma_common::OwnedTransactionId {
+        let mut id = self.inner.ids.next();
+        for _ in 0..64 {
+            if !requests.knows(&id) {
+                break;
+            }
+            id = self.inner.ids.next();
+        }
+        id
     }
 
     /// Queues events, after the changes they report were saved.

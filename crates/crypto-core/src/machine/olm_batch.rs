@@ -15,7 +15,7 @@ use ruma_common::{OwnedUserId, serde::Raw};
 use ruma_events::AnyToDeviceEvent;
 use vodozemac::{Curve25519PublicKey, olm::OlmMessage};
 
-use super::OlmMachine;
+use super::{OlmMachine, lock};
 use crate::{
     StoreError, Timestamp, ToDeviceOutcome,
     devices::DeviceData,
@@ -44,6 +44,8 @@ struct KeyUse {
     /// Sessions made from a key another session of the batch took first.
     dropped: HashSet<(Curve25519PublicKey, String)>,
     account_changed: bool,
+    /// A wedge was noted: the claim state's record is saved once.
+    claims_changed: bool,
 }
 
 impl OlmMachine {
@@ -79,6 +81,9 @@ impl OlmMachine {
         apply_senders(sessions, finished, &keys, changes);
         if keys.account_changed {
             changes.account = Some(account.to_stored());
+        }
+        if keys.claims_changed {
+            changes.custom_values.push(lock(&self.inner.claims).record(now));
         }
         Ok(gathered.outcomes.into_iter().flatten().collect())
     }
@@ -186,7 +191,7 @@ impl OlmMachine {
                 }
                 Fate::Rejected(error) => Err(error),
                 Fate::Wedged { sender, known_device, tried } => {
-                    self.note_wedged(&sender, sender_key, known_device.as_deref(), now, changes);
+                    keys.claims_changed |= self.note_wedged(&sender, sender_key, known_device.as_deref(), now, changes);
                     Err(OlmError::NoMatchingSession { sender_key: sender_key.to_base64(), sessions_tried: tried })
                 }
             };

@@ -54,7 +54,13 @@ impl OlmMachine {
         let legacy = !stored.shares_in_records;
         let session = OutboundGroupSession::from_stored(stored);
         if legacy {
-            let changes = Changes { room_key_shares: session.share_records(), ..Default::default() };
+            // Rows for the inline shares, and the session rewritten as one
+            // whose shares are rows, in one batch: converted once.
+            let changes = Changes {
+                room_key_shares: session.share_records(),
+                outbound_group_sessions: vec![session.to_stored()],
+                ..Default::default()
+            };
             self.save(None, None, changes).await?;
         }
         lock(&self.inner.rooms).set_age_deadline(room_id, &session.session_id, age_deadline(&session));

@@ -38,6 +38,10 @@ impl OlmMachine {
                 changes.custom_values.push(claims.record(now));
             }
         }
+        self.save(None, None, changes).await?;
+        // Retiring an expired room key changes nothing stored (the limit is
+        // enforced at the next use anyway): after the save, so a failed save
+        // loses no event.
         let expired = lock(&self.inner.rooms).take_expired(now);
         let mut events = Vec::new();
         for (room_id, session_id) in expired {
@@ -48,7 +52,6 @@ impl OlmMachine {
                 events.push(EngineEvent::RoomKeyExpired { room_id, session_id, reason: RotationReason::AgeLimit });
             }
         }
-        self.save(None, None, changes).await?;
         let mut handled = lock(&self.inner.timers_handled_until);
         *handled = (*handled).max(now);
         drop(handled);

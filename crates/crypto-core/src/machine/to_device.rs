@@ -164,9 +164,10 @@ impl OlmMachine {
         chunk: &[(DeviceData, ToDeviceContent)],
         meta: Meta,
     ) -> OutgoingRequest {
-        let id = self.inner.ids.next();
+        let mut requests = lock(&self.inner.requests);
+        let id = self.fresh_id(&requests);
         let request = to_device_request(id.clone(), event_type, chunk);
-        lock(&self.inner.requests).push(OutgoingRequest::with_id(id, request), meta)
+        requests.push(OutgoingRequest::with_id(id, request), meta)
     }
 
     /// A normal message nothing decrypts. Only a message whose sender key
@@ -177,6 +178,8 @@ impl OlmMachine {
     /// is unauthenticated, so a forgery naming someone else's key must not
     /// block unwedging with them. A message from an unknown device only
     /// marks its sender's device list outdated.
+    /// Returns whether the claim state changed (the caller saves its record
+    /// once per batch).
     pub(super) fn note_wedged(
         &self,
         sender: &UserId,
@@ -184,10 +187,10 @@ impl OlmMachine {
         device: Option<&DeviceData>,
         now: Timestamp,
         changes: &mut Changes,
-    ) {
+    ) -> bool {
         let Some(device) = device.filter(|d| d.user_id() == sender && d.curve25519_key() == sender_key) else {
             self.note_unknown_device(sender, sender_key, changes);
-            return;
+            return false;
         };
         let mut claims = lock(&self.inner.claims);
         let key = (device.user_id().to_owned(), device.device_id().to_owned());
@@ -199,7 +202,7 @@ impl OlmMachine {
                 tracing::info!(user_id = %sender, device_id = %device.device_id(), at = at.as_millis(), "Olm session wedged; unwedging deferred");
             }
         }
-        changes.custom_values.push(claims.record(now));
+        true
     }
 
     /// A message (Olm or Megolm) from a device of `sender` we do not know:

@@ -37,8 +37,8 @@ pub(crate) use room_key::{PreparedRoomKey, prepare_room_key};
 pub use rotation::RotationReason;
 pub(crate) use rotation::{age_deadline, expiry_reason, rotation_reason};
 pub use settings::{
-    DEFAULT_ROTATION_MESSAGES, DEFAULT_ROTATION_PERIOD, DecryptionSettings, EncryptionSettings, SharingStrategy,
-    TrustRequirement,
+    DEFAULT_ROTATION_MESSAGES, DEFAULT_ROTATION_PERIOD, DecryptionSettings, EncryptionSettings, MIN_ROTATION_MESSAGES,
+    MIN_ROTATION_PERIOD, SharingStrategy, TrustRequirement,
 };
 pub(crate) use sharing::ShareTargets;
 pub use withheld::{WithheldCode, WithheldInfo};

@@ -4,8 +4,6 @@
 //! change the algorithm, nor loosen the rotation limits; it may only
 //! tighten them.
 
-use std::time::Duration;
-
 use ruma_events::room::history_visibility::HistoryVisibility;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -85,16 +83,17 @@ impl RoomEncryption {
         }
     }
 
-    /// The encryption settings for sharing and rotating the room key.
+    /// The encryption settings for sharing and rotating the room key (the
+    /// limits raised to at least [`MIN_ROTATION_PERIOD`](super::MIN_ROTATION_PERIOD)
+    /// and [`MIN_ROTATION_MESSAGES`](super::MIN_ROTATION_MESSAGES)).
     pub fn settings(&self, history_visibility: HistoryVisibility, strategy: SharingStrategy) -> EncryptionSettings {
-        let defaults = EncryptionSettings::default();
-        EncryptionSettings {
-            algorithm: self.algorithm.clone(),
-            rotation_period: self.rotation_period_ms.map_or(defaults.rotation_period, Duration::from_millis),
-            rotation_period_msgs: self.rotation_period_msgs.unwrap_or(defaults.rotation_period_msgs),
+        let settings = EncryptionSettings::from_room_encryption(
+            self.rotation_period_ms,
+            self.rotation_period_msgs,
             history_visibility,
-            sharing_strategy: strategy,
-        }
+            strategy,
+        );
+        EncryptionSettings { algorithm: self.algorithm.clone(), ..settings }
     }
 }
 
@@ -137,7 +136,19 @@ mod tests {
         let encryption = parse(json!({"algorithm": "m.megolm.v1.aes-sha2"})).unwrap();
         let settings = encryption.settings(HistoryVisibility::Joined, SharingStrategy::AllDevices);
         assert_eq!(settings.rotation_period_msgs, 100);
-        assert_eq!(settings.rotation_period, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(settings.rotation_period, std::time::Duration::from_secs(7 * 24 * 3600));
         assert_eq!(settings.history_visibility, HistoryVisibility::Joined);
+    }
+
+    /// Attack: a room (or an invite's stripped state) names a rotation of
+    /// 0 messages or 0 ms, so every key would expire as soon as it was
+    /// shared and each message would re-share a new key with every device.
+    #[test]
+    fn rotation_limits_have_a_floor() {
+        let zero =
+            parse(json!({"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_ms": 0, "rotation_period_msgs": 0}));
+        let settings = zero.unwrap().settings(HistoryVisibility::Shared, SharingStrategy::AllDevices);
+        assert_eq!(settings.rotation_period_msgs, 1);
+        assert_eq!(settings.rotation_period, std::time::Duration::from_secs(3600));
     }
 }

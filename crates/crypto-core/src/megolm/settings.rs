@@ -14,6 +14,16 @@ pub const DEFAULT_ROTATION_PERIOD: Duration = Duration::from_secs(7 * 24 * 60 * 
 /// Default number of messages after which an outbound session is rotated.
 pub const DEFAULT_ROTATION_MESSAGES: u64 = 100;
 
+/// The shortest rotation period a room's settings can ask for. A room that
+/// names less (even 0) gets this: below it, a hostile or mistaken
+/// `m.room.encryption` (also from an invite's unauthenticated stripped
+/// state) would retire every key as soon as it was shared, and each message
+/// would cost a key shared with every device, forever.
+pub const MIN_ROTATION_PERIOD: Duration = Duration::from_secs(60 * 60);
+/// The fewest messages per room key a room's settings can ask for (0 would
+/// retire a key before its first message).
+pub const MIN_ROTATION_MESSAGES: u64 = 1;
+
 /// Which devices receive room keys.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SharingStrategy {
@@ -55,7 +65,8 @@ impl Default for EncryptionSettings {
 
 impl EncryptionSettings {
     /// Settings from an `m.room.encryption` content's optional rotation
-    /// fields (absent fields take the spec's defaults).
+    /// fields (absent fields take the spec's defaults; values below
+    /// [`MIN_ROTATION_PERIOD`] and [`MIN_ROTATION_MESSAGES`] are raised to them).
     pub fn from_room_encryption(
         rotation_period_ms: Option<u64>,
         rotation_period_msgs: Option<u64>,
@@ -64,8 +75,10 @@ impl EncryptionSettings {
     ) -> Self {
         Self {
             algorithm: MEGOLM_ALGORITHM.to_owned(),
-            rotation_period: rotation_period_ms.map_or(DEFAULT_ROTATION_PERIOD, Duration::from_millis),
-            rotation_period_msgs: rotation_period_msgs.unwrap_or(DEFAULT_ROTATION_MESSAGES),
+            rotation_period: rotation_period_ms
+                .map_or(DEFAULT_ROTATION_PERIOD, Duration::from_millis)
+                .max(MIN_ROTATION_PERIOD),
+            rotation_period_msgs: rotation_period_msgs.unwrap_or(DEFAULT_ROTATION_MESSAGES).max(MIN_ROTATION_MESSAGES),
             history_visibility,
             sharing_strategy,
         }

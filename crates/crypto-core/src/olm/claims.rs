@@ -63,7 +63,7 @@ pub(crate) enum WedgeDecision {
 }
 
 /// Claim back-off, wedged devices and the unwedging budget.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct ClaimState {
     backoff: HashMap<DeviceKey, Backoff>,
     /// Devices whose session no longer decrypts: a claim is listed for them.
@@ -88,10 +88,21 @@ impl ClaimState {
         self.backoff.insert(device, Backoff { failures, retry_at: now.saturating_add(delay) });
     }
 
-    /// A session with `device` was made: back-off and wedge are over.
+    /// A session with `device` was made: back-off and wedge are over, and
+    /// a deferred unwedge (from the same burst of undecryptable messages)
+    /// is moot.
     pub(crate) fn record_success(&mut self, device: &DeviceKey) {
         self.backoff.remove(device);
         self.wedged.remove(device);
+        self.deferred.remove(device);
+    }
+
+    /// Forgets a user's devices (no longer tracked): no claim or unwedge
+    /// is made for them any more.
+    pub(crate) fn forget_user(&mut self, user_id: &ruma_common::UserId) {
+        self.backoff.retain(|(u, _), _| u != user_id);
+        self.wedged.retain(|(u, _)| u != user_id);
+        self.deferred.retain(|(u, _), _| u != user_id);
     }
 
     pub(crate) fn is_wedged(&self, device: &DeviceKey) -> bool {
@@ -155,6 +166,11 @@ impl ClaimState {
     /// The persisted form, as a named value; stale budget entries dropped.
     pub(crate) fn record(&mut self, now: Timestamp) -> (String, Vec<u8>) {
         self.last_unwedge.retain(|_, last| now.saturating_duration_since(*last) < UNWEDGE_INTERVAL);
+        self.record_unpruned()
+    }
+
+    /// The persisted form, as a named value, without pruning.
+    pub(crate) fn record_unpruned(&self) -> (String, Vec<u8>) {
         let mut record = Record {
             backoff: self.backoff.iter().map(|((u, d), b)| (u.clone(), d.clone(), *b)).collect(),
             wedged: self.wedged(),
@@ -233,7 +249,10 @@ mod tests {
         let mut state = ClaimState::default();
         let t0 = Timestamp::from_millis(5_000_000);
         assert_eq!(state.report_wedged(device(), key(), t0), WedgeDecision::UnwedgeNow);
+        // More messages of the same burst are deferred; the new session settles them.
+        assert!(matches!(state.report_wedged(device(), key(), t0), WedgeDecision::Deferred(_)));
         state.record_success(&device());
+        assert_eq!(state.next_deadline(t0), None, "the burst's deferral is moot once a session is made");
         let later = t0.saturating_add(Duration::from_secs(60));
         let due = t0.saturating_add(UNWEDGE_INTERVAL);
         assert_eq!(state.report_wedged(device(), key(), later), WedgeDecision::Deferred(due));

@@ -58,8 +58,38 @@ impl RequestQueue {
         request
     }
 
+    #[cfg(test)]
     pub(crate) fn get(&self, id: &TransactionId) -> Option<Entry> {
         self.entries.iter().find(|e| e.request.request_id() == id).cloned()
+    }
+
+    /// The queued request with `id`.
+    pub(crate) fn find(&self, id: &TransactionId) -> Option<&OutgoingRequest> {
+        self.entries.iter().map(|e| &e.request).find(|r| r.request_id() == id)
+    }
+
+    /// Whether `id` is queued, being answered, or finished lately: a fresh
+    /// id must be none of these.
+    pub(crate) fn knows(&self, id: &TransactionId) -> bool {
+        self.finished_set.contains(id) || self.entries.iter().any(|e| e.request.request_id() == id)
+    }
+
+    /// Takes a request out of the queue to apply its answer: a concurrent
+    /// second answer then finds it finished and is ignored. Hand it back
+    /// with [`restore`](Self::restore) if applying the answer failed.
+    pub(crate) fn begin_answer(&mut self, id: &TransactionId) -> Option<Entry> {
+        let position = self.entries.iter().position(|e| e.request.request_id() == id)?;
+        let entry = self.entries.remove(position);
+        self.remember(id.to_owned());
+        Some(entry)
+    }
+
+    /// Puts back a request whose answer could not be applied, listed again.
+    pub(crate) fn restore(&mut self, entry: Entry) {
+        let id = entry.request.request_id().to_owned();
+        self.finished_set.remove(&id);
+        self.finished.retain(|f| *f != id);
+        self.entries.push(entry);
     }
 
     /// Every queued request, oldest first.
@@ -73,6 +103,7 @@ impl RequestQueue {
     }
 
     /// Removes an answered request.
+    #[cfg(test)]
     pub(crate) fn finish(&mut self, id: &TransactionId) {
         let before = self.entries.len();
         self.entries.retain(|e| e.request.request_id() != id);
@@ -190,10 +221,25 @@ mod tests {
         queue.push(request, meta);
         assert_eq!(queue.listed().len(), 1);
         assert!(!queue.was_finished("q1".into()));
+        assert!(queue.get("q1".into()).is_some());
         queue.finish("q1".into());
         assert!(queue.listed().is_empty());
         assert!(queue.was_finished("q1".into()));
         assert!(!queue.was_finished("q2".into()));
+    }
+
+    #[test]
+    fn an_answer_in_progress_is_not_applied_twice_and_a_failed_one_is_listed_again() {
+        let mut queue = RequestQueue::default();
+        let (request, meta) = query("q1", &["@a:x.y"]);
+        queue.push(request, meta);
+        let entry = queue.begin_answer("q1".into()).unwrap();
+        assert!(queue.begin_answer("q1".into()).is_none(), "a second answer finds nothing to apply");
+        assert!(queue.was_finished("q1".into()));
+        queue.restore(entry);
+        assert!(!queue.was_finished("q1".into()));
+        assert_eq!(queue.listed().len(), 1);
+        assert!(queue.knows("q1".into()));
     }
 
     #[test]

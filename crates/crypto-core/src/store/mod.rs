@@ -34,6 +34,10 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
     async fn load_account(&self) -> Result<Option<StoredAccount>, StoreError>;
 
     /// Applies `changes` atomically: after an error nothing of it is visible.
+    /// Every field must be kept, `room_key_shares` included (see
+    /// [`get_outbound_group_session`](Self::get_outbound_group_session)); a
+    /// new outbound session for a room drops the share rows of the one it
+    /// replaces.
     async fn save_changes(&self, changes: Changes) -> Result<(), StoreError>;
 
     /// All Olm sessions with the device whose curve25519 key is `sender_key`.
@@ -81,7 +85,12 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
     /// How many room keys the store holds.
     async fn inbound_group_session_count(&self) -> Result<usize, StoreError>;
 
-    /// Our outbound room key for a room.
+    /// Our outbound room key for a room, with its `shared_with` and
+    /// `withheld_from` maps filled from the [`Changes::room_key_shares`]
+    /// rows saved for that session (the engine saves the session itself
+    /// with empty maps). A store that drops those rows would make the
+    /// engine forget who holds the key: a member who left would not cause a
+    /// rotation. The conformance suite (`room_key_share_records`) checks it.
     async fn get_outbound_group_session(
         &self,
         room_id: &RoomId,
