@@ -154,23 +154,31 @@ impl OlmMachine {
             }
         }
         let mut sessions = self.inner.sessions.lock().await;
-        let dummies = self.unwedge_with_dummies(&mut created, now);
-        let succeeded: Vec<DeviceKey> = created.iter().map(|c| device_key(&c.device)).collect();
+        // The new claim state is saved first, then it replaces the old one.
+        // Most answers change none of it (no failure, no device in back-off
+        // or wedged): then nothing is cloned, looked up or saved.
+        let mut claims = lock(&self.inner.claims).clone();
+        let dummies = self.unwedge_with_dummies(&claims, &mut created, now);
+        let mut claims_changed = !failed.is_empty();
+        for key in failed {
+            claims.record_failure(key, now);
+        }
+        if !claims.is_idle() {
+            for made in &created {
+                claims_changed |= claims.record_success(&device_key(&made.device));
+            }
+        }
         for Created { device, session, stored } in created {
             changes.sessions.push(stored);
             sessions.get_or_load(&*self.inner.store, device.curve25519_key()).await?.push(session);
         }
-        // The new claim state is saved first, then it replaces the old one.
-        let mut claims = lock(&self.inner.claims).clone();
-        for key in failed {
-            claims.record_failure(key, now);
+        if claims_changed {
+            changes.custom_values.push(claims.record(now));
         }
-        for device in &succeeded {
-            claims.record_success(device);
-        }
-        changes.custom_values.push(claims.record(now));
         self.save(None, Some(&mut sessions), changes).await?;
-        *lock(&self.inner.claims) = claims;
+        if claims_changed {
+            *lock(&self.inner.claims) = claims;
+        }
         drop(sessions);
         drop(account);
         if !dummies.is_empty() {
@@ -211,12 +219,16 @@ impl OlmMachine {
     /// advanced session replaces the pickle to save).
     fn unwedge_with_dummies(
         &self,
+        claims: &crate::olm::ClaimState,
         created: &mut [Created],
         now: Timestamp,
     ) -> Vec<(DeviceData, crate::olm::ToDeviceContent)> {
         let mut dummies = Vec::new();
+        if claims.wedged().is_empty() {
+            return dummies;
+        }
         for made in created.iter_mut() {
-            if !lock(&self.inner.claims).is_wedged(&device_key(&made.device)) {
+            if !claims.is_wedged(&device_key(&made.device)) {
                 continue;
             }
             let empty = Value::Object(Default::default());

@@ -286,13 +286,16 @@ impl OlmMachine {
         let shared = targets.shared.iter().map(|(u, d, with)| record(u, d, ShareOutcome::Shared(*with)));
         let withheld = targets.withheld.iter().map(|(u, d, code)| record(u, d, ShareOutcome::Withheld(code.clone())));
         let records: Vec<RoomKeyShareRecord> = shared.chain(withheld).collect();
-        self.save(None, None, Changes { room_key_shares: records.clone(), ..Default::default() }).await?;
+        self.save(None, None, Changes { room_key_shares: records, ..Default::default() }).await?;
         let mut groups = lock(&self.inner.groups);
         if let Some(session) = groups.outbound.get_mut(&targets.room_id)
             && session.session_id == targets.session_id
         {
-            for record in &records {
-                session.apply_share(record);
+            for (user_id, device_id, with) in &targets.shared {
+                session.shared_with.entry(user_id.clone()).or_default().insert(device_id.clone(), *with);
+            }
+            for (user_id, device_id, code) in &targets.withheld {
+                session.withheld_from.entry(user_id.clone()).or_default().insert(device_id.clone(), code.clone());
             }
         }
         Ok(())

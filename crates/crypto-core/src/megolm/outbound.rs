@@ -248,19 +248,6 @@ impl OutboundGroupSession {
         shared.chain(withheld).collect()
     }
 
-    /// Records an acknowledged share in the maps.
-    pub(crate) fn apply_share(&mut self, record: &RoomKeyShareRecord) {
-        match &record.outcome {
-            ShareOutcome::Shared(with) => {
-                self.shared_with.entry(record.user_id.clone()).or_default().insert(record.device_id.clone(), *with);
-            }
-            ShareOutcome::Withheld(code) => {
-                let devices = self.withheld_from.entry(record.user_id.clone()).or_default();
-                devices.insert(record.device_id.clone(), code.clone());
-            }
-        }
-    }
-
     /// The key at the current index, for `m.room_key`.
     pub(crate) fn session_key(&self) -> SessionKey {
         self.inner.session_key()

@@ -91,10 +91,18 @@ impl ClaimState {
     /// A session with `device` was made: back-off and wedge are over, and
     /// a deferred unwedge (from the same burst of undecryptable messages)
     /// is moot.
-    pub(crate) fn record_success(&mut self, device: &DeviceKey) {
-        self.backoff.remove(device);
-        self.wedged.remove(device);
-        self.deferred.remove(device);
+    /// Returns whether anything changed.
+    pub(crate) fn record_success(&mut self, device: &DeviceKey) -> bool {
+        let backoff = self.backoff.remove(device).is_some();
+        let wedged = self.wedged.remove(device);
+        let deferred = self.deferred.remove(device).is_some();
+        backoff || wedged || deferred
+    }
+
+    /// Whether no device is in back-off, wedged or waiting to be unwedged
+    /// (the unwedging budget aside).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.backoff.is_empty() && self.wedged.is_empty() && self.deferred.is_empty()
     }
 
     /// Forgets a user's devices (no longer tracked): no claim or unwedge
