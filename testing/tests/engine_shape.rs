@@ -563,3 +563,29 @@ async fn shares_saved_inline_by_an_older_version_still_rotate_the_key_when_a_mem
     let after = alice.prepare_room(&RoomInfo::new(room().to_owned(), alone, megolm())).await;
     assert_ne!(after, first, "Bob left: the key he holds must not be used again");
 }
+
+#[tokio::test]
+async fn raw_content_encrypts_like_a_value_and_keeps_its_relation_readable() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let (alice, mut bob) = pair(&server, &clock, Arc::new(MemoryStore::new())).await;
+    let members = vec![(alice.user_id.clone(), Membership::Join), (bob.user_id.clone(), Membership::Join)];
+    alice.prepare_room(&RoomInfo::new(room().to_owned(), members, megolm())).await;
+    let content = json!({"msgtype": "m.text", "body": "a \"quoted\" reply", "m.relates_to": {"m.in_reply_to": {"event_id": "$parent"}}});
+    let raw: ruma_common::serde::Raw<serde_json::Value> = ruma_common::serde::Raw::new(&content).unwrap();
+    let encrypted = alice.machine.encrypt_room_event_raw(room(), "m.room.message", &raw, clock.now()).await.unwrap();
+    let encrypted: serde_json::Value = encrypted.deserialize_as_unchecked().unwrap();
+    assert_eq!(encrypted["m.relates_to"], content["m.relates_to"], "the relation stays readable to the server");
+    let event = json!({
+        "type": "m.room.encrypted", "event_id": "$raw", "sender": alice.user_id,
+        "origin_server_ts": 1, "room_id": room(), "content": encrypted,
+    });
+    bob.sync().await;
+    let decrypted = bob
+        .machine
+        .decrypt_room_event(&ruma_common::serde::Raw::new(&event).unwrap(), room(), &Default::default())
+        .await
+        .unwrap();
+    let value: serde_json::Value = decrypted.event.deserialize_as_unchecked().unwrap();
+    assert_eq!(value["content"], content);
+}

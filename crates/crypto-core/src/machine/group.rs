@@ -3,7 +3,7 @@
 
 use ruma_common::{OwnedDeviceId, RoomId, serde::Raw};
 use ruma_events::room::encrypted::RoomEncryptedEventContent;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use vodozemac::Curve25519PublicKey;
 
 use super::{OlmMachine, lock};
@@ -15,10 +15,10 @@ use crate::{
 
 /// The plaintext of a Megolm message, serialized without building a `Value`.
 #[derive(serde::Serialize)]
-struct RoomPlaintextOut<'a> {
+struct RoomPlaintextOut<'a, C: serde::Serialize + ?Sized> {
     #[serde(rename = "type")]
     event_type: &'a str,
-    content: &'a Value,
+    content: &'a C,
     room_id: &'a RoomId,
 }
 
@@ -32,7 +32,7 @@ struct EncryptedContentOut<'a> {
     sender_key: String,
     device_id: &'a str,
     #[serde(rename = "m.relates_to", skip_serializing_if = "Option::is_none")]
-    relates_to: Option<&'a Value>,
+    relates_to: Option<&'a RawValue>,
 }
 
 impl OlmMachine {
@@ -44,6 +44,42 @@ impl OlmMachine {
         room_id: &RoomId,
         event_type: &str,
         content: &Value,
+        now: Timestamp,
+    ) -> Result<Raw<RoomEncryptedEventContent>, EncryptError> {
+        let serialization = |e: serde_json::Error| EncryptError::Serialization(e.to_string());
+        let relates_to =
+            content.get("m.relates_to").map(serde_json::value::to_raw_value).transpose().map_err(serialization)?;
+        self.encrypt_serialized(room_id, event_type, content, relates_to.as_deref(), now).await
+    }
+
+    /// [`encrypt_room_event`](Self::encrypt_room_event) for content the
+    /// caller already holds as JSON text: it goes into the plaintext as is,
+    /// without being parsed into a `Value` (only its `m.relates_to`, which
+    /// stays readable to the server, is looked up).
+    pub async fn encrypt_room_event_raw<T>(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        content: &Raw<T>,
+        now: Timestamp,
+    ) -> Result<Raw<RoomEncryptedEventContent>, EncryptError> {
+        #[derive(serde::Deserialize)]
+        struct Relation<'a> {
+            #[serde(rename = "m.relates_to", borrow)]
+            relates_to: Option<&'a RawValue>,
+        }
+        let relation: Relation<'_> =
+            serde_json::from_str(content.json().get()).map_err(|e| EncryptError::Serialization(e.to_string()))?;
+        self.encrypt_serialized(room_id, event_type, content.json(), relation.relates_to, now).await
+    }
+
+    /// Encrypts serialized content with the room's current key.
+    async fn encrypt_serialized<C: serde::Serialize + ?Sized>(
+        &self,
+        room_id: &RoomId,
+        event_type: &str,
+        content: &C,
+        relates_to: Option<&RawValue>,
         now: Timestamp,
     ) -> Result<Raw<RoomEncryptedEventContent>, EncryptError> {
         let room_lock = self.room_lock(room_id);
@@ -73,7 +109,7 @@ impl OlmMachine {
             sender_key: self.inner.own.curve25519.to_base64(),
             device_id: self.inner.own.device_id.as_str(),
             // Relations stay readable to the server, as the spec allows.
-            relates_to: content.get("m.relates_to"),
+            relates_to,
         };
         let json = serde_json::value::to_raw_value(&content).map_err(|e| EncryptError::Serialization(e.to_string()))?;
         Ok(Raw::from_json(json))

@@ -38,7 +38,9 @@ struct Tables {
     room_key_shares: HashMap<OwnedRoomId, (String, SharesByDevice)>,
     withheld: HashMap<(OwnedRoomId, String), WithheldInfo>,
     no_olm: HashMap<String, WithheldInfo>,
-    message_indices: HashMap<(OwnedRoomId, String, u32), MessageIndexRecord>,
+    /// (room, session) -> index -> (event id, timestamp): room and session
+    /// are stored once per session, not once per decrypted event.
+    message_indices: HashMap<(OwnedRoomId, String), BTreeMap<u32, (ruma_common::OwnedEventId, u64)>>,
     /// curve25519 key (base64) -> the devices claiming it
     devices_by_curve: HashMap<String, std::collections::BTreeSet<(OwnedUserId, OwnedDeviceId)>>,
     olm_hashes: std::collections::HashSet<OlmMessageHash>,
@@ -180,8 +182,9 @@ impl CryptoStore for MemoryStore {
             tables.put_withheld(info);
         }
         for record in message_indices {
-            let key = (record.room_id.clone(), record.session_id.clone(), record.message_index);
-            tables.message_indices.insert(key, record);
+            let MessageIndexRecord { room_id, session_id, message_index, event_id, origin_server_ts } = record;
+            let session = tables.message_indices.entry((room_id, session_id)).or_default();
+            session.insert(message_index, (event_id, origin_server_ts));
         }
         tables.olm_hashes.extend(olm_message_hashes);
         for (name, value) in custom_values {
@@ -291,7 +294,15 @@ impl CryptoStore for MemoryStore {
         session_id: &str,
         message_index: u32,
     ) -> Result<Option<MessageIndexRecord>, StoreError> {
-        let key = (room_id.to_owned(), session_id.to_owned(), message_index);
-        Ok(self.tables().message_indices.get(&key).cloned())
+        let key = (room_id.to_owned(), session_id.to_owned());
+        let tables = self.tables();
+        let first = tables.message_indices.get(&key).and_then(|indices| indices.get(&message_index));
+        Ok(first.map(|(event_id, origin_server_ts)| MessageIndexRecord {
+            room_id: room_id.to_owned(),
+            session_id: session_id.to_owned(),
+            message_index,
+            event_id: event_id.clone(),
+            origin_server_ts: *origin_server_ts,
+        }))
     }
 }
