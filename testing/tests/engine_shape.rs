@@ -463,6 +463,8 @@ async fn a_seeded_machine_makes_the_same_request_ids_in_a_replayed_run() {
     assert_ne!(first, run(43).await);
 }
 
+/// A backlog longer than one save group (512 events): the replay of an
+/// index from the first group, in the second, is caught through the store.
 #[tokio::test]
 async fn a_long_backlog_decrypts_in_chunks_and_a_replay_across_chunks_is_caught() {
     let server = Arc::new(TestServer::new());
@@ -472,7 +474,7 @@ async fn a_long_backlog_decrypts_in_chunks_and_a_replay_across_chunks_is_caught(
     let settings = EncryptionSettings { rotation_period_msgs: 10_000, ..Default::default() };
     alice.share_room_key(room(), &users, &settings).await;
     let mut events = Vec::new();
-    for n in 0..600 {
+    for n in 0..2100 {
         events.push(alice.encrypt_text(room(), &format!("m{n}")).await);
     }
     let mut replay = events[3].clone();
@@ -486,10 +488,10 @@ async fn a_long_backlog_decrypts_in_chunks_and_a_replay_across_chunks_is_caught(
             seen.push((index, result.is_ok()))
         })
         .await;
-    assert_eq!(seen.len(), 601);
+    assert_eq!(seen.len(), 2101);
     assert!(seen.iter().enumerate().all(|(n, (index, _))| *index == n), "results come in order");
-    assert!(seen[..600].iter().all(|(_, ok)| *ok));
-    assert!(!seen[600].1, "the replay of index 3, 597 events later, was refused");
+    assert!(seen[..2100].iter().all(|(_, ok)| *ok));
+    assert!(!seen[2100].1, "the replay of index 3, in the next save group, was refused");
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! Routing for decrypting room events, one or a batch, in chunks of 256:
 //! parsing and Megolm decryption are spread over the cores (each worker on
 //! its own copy of the sessions it needs), then the sender checks and the
-//! replay rule (`megolm::replay`) run in event order, and one save per chunk.
+//! replay rule (`megolm::replay`) run in event order; one save per batch
+//! (per 512 events when streamed).
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,10 +25,14 @@ type DeviceStateKey = (OwnedUserId, Curve25519PublicKey, crate::megolm::KeySourc
 /// An event's position in the batch and how parsing it went.
 type Indexed = (usize, Result<Parsed, MegolmError>);
 
-/// How many events one pass of a batch decryption holds at once: the
-/// batch is decrypted in chunks of this size (each with its own save), so
-/// peak memory stays flat however long the batch is.
+/// How many events one pass of the workers parses and decrypts at once.
 pub(crate) const DECRYPT_CHUNK: usize = 256;
+/// How many events of a streamed batch (`decrypt_room_events_each`) share
+/// one save of their replay records: results are handed out after their
+/// save (persist before acknowledge), so this bounds what the engine holds
+/// at once, whatever the batch's length; a durable store pays one commit per
+/// this many events.
+pub(crate) const DECRYPT_SAVE_GROUP: usize = 512;
 
 /// One event's result.
 pub(crate) type RoomEventResult = Result<DecryptedRoomEvent, MegolmError>;
@@ -54,7 +59,7 @@ impl OlmMachine {
         room_id: &RoomId,
         settings: &DecryptionSettings,
     ) -> Result<DecryptedRoomEvent, MegolmError> {
-        let mut results = self.decrypt_chunk(std::slice::from_ref(event), room_id, settings).await;
+        let mut results = self.decrypt_group(std::slice::from_ref(event), room_id, settings).await;
         results.pop().unwrap_or_else(|| Err(MegolmError::Malformed("no result for the event".into())))
     }
 
@@ -63,7 +68,7 @@ impl OlmMachine {
     /// [`decrypt_room_event`](Self::decrypt_room_event) would give it. Large
     /// batches are decrypted on several cores (see
     /// [`set_worker_threads`](Self::set_worker_threads)), 256 events at a
-    /// time, with one save of replay records per 256. To keep memory flat
+    /// time, with one save of replay records for the batch. To keep memory flat
     /// over a long backlog, use
     /// [`decrypt_room_events_each`](Self::decrypt_room_events_each).
     pub async fn decrypt_room_events<T>(
@@ -72,15 +77,15 @@ impl OlmMachine {
         room_id: &RoomId,
         settings: &DecryptionSettings,
     ) -> Vec<RoomEventResult> {
-        let mut results = Vec::with_capacity(events.len());
-        self.decrypt_room_events_each(events, room_id, settings, |_, result| results.push(result)).await;
-        results
+        // The caller holds every result anyway: one save for the batch.
+        self.decrypt_group(events, room_id, settings).await
     }
 
     /// [`decrypt_room_events`](Self::decrypt_room_events) that hands each
-    /// result to `each` (with its position in `events`) as soon as its chunk
-    /// of 256 is done, instead of collecting them: the engine never holds
-    /// more than one chunk's results.
+    /// result to `each` (with its position in `events`) as soon as its group
+    /// of 512 events is decrypted and its replay records saved, instead of
+    /// collecting them: the engine never holds more than one group's
+    /// results, at the price of one save per 512 events.
     pub async fn decrypt_room_events_each<T>(
         &self,
         events: &[Raw<T>],
@@ -88,31 +93,45 @@ impl OlmMachine {
         settings: &DecryptionSettings,
         mut each: impl FnMut(usize, RoomEventResult),
     ) {
-        for (n, chunk) in events.chunks(DECRYPT_CHUNK).enumerate() {
-            let base = n * DECRYPT_CHUNK;
-            for (i, result) in self.decrypt_chunk(chunk, room_id, settings).await.into_iter().enumerate() {
+        for (n, group) in events.chunks(DECRYPT_SAVE_GROUP).enumerate() {
+            let base = n * DECRYPT_SAVE_GROUP;
+            for (i, result) in self.decrypt_group(group, room_id, settings).await.into_iter().enumerate() {
                 each(base + i, result);
             }
         }
     }
 
-    /// One chunk, in phases: parse (workers), take the sessions it needs,
-    /// decrypt (workers), check in event order (sender, trust, replay), save.
-    async fn decrypt_chunk<T>(
+    /// One save group, in chunks of [`DECRYPT_CHUNK`], each in phases:
+    /// parse (workers), take the sessions it needs, decrypt (workers), check
+    /// in event order (sender, trust, replay: one guard for the group, since
+    /// its records are saved together); then one save for the group.
+    async fn decrypt_group<T>(
         &self,
         events: &[Raw<T>],
         room_id: &RoomId,
         settings: &DecryptionSettings,
     ) -> Vec<RoomEventResult> {
-        let parsed = self.parse_room_events(events);
-        let sessions = match self.take_inbound_sessions(room_id, &parsed).await {
-            Ok(sessions) => sessions,
-            Err(error) => return events.iter().map(|_| Err(MegolmError::Store(error.clone()))).collect(),
-        };
-        let opened = self.open_room_events(sessions, parsed, room_id);
         let mut results: Vec<Option<RoomEventResult>> = (0..events.len()).map(|_| None).collect();
         let mut changes = Changes::default();
-        let accepted = self.check_opened(room_id, settings, opened, &mut results, &mut changes).await;
+        let mut replay = ReplayGuard::default();
+        let mut accepted = Vec::new();
+        for (n, chunk) in events.chunks(DECRYPT_CHUNK).enumerate() {
+            let base = n * DECRYPT_CHUNK;
+            let parsed = self.parse_room_events(chunk);
+            let sessions = match self.take_inbound_sessions(room_id, &parsed).await {
+                Ok(sessions) => sessions,
+                Err(error) => {
+                    for slot in &mut results[base..base + chunk.len()] {
+                        *slot = Some(Err(MegolmError::Store(error.clone())));
+                    }
+                    continue;
+                }
+            };
+            let opened = self.open_room_events(sessions, parsed, room_id).into_iter().map(|(i, r)| (base + i, r));
+            let checked =
+                self.check_opened(room_id, settings, opened.collect(), &mut results, &mut changes, &mut replay);
+            accepted.extend(checked.await);
+        }
         if let Err(error) = self.save(None, None, changes).await {
             for accepted in accepted {
                 results[accepted.index] = Some(Err(MegolmError::Store(error.clone())));
@@ -257,8 +276,8 @@ impl OlmMachine {
         opened: Vec<WorkerResult>,
         results: &mut [Option<RoomEventResult>],
         changes: &mut Changes,
+        replay: &mut ReplayGuard,
     ) -> Vec<Accepted> {
-        let mut replay = ReplayGuard::default();
         let mut devices: HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)> = HashMap::new();
         let mut accepted = Vec::new();
         for (index, result) in opened {
@@ -289,7 +308,7 @@ impl OlmMachine {
                 results[index] = Some(Err(MegolmError::UnverifiedSenderDevice));
                 continue;
             }
-            match self.judge_replay(room_id, &opened, &mut replay).await {
+            match self.judge_replay(room_id, &opened, replay).await {
                 Ok(record) => changes.message_indices.extend(record),
                 Err(error) => {
                     results[index] = Some(Err(error));
