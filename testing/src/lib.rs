@@ -18,9 +18,11 @@ mod server;
 pub mod stores;
 pub mod synapse;
 mod victim;
+mod wedge;
 
 pub use clock::VirtualClock;
 pub use device::{TestDevice, decrypted};
 pub use rogue::RogueDevice;
 pub use server::{ServerError, TestServer};
 pub use victim::Victim;
+pub use wedge::wedged_message;

@@ -174,27 +174,7 @@ async fn claim_back_off_runs_on_the_virtual_clock_across_a_restart() {
 
 /// A normal Olm message claiming Alice's key that no session decrypts.
 fn wedged_message(alice: &TestDevice, bob: &TestDevice) -> serde_json::Value {
-    let mut x = vodozemac::olm::Account::new();
-    let mut y = vodozemac::olm::Account::new();
-    y.generate_one_time_keys(1);
-    let otk = *y.one_time_keys().values().next().unwrap();
-    let mut xs =
-        x.create_outbound_session(vodozemac::olm::SessionConfig::version_1(), y.curve25519_key(), otk).unwrap();
-    let vodozemac::olm::OlmMessage::PreKey(pre) = xs.encrypt("hi").unwrap() else { unreachable!() };
-    let mut ys =
-        y.create_inbound_session(vodozemac::olm::SessionConfig::version_1(), x.curve25519_key(), &pre).unwrap().session;
-    xs.decrypt(&ys.encrypt("back").unwrap()).unwrap();
-    let vodozemac::olm::OlmMessage::Normal(normal) = xs.encrypt("x").unwrap() else { unreachable!() };
-    let _ = &mut x;
-    json!({
-        "sender": alice.user_id,
-        "type": "m.room.encrypted",
-        "content": {
-            "algorithm": "m.olm.v1.curve25519-aes-sha2",
-            "sender_key": alice.machine.identity_keys().1.to_base64(),
-            "ciphertext": { bob.machine.identity_keys().1.to_base64(): { "type": 1, "body": normal.to_base64() } },
-        },
-    })
+    hush_testing::wedged_message(&alice.user_id, alice.machine.identity_keys().1, bob.machine.identity_keys().1)
 }
 
 async fn dummies(device: &mut TestDevice) -> usize {

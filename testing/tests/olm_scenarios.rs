@@ -225,39 +225,10 @@ async fn a_wedged_session_is_replaced_at_most_once_an_hour() {
     assert_eq!(decrypted(&w.bob.sync().await).len(), 1);
 
     // A normal message claiming Alice's key that no session of Bob decrypts.
-    let wedged = || {
-        let mut x = vodozemac::olm::Account::new();
-        let mut y = vodozemac::olm::Account::new();
-        y.generate_one_time_keys(1);
-        let otk = *y.one_time_keys().values().next().unwrap();
-        let mut xs =
-            x.create_outbound_session(vodozemac::olm::SessionConfig::version_1(), y.curve25519_key(), otk).unwrap();
-        let vodozemac::olm::OlmMessage::PreKey(pre) = xs.encrypt("hi").unwrap() else { unreachable!() };
-        let mut ys = y
-            .create_inbound_session(vodozemac::olm::SessionConfig::version_1(), x.curve25519_key(), &pre)
-            .unwrap()
-            .session;
-        let reply = ys.encrypt("back").unwrap();
-        xs.decrypt(&reply).unwrap();
-        let vodozemac::olm::OlmMessage::Normal(normal) = xs.encrypt("x").unwrap() else { unreachable!() };
-        let _ = &mut x;
-        normal.to_base64()
-    };
-    let (_, bob_curve) = w.bob.machine.identity_keys();
-    let alice_curve = w.alice1.machine.identity_keys().1;
+    let (alice_curve, bob_curve) = (w.alice1.machine.identity_keys().1, w.bob.machine.identity_keys().1);
+    let wedged = || hush_testing::wedged_message(&alice, alice_curve, bob_curve);
     let (server, bob_device) = (w.server.clone(), w.bob.device_id.clone());
-    let inject = |body: String| {
-        let event = json!({
-            "sender": alice,
-            "type": "m.room.encrypted",
-            "content": {
-                "algorithm": "m.olm.v1.curve25519-aes-sha2",
-                "sender_key": alice_curve.to_base64(),
-                "ciphertext": { bob_curve.to_base64(): { "type": 1, "body": body } },
-            },
-        });
-        server.inject_to_device(&bob, &bob_device, event);
-    };
+    let inject = |event: serde_json::Value| server.inject_to_device(&bob, &bob_device, event);
 
     inject(wedged());
     let output = w.bob.sync().await;
