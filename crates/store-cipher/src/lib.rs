@@ -22,6 +22,7 @@
 mod cipher;
 mod codec;
 mod kv;
+mod migrations;
 mod store;
 
 pub use cipher::{
@@ -29,4 +30,5 @@ pub use cipher::{
     WrappedStoreKey,
 };
 pub use kv::{Entries, KvBackend, KvEngine, Table, WriteOp, guard_engine};
-pub use store::{KvCryptoStore, SCHEMA_VERSION, StoreOptions};
+pub use migrations::SCHEMA_VERSION;
+pub use store::{KvCryptoStore, StoreOptions};

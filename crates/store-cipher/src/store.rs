@@ -22,41 +22,8 @@ use crate::{
     KvBackend, Table, WriteOp,
     cipher::{DEFAULT_KDF_ROUNDS, StoreCipher, StoreSecret, WrappedStoreKey},
     codec::{Codec, cipher_error},
+    migrations::{MIGRATIONS, SCHEMA_VERSION, message_index_key},
 };
-
-/// The schema version this code writes.
-pub const SCHEMA_VERSION: u32 = 2;
-
-/// A migration from version `n` to `n + 1` is `MIGRATIONS[n - 1]`: it reads
-/// what it needs and returns the writes, applied in one batch together with
-/// the new version number.
-type Migration = fn(&Codec, &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError>;
-const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] = [index_devices_by_curve25519];
-
-/// Version 2 added the index of devices by curve25519 key (through it a
-/// room key from a file is tied to the device that made it, and a device
-/// claiming another's key is found): built from the devices already stored.
-fn index_devices_by_curve25519(codec: &Codec, backend: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
-    const PAGE: usize = 1000;
-    let mut ops = Vec::new();
-    let mut after: Option<Vec<u8>> = None;
-    loop {
-        let page = backend.scan(Table::Devices, &[], after.as_deref(), PAGE)?;
-        for (key, bytes) in &page {
-            let device: DeviceData = codec.open(Table::Devices, key, bytes)?;
-            let curve = device.curve25519_key().to_base64();
-            let parts: [&[u8]; 3] = [curve.as_bytes(), device.user_id().as_bytes(), device.device_id().as_bytes()];
-            let index_key = codec.key(Table::DevicesByCurve, &parts);
-            let owner = (device.user_id(), device.device_id());
-            let value = codec.seal(Table::DevicesByCurve, &index_key, &owner)?;
-            ops.push(WriteOp::Put(Table::DevicesByCurve, index_key, value));
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => after = Some(last.clone()),
-            _ => return Ok(ops),
-        }
-    }
-}
 
 const META_VERSION: &[u8] = b"schema_version";
 const META_STORE_KEY: &[u8] = b"store_key";
@@ -222,14 +189,23 @@ impl<B: KvBackend> KvCryptoStore<B> {
         Ok(())
     }
 
+    /// The record encoding (for the migration tests).
+    #[cfg(test)]
+    pub(crate) fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
     /// The engine underneath.
     pub fn backend(&self) -> &B {
         &self.backend
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, table: Table, parts: &[&[u8]]) -> Result<Option<T>, StoreError> {
-        let key = self.codec.key(table, parts);
-        self.backend.get(table, &key)?.map(|bytes| self.codec.open(table, &key, &bytes)).transpose()
+        self.get_at(table, &self.codec.key(table, parts))
+    }
+
+    fn get_at<T: serde::de::DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>, StoreError> {
+        self.backend.get(table, key)?.map(|bytes| self.codec.open(table, key, &bytes)).transpose()
     }
 
     fn scan<T: serde::de::DeserializeOwned>(
@@ -254,7 +230,16 @@ impl<B: KvBackend> KvCryptoStore<B> {
         parts: &[&[u8]],
         value: &T,
     ) -> Result<(), StoreError> {
-        let key = self.codec.key(table, parts);
+        self.put_at(ops, table, self.codec.key(table, parts), value)
+    }
+
+    fn put_at<T: Serialize>(
+        &self,
+        ops: &mut Vec<WriteOp>,
+        table: Table,
+        key: Vec<u8>,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let value = self.codec.seal(table, &key, value)?;
         ops.push(WriteOp::Put(table, key, value));
         Ok(())
@@ -355,9 +340,8 @@ impl<B: KvBackend> KvCryptoStore<B> {
             self.put_withheld(&mut ops, info)?;
         }
         for record in &message_indices {
-            let index = record.message_index.to_be_bytes();
-            let parts: [&[u8]; 3] = [record.room_id.as_bytes(), record.session_id.as_bytes(), &index];
-            self.put(&mut ops, Table::MessageIndices, &parts, record)?;
+            let key = message_index_key(&self.codec, &record.room_id, &record.session_id, record.message_index);
+            self.put_at(&mut ops, Table::MessageIndices, key, record)?;
         }
         for hash in &olm_message_hashes {
             self.put(&mut ops, Table::OlmHashes, &[hash.sender_key.as_bytes(), hash.hash.as_bytes()], &true)?;
@@ -476,7 +460,6 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
         session_id: &str,
         message_index: u32,
     ) -> Result<Option<MessageIndexRecord>, StoreError> {
-        let index = message_index.to_be_bytes();
-        self.get(Table::MessageIndices, &[room_id.as_bytes(), session_id.as_bytes(), &index])
+        self.get_at(Table::MessageIndices, &message_index_key(&self.codec, room_id, session_id, message_index))
     }
 }
