@@ -101,11 +101,14 @@ mod tests {
     use ruma_common::{device_id, owned_event_id, owned_room_id, user_id};
 
     use super::*;
-    use crate::{Entries, KvCryptoStore, KvEngine, StoreOptions};
+    use crate::{KvCryptoStore, KvEngine, StoreOptions};
+
+    /// Every entry of every table.
+    type Entries = BTreeMap<(Table, Vec<u8>), Vec<u8>>;
 
     /// An engine over a shared map, so a test can reopen what it wrote.
     #[derive(Clone, Debug, Default)]
-    struct MapEngine(Arc<Mutex<BTreeMap<(Table, Vec<u8>), Vec<u8>>>>);
+    struct MapEngine(Arc<Mutex<Entries>>);
 
     impl KvEngine for MapEngine {
         fn engine_get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
@@ -118,7 +121,7 @@ mod tests {
             prefix: &[u8],
             after: Option<&[u8]>,
             limit: usize,
-        ) -> Result<Entries, StoreError> {
+        ) -> Result<crate::Entries, StoreError> {
             let map = self.0.lock().unwrap();
             Ok(map
                 .range((table, prefix.to_vec())..)
