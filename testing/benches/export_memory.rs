@@ -98,6 +98,17 @@ impl CryptoStore for CountingStore {
     async fn get_message_index(&self, _: &RoomId, _: &str, _: u32) -> Result<Option<MessageIndexRecord>, StoreError> {
         Ok(None)
     }
+    async fn get_user_identity(
+        &self,
+        _: &UserId,
+    ) -> Result<Option<hush_crypto_core::identities::UserIdentityData>, StoreError> {
+        Ok(None)
+    }
+    async fn load_private_identity(
+        &self,
+    ) -> Result<Option<hush_crypto_core::identities::PrivateCrossSigningIdentity>, StoreError> {
+        Ok(None)
+    }
 }
 
 fn main() {

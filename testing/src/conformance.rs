@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use hush_crypto_core::{
     Changes, CryptoStore, EncryptionSettings, KeySource, Timestamp, WithheldCode,
     devices::DeviceData,
+    identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{
         RoomKeyShareRecord, ShareOutcome, SharedWith, StoredInboundGroupSession, StoredOutboundGroupSession,
         WithheldInfo,
@@ -424,6 +425,51 @@ fn json_clone(session: &StoredOutboundGroupSession) -> StoredOutboundGroupSessio
     serde_json::from_value(serde_json::to_value(session).unwrap()).unwrap()
 }
 
+/// Our cross-signing identity and private keys as a real bootstrap made
+/// them (on a memory store, against the in-process server).
+pub async fn identity_fixture() -> (UserIdentityData, PrivateCrossSigningIdentity) {
+    let (user_id, device_id) = owner();
+    let server = std::sync::Arc::new(crate::TestServer::new());
+    let clock = crate::VirtualClock::default();
+    let device = crate::TestDevice::new(&server, &clock, &user_id, device_id.as_str()).await;
+    device.bootstrap_cross_signing(false).await;
+    device.refresh_keys(&[&user_id]).await;
+    let store = device.machine.store();
+    let identity = store.get_user_identity(&user_id).await.unwrap().expect("own identity");
+    let private = store.load_private_identity().await.unwrap().expect("private keys");
+    (identity, private)
+}
+
+/// Identities and our private cross-signing keys read back as saved; a
+/// later private identity replaces the earlier one.
+pub async fn identities_and_private_keys<F: StoreFactory>(factory: &mut F) {
+    let (identity, private) = identity_fixture().await;
+    let (other, replacement) = identity_fixture().await;
+    let store = factory.create();
+    assert_eq!(store.get_user_identity(identity.user_id()).await.unwrap(), None);
+    assert!(store.load_private_identity().await.unwrap().is_none());
+    let changes = Changes { identities: vec![identity.clone()], private_identity: Some(private), ..Default::default() };
+    store.save_changes(changes).await.unwrap();
+    // The same user's identity again replaces it; so do the private keys.
+    let changes =
+        Changes { identities: vec![other.clone()], private_identity: Some(replacement.clone()), ..Default::default() };
+    store.save_changes(changes).await.unwrap();
+    let check = |store: F::Store| {
+        let (other, replacement) = (other.clone(), replacement.clone());
+        async move {
+            assert_eq!(store.get_user_identity(other.user_id()).await.unwrap(), Some(other.clone()));
+            assert_eq!(store.get_user_identity(&owned_user_id!("@nobody:example.org")).await.unwrap(), None);
+            let loaded = store.load_private_identity().await.unwrap().expect("private keys");
+            assert_eq!(loaded.export(), replacement.export());
+            assert!(loaded.status().is_complete());
+        }
+    };
+    check(store).await;
+    if let Some(store) = factory.reopen() {
+        check(store).await;
+    }
+}
+
 /// Runs the whole suite against one factory.
 pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     account_round_trip(factory).await;
@@ -435,6 +481,7 @@ pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     a_batch_is_applied_whole(factory).await;
     device_index_hashes_and_custom_values(factory).await;
     room_key_share_records(factory).await;
+    identities_and_private_keys(factory).await;
 }
 
 /// The user and device every conformance store belongs to.

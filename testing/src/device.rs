@@ -66,7 +66,7 @@ impl TestDevice {
                 self.machine.mark_request_as_sent(id, &response, now).await
             }
             AnyOutgoingRequest::KeysQuery(r) => {
-                self.machine.mark_request_as_sent(id, &self.server.query_keys(r), now).await
+                self.machine.mark_request_as_sent(id, &self.server.query_keys_as(&self.user_id, r), now).await
             }
             AnyOutgoingRequest::KeysClaim(r) => {
                 self.machine.mark_request_as_sent(id, &self.server.claim_keys(r), now).await
@@ -74,6 +74,13 @@ impl TestDevice {
             AnyOutgoingRequest::ToDevice(r) => {
                 self.server.send_to_device(&self.user_id, r);
                 self.machine.mark_request_as_sent(id, &send_event_to_device::v3::Response::new(), now).await
+            }
+            AnyOutgoingRequest::SigningKeysUpload(r) => {
+                let response = self.server.upload_signing_keys(&self.user_id, r).expect("signing keys accepted");
+                self.machine.mark_request_as_sent(id, &response, now).await
+            }
+            AnyOutgoingRequest::SignatureUpload(r) => {
+                self.machine.mark_request_as_sent(id, &self.server.upload_signatures(r), now).await
             }
         };
         result.expect("response accepted");
@@ -87,7 +94,9 @@ impl TestDevice {
             self.machine.handle_timeout(now).await.expect("timers handled");
         }
         for _ in 0..10 {
-            let requests = self.machine.outgoing_requests(self.clock.now()).await.expect("outgoing requests");
+            let mut requests = self.machine.outgoing_requests(self.clock.now()).await.expect("outgoing requests");
+            // Sent with auth by `bootstrap_cross_signing`, as a client does.
+            requests.retain(|r| !matches!(r.request(), AnyOutgoingRequest::SigningKeysUpload(_)));
             if requests.is_empty() {
                 return;
             }
@@ -96,6 +105,31 @@ impl TestDevice {
             }
         }
         panic!("outgoing requests did not settle");
+    }
+
+    /// Bootstraps cross-signing and uploads the keys with a password auth
+    /// (the in-process server asks for auth only when replacing keys), then
+    /// drives the queue (the device's signature upload follows).
+    pub async fn bootstrap_cross_signing(&self, reset: bool) {
+        let request = self.machine.bootstrap_cross_signing(reset).await.expect("bootstrap cross-signing");
+        let AnyOutgoingRequest::SigningKeysUpload(upload) = request.request() else {
+            panic!("bootstrap returned {:?}", request.request());
+        };
+        let mut upload = upload.clone();
+        let identifier = ruma_client_api::uiaa::UserIdentifier::Matrix(
+            ruma_client_api::uiaa::MatrixUserIdentifier::new(self.user_id.to_string()),
+        );
+        let password = ruma_client_api::uiaa::Password::new(identifier, "password".into());
+        upload.auth = Some(ruma_client_api::uiaa::AuthData::Password(password));
+        let response = self.server.upload_signing_keys(&self.user_id, &upload).expect("signing keys accepted");
+        self.machine.mark_request_as_sent(request.request_id(), &response, self.clock.now()).await.expect("answer");
+        self.drain().await;
+    }
+
+    /// Queries `users`' keys again (marks them outdated first) and drives the queue.
+    pub async fn refresh_keys(&self, users: &[&UserId]) {
+        self.machine.mark_users_outdated(users.iter().copied()).await.expect("mark outdated");
+        self.drain().await;
     }
 
     /// Gets a room ready with the engine's room-level command, driving the

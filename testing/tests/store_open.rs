@@ -3,11 +3,13 @@
 //! reveals. Every case is a clear error; none panics or resets the store.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hush_crypto_core::{Changes, CryptoStore, StoreError, store::TrackedUser};
 use hush_store_cipher::{KvBackend, StoreOptions, Table, WriteOp};
 use hush_testing::conformance::{device_fixture, inbound_fixture, owner};
-use ruma_common::{owned_device_id, owned_user_id, room_id};
+use ruma_common::{OwnedDeviceId, owned_device_id, owned_room_id, owned_user_id, room_id};
+use serde_json::Value;
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -264,4 +266,46 @@ async fn a_version_1_store_gets_its_device_index() {
     assert_eq!(store.get_devices_by_curve25519(&device.curve25519_key()).await.unwrap(), vec![device]);
     let version = store.backend().get(Table::Meta, b"schema_version").unwrap().unwrap();
     assert_eq!(version, hush_store_cipher::SCHEMA_VERSION.to_be_bytes().to_vec());
+}
+
+/// `fixtures/store-v2.redb` was written by hush at schema 2 (commit
+/// a05853f, the last release before cross-signing; how: fixtures/README.md):
+/// an account, five replay records, a custom value, encrypted with a raw
+/// key. Today's code migrates it (2 → 3 re-keys the replay records, 3 → 4
+/// adds the identity tables), finds everything, and keeps a cross-signing
+/// identity made on it across a reopen.
+#[tokio::test]
+async fn a_store_written_at_schema_2_opens_migrates_and_takes_cross_signing() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("store.redb");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    std::fs::copy(fixtures.join("store-v2.redb"), &path).unwrap();
+    let keys: Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("store-v2.json")).unwrap()).unwrap();
+    let user = owned_user_id!("@fixture:example.org");
+    let device_id: OwnedDeviceId = "FIXTURE".into();
+    let store = hush_store_redb::open(&path, &user, &device_id, StoreOptions::key([9; 32])).unwrap();
+    let version = store.backend().get(Table::Meta, b"schema_version").unwrap().unwrap();
+    assert_eq!(version, hush_store_cipher::SCHEMA_VERSION.to_be_bytes().to_vec());
+    let room = owned_room_id!("!room:example.org");
+    for index in 0..5 {
+        let record = store.get_message_index(&room, "fixture-session", index).await.unwrap().expect("record migrated");
+        assert_eq!(record.origin_server_ts, u64::from(index));
+    }
+    assert_eq!(store.get_custom_value("fixture").await.unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(store.get_user_identity(&user).await.unwrap(), None);
+
+    let server = Arc::new(hush_testing::TestServer::new());
+    let clock = hush_testing::VirtualClock::default();
+    let device = hush_testing::TestDevice::with_store(&server, &clock, &user, "FIXTURE", Arc::new(store)).await;
+    let (ed25519, curve25519) = device.machine.identity_keys();
+    assert_eq!(keys["ed25519"], ed25519.to_base64(), "the account is the fixture's");
+    assert_eq!(keys["curve25519"], curve25519.to_base64());
+    device.bootstrap_cross_signing(false).await;
+    device.refresh_keys(&[&user]).await;
+    let master = device.machine.get_identity(&user).await.unwrap().expect("identity").master_key();
+    drop(device);
+
+    let store = hush_store_redb::open(&path, &user, &device_id, StoreOptions::key([9; 32])).unwrap();
+    assert_eq!(store.get_user_identity(&user).await.unwrap().map(|i| i.master_key().key()), Some(master));
+    assert!(store.load_private_identity().await.unwrap().expect("private keys").status().is_complete());
 }

@@ -63,6 +63,15 @@ pub enum EngineEvent {
         /// Why.
         reason: RotationReason,
     },
+    /// A user's cross-signing identity appeared, changed, or changed state
+    /// (verified, a pin or verification violation): see
+    /// [`OlmMachine::get_identity`](crate::OlmMachine::get_identity).
+    IdentityChanged {
+        /// The user.
+        user_id: OwnedUserId,
+        /// Where the identity stands now.
+        state: crate::identities::IdentityState,
+    },
     /// The queue overflowed: this many older events were dropped.
     EventsDropped {
         /// How many.

@@ -61,6 +61,14 @@ pub fn ed25519_from_base64(encoded: &str) -> Result<Ed25519PublicKey, KeyDecodeE
     Ed25519PublicKey::from_slice(&bytes).map_err(|_| KeyDecodeError::InvalidPoint { kind: "ed25519" })
 }
 
+/// An ed25519 private key (a 32-byte seed) from base64, as secret storage
+/// and gossip carry cross-signing keys; `None` if it is not 32 bytes. The
+/// decoded copy is wiped.
+pub(crate) fn ed25519_secret_from_base64(encoded: &str) -> Option<vodozemac::Ed25519SecretKey> {
+    let bytes = zeroize::Zeroizing::new(decode_32("ed25519", encoded).ok()?);
+    Some(vodozemac::Ed25519SecretKey::from_slice(&bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

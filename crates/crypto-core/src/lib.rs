@@ -19,6 +19,7 @@ mod contain;
 pub mod devices;
 mod events;
 pub mod export;
+pub mod identities;
 pub mod keys;
 mod machine;
 pub mod megolm;

@@ -38,11 +38,15 @@ pub enum Table {
     Custom,
     /// Acknowledged shares of our room keys by (room, session, user, device).
     RoomKeyShares,
+    /// Cross-signing identities by user.
+    Identities,
+    /// Our cross-signing private keys (one record).
+    PrivateIdentity,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::Meta,
         Self::Account,
         Self::OlmSessions,
@@ -58,6 +62,8 @@ impl Table {
         Self::OlmHashes,
         Self::Custom,
         Self::RoomKeyShares,
+        Self::Identities,
+        Self::PrivateIdentity,
     ];
 
     /// The table's name, as the engine stores it.
@@ -78,6 +84,8 @@ impl Table {
             Self::OlmHashes => "olm_hashes",
             Self::Custom => "custom",
             Self::RoomKeyShares => "room_key_shares",
+            Self::Identities => "identities",
+            Self::PrivateIdentity => "private_identity",
         }
     }
 

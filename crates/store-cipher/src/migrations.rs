@@ -12,6 +12,8 @@
 //!   ([`Codec::numbered_key`]): a streamed decryption's save per 512 events
 //!   writes a few pages instead of one per record. Plain stores already
 //!   had that order; their keys do not change.
+//! * 3 → 4: cross-signing identities and our private cross-signing keys, in
+//!   tables of their own; nothing to convert.
 
 use hush_crypto_core::{StoreError, devices::DeviceData, store::MessageIndexRecord};
 use ruma_common::RoomId;
@@ -19,12 +21,12 @@ use ruma_common::RoomId;
 use crate::{KvBackend, Table, WriteOp, codec::Codec};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// A migration from version `n` to `n + 1` is `MIGRATIONS[n - 1]`.
 pub(crate) type Migration = fn(&Codec, &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError>;
 pub(crate) const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] =
-    [index_devices_by_curve25519, order_message_indices];
+    [index_devices_by_curve25519, order_message_indices, add_identity_tables];
 
 /// How many entries a migration reads at once.
 const PAGE: usize = 1000;
@@ -87,6 +89,11 @@ fn order_message_indices(codec: &Codec, backend: &dyn KvBackend) -> Result<Vec<W
         Ok(())
     })?;
     Ok(ops)
+}
+
+/// 3 → 4, see the module documentation: the new tables start empty.
+fn add_identity_tables(_: &Codec, _: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
+    Ok(Vec::new())
 }
 
 #[cfg(test)]

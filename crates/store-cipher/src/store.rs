@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use hush_crypto_core::{
     Changes, CryptoStore, StoreError,
     devices::DeviceData,
+    identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
     store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
 };
@@ -296,6 +297,8 @@ impl<B: KvBackend> KvCryptoStore<B> {
             olm_message_hashes,
             custom_values,
             next_batch_token,
+            identities,
+            private_identity,
         } = changes;
         let mut ops = Vec::new();
         if let Some(account) = account {
@@ -349,6 +352,12 @@ impl<B: KvBackend> KvCryptoStore<B> {
         for (name, value) in &custom_values {
             self.put(&mut ops, Table::Custom, &[name.as_bytes()], value)?;
         }
+        for identity in &identities {
+            self.put(&mut ops, Table::Identities, &[identity.user_id().as_bytes()], identity)?;
+        }
+        if let Some(private) = &private_identity {
+            self.put(&mut ops, Table::PrivateIdentity, &[b"private"], private)?;
+        }
         if let Some(token) = next_batch_token {
             self.put(&mut ops, Table::Sync, &[b"next_batch"], &token)?;
         }
@@ -399,6 +408,14 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
 
     async fn get_custom_value(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get(Table::Custom, &[name.as_bytes()])
+    }
+
+    async fn get_user_identity(&self, user_id: &UserId) -> Result<Option<UserIdentityData>, StoreError> {
+        self.get(Table::Identities, &[user_id.as_bytes()])
+    }
+
+    async fn load_private_identity(&self) -> Result<Option<PrivateCrossSigningIdentity>, StoreError> {
+        self.get(Table::PrivateIdentity, &[b"private"])
     }
 
     async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {

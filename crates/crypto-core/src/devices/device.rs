@@ -50,6 +50,16 @@ pub enum DeviceKeysError {
     /// The device's self-signature is missing or wrong.
     #[error("device self-signature rejected: {0}")]
     Signature(#[from] SignatureError),
+    /// The device's id or ed25519 key is one of its owner's cross-signing
+    /// keys (key confusion: its signatures could pass for the
+    /// cross-signing key's).
+    #[error("device {device_id} of {user_id} collides with a cross-signing key; refused")]
+    KeyConfusion {
+        /// The device's owner.
+        user_id: OwnedUserId,
+        /// The device.
+        device_id: OwnedDeviceId,
+    },
     /// A known device presented a different identity key: the old keys are kept.
     #[error("device {device_id} of {user_id} changed its {which} identity key; the change was rejected")]
     IdentityKeyChanged {
@@ -191,6 +201,12 @@ impl DeviceData {
     /// Whether the server no longer lists this device.
     pub fn is_deleted(&self) -> bool {
         self.deleted
+    }
+
+    /// The device's signed keys, to add a signature to (our self-signing
+    /// key's, when we cross-sign one of our devices).
+    pub(crate) fn signed_keys_mut(&mut self) -> &mut Value {
+        Arc::make_mut(&mut self.signed_keys)
     }
 
     pub(crate) fn set_local_trust(&mut self, trust: LocalTrust) {

@@ -11,7 +11,11 @@ use ruma_common::{OwnedDeviceId, UserId, encryption::DeviceKeys, serde::Raw};
 use serde_json::Value;
 
 use super::{DeviceData, DeviceKeysError};
-use crate::{contain::contain, olm::OwnIdentity};
+use crate::{
+    contain::contain,
+    identities::{CrossSigningPublicKey, key_confusion},
+    olm::OwnIdentity,
+};
 
 /// What one user's keys-query entry changed.
 #[derive(Debug, Default)]
@@ -23,13 +27,18 @@ pub(crate) struct KeysQueryOutcome {
 }
 
 /// Compares `listed` (the server's answer for `user_id`) with `known`.
+/// `identity_keys` are the user's cross-signing keys: a device colliding
+/// with one is refused, and a known one marked deleted.
 pub(crate) fn process_user_devices(
     user_id: &UserId,
     known: &BTreeMap<OwnedDeviceId, DeviceData>,
     listed: &BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
     own: &OwnIdentity,
+    identity_keys: &[CrossSigningPublicKey],
 ) -> KeysQueryOutcome {
     let mut outcome = KeysQueryOutcome::default();
+    let confused =
+        |device: &DeviceData| key_confusion(device.device_id().as_str(), Some(device.ed25519_key()), identity_keys);
     for (device_id, raw) in listed {
         if user_id == own.user_id && *device_id == own.device_id {
             continue; // our own device is not tracked as a peer
@@ -41,6 +50,9 @@ pub(crate) fn process_user_devices(
                 .map_err(|e| DeviceKeysError::Malformed(e.to_string()))
                 .and_then(|value| DeviceData::from_signed_keys(value, user_id, Some(device_id)));
             parsed.and_then(|device| match known.get(device_id) {
+                _ if confused(&device) => {
+                    Err(DeviceKeysError::KeyConfusion { user_id: user_id.to_owned(), device_id: device_id.clone() })
+                }
                 Some(old) => old.accept_update(device),
                 _ => Ok(device),
             })
@@ -56,7 +68,8 @@ pub(crate) fn process_user_devices(
         }
     }
     for (device_id, device) in known {
-        if !listed.contains_key(device_id) && !device.is_deleted() {
+        let gone = !listed.contains_key(device_id) || confused(device);
+        if gone && !device.is_deleted() {
             let mut deleted = device.clone();
             deleted.mark_deleted();
             outcome.changed.push(deleted);

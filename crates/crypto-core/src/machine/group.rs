@@ -169,7 +169,7 @@ impl OlmMachine {
             VerificationState::KeyMismatch
         } else if !key.source.is_authenticated() {
             VerificationState::UnauthenticatedSource
-        } else if device.is_verified() {
+        } else if self.device_is_verified(&device).await? {
             VerificationState::Verified
         } else {
             VerificationState::Unverified

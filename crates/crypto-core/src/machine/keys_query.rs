@@ -23,6 +23,8 @@ struct QueriedUser<'a> {
     generation: u64,
     known: BTreeMap<OwnedDeviceId, DeviceData>,
     listed: &'a BTreeMap<OwnedDeviceId, Raw<DeviceKeys>>,
+    /// The user's cross-signing keys, for the key-confusion check.
+    identity_keys: Vec<crate::identities::CrossSigningPublicKey>,
 }
 
 impl OlmMachine {
@@ -36,6 +38,24 @@ impl OlmMachine {
         let rows: Vec<_> = {
             let mut tracker = lock(&self.inner.tracker);
             users.into_iter().filter_map(|u| tracker.track(u)).collect()
+        };
+        self.save(None, None, Changes { tracked_users: rows, ..Default::default() }).await
+    }
+
+    /// Marks tracked `users` outdated, so the next `outgoing_requests`
+    /// queries their keys again (a refresh on demand; untracked users are
+    /// tracked first).
+    pub async fn mark_users_outdated<'a>(&self, users: impl IntoIterator<Item = &'a UserId>) -> Result<(), StoreError> {
+        let _account = self.inner.account.lock().await;
+        let rows: Vec<_> = {
+            let mut tracker = lock(&self.inner.tracker);
+            users
+                .into_iter()
+                .flat_map(|u| {
+                    let tracked = tracker.track(u);
+                    tracked.into_iter().chain(tracker.mark_dirty(u))
+                })
+                .collect()
         };
         self.save(None, None, Changes { tracked_users: rows, ..Default::default() }).await
     }
@@ -126,10 +146,18 @@ impl OlmMachine {
                 None => &empty,
             };
             let known = self.inner.store.get_user_devices(user_id).await?;
-            to_check.push(QueriedUser { user_id, generation: *generation, known, listed });
+            to_check.push(QueriedUser { user_id, generation: *generation, known, listed, identity_keys: Vec::new() });
         }
         let answered: Vec<OwnedUserId> = to_check.iter().map(|u| u.user_id.clone()).collect();
-        let (mut changes, events, cleaned) = self.check_queried_users(to_check);
+        let queried: Vec<&OwnedUserId> = to_check.iter().map(|u| u.user_id).collect();
+        let mut identities = self.check_listed_identities(&queried, response).await?;
+        for user in &mut to_check {
+            user.identity_keys = identities.keys.remove(user.user_id).unwrap_or_default();
+        }
+        let (mut changes, mut events, cleaned) = self.check_queried_users(to_check);
+        changes.identities = identities.identities;
+        changes.private_identity = identities.private_identity;
+        events.extend(identities.events);
         {
             let mut tracker = lock(&self.inner.tracker);
             for user_id in &unreachable {
@@ -168,7 +196,8 @@ impl OlmMachine {
             |part| {
                 part.into_iter()
                     .map(|user| {
-                        let outcome = process_user_devices(user.user_id, &user.known, user.listed, own);
+                        let outcome =
+                            process_user_devices(user.user_id, &user.known, user.listed, own, &user.identity_keys);
                         let summary = device_changes(user.user_id, &user.known, &outcome.changed);
                         (user.user_id, user.generation, outcome, summary)
                     })

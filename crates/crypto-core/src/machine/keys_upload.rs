@@ -33,10 +33,17 @@ impl OlmMachine {
         response: &upload_keys::v3::Response,
     ) -> Result<(), StoreError> {
         let mut account = self.inner.account.lock().await;
+        let first_publication = !account.device_keys_published();
         account.mark_keys_as_published(&response.one_time_key_counts);
         let count = response.one_time_key_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519).map(|c| u64::from(*c));
         account.update_key_counts(count, None);
         let changes = Changes { account: Some(account.to_stored()), ..Default::default() };
-        self.save(Some(&mut account), None, changes).await
+        self.save(Some(&mut account), None, changes).await?;
+        drop(account);
+        if first_publication {
+            // Cross-signing bootstrapped before our keys were on the server.
+            self.queue_own_device_signature();
+        }
+        Ok(())
     }
 }

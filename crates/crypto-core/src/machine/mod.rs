@@ -6,6 +6,7 @@
 mod claim;
 mod export;
 mod group;
+mod identities;
 mod keys_query;
 mod keys_upload;
 mod olm_batch;
@@ -37,6 +38,7 @@ use crate::{
     AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, Timestamp,
     devices::{DeviceData, DeviceTracker, LocalTrust, QUERY_RETRY_RECORD},
     events::{EngineEvent, EventQueue},
+    identities::PrivateCrossSigningIdentity,
     megolm::GroupCache,
     olm::{Account, CLAIMS_RECORD, ClaimState, LEGACY_UNWEDGE_RECORD, OwnIdentity, SessionCache},
     requests::{IdSource, Meta, RequestQueue},
@@ -155,6 +157,8 @@ struct Inner {
     events: Mutex<EventQueue>,
     /// The latest `now` handled by `handle_timeout`.
     timers_handled_until: Mutex<Timestamp>,
+    /// Our cross-signing private keys (`identities/`), if this device has any.
+    cross_signing: Mutex<Option<PrivateCrossSigningIdentity>>,
     /// Where request and transaction ids come from.
     ids: IdSource,
     /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
@@ -221,6 +225,7 @@ impl OlmMachine {
             None => store.get_custom_value(LEGACY_UNWEDGE_RECORD).await?,
         };
         let claims = ClaimState::from_records(claims_record.as_deref(), legacy_unwedge.as_deref());
+        let cross_signing = store.load_private_identity().await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 own,
@@ -234,6 +239,7 @@ impl OlmMachine {
                 requests: Mutex::new(RequestQueue::default()),
                 events: Mutex::new(EventQueue::default()),
                 timers_handled_until: Mutex::new(Timestamp::EPOCH),
+                cross_signing: Mutex::new(cross_signing),
                 ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
             }),
@@ -369,6 +375,13 @@ impl OlmMachine {
             }
             (Meta::RoomKeyShare(targets), AnyIncomingResponse::ToDevice(_)) => {
                 self.receive_room_key_share_ack(targets).await
+            }
+            (Meta::SigningKeysUpload, AnyIncomingResponse::SigningKeysUpload(_)) => {
+                self.receive_signing_keys_upload_response().await
+            }
+            (Meta::SignatureUpload, AnyIncomingResponse::SignatureUpload(r)) => {
+                self.receive_signature_upload_response(r);
+                Ok(())
             }
             _ => Ok(()),
         };

@@ -111,6 +111,16 @@ impl Account {
         Ok(keys)
     }
 
+    /// Whether the server has our device keys.
+    pub(crate) fn device_keys_published(&self) -> bool {
+        self.device_keys_uploaded
+    }
+
+    /// Signs `message` with our device's ed25519 key.
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> vodozemac::Ed25519Signature {
+        self.inner.sign(message)
+    }
+
     fn sign(&self, value: &mut Value) -> Result<(), SignatureError> {
         sign_json(value, &self.user_id, &format!("ed25519:{}", self.device_id), |m| self.inner.sign(m))
     }

@@ -9,7 +9,7 @@ pub(crate) use ids::IdSource;
 pub(crate) use queue::{Meta, RequestQueue};
 
 use ruma_client_api::{
-    keys::{claim_keys, get_keys, upload_keys},
+    keys::{claim_keys, get_keys, upload_keys, upload_signatures, upload_signing_keys},
     to_device::send_event_to_device,
 };
 use std::sync::Arc;
@@ -53,6 +53,14 @@ pub enum AnyOutgoingRequest {
     KeysClaim(claim_keys::v3::Request),
     /// `PUT /sendToDevice/{type}/{txnId}`: encrypted to-device messages.
     ToDevice(send_event_to_device::v3::Request),
+    /// `POST /keys/device_signing/upload`: our cross-signing public keys.
+    /// It needs user-interactive auth: a driver does not send it from the
+    /// queue but hands it to whoever can authenticate (the client's
+    /// `bootstrap_cross_signing`), who sets `auth` and sends it.
+    SigningKeysUpload(upload_signing_keys::v3::Request),
+    /// `POST /keys/signatures/upload`: signatures of our devices and of
+    /// other users' master keys.
+    SignatureUpload(upload_signatures::v3::Request),
 }
 
 /// A homeserver response, handed back with the id of the request it answers.
@@ -66,6 +74,23 @@ pub enum AnyIncomingResponse<'a> {
     KeysClaim(&'a claim_keys::v3::Response),
     /// Answer to [`AnyOutgoingRequest::ToDevice`].
     ToDevice(&'a send_event_to_device::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::SigningKeysUpload`] (after any
+    /// user-interactive auth succeeded).
+    SigningKeysUpload(&'a upload_signing_keys::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::SignatureUpload`].
+    SignatureUpload(&'a upload_signatures::v3::Response),
+}
+
+impl<'a> From<&'a upload_signing_keys::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a upload_signing_keys::v3::Response) -> Self {
+        Self::SigningKeysUpload(response)
+    }
+}
+
+impl<'a> From<&'a upload_signatures::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a upload_signatures::v3::Response) -> Self {
+        Self::SignatureUpload(response)
+    }
 }
 
 impl<'a> From<&'a upload_keys::v3::Response> for AnyIncomingResponse<'a> {
@@ -121,6 +146,8 @@ impl AnyOutgoingRequest {
             Self::KeysQuery(_) => "keys query",
             Self::KeysClaim(_) => "keys claim",
             Self::ToDevice(_) => "to-device",
+            Self::SigningKeysUpload(_) => "signing keys upload",
+            Self::SignatureUpload(_) => "signature upload",
         }
     }
 }
@@ -132,6 +159,8 @@ impl AnyIncomingResponse<'_> {
             Self::KeysQuery(_) => "keys query",
             Self::KeysClaim(_) => "keys claim",
             Self::ToDevice(_) => "to-device",
+            Self::SigningKeysUpload(_) => "signing keys upload",
+            Self::SignatureUpload(_) => "signature upload",
         }
     }
 }

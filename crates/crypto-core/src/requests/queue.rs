@@ -29,6 +29,10 @@ pub(crate) enum Meta {
     KeysClaim(Vec<(OwnedUserId, OwnedDeviceId)>),
     /// A room key (or withheld notices) for these devices.
     RoomKeyShare(ShareTargets),
+    /// Our cross-signing public keys.
+    SigningKeysUpload,
+    /// Signatures of devices or master keys.
+    SignatureUpload,
 }
 
 /// A queued request and what its answer needs.
@@ -197,6 +201,11 @@ impl RequestQueue {
             Meta::KeysClaim(devices) => devices.iter().all(|(u, _)| !is_tracked(u)),
             _ => false,
         })
+    }
+
+    /// Cancels signing-keys uploads: a new bootstrap replaces them.
+    pub(crate) fn cancel_signing_keys_uploads(&mut self) -> usize {
+        self.cancel_where(|e| matches!(&*e.meta, Meta::SigningKeysUpload))
     }
 }
 

@@ -5,6 +5,7 @@ use ruma_common::OwnedUserId;
 use super::types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser};
 use crate::{
     devices::DeviceData,
+    identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
 };
 
@@ -43,6 +44,10 @@ pub struct Changes {
     pub custom_values: Vec<(String, Vec<u8>)>,
     /// The sync token of the sync whose changes these are.
     pub next_batch_token: Option<String>,
+    /// Cross-signing identities learnt or changed (by user).
+    pub identities: Vec<UserIdentityData>,
+    /// Our cross-signing private keys, replacing what was stored.
+    pub private_identity: Option<PrivateCrossSigningIdentity>,
 }
 
 impl Changes {
@@ -63,6 +68,8 @@ impl Changes {
             olm_message_hashes,
             custom_values,
             next_batch_token,
+            identities,
+            private_identity,
         } = self;
         account.is_none()
             && sessions.is_empty()
@@ -77,6 +84,8 @@ impl Changes {
             && olm_message_hashes.is_empty()
             && custom_values.is_empty()
             && next_batch_token.is_none()
+            && identities.is_empty()
+            && private_identity.is_none()
     }
 
     /// Appends `other`; where both set a single value, `other` wins.
@@ -95,6 +104,8 @@ impl Changes {
             olm_message_hashes,
             custom_values,
             next_batch_token,
+            identities,
+            private_identity,
         } = other;
         if account.is_some() {
             self.account = account;
@@ -112,6 +123,10 @@ impl Changes {
         self.untracked_users.extend(untracked_users);
         if next_batch_token.is_some() {
             self.next_batch_token = next_batch_token;
+        }
+        self.identities.extend(identities);
+        if private_identity.is_some() {
+            self.private_identity = private_identity;
         }
     }
 }

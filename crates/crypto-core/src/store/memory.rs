@@ -17,6 +17,7 @@ use super::{
 };
 use crate::{
     devices::DeviceData,
+    identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
 };
 
@@ -46,6 +47,8 @@ struct Tables {
     olm_hashes: std::collections::HashSet<OlmMessageHash>,
     custom: HashMap<String, Bytes>,
     next_batch_token: Option<String>,
+    identities: HashMap<OwnedUserId, UserIdentityData>,
+    private_identity: Option<PrivateCrossSigningIdentity>,
 }
 
 impl Tables {
@@ -139,6 +142,8 @@ impl CryptoStore for MemoryStore {
             olm_message_hashes,
             custom_values,
             next_batch_token,
+            identities,
+            private_identity,
         } = changes;
         // Encode everything first, so a failure leaves the tables untouched.
         let account = account.map(|a| encode("account", &a)).transpose()?;
@@ -190,6 +195,12 @@ impl CryptoStore for MemoryStore {
         for (name, value) in custom_values {
             tables.custom.insert(name, Zeroizing::new(value));
         }
+        for identity in identities {
+            tables.identities.insert(identity.user_id().to_owned(), identity);
+        }
+        if private_identity.is_some() {
+            tables.private_identity = private_identity;
+        }
         if next_batch_token.is_some() {
             tables.next_batch_token = next_batch_token;
         }
@@ -226,6 +237,14 @@ impl CryptoStore for MemoryStore {
 
     async fn load_tracked_users(&self) -> Result<Vec<TrackedUser>, StoreError> {
         Ok(self.tables().tracked_users.values().cloned().collect())
+    }
+
+    async fn get_user_identity(&self, user_id: &UserId) -> Result<Option<UserIdentityData>, StoreError> {
+        Ok(self.tables().identities.get(user_id).cloned())
+    }
+
+    async fn load_private_identity(&self) -> Result<Option<PrivateCrossSigningIdentity>, StoreError> {
+        Ok(self.tables().private_identity.clone())
     }
 
     async fn load_next_batch_token(&self) -> Result<Option<String>, StoreError> {

@@ -20,6 +20,7 @@ pub use types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession
 
 use crate::{
     devices::DeviceData,
+    identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
 };
 
@@ -101,6 +102,12 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
 
     /// The `m.no_olm` notice from the device with `sender_key`, if one arrived.
     async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError>;
+
+    /// A user's cross-signing identity, as last saved.
+    async fn get_user_identity(&self, user_id: &UserId) -> Result<Option<UserIdentityData>, StoreError>;
+
+    /// Our cross-signing private keys, if any were saved.
+    async fn load_private_identity(&self) -> Result<Option<PrivateCrossSigningIdentity>, StoreError>;
 
     /// Which event first used a Megolm message index.
     async fn get_message_index(

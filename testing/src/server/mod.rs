@@ -6,6 +6,8 @@
 //! device keys are stored unchecked (the server does not verify signatures),
 //! and a new or changed device is announced in other users' `device_lists`.
 
+mod cross_signing;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -31,6 +33,10 @@ pub enum ServerError {
     DuplicateOneTimeKey(String),
     /// The uploaded device keys name another user or device than the caller.
     WrongDevice,
+    /// Replacing cross-signing keys needs user-interactive auth (Synapse: 401).
+    AuthRequired,
+    /// An uploaded cross-signing key is malformed or names another user.
+    BadSigningKey,
 }
 
 #[derive(Debug, Default)]
@@ -54,6 +60,8 @@ struct State {
     to_device_txns: BTreeSet<(OwnedUserId, String)>,
     /// How many to-device requests were dropped as repeats.
     repeated_to_device: usize,
+    /// Each user's cross-signing keys, signatures merged in.
+    cross_signing: BTreeMap<OwnedUserId, cross_signing::Keys>,
 }
 
 /// An in-process stand-in for a homeserver's E2EE endpoints.
@@ -169,7 +177,9 @@ impl TestServer {
         Self::announce_change(&mut state, user_id);
     }
 
-    /// `POST /keys/query`.
+    /// `POST /keys/query` by no one in particular: devices, and master and
+    /// self-signing keys (a user-signing key is only listed to its owner:
+    /// see [`query_keys_as`](Self::query_keys_as)).
     pub fn query_keys(&self, request: &get_keys::v3::Request) -> get_keys::v3::Response {
         let state = self.state();
         let mut response = get_keys::v3::Response::new();
@@ -181,6 +191,15 @@ impl TestServer {
                 .unwrap_or_default();
             response.device_keys.insert(user_id.clone(), devices);
         }
+        cross_signing::list(&state, None, request, &mut response);
+        response
+    }
+
+    /// `POST /keys/query` by `requester`: as [`query_keys`](Self::query_keys),
+    /// with the requester's own user-signing key.
+    pub fn query_keys_as(&self, requester: &UserId, request: &get_keys::v3::Request) -> get_keys::v3::Response {
+        let mut response = self.query_keys(request);
+        cross_signing::list(&self.state(), Some(requester), request, &mut response);
         response
     }
 

@@ -1,0 +1,69 @@
+//! Cross-signing: user identities, their checks, our private keys, and
+//! trust.
+//!
+//! * `keys`: [`CrossSigningPublicKey`], the checked decoder for a public
+//!   cross-signing key from outside.
+//! * `identity`: [`UserIdentityData`], a user's identity as we know it,
+//!   checked in a keys-query answer, with its pin and violations.
+//! * `private`: [`PrivateCrossSigningIdentity`], our private keys.
+//! * `trust`: who is verified, as data.
+//! * `view`: [`UserIdentity`], what the caller reads.
+
+mod identity;
+mod keys;
+mod private;
+mod trust;
+mod view;
+
+pub use identity::{IdentityState, UserIdentityData};
+pub use keys::{CrossSigningPublicKey, IdentityError, KeyRole};
+pub use private::{CrossSigningKeyExport, CrossSigningStatus, ImportKeyError, PrivateCrossSigningIdentity};
+pub use trust::DeviceTrust;
+pub use view::{OtherUserIdentity, OwnUserIdentity, UserIdentity};
+
+pub(crate) use identity::ListedIdentity;
+pub(crate) use trust::{device_trust, identity_is_verified, key_confusion};
+
+use ruma_common::{OwnedDeviceId, OwnedUserId};
+
+use crate::{signing::SignatureError, store::StoreError};
+
+/// Why a cross-signing command failed. Nothing changed then.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CrossSigningError {
+    /// We do not hold the private key the command needs.
+    #[error("this device does not hold the {} private key", .0.name())]
+    MissingPrivateKey(KeyRole),
+    /// Cross-signing keys exist; bootstrapping again needs `reset`.
+    #[error("cross-signing keys already exist; bootstrap with reset to replace them")]
+    AlreadyBootstrapped,
+    /// We know no cross-signing identity for the user (query their keys).
+    #[error("no cross-signing identity is known for {0}")]
+    NoIdentity(OwnedUserId),
+    /// The device is not known.
+    #[error("device {device_id} of {user_id} is not known")]
+    UnknownDevice {
+        /// The owner.
+        user_id: OwnedUserId,
+        /// The device.
+        device_id: OwnedDeviceId,
+    },
+    /// Only our own devices are cross-signed by us; other users' devices
+    /// are trusted through their owner's identity.
+    #[error("device {device_id} of {user_id} is not one of ours; verify its owner's identity instead")]
+    NotOwnDevice {
+        /// The owner.
+        user_id: OwnedUserId,
+        /// The device.
+        device_id: OwnedDeviceId,
+    },
+    /// Importing private keys failed.
+    #[error(transparent)]
+    Import(#[from] ImportKeyError),
+    /// Signing failed (cannot happen with valid ids).
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

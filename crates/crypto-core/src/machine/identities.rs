@@ -1,0 +1,440 @@
+//! Routing for cross-signing (`identities/`): bootstrapping our keys, the
+//! signing-keys and signature uploads, importing private keys, and the
+//! commands that verify, pin or withdraw. The rules are in `identities/`;
+//! this module loads what they need, collects the changes, saves them and
+//! queues the requests.
+
+use std::collections::BTreeMap;
+
+use ruma_client_api::keys::{upload_signatures, upload_signing_keys};
+use ruma_common::{DeviceId, OwnedUserId, UserId, serde::Raw};
+use serde_json::Value;
+
+use super::{OlmMachine, lock};
+use crate::{
+    AnyOutgoingRequest, OutgoingRequest,
+    events::EngineEvent,
+    identities::{
+        CrossSigningError, CrossSigningKeyExport, CrossSigningPublicKey, CrossSigningStatus, DeviceTrust,
+        IdentityState, KeyRole, PrivateCrossSigningIdentity, UserIdentity, UserIdentityData, device_trust,
+        identity_is_verified,
+    },
+    requests::Meta,
+    signing::SignatureError,
+    store::{Changes, StoreError},
+};
+
+/// A JSON value as a ruma `Raw` of any type (the value is already checked).
+fn raw<T>(value: &Value) -> Result<Raw<T>, SignatureError> {
+    Raw::new(value).map(Raw::cast_unchecked).map_err(|e| SignatureError::NotCanonical(e.to_string()))
+}
+
+impl OlmMachine {
+    /// Which cross-signing private keys this device holds.
+    pub fn cross_signing_status(&self) -> CrossSigningStatus {
+        lock(&self.inner.cross_signing).as_ref().map(PrivateCrossSigningIdentity::status).unwrap_or_default()
+    }
+
+    /// Creates our cross-signing identity: master, self-signing and
+    /// user-signing keys, the master key signed by this device. The private
+    /// keys are saved at once; the returned request (also queued) uploads
+    /// the public keys and needs user-interactive auth: the caller sets its
+    /// `auth` and sends it, and hands the answer back. Once it is answered,
+    /// the engine queues the signature upload of this device by the new
+    /// self-signing key (after our device keys are on the server).
+    ///
+    /// With keys already made and uploaded, this is
+    /// [`CrossSigningError::AlreadyBootstrapped`] unless `reset`, which makes
+    /// a new identity (other users then see a new master key). Keys made but
+    /// never uploaded (a crash, a failed auth) are uploaded again as they are.
+    pub async fn bootstrap_cross_signing(&self, reset: bool) -> Result<OutgoingRequest, CrossSigningError> {
+        let _account = self.inner.account.lock().await;
+        let existing = lock(&self.inner.cross_signing).clone();
+        let private = match existing {
+            Some(private) if private.status().is_complete() && !reset => {
+                if private.is_uploaded() {
+                    return Err(CrossSigningError::AlreadyBootstrapped);
+                }
+                private
+            }
+            _ => {
+                let private = PrivateCrossSigningIdentity::generate(self.user_id());
+                let changes = Changes { private_identity: Some(private.clone()), ..Default::default() };
+                self.inner.store.save_changes(changes).await?;
+                *lock(&self.inner.cross_signing) = Some(private.clone());
+                tracing::info!(reset, "made new cross-signing keys");
+                private
+            }
+        };
+        let [mut master, self_signing, user_signing] =
+            private.public_keys()?.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::Master))?;
+        let device_key_id = format!("ed25519:{}", self.device_id());
+        let account = &*_account;
+        master.sign(self.user_id(), &device_key_id, |bytes| account.sign_bytes(bytes))?;
+        let mut request = upload_signing_keys::v3::Request::new();
+        request.master_key = Some(raw(master.signed_json())?);
+        request.self_signing_key = Some(raw(self_signing.signed_json())?);
+        request.user_signing_key = Some(raw(user_signing.signed_json())?);
+        let mut requests = lock(&self.inner.requests);
+        requests.cancel_signing_keys_uploads();
+        let id = self.fresh_id(&requests);
+        Ok(requests.push(
+            OutgoingRequest::with_id(id, AnyOutgoingRequest::SigningKeysUpload(request)),
+            Meta::SigningKeysUpload,
+        ))
+    }
+
+    /// The signing-keys upload was accepted: the keys are ours on the
+    /// server. Saves our identity (trusted: we hold its keys) and queues the
+    /// signature of this device, if our device keys are published.
+    pub(super) async fn receive_signing_keys_upload_response(&self) -> Result<(), StoreError> {
+        let account = self.inner.account.lock().await;
+        let Some(mut private) = lock(&self.inner.cross_signing).clone() else { return Ok(()) };
+        let Ok(Some([mut master, self_signing, user_signing])) = private.public_keys() else { return Ok(()) };
+        let device_key_id = format!("ed25519:{}", self.device_id());
+        if master.sign(self.user_id(), &device_key_id, |bytes| account.sign_bytes(bytes)).is_err() {
+            return Ok(());
+        }
+        private.mark_uploaded();
+        let known = self.inner.store.get_user_identity(self.user_id()).await?;
+        let identity = UserIdentityData::new_own(master, self_signing, user_signing, known.as_ref());
+        let changes =
+            Changes { private_identity: Some(private.clone()), identities: vec![identity], ..Default::default() };
+        self.inner.store.save_changes(changes).await?;
+        *lock(&self.inner.cross_signing) = Some(private);
+        let published = account.device_keys_published();
+        drop(account);
+        self.announce([EngineEvent::IdentityChanged {
+            user_id: self.user_id().to_owned(),
+            state: IdentityState::Verified,
+        }]);
+        if published {
+            self.queue_own_device_signature();
+        }
+        Ok(())
+    }
+
+    /// Queues the signature of this device by our self-signing key, if we
+    /// hold it and the keys are uploaded.
+    pub(super) fn queue_own_device_signature(&self) {
+        let private = lock(&self.inner.cross_signing).clone();
+        let Some(private) = private.filter(PrivateCrossSigningIdentity::is_uploaded) else { return };
+        let mut keys = self.inner.own.signed_device_keys.clone();
+        if private.sign_json(KeyRole::SelfSigning, &mut keys).is_err() {
+            return;
+        }
+        let Ok(keys) = raw(&keys) else { return };
+        let mut signed_keys = upload_signatures::v3::SignedKeys::new();
+        signed_keys.add_device_keys(self.device_id().to_owned(), keys);
+        let request = upload_signatures::v3::Request::new(BTreeMap::from([(self.user_id().to_owned(), signed_keys)]));
+        self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload);
+    }
+
+    /// A signature upload was answered; failures are logged (the server
+    /// refused a signature we made: a bug, or keys changed meanwhile).
+    pub(super) fn receive_signature_upload_response(&self, response: &upload_signatures::v3::Response) {
+        for (user_id, failures) in &response.failures {
+            for key_id in failures.keys() {
+                tracing::warn!(%user_id, %key_id, "the server refused a signature we uploaded");
+            }
+        }
+    }
+
+    /// Our cross-signing private keys as secret storage keeps them.
+    pub fn export_cross_signing_keys(&self) -> Option<CrossSigningKeyExport> {
+        lock(&self.inner.cross_signing).as_ref().map(PrivateCrossSigningIdentity::export)
+    }
+
+    /// Imports cross-signing private keys (from secret storage, gossip or a
+    /// file). Each must be the private half of the public key the server
+    /// lists for us (our own keys must have been queried); otherwise nothing
+    /// is imported. With the master key, our identity becomes trusted here.
+    pub async fn import_cross_signing_keys(
+        &self,
+        export: &CrossSigningKeyExport,
+    ) -> Result<CrossSigningStatus, CrossSigningError> {
+        let _account = self.inner.account.lock().await;
+        let mut identity = self
+            .inner
+            .store
+            .get_user_identity(self.user_id())
+            .await?
+            .ok_or(crate::identities::ImportKeyError::NoPublicIdentity)?;
+        let current = lock(&self.inner.cross_signing)
+            .clone()
+            .filter(|private| private.matches(&identity))
+            .unwrap_or_else(|| PrivateCrossSigningIdentity::empty(self.user_id()));
+        let imported = current.import(export, &identity)?;
+        if imported.status().has_master {
+            identity.trust_master();
+            identity.note_verified();
+        }
+        let status = imported.status();
+        let changes =
+            Changes { private_identity: Some(imported.clone()), identities: vec![identity], ..Default::default() };
+        self.inner.store.save_changes(changes).await?;
+        *lock(&self.inner.cross_signing) = Some(imported);
+        drop(_account);
+        if status.has_self_signing {
+            self.queue_own_device_signature();
+        }
+        Ok(status)
+    }
+
+    /// A user's cross-signing identity, with its trust worked out.
+    pub async fn get_identity(&self, user_id: &UserId) -> Result<Option<UserIdentity>, StoreError> {
+        let Some(identity) = self.inner.store.get_user_identity(user_id).await? else { return Ok(None) };
+        let own = match user_id == self.user_id() {
+            true => Some(identity.clone()),
+            false => self.inner.store.get_user_identity(self.user_id()).await?,
+        };
+        Ok(Some(UserIdentity::new(identity, own.as_ref())))
+    }
+
+    /// A device's trust: local, cross-signed by its owner, owner verified.
+    pub async fn device_trust(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<Option<DeviceTrust>, StoreError> {
+        let Some(device) = self.inner.store.get_device(user_id, device_id).await? else { return Ok(None) };
+        let owner = self.inner.store.get_user_identity(user_id).await?;
+        let own = self.inner.store.get_user_identity(self.user_id()).await?;
+        Ok(Some(device_trust(&device, owner.as_ref(), own.as_ref())))
+    }
+
+    /// Whether `device` is verified: by hand, or cross-signed by a verified owner.
+    pub(super) async fn device_is_verified(&self, device: &crate::devices::DeviceData) -> Result<bool, StoreError> {
+        if device.is_verified() {
+            return Ok(true);
+        }
+        let owner = self.inner.store.get_user_identity(device.user_id()).await?;
+        let own = match device.user_id() == self.user_id() {
+            true => owner.clone(),
+            false => self.inner.store.get_user_identity(self.user_id()).await?,
+        };
+        Ok(device_trust(device, owner.as_ref(), own.as_ref()).is_verified())
+    }
+
+    /// The members among `users` whose identity has a pin or verification
+    /// violation, with which (a room's state: pass its members).
+    pub async fn identity_violations<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserId>,
+    ) -> Result<Vec<(OwnedUserId, IdentityState)>, StoreError> {
+        let own = self.inner.store.get_user_identity(self.user_id()).await?;
+        let mut violations = Vec::new();
+        for user_id in users {
+            if let Some(identity) = self.inner.store.get_user_identity(user_id).await? {
+                let state = identity.state(identity_is_verified(&identity, own.as_ref()));
+                if state.is_violation() {
+                    violations.push((user_id.to_owned(), state));
+                }
+            }
+        }
+        Ok(violations)
+    }
+
+    /// Verifies a user's identity. Ours: this device trusts the master key
+    /// from now on and signs it. Another user's: our user-signing key signs
+    /// their master key. The signature upload is queued and returned.
+    pub async fn verify_identity(&self, user_id: &UserId) -> Result<OutgoingRequest, CrossSigningError> {
+        let account = self.inner.account.lock().await;
+        let mut identity = self.known_identity(user_id).await?;
+        let master_id: Box<str> = identity.master_key().key().to_base64().into();
+        if user_id == self.user_id() {
+            let device_key_id = format!("ed25519:{}", self.device_id());
+            identity.master_key_mut().sign(user_id, &device_key_id, |bytes| account.sign_bytes(bytes))?;
+            identity.trust_master();
+        } else {
+            let private = lock(&self.inner.cross_signing).clone();
+            let private = private.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::UserSigning))?;
+            private.sign_key(KeyRole::UserSigning, identity.master_key_mut())?;
+        }
+        identity.note_verified();
+        let master = raw(identity.master_key().signed_json())?;
+        self.inner.store.save_changes(Changes { identities: vec![identity], ..Default::default() }).await?;
+        drop(account);
+        self.announce([EngineEvent::IdentityChanged { user_id: user_id.to_owned(), state: IdentityState::Verified }]);
+        let mut signed = upload_signatures::v3::SignedKeys::new();
+        signed.add_cross_signing_keys(master_id, master);
+        let request = upload_signatures::v3::Request::new(BTreeMap::from([(user_id.to_owned(), signed)]));
+        Ok(self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload))
+    }
+
+    /// Forgets that we had verified `user_id` (ends a verification
+    /// violation); the current master key becomes the pinned one.
+    pub async fn withdraw_verification(&self, user_id: &UserId) -> Result<(), CrossSigningError> {
+        self.change_identity(user_id, UserIdentityData::withdraw_verification).await
+    }
+
+    /// Accepts `user_id`'s current master key (ends a pin violation).
+    pub async fn pin_current_master_key(&self, user_id: &UserId) -> Result<(), CrossSigningError> {
+        self.change_identity(user_id, UserIdentityData::pin_current_master_key).await
+    }
+
+    async fn change_identity(
+        &self,
+        user_id: &UserId,
+        change: impl FnOnce(&mut UserIdentityData),
+    ) -> Result<(), CrossSigningError> {
+        let _account = self.inner.account.lock().await;
+        let mut identity = self.known_identity(user_id).await?;
+        change(&mut identity);
+        let own = self.inner.store.get_user_identity(self.user_id()).await?;
+        let own = if user_id == self.user_id() { Some(&identity) } else { own.as_ref() };
+        let state = identity.state(identity_is_verified(&identity, own));
+        self.inner.store.save_changes(Changes { identities: vec![identity], ..Default::default() }).await?;
+        self.announce([EngineEvent::IdentityChanged { user_id: user_id.to_owned(), state }]);
+        Ok(())
+    }
+
+    async fn known_identity(&self, user_id: &UserId) -> Result<UserIdentityData, CrossSigningError> {
+        self.inner
+            .store
+            .get_user_identity(user_id)
+            .await?
+            .ok_or_else(|| CrossSigningError::NoIdentity(user_id.to_owned()))
+    }
+
+    /// Cross-signs one of our own devices with our self-signing key (it then
+    /// shows verified wherever our identity is): the signature is saved with
+    /// the device and its upload queued and returned. Other users' devices
+    /// are trusted through their owner's identity instead.
+    pub async fn verify_device(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> Result<OutgoingRequest, CrossSigningError> {
+        if user_id != self.user_id() {
+            return Err(CrossSigningError::NotOwnDevice {
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
+            });
+        }
+        let _account = self.inner.account.lock().await;
+        let mut device = self.inner.store.get_device(user_id, device_id).await?.ok_or_else(|| {
+            CrossSigningError::UnknownDevice { user_id: user_id.to_owned(), device_id: device_id.to_owned() }
+        })?;
+        let private = lock(&self.inner.cross_signing).clone();
+        let private = private.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::SelfSigning))?;
+        private.sign_json(KeyRole::SelfSigning, device.signed_keys_mut())?;
+        let keys = raw(device.signed_keys())?;
+        self.inner.store.save_changes(Changes { devices: vec![device], ..Default::default() }).await?;
+        let mut signed = upload_signatures::v3::SignedKeys::new();
+        signed.add_device_keys(device_id.to_owned(), keys);
+        let request = upload_signatures::v3::Request::new(BTreeMap::from([(user_id.to_owned(), signed)]));
+        Ok(self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload))
+    }
+}
+
+/// What a keys-query answer changed in identities.
+#[derive(Default)]
+pub(super) struct IdentityOutcome {
+    /// Identities to save.
+    pub(super) identities: Vec<UserIdentityData>,
+    /// Our private keys, if the server's identity for us is no longer theirs.
+    pub(super) private_identity: Option<PrivateCrossSigningIdentity>,
+    /// Events to announce after the save.
+    pub(super) events: Vec<EngineEvent>,
+    /// Each queried user's cross-signing keys (new or known), for the
+    /// key-confusion check of their devices.
+    pub(super) keys: BTreeMap<OwnedUserId, Vec<CrossSigningPublicKey>>,
+}
+
+impl OlmMachine {
+    /// Checks the identities listed for `users` in a keys-query answer: a
+    /// refused identity changes nothing (what we knew stays).
+    pub(super) async fn check_listed_identities(
+        &self,
+        users: &[&OwnedUserId],
+        response: &ruma_client_api::keys::get_keys::v3::Response,
+    ) -> Result<IdentityOutcome, StoreError> {
+        let own_known = self.inner.store.get_user_identity(self.user_id()).await?;
+        let mut known = BTreeMap::new();
+        let mut checked = BTreeMap::new();
+        for &user_id in users {
+            let old = match **user_id == *self.user_id() {
+                true => own_known.clone(),
+                false => self.inner.store.get_user_identity(user_id).await?,
+            };
+            let listed = crate::identities::ListedIdentity {
+                master: response.master_keys.get(user_id),
+                self_signing: response.self_signing_keys.get(user_id),
+                user_signing: response.user_signing_keys.get(user_id),
+            };
+            let own = **user_id == *self.user_id();
+            match UserIdentityData::from_listed(user_id, listed, own, old.as_ref()) {
+                Ok(Some(new)) => {
+                    checked.insert(user_id.clone(), new);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%user_id, %error, "rejected cross-signing keys from /keys/query"),
+            }
+            if let Some(old) = old {
+                known.insert(user_id.clone(), old);
+            }
+        }
+        let mut outcome = IdentityOutcome::default();
+        if let Some(own) = checked.get_mut(self.user_id()) {
+            outcome.private_identity = self.judge_own_identity(own);
+        }
+        let own_now = checked.get(self.user_id()).cloned().or_else(|| own_known.clone());
+        for (user_id, mut identity) in checked {
+            let verified = identity_is_verified(&identity, own_now.as_ref());
+            if verified {
+                identity.note_verified();
+            }
+            let state = identity.state(verified);
+            let old = known.get(&user_id);
+            let old_state = old.map(|old| old.state(identity_is_verified(old, own_known.as_ref())));
+            let master_changed = old.is_none_or(|old| old.master_key().key() != identity.master_key().key());
+            if master_changed || old_state != Some(state) {
+                outcome.events.push(EngineEvent::IdentityChanged { user_id: user_id.clone(), state });
+            }
+            if old != Some(&identity) {
+                outcome.identities.push(identity.clone());
+            }
+            known.insert(user_id, identity);
+        }
+        outcome.keys =
+            known.into_iter().map(|(user, identity)| (user, identity.public_keys().cloned().collect())).collect();
+        Ok(outcome)
+    }
+
+    /// Our own identity as the server lists it: trusted if we hold its
+    /// master key or this device signed it. Returns our private keys to
+    /// save if they no longer belong to it (someone reset the identity
+    /// elsewhere): they are dropped, and the identity is not trusted.
+    fn judge_own_identity(&self, own: &mut UserIdentityData) -> Option<PrivateCrossSigningIdentity> {
+        let mut private = lock(&self.inner.cross_signing);
+        let signed_here = own.master_key().check_signed_by(
+            self.user_id(),
+            &format!("ed25519:{}", self.device_id()),
+            &self.inner.own.ed25519,
+        );
+        match private.as_ref() {
+            Some(keys) if keys.matches(own) => {
+                if keys.status().has_master || signed_here.is_ok() {
+                    own.trust_master();
+                }
+                None
+            }
+            Some(keys) if keys.is_uploaded() => {
+                tracing::warn!("our cross-signing identity was replaced elsewhere; dropping our private keys");
+                own.distrust_master();
+                let empty = PrivateCrossSigningIdentity::empty(self.user_id());
+                *private = Some(empty.clone());
+                Some(empty)
+            }
+            // Keys of ours still being uploaded: the listing is older than them.
+            Some(_) => None,
+            None => {
+                if signed_here.is_ok() {
+                    own.trust_master();
+                }
+                None
+            }
+        }
+    }
+}
