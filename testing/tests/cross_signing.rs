@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use hush_crypto_core::{
-    EngineEvent,
+    DecryptionSettings, EncryptionSettings, EngineEvent, MegolmError, ShareError, SharingStrategy, TrustRequirement,
+    VerificationState,
     identities::{CrossSigningError, IdentityState, ImportKeyError, KeyRole},
 };
 use hush_testing::{RogueDevice, TestDevice, TestServer, VirtualClock};
@@ -298,4 +299,158 @@ async fn key_confusion_is_rejected() {
     let devices = bob1.machine.get_user_devices(&alice()).await.unwrap();
     assert!(devices.contains_key("HONEST"));
     assert_eq!(devices.len(), 1, "the device named after the master key is refused: {:?}", devices.keys());
+}
+
+fn room() -> &'static ruma_common::RoomId {
+    ruma_common::room_id!("!room:example.org")
+}
+
+fn strategy(sharing_strategy: SharingStrategy) -> EncryptionSettings {
+    EncryptionSettings { sharing_strategy, ..Default::default() }
+}
+
+/// The to-device events waiting for a device, as JSON.
+fn inbox(world: &World, user_id: &UserId, device_id: &str) -> Vec<Value> {
+    let changes = world.server.sync(user_id, &device_id.into(), "inbox".into());
+    changes.to_device_events.iter().map(|e| e.deserialize_as_unchecked().unwrap()).collect()
+}
+
+/// Alice with A1 signed by her identity, Bob who verified her, and a
+/// device the server injected into Alice's list ("EVIL", unsigned).
+async fn alice_bob_and_an_injected_device(world: &World) -> (TestDevice, TestDevice, RogueDevice) {
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let evil = RogueDevice::register(&world.server, &alice(), "EVIL");
+    bob1.refresh_keys(&[&alice()]).await;
+    (alice1, bob1, evil)
+}
+
+/// Attack: the server injects an unsigned device into Alice's list. Under
+/// the identity-based strategy (MSC4153) Bob shares the room key with
+/// Alice's cross-signed device only; the injected device is told
+/// `m.unverified` and gets no key.
+#[tokio::test]
+async fn identity_based_sharing_withholds_from_unsigned_devices() {
+    let world = World::new();
+    let (mut alice1, bob1, _evil) = alice_bob_and_an_injected_device(&world).await;
+    bob1.share_room_key(room(), &[&alice()], &strategy(SharingStrategy::IdentityBased)).await;
+    let evil_inbox = inbox(&world, &alice(), "EVIL");
+    assert_eq!(evil_inbox.len(), 1, "only a notice: {evil_inbox:?}");
+    assert_eq!(evil_inbox[0]["type"], "m.room_key.withheld");
+    assert_eq!(evil_inbox[0]["content"]["code"], "m.unverified");
+    let event = bob1.encrypt_text(room(), "for signed devices").await;
+    alice1.sync().await;
+    assert_eq!(alice1.decrypt_text(room(), &event).await.unwrap(), "for signed devices");
+}
+
+/// Under error-on-verified-user-problem, Bob refuses to share while Alice,
+/// whom he verified, has a device she did not sign, naming it; nothing is
+/// sent. Once the server no longer lists the device, sharing works.
+#[tokio::test]
+async fn a_verified_users_unsigned_device_stops_sharing_under_error_on_problem() {
+    let world = World::new();
+    let (_alice1, bob1, _evil) = alice_bob_and_an_injected_device(&world).await;
+    bob1.establish_sessions(&[&alice()]).await;
+    let refused = bob1
+        .machine
+        .share_room_key(
+            room(),
+            [alice().as_ref()],
+            &strategy(SharingStrategy::ErrorOnVerifiedUserProblem),
+            world.clock.now(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused,
+        ShareError::VerifiedUserProblem { unsigned_devices: vec![(alice(), "EVIL".into())], violations: vec![] }
+    );
+    assert!(inbox(&world, &alice(), "A1").is_empty(), "nothing was sent");
+    world.server.delete_device(&alice(), &"EVIL".into());
+    bob1.refresh_keys(&[&alice()]).await;
+    bob1.share_room_key(room(), &[&alice()], &strategy(SharingStrategy::ErrorOnVerifiedUserProblem)).await;
+    assert_eq!(inbox(&world, &alice(), "A1").len(), 1, "the room key went to A1");
+}
+
+/// Alice resets her identity: Bob, who had verified her, refuses to send
+/// under error-on-verified-user-problem (a verification violation), and
+/// sends again once he acknowledges the change by withdrawing the old
+/// verification.
+#[tokio::test]
+async fn a_verification_violation_stops_sharing_until_acknowledged() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    alice1.bootstrap_cross_signing(true).await;
+    bob1.refresh_keys(&[&alice()]).await;
+    bob1.establish_sessions(&[&alice()]).await;
+    let settings = strategy(SharingStrategy::ErrorOnVerifiedUserProblem);
+    let refused =
+        bob1.machine.share_room_key(room(), [alice().as_ref()], &settings, world.clock.now()).await.unwrap_err();
+    assert_eq!(refused, ShareError::VerifiedUserProblem { unsigned_devices: vec![], violations: vec![alice()] });
+    bob1.machine.withdraw_verification(&alice()).await.unwrap();
+    bob1.share_room_key(room(), &[&alice()], &settings).await;
+    assert_eq!(inbox(&world, &alice(), "A1").len(), 1);
+}
+
+async fn decrypt_with(
+    device: &TestDevice,
+    event: &Value,
+    requirement: TrustRequirement,
+) -> Result<hush_crypto_core::MegolmDecryptionInfo, MegolmError> {
+    let raw: ruma_common::serde::Raw<Value> = ruma_common::serde::Raw::new(event).unwrap();
+    let settings = DecryptionSettings { sender_device_trust_requirement: requirement };
+    device.machine.decrypt_room_event(&raw, room(), &settings).await.map(|d| d.info)
+}
+
+/// The decryption trust requirements: a device its owner cross-signed
+/// passes `CrossSigned`; an unsigned device of a cross-signing user fails
+/// `CrossSigned` and `CrossSignedOrLegacy`; a user without cross-signing
+/// passes `CrossSignedOrLegacy` only; the info says which.
+#[tokio::test]
+async fn decryption_trust_requirements_follow_cross_signing() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let alice2 = world.device(&alice(), "A2").await; // never signed
+    let carol = owned_user_id!("@carol:example.org");
+    let carol1 = world.device(&carol, "C1").await; // no cross-signing at all
+    let mut bob1 = world.device(&bob(), "B1").await;
+    for sender in [&alice1, &alice2, &carol1] {
+        sender.share_room_key(room(), &[&bob()], &EncryptionSettings::default()).await;
+    }
+    bob1.sync().await;
+    bob1.refresh_keys(&[&alice(), &carol]).await;
+    let signed = alice1.encrypt_text(room(), "signed").await;
+    let unsigned = alice2.encrypt_text(room(), "unsigned").await;
+    let legacy = carol1.encrypt_text(room(), "legacy").await;
+
+    let info = decrypt_with(&bob1, &signed, TrustRequirement::CrossSigned).await.unwrap();
+    assert!(info.sender_cross_signed);
+    assert_eq!(info.sender_identity, Some(IdentityState::Unverified));
+    assert_eq!(info.verification_state, VerificationState::Unverified, "cross-signed, but Bob did not verify Alice");
+    for requirement in [TrustRequirement::CrossSigned, TrustRequirement::CrossSignedOrLegacy] {
+        assert_eq!(
+            decrypt_with(&bob1, &unsigned, requirement).await.unwrap_err(),
+            MegolmError::InsufficientSenderTrust { requirement }
+        );
+    }
+    let info = decrypt_with(&bob1, &unsigned, TrustRequirement::Untrusted).await.unwrap();
+    assert!(!info.sender_cross_signed);
+    let info = decrypt_with(&bob1, &legacy, TrustRequirement::CrossSignedOrLegacy).await.unwrap();
+    assert_eq!(info.sender_identity, None);
+    assert_eq!(
+        decrypt_with(&bob1, &legacy, TrustRequirement::CrossSigned).await.unwrap_err(),
+        MegolmError::InsufficientSenderTrust { requirement: TrustRequirement::CrossSigned }
+    );
 }

@@ -1,7 +1,7 @@
 //! Encrypting room events with our room key and decrypting others' with the
 //! keys we hold, explaining every failure.
 
-use ruma_common::{OwnedDeviceId, RoomId, serde::Raw};
+use ruma_common::{RoomId, serde::Raw};
 use ruma_events::room::encrypted::RoomEncryptedEventContent;
 use serde_json::{Value, value::RawValue};
 use vodozemac::Curve25519PublicKey;
@@ -9,7 +9,7 @@ use vodozemac::Curve25519PublicKey;
 use super::{OlmMachine, lock};
 use crate::{
     StoreError, Timestamp,
-    megolm::{EncryptError, KeyFacts, MegolmError, VerificationState, WithheldCode},
+    megolm::{EncryptError, KeyFacts, MegolmError, SenderState, VerificationState, WithheldCode},
     store::Changes,
 };
 
@@ -140,14 +140,14 @@ impl OlmMachine {
         &self,
         sender: &ruma_common::UserId,
         key: &KeyFacts,
-    ) -> Result<(Option<OwnedDeviceId>, VerificationState), MegolmError> {
+    ) -> Result<SenderState, MegolmError> {
         if *sender == self.inner.own.user_id && key.sender_key == self.inner.own.curve25519 {
             let state = if key.source.is_authenticated() {
                 VerificationState::Verified
             } else {
                 VerificationState::UnauthenticatedSource
             };
-            return Ok((Some(self.inner.own.device_id.clone()), state));
+            return Ok(SenderState::plain(Some(self.inner.own.device_id.clone()), state));
         }
         if key.sender_user.is_none() {
             let owners = self.inner.store.get_devices_by_curve25519(&key.sender_key).await?;
@@ -163,17 +163,23 @@ impl OlmMachine {
         }
         let devices = self.inner.store.get_user_devices(sender).await?;
         let Some(device) = devices.into_values().find(|d| d.curve25519_key() == key.sender_key) else {
-            return Ok((None, VerificationState::UnknownDevice));
+            return Ok(SenderState::plain(None, VerificationState::UnknownDevice));
         };
-        let state = if key.sender_ed25519.is_some_and(|ed| ed != device.ed25519_key()) {
+        let (trust, identity) = self.sender_trust(&device).await?;
+        let verification = if key.sender_ed25519.is_some_and(|ed| ed != device.ed25519_key()) {
             VerificationState::KeyMismatch
         } else if !key.source.is_authenticated() {
             VerificationState::UnauthenticatedSource
-        } else if self.device_is_verified(&device).await? {
+        } else if trust.is_verified() {
             VerificationState::Verified
         } else {
             VerificationState::Unverified
         };
-        Ok((Some(device.device_id().to_owned()), state))
+        Ok(SenderState {
+            device_id: Some(device.device_id().to_owned()),
+            verification,
+            cross_signed: trust.cross_signed_by_owner,
+            identity,
+        })
     }
 }

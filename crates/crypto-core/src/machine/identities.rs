@@ -203,17 +203,18 @@ impl OlmMachine {
         Ok(Some(device_trust(&device, owner.as_ref(), own.as_ref())))
     }
 
-    /// Whether `device` is verified: by hand, or cross-signed by a verified owner.
-    pub(super) async fn device_is_verified(&self, device: &crate::devices::DeviceData) -> Result<bool, StoreError> {
-        if device.is_verified() {
-            return Ok(true);
-        }
+    /// `device`'s trust and its owner's identity state.
+    pub(super) async fn sender_trust(
+        &self,
+        device: &crate::devices::DeviceData,
+    ) -> Result<(DeviceTrust, Option<IdentityState>), StoreError> {
         let owner = self.inner.store.get_user_identity(device.user_id()).await?;
         let own = match device.user_id() == self.user_id() {
             true => owner.clone(),
             false => self.inner.store.get_user_identity(self.user_id()).await?,
         };
-        Ok(device_trust(device, owner.as_ref(), own.as_ref()).is_verified())
+        let state = owner.as_ref().map(|o| o.state(identity_is_verified(o, own.as_ref())));
+        Ok((device_trust(device, owner.as_ref(), own.as_ref()), state))
     }
 
     /// The members among `users` whose identity has a pin or verification
@@ -325,6 +326,50 @@ impl OlmMachine {
         signed.add_device_keys(device_id.to_owned(), keys);
         let request = upload_signatures::v3::Request::new(BTreeMap::from([(user_id.to_owned(), signed)]));
         Ok(self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload))
+    }
+}
+
+/// Each recipient device's trust, by (user, device).
+pub(super) type RecipientTrust = std::collections::HashMap<(OwnedUserId, ruma_common::OwnedDeviceId), DeviceTrust>;
+
+impl OlmMachine {
+    /// The trust of every recipient device, if `strategy` looks at it
+    /// (empty for `AllDevices`: no signature is checked); under
+    /// `ErrorOnVerifiedUserProblem`, the refusal if a verified user has a
+    /// problem.
+    pub(super) async fn recipient_trust(
+        &self,
+        devices: &BTreeMap<OwnedUserId, BTreeMap<ruma_common::OwnedDeviceId, crate::devices::DeviceData>>,
+        strategy: crate::megolm::SharingStrategy,
+    ) -> Result<RecipientTrust, crate::megolm::ShareError> {
+        let mut trust = RecipientTrust::new();
+        if !strategy.needs_trust() {
+            return Ok(trust);
+        }
+        let own = self.inner.store.get_user_identity(self.user_id()).await?;
+        let mut members = Vec::new();
+        for (user_id, user_devices) in devices {
+            let identity = match **user_id == *self.user_id() {
+                true => own.clone(),
+                false => self.inner.store.get_user_identity(user_id).await?,
+            };
+            let state = identity.as_ref().map(|i| i.state(identity_is_verified(i, own.as_ref())));
+            let mut member = crate::megolm::MemberTrust { user_id, state, devices: Vec::new() };
+            for device in user_devices.values() {
+                let own_device = **user_id == *self.user_id() && device.device_id() == self.device_id();
+                if device.is_deleted() || device.is_blacklisted() || own_device {
+                    continue;
+                }
+                let device_trust = device_trust(device, identity.as_ref(), own.as_ref());
+                trust.insert((user_id.clone(), device.device_id().to_owned()), device_trust);
+                member.devices.push((device, device_trust));
+            }
+            members.push(member);
+        }
+        if strategy == crate::megolm::SharingStrategy::ErrorOnVerifiedUserProblem {
+            crate::megolm::verified_user_problems(&members)?;
+        }
+        Ok(trust)
     }
 }
 

@@ -6,14 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ruma_common::{OwnedDeviceId, OwnedUserId, RoomId, serde::Raw};
+use ruma_common::{OwnedUserId, RoomId, serde::Raw};
 use vodozemac::Curve25519PublicKey;
 
 use super::{OlmMachine, lock};
 use crate::{
     megolm::{
         DecryptedRoomEvent, DecryptionSettings, FirstUse, InboundGroupSession, IndexUse, MegolmDecryptionInfo,
-        MegolmError, Opened, Parsed, ReplayGuard, SessionMap, TrustRequirement, VerificationState, contain_open, parse,
+        MegolmError, Opened, Parsed, ReplayGuard, SenderState, SessionMap, TrustRequirement, VerificationState,
+        contain_open, parse,
     },
     parallel::run_split,
     store::{Changes, MessageIndexRecord},
@@ -44,8 +45,7 @@ type WorkerResult = (usize, Result<Result<Opened, Parsed>, MegolmError>);
 struct Accepted {
     index: usize,
     opened: Opened,
-    sender_device: Option<OwnedDeviceId>,
-    verification_state: VerificationState,
+    sender: SenderState,
 }
 
 impl OlmMachine {
@@ -138,16 +138,18 @@ impl OlmMachine {
             }
             return results.into_iter().flatten().collect();
         }
-        for Accepted { index, opened, sender_device, verification_state } in accepted {
+        for Accepted { index, opened, sender } in accepted {
             let info = MegolmDecryptionInfo {
                 sender: opened.sender,
-                sender_device,
+                sender_device: sender.device_id,
                 sender_curve25519_key: opened.key.sender_key,
                 sender_claimed_ed25519_key: opened.key.sender_ed25519,
                 session_id: opened.session_id,
                 message_index: opened.message_index,
                 key_source: opened.key.source,
-                verification_state,
+                verification_state: sender.verification,
+                sender_cross_signed: sender.cross_signed,
+                sender_identity: sender.identity,
             };
             results[index] = Some(Ok(DecryptedRoomEvent { event: opened.event, info }));
         }
@@ -278,7 +280,7 @@ impl OlmMachine {
         changes: &mut Changes,
         replay: &mut ReplayGuard,
     ) -> Vec<Accepted> {
-        let mut devices: HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)> = HashMap::new();
+        let mut devices: HashMap<DeviceStateKey, SenderState> = HashMap::new();
         let mut accepted = Vec::new();
         for (index, result) in opened {
             let opened = match result {
@@ -292,20 +294,23 @@ impl OlmMachine {
                 }
                 Ok(Ok(opened)) => opened,
             };
-            let (sender_device, verification_state) = match self.cached_sender_state(&mut devices, &opened).await {
+            let sender = match self.cached_sender_state(&mut devices, &opened).await {
                 Ok(state) => state,
                 Err(error) => {
                     results[index] = Some(Err(error));
                     continue;
                 }
             };
-            if verification_state == VerificationState::UnknownDevice {
+            if sender.verification == VerificationState::UnknownDevice {
                 self.note_unknown_device(&opened.sender, opened.key.sender_key, changes);
             }
-            if settings.sender_device_trust_requirement == TrustRequirement::VerifiedDevice
-                && verification_state != VerificationState::Verified
-            {
-                results[index] = Some(Err(MegolmError::UnverifiedSenderDevice));
+            let requirement = settings.sender_device_trust_requirement;
+            let own = opened.sender == self.inner.own.user_id && opened.key.sender_key == self.inner.own.curve25519;
+            if !sender.meets(requirement, own) {
+                results[index] = Some(Err(match requirement {
+                    TrustRequirement::VerifiedDevice => MegolmError::UnverifiedSenderDevice,
+                    requirement => MegolmError::InsufficientSenderTrust { requirement },
+                }));
                 continue;
             }
             match self.judge_replay(room_id, &opened, replay).await {
@@ -315,7 +320,7 @@ impl OlmMachine {
                     continue;
                 }
             }
-            accepted.push(Accepted { index, opened, sender_device, verification_state });
+            accepted.push(Accepted { index, opened, sender });
         }
         accepted
     }
@@ -332,9 +337,9 @@ impl OlmMachine {
     /// The sender device's state, looked up once per (sender, key facts).
     async fn cached_sender_state(
         &self,
-        cache: &mut HashMap<DeviceStateKey, (Option<OwnedDeviceId>, VerificationState)>,
+        cache: &mut HashMap<DeviceStateKey, SenderState>,
         opened: &Opened,
-    ) -> Result<(Option<OwnedDeviceId>, VerificationState), MegolmError> {
+    ) -> Result<SenderState, MegolmError> {
         let key = (
             opened.sender.clone(),
             opened.key.sender_key,

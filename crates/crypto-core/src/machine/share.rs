@@ -26,6 +26,15 @@ use crate::{
 
 type DevicesByUser = BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>>;
 
+/// Who the room key is for: the users, their devices, and (for the
+/// strategies that look at it) each device's trust.
+#[derive(Clone, Copy)]
+struct Recipients<'a> {
+    users: &'a BTreeSet<OwnedUserId>,
+    devices: &'a DevicesByUser,
+    trust: &'a super::identities::RecipientTrust,
+}
+
 /// What the plan phase decided for the current room key.
 struct SharePlan {
     session_id: String,
@@ -98,9 +107,11 @@ impl OlmMachine {
 
         let users: BTreeSet<OwnedUserId> = users.into_iter().map(ToOwned::to_owned).collect();
         let devices = self.gather_devices(&users).await?;
+        let trust = self.recipient_trust(&devices, settings.sharing_strategy).await?;
         self.ensure_outbound_loaded(room_id).await?;
         let mut changes = Changes::default();
-        let mut plan = self.plan_share(room_id, &users, &devices, settings, now, &mut changes)?;
+        let recipients = Recipients { users: &users, devices: &devices, trust: &trust };
+        let mut plan = self.plan_share(room_id, &recipients, settings, now, &mut changes)?;
 
         let mut sessions = self.inner.sessions.lock().await;
         let (encrypted, failures) = self
@@ -137,12 +148,12 @@ impl OlmMachine {
     fn plan_share(
         &self,
         room_id: &RoomId,
-        users: &BTreeSet<OwnedUserId>,
-        devices: &DevicesByUser,
+        recipients: &Recipients<'_>,
         settings: &EncryptionSettings,
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<SharePlan, ShareError> {
+        let Recipients { users, devices, trust } = *recipients;
         let mut groups = lock(&self.inner.groups);
         let reason = match groups.outbound.get(room_id) {
             None => Some(None),
@@ -177,7 +188,7 @@ impl OlmMachine {
                 continue;
             }
             let is_own = key.0 == self.inner.own.user_id && key.1 == self.inner.own.device_id;
-            match device_share(device, settings.sharing_strategy, is_own) {
+            match device_share(device, settings.sharing_strategy, is_own, trust.get(&key)) {
                 DeviceShare::Skip => {}
                 DeviceShare::Withhold(_) if withheld_before.contains(&key) => {}
                 DeviceShare::Withhold(code) => to_withhold.push((device.clone(), code)),

@@ -1,6 +1,6 @@
 //! Errors of Megolm encryption and decryption.
 
-use ruma_common::{OwnedEventId, OwnedRoomId, OwnedUserId};
+use ruma_common::{OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId};
 
 use super::WithheldCode;
 use crate::StoreError;
@@ -62,6 +62,13 @@ pub enum MegolmError {
     /// The sending device does not meet the trust requirement.
     #[error("the sending device is not verified")]
     UnverifiedSenderDevice,
+    /// The sending device does not meet the decryption settings' trust
+    /// requirement (cross-signed, or cross-signed or legacy).
+    #[error("the sending device does not meet the trust requirement {requirement:?}")]
+    InsufficientSenderTrust {
+        /// The requirement it failed.
+        requirement: super::TrustRequirement,
+    },
     /// A bug in hush was hit while processing the event; it was contained
     /// and the event rejected (nothing stored changed because of it).
     #[error("{0}")]
@@ -98,6 +105,18 @@ pub enum ShareError {
     /// engine has seen its `m.room.encryption` state.
     #[error("room {0} is not known to be encrypted; nothing was shared")]
     RoomNotEncrypted(OwnedRoomId),
+    /// Under [`SharingStrategy::ErrorOnVerifiedUserProblem`](super::SharingStrategy):
+    /// users we verified have devices their identity did not sign, or
+    /// identities that are no longer verified. Nothing was shared.
+    #[error(
+        "verified users have a problem: unsigned devices {unsigned_devices:?}, verification violations {violations:?}"
+    )]
+    VerifiedUserProblem {
+        /// Devices of verified users that their owner did not cross-sign.
+        unsigned_devices: Vec<(OwnedUserId, OwnedDeviceId)>,
+        /// Users we had verified whose identity changed.
+        violations: Vec<OwnedUserId>,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -45,6 +45,44 @@ pub struct MegolmDecryptionInfo {
     pub key_source: KeySource,
     /// The sending device's trust.
     pub verification_state: VerificationState,
+    /// Whether the sending device is cross-signed by its owner.
+    pub sender_cross_signed: bool,
+    /// The sender's cross-signing identity state, if they have one.
+    pub sender_identity: Option<crate::identities::IdentityState>,
+}
+
+/// What decryption learnt about the sender of a room key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct SenderState {
+    pub(crate) device_id: Option<OwnedDeviceId>,
+    pub(crate) verification: VerificationState,
+    pub(crate) cross_signed: bool,
+    pub(crate) identity: Option<crate::identities::IdentityState>,
+}
+
+impl SenderState {
+    /// A sender state without cross-signing facts.
+    pub(crate) fn plain(device_id: Option<OwnedDeviceId>, verification: VerificationState) -> Self {
+        Self { device_id, verification, cross_signed: false, identity: None }
+    }
+
+    /// Whether the state meets `requirement` (`own`: the sender is this device).
+    pub(crate) fn meets(&self, requirement: super::TrustRequirement, own: bool) -> bool {
+        use super::TrustRequirement as R;
+        let known = matches!(self.verification, VerificationState::Verified | VerificationState::Unverified);
+        match requirement {
+            R::Untrusted => true,
+            R::VerifiedDevice => self.verification == VerificationState::Verified,
+            R::CrossSigned => known && (own || self.cross_signed || self.verification == VerificationState::Verified),
+            R::CrossSignedOrLegacy => {
+                known
+                    && (own
+                        || self.cross_signed
+                        || self.identity.is_none()
+                        || self.verification == VerificationState::Verified)
+            }
+        }
+    }
 }
 
 /// A decrypted room event: the original event with the plaintext's type and

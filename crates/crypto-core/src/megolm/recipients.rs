@@ -6,15 +6,21 @@
 //! `shared` and `world_readable` an invited user may read what is sent
 //! from the invitation on. Members who left, were banned or only knock get
 //! nothing. Devices: deleted devices and our own device are skipped,
-//! blocked devices are told `m.blacklisted`, and with
-//! [`SharingStrategy::OnlyTrustedDevices`] unverified ones `m.unverified`.
+//! blocked devices are told `m.blacklisted`; with
+//! [`SharingStrategy::IdentityBased`] devices their owner did not
+//! cross-sign, and with [`SharingStrategy::OnlyTrustedDevices`] unverified
+//! ones, are told `m.unverified`. [`verified_user_problems`] is the rule of
+//! [`SharingStrategy::ErrorOnVerifiedUserProblem`].
 
 use ruma_common::{OwnedUserId, UserId};
 use ruma_events::room::history_visibility::HistoryVisibility;
 use serde::{Deserialize, Serialize};
 
-use super::{SharingStrategy, WithheldCode};
-use crate::devices::DeviceData;
+use super::{ShareError, SharingStrategy, WithheldCode};
+use crate::{
+    devices::DeviceData,
+    identities::{DeviceTrust, IdentityState},
+};
 
 /// A member's state in a room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,16 +79,61 @@ pub(crate) enum DeviceShare {
     Share,
 }
 
-/// What `device` gets under `strategy`; `is_own` says it is this device.
-pub(crate) fn device_share(device: &DeviceData, strategy: SharingStrategy, is_own: bool) -> DeviceShare {
+/// What `device` gets under `strategy`; `is_own` says it is this device,
+/// `trust` is its trust (worked out only for strategies that need it).
+pub(crate) fn device_share(
+    device: &DeviceData,
+    strategy: SharingStrategy,
+    is_own: bool,
+    trust: Option<&DeviceTrust>,
+) -> DeviceShare {
+    let trust = trust.copied().unwrap_or_default();
     if device.is_deleted() || is_own {
         DeviceShare::Skip
     } else if device.is_blacklisted() {
         DeviceShare::Withhold(WithheldCode::Blacklisted)
-    } else if strategy == SharingStrategy::OnlyTrustedDevices && !device.is_verified() {
+    } else if match strategy {
+        SharingStrategy::IdentityBased => !trust.cross_signed_by_owner,
+        SharingStrategy::OnlyTrustedDevices => !(device.is_verified() || trust.is_verified()),
+        SharingStrategy::AllDevices | SharingStrategy::ErrorOnVerifiedUserProblem => false,
+    } {
         DeviceShare::Withhold(WithheldCode::Unverified)
     } else {
         DeviceShare::Share
+    }
+}
+
+/// A recipient as the verified-user rule sees it.
+pub(crate) struct MemberTrust<'a> {
+    pub(crate) user_id: &'a UserId,
+    /// The user's identity state, if they have one.
+    pub(crate) state: Option<IdentityState>,
+    /// The user's devices that would get the key, with their trust.
+    pub(crate) devices: Vec<(&'a DeviceData, DeviceTrust)>,
+}
+
+/// [`SharingStrategy::ErrorOnVerifiedUserProblem`]: a verified user's
+/// device their identity did not sign (and the user did not verify by
+/// hand), or a verification violation, is a problem; `Ok` if none.
+pub(crate) fn verified_user_problems(members: &[MemberTrust<'_>]) -> Result<(), ShareError> {
+    let mut unsigned_devices = Vec::new();
+    let mut violations = Vec::new();
+    for member in members {
+        match member.state {
+            Some(IdentityState::VerificationViolation) => violations.push(member.user_id.to_owned()),
+            Some(IdentityState::Verified) => unsigned_devices.extend(
+                member
+                    .devices
+                    .iter()
+                    .filter(|(device, trust)| !trust.cross_signed_by_owner && !device.is_verified())
+                    .map(|(device, _)| (device.user_id().to_owned(), device.device_id().to_owned())),
+            ),
+            _ => {}
+        }
+    }
+    match unsigned_devices.is_empty() && violations.is_empty() {
+        true => Ok(()),
+        false => Err(ShareError::VerifiedUserProblem { unsigned_devices, violations }),
     }
 }
 

@@ -24,14 +24,37 @@ pub const MIN_ROTATION_PERIOD: Duration = Duration::from_secs(60 * 60);
 /// retire a key before its first message).
 pub const MIN_ROTATION_MESSAGES: u64 = 1;
 
-/// Which devices receive room keys.
+/// Which devices receive room keys. Blocked devices never do (they get
+/// `m.blacklisted`), whatever the strategy.
+///
+/// The default is [`AllDevices`](Self::AllDevices): many users have
+/// devices their owner never cross-signed (older clients, users who never
+/// set cross-signing up), and a stricter default would leave their messages
+/// unreadable to them. Applications that want MSC4153's exclusion of
+/// unsigned devices choose [`IdentityBased`](Self::IdentityBased).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SharingStrategy {
-    /// Every device of every member, except blocked ones (they get `m.blacklisted`).
+    /// Every device of every member.
     #[default]
     AllDevices,
-    /// Only devices the user verified; the others get `m.unverified`.
+    /// Every device of every member, but sharing is refused
+    /// ([`ShareError::VerifiedUserProblem`](super::ShareError::VerifiedUserProblem),
+    /// naming them) while a user we verified has a device their identity did
+    /// not sign, or a verification violation.
+    ErrorOnVerifiedUserProblem,
+    /// MSC4153: only devices cross-signed by their owner; the others (and
+    /// every device of a user without cross-signing) get `m.unverified`.
+    IdentityBased,
+    /// Only verified devices (by hand, or cross-signed by a verified
+    /// owner); the others get `m.unverified`.
     OnlyTrustedDevices,
+}
+
+impl SharingStrategy {
+    /// Whether the strategy looks at cross-signing trust at all.
+    pub(crate) fn needs_trust(self) -> bool {
+        self != Self::AllDevices
+    }
 }
 
 /// How a room's messages are encrypted: from its `m.room.encryption` event,
@@ -96,6 +119,13 @@ pub enum TrustRequirement {
     /// Decrypt whatever device sent it; the info says how far it is trusted.
     #[default]
     Untrusted,
+    /// Refuse events from unknown devices and keys not received over Olm,
+    /// and from devices their owner did not cross-sign, unless the owner
+    /// has no cross-signing identity at all (a legacy user).
+    CrossSignedOrLegacy,
+    /// Refuse events from unknown devices and keys not received over Olm,
+    /// and from devices their owner did not cross-sign (or verified by hand).
+    CrossSigned,
     /// Refuse events from devices the user has not verified.
     VerifiedDevice,
 }
