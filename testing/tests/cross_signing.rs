@@ -454,3 +454,28 @@ async fn decryption_trust_requirements_follow_cross_signing() {
         MegolmError::InsufficientSenderTrust { requirement: TrustRequirement::CrossSigned }
     );
 }
+
+/// A reset whose upload never succeeds (a wrong password, an abandoned
+/// dialog) changes nothing: this device keeps signing with the keys the
+/// server has. Bootstrapping again without reset resumes that same upload.
+#[tokio::test]
+async fn an_abandoned_reset_keeps_the_current_keys() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let before = alice1.machine.export_cross_signing_keys().unwrap();
+    let master_before = world.server.master_key(&alice()).unwrap();
+    let master_of = |request: &hush_crypto_core::OutgoingRequest| match request.request() {
+        hush_crypto_core::AnyOutgoingRequest::SigningKeysUpload(upload) => {
+            upload.master_key.as_ref().unwrap().deserialize_as_unchecked::<Value>().unwrap()["keys"].clone()
+        }
+        other => panic!("not a signing-keys upload: {other:?}"),
+    };
+    let reset = alice1.machine.bootstrap_cross_signing(true).await.unwrap();
+    assert_ne!(master_of(&reset), master_before["keys"], "a reset uploads a new master key");
+    assert_eq!(alice1.machine.export_cross_signing_keys().unwrap(), before, "still the current keys");
+    let resumed = alice1.machine.bootstrap_cross_signing(false).await.unwrap();
+    assert_eq!(master_of(&resumed), master_of(&reset), "the same new keys, not a third set");
+    alice1.refresh_keys(&[&alice()]).await;
+    assert_eq!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified));
+}

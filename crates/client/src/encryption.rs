@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::Path;
 
-use hush_crypto_core::{DeviceData, LocalTrust, RoomKeyImportResult, export::ExportedRoomKey};
+use hush_crypto_core::{DeviceData, LocalTrust, RoomKeyImportResult, export::ExportedRoomKey, identities::DeviceTrust};
 use ruma_common::{DeviceId, UserId};
 
 use crate::{Client, ClientError};
@@ -23,18 +23,39 @@ pub struct Encryption {
 pub struct Device {
     client: Client,
     data: DeviceData,
+    trust: DeviceTrust,
 }
 
 impl Device {
+    async fn new(client: &Client, data: DeviceData) -> Result<Self, ClientError> {
+        let machine = client.olm_machine()?;
+        let trust = machine.device_trust(data.user_id(), data.device_id()).await?.unwrap_or_default();
+        Ok(Self { client: client.clone(), data, trust })
+    }
+
     /// The device's keys and local trust.
     pub fn data(&self) -> &DeviceData {
         &self.data
     }
 
-    /// Whether the device is verified. Today: the user verified it locally
-    /// (cross-signing trust comes later).
+    /// Whether the device is verified: by hand, or cross-signed by its
+    /// owner whose identity is verified (as of when it was read).
     pub fn is_verified(&self) -> bool {
-        self.data.is_verified()
+        self.trust.is_verified()
+    }
+
+    /// Whether its owner's self-signing key signed it.
+    pub fn is_cross_signed_by_owner(&self) -> bool {
+        self.trust.cross_signed_by_owner
+    }
+
+    /// Cross-signs one of our own devices with our self-signing key (it then
+    /// shows verified to everyone who verified us), and uploads the
+    /// signature. Other users' devices are trusted through their owner.
+    pub async fn verify(&self) -> Result<(), ClientError> {
+        let machine = self.client.olm_machine()?;
+        machine.verify_device(self.data.user_id(), self.data.device_id()).await?;
+        self.client.send_outgoing_requests().await
     }
 
     /// Marks the device verified (after comparing its keys out of band).
@@ -74,8 +95,10 @@ impl Encryption {
     /// One device of a user, if known.
     pub async fn get_device(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Option<Device>, ClientError> {
         let machine = self.client.olm_machine()?;
-        let data = machine.get_device(user_id, device_id).await?.filter(|d| !d.is_deleted());
-        Ok(data.map(|data| Device { client: self.client.clone(), data }))
+        match machine.get_device(user_id, device_id).await?.filter(|d| !d.is_deleted()) {
+            Some(data) => Ok(Some(Device::new(&self.client, data).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Every known device of a user.
@@ -83,7 +106,10 @@ impl Encryption {
         let machine = self.client.olm_machine()?;
         machine.update_tracked_users([user_id]).await?;
         self.client.send_outgoing_requests().await?;
-        let devices = machine.get_user_devices(user_id).await?;
-        Ok(devices.into_values().map(|data| Device { client: self.client.clone(), data }).collect())
+        let mut devices = Vec::new();
+        for data in machine.get_user_devices(user_id).await?.into_values() {
+            devices.push(Device::new(&self.client, data).await?);
+        }
+        Ok(devices)
     }
 }

@@ -25,6 +25,9 @@ pub enum ClientError {
     /// Importing keys failed.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// A cross-signing command failed.
+    #[error(transparent)]
+    CrossSigning(#[from] hush_crypto_core::identities::CrossSigningError),
     /// The access token belongs to another device than the store.
     #[error(
         "the access token is for device {token_device} but the store belongs to device {store_device}; \

@@ -41,6 +41,18 @@ pub enum HttpError {
         /// The error message.
         message: String,
     },
+    /// The request needs user-interactive authentication (HTTP 401 with
+    /// flows): send it again with `auth` for one of the flows, naming the
+    /// session.
+    #[error("the homeserver asks for user-interactive auth (flows {flows:?}){}", errcode.as_deref().map(|c| format!(": {c}")).unwrap_or_default())]
+    AuthRequired {
+        /// The UIA session to name in the next attempt.
+        session: Option<String>,
+        /// The stage lists the server accepts, e.g. `[["m.login.password"]]`.
+        flows: Vec<Vec<String>>,
+        /// Set when an attempt's auth was refused (e.g. `M_FORBIDDEN`: wrong password).
+        errcode: Option<String>,
+    },
     /// The answer could not be understood.
     #[error("the homeserver's answer could not be parsed: {0}")]
     Response(String),
@@ -176,6 +188,20 @@ fn classify_error<T>(status: u16, body: &[u8]) -> Attempt<Result<T, HttpError>> 
     if status == 401 && errcode == "M_UNKNOWN_TOKEN" {
         return Attempt::Done(Err(HttpError::LoggedOut));
     }
+    if status == 401
+        && let Some(flows) = parsed.as_ref().and_then(|v| v["flows"].as_array())
+    {
+        let flows = flows
+            .iter()
+            .map(|flow| {
+                let stages = flow["stages"].as_array().map(Vec::as_slice).unwrap_or_default();
+                stages.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect()
+            })
+            .collect();
+        let session = parsed.as_ref().and_then(|v| v["session"].as_str()).map(str::to_owned);
+        let errcode = (!errcode.is_empty()).then_some(errcode);
+        return Attempt::Done(Err(HttpError::AuthRequired { session, flows, errcode }));
+    }
     if status == 429 || errcode == "M_LIMIT_EXCEEDED" {
         let after = parsed.as_ref().and_then(|v| v["retry_after_ms"].as_u64()).map(Duration::from_millis);
         return Attempt::Retry { after: Some(after.unwrap_or(Duration::from_secs(1))), error };
@@ -206,6 +232,15 @@ mod tests {
         assert!(matches!(classify_error::<()>(502, b"bad gateway"), Attempt::Retry { after: None, .. }));
         let forbidden = classify_error::<()>(403, br#"{"errcode":"M_FORBIDDEN","error":"no"}"#);
         assert!(matches!(forbidden, Attempt::Done(Err(HttpError::Server { status: 403, .. }))));
+        let uia = classify_error::<()>(
+            401,
+            br#"{"session":"s1","flows":[{"stages":["m.login.password"]}],"params":{},"errcode":"M_FORBIDDEN"}"#,
+        );
+        let Attempt::Done(Err(HttpError::AuthRequired { session, flows, errcode })) = uia else {
+            panic!("a UIA answer is AuthRequired");
+        };
+        assert_eq!((session.as_deref(), errcode.as_deref()), (Some("s1"), Some("M_FORBIDDEN")));
+        assert_eq!(flows, vec![vec!["m.login.password".to_owned()]]);
     }
 
     #[test]

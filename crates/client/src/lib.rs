@@ -32,6 +32,7 @@
 
 mod auth;
 mod client;
+mod cross_signing;
 mod driver;
 mod encryption;
 mod error;
@@ -45,6 +46,7 @@ mod sync;
 
 pub use auth::{LoginBuilder, MatrixAuth, Session};
 pub use client::{Client, ClientBuilder};
+pub use cross_signing::UserIdentity;
 pub use encryption::{Device, EXPORT_ROUNDS, Encryption};
 pub use error::ClientError;
 pub use events::RoomEvent;

@@ -49,23 +49,7 @@ impl OlmMachine {
     /// never uploaded (a crash, a failed auth) are uploaded again as they are.
     pub async fn bootstrap_cross_signing(&self, reset: bool) -> Result<OutgoingRequest, CrossSigningError> {
         let _account = self.inner.account.lock().await;
-        let existing = lock(&self.inner.cross_signing).clone();
-        let private = match existing {
-            Some(private) if private.status().is_complete() && !reset => {
-                if private.is_uploaded() {
-                    return Err(CrossSigningError::AlreadyBootstrapped);
-                }
-                private
-            }
-            _ => {
-                let private = PrivateCrossSigningIdentity::generate(self.user_id());
-                let changes = Changes { private_identity: Some(private.clone()), ..Default::default() };
-                self.inner.store.save_changes(changes).await?;
-                *lock(&self.inner.cross_signing) = Some(private.clone());
-                tracing::info!(reset, "made new cross-signing keys");
-                private
-            }
-        };
+        let private = self.keys_to_upload(reset).await?;
         let [mut master, self_signing, user_signing] =
             private.public_keys()?.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::Master))?;
         let device_key_id = format!("ed25519:{}", self.device_id());
@@ -84,12 +68,44 @@ impl OlmMachine {
         ))
     }
 
+    /// The keys a bootstrap uploads: a reset's pending keys (resumed when
+    /// not resetting again), our keys if never uploaded, or new ones. A
+    /// reset's new keys stay in memory until the server takes them, so an
+    /// abandoned reset (a wrong password) leaves our identity as it was;
+    /// a first bootstrap saves its keys at once (there is nothing to keep).
+    async fn keys_to_upload(&self, reset: bool) -> Result<PrivateCrossSigningIdentity, CrossSigningError> {
+        let pending = lock(&self.inner.pending_reset).clone();
+        let existing = lock(&self.inner.cross_signing).clone();
+        let complete = existing.as_ref().filter(|keys| keys.status().is_complete());
+        match (pending, complete) {
+            (Some(pending), _) if !reset => Ok(pending),
+            (_, Some(keys)) if !reset && keys.is_uploaded() => Err(CrossSigningError::AlreadyBootstrapped),
+            (_, Some(keys)) if !reset => Ok(keys.clone()),
+            (_, Some(keys)) if keys.is_uploaded() => {
+                let new = PrivateCrossSigningIdentity::generate(self.user_id());
+                *lock(&self.inner.pending_reset) = Some(new.clone());
+                tracing::info!("made new cross-signing keys for a reset");
+                Ok(new)
+            }
+            _ => {
+                let new = PrivateCrossSigningIdentity::generate(self.user_id());
+                let changes = Changes { private_identity: Some(new.clone()), ..Default::default() };
+                self.inner.store.save_changes(changes).await?;
+                *lock(&self.inner.cross_signing) = Some(new.clone());
+                *lock(&self.inner.pending_reset) = None;
+                tracing::info!("made new cross-signing keys");
+                Ok(new)
+            }
+        }
+    }
+
     /// The signing-keys upload was accepted: the keys are ours on the
     /// server. Saves our identity (trusted: we hold its keys) and queues the
     /// signature of this device, if our device keys are published.
     pub(super) async fn receive_signing_keys_upload_response(&self) -> Result<(), StoreError> {
         let account = self.inner.account.lock().await;
-        let Some(mut private) = lock(&self.inner.cross_signing).clone() else { return Ok(()) };
+        let pending = lock(&self.inner.pending_reset).clone();
+        let Some(mut private) = pending.or_else(|| lock(&self.inner.cross_signing).clone()) else { return Ok(()) };
         let Ok(Some([mut master, self_signing, user_signing])) = private.public_keys() else { return Ok(()) };
         let device_key_id = format!("ed25519:{}", self.device_id());
         if master.sign(self.user_id(), &device_key_id, |bytes| account.sign_bytes(bytes)).is_err() {
@@ -102,6 +118,7 @@ impl OlmMachine {
             Changes { private_identity: Some(private.clone()), identities: vec![identity], ..Default::default() };
         self.inner.store.save_changes(changes).await?;
         *lock(&self.inner.cross_signing) = Some(private);
+        *lock(&self.inner.pending_reset) = None;
         let published = account.device_keys_published();
         drop(account);
         self.announce([EngineEvent::IdentityChanged {

@@ -159,6 +159,9 @@ struct Inner {
     timers_handled_until: Mutex<Timestamp>,
     /// Our cross-signing private keys (`identities/`), if this device has any.
     cross_signing: Mutex<Option<PrivateCrossSigningIdentity>>,
+    /// New keys of a reset, until the server accepts them (the current ones
+    /// stay in use, and stored, until then).
+    pending_reset: Mutex<Option<PrivateCrossSigningIdentity>>,
     /// Where request and transaction ids come from.
     ids: IdSource,
     /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
@@ -240,6 +243,7 @@ impl OlmMachine {
                 events: Mutex::new(EventQueue::default()),
                 timers_handled_until: Mutex::new(Timestamp::EPOCH),
                 cross_signing: Mutex::new(cross_signing),
+                pending_reset: Mutex::new(None),
                 ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
             }),
