@@ -63,7 +63,7 @@ impl SdkDevice {
                     AnyOutgoingRequest::KeysQuery(r) => {
                         let mut query = get_keys::v3::Request::new();
                         query.device_keys = r.device_keys.clone();
-                        let response = self.server.query_keys(&query);
+                        let response = self.server.query_keys_as(&self.user_id, &query);
                         self.machine.mark_request_as_sent(id, &response).await.expect("query answer");
                     }
                     AnyOutgoingRequest::KeysClaim(r) => {
@@ -71,11 +71,46 @@ impl SdkDevice {
                         self.machine.mark_request_as_sent(id, &response).await.expect("claim answer");
                     }
                     AnyOutgoingRequest::ToDeviceRequest(r) => self.send_to_device(r).await,
+                    AnyOutgoingRequest::SignatureUpload(r) => {
+                        let response = self.server.upload_signatures(r);
+                        self.machine.mark_request_as_sent(id, &response).await.expect("signature answer");
+                    }
                     other => panic!("unexpected request from matrix-sdk-crypto: {other:?}"),
                 }
             }
         }
         panic!("matrix-sdk-crypto's outgoing requests did not settle");
+    }
+
+    /// Bootstraps cross-signing as matrix-sdk-crypto does it: the device
+    /// keys (if needed), the signing keys, then the signatures, in order.
+    pub async fn bootstrap_cross_signing(&self, reset: bool) {
+        let requests = self.machine.bootstrap_cross_signing(reset).await.expect("bootstrap");
+        if let Some(upload) = &requests.upload_keys_req
+            && let AnyOutgoingRequest::KeysUpload(r) = upload.request()
+        {
+            let response = self.server.upload_keys(&self.user_id, &self.device_id, r).expect("upload");
+            self.machine.mark_request_as_sent(upload.request_id(), &response).await.expect("upload answer");
+        }
+        let keys = &requests.upload_signing_keys_req;
+        let raw = |key: &Option<matrix_sdk_crypto::types::CrossSigningKey>| {
+            key.as_ref().map(|k| ruma::serde::Raw::new(k).expect("json").cast_unchecked())
+        };
+        let mut upload = ruma::api::client::keys::upload_signing_keys::v3::Request::new();
+        upload.master_key = raw(&keys.master_key);
+        upload.self_signing_key = raw(&keys.self_signing_key);
+        upload.user_signing_key = raw(&keys.user_signing_key);
+        upload.auth = Some(ruma::api::client::uiaa::AuthData::FallbackAcknowledgement(
+            ruma::api::client::uiaa::FallbackAcknowledgement::new("interop".into()),
+        ));
+        self.server.upload_signing_keys(&self.user_id, &upload).expect("signing keys accepted");
+        self.server.upload_signatures(&requests.upload_signatures_req);
+        self.drain().await;
+    }
+
+    /// Sends a signature upload matrix-sdk-crypto returned from a command.
+    pub fn upload_signatures(&self, request: &ruma::api::client::keys::upload_signatures::v3::Request) {
+        self.server.upload_signatures(request);
     }
 
     /// Sends one of matrix-sdk-crypto's to-device requests through the server.

@@ -72,9 +72,14 @@ impl UserIdentity {
         self.state() == IdentityState::Verified
     }
 
-    /// Whether its master key changed since it was pinned, unacknowledged.
+    /// Whether its master key changed since it was pinned, unacknowledged:
+    /// true in [`IdentityState::PinViolation`], and also in a
+    /// [`IdentityState::VerificationViolation`] (the state names the more
+    /// serious of the two), as matrix-sdk-crypto's
+    /// `identity_needs_user_approval` does.
     pub fn has_pin_violation(&self) -> bool {
-        self.state() == IdentityState::PinViolation
+        let data = self.parts().0;
+        !self.is_verified() && data.pinned_master_key() != data.master_key().key()
     }
 
     /// Whether we had verified it and it is no longer verified.
