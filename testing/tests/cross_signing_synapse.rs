@@ -91,3 +91,36 @@ async fn a_second_device_signed_by_the_first_shows_verified_to_bob() {
         assert!(device.is_verified(), "{} shows verified to Bob", device.data().device_id());
     }
 }
+
+/// Bob verified Alice, who shares a room with him; Alice resets her
+/// identity (with her password). Bob's room now lists Alice as a
+/// verification violation, until he withdraws the old verification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn a_reset_shows_as_a_violation_in_a_shared_room() {
+    let alice = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
+    let bob = TestClient::new_user("bob", "B1", StoreKind::Redb).await;
+    let (_, alice_password) = alice.credentials.clone();
+    let (_, bob_password) = bob.credentials.clone();
+    alice.client.encryption().bootstrap_cross_signing_with_password(false, &alice_password).await.unwrap();
+    bob.client.encryption().bootstrap_cross_signing_with_password(false, &bob_password).await.unwrap();
+    let alice_id = alice.session.user_id.clone();
+    let room = alice.client.create_room("cross-signing", true, &[bob.session.user_id.as_ref()]).await.unwrap();
+    bob.join(&room).await;
+    bob.sync_until("the room's members", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2))
+        .await;
+    let identity = bob.client.encryption().get_user_identity(&alice_id).await.unwrap().expect("identity");
+    identity.verify().await.unwrap();
+    let bob_room = bob.client.get_room(&room).unwrap();
+    assert_eq!(bob_room.identity_violations().await.unwrap(), vec![]);
+
+    alice.client.encryption().bootstrap_cross_signing_with_password(true, &alice_password).await.unwrap();
+    bob.client.encryption().refresh_user_keys(&[&alice_id]).await.unwrap();
+    assert_eq!(
+        bob_room.identity_violations().await.unwrap(),
+        vec![(alice_id.clone(), hush_crypto_core::identities::IdentityState::VerificationViolation)]
+    );
+    let identity = bob.client.encryption().get_user_identity(&alice_id).await.unwrap().unwrap();
+    identity.withdraw_verification().await.unwrap();
+    assert_eq!(bob_room.identity_violations().await.unwrap(), vec![]);
+}

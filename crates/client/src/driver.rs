@@ -105,6 +105,9 @@ impl Client {
                 EngineEvent::RoomKeyReceived(key) => {
                     sessions.insert(key.session_id);
                 }
+                EngineEvent::IdentityChanged { user_id, state } if state.is_violation() => {
+                    tracing::warn!(%user_id, ?state, "a user's cross-signing identity changed; see Room::identity_violations");
+                }
                 EngineEvent::DevicesChanged(changes) => {
                     tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
                 }

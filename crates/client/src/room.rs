@@ -53,6 +53,18 @@ impl Room {
         self.state().map(|s| s.key_recipients()).unwrap_or_default()
     }
 
+    /// The members (key recipients) whose cross-signing identity has a pin
+    /// violation (their master key changed, unacknowledged) or a
+    /// verification violation (we had verified them, and no longer can):
+    /// what a client shows as a warning on the room.
+    pub async fn identity_violations(
+        &self,
+    ) -> Result<Vec<(OwnedUserId, hush_crypto_core::identities::IdentityState)>, ClientError> {
+        let members = self.key_recipients();
+        let machine = self.client.olm_machine()?;
+        Ok(machine.identity_violations(members.iter().map(|m| m.as_ref())).await?)
+    }
+
     /// Sends a text message.
     pub async fn send_text(&self, body: &str) -> Result<OwnedEventId, ClientError> {
         self.send("m.room.message", json!({"msgtype": "m.text", "body": body})).await
