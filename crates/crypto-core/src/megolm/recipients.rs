@@ -9,7 +9,7 @@
 //! blocked devices are told `m.blacklisted`; with
 //! [`SharingStrategy::IdentityBased`] devices their owner did not
 //! cross-sign, and with [`SharingStrategy::OnlyTrustedDevices`] unverified
-//! ones, are told `m.unverified`. [`verified_user_problems`] is the rule of
+//! ones, are told `m.unverified`. `verified_user_problems` is the rule of
 //! [`SharingStrategy::ErrorOnVerifiedUserProblem`].
 
 use ruma_common::{OwnedUserId, UserId};
