@@ -8,7 +8,7 @@ use std::sync::Arc;
 use hush_crypto_core::{
     DecryptionSettings, EncryptionSettings, EngineEvent, MegolmError, ShareError, SharingStrategy, TrustRequirement,
     VerificationState,
-    identities::{CrossSigningError, IdentityState, ImportKeyError, KeyRole},
+    identities::{CrossSigningError, IdentityState, ImportKeyError, KeyRole, UserIdentity},
 };
 use hush_testing::{RogueDevice, TestDevice, TestServer, VirtualClock};
 use ruma_common::{OwnedUserId, UserId, owned_user_id};
@@ -114,10 +114,12 @@ async fn bob_verifies_alice_and_both_her_devices_show_verified() {
     assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
     assert!(is_verified(&bob1, &alice(), "A1").await);
     assert!(is_verified(&bob1, &alice(), "A2").await);
-    // The signature is on the server: another of Bob's devices sees it too
-    // once it trusts Bob's identity.
+    // The signature is on the server, under Bob's user-signing key.
     let master = world.server.master_key(&alice()).unwrap();
-    assert!(master["signatures"][bob().as_str()].as_object().is_some_and(|s| !s.is_empty()), "{master}");
+    let own = bob1.machine.get_identity(&bob()).await.unwrap().unwrap();
+    let UserIdentity::Own(own) = own else { panic!("Bob's own identity") };
+    let usk_id = format!("ed25519:{}", own.user_signing_key().unwrap().to_base64());
+    assert!(master["signatures"][bob().as_str()][&usk_id].is_string(), "{master}");
 }
 
 /// Attack: the server adds a device to Alice's list that Alice never
@@ -478,4 +480,142 @@ async fn an_abandoned_reset_keeps_the_current_keys() {
     assert_eq!(master_of(&resumed), master_of(&reset), "the same new keys, not a third set");
     alice1.refresh_keys(&[&alice()]).await;
     assert_eq!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified));
+}
+
+/// Attack: after Alice reset her identity, the server lists her old one
+/// again (the old master, self-signing and user-signing keys, with every
+/// signature they carried: Alice's device's on her old master, Bob's on it
+/// too). Neither Alice's device nor Bob may trust it again, and Alice's
+/// device keeps its current private keys.
+#[tokio::test]
+async fn a_replayed_old_identity_is_not_trusted_again() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    alice1.refresh_keys(&[&alice()]).await;
+    let (old_master, old_self_signing, old_user_signing) = world.server.signing_keys(&alice()).unwrap();
+
+    alice1.bootstrap_cross_signing(true).await;
+    alice1.refresh_keys(&[&alice()]).await;
+    bob1.refresh_keys(&[&alice()]).await;
+    let keys_after_reset = alice1.machine.export_cross_signing_keys().unwrap();
+    assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::VerificationViolation));
+
+    world.server.overwrite_signing_keys(&alice(), old_master, old_self_signing, old_user_signing);
+    for _ in 0..2 {
+        alice1.refresh_keys(&[&alice()]).await;
+        bob1.refresh_keys(&[&alice()]).await;
+        assert_ne!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified), "Alice trusts her old key");
+        assert_ne!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified), "Bob trusts Alice's old key");
+    }
+    assert_eq!(alice1.machine.export_cross_signing_keys().unwrap(), keys_after_reset, "the keys were kept");
+    assert!(!is_verified(&bob1, &alice(), "A1").await);
+}
+
+/// Attack: Alice's identity is replaced (here by a reset; a server could
+/// list one it made) and her device re-signed by the new self-signing key.
+/// Bob had verified Alice: her device is cross-signed, but by keys nobody
+/// verified. `CrossSigned` refuses its messages, the identity-based
+/// strategy refuses to share, and a room key Bob shared under
+/// `OnlyTrustedDevices` before is replaced (trust lost) with Alice's device
+/// told `m.unverified`.
+#[tokio::test]
+async fn a_verification_violation_is_enforced_when_decrypting_and_sharing() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let mut bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let trusted = strategy(SharingStrategy::OnlyTrustedDevices);
+    bob1.share_room_key(room(), &[&alice()], &trusted).await;
+    let before = bob1.encrypt_text(room(), "before").await;
+    inbox(&world, &alice(), "A1");
+
+    alice1.bootstrap_cross_signing(true).await;
+    alice1.share_room_key(room(), &[&bob()], &EncryptionSettings::default()).await;
+    let from_alice = alice1.encrypt_text(room(), "from the reset identity").await;
+    bob1.sync().await;
+    bob1.refresh_keys(&[&alice()]).await;
+    let trust = bob1.machine.device_trust(&alice(), "A1".into()).await.unwrap().unwrap();
+    assert!(trust.cross_signed_by_owner && !trust.is_verified(), "signed by the new, unverified key");
+    assert_eq!(
+        decrypt_with(&bob1, &from_alice, TrustRequirement::CrossSigned).await.unwrap_err(),
+        MegolmError::InsufficientSenderTrust { requirement: TrustRequirement::CrossSigned }
+    );
+    assert!(decrypt_with(&bob1, &from_alice, TrustRequirement::Untrusted).await.is_ok());
+    let refused = bob1
+        .machine
+        .share_room_key(room(), [alice().as_ref()], &strategy(SharingStrategy::IdentityBased), world.clock.now())
+        .await
+        .unwrap_err();
+    assert_eq!(refused, ShareError::VerifiedUserProblem { unsigned_devices: vec![], violations: vec![alice()] });
+
+    bob1.share_room_key(room(), &[&alice()], &trusted).await;
+    let after = bob1.encrypt_text(room(), "after").await;
+    assert_ne!(before["content"]["session_id"], after["content"]["session_id"], "the room key was replaced");
+    let notices = inbox(&world, &alice(), "A1");
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0]["type"], "m.room_key.withheld");
+    assert_eq!(notices[0]["content"]["code"], "m.unverified");
+}
+
+/// Commands that would mislead are refused: a device holding only the
+/// self-signing and user-signing keys (our master key untrusted) cannot
+/// verify another user; a device whose account already has an identity it
+/// does not hold cannot bootstrap over it without `reset`.
+#[tokio::test]
+async fn verifying_without_a_trusted_identity_and_bootstrapping_over_one_are_refused() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    let alice2 = world.device(&alice(), "A2").await;
+    assert_eq!(alice2.machine.bootstrap_cross_signing(false).await.unwrap_err(), CrossSigningError::IdentityExists);
+    let mut partial = alice1.machine.export_cross_signing_keys().unwrap();
+    partial.master = None;
+    alice2.refresh_keys(&[&alice(), &bob()]).await;
+    alice2.machine.import_cross_signing_keys(&partial).await.unwrap();
+    assert_eq!(alice2.machine.verify_identity(&bob()).await.unwrap_err(), CrossSigningError::OwnIdentityNotVerified);
+    assert_eq!(state_of(&alice2, &bob()).await, Some(IdentityState::Unverified), "nothing changed");
+}
+
+/// Key confusion, the other way round: the server lists for Alice a
+/// self-signing key that is one of her device's ed25519 key (signed by her
+/// master key). The device is refused.
+#[tokio::test]
+async fn a_device_whose_key_is_a_cross_signing_key_is_refused() {
+    let world = World::new();
+    let bob1 = world.device(&bob(), "B1").await;
+    let confused = RogueDevice::register(&world.server, &alice(), "CONFUSED");
+    let _honest = RogueDevice::register(&world.server, &alice(), "HONEST");
+    let master = Ed25519SecretKey::new();
+    let device_key = confused.ed25519_key().to_base64();
+    let mut self_signing = json!({
+        "user_id": alice(),
+        "usage": ["self_signing"],
+        "keys": { format!("ed25519:{device_key}"): device_key },
+    });
+    let canonical = ruma_common::canonical_json::to_canonical_value(&self_signing).unwrap().to_string();
+    let master_id = format!("ed25519:{}", master.public_key().to_base64());
+    self_signing["signatures"] =
+        json!({ alice().as_str(): { master_id: master.sign(canonical.as_bytes()).to_base64() } });
+    world.server.overwrite_signing_keys(
+        &alice(),
+        cross_signing_key(&alice(), &["master"], &master, None),
+        self_signing,
+        None,
+    );
+    bob1.refresh_keys(&[&alice()]).await;
+    assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Unverified), "the identity itself is well-formed");
+    let devices = bob1.machine.get_user_devices(&alice()).await.unwrap();
+    assert_eq!(devices.keys().map(|d| d.as_str()).collect::<Vec<_>>(), vec!["HONEST"]);
 }

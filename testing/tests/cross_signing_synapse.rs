@@ -73,7 +73,9 @@ async fn a_second_device_signed_by_the_first_shows_verified_to_bob() {
     b.bootstrap_cross_signing_with_password(false, &bob_password).await.expect("bob bootstraps");
     let identity = b.get_user_identity(&alice).await.unwrap().expect("Alice's identity");
     assert!(!identity.is_verified());
-    for device in b.get_user_devices(&alice).await.unwrap() {
+    let devices = b.get_user_devices(&alice).await.unwrap();
+    assert_eq!(devices.len(), 2, "Bob sees both of Alice's devices");
+    for device in devices {
         assert!(device.is_cross_signed_by_owner(), "{} is signed by Alice", device.data().device_id());
         assert!(!device.is_verified());
     }

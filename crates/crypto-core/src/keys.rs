@@ -46,7 +46,9 @@ fn decode_32(kind: &'static str, encoded: &str) -> Result<[u8; 32], KeyDecodeErr
         // Bounded work: a megabyte-long "key" is not decoded at all.
         return Err(KeyDecodeError::WrongLength { kind, length: encoded.len().saturating_mul(3) / 4 });
     }
-    let bytes = vodozemac::base64_decode(encoded).map_err(|_| KeyDecodeError::NotBase64 { kind })?;
+    // Wiped when dropped: this also decodes private keys.
+    let bytes =
+        zeroize::Zeroizing::new(vodozemac::base64_decode(encoded).map_err(|_| KeyDecodeError::NotBase64 { kind })?);
     <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyDecodeError::WrongLength { kind, length: bytes.len() })
 }
 

@@ -150,6 +150,13 @@ impl TestServer {
         Self::announce_change(&mut state, user_id);
     }
 
+    /// A user's (master, self-signing, user-signing) key objects as the
+    /// server holds them, e.g. to replay them later as a malicious server.
+    pub fn signing_keys(&self, user_id: &UserId) -> Option<(Value, Value, Option<Value>)> {
+        let keys = self.state().cross_signing.get(user_id).cloned()?;
+        Some((keys.master?, keys.self_signing?, keys.user_signing))
+    }
+
     /// A user's master key object as the server holds it.
     pub fn master_key(&self, user_id: &UserId) -> Option<Value> {
         self.state().cross_signing.get(user_id).and_then(|k| k.master.clone())

@@ -55,7 +55,16 @@ pub struct UserIdentityData {
     master_trusted: bool,
     /// We saw this identity verified, and the user has not withdrawn it.
     previously_verified: bool,
+    /// Master keys this user had before the current one (the latest
+    /// [`MAX_REPLACED_MASTERS`]): a replaced key never counts as verified
+    /// again, so a server replaying an old identity (with the signatures it
+    /// once carried) cannot roll trust back to it.
+    #[serde(default)]
+    replaced_masters: Vec<Ed25519PublicKey>,
 }
+
+/// How many replaced master keys an identity remembers.
+pub const MAX_REPLACED_MASTERS: usize = 32;
 
 /// One user's entry in a `/keys/query` answer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -114,6 +123,7 @@ impl UserIdentityData {
             user_signing,
             master_trusted: false,
             previously_verified: false,
+            replaced_masters: Vec::new(),
         };
         Ok(Some(match known {
             Some(known) => known.updated_with(fresh),
@@ -136,10 +146,11 @@ impl UserIdentityData {
             user_signing: Some(user_signing),
             master_trusted: true,
             previously_verified: true,
+            replaced_masters: Vec::new(),
         };
         match known {
             // Our own reset: the new key is the one we trust and pin.
-            Some(known) => Self { previously_verified: known.previously_verified || fresh.master_trusted, ..fresh },
+            Some(known) => Self { replaced_masters: known.replaced_with(fresh.master.key()), ..fresh },
             None => fresh,
         }
     }
@@ -152,8 +163,26 @@ impl UserIdentityData {
             pinned_master: self.pinned_master,
             master_trusted: self.master_trusted && same_master,
             previously_verified: self.previously_verified,
+            replaced_masters: self.replaced_with(newer.master.key()),
             ..newer
         }
+    }
+
+    /// The replaced master keys once `new` is the master key.
+    fn replaced_with(&self, new: Ed25519PublicKey) -> Vec<Ed25519PublicKey> {
+        let mut replaced = self.replaced_masters.clone();
+        if new != self.master.key() && !replaced.contains(&self.master.key()) {
+            replaced.push(self.master.key());
+        }
+        let excess = replaced.len().saturating_sub(MAX_REPLACED_MASTERS);
+        replaced.drain(..excess);
+        replaced
+    }
+
+    /// Whether the current master key is one this user had replaced before
+    /// (a rollback): it is never verified.
+    pub fn is_master_replaced(&self) -> bool {
+        self.replaced_masters.contains(&self.master.key())
     }
 
     /// The user.

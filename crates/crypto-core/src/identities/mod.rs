@@ -15,7 +15,7 @@ mod private;
 mod trust;
 mod view;
 
-pub use identity::{IdentityState, UserIdentityData};
+pub use identity::{IdentityState, MAX_REPLACED_MASTERS, UserIdentityData};
 pub use keys::{CrossSigningPublicKey, IdentityError, KeyRole};
 pub use private::{CrossSigningKeyExport, CrossSigningStatus, ImportKeyError, PrivateCrossSigningIdentity};
 pub use trust::DeviceTrust;
@@ -37,6 +37,15 @@ pub enum CrossSigningError {
     /// Cross-signing keys exist; bootstrapping again needs `reset`.
     #[error("cross-signing keys already exist; bootstrap with reset to replace them")]
     AlreadyBootstrapped,
+    /// The server lists a cross-signing identity for us whose keys this
+    /// device does not hold (another device made it): import its keys
+    /// (secret storage, gossip), or bootstrap with `reset` to replace it.
+    #[error("our account already has a cross-signing identity this device does not hold; import its keys or reset")]
+    IdentityExists,
+    /// Our own identity is not verified on this device (we do not trust
+    /// our master key), so our signatures would not make anyone verified.
+    #[error("our own cross-signing identity is not verified on this device")]
+    OwnIdentityNotVerified,
     /// We know no cross-signing identity for the user (query their keys).
     #[error("no cross-signing identity is known for {0}")]
     NoIdentity(OwnedUserId),

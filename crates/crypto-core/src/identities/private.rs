@@ -7,7 +7,7 @@
 use ruma_common::{OwnedUserId, UserId};
 use serde::{Deserialize, Serialize};
 use vodozemac::{Ed25519PublicKey, Ed25519SecretKey, Ed25519Signature};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{CrossSigningError, CrossSigningPublicKey, KeyRole, UserIdentityData, keys::key_id_of};
 
@@ -96,7 +96,7 @@ impl std::fmt::Debug for PrivateCrossSigningIdentity {
 
 impl Clone for PrivateCrossSigningIdentity {
     fn clone(&self) -> Self {
-        let copy = |key: &Option<Ed25519SecretKey>| key.as_ref().map(|k| Ed25519SecretKey::from_slice(&k.to_bytes()));
+        let copy = |key: &Option<Ed25519SecretKey>| key.as_ref().map(copy_key);
         Self {
             user_id: self.user_id.clone(),
             master: copy(&self.master),
@@ -105,6 +105,14 @@ impl Clone for PrivateCrossSigningIdentity {
             uploaded: self.uploaded,
         }
     }
+}
+
+/// A copy of a secret key; the bytes vodozemac hands out are wiped.
+fn copy_key(key: &Ed25519SecretKey) -> Ed25519SecretKey {
+    let mut bytes = key.to_bytes();
+    let copy = Ed25519SecretKey::from_slice(&bytes);
+    bytes.zeroize();
+    copy
 }
 
 impl PrivateCrossSigningIdentity {
@@ -194,8 +202,10 @@ impl PrivateCrossSigningIdentity {
     pub fn export(&self) -> CrossSigningKeyExport {
         let seed = |role| {
             self.key(role).map(|key| {
-                let bytes = Zeroizing::new(*key.to_bytes());
-                Zeroizing::new(vodozemac::base64_encode(bytes.as_slice()))
+                let mut bytes = key.to_bytes();
+                let encoded = Zeroizing::new(vodozemac::base64_encode(bytes.as_slice()));
+                bytes.zeroize();
+                encoded
             })
         };
         CrossSigningKeyExport {

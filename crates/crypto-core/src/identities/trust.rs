@@ -1,6 +1,8 @@
 //! Trust, as data: who is verified, from what we hold.
 //!
 //! * Our own identity is verified when this device trusts its master key.
+//! * A master key the user had replaced is never verified again (a server
+//!   replaying an old identity, signatures and all, is a rollback).
 //! * Another user's identity is verified when our own is, and our
 //!   user-signing key signed their master key.
 //! * A device is cross-signed by its owner when the owner's self-signing
@@ -21,6 +23,9 @@ use crate::{devices::DeviceData, signing::verify_json};
 /// Whether `identity` is verified, from our own identity as we know it.
 pub(crate) fn identity_is_verified(identity: &UserIdentityData, own: Option<&UserIdentityData>) -> bool {
     let Some(own) = own else { return false };
+    if identity.is_master_replaced() || own.is_master_replaced() {
+        return false;
+    }
     if identity.user_id() == own.user_id() {
         return own.is_master_trusted() && own.master_key().key() == identity.master_key().key();
     }

@@ -64,7 +64,7 @@ impl OlmMachine {
         let id = self.fresh_id(&requests);
         Ok(requests.push(
             OutgoingRequest::with_id(id, AnyOutgoingRequest::SigningKeysUpload(request)),
-            Meta::SigningKeysUpload,
+            Meta::SigningKeysUpload(master.key()),
         ))
     }
 
@@ -77,6 +77,15 @@ impl OlmMachine {
         let pending = lock(&self.inner.pending_reset).clone();
         let existing = lock(&self.inner.cross_signing).clone();
         let complete = existing.as_ref().filter(|keys| keys.status().is_complete());
+        if !reset && pending.is_none() {
+            // Never replace, without being told to, an identity the server
+            // lists for us with keys this device does not hold.
+            let listed = self.inner.store.get_user_identity(self.user_id()).await?;
+            let ours = complete.is_some_and(|keys| listed.as_ref().is_none_or(|listed| keys.matches(listed)));
+            if listed.is_some() && !ours {
+                return Err(CrossSigningError::IdentityExists);
+            }
+        }
         match (pending, complete) {
             (Some(pending), _) if !reset => Ok(pending),
             (_, Some(keys)) if !reset && keys.is_uploaded() => Err(CrossSigningError::AlreadyBootstrapped),
@@ -102,10 +111,19 @@ impl OlmMachine {
     /// The signing-keys upload was accepted: the keys are ours on the
     /// server. Saves our identity (trusted: we hold its keys) and queues the
     /// signature of this device, if our device keys are published.
-    pub(super) async fn receive_signing_keys_upload_response(&self) -> Result<(), StoreError> {
+    pub(super) async fn receive_signing_keys_upload_response(
+        &self,
+        master: vodozemac::Ed25519PublicKey,
+    ) -> Result<(), StoreError> {
         let account = self.inner.account.lock().await;
         let pending = lock(&self.inner.pending_reset).clone();
-        let Some(mut private) = pending.or_else(|| lock(&self.inner.cross_signing).clone()) else { return Ok(()) };
+        let current = lock(&self.inner.cross_signing).clone();
+        let uploaded = |keys: &PrivateCrossSigningIdentity| keys.public_key(KeyRole::Master) == Some(master);
+        let from_pending = pending.as_ref().is_some_and(uploaded);
+        let Some(mut private) = pending.filter(uploaded).or(current.filter(uploaded)) else {
+            tracing::warn!("the server accepted cross-signing keys this device no longer has");
+            return Ok(());
+        };
         let Ok(Some([mut master, self_signing, user_signing])) = private.public_keys() else { return Ok(()) };
         let device_key_id = format!("ed25519:{}", self.device_id());
         if master.sign(self.user_id(), &device_key_id, |bytes| account.sign_bytes(bytes)).is_err() {
@@ -118,7 +136,9 @@ impl OlmMachine {
             Changes { private_identity: Some(private.clone()), identities: vec![identity], ..Default::default() };
         self.inner.store.save_changes(changes).await?;
         *lock(&self.inner.cross_signing) = Some(private);
-        *lock(&self.inner.pending_reset) = None;
+        if from_pending {
+            *lock(&self.inner.pending_reset) = None;
+        }
         let published = account.device_keys_published();
         drop(account);
         self.announce([EngineEvent::IdentityChanged {
@@ -265,8 +285,17 @@ impl OlmMachine {
             identity.master_key_mut().sign(user_id, &device_key_id, |bytes| account.sign_bytes(bytes))?;
             identity.trust_master();
         } else {
+            let own = self.inner.store.get_user_identity(self.user_id()).await?;
+            let own = own.filter(|own| identity_is_verified(own, Some(own)));
+            let own = own.ok_or(CrossSigningError::OwnIdentityNotVerified)?;
             let private = lock(&self.inner.cross_signing).clone();
-            let private = private.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::UserSigning))?;
+            let user_signing = own.user_signing_key().map(CrossSigningPublicKey::key);
+            let private = private
+                .filter(|keys| {
+                    keys.public_key(KeyRole::UserSigning).is_some()
+                        && keys.public_key(KeyRole::UserSigning) == user_signing
+                })
+                .ok_or(CrossSigningError::MissingPrivateKey(KeyRole::UserSigning))?;
             private.sign_key(KeyRole::UserSigning, identity.master_key_mut())?;
         }
         identity.note_verified();
@@ -383,8 +412,12 @@ impl OlmMachine {
             }
             members.push(member);
         }
-        if strategy == crate::megolm::SharingStrategy::ErrorOnVerifiedUserProblem {
-            crate::megolm::verified_user_problems(&members)?;
+        match strategy {
+            crate::megolm::SharingStrategy::ErrorOnVerifiedUserProblem => {
+                crate::megolm::verified_user_problems(&members, false)?;
+            }
+            crate::megolm::SharingStrategy::IdentityBased => crate::megolm::verified_user_problems(&members, true)?,
+            _ => {}
         }
         Ok(trust)
     }
@@ -395,8 +428,6 @@ impl OlmMachine {
 pub(super) struct IdentityOutcome {
     /// Identities to save.
     pub(super) identities: Vec<UserIdentityData>,
-    /// Our private keys, if the server's identity for us is no longer theirs.
-    pub(super) private_identity: Option<PrivateCrossSigningIdentity>,
     /// Events to announce after the save.
     pub(super) events: Vec<EngineEvent>,
     /// Each queried user's cross-signing keys (new or known), for the
@@ -439,7 +470,7 @@ impl OlmMachine {
         }
         let mut outcome = IdentityOutcome::default();
         if let Some(own) = checked.get_mut(self.user_id()) {
-            outcome.private_identity = self.judge_own_identity(own);
+            self.judge_own_identity(own);
         }
         let own_now = checked.get(self.user_id()).cloned().or_else(|| own_known.clone());
         for (user_id, mut identity) in checked {
@@ -465,38 +496,20 @@ impl OlmMachine {
     }
 
     /// Our own identity as the server lists it: trusted if we hold its
-    /// master key or this device signed it. Returns our private keys to
-    /// save if they no longer belong to it (someone reset the identity
-    /// elsewhere): they are dropped, and the identity is not trusted.
-    fn judge_own_identity(&self, own: &mut UserIdentityData) -> Option<PrivateCrossSigningIdentity> {
-        let mut private = lock(&self.inner.cross_signing);
-        let signed_here = own.master_key().check_signed_by(
-            self.user_id(),
-            &format!("ed25519:{}", self.device_id()),
-            &self.inner.own.ed25519,
-        );
+    /// master key; not trusted if the keys we hold are not its keys (a
+    /// reset elsewhere, or a server replaying an old identity: our keys are
+    /// kept either way, a lying server must not be able to destroy them).
+    /// Otherwise the trust stored with the identity stands (it is carried
+    /// over only while the master key stays the same).
+    fn judge_own_identity(&self, own: &mut UserIdentityData) {
+        let private = lock(&self.inner.cross_signing);
         match private.as_ref() {
-            Some(keys) if keys.matches(own) => {
-                if keys.status().has_master || signed_here.is_ok() {
-                    own.trust_master();
-                }
-                None
-            }
-            Some(keys) if keys.is_uploaded() => {
-                tracing::warn!("our cross-signing identity was replaced elsewhere; dropping our private keys");
+            Some(keys) if !keys.matches(own) => {
+                tracing::warn!("the server lists a cross-signing identity for us whose keys we do not hold");
                 own.distrust_master();
-                let empty = PrivateCrossSigningIdentity::empty(self.user_id());
-                *private = Some(empty.clone());
-                Some(empty)
             }
-            // Keys of ours still being uploaded: the listing is older than them.
-            Some(_) => None,
-            None => {
-                if signed_here.is_ok() {
-                    own.trust_master();
-                }
-                None
-            }
+            Some(keys) if keys.status().has_master => own.trust_master(),
+            _ => {}
         }
     }
 }

@@ -380,8 +380,8 @@ impl OlmMachine {
             (Meta::RoomKeyShare(targets), AnyIncomingResponse::ToDevice(_)) => {
                 self.receive_room_key_share_ack(targets).await
             }
-            (Meta::SigningKeysUpload, AnyIncomingResponse::SigningKeysUpload(_)) => {
-                self.receive_signing_keys_upload_response().await
+            (Meta::SigningKeysUpload(master), AnyIncomingResponse::SigningKeysUpload(_)) => {
+                self.receive_signing_keys_upload_response(*master).await
             }
             (Meta::SignatureUpload, AnyIncomingResponse::SignatureUpload(r)) => {
                 self.receive_signature_upload_response(r);

@@ -157,7 +157,13 @@ impl OlmMachine {
         let mut groups = lock(&self.inner.groups);
         let reason = match groups.outbound.get(room_id) {
             None => Some(None),
-            Some(session) => rotation_reason(session, users, devices, settings, now).map(Some),
+            Some(session) => {
+                let allowed = |device: &DeviceData| {
+                    let key = (device.user_id().to_owned(), device.device_id().to_owned());
+                    device_share(device, settings.sharing_strategy, false, trust.get(&key)) == DeviceShare::Share
+                };
+                rotation_reason(session, users, devices, settings, now, &allowed).map(Some)
+            }
         };
         if let Some(reason) = reason {
             let (session, own_inbound) = self.new_outbound_session(room_id, settings, now, changes);

@@ -70,6 +70,12 @@ impl SenderState {
     pub(crate) fn meets(&self, requirement: super::TrustRequirement, own: bool) -> bool {
         use super::TrustRequirement as R;
         let known = matches!(self.verification, VerificationState::Verified | VerificationState::Unverified);
+        // A sender whose identity we had verified and which was replaced:
+        // its devices are signed by keys nobody verified.
+        let violated = self.identity == Some(crate::identities::IdentityState::VerificationViolation);
+        if requirement != R::Untrusted && violated && !own {
+            return false;
+        }
         match requirement {
             R::Untrusted => true,
             R::VerifiedDevice => self.verification == VerificationState::Verified,

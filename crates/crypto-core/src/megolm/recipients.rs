@@ -114,14 +114,16 @@ pub(crate) struct MemberTrust<'a> {
 
 /// [`SharingStrategy::ErrorOnVerifiedUserProblem`]: a verified user's
 /// device their identity did not sign (and the user did not verify by
-/// hand), or a verification violation, is a problem; `Ok` if none.
-pub(crate) fn verified_user_problems(members: &[MemberTrust<'_>]) -> Result<(), ShareError> {
+/// hand), or a verification violation, is a problem; `Ok` if none. With
+/// `violations_only` (the identity-based strategy, whose unsigned devices
+/// are withheld from instead) only verification violations count.
+pub(crate) fn verified_user_problems(members: &[MemberTrust<'_>], violations_only: bool) -> Result<(), ShareError> {
     let mut unsigned_devices = Vec::new();
     let mut violations = Vec::new();
     for member in members {
         match member.state {
             Some(IdentityState::VerificationViolation) => violations.push(member.user_id.to_owned()),
-            Some(IdentityState::Verified) => unsigned_devices.extend(
+            Some(IdentityState::Verified) if !violations_only => unsigned_devices.extend(
                 member
                     .devices
                     .iter()

@@ -1,6 +1,7 @@
 //! When our room key must be replaced before it is shared further or used
 //! again: the room's limits (message count, age), a changed setting, a
-//! member who left, a device deleted or blocked, or the user's discard.
+//! member who left, a device deleted or blocked, a device the sharing
+//! strategy no longer allows (lost trust), or the user's discard.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -25,6 +26,10 @@ pub enum RotationReason {
     MemberLeft,
     /// A device it was shared with was deleted or blocked.
     DeviceRemovedOrBlocked,
+    /// A device it was shared with would not get it any more under the
+    /// sharing strategy (it lost its trust, e.g. its owner's identity was
+    /// reset).
+    TrustLost,
 }
 
 impl fmt::Display for RotationReason {
@@ -36,6 +41,7 @@ impl fmt::Display for RotationReason {
             Self::SettingsChanged => "encryption settings changed",
             Self::MemberLeft => "a member it was shared with left",
             Self::DeviceRemovedOrBlocked => "a device it was shared with was deleted or blocked",
+            Self::TrustLost => "a device it was shared with is no longer trusted enough to get it",
         })
     }
 }
@@ -67,6 +73,7 @@ pub(crate) fn rotation_reason(
     devices: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, DeviceData>>,
     settings: &EncryptionSettings,
     now: Timestamp,
+    allowed: &dyn Fn(&DeviceData) -> bool,
 ) -> Option<RotationReason> {
     if let Some(reason) = expiry_reason(session, now) {
         return Some(reason);
@@ -82,6 +89,13 @@ pub(crate) fn rotation_reason(
     };
     if session.shared_with.iter().any(|(user_id, shared)| shared.keys().any(|device_id| gone(user_id, device_id))) {
         return Some(RotationReason::DeviceRemovedOrBlocked);
+    }
+    let disallowed = |user_id: &OwnedUserId, device_id: &OwnedDeviceId| {
+        devices.get(user_id).and_then(|d| d.get(device_id)).is_some_and(|d| !allowed(d))
+    };
+    if session.shared_with.iter().any(|(user_id, shared)| shared.keys().any(|device_id| disallowed(user_id, device_id)))
+    {
+        return Some(RotationReason::TrustLost);
     }
     None
 }

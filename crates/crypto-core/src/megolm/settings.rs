@@ -44,6 +44,8 @@ pub enum SharingStrategy {
     ErrorOnVerifiedUserProblem,
     /// MSC4153: only devices cross-signed by their owner; the others (and
     /// every device of a user without cross-signing) get `m.unverified`.
+    /// Sharing is refused while a user we verified has a verification
+    /// violation (their devices are signed by keys nobody verified).
     IdentityBased,
     /// Only verified devices (by hand, or cross-signed by a verified
     /// owner); the others get `m.unverified`.
@@ -120,8 +122,11 @@ pub enum TrustRequirement {
     #[default]
     Untrusted,
     /// Refuse events from unknown devices and keys not received over Olm,
-    /// and from devices their owner did not cross-sign, unless the owner
-    /// has no cross-signing identity at all (a legacy user).
+    /// and from devices their owner did not cross-sign, unless we know no
+    /// cross-signing identity for the owner (a legacy user). Weaker than it
+    /// looks: a server can hide a user's identity from us, and their
+    /// unsigned devices then pass. Every requirement but `Untrusted`
+    /// refuses senders with a verification violation.
     CrossSignedOrLegacy,
     /// Refuse events from unknown devices and keys not received over Olm,
     /// and from devices their owner did not cross-sign (or verified by hand).

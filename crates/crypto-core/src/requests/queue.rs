@@ -29,8 +29,9 @@ pub(crate) enum Meta {
     KeysClaim(Vec<(OwnedUserId, OwnedDeviceId)>),
     /// A room key (or withheld notices) for these devices.
     RoomKeyShare(ShareTargets),
-    /// Our cross-signing public keys.
-    SigningKeysUpload,
+    /// Our cross-signing public keys, with the master key uploaded (the
+    /// answer applies to that set only).
+    SigningKeysUpload(vodozemac::Ed25519PublicKey),
     /// Signatures of devices or master keys.
     SignatureUpload,
 }
@@ -205,7 +206,7 @@ impl RequestQueue {
 
     /// Cancels signing-keys uploads: a new bootstrap replaces them.
     pub(crate) fn cancel_signing_keys_uploads(&mut self) -> usize {
-        self.cancel_where(|e| matches!(&*e.meta, Meta::SigningKeysUpload))
+        self.cancel_where(|e| matches!(&*e.meta, Meta::SigningKeysUpload(_)))
     }
 }
 
