@@ -29,6 +29,7 @@ mod requests;
 mod signing;
 pub mod store;
 mod time;
+pub mod verification;
 
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};

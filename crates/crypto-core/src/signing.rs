@@ -49,6 +49,13 @@ pub(crate) fn canonical_bytes_to_sign(object: &Map<String, Value>) -> Result<Str
     serde_json::to_string(&signed).map_err(|e| SignatureError::NotCanonical(e.to_string()))
 }
 
+/// The canonical JSON text of a whole value (nothing removed): what the SAS
+/// commitment hashes.
+pub(crate) fn canonical_json(value: &Value) -> Result<String, SignatureError> {
+    check_canonical(value)?;
+    serde_json::to_string(value).map_err(|e| SignatureError::NotCanonical(e.to_string()))
+}
+
 /// The largest integer canonical JSON allows (2^53 - 1), and its negation the smallest.
 const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
