@@ -504,6 +504,7 @@ async fn a_replayed_old_identity_is_not_trusted_again() {
     alice1.refresh_keys(&[&alice()]).await;
     bob1.refresh_keys(&[&alice()]).await;
     let keys_after_reset = alice1.machine.export_cross_signing_keys().unwrap();
+    let (new_master, new_self_signing, new_user_signing) = world.server.signing_keys(&alice()).unwrap();
     assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::VerificationViolation));
 
     world.server.overwrite_signing_keys(&alice(), old_master, old_self_signing, old_user_signing);
@@ -513,8 +514,15 @@ async fn a_replayed_old_identity_is_not_trusted_again() {
         assert_ne!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified), "Alice trusts her old key");
         assert_ne!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified), "Bob trusts Alice's old key");
     }
-    assert_eq!(alice1.machine.export_cross_signing_keys().unwrap(), keys_after_reset, "the keys were kept");
     assert!(!is_verified(&bob1, &alice(), "A1").await);
+    // Alice's current keys are set aside while the server lists the old
+    // identity (not used, not exported), and come back when it lists hers.
+    assert!(!alice1.machine.cross_signing_status().has_master);
+    assert_eq!(alice1.machine.export_cross_signing_keys().unwrap(), Default::default());
+    world.server.overwrite_signing_keys(&alice(), new_master, new_self_signing, new_user_signing);
+    alice1.refresh_keys(&[&alice()]).await;
+    assert_eq!(alice1.machine.export_cross_signing_keys().unwrap(), keys_after_reset, "the keys were kept");
+    assert_eq!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified));
 }
 
 /// Attack: Alice's identity is replaced (here by a reset; a server could
@@ -618,4 +626,87 @@ async fn a_device_whose_key_is_a_cross_signing_key_is_refused() {
     assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Unverified), "the identity itself is well-formed");
     let devices = bob1.machine.get_user_devices(&alice()).await.unwrap();
     assert_eq!(devices.keys().map(|d| d.as_str()).collect::<Vec<_>>(), vec!["HONEST"]);
+}
+
+/// Attack: to get Alice's old, verified master key out of Bob's memory of
+/// replaced keys, the server lists forty made-up identities for her, one
+/// query after the other, then replays the old one. Made-up keys were never
+/// verified, so they are not remembered, and the old key stays refused.
+#[tokio::test]
+async fn made_up_identities_cannot_flush_a_replaced_key() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let (old_master, old_self_signing, _) = world.server.signing_keys(&alice()).unwrap();
+    for _ in 0..40 {
+        let master = Ed25519SecretKey::new();
+        let self_signing = Ed25519SecretKey::new();
+        world.server.overwrite_signing_keys(
+            &alice(),
+            cross_signing_key(&alice(), &["master"], &master, None),
+            cross_signing_key(&alice(), &["self_signing"], &self_signing, Some(&master)),
+            None,
+        );
+        bob1.refresh_keys(&[&alice()]).await;
+    }
+    world.server.overwrite_signing_keys(&alice(), old_master, old_self_signing, None);
+    bob1.refresh_keys(&[&alice()]).await;
+    assert_ne!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
+    // The user may still decide to verify it again, explicitly.
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
+}
+
+/// Alice resets from her second device. Her first device's keys no longer
+/// match: they are set aside (not reported, not used to sign), and Alice
+/// verifying her new identity on the first device sticks across queries.
+#[tokio::test]
+async fn a_device_left_with_old_keys_can_verify_the_new_identity() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let alice2 = world.device(&alice(), "A2").await;
+    alice2.bootstrap_cross_signing(true).await;
+    alice1.refresh_keys(&[&alice()]).await;
+    assert_eq!(state_of(&alice1, &alice()).await, Some(IdentityState::VerificationViolation));
+    assert_eq!(alice1.machine.cross_signing_status(), Default::default(), "the old keys are set aside");
+    assert_eq!(
+        alice1.machine.verify_device(&alice(), "A2".into()).await.unwrap_err(),
+        CrossSigningError::MissingPrivateKey(KeyRole::SelfSigning)
+    );
+    alice1.machine.verify_identity(&alice()).await.unwrap();
+    alice1.drain().await;
+    alice1.refresh_keys(&[&alice()]).await;
+    assert_eq!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified));
+    assert!(is_verified(&alice1, &alice(), "A2").await, "A2 is signed by the identity A1 now trusts");
+}
+
+/// An abandoned reset on one device, then another device replaces the
+/// identity: the first device's bootstrap without reset refuses to upload
+/// its pending keys over it. And a device holding only imported keys that
+/// abandons a reset keeps them.
+#[tokio::test]
+async fn abandoned_resets_never_overwrite_or_lose_anything() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    alice1.machine.bootstrap_cross_signing(true).await.unwrap(); // never sent
+    let alice2 = world.device(&alice(), "A2").await;
+    alice2.bootstrap_cross_signing(true).await;
+    alice1.refresh_keys(&[&alice()]).await;
+    assert_eq!(alice1.machine.bootstrap_cross_signing(false).await.unwrap_err(), CrossSigningError::IdentityExists);
+
+    let alice3 = world.device(&alice(), "A3").await;
+    let mut partial = alice2.machine.export_cross_signing_keys().unwrap();
+    partial.master = None;
+    alice3.machine.import_cross_signing_keys(&partial).await.unwrap();
+    alice3.machine.bootstrap_cross_signing(true).await.unwrap(); // never sent
+    let status = alice3.machine.cross_signing_status();
+    assert!(status.has_self_signing && status.has_user_signing && !status.has_master);
 }

@@ -55,16 +55,21 @@ pub struct UserIdentityData {
     master_trusted: bool,
     /// We saw this identity verified, and the user has not withdrawn it.
     previously_verified: bool,
-    /// Master keys this user had before the current one (the latest
-    /// [`MAX_REPLACED_MASTERS`]): a replaced key never counts as verified
+    /// The current master key was verified (or, ours, trusted) here.
+    #[serde(default)]
+    current_master_verified: bool,
+    /// Master keys that were verified here and then replaced (the latest
+    /// [`MAX_REPLACED_MASTERS`]): such a key never counts as verified
     /// again, so a server replaying an old identity (with the signatures it
-    /// once carried) cannot roll trust back to it.
+    /// once carried) cannot roll trust back to it. Only verified keys are
+    /// recorded, so a server cannot push them out with made-up ones; the
+    /// user verifying the key again clears its mark.
     #[serde(default)]
     replaced_masters: Vec<Ed25519PublicKey>,
 }
 
 /// How many replaced master keys an identity remembers.
-pub const MAX_REPLACED_MASTERS: usize = 32;
+pub const MAX_REPLACED_MASTERS: usize = 256;
 
 /// One user's entry in a `/keys/query` answer.
 #[derive(Clone, Copy, Debug, Default)]
@@ -123,6 +128,7 @@ impl UserIdentityData {
             user_signing,
             master_trusted: false,
             previously_verified: false,
+            current_master_verified: false,
             replaced_masters: Vec::new(),
         };
         Ok(Some(match known {
@@ -146,6 +152,7 @@ impl UserIdentityData {
             user_signing: Some(user_signing),
             master_trusted: true,
             previously_verified: true,
+            current_master_verified: true,
             replaced_masters: Vec::new(),
         };
         match known {
@@ -163,20 +170,32 @@ impl UserIdentityData {
             pinned_master: self.pinned_master,
             master_trusted: self.master_trusted && same_master,
             previously_verified: self.previously_verified,
+            current_master_verified: self.current_master_verified && same_master,
             replaced_masters: self.replaced_with(newer.master.key()),
             ..newer
         }
     }
 
-    /// The replaced master keys once `new` is the master key.
+    /// The replaced master keys once `new` is the master key: the current
+    /// one is recorded if it was verified here (and `new` is not itself a
+    /// replaced key coming back, which stays marked).
     fn replaced_with(&self, new: Ed25519PublicKey) -> Vec<Ed25519PublicKey> {
         let mut replaced = self.replaced_masters.clone();
-        if new != self.master.key() && !replaced.contains(&self.master.key()) {
-            replaced.push(self.master.key());
+        let current = self.master.key();
+        let verified = self.current_master_verified || self.master_trusted;
+        if new != current && verified && !replaced.contains(&current) && !replaced.contains(&new) {
+            replaced.push(current);
         }
         let excess = replaced.len().saturating_sub(MAX_REPLACED_MASTERS);
         replaced.drain(..excess);
         replaced
+    }
+
+    /// The user verified the current master key explicitly: it is no
+    /// longer marked as replaced.
+    pub(crate) fn clear_replaced_mark(&mut self) {
+        let current = self.master.key();
+        self.replaced_masters.retain(|key| *key != current);
     }
 
     /// Whether the current master key is one this user had replaced before
@@ -253,17 +272,13 @@ impl UserIdentityData {
     /// The identity is verified now: remember it, and pin its master key.
     pub(crate) fn note_verified(&mut self) {
         self.previously_verified = true;
+        self.current_master_verified = true;
         self.pin_current_master_key();
     }
 
     /// Our own identity: this device trusts the master key from now on.
     pub(crate) fn trust_master(&mut self) {
         self.master_trusted = true;
-    }
-
-    /// Our own identity: the master key is no longer trusted here.
-    pub(crate) fn distrust_master(&mut self) {
-        self.master_trusted = false;
     }
 
     /// The master key with `signature` added (a verification's upload).

@@ -42,6 +42,10 @@ pub enum CrossSigningError {
     /// (secret storage, gossip), or bootstrap with `reset` to replace it.
     #[error("our account already has a cross-signing identity this device does not hold; import its keys or reset")]
     IdentityExists,
+    /// Our own keys were not queried yet: whether the account already has an
+    /// identity is unknown (drive the queue first).
+    #[error("our own keys have not been queried yet; send the keys query first")]
+    OwnKeysNotQueried,
     /// Our own identity is not verified on this device (we do not trust
     /// our master key), so our signatures would not make anyone verified.
     #[error("our own cross-signing identity is not verified on this device")]

@@ -82,6 +82,11 @@ pub struct PrivateCrossSigningIdentity {
     user_signing: Option<Ed25519SecretKey>,
     /// Whether the signing-keys upload of keys we generated was accepted.
     uploaded: bool,
+    /// The server lists an identity for us whose keys these are not (a
+    /// reset elsewhere, or a server replaying an old identity): the keys are
+    /// kept, but not used, exported or reported until they match again.
+    #[serde(default)]
+    stale: bool,
 }
 
 impl std::fmt::Debug for PrivateCrossSigningIdentity {
@@ -103,6 +108,7 @@ impl Clone for PrivateCrossSigningIdentity {
             self_signing: copy(&self.self_signing),
             user_signing: copy(&self.user_signing),
             uploaded: self.uploaded,
+            stale: self.stale,
         }
     }
 }
@@ -124,16 +130,32 @@ impl PrivateCrossSigningIdentity {
             self_signing: Some(Ed25519SecretKey::new()),
             user_signing: Some(Ed25519SecretKey::new()),
             uploaded: false,
+            stale: false,
         }
     }
 
     /// No keys, for a user who has none on this device yet.
     pub(crate) fn empty(user_id: &UserId) -> Self {
-        Self { user_id: user_id.to_owned(), master: None, self_signing: None, user_signing: None, uploaded: true }
+        Self {
+            user_id: user_id.to_owned(),
+            master: None,
+            self_signing: None,
+            user_signing: None,
+            uploaded: true,
+            stale: false,
+        }
     }
 
-    /// Which keys we hold.
+    /// Which keys we hold and may use (none while they are stale).
     pub fn status(&self) -> CrossSigningStatus {
+        match self.stale {
+            true => CrossSigningStatus::default(),
+            false => self.held(),
+        }
+    }
+
+    /// Which keys we hold, stale or not.
+    pub(crate) fn held(&self) -> CrossSigningStatus {
         CrossSigningStatus {
             has_master: self.master.is_some(),
             has_self_signing: self.self_signing.is_some(),
@@ -148,6 +170,23 @@ impl PrivateCrossSigningIdentity {
 
     pub(crate) fn mark_uploaded(&mut self) {
         self.uploaded = true;
+    }
+
+    /// Whether the keys are set aside (see the field).
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    pub(crate) fn set_stale(&mut self, stale: bool) {
+        self.stale = stale;
+    }
+
+    /// The key in `role`, for signing: not while stale.
+    fn usable(&self, role: KeyRole) -> Result<&Ed25519SecretKey, CrossSigningError> {
+        match self.stale {
+            true => Err(CrossSigningError::MissingPrivateKey(role)),
+            false => self.key(role).ok_or(CrossSigningError::MissingPrivateKey(role)),
+        }
     }
 
     fn key(&self, role: KeyRole) -> Option<&Ed25519SecretKey> {
@@ -165,7 +204,7 @@ impl PrivateCrossSigningIdentity {
 
     /// Adds our signature in `role` to a JSON object (a device's keys).
     pub(crate) fn sign_json(&self, role: KeyRole, value: &mut serde_json::Value) -> Result<(), CrossSigningError> {
-        let secret = self.key(role).ok_or(CrossSigningError::MissingPrivateKey(role))?;
+        let secret = self.usable(role)?;
         let sign = |bytes: &[u8]| -> Ed25519Signature { secret.sign(bytes) };
         crate::signing::sign_json(value, &self.user_id, &key_id_of(&secret.public_key()), sign)?;
         Ok(())
@@ -193,13 +232,17 @@ impl PrivateCrossSigningIdentity {
     /// Adds our signature in `role` to `key` (self-signing and user-signing
     /// by the master key; another user's master by our user-signing key).
     pub(crate) fn sign_key(&self, role: KeyRole, key: &mut CrossSigningPublicKey) -> Result<(), CrossSigningError> {
-        let secret = self.key(role).ok_or(CrossSigningError::MissingPrivateKey(role))?;
+        let secret = self.usable(role)?;
         key.sign(&self.user_id, &key_id_of(&secret.public_key()), |bytes| secret.sign(bytes))?;
         Ok(())
     }
 
-    /// The seeds, for secret storage.
+    /// The seeds, for secret storage (nothing while the keys are stale:
+    /// exporting them would overwrite good keys with useless ones).
     pub fn export(&self) -> CrossSigningKeyExport {
+        if self.stale {
+            return CrossSigningKeyExport::default();
+        }
         let seed = |role| {
             self.key(role).map(|key| {
                 let mut bytes = key.to_bytes();
@@ -242,6 +285,7 @@ impl PrivateCrossSigningIdentity {
             }
         }
         imported.uploaded = true;
+        imported.stale = false;
         Ok(imported)
     }
 

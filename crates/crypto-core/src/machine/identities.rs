@@ -76,21 +76,29 @@ impl OlmMachine {
     async fn keys_to_upload(&self, reset: bool) -> Result<PrivateCrossSigningIdentity, CrossSigningError> {
         let pending = lock(&self.inner.pending_reset).clone();
         let existing = lock(&self.inner.cross_signing).clone();
-        let complete = existing.as_ref().filter(|keys| keys.status().is_complete());
-        if !reset && pending.is_none() {
+        if !reset {
             // Never replace, without being told to, an identity the server
-            // lists for us with keys this device does not hold.
+            // lists for us with keys this device does not hold; and decide
+            // only once the server was asked.
+            if self.is_user_dirty(self.user_id()) {
+                return Err(CrossSigningError::OwnKeysNotQueried);
+            }
             let listed = self.inner.store.get_user_identity(self.user_id()).await?;
-            let ours = complete.is_some_and(|keys| listed.as_ref().is_none_or(|listed| keys.matches(listed)));
-            if listed.is_some() && !ours {
+            let ours = |listed: &UserIdentityData| {
+                existing.as_ref().is_some_and(|keys| keys.held().is_complete() && keys.matches(listed))
+            };
+            if listed.as_ref().is_some_and(|listed| !ours(listed)) {
                 return Err(CrossSigningError::IdentityExists);
             }
         }
-        match (pending, complete) {
+        let held = existing.as_ref().map(PrivateCrossSigningIdentity::held).unwrap_or_default();
+        match (pending, existing) {
             (Some(pending), _) if !reset => Ok(pending),
-            (_, Some(keys)) if !reset && keys.is_uploaded() => Err(CrossSigningError::AlreadyBootstrapped),
-            (_, Some(keys)) if !reset => Ok(keys.clone()),
-            (_, Some(keys)) if keys.is_uploaded() => {
+            (_, Some(keys)) if !reset && held.is_complete() => match keys.is_uploaded() {
+                true => Err(CrossSigningError::AlreadyBootstrapped),
+                false => Ok(keys),
+            },
+            (_, Some(_)) if reset && (held.has_master || held.has_self_signing || held.has_user_signing) => {
                 let new = PrivateCrossSigningIdentity::generate(self.user_id());
                 *lock(&self.inner.pending_reset) = Some(new.clone());
                 tracing::info!("made new cross-signing keys for a reset");
@@ -279,6 +287,9 @@ impl OlmMachine {
     pub async fn verify_identity(&self, user_id: &UserId) -> Result<OutgoingRequest, CrossSigningError> {
         let account = self.inner.account.lock().await;
         let mut identity = self.known_identity(user_id).await?;
+        // An explicit verification is the user's decision, even of a key
+        // that was replaced before.
+        identity.clear_replaced_mark();
         let master_id: Box<str> = identity.master_key().key().to_base64().into();
         if user_id == self.user_id() {
             let device_key_id = format!("ed25519:{}", self.device_id());
@@ -300,9 +311,14 @@ impl OlmMachine {
         }
         identity.note_verified();
         let master = raw(identity.master_key().signed_json())?;
+        let own = match user_id == self.user_id() {
+            true => Some(identity.clone()),
+            false => self.inner.store.get_user_identity(self.user_id()).await?,
+        };
+        let state = identity.state(identity_is_verified(&identity, own.as_ref()));
         self.inner.store.save_changes(Changes { identities: vec![identity], ..Default::default() }).await?;
         drop(account);
-        self.announce([EngineEvent::IdentityChanged { user_id: user_id.to_owned(), state: IdentityState::Verified }]);
+        self.announce([EngineEvent::IdentityChanged { user_id: user_id.to_owned(), state }]);
         let mut signed = upload_signatures::v3::SignedKeys::new();
         signed.add_cross_signing_keys(master_id, master);
         let request = upload_signatures::v3::Request::new(BTreeMap::from([(user_id.to_owned(), signed)]));
@@ -428,6 +444,8 @@ impl OlmMachine {
 pub(super) struct IdentityOutcome {
     /// Identities to save.
     pub(super) identities: Vec<UserIdentityData>,
+    /// Our private keys, when whether they match the listed identity changed.
+    pub(super) private_identity: Option<PrivateCrossSigningIdentity>,
     /// Events to announce after the save.
     pub(super) events: Vec<EngineEvent>,
     /// Each queried user's cross-signing keys (new or known), for the
@@ -470,7 +488,7 @@ impl OlmMachine {
         }
         let mut outcome = IdentityOutcome::default();
         if let Some(own) = checked.get_mut(self.user_id()) {
-            self.judge_own_identity(own);
+            outcome.private_identity = self.judge_own_identity(own);
         }
         let own_now = checked.get(self.user_id()).cloned().or_else(|| own_known.clone());
         for (user_id, mut identity) in checked {
@@ -496,20 +514,25 @@ impl OlmMachine {
     }
 
     /// Our own identity as the server lists it: trusted if we hold its
-    /// master key; not trusted if the keys we hold are not its keys (a
-    /// reset elsewhere, or a server replaying an old identity: our keys are
-    /// kept either way, a lying server must not be able to destroy them).
-    /// Otherwise the trust stored with the identity stands (it is carried
-    /// over only while the master key stays the same).
-    fn judge_own_identity(&self, own: &mut UserIdentityData) {
-        let private = lock(&self.inner.cross_signing);
-        match private.as_ref() {
-            Some(keys) if !keys.matches(own) => {
-                tracing::warn!("the server lists a cross-signing identity for us whose keys we do not hold");
-                own.distrust_master();
-            }
-            Some(keys) if keys.status().has_master => own.trust_master(),
-            _ => {}
+    /// master key. Keys we hold that are not its keys (a reset elsewhere, or
+    /// a server replaying an old identity) are set aside, not destroyed: a
+    /// lying server must not be able to make us lose them, and they are not
+    /// used while they do not match. Returns our keys to save when that
+    /// changed.
+    fn judge_own_identity(&self, own: &mut UserIdentityData) -> Option<PrivateCrossSigningIdentity> {
+        let mut private = lock(&self.inner.cross_signing);
+        let keys = private.as_mut()?;
+        let matches = keys.matches(own);
+        if matches && keys.held().has_master {
+            own.trust_master();
         }
+        if keys.is_uploaded() && keys.is_stale() == matches {
+            if !matches {
+                tracing::warn!("the server lists a cross-signing identity for us whose keys we do not hold");
+            }
+            keys.set_stale(!matches);
+            return Some(keys.clone());
+        }
+        None
     }
 }

@@ -156,6 +156,7 @@ impl OlmMachine {
         }
         let (mut changes, mut events, cleaned) = self.check_queried_users(to_check);
         changes.identities = identities.identities;
+        changes.private_identity = identities.private_identity;
         events.extend(identities.events);
         {
             let mut tracker = lock(&self.inner.tracker);
