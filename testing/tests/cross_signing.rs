@@ -710,3 +710,83 @@ async fn abandoned_resets_never_overwrite_or_lose_anything() {
     let status = alice3.machine.cross_signing_status();
     assert!(status.has_self_signing && status.has_user_signing && !status.has_master);
 }
+
+/// Attack: Bob verified Alice's first and second master keys in turn. The
+/// server slips the first back in before Alice's real third key, then
+/// replays the second, which carries Bob's signature. Every verified key
+/// that was replaced stays refused, whatever came after it.
+#[tokio::test]
+async fn a_replaced_key_stays_refused_after_interleaved_listings() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let first = world.server.signing_keys(&alice()).unwrap();
+    alice1.bootstrap_cross_signing(true).await;
+    bob1.refresh_keys(&[&alice()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let second = world.server.signing_keys(&alice()).unwrap();
+    world.server.overwrite_signing_keys(&alice(), first.0, first.1, first.2);
+    bob1.refresh_keys(&[&alice()]).await;
+    alice1.bootstrap_cross_signing(true).await;
+    bob1.refresh_keys(&[&alice()]).await;
+    world.server.overwrite_signing_keys(&alice(), second.0, second.1, second.2);
+    bob1.refresh_keys(&[&alice()]).await;
+    assert_ne!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
+}
+
+/// A new device of Bob's learns Alice's identity before it trusts its own
+/// (keys imported later): Alice's key, verified by Bob's other device, is
+/// still remembered when Alice replaces it, so a replay of it is refused.
+#[tokio::test]
+async fn a_key_verified_through_imported_keys_is_remembered_when_replaced() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let bob2 = world.device(&bob(), "B2").await;
+    bob2.refresh_keys(&[&alice(), &bob()]).await;
+    assert_eq!(state_of(&bob2, &alice()).await, Some(IdentityState::Unverified), "B2 trusts nothing yet");
+    bob2.machine.import_cross_signing_keys(&bob1.machine.export_cross_signing_keys().unwrap()).await.unwrap();
+    assert_eq!(state_of(&bob2, &alice()).await, Some(IdentityState::Verified), "through Bob's signature");
+    let old = world.server.signing_keys(&alice()).unwrap();
+    alice1.bootstrap_cross_signing(true).await;
+    bob2.refresh_keys(&[&alice()]).await;
+    world.server.overwrite_signing_keys(&alice(), old.0, old.1, old.2);
+    bob2.refresh_keys(&[&alice()]).await;
+    assert_ne!(state_of(&bob2, &alice()).await, Some(IdentityState::Verified));
+}
+
+/// A reset whose first attempt met an auth challenge is resumed (bootstrap
+/// without reset, as the password helper does) on a device whose keys are
+/// set aside and on a device with no keys at all: the same new keys.
+#[tokio::test]
+async fn a_challenged_reset_resumes_on_devices_without_usable_keys() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let alice2 = world.device(&alice(), "A2").await;
+    alice2.bootstrap_cross_signing(true).await;
+    alice1.refresh_keys(&[&alice()]).await;
+    let alice3 = world.device(&alice(), "A3").await;
+    for device in [&alice1, &alice3] {
+        let first = device.machine.bootstrap_cross_signing(true).await.unwrap();
+        let resumed = device.machine.bootstrap_cross_signing(false).await.unwrap();
+        let master = |r: &hush_crypto_core::OutgoingRequest| match r.request() {
+            hush_crypto_core::AnyOutgoingRequest::SigningKeysUpload(u) => {
+                u.master_key.as_ref().unwrap().json().get().to_owned()
+            }
+            _ => panic!("not a signing-keys upload"),
+        };
+        assert_eq!(master(&first), master(&resumed), "{}", device.device_id);
+    }
+}

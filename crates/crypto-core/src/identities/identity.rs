@@ -99,11 +99,13 @@ impl UserIdentityData {
     /// Checks `user_id`'s listed keys (`own`: whether the user is us, whose
     /// user-signing key is required) and merges them with what we knew.
     /// `Ok(None)`: nothing is listed, what we knew stays.
+    /// `known_verified`: whether `known` (what we knew) is verified right
+    /// now; if its master key is replaced, that key is remembered.
     pub(crate) fn from_listed(
         user_id: &UserId,
         listed: ListedIdentity<'_>,
         own: bool,
-        known: Option<&Self>,
+        known: Option<(&Self, bool)>,
     ) -> Result<Option<Self>, IdentityError> {
         let Some(master) = listed.master else {
             return match listed.self_signing.or(listed.user_signing) {
@@ -132,7 +134,7 @@ impl UserIdentityData {
             replaced_masters: Vec::new(),
         };
         Ok(Some(match known {
-            Some(known) => known.updated_with(fresh),
+            Some((known, verified)) => known.updated_with(fresh, verified),
             None => fresh,
         }))
     }
@@ -157,33 +159,33 @@ impl UserIdentityData {
         };
         match known {
             // Our own reset: the new key is the one we trust and pin.
-            Some(known) => Self { replaced_masters: known.replaced_with(fresh.master.key()), ..fresh },
+            Some(known) => Self { replaced_masters: known.replaced_with(fresh.master.key(), true), ..fresh },
             None => fresh,
         }
     }
 
     /// `newer` keys for the same user: the pin and the decisions stay; a
     /// new master key is not trusted until verified again.
-    fn updated_with(&self, newer: Self) -> Self {
+    fn updated_with(&self, newer: Self, verified: bool) -> Self {
         let same_master = newer.master.key() == self.master.key();
         Self {
             pinned_master: self.pinned_master,
             master_trusted: self.master_trusted && same_master,
             previously_verified: self.previously_verified,
             current_master_verified: self.current_master_verified && same_master,
-            replaced_masters: self.replaced_with(newer.master.key()),
+            replaced_masters: self.replaced_with(newer.master.key(), verified),
             ..newer
         }
     }
 
     /// The replaced master keys once `new` is the master key: the current
-    /// one is recorded if it was verified here (and `new` is not itself a
-    /// replaced key coming back, which stays marked).
-    fn replaced_with(&self, new: Ed25519PublicKey) -> Vec<Ed25519PublicKey> {
+    /// one is recorded if it was verified here (`verified`: as worked out
+    /// now; or flagged when it was verified or trusted), whatever `new` is.
+    fn replaced_with(&self, new: Ed25519PublicKey, verified: bool) -> Vec<Ed25519PublicKey> {
         let mut replaced = self.replaced_masters.clone();
         let current = self.master.key();
-        let verified = self.current_master_verified || self.master_trusted;
-        if new != current && verified && !replaced.contains(&current) && !replaced.contains(&new) {
+        let was_verified = verified || self.current_master_verified || self.master_trusted;
+        if new != current && was_verified && !replaced.contains(&current) {
             replaced.push(current);
         }
         let excess = replaced.len().saturating_sub(MAX_REPLACED_MASTERS);

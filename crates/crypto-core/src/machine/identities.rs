@@ -24,6 +24,14 @@ use crate::{
     store::{Changes, StoreError},
 };
 
+/// New keys of a reset, held until the server takes them, with the master
+/// key of the identity they replace (as listed when the reset began).
+#[derive(Clone, Debug)]
+pub(super) struct PendingReset {
+    pub(super) keys: PrivateCrossSigningIdentity,
+    pub(super) replacing: Option<vodozemac::Ed25519PublicKey>,
+}
+
 /// A JSON value as a ruma `Raw` of any type (the value is already checked).
 fn raw<T>(value: &Value) -> Result<Raw<T>, SignatureError> {
     Raw::new(value).map(Raw::cast_unchecked).map_err(|e| SignatureError::NotCanonical(e.to_string()))
@@ -76,33 +84,42 @@ impl OlmMachine {
     async fn keys_to_upload(&self, reset: bool) -> Result<PrivateCrossSigningIdentity, CrossSigningError> {
         let pending = lock(&self.inner.pending_reset).clone();
         let existing = lock(&self.inner.cross_signing).clone();
+        let listed = self.inner.store.get_user_identity(self.user_id()).await?;
+        let listed_master = listed.as_ref().map(|listed| listed.master_key().key());
         if !reset {
             // Never replace, without being told to, an identity the server
-            // lists for us with keys this device does not hold; and decide
-            // only once the server was asked.
+            // lists for us that is not ours; decide only once it was asked.
             if self.is_user_dirty(self.user_id()) {
                 return Err(CrossSigningError::OwnKeysNotQueried);
             }
-            let listed = self.inner.store.get_user_identity(self.user_id()).await?;
-            let ours = |listed: &UserIdentityData| {
-                existing.as_ref().is_some_and(|keys| keys.held().is_complete() && keys.matches(listed))
+            let allowed = match (&pending, &listed) {
+                (_, None) => true,
+                // Resuming a reset: the identity it replaces (or its own keys,
+                // taken by the server while the answer was lost) is listed.
+                (Some(pending), Some(_)) => {
+                    listed_master == pending.replacing || listed_master == pending.keys.public_key(KeyRole::Master)
+                }
+                (None, Some(listed)) => {
+                    existing.as_ref().is_some_and(|keys| keys.held().is_complete() && keys.matches(listed))
+                }
             };
-            if listed.as_ref().is_some_and(|listed| !ours(listed)) {
+            if !allowed {
                 return Err(CrossSigningError::IdentityExists);
             }
         }
         let held = existing.as_ref().map(PrivateCrossSigningIdentity::held).unwrap_or_default();
+        let holds_any = held.has_master || held.has_self_signing || held.has_user_signing;
         match (pending, existing) {
-            (Some(pending), _) if !reset => Ok(pending),
+            (Some(pending), _) if !reset => Ok(pending.keys),
             (_, Some(keys)) if !reset && held.is_complete() => match keys.is_uploaded() {
                 true => Err(CrossSigningError::AlreadyBootstrapped),
                 false => Ok(keys),
             },
-            (_, Some(_)) if reset && (held.has_master || held.has_self_signing || held.has_user_signing) => {
-                let new = PrivateCrossSigningIdentity::generate(self.user_id());
-                *lock(&self.inner.pending_reset) = Some(new.clone());
+            _ if reset && (holds_any || listed.is_some()) => {
+                let keys = PrivateCrossSigningIdentity::generate(self.user_id());
+                *lock(&self.inner.pending_reset) = Some(PendingReset { keys: keys.clone(), replacing: listed_master });
                 tracing::info!("made new cross-signing keys for a reset");
-                Ok(new)
+                Ok(keys)
             }
             _ => {
                 let new = PrivateCrossSigningIdentity::generate(self.user_id());
@@ -124,7 +141,7 @@ impl OlmMachine {
         master: vodozemac::Ed25519PublicKey,
     ) -> Result<(), StoreError> {
         let account = self.inner.account.lock().await;
-        let pending = lock(&self.inner.pending_reset).clone();
+        let pending = lock(&self.inner.pending_reset).clone().map(|pending| pending.keys);
         let current = lock(&self.inner.cross_signing).clone();
         let uploaded = |keys: &PrivateCrossSigningIdentity| keys.public_key(KeyRole::Master) == Some(master);
         let from_pending = pending.as_ref().is_some_and(uploaded);
@@ -475,7 +492,8 @@ impl OlmMachine {
                 user_signing: response.user_signing_keys.get(user_id),
             };
             let own = **user_id == *self.user_id();
-            match UserIdentityData::from_listed(user_id, listed, own, old.as_ref()) {
+            let old_verified = old.as_ref().is_some_and(|old| identity_is_verified(old, own_known.as_ref()));
+            match UserIdentityData::from_listed(user_id, listed, own, old.as_ref().map(|old| (old, old_verified))) {
                 Ok(Some(new)) => {
                     checked.insert(user_id.clone(), new);
                 }
@@ -514,16 +532,22 @@ impl OlmMachine {
     }
 
     /// Our own identity as the server lists it: trusted if we hold its
-    /// master key. Keys we hold that are not its keys (a reset elsewhere, or
+    /// master key (even if it was marked replaced: holding the private key
+    /// is the spec's own test of our identity; a device that still holds
+    /// keys another device replaced trusts them again if the server replays
+    /// them, as every client does). Keys we hold that are not its keys (a reset elsewhere, or
     /// a server replaying an old identity) are set aside, not destroyed: a
     /// lying server must not be able to make us lose them, and they are not
     /// used while they do not match. Returns our keys to save when that
     /// changed.
     fn judge_own_identity(&self, own: &mut UserIdentityData) -> Option<PrivateCrossSigningIdentity> {
-        let mut private = lock(&self.inner.cross_signing);
-        let keys = private.as_mut()?;
+        let mut keys = lock(&self.inner.cross_signing).clone()?;
         let matches = keys.matches(own);
         if matches && keys.held().has_master {
+            // We hold this identity's master key: it is ours, whatever the
+            // server listed in between (a listing of another key and back
+            // is not a rollback of a key we hold the newest of).
+            own.clear_replaced_mark();
             own.trust_master();
         }
         if keys.is_uploaded() && keys.is_stale() == matches {
@@ -531,7 +555,8 @@ impl OlmMachine {
                 tracing::warn!("the server lists a cross-signing identity for us whose keys we do not hold");
             }
             keys.set_stale(!matches);
-            return Some(keys.clone());
+            // Applied to memory once the keys query's changes are saved.
+            return Some(keys);
         }
         None
     }

@@ -156,6 +156,7 @@ impl OlmMachine {
         }
         let (mut changes, mut events, cleaned) = self.check_queried_users(to_check);
         changes.identities = identities.identities;
+        let private_identity = identities.private_identity.clone();
         changes.private_identity = identities.private_identity;
         events.extend(identities.events);
         {
@@ -170,6 +171,9 @@ impl OlmMachine {
             }
         }
         self.save(None, None, changes).await?;
+        if let Some(private) = private_identity {
+            *lock(&self.inner.cross_signing) = Some(private);
+        }
         let mut tracker = lock(&self.inner.tracker);
         for user_id in &answered {
             tracker.clear_retry(user_id);

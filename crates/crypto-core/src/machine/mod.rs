@@ -161,7 +161,7 @@ struct Inner {
     cross_signing: Mutex<Option<PrivateCrossSigningIdentity>>,
     /// New keys of a reset, until the server accepts them (the current ones
     /// stay in use, and stored, until then).
-    pending_reset: Mutex<Option<PrivateCrossSigningIdentity>>,
+    pending_reset: Mutex<Option<identities::PendingReset>>,
     /// Where request and transaction ids come from.
     ids: IdSource,
     /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
