@@ -790,3 +790,95 @@ async fn a_challenged_reset_resumes_on_devices_without_usable_keys() {
         assert_eq!(master(&first), master(&resumed), "{}", device.device_id);
     }
 }
+
+/// Attack on a new login: Bob's new device learns Alice's key, then gets
+/// Bob's keys imported (Alice now verified through Bob's signature). The
+/// server lists a made-up identity for Bob, then Alice's real new key, then
+/// replays Bob's and Alice's old keys. Alice's old key was verified by a
+/// user-signing key this device trusted: its replacement is remembered, and
+/// the replay is refused (the made-up identity also retires B2's keys until
+/// the user imports them again: a denial of service, never a false
+/// "verified").
+#[tokio::test]
+async fn a_made_up_own_identity_cannot_hide_a_replacement() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    let bob2 = world.device(&bob(), "B2").await;
+    bob2.refresh_keys(&[&alice(), &bob()]).await;
+    bob2.machine.import_cross_signing_keys(&bob1.machine.export_cross_signing_keys().unwrap()).await.unwrap();
+    assert_eq!(state_of(&bob2, &alice()).await, Some(IdentityState::Verified));
+    let (alice_old, bob_old) =
+        (world.server.signing_keys(&alice()).unwrap(), world.server.signing_keys(&bob()).unwrap());
+
+    let (fake_master, fake_self, fake_user) =
+        (Ed25519SecretKey::new(), Ed25519SecretKey::new(), Ed25519SecretKey::new());
+    world.server.overwrite_signing_keys(
+        &bob(),
+        cross_signing_key(&bob(), &["master"], &fake_master, None),
+        cross_signing_key(&bob(), &["self_signing"], &fake_self, Some(&fake_master)),
+        Some(cross_signing_key(&bob(), &["user_signing"], &fake_user, Some(&fake_master))),
+    );
+    bob2.refresh_keys(&[&bob()]).await;
+    alice1.bootstrap_cross_signing(true).await;
+    bob2.refresh_keys(&[&alice()]).await;
+    world.server.overwrite_signing_keys(&bob(), bob_old.0, bob_old.1, bob_old.2);
+    world.server.overwrite_signing_keys(&alice(), alice_old.0, alice_old.1, alice_old.2);
+    bob2.refresh_keys(&[&bob()]).await;
+    bob2.refresh_keys(&[&alice()]).await;
+    // The made-up identity retired B2's keys (a denial of service, undone
+    // by the user importing them again)...
+    assert_ne!(state_of(&bob2, &bob()).await, Some(IdentityState::Verified));
+    bob2.machine.import_cross_signing_keys(&bob1.machine.export_cross_signing_keys().unwrap()).await.unwrap();
+    assert_eq!(state_of(&bob2, &bob()).await, Some(IdentityState::Verified), "Bob's own keys are his again");
+    // ...and with Bob's identity trusted again, Alice's old key stays refused.
+    assert_ne!(state_of(&bob2, &alice()).await, Some(IdentityState::Verified), "Alice's old key stays refused");
+}
+
+/// Attack: Alice's second device resets; the server later replays the old
+/// identity to her first device, which still holds its keys. Those keys
+/// were retired when the new identity appeared: they are not trusted or
+/// used again. Importing the new keys replaces them.
+#[tokio::test]
+async fn retired_keys_are_not_trusted_again_when_their_identity_is_replayed() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    alice1.refresh_keys(&[&alice()]).await;
+    let old = world.server.signing_keys(&alice()).unwrap();
+    let alice2 = world.device(&alice(), "A2").await;
+    alice2.bootstrap_cross_signing(true).await;
+    let new = world.server.signing_keys(&alice()).unwrap();
+    alice1.refresh_keys(&[&alice()]).await;
+    world.server.overwrite_signing_keys(&alice(), old.0, old.1, old.2);
+    alice1.refresh_keys(&[&alice()]).await;
+    assert_ne!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified));
+    assert_eq!(alice1.machine.cross_signing_status(), Default::default());
+    world.server.overwrite_signing_keys(&alice(), new.0, new.1, new.2);
+    alice1.refresh_keys(&[&alice()]).await;
+    alice1.machine.import_cross_signing_keys(&alice2.machine.export_cross_signing_keys().unwrap()).await.unwrap();
+    assert!(alice1.machine.cross_signing_status().is_complete());
+    assert_eq!(state_of(&alice1, &alice()).await, Some(IdentityState::Verified));
+}
+
+/// An abandoned reset on a device without keys, then the user imports the
+/// current keys: a later bootstrap without reset does not complete the old
+/// reset (the keys are already uploaded: `AlreadyBootstrapped`).
+#[tokio::test]
+async fn importing_keys_drops_an_abandoned_reset() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let alice2 = world.device(&alice(), "A2").await;
+    alice2.machine.bootstrap_cross_signing(true).await.unwrap(); // never sent
+    alice2.machine.import_cross_signing_keys(&alice1.machine.export_cross_signing_keys().unwrap()).await.unwrap();
+    assert_eq!(
+        alice2.machine.bootstrap_cross_signing(false).await.unwrap_err(),
+        CrossSigningError::AlreadyBootstrapped
+    );
+}

@@ -66,6 +66,13 @@ pub struct UserIdentityData {
     /// user verifying the key again clears its mark.
     #[serde(default)]
     replaced_masters: Vec<Ed25519PublicKey>,
+    /// Our own identity: every user-signing key this device trusted (the
+    /// latest [`MAX_REPLACED_MASTERS`]). Another user's master key signed by
+    /// one of them was verified by us at some point, which is what decides
+    /// whether its replacement is remembered, even if our own identity has
+    /// changed since (a server can list a made-up identity for us first).
+    #[serde(default)]
+    trusted_user_signing_keys: Vec<Ed25519PublicKey>,
 }
 
 /// How many replaced master keys an identity remembers.
@@ -132,6 +139,7 @@ impl UserIdentityData {
             previously_verified: false,
             current_master_verified: false,
             replaced_masters: Vec::new(),
+            trusted_user_signing_keys: Vec::new(),
         };
         Ok(Some(match known {
             Some((known, verified)) => known.updated_with(fresh, verified),
@@ -156,11 +164,24 @@ impl UserIdentityData {
             previously_verified: true,
             current_master_verified: true,
             replaced_masters: Vec::new(),
+            trusted_user_signing_keys: Vec::new(),
         };
         match known {
             // Our own reset: the new key is the one we trust and pin.
-            Some(known) => Self { replaced_masters: known.replaced_with(fresh.master.key(), true), ..fresh },
-            None => fresh,
+            Some(known) => {
+                let mut own = Self {
+                    replaced_masters: known.replaced_with(fresh.master.key(), true),
+                    trusted_user_signing_keys: known.trusted_user_signing_keys.clone(),
+                    ..fresh
+                };
+                own.remember_trusted_user_signing_key();
+                own
+            }
+            None => {
+                let mut own = fresh;
+                own.remember_trusted_user_signing_key();
+                own
+            }
         }
     }
 
@@ -173,6 +194,7 @@ impl UserIdentityData {
             master_trusted: self.master_trusted && same_master,
             previously_verified: self.previously_verified,
             current_master_verified: self.current_master_verified && same_master,
+            trusted_user_signing_keys: self.trusted_user_signing_keys.clone(),
             replaced_masters: self.replaced_with(newer.master.key(), verified),
             ..newer
         }
@@ -281,6 +303,22 @@ impl UserIdentityData {
     /// Our own identity: this device trusts the master key from now on.
     pub(crate) fn trust_master(&mut self) {
         self.master_trusted = true;
+        self.remember_trusted_user_signing_key();
+    }
+
+    fn remember_trusted_user_signing_key(&mut self) {
+        let Some(key) = self.user_signing.as_ref().map(CrossSigningPublicKey::key) else { return };
+        if self.master_trusted && !self.trusted_user_signing_keys.contains(&key) {
+            self.trusted_user_signing_keys.push(key);
+            let excess = self.trusted_user_signing_keys.len().saturating_sub(MAX_REPLACED_MASTERS);
+            self.trusted_user_signing_keys.drain(..excess);
+        }
+    }
+
+    /// Whether `other`'s master key carries a signature by a user-signing
+    /// key this device ever trusted (we verified them at some point).
+    pub(crate) fn ever_verified(&self, other: &Self) -> bool {
+        self.trusted_user_signing_keys.iter().any(|key| other.master.is_signed_by(&self.user_id, key))
     }
 
     /// The master key with `signature` added (a verification's upload).

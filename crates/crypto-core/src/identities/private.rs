@@ -87,6 +87,11 @@ pub struct PrivateCrossSigningIdentity {
     /// kept, but not used, exported or reported until they match again.
     #[serde(default)]
     stale: bool,
+    /// Set aside for good: the server listed a new identity for us that we
+    /// hold no keys of (a reset on another device). Only an import or a new
+    /// bootstrap replaces retired keys.
+    #[serde(default)]
+    retired: bool,
 }
 
 impl std::fmt::Debug for PrivateCrossSigningIdentity {
@@ -109,6 +114,7 @@ impl Clone for PrivateCrossSigningIdentity {
             user_signing: copy(&self.user_signing),
             uploaded: self.uploaded,
             stale: self.stale,
+            retired: self.retired,
         }
     }
 }
@@ -131,6 +137,7 @@ impl PrivateCrossSigningIdentity {
             user_signing: Some(Ed25519SecretKey::new()),
             uploaded: false,
             stale: false,
+            retired: false,
         }
     }
 
@@ -143,6 +150,7 @@ impl PrivateCrossSigningIdentity {
             user_signing: None,
             uploaded: true,
             stale: false,
+            retired: false,
         }
     }
 
@@ -179,6 +187,16 @@ impl PrivateCrossSigningIdentity {
 
     pub(crate) fn set_stale(&mut self, stale: bool) {
         self.stale = stale;
+    }
+
+    /// Whether the keys are retired for good (see the field).
+    pub fn is_retired(&self) -> bool {
+        self.retired
+    }
+
+    pub(crate) fn retire(&mut self) {
+        self.retired = true;
+        self.stale = true;
     }
 
     /// The key in `role`, for signing: not while stale.
@@ -286,6 +304,7 @@ impl PrivateCrossSigningIdentity {
         }
         imported.uploaded = true;
         imported.stale = false;
+        imported.retired = false;
         Ok(imported)
     }
 

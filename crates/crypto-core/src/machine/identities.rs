@@ -86,12 +86,13 @@ impl OlmMachine {
         let existing = lock(&self.inner.cross_signing).clone();
         let listed = self.inner.store.get_user_identity(self.user_id()).await?;
         let listed_master = listed.as_ref().map(|listed| listed.master_key().key());
+        // Decide only once the server was asked what identity we have.
+        if self.is_user_dirty(self.user_id()) {
+            return Err(CrossSigningError::OwnKeysNotQueried);
+        }
         if !reset {
             // Never replace, without being told to, an identity the server
-            // lists for us that is not ours; decide only once it was asked.
-            if self.is_user_dirty(self.user_id()) {
-                return Err(CrossSigningError::OwnKeysNotQueried);
-            }
+            // lists for us that is not ours.
             let allowed = match (&pending, &listed) {
                 (_, None) => true,
                 // Resuming a reset: the identity it replaces (or its own keys,
@@ -228,6 +229,7 @@ impl OlmMachine {
             .unwrap_or_else(|| PrivateCrossSigningIdentity::empty(self.user_id()));
         let imported = current.import(export, &identity)?;
         if imported.status().has_master {
+            identity.clear_replaced_mark();
             identity.trust_master();
             identity.note_verified();
         }
@@ -236,6 +238,8 @@ impl OlmMachine {
             Changes { private_identity: Some(imported.clone()), identities: vec![identity], ..Default::default() };
         self.inner.store.save_changes(changes).await?;
         *lock(&self.inner.cross_signing) = Some(imported);
+        // An abandoned reset is not resumed over keys the user chose to import.
+        *lock(&self.inner.pending_reset) = None;
         drop(_account);
         if status.has_self_signing {
             self.queue_own_device_signature();
@@ -492,7 +496,10 @@ impl OlmMachine {
                 user_signing: response.user_signing_keys.get(user_id),
             };
             let own = **user_id == *self.user_id();
-            let old_verified = old.as_ref().is_some_and(|old| identity_is_verified(old, own_known.as_ref()));
+            let old_verified = old.as_ref().is_some_and(|old| {
+                identity_is_verified(old, own_known.as_ref())
+                    || (!own && own_known.as_ref().is_some_and(|own_known| own_known.ever_verified(old)))
+            });
             match UserIdentityData::from_listed(user_id, listed, own, old.as_ref().map(|old| (old, old_verified))) {
                 Ok(Some(new)) => {
                     checked.insert(user_id.clone(), new);
@@ -542,7 +549,16 @@ impl OlmMachine {
     /// changed.
     fn judge_own_identity(&self, own: &mut UserIdentityData) -> Option<PrivateCrossSigningIdentity> {
         let mut keys = lock(&self.inner.cross_signing).clone()?;
-        let matches = keys.matches(own);
+        if !keys.matches(own) && keys.is_uploaded() && !keys.is_retired() && !own.is_master_replaced() {
+            // A new identity we hold no keys of (a reset elsewhere): ours are
+            // retired for good, and a later replay of their identity is not
+            // trusted again. Listing an already replaced key only sets them
+            // aside until ours is listed again.
+            tracing::warn!("our cross-signing identity was replaced elsewhere; retiring this device's keys");
+            keys.retire();
+            return Some(keys);
+        }
+        let matches = keys.matches(own) && !keys.is_retired();
         if matches && keys.held().has_master {
             // We hold this identity's master key: it is ours, whatever the
             // server listed in between (a listing of another key and back
