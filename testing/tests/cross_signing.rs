@@ -38,6 +38,18 @@ impl World {
     }
 }
 
+/// Alice and Bob, both bootstrapped; Bob verified Alice's identity.
+async fn alice_verified_by_bob(world: &World) -> (TestDevice, TestDevice) {
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.unwrap();
+    bob1.drain().await;
+    (alice1, bob1)
+}
+
 async fn state_of(device: &TestDevice, user_id: &UserId) -> Option<IdentityState> {
     device.machine.get_identity(user_id).await.unwrap().map(|identity| identity.state())
 }
@@ -128,13 +140,7 @@ async fn bob_verifies_alice_and_both_her_devices_show_verified() {
 #[tokio::test]
 async fn a_device_the_server_injects_is_not_verified() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (_alice1, bob1) = alice_verified_by_bob(&world).await;
 
     let _evil = RogueDevice::register(&world.server, &alice(), "EVIL");
     bob1.refresh_keys(&[&alice()]).await;
@@ -150,13 +156,7 @@ async fn a_device_the_server_injects_is_not_verified() {
 #[tokio::test]
 async fn a_reset_of_a_verified_identity_is_a_verification_violation() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(&world).await;
     bob1.machine.drain_events();
 
     alice1.bootstrap_cross_signing(true).await;
@@ -320,13 +320,7 @@ fn inbox(world: &World, user_id: &UserId, device_id: &str) -> Vec<Value> {
 /// Alice with A1 signed by her identity, Bob who verified her, and a
 /// device the server injected into Alice's list ("EVIL", unsigned).
 async fn alice_bob_and_an_injected_device(world: &World) -> (TestDevice, TestDevice, RogueDevice) {
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(world).await;
     let evil = RogueDevice::register(&world.server, &alice(), "EVIL");
     bob1.refresh_keys(&[&alice()]).await;
     (alice1, bob1, evil)
@@ -386,13 +380,7 @@ async fn a_verified_users_unsigned_device_stops_sharing_under_error_on_problem()
 #[tokio::test]
 async fn a_verification_violation_stops_sharing_until_acknowledged() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(&world).await;
     alice1.bootstrap_cross_signing(true).await;
     bob1.refresh_keys(&[&alice()]).await;
     bob1.establish_sessions(&[&alice()]).await;
@@ -490,13 +478,7 @@ async fn an_abandoned_reset_keeps_the_current_keys() {
 #[tokio::test]
 async fn a_replayed_old_identity_is_not_trusted_again() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(&world).await;
     alice1.refresh_keys(&[&alice()]).await;
     let (old_master, old_self_signing, old_user_signing) = world.server.signing_keys(&alice()).unwrap();
 
@@ -535,13 +517,7 @@ async fn a_replayed_old_identity_is_not_trusted_again() {
 #[tokio::test]
 async fn a_verification_violation_is_enforced_when_decrypting_and_sharing() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let mut bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, mut bob1) = alice_verified_by_bob(&world).await;
     let trusted = strategy(SharingStrategy::OnlyTrustedDevices);
     bob1.share_room_key(room(), &[&alice()], &trusted).await;
     let before = bob1.encrypt_text(room(), "before").await;
@@ -635,13 +611,7 @@ async fn a_device_whose_key_is_a_cross_signing_key_is_refused() {
 #[tokio::test]
 async fn made_up_identities_cannot_flush_a_replaced_key() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (_alice1, bob1) = alice_verified_by_bob(&world).await;
     let (old_master, old_self_signing, _) = world.server.signing_keys(&alice()).unwrap();
     for _ in 0..40 {
         let master = Ed25519SecretKey::new();
@@ -718,13 +688,7 @@ async fn abandoned_resets_never_overwrite_or_lose_anything() {
 #[tokio::test]
 async fn a_replaced_key_stays_refused_after_interleaved_listings() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(&world).await;
     let first = world.server.signing_keys(&alice()).unwrap();
     alice1.bootstrap_cross_signing(true).await;
     bob1.refresh_keys(&[&alice()]).await;
@@ -746,13 +710,7 @@ async fn a_replaced_key_stays_refused_after_interleaved_listings() {
 #[tokio::test]
 async fn a_key_verified_through_imported_keys_is_remembered_when_replaced() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(&world).await;
     let bob2 = world.device(&bob(), "B2").await;
     bob2.refresh_keys(&[&alice(), &bob()]).await;
     assert_eq!(state_of(&bob2, &alice()).await, Some(IdentityState::Unverified), "B2 trusts nothing yet");
@@ -802,13 +760,7 @@ async fn a_challenged_reset_resumes_on_devices_without_usable_keys() {
 #[tokio::test]
 async fn a_made_up_own_identity_cannot_hide_a_replacement() {
     let world = World::new();
-    let alice1 = world.device(&alice(), "A1").await;
-    alice1.bootstrap_cross_signing(false).await;
-    let bob1 = world.device(&bob(), "B1").await;
-    bob1.bootstrap_cross_signing(false).await;
-    bob1.refresh_keys(&[&alice(), &bob()]).await;
-    bob1.machine.verify_identity(&alice()).await.unwrap();
-    bob1.drain().await;
+    let (alice1, bob1) = alice_verified_by_bob(&world).await;
     let bob2 = world.device(&bob(), "B2").await;
     bob2.refresh_keys(&[&alice(), &bob()]).await;
     bob2.machine.import_cross_signing_keys(&bob1.machine.export_cross_signing_keys().unwrap()).await.unwrap();
