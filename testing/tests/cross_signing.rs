@@ -834,3 +834,36 @@ async fn importing_keys_drops_an_abandoned_reset() {
         CrossSigningError::AlreadyBootstrapped
     );
 }
+
+/// Attack: between the user comparing Alice's master key and the call that
+/// verifies it, the server swaps in another identity. Verifying the key the
+/// user compared is refused and changes nothing; the compared key verifies.
+#[tokio::test]
+async fn verifying_a_compared_key_refuses_a_swapped_identity() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let bob1 = world.device(&bob(), "B1").await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    let compared = bob1.machine.get_identity(&alice()).await.unwrap().unwrap().master_key();
+    let real = world.server.signing_keys(&alice()).unwrap();
+    let (master, self_signing) = (Ed25519SecretKey::new(), Ed25519SecretKey::new());
+    world.server.overwrite_signing_keys(
+        &alice(),
+        cross_signing_key(&alice(), &["master"], &master, None),
+        cross_signing_key(&alice(), &["self_signing"], &self_signing, Some(&master)),
+        None,
+    );
+    bob1.refresh_keys(&[&alice()]).await;
+    assert_eq!(
+        bob1.machine.verify_identity_key(&alice(), compared).await.unwrap_err(),
+        CrossSigningError::MasterKeyChanged(alice())
+    );
+    assert_ne!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
+    world.server.overwrite_signing_keys(&alice(), real.0, real.1, real.2);
+    bob1.refresh_keys(&[&alice()]).await;
+    bob1.machine.verify_identity_key(&alice(), compared).await.unwrap();
+    bob1.drain().await;
+    assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
+}

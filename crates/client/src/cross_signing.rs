@@ -44,10 +44,12 @@ impl UserIdentity {
     }
 
     /// Verifies the identity (after comparing keys out of band or by an
-    /// interactive verification) and uploads the signature.
+    /// interactive verification) and uploads the signature. Only the master
+    /// key this value was read with is verified: if the server listed
+    /// another one since, this is `CrossSigningError::MasterKeyChanged`.
     pub async fn verify(&self) -> Result<(), ClientError> {
         let machine = self.client.olm_machine()?;
-        machine.verify_identity(self.user_id()).await?;
+        machine.verify_identity_key(self.user_id(), self.inner.master_key()).await?;
         self.client.send_outgoing_requests().await
     }
 

@@ -42,6 +42,10 @@ pub enum CrossSigningError {
     /// (secret storage, gossip), or bootstrap with `reset` to replace it.
     #[error("our account already has a cross-signing identity this device does not hold; import its keys or reset")]
     IdentityExists,
+    /// The user's master key is not the one the caller verified (it changed
+    /// in between).
+    #[error("the master key of {0} is not the one that was verified")]
+    MasterKeyChanged(OwnedUserId),
     /// Our own keys were not queried yet: whether the account already has an
     /// identity is unknown (drive the queue first).
     #[error("our own keys have not been queried yet; send the keys query first")]

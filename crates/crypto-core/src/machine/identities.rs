@@ -305,9 +305,35 @@ impl OlmMachine {
     /// Verifies a user's identity. Ours: this device trusts the master key
     /// from now on and signs it. Another user's: our user-signing key signs
     /// their master key. The signature upload is queued and returned.
+    /// Prefer [`verify_identity_key`](Self::verify_identity_key) when the
+    /// user compared a particular key (a server could swap the identity in
+    /// between).
     pub async fn verify_identity(&self, user_id: &UserId) -> Result<OutgoingRequest, CrossSigningError> {
+        self.verify_identity_checked(user_id, None).await
+    }
+
+    /// [`verify_identity`](Self::verify_identity), only if the user's
+    /// current master key is `master_key` (the one the user compared, e.g.
+    /// in an interactive verification); otherwise
+    /// [`CrossSigningError::MasterKeyChanged`] and nothing changes.
+    pub async fn verify_identity_key(
+        &self,
+        user_id: &UserId,
+        master_key: vodozemac::Ed25519PublicKey,
+    ) -> Result<OutgoingRequest, CrossSigningError> {
+        self.verify_identity_checked(user_id, Some(master_key)).await
+    }
+
+    async fn verify_identity_checked(
+        &self,
+        user_id: &UserId,
+        expected: Option<vodozemac::Ed25519PublicKey>,
+    ) -> Result<OutgoingRequest, CrossSigningError> {
         let account = self.inner.account.lock().await;
         let mut identity = self.known_identity(user_id).await?;
+        if expected.is_some_and(|expected| expected != identity.master_key().key()) {
+            return Err(CrossSigningError::MasterKeyChanged(user_id.to_owned()));
+        }
         // An explicit verification is the user's decision, even of a key
         // that was replaced before.
         identity.clear_replaced_mark();
