@@ -252,6 +252,19 @@ fn cross_signing_key(
     value
 }
 
+/// The server lists a well-formed identity for `user_id` that nobody holds
+/// the keys of (fresh master and self-signing keys, the second signed by
+/// the first).
+fn list_made_up_identity(world: &World, user_id: &UserId) {
+    let (master, self_signing) = (Ed25519SecretKey::new(), Ed25519SecretKey::new());
+    world.server.overwrite_signing_keys(
+        user_id,
+        cross_signing_key(user_id, &["master"], &master, None),
+        cross_signing_key(user_id, &["self_signing"], &self_signing, Some(&master)),
+        None,
+    );
+}
+
 /// Key confusion (Albrecht et al., IEEE S&P 2023). Attacks: the server
 /// lists for Alice (a) a self-signing key equal to the master key, (b) a
 /// master key that claims two usages, (c) a self-signing key the master
@@ -614,14 +627,7 @@ async fn made_up_identities_cannot_flush_a_replaced_key() {
     let (_alice1, bob1) = alice_verified_by_bob(&world).await;
     let (old_master, old_self_signing, _) = world.server.signing_keys(&alice()).unwrap();
     for _ in 0..40 {
-        let master = Ed25519SecretKey::new();
-        let self_signing = Ed25519SecretKey::new();
-        world.server.overwrite_signing_keys(
-            &alice(),
-            cross_signing_key(&alice(), &["master"], &master, None),
-            cross_signing_key(&alice(), &["self_signing"], &self_signing, Some(&master)),
-            None,
-        );
+        list_made_up_identity(&world, &alice());
         bob1.refresh_keys(&[&alice()]).await;
     }
     world.server.overwrite_signing_keys(&alice(), old_master, old_self_signing, None);
@@ -848,13 +854,7 @@ async fn verifying_a_compared_key_refuses_a_swapped_identity() {
     bob1.refresh_keys(&[&alice(), &bob()]).await;
     let compared = bob1.machine.get_identity(&alice()).await.unwrap().unwrap().master_key();
     let real = world.server.signing_keys(&alice()).unwrap();
-    let (master, self_signing) = (Ed25519SecretKey::new(), Ed25519SecretKey::new());
-    world.server.overwrite_signing_keys(
-        &alice(),
-        cross_signing_key(&alice(), &["master"], &master, None),
-        cross_signing_key(&alice(), &["self_signing"], &self_signing, Some(&master)),
-        None,
-    );
+    list_made_up_identity(&world, &alice());
     bob1.refresh_keys(&[&alice()]).await;
     assert_eq!(
         bob1.machine.verify_identity_key(&alice(), compared).await.unwrap_err(),
