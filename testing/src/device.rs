@@ -25,6 +25,8 @@ pub struct TestDevice {
     server: Arc<TestServer>,
     clock: VirtualClock,
     syncs: u64,
+    /// How many events of each room this device has read.
+    room_positions: std::sync::Mutex<std::collections::BTreeMap<ruma_common::OwnedRoomId, usize>>,
 }
 
 impl TestDevice {
@@ -50,6 +52,7 @@ impl TestDevice {
             server: server.clone(),
             clock: clock.clone(),
             syncs: 0,
+            room_positions: Default::default(),
         };
         device.drain().await;
         device
@@ -81,6 +84,11 @@ impl TestDevice {
             }
             AnyOutgoingRequest::SignatureUpload(r) => {
                 self.machine.mark_request_as_sent(id, &self.server.upload_signatures(r), now).await
+            }
+            AnyOutgoingRequest::RoomMessage(r) => {
+                let response =
+                    self.server.send_room_event(&self.user_id, &r.room_id, &r.event_type, &r.content, now.as_millis());
+                self.machine.mark_request_as_sent(id, &response, now).await
             }
         };
         result.expect("response accepted");
@@ -151,6 +159,23 @@ impl TestDevice {
         let output = self.machine.receive_sync_changes(changes, self.clock.now()).await.expect("sync processed");
         self.drain().await;
         output
+    }
+
+    /// Reads the rooms' new events (the timeline part of a sync), feeds
+    /// the verification events to the engine, and drives the queue.
+    pub async fn sync_rooms(&self) {
+        for room_id in self.server.rooms() {
+            let from = *self.room_positions.lock().expect("positions").get(&room_id).unwrap_or(&0);
+            let events = self.server.room_events(&room_id, from);
+            self.room_positions.lock().expect("positions").insert(room_id.clone(), from + events.len());
+            for event in events {
+                self.machine
+                    .receive_room_verification_event(&room_id, &event, self.clock.now())
+                    .await
+                    .expect("verification event handled");
+            }
+        }
+        self.drain().await;
     }
 
     /// Tracks `users`, queries their devices and claims sessions with them

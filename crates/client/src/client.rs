@@ -86,6 +86,7 @@ impl ClientBuilder {
                 rooms_restored: AtomicBool::new(false),
                 in_flight: Mutex::new(HashSet::new()),
                 request_done: tokio::sync::Notify::new(),
+                verification_updates: tokio::sync::broadcast::channel(crate::verification::UPDATE_CAPACITY).0,
             }),
         })
     }
@@ -108,6 +109,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: Mutex<HashSet<OwnedTransactionId>>,
     /// Signalled whenever a request being sent is done.
     pub(crate) request_done: tokio::sync::Notify,
+    /// Verification flows' updates, to subscribers.
+    pub(crate) verification_updates: tokio::sync::broadcast::Sender<crate::VerificationUpdate>,
 }
 
 /// A Matrix client driving hush's crypto engine. Cheap to clone.

@@ -43,7 +43,11 @@ impl Client {
         let mut requests = machine.outgoing_requests(now()).await?;
         // The signing-keys upload needs user-interactive auth: it is sent by
         // `Encryption::bootstrap_cross_signing`, which has the auth.
-        requests.retain(|r| !matches!(r.request(), AnyOutgoingRequest::SigningKeysUpload(_)));
+        // Room events (in-room verification) are sent as the room's own
+        // events are, encrypted, by `send_room_messages`.
+        requests.retain(|r| {
+            !matches!(r.request(), AnyOutgoingRequest::SigningKeysUpload(_) | AnyOutgoingRequest::RoomMessage(_))
+        });
         let (mine, others): (Vec<OutgoingRequest>, Vec<OutgoingRequest>) = {
             let mut in_flight = lock(&self.inner.in_flight);
             requests.into_iter().partition(|r| in_flight.insert(r.request_id().to_owned()))
@@ -54,6 +58,30 @@ impl Client {
         }
         self.handle_engine_events().await;
         result
+    }
+
+    /// Sends the engine's room events (in-room verification messages) the
+    /// way [`Room::send`](crate::Room::send) sends any event: encrypted in
+    /// an encrypted room, after the room key is shared. Each once, even
+    /// when several tasks call this.
+    pub(crate) async fn send_room_messages(&self) -> Result<(), ClientError> {
+        let machine = self.olm_machine()?;
+        let requests = machine.outgoing_requests(now()).await?;
+        for request in requests {
+            let AnyOutgoingRequest::RoomMessage(r) = request.request() else { continue };
+            if !lock(&self.inner.in_flight).insert(request.request_id().to_owned()) {
+                continue;
+            }
+            let _in_flight = InFlight { client: self.clone(), id: request.request_id().to_owned() };
+            let room = self.get_room(&r.room_id).ok_or_else(|| ClientError::UnknownRoom(r.room_id.to_string()))?;
+            let event_id = room.send(&r.event_type, r.content.clone()).await?;
+            let response = ruma_client_api::message::send_message_event::v3::Response::new(event_id);
+            machine.mark_request_as_sent(request.request_id(), &response, now()).await.map_err(|e| match e {
+                ResponseError::Store(store) => ClientError::Store(store),
+                other => ClientError::Config(other.to_string()),
+            })?;
+        }
+        Ok(())
     }
 
     /// Sends requests concurrently; the first error is returned after all finished.
@@ -111,6 +139,10 @@ impl Client {
                 EngineEvent::DevicesChanged(changes) => {
                     tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
                 }
+                EngineEvent::VerificationChanged { user_id, flow, state } => {
+                    // No subscriber is fine: the state stays readable.
+                    let _ = self.inner.verification_updates.send(crate::VerificationUpdate { user_id, flow, state });
+                }
                 other => tracing::debug!(?other, "engine event"),
             }
         }
@@ -151,6 +183,8 @@ impl Client {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
                 machine.mark_request_as_sent(id, &response, now()).await
             }
+            // Sent by `send_room_messages`, as the room's own events are.
+            AnyOutgoingRequest::RoomMessage(_) => return Ok(()),
         };
         result.map_err(|e| match e {
             ResponseError::Store(store) => ClientError::Store(store),

@@ -28,6 +28,9 @@ pub enum ClientError {
     /// A cross-signing command failed.
     #[error(transparent)]
     CrossSigning(#[from] hush_crypto_core::identities::CrossSigningError),
+    /// A verification command failed.
+    #[error(transparent)]
+    Verification(#[from] hush_crypto_core::verification::VerificationError),
     /// The access token belongs to another device than the store.
     #[error(
         "the access token is for device {token_device} but the store belongs to device {store_device}; \

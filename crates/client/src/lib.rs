@@ -43,6 +43,7 @@ mod room;
 mod rooms;
 mod store;
 mod sync;
+mod verification;
 
 pub use auth::{LoginBuilder, MatrixAuth, Session};
 pub use client::{Client, ClientBuilder};
@@ -55,3 +56,4 @@ pub use room::Room;
 pub use rooms::{EncryptionState, Membership, RoomEncryption, RoomState};
 pub use store::StoreConfig;
 pub use sync::{SyncSettings, SyncSummary};
+pub use verification::{Sas, VerificationRequest, VerificationUpdate};

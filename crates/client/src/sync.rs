@@ -109,8 +109,10 @@ impl Client {
             self.deliver(room_id, event, false).await;
             delivered += 1;
         }
-        // Requests out, answers in, events handled (late decryptions).
+        // Requests out, answers in, events handled (late decryptions);
+        // then the engine's room events (in-room verification).
         self.drive().await?;
+        self.send_room_messages().await?;
         Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 
@@ -219,9 +221,26 @@ impl Client {
         } else if late {
             return;
         }
+        self.feed_verification(&room_id, &room_event).await;
         let handlers = lock(&self.inner.handlers).clone();
         for handler in handlers {
             handler(room_event.clone()).await;
+        }
+    }
+
+    /// Hands an in-room verification event (decrypted, with the outer
+    /// event's sender, id and timestamp) to the engine.
+    async fn feed_verification(&self, room_id: &OwnedRoomId, room_event: &RoomEvent) {
+        let event = &room_event.event;
+        let event_type = event.get("type").and_then(Value::as_str).unwrap_or_default();
+        let is_request = event_type == "m.room.message"
+            && event.pointer("/content/msgtype").and_then(Value::as_str) == Some("m.key.verification.request");
+        if !is_request && !event_type.starts_with("m.key.verification.") {
+            return;
+        }
+        let Ok(machine) = self.olm_machine() else { return };
+        if let Err(error) = machine.receive_room_verification_event(room_id, event, now()).await {
+            tracing::warn!(%error, %room_id, "an in-room verification event failed");
         }
     }
 

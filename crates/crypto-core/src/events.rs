@@ -72,6 +72,16 @@ pub enum EngineEvent {
         /// Where the identity stands now.
         state: crate::identities::IdentityState,
     },
+    /// A verification flow appeared (a request we sent or received) or
+    /// changed state: see [`OlmMachine::verification_state`](crate::OlmMachine::verification_state).
+    VerificationChanged {
+        /// The other user.
+        user_id: OwnedUserId,
+        /// The flow.
+        flow: crate::verification::FlowId,
+        /// Where it stands now.
+        state: crate::verification::FlowState,
+    },
     /// The queue overflowed: this many older events were dropped.
     EventsDropped {
         /// How many.

@@ -44,7 +44,7 @@ pub use megolm::{
     WithheldInfo, key_recipients,
 };
 pub use olm::{OLM_ALGORITHM, OlmEncryptionError, OlmError};
-pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError};
+pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, RoomMessageRequest};
 pub use signing::SignatureError;
 pub use store::{Changes, CryptoStore, MemoryStore, StoreError};
 pub use time::Timestamp;

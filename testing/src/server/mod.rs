@@ -7,6 +7,7 @@
 //! and a new or changed device is announced in other users' `device_lists`.
 
 mod cross_signing;
+mod rooms;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -62,6 +63,8 @@ struct State {
     repeated_to_device: usize,
     /// Each user's cross-signing keys, signatures merged in.
     cross_signing: BTreeMap<OwnedUserId, cross_signing::Keys>,
+    /// Room timelines.
+    rooms: BTreeMap<ruma_common::OwnedRoomId, rooms::Timeline>,
 }
 
 /// An in-process stand-in for a homeserver's E2EE endpoints.

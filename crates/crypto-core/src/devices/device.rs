@@ -209,8 +209,24 @@ impl DeviceData {
         Arc::make_mut(&mut self.signed_keys)
     }
 
-    pub(crate) fn set_local_trust(&mut self, trust: LocalTrust) {
+    /// Sets a local trust other than `Verified` (which needs a proof, see
+    /// [`mark_verified`](Self::mark_verified)); returns whether it was set.
+    pub(crate) fn set_local_trust(&mut self, trust: LocalTrust) -> bool {
+        if trust == LocalTrust::Verified {
+            return false;
+        }
         self.local_trust = trust;
+        true
+    }
+
+    /// Marks the device verified, if `proof` covers exactly this device and
+    /// its current ed25519 key; returns whether it did.
+    pub(crate) fn mark_verified(&mut self, proof: &crate::verification::VerificationProof) -> bool {
+        let covered = proof.covers_device(&self.user_id, &self.device_id, self.ed25519);
+        if covered {
+            self.local_trust = LocalTrust::Verified;
+        }
+        covered
     }
 
     pub(crate) fn mark_deleted(&mut self) {

@@ -300,10 +300,16 @@ impl UserIdentityData {
         self.pin_current_master_key();
     }
 
-    /// Our own identity: this device trusts the master key from now on.
-    pub(crate) fn trust_master(&mut self) {
+    /// Our own identity: this device trusts the master key from now on, if
+    /// `proof` covers exactly it (a verification, or holding its private
+    /// key); returns whether it did.
+    pub(crate) fn trust_master(&mut self, proof: &crate::verification::VerificationProof) -> bool {
+        if !proof.covers_master_key(&self.user_id, self.master_key().key()) {
+            return false;
+        }
         self.master_trusted = true;
         self.remember_trusted_user_signing_key();
+        true
     }
 
     fn remember_trusted_user_signing_key(&mut self) {

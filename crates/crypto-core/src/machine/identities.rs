@@ -22,6 +22,7 @@ use crate::{
     requests::Meta,
     signing::SignatureError,
     store::{Changes, StoreError},
+    verification::{VerificationProof, proof},
 };
 
 /// New keys of a reset, held until the server takes them, with the master
@@ -230,8 +231,10 @@ impl OlmMachine {
         let imported = current.import(export, &identity)?;
         if imported.status().has_master {
             identity.clear_replaced_mark();
-            identity.trust_master();
-            identity.note_verified();
+            let held = proof::private_key_held(self.user_id(), identity.master_key().key());
+            if held.is_some_and(|held| identity.trust_master(&held)) {
+                identity.note_verified();
+            }
         }
         let status = imported.status();
         let changes =
@@ -309,7 +312,8 @@ impl OlmMachine {
     /// user compared a particular key (a server could swap the identity in
     /// between).
     pub async fn verify_identity(&self, user_id: &UserId) -> Result<OutgoingRequest, CrossSigningError> {
-        self.verify_identity_checked(user_id, None).await
+        let identity = self.known_identity(user_id).await?;
+        self.verify_identity_key(user_id, identity.master_key().key()).await
     }
 
     /// [`verify_identity`](Self::verify_identity), only if the user's
@@ -321,17 +325,22 @@ impl OlmMachine {
         user_id: &UserId,
         master_key: vodozemac::Ed25519PublicKey,
     ) -> Result<OutgoingRequest, CrossSigningError> {
-        self.verify_identity_checked(user_id, Some(master_key)).await
+        let proof = proof::key_comparison(user_id, None, Some(master_key))
+            .ok_or_else(|| CrossSigningError::MasterKeyChanged(user_id.to_owned()))?;
+        self.verify_identity_with(&proof).await
     }
 
-    async fn verify_identity_checked(
+    /// Verifies the identity `proof` covers (a verification's result):
+    /// [`CrossSigningError::MasterKeyChanged`] if the user's current master
+    /// key is not the proven one.
+    pub(crate) async fn verify_identity_with(
         &self,
-        user_id: &UserId,
-        expected: Option<vodozemac::Ed25519PublicKey>,
+        proof: &VerificationProof,
     ) -> Result<OutgoingRequest, CrossSigningError> {
+        let user_id = proof.user_id();
         let account = self.inner.account.lock().await;
         let mut identity = self.known_identity(user_id).await?;
-        if expected.is_some_and(|expected| expected != identity.master_key().key()) {
+        if !proof.covers_master_key(user_id, identity.master_key().key()) {
             return Err(CrossSigningError::MasterKeyChanged(user_id.to_owned()));
         }
         // An explicit verification is the user's decision, even of a key
@@ -341,7 +350,7 @@ impl OlmMachine {
         if user_id == self.user_id() {
             let device_key_id = format!("ed25519:{}", self.device_id());
             identity.master_key_mut().sign(user_id, &device_key_id, |bytes| account.sign_bytes(bytes))?;
-            identity.trust_master();
+            identity.trust_master(proof);
         } else {
             let own = self.inner.store.get_user_identity(self.user_id()).await?;
             let own = own.filter(|own| identity_is_verified(own, Some(own)));
@@ -416,6 +425,29 @@ impl OlmMachine {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> Result<OutgoingRequest, CrossSigningError> {
+        let unknown =
+            || CrossSigningError::UnknownDevice { user_id: user_id.to_owned(), device_id: device_id.to_owned() };
+        let device = self.inner.store.get_device(user_id, device_id).await?.ok_or_else(unknown)?;
+        let proof = proof::key_comparison(user_id, Some((device_id.to_owned(), device.ed25519_key())), None)
+            .ok_or_else(unknown)?;
+        self.verify_device_with(&proof).await
+    }
+
+    /// Cross-signs our own device `proof` covers (a verification's result),
+    /// if its key is still the proven one.
+    pub(crate) async fn verify_device_with(
+        &self,
+        proof: &VerificationProof,
+    ) -> Result<OutgoingRequest, CrossSigningError> {
+        let user_id = proof.user_id();
+        let Some((device_id, _)) = proof.device() else {
+            return Err(CrossSigningError::UnknownDevice {
+                user_id: user_id.to_owned(),
+                device_id: self.device_id().to_owned(),
+            });
+        };
+        let unknown =
+            || CrossSigningError::UnknownDevice { user_id: user_id.to_owned(), device_id: device_id.to_owned() };
         if user_id != self.user_id() {
             return Err(CrossSigningError::NotOwnDevice {
                 user_id: user_id.to_owned(),
@@ -423,9 +455,10 @@ impl OlmMachine {
             });
         }
         let _account = self.inner.account.lock().await;
-        let mut device = self.inner.store.get_device(user_id, device_id).await?.ok_or_else(|| {
-            CrossSigningError::UnknownDevice { user_id: user_id.to_owned(), device_id: device_id.to_owned() }
-        })?;
+        let mut device = self.inner.store.get_device(user_id, device_id).await?.ok_or_else(unknown)?;
+        if !proof.covers_device(user_id, device_id, device.ed25519_key()) {
+            return Err(unknown());
+        }
         let private = lock(&self.inner.cross_signing).clone();
         let private = private.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::SelfSigning))?;
         private.sign_json(KeyRole::SelfSigning, device.signed_keys_mut())?;
@@ -590,7 +623,9 @@ impl OlmMachine {
             // server listed in between (a listing of another key and back
             // is not a rollback of a key we hold the newest of).
             own.clear_replaced_mark();
-            own.trust_master();
+            if let Some(held) = proof::private_key_held(self.user_id(), own.master_key().key()) {
+                own.trust_master(&held);
+            }
         }
         if keys.is_uploaded() && keys.is_stale() == matches {
             if !matches {

@@ -18,6 +18,7 @@ mod share;
 mod sync;
 mod timers;
 mod to_device;
+mod verification;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -162,6 +163,8 @@ struct Inner {
     /// New keys of a reset, until the server accepts them (the current ones
     /// stay in use, and stored, until then).
     pending_reset: Mutex<Option<identities::PendingReset>>,
+    /// Interactive verification flows (`verification/`), in memory only.
+    verifications: Mutex<crate::verification::Verifications>,
     /// Where request and transaction ids come from.
     ids: IdSource,
     /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
@@ -229,6 +232,8 @@ impl OlmMachine {
         };
         let claims = ClaimState::from_records(claims_record.as_deref(), legacy_unwedge.as_deref());
         let cross_signing = store.load_private_identity().await?;
+        let us = crate::verification::Party { user_id: own.user_id.clone(), device_id: own.device_id.clone() };
+        let verifications = crate::verification::Verifications::new(us);
         Ok(Self {
             inner: Arc::new(Inner {
                 own,
@@ -244,6 +249,7 @@ impl OlmMachine {
                 timers_handled_until: Mutex::new(Timestamp::EPOCH),
                 cross_signing: Mutex::new(cross_signing),
                 pending_reset: Mutex::new(None),
+                verifications: Mutex::new(verifications),
                 ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
             }),
@@ -318,7 +324,19 @@ impl OlmMachine {
         trust: LocalTrust,
     ) -> Result<bool, StoreError> {
         let Some(mut device) = self.inner.store.get_device(user_id, device_id).await? else { return Ok(false) };
-        device.set_local_trust(trust);
+        let set = match trust {
+            // The caller says its user compared this device's key.
+            LocalTrust::Verified => crate::verification::proof::key_comparison(
+                user_id,
+                Some((device_id.to_owned(), device.ed25519_key())),
+                None,
+            )
+            .is_some_and(|proof| device.mark_verified(&proof)),
+            other => device.set_local_trust(other),
+        };
+        if !set {
+            return Ok(false);
+        }
         self.inner.store.save_changes(Changes { devices: vec![device], ..Default::default() }).await?;
         Ok(true)
     }
@@ -385,6 +403,12 @@ impl OlmMachine {
             }
             (Meta::SignatureUpload, AnyIncomingResponse::SignatureUpload(r)) => {
                 self.receive_signature_upload_response(r);
+                Ok(())
+            }
+            (Meta::RoomVerificationRequest(user_id), AnyIncomingResponse::RoomMessage(r)) => {
+                if let AnyOutgoingRequest::RoomMessage(request) = entry.request.request() {
+                    self.receive_room_request_sent(request, user_id, r.event_id.clone(), now);
+                }
                 Ok(())
             }
             _ => Ok(()),

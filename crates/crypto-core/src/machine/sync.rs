@@ -99,10 +99,12 @@ impl OlmMachine {
         }
 
         let mut output = SyncOutput::default();
+        let mut verification = Vec::new();
         let outcomes =
             self.receive_to_device_batch(&mut account, &mut sessions, to_device_events, now, &mut changes).await?;
         for (outcome, room_key) in outcomes {
             let outcome = self.apply_to_device(outcome, room_key, &mut changes, &mut output).await?;
+            verification.extend(verification_message(&outcome));
             output.to_device.push(outcome);
         }
         if changes.account.is_some() {
@@ -115,6 +117,15 @@ impl OlmMachine {
         let keys = output.room_keys.iter().cloned().map(EngineEvent::RoomKeyReceived);
         let withheld = output.withheld.iter().cloned().map(EngineEvent::RoomKeyWithheld);
         self.announce(keys.chain(withheld));
+        // After the save and with the locks released: a verification that
+        // finishes signs keys, which takes the account lock.
+        for (sender, device, event_type, content) in verification {
+            match self.receive_to_device_verification(&sender, device.as_deref(), &event_type, &content, now).await {
+                Ok(()) => {}
+                Err(crate::verification::VerificationError::Store(error)) => return Err(error),
+                Err(error) => tracing::warn!(%error, "a verification message failed"),
+            }
+        }
         Ok(output)
     }
 
@@ -173,6 +184,25 @@ impl OlmMachine {
             other => Ok(other),
         }
     }
+}
+
+/// A verification message, in the clear or decrypted: sender, the
+/// Olm-authenticated device (if decrypted), type, content.
+type VerificationInput = (OwnedUserId, Option<ruma_common::OwnedDeviceId>, String, Value);
+
+fn verification_message(outcome: &ToDeviceOutcome) -> Option<VerificationInput> {
+    let (event, device) = match outcome {
+        ToDeviceOutcome::Decrypted { event, info } => (event, Some(info.sender_device.clone()?)),
+        ToDeviceOutcome::PlainText(event) => (event, None),
+        _ => return None,
+    };
+    let value: Value = event.deserialize_as_unchecked().ok()?;
+    let event_type = value.get("type")?.as_str()?;
+    if !event_type.starts_with("m.key.verification.") {
+        return None;
+    }
+    let sender = OwnedUserId::try_from(value.get("sender")?.as_str()?).ok()?;
+    Some((sender, device, event_type.to_owned(), value.get("content")?.clone()))
 }
 
 /// The session id an `m.room_key` event names (for error reports).

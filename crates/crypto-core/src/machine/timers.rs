@@ -1,7 +1,8 @@
 //! Routing for time: the earliest deadline of every concern's timers, and
 //! running what is due. The timers themselves belong to their concerns:
 //! claim back-off and deferred unwedging (`olm/claims`), keys-query retry
-//! (`devices/tracker`), the room key's age limit (`megolm/rotation`).
+//! (`devices/tracker`), the room key's age limit (`megolm/rotation`),
+//! verification flows' deadlines (`verification/`).
 
 use super::{OlmMachine, lock};
 use crate::{StoreError, Timestamp, events::EngineEvent, megolm::RotationReason, store::Changes};
@@ -19,7 +20,8 @@ impl OlmMachine {
         let claims = lock(&self.inner.claims).next_deadline(handled);
         let queries = lock(&self.inner.tracker).next_deadline(handled);
         let rooms = lock(&self.inner.rooms).next_deadline(handled);
-        [claims, queries, rooms].into_iter().flatten().min()
+        let verifications = self.verification_deadline();
+        [claims, queries, rooms, verifications].into_iter().flatten().min()
     }
 
     /// Runs what is due at `now`, saving what it changed: deferred unwedges
@@ -52,6 +54,7 @@ impl OlmMachine {
                 events.push(EngineEvent::RoomKeyExpired { room_id, session_id, reason: RotationReason::AgeLimit });
             }
         }
+        self.handle_verification_timeouts(now);
         let mut handled = lock(&self.inner.timers_handled_until);
         *handled = (*handled).max(now);
         drop(handled);

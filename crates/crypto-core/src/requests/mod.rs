@@ -10,6 +10,7 @@ pub(crate) use queue::{Meta, RequestQueue};
 
 use ruma_client_api::{
     keys::{claim_keys, get_keys, upload_keys, upload_signatures, upload_signing_keys},
+    message::send_message_event,
     to_device::send_event_to_device,
 };
 use std::sync::Arc;
@@ -61,6 +62,23 @@ pub enum AnyOutgoingRequest {
     /// `POST /keys/signatures/upload`: signatures of our devices and of
     /// other users' master keys.
     SignatureUpload(upload_signatures::v3::Request),
+    /// An event to send into a room (an in-room verification message). The
+    /// caller sends it as it sends the room's own events, encrypted if the
+    /// room is encrypted, and answers with the `PUT /send` response (whose
+    /// event id names the flow of an in-room request).
+    RoomMessage(RoomMessageRequest),
+}
+
+/// A room event the engine asks its caller to send.
+#[derive(Clone, Debug)]
+pub struct RoomMessageRequest {
+    /// The room.
+    pub room_id: ruma_common::OwnedRoomId,
+    /// The event type (`m.room.message` for a request, else
+    /// `m.key.verification.*`).
+    pub event_type: String,
+    /// The content, in the clear.
+    pub content: serde_json::Value,
 }
 
 /// A homeserver response, handed back with the id of the request it answers.
@@ -79,6 +97,14 @@ pub enum AnyIncomingResponse<'a> {
     SigningKeysUpload(&'a upload_signing_keys::v3::Response),
     /// Answer to [`AnyOutgoingRequest::SignatureUpload`].
     SignatureUpload(&'a upload_signatures::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::RoomMessage`].
+    RoomMessage(&'a send_message_event::v3::Response),
+}
+
+impl<'a> From<&'a send_message_event::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a send_message_event::v3::Response) -> Self {
+        Self::RoomMessage(response)
+    }
 }
 
 impl<'a> From<&'a upload_signing_keys::v3::Response> for AnyIncomingResponse<'a> {
@@ -148,6 +174,7 @@ impl AnyOutgoingRequest {
             Self::ToDevice(_) => "to-device",
             Self::SigningKeysUpload(_) => "signing keys upload",
             Self::SignatureUpload(_) => "signature upload",
+            Self::RoomMessage(_) => "room message",
         }
     }
 }
@@ -161,6 +188,7 @@ impl AnyIncomingResponse<'_> {
             Self::ToDevice(_) => "to-device",
             Self::SigningKeysUpload(_) => "signing keys upload",
             Self::SignatureUpload(_) => "signature upload",
+            Self::RoomMessage(_) => "room message",
         }
     }
 }

@@ -34,6 +34,9 @@ pub(crate) enum Meta {
     SigningKeysUpload(vodozemac::Ed25519PublicKey),
     /// Signatures of devices or master keys.
     SignatureUpload,
+    /// Our in-room verification request to this user: its event id names
+    /// the flow.
+    RoomVerificationRequest(OwnedUserId),
 }
 
 /// A queued request and what its answer needs.

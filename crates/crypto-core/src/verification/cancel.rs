@@ -116,9 +116,9 @@ impl Cancellation {
         Self { code, reason, by_us: false }
     }
 
-    /// The `m.key.verification.cancel` content for `transaction_id`.
-    pub fn content(&self, transaction_id: &str) -> Value {
-        json!({ "transaction_id": transaction_id, "code": self.code.as_str(), "reason": self.reason })
+    /// The `m.key.verification.cancel` content for `flow`.
+    pub fn content(&self, flow: &super::FlowId) -> Value {
+        flow.wrap(json!({ "code": self.code.as_str(), "reason": self.reason }))
     }
 }
 
@@ -146,7 +146,9 @@ mod tests {
             let parsed = CancelCode::parse(code);
             assert!(!matches!(parsed, CancelCode::Other(_)), "{code} is a known code");
             assert_eq!(parsed.as_str(), code);
-            let received = Cancellation::theirs(&Cancellation::ours(parsed.clone()).content("t"));
+            let received = Cancellation::theirs(
+                &Cancellation::ours(parsed.clone()).content(&crate::verification::FlowId::ToDevice("t".into())),
+            );
             assert_eq!(received.code, parsed);
             assert!(!received.by_us);
         }

@@ -1,4 +1,6 @@
-//! The key verification framework's request / ready phase, to-device: who
+//! The key verification framework's request / ready phase, to-device and
+//! in a room (the request is then an `m.room.message` whose event id names
+//! the flow, and its timestamp is the event's `origin_server_ts`): who
 //! asked whom, which methods both sides support, how long a request lives,
 //! and which of two crossing `start`s wins. Pure, time as input, like
 //! [`SasVerification`](super::SasVerification) which follows it.
@@ -15,18 +17,32 @@
 
 use std::time::Duration;
 
-use ruma_common::{OwnedDeviceId, OwnedUserId};
+use ruma_common::{OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::{Value, json};
 
-use super::{CancelCode, Cancellation, Party, sas::Outgoing};
+use super::{CancelCode, Cancellation, FlowId, Party, sas::Outgoing};
 use crate::Timestamp;
 
 /// How long a request lives, from its timestamp.
 pub const REQUEST_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// How long an unanswered request we received is offered to our user (the
+/// spec's prompt dismissal; it ends sooner if the request expires first).
+pub const PROMPT_LIFETIME: Duration = Duration::from_secs(2 * 60);
 /// How far in the future a request's timestamp may be (clock skew).
 pub const REQUEST_FUTURE_SKEW: Duration = Duration::from_secs(5 * 60);
-/// The methods hush supports.
-pub const SUPPORTED_METHODS: [&str; 1] = ["m.sas.v1"];
+/// The methods hush supports: SAS, and QR codes both ways (showing needs
+/// the other side to scan, and either needs `m.reciprocate.v1`).
+pub const SUPPORTED_METHODS: [&str; 4] = [SAS_METHOD, QR_SHOW_METHOD, QR_SCAN_METHOD, RECIPROCATE_METHOD];
+/// `m.sas.v1`.
+pub const SAS_METHOD: &str = "m.sas.v1";
+/// `m.qr_code.show.v1`: the sender can show a QR code.
+pub const QR_SHOW_METHOD: &str = "m.qr_code.show.v1";
+/// `m.qr_code.scan.v1`: the sender can scan a QR code.
+pub const QR_SCAN_METHOD: &str = "m.qr_code.scan.v1";
+/// `m.reciprocate.v1`: the start a scanner sends.
+pub const RECIPROCATE_METHOD: &str = "m.reciprocate.v1";
+/// The msgtype of an in-room request.
+pub const IN_ROOM_REQUEST_MSGTYPE: &str = "m.key.verification.request";
 /// The most methods a request or ready may list.
 const MAX_METHODS: usize = 16;
 
@@ -47,7 +63,7 @@ pub enum RequestState {
 /// One verification request.
 #[derive(Clone, Debug)]
 pub struct VerificationRequest {
-    flow_id: String,
+    flow: FlowId,
     us: Party,
     other_user: OwnedUserId,
     /// The other device: the requester's, or (for our request, which may
@@ -56,6 +72,8 @@ pub struct VerificationRequest {
     we_requested: bool,
     their_methods: Vec<String>,
     expires_at: Timestamp,
+    /// For a request we received: until when it is offered unanswered.
+    prompt_until: Option<Timestamp>,
     state: RequestState,
 }
 
@@ -73,26 +91,42 @@ fn common(theirs: &[String]) -> Vec<String> {
 }
 
 impl VerificationRequest {
-    /// Our request to `other_user` (all their devices, or one): the
-    /// `m.key.verification.request` content to send.
-    pub fn outgoing(us: Party, other_user: OwnedUserId, flow_id: &str, now: Timestamp) -> (Self, Outgoing) {
-        let content = json!({
-            "from_device": us.device_id,
-            "methods": SUPPORTED_METHODS,
-            "timestamp": now.as_millis(),
-            "transaction_id": flow_id,
-        });
-        let request = Self {
-            flow_id: flow_id.to_owned(),
+    /// Our request to `other_user` on `flow` (to-device: all their
+    /// devices, or one; in a room: the flow is named by the request event,
+    /// made with [`in_room_content`](Self::in_room_content) and sent first).
+    pub fn outgoing(us: Party, other_user: OwnedUserId, flow: FlowId, now: Timestamp) -> Self {
+        Self {
+            flow,
             us,
             other_user,
             other_device: None,
             we_requested: true,
             their_methods: Vec::new(),
             expires_at: now.saturating_add(REQUEST_LIFETIME),
+            prompt_until: None,
             state: RequestState::Requested,
-        };
-        (request, Outgoing { event_type: "m.key.verification.request", content })
+        }
+    }
+
+    /// The to-device `m.key.verification.request` content of a request.
+    pub fn to_device_content(us: &Party, transaction_id: &str, now: Timestamp) -> Value {
+        json!({
+            "from_device": us.device_id,
+            "methods": SUPPORTED_METHODS,
+            "timestamp": now.as_millis(),
+            "transaction_id": transaction_id,
+        })
+    }
+
+    /// The `m.room.message` content of an in-room request to `to`.
+    pub fn in_room_content(us: &Party, to: &UserId) -> Value {
+        json!({
+            "msgtype": IN_ROOM_REQUEST_MSGTYPE,
+            "body": format!("{} is requesting to verify your key, but your client does not support in-chat key verification.", us.user_id),
+            "from_device": us.device_id,
+            "methods": SUPPORTED_METHODS,
+            "to": to,
+        })
     }
 
     /// A request `sender` sent us. `Ok(None)`: ignored (its timestamp is
@@ -104,34 +138,80 @@ impl VerificationRequest {
         now: Timestamp,
     ) -> Result<Option<Self>, Cancellation> {
         let invalid = || Cancellation::ours(CancelCode::InvalidMessage);
-        let flow_id = content.get("transaction_id").and_then(Value::as_str).ok_or_else(invalid)?;
-        if flow_id.is_empty() || flow_id.len() > 255 {
+        let flow_id = super::flow::to_device_flow(content).ok_or_else(invalid)?;
+        let timestamp = content.get("timestamp").and_then(Value::as_u64).ok_or_else(invalid)?;
+        Self::received(
+            us,
+            sender,
+            FlowId::ToDevice(flow_id.to_owned()),
+            content,
+            Timestamp::from_millis(timestamp),
+            now,
+        )
+    }
+
+    /// An in-room request: `event_id` in `room_id`, sent at
+    /// `origin_server_ts`. `Ok(None)`: ignored (not addressed to us, or out
+    /// of the time window).
+    pub fn incoming_in_room(
+        us: Party,
+        sender: OwnedUserId,
+        flow: FlowId,
+        content: &Value,
+        origin_server_ts: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Self>, Cancellation> {
+        if content.get("to").and_then(Value::as_str) != Some(us.user_id.as_str()) {
+            return Ok(None);
+        }
+        Self::received(us, sender, flow, content, origin_server_ts, now)
+    }
+
+    fn received(
+        us: Party,
+        sender: OwnedUserId,
+        flow: FlowId,
+        content: &Value,
+        sent: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Self>, Cancellation> {
+        let invalid = || Cancellation::ours(CancelCode::InvalidMessage);
+        let from_device = content.get("from_device").and_then(Value::as_str).ok_or_else(invalid)?;
+        if from_device.is_empty() || from_device.len() > 255 {
             return Err(invalid());
         }
-        let from_device = content.get("from_device").and_then(Value::as_str).ok_or_else(invalid)?;
-        let timestamp = content.get("timestamp").and_then(Value::as_u64).ok_or_else(invalid)?;
-        let sent = Timestamp::from_millis(timestamp);
         let too_old = now.saturating_duration_since(sent) > REQUEST_LIFETIME;
         let in_future = sent.saturating_duration_since(now) > REQUEST_FUTURE_SKEW;
         if too_old || in_future {
             return Ok(None);
         }
         let request = Self {
-            flow_id: flow_id.to_owned(),
+            flow,
             us,
             other_user: sender,
             other_device: Some(from_device.into()),
             we_requested: false,
             their_methods: methods_of(content)?,
             expires_at: sent.saturating_add(REQUEST_LIFETIME),
+            prompt_until: Some(now.saturating_add(PROMPT_LIFETIME)),
             state: RequestState::Requested,
         };
         Ok(Some(request))
     }
 
-    /// The flow id.
-    pub fn flow_id(&self) -> &str {
-        &self.flow_id
+    /// The flow.
+    pub fn flow(&self) -> &FlowId {
+        &self.flow
+    }
+
+    /// The other user.
+    pub fn other_user(&self) -> &UserId {
+        &self.other_user
+    }
+
+    /// The methods the other side listed.
+    pub fn their_methods(&self) -> &[String] {
+        &self.their_methods
     }
 
     /// The other side, once known.
@@ -150,14 +230,26 @@ impl VerificationRequest {
         &self.state
     }
 
-    /// When it expires, while it is not cancelled.
+    /// When it expires, while it is not cancelled: 10 minutes after its
+    /// timestamp, or for a request we received and did not answer, 2
+    /// minutes after it arrived if that is sooner.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        (!matches!(self.state, RequestState::Cancelled(_))).then_some(self.expires_at)
+        match (&self.state, self.prompt_until) {
+            (RequestState::Cancelled(_), _) => None,
+            (RequestState::Requested, Some(prompt)) => Some(prompt.min(self.expires_at)),
+            _ => Some(self.expires_at),
+        }
     }
 
-    /// Cancels with `m.timeout` once expired.
+    /// Once expired: our request, or one we answered, is cancelled with
+    /// `m.timeout`; an unanswered request we received is dropped without a
+    /// message (another of our devices may still answer it).
     pub fn handle_timeout(&mut self, now: Timestamp) -> Vec<Outgoing> {
         match self.poll_timeout() {
+            Some(at) if now >= at && self.state == RequestState::Requested && !self.we_requested => {
+                self.state = RequestState::Cancelled(Cancellation::ours(CancelCode::Timeout));
+                Vec::new()
+            }
             Some(at) if now >= at => self.cancel(CancelCode::Timeout),
             _ => Vec::new(),
         }
@@ -176,7 +268,7 @@ impl VerificationRequest {
         if methods.is_empty() {
             return self.cancel(CancelCode::UnknownMethod);
         }
-        let content = json!({ "from_device": self.us.device_id, "methods": methods, "transaction_id": self.flow_id });
+        let content = self.flow.wrap(json!({ "from_device": self.us.device_id, "methods": methods }));
         self.state = RequestState::Ready { methods };
         vec![Outgoing { event_type: "m.key.verification.ready", content }]
     }
@@ -192,7 +284,11 @@ impl VerificationRequest {
             return self.cancel(CancelCode::Timeout);
         }
         let methods = match methods_of(content) {
-            Ok(methods) => common(&methods),
+            Ok(theirs) => {
+                let methods = common(&theirs);
+                self.their_methods = theirs;
+                methods
+            }
             Err(cancellation) => return self.fail(cancellation),
         };
         self.other_device = Some(device);
@@ -201,6 +297,18 @@ impl VerificationRequest {
         }
         self.state = RequestState::Ready { methods };
         Vec::new()
+    }
+
+    /// Another of our devices answered this request (seen in its room): this
+    /// device leaves it, sending nothing.
+    pub fn handled_elsewhere(&mut self) {
+        if self.state == RequestState::Requested && !self.we_requested {
+            self.state = RequestState::Cancelled(Cancellation {
+                code: CancelCode::Accepted,
+                reason: "answered by another device".into(),
+                by_us: false,
+            });
+        }
     }
 
     /// The other side cancelled.
@@ -219,17 +327,17 @@ impl VerificationRequest {
     }
 
     fn fail(&mut self, cancellation: Cancellation) -> Vec<Outgoing> {
-        let content = cancellation.content(&self.flow_id);
+        let content = cancellation.content(&self.flow);
         self.state = RequestState::Cancelled(cancellation);
         vec![Outgoing { event_type: "m.key.verification.cancel", content }]
     }
 }
 
 /// The cancel our request's other recipients get once one device answered.
-pub fn accepted_elsewhere(flow_id: &str) -> Outgoing {
+pub fn accepted_elsewhere(flow: &FlowId) -> Outgoing {
     Outgoing {
         event_type: "m.key.verification.cancel",
-        content: Cancellation::ours(CancelCode::Accepted).content(flow_id),
+        content: Cancellation::ours(CancelCode::Accepted).content(flow),
     }
 }
 
@@ -263,16 +371,19 @@ mod tests {
     fn a_request_and_its_ready_agree_on_the_common_methods() {
         let alice = party("@alice:x.y", "A1");
         let bob = party("@bob:x.y", "B1");
-        let (mut ours, request) = VerificationRequest::outgoing(alice.clone(), bob.user_id.clone(), "f", at(0));
-        let mut content = request.content.clone();
-        content["methods"] = json!(["m.qr_code.show.v1", "m.sas.v1"]);
+        let flow = FlowId::ToDevice("f".into());
+        let mut ours = VerificationRequest::outgoing(alice.clone(), bob.user_id.clone(), flow, at(0));
+        let mut content = VerificationRequest::to_device_content(&alice, "f", at(0));
+        content["methods"] = json!(["m.qr_code.show.v1", "m.sas.v1", "m.unknown.v9"]);
         let mut theirs = VerificationRequest::incoming(bob, alice.user_id.clone(), &content, at(1)).unwrap().unwrap();
         assert_eq!(theirs.other(), Some(alice));
         let ready = theirs.accept(at(1));
         assert_eq!(ready[0].event_type, "m.key.verification.ready");
-        assert_eq!(ready[0].content["methods"], json!(["m.sas.v1"]));
+        assert_eq!(ready[0].content["methods"], json!(["m.sas.v1", "m.qr_code.show.v1"]));
+        assert_eq!(ready[0].content["transaction_id"], "f");
         assert!(ours.receive_ready(owned_device_id!("B1"), &ready[0].content, at(2)).is_empty());
-        assert_eq!(ours.state(), &RequestState::Ready { methods: vec!["m.sas.v1".into()] });
+        let methods = vec!["m.sas.v1".to_owned(), "m.qr_code.show.v1".to_owned()];
+        assert_eq!(ours.state(), &RequestState::Ready { methods });
         assert_eq!(ours.other().unwrap().device_id, "B1");
     }
 
@@ -293,17 +404,61 @@ mod tests {
     #[test]
     fn no_common_method_or_expiry_cancels() {
         let us = party("@bob:x.y", "B1");
-        let content = json!({"from_device": "A1", "methods": ["m.qr_code.show.v1"], "timestamp": at(0).as_millis(), "transaction_id": "f"});
+        let content = json!({"from_device": "A1", "methods": ["org.example.method"], "timestamp": at(0).as_millis(), "transaction_id": "f"});
         let mut request =
             VerificationRequest::incoming(us.clone(), owned_user_id!("@alice:x.y"), &content, at(0)).unwrap().unwrap();
         assert_eq!(request.accept(at(0))[0].content["code"], "m.unknown_method");
         assert!(request.accept(at(0)).is_empty());
-        let (mut ours, _) = VerificationRequest::outgoing(us, owned_user_id!("@alice:x.y"), "g", at(0));
+        let flow = FlowId::ToDevice("g".into());
+        let mut ours = VerificationRequest::outgoing(us, owned_user_id!("@alice:x.y"), flow.clone(), at(0));
         assert_eq!(ours.poll_timeout(), Some(at(10)));
         assert!(ours.handle_timeout(at(9)).is_empty());
         assert_eq!(ours.handle_timeout(at(10))[0].content["code"], "m.timeout");
         assert_eq!(ours.poll_timeout(), None);
-        assert_eq!(accepted_elsewhere("g").content["code"], "m.accepted");
+        assert_eq!(accepted_elsewhere(&flow).content["code"], "m.accepted");
+    }
+
+    /// An unanswered request we received is offered for 2 minutes, then
+    /// dropped silently; once answered it lives 10 minutes from its
+    /// timestamp and then cancels with `m.timeout`.
+    #[test]
+    fn an_unanswered_request_is_dropped_silently_after_two_minutes() {
+        let us = party("@bob:x.y", "B1");
+        let content = VerificationRequest::to_device_content(&party("@alice:x.y", "A1"), "f", at(0));
+        let sender = owned_user_id!("@alice:x.y");
+        let mut ignored = VerificationRequest::incoming(us.clone(), sender.clone(), &content, at(1)).unwrap().unwrap();
+        assert_eq!(ignored.poll_timeout(), Some(at(3)));
+        assert!(ignored.handle_timeout(at(3)).is_empty(), "no cancel: another device may answer");
+        assert!(matches!(ignored.state(), RequestState::Cancelled(c) if c.code == CancelCode::Timeout));
+        let mut answered = VerificationRequest::incoming(us, sender, &content, at(1)).unwrap().unwrap();
+        answered.accept(at(2));
+        assert_eq!(answered.poll_timeout(), Some(at(10)));
+        assert_eq!(answered.handle_timeout(at(10))[0].content["code"], "m.timeout");
+    }
+
+    /// An in-room request is for the user it names only, its flow is the
+    /// request event, and its answer relates to that event.
+    #[test]
+    fn an_in_room_request_is_answered_in_the_room() {
+        let alice = party("@alice:x.y", "A1");
+        let bob = party("@bob:x.y", "B1");
+        let flow = FlowId::InRoom {
+            room_id: ruma_common::owned_room_id!("!dm:x.y"),
+            event_id: ruma_common::owned_event_id!("$req"),
+        };
+        let content = VerificationRequest::in_room_content(&alice, &bob.user_id);
+        assert_eq!(content["msgtype"], IN_ROOM_REQUEST_MSGTYPE);
+        let carol = party("@carol:x.y", "C1");
+        let not_ours =
+            VerificationRequest::incoming_in_room(carol, alice.user_id.clone(), flow.clone(), &content, at(0), at(0));
+        assert!(not_ours.unwrap().is_none(), "a request to Bob is not Carol's");
+        let mut theirs =
+            VerificationRequest::incoming_in_room(bob, alice.user_id.clone(), flow, &content, at(0), at(1))
+                .unwrap()
+                .unwrap();
+        let ready = theirs.accept(at(1));
+        assert_eq!(ready[0].content["m.relates_to"]["event_id"], "$req");
+        assert!(ready[0].content.get("transaction_id").is_none());
     }
 
     /// The crossing rule, both ways, for two users and for one user's devices.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use vodozemac::{
-    Curve25519PublicKey,
+    Curve25519PublicKey, Ed25519PublicKey,
     sas::{EstablishedSas, Sas},
 };
 
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     Timestamp,
-    verification::{CancelCode, Cancellation, SasEmoji, emoji::emoji_for},
+    verification::{CancelCode, Cancellation, FlowId, ProofMethod, SasEmoji, VerificationProof, emoji::emoji_for},
 };
 
 /// How long a verification may take, from its start.
@@ -32,6 +32,30 @@ pub const SAS_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// The most keys a MAC message may name (a device key and a master key
 /// are what clients send).
 const MAX_MAC_KEYS: usize = 16;
+
+/// The keys one side of a SAS verification has its MAC cover: its device
+/// key and, if known (and for our own side, trusted), its user's master
+/// key. Fixed when the verification is made, as the spec requires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SasKeys {
+    /// The device.
+    pub device_id: ruma_common::OwnedDeviceId,
+    /// Its ed25519 key.
+    pub device_key: Ed25519PublicKey,
+    /// The user's master key.
+    pub master_key: Option<Ed25519PublicKey>,
+}
+
+impl SasKeys {
+    /// Key id and base64 key, as the MAC message names them.
+    pub(crate) fn entries(&self) -> Vec<(String, String)> {
+        let mut entries = vec![(format!("ed25519:{}", self.device_id), self.device_key.to_base64())];
+        if let Some(master) = self.master_key {
+            entries.push((format!("ed25519:{}", master.to_base64()), master.to_base64()));
+        }
+        entries
+    }
+}
 
 /// A message to send to the other device.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,7 +97,7 @@ enum State {
 
 /// One SAS verification.
 pub struct SasVerification {
-    flow_id: String,
+    flow: FlowId,
     us: Party,
     them: Party,
     we_started: bool,
@@ -81,8 +105,10 @@ pub struct SasVerification {
     start: Value,
     /// Our keys the other side verifies: key id and the key in base64.
     our_keys: Vec<(String, String)>,
-    /// Their keys, fixed at the beginning: key id to base64.
-    their_keys: BTreeMap<String, String>,
+    /// Their keys, fixed at the beginning.
+    their_keys: SasKeys,
+    /// The same as key id to base64.
+    their_entries: BTreeMap<String, String>,
     deadline: Timestamp,
     state: State,
 }
@@ -90,7 +116,7 @@ pub struct SasVerification {
 impl std::fmt::Debug for SasVerification {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SasVerification")
-            .field("flow_id", &self.flow_id)
+            .field("flow", &self.flow)
             .field("them", &self.them)
             .field("state", &self.state())
             .finish_non_exhaustive()
@@ -102,24 +128,25 @@ impl SasVerification {
     pub fn start(
         us: Party,
         them: Party,
-        flow_id: &str,
-        our_keys: Vec<(String, String)>,
-        their_keys: BTreeMap<String, String>,
+        flow: FlowId,
+        our_keys: &SasKeys,
+        their_keys: SasKeys,
         now: Timestamp,
     ) -> (Self, Outgoing) {
         let mut start = methods::start_offer();
         if let Some(object) = start.as_object_mut() {
             object.insert("from_device".into(), json!(us.device_id));
-            object.insert("transaction_id".into(), json!(flow_id));
         }
+        let start = flow.wrap(start);
         let outgoing = Outgoing { event_type: "m.key.verification.start", content: start.clone() };
         let verification = Self {
-            flow_id: flow_id.to_owned(),
+            flow,
             us,
             them,
             we_started: true,
             start,
-            our_keys,
+            our_keys: our_keys.entries(),
+            their_entries: their_keys.entries().into_iter().collect(),
             their_keys,
             deadline: now.saturating_add(SAS_TIMEOUT),
             state: State::Started { sas: Sas::new() },
@@ -132,10 +159,10 @@ impl SasVerification {
     pub fn accept(
         us: Party,
         them: Party,
-        flow_id: &str,
+        flow: FlowId,
         start: &Value,
-        our_keys: Vec<(String, String)>,
-        their_keys: BTreeMap<String, String>,
+        our_keys: &SasKeys,
+        their_keys: SasKeys,
         now: Timestamp,
     ) -> Result<(Self, Outgoing), Cancellation> {
         let agreed = methods::choose(start)?;
@@ -150,22 +177,22 @@ impl SasVerification {
                 SasMethod::Emoji => "emoji",
             })
             .collect();
-        let content = json!({
-            "transaction_id": flow_id,
+        let content = flow.wrap(json!({
             "method": "m.sas.v1",
             "key_agreement_protocol": methods::KEY_AGREEMENT,
             "hash": methods::HASH,
             "message_authentication_code": agreed.mac.as_str(),
             "short_authentication_string": short,
             "commitment": commitment,
-        });
+        }));
         let verification = Self {
-            flow_id: flow_id.to_owned(),
+            flow,
             us,
             them,
             we_started: false,
             start: start.clone(),
-            our_keys,
+            our_keys: our_keys.entries(),
+            their_entries: their_keys.entries().into_iter().collect(),
             their_keys,
             deadline: now.saturating_add(SAS_TIMEOUT),
             state: State::Accepted { sas, agreed },
@@ -173,9 +200,9 @@ impl SasVerification {
         Ok((verification, Outgoing { event_type: "m.key.verification.accept", content }))
     }
 
-    /// The flow (transaction) id.
-    pub fn flow_id(&self) -> &str {
-        &self.flow_id
+    /// The flow.
+    pub fn flow(&self) -> &FlowId {
+        &self.flow
     }
 
     /// The other side.
@@ -217,10 +244,9 @@ impl SasVerification {
     }
 
     fn fail(&mut self, cancellation: Cancellation) -> Vec<Outgoing> {
-        let outgoing = cancellation.by_us.then(|| Outgoing {
-            event_type: "m.key.verification.cancel",
-            content: cancellation.content(&self.flow_id),
-        });
+        let outgoing = cancellation
+            .by_us
+            .then(|| Outgoing { event_type: "m.key.verification.cancel", content: cancellation.content(&self.flow) });
         self.state = State::Cancelled(cancellation);
         outgoing.into_iter().collect()
     }
@@ -237,7 +263,7 @@ impl SasVerification {
         if event_type == "m.key.verification.cancel" {
             return self.fail(Cancellation::theirs(content));
         }
-        if content.get("transaction_id").and_then(Value::as_str) != Some(self.flow_id.as_str()) {
+        if !self.flow.named_by(content) {
             return self.fail(Cancellation::ours(CancelCode::UnknownTransaction));
         }
         match self.step(event_type, content) {
@@ -292,10 +318,7 @@ impl SasVerification {
     }
 
     fn key_message(&self, key: &Curve25519PublicKey) -> Outgoing {
-        Outgoing {
-            event_type: "m.key.verification.key",
-            content: json!({ "transaction_id": self.flow_id, "key": key.to_base64() }),
-        }
+        Outgoing { event_type: "m.key.verification.key", content: self.flow.wrap(json!({ "key": key.to_base64() })) }
     }
 
     fn establish(&mut self, sas: Sas, agreed: Agreed, their_key: Curve25519PublicKey) -> Result<(), Cancellation> {
@@ -307,8 +330,8 @@ impl SasVerification {
     fn info(&self, sas: &EstablishedSas) -> String {
         let (ours, theirs) = (sas.our_public_key(), sas.their_public_key());
         match self.we_started {
-            true => sas_info(&self.us, &ours, &self.them, &theirs, &self.flow_id),
-            false => sas_info(&self.them, &theirs, &self.us, &ours, &self.flow_id),
+            true => sas_info(&self.us, &ours, &self.them, &theirs, self.flow.as_str()),
+            false => sas_info(&self.them, &theirs, &self.us, &ours, self.flow.as_str()),
         }
     }
 
@@ -335,7 +358,7 @@ impl SasVerification {
             return Vec::new();
         }
         *confirmed = true;
-        let info = mac_info(&self.us, &self.them, &self.flow_id);
+        let info = mac_info(&self.us, &self.them, self.flow.as_str());
         let mut macs = Map::new();
         for (key_id, key) in &self.our_keys {
             macs.insert(key_id.clone(), Value::String(mac(sas, agreed.mac, key, &format!("{info}{key_id}"))));
@@ -343,10 +366,22 @@ impl SasVerification {
         let mut ids: Vec<&str> = self.our_keys.iter().map(|(id, _)| id.as_str()).collect();
         ids.sort_unstable();
         let keys = mac(sas, agreed.mac, &ids.join(","), &format!("{info}KEY_IDS"));
-        let content = json!({ "transaction_id": self.flow_id, "mac": macs, "keys": keys });
+        let content = self.flow.wrap(json!({ "mac": macs, "keys": keys }));
         let mut outgoing = vec![Outgoing { event_type: "m.key.verification.mac", content }];
         outgoing.extend(self.finish_if_ready());
         outgoing
+    }
+
+    /// Once done, the proof of the other side's keys whose MACs matched
+    /// (its device key, its master key if we knew it and it was covered).
+    pub fn proof(&self) -> Option<VerificationProof> {
+        let State::Done { verified } = &self.state else { return None };
+        let named = |entry: (String, String)| verified.contains(&entry.0);
+        let keys = &self.their_keys;
+        let device_id = format!("ed25519:{}", keys.device_id);
+        let device = verified.contains(&device_id).then(|| (keys.device_id.clone(), keys.device_key));
+        let master = keys.master_key.filter(|m| named((format!("ed25519:{}", m.to_base64()), String::new())));
+        VerificationProof::new(self.them.user_id.clone(), device, master, ProofMethod::Sas)
     }
 
     /// Our user says the short strings differ.
@@ -359,7 +394,7 @@ impl SasVerification {
             return Vec::new();
         };
         self.state = State::Done { verified: verified.clone() };
-        vec![Outgoing { event_type: "m.key.verification.done", content: json!({ "transaction_id": self.flow_id }) }]
+        vec![Outgoing { event_type: "m.key.verification.done", content: self.flow.wrap(json!({})) }]
     }
 
     /// Checks the other side's MACs: the key list first (so a list with
@@ -370,7 +405,7 @@ impl SasVerification {
         if macs.is_empty() || macs.len() > MAX_MAC_KEYS {
             return Err(invalid());
         }
-        let info = mac_info(&self.them, &self.us, &self.flow_id);
+        let info = mac_info(&self.them, &self.us, self.flow.as_str());
         let ids: Vec<&str> = macs.keys().map(String::as_str).collect(); // a JSON object's keys are sorted
         let mismatch = || Cancellation::ours(CancelCode::KeyMismatch);
         if !mac_matches(sas, agreed.mac, &ids.join(","), &format!("{info}KEY_IDS"), keys_mac) {
@@ -378,7 +413,7 @@ impl SasVerification {
         }
         let mut verified = Vec::new();
         for (key_id, given) in macs {
-            let Some(key) = self.their_keys.get(key_id) else { continue };
+            let Some(key) = self.their_entries.get(key_id) else { continue };
             let given = given.as_str().ok_or_else(invalid)?;
             if !mac_matches(sas, agreed.mac, key, &format!("{info}{key_id}"), given) {
                 return Err(mismatch());

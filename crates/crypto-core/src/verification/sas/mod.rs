@@ -7,7 +7,7 @@ mod machine;
 mod methods;
 
 pub use crypto::Party;
-pub use machine::{Outgoing, SAS_TIMEOUT, SasState, SasVerification};
+pub use machine::{Outgoing, SAS_TIMEOUT, SasKeys, SasState, SasVerification};
 pub use methods::{Agreed, MacMethod, SasMethod};
 
 #[cfg(test)]

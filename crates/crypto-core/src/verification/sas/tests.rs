@@ -1,13 +1,14 @@
 //! Two SAS state machines talking to each other, honest and tampered with.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 use ruma_common::{owned_device_id, owned_user_id};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::{Timestamp, verification::CancelCode};
+use crate::{
+    Timestamp,
+    verification::{CancelCode, FlowId, ProofMethod},
+};
 
 const FLOW: &str = "flow-1";
 
@@ -23,21 +24,25 @@ fn now() -> Timestamp {
     Timestamp::from_millis(1_000_000)
 }
 
-/// A party's keys as (key id, base64): its device key and a master key.
-fn keys_of(device: &str, device_key: &str, master: &str) -> Vec<(String, String)> {
-    vec![(format!("ed25519:{device}"), device_key.to_owned()), (format!("ed25519:{master}"), master.to_owned())]
+fn key(seed: u8) -> vodozemac::Ed25519PublicKey {
+    vodozemac::Ed25519SecretKey::from_slice(&[seed; 32]).public_key()
 }
 
-fn alice_keys() -> Vec<(String, String)> {
-    keys_of("ALICE", "aliceDeviceKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "aliceMasterKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+/// A party's keys: its device key and a master key.
+fn keys_of(device: &str, device_seed: u8, master_seed: u8) -> SasKeys {
+    SasKeys { device_id: device.into(), device_key: key(device_seed), master_key: Some(key(master_seed)) }
 }
 
-fn bob_keys() -> Vec<(String, String)> {
-    keys_of("BOB", "bobDeviceKeyBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", "bobMasterKeyBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB")
+fn alice_keys() -> SasKeys {
+    keys_of("ALICE", 1, 2)
 }
 
-fn known(keys: Vec<(String, String)>) -> BTreeMap<String, String> {
-    keys.into_iter().collect()
+fn bob_keys() -> SasKeys {
+    keys_of("BOB", 3, 4)
+}
+
+fn flow() -> FlowId {
+    FlowId::ToDevice(FLOW.into())
 }
 
 fn single(mut outgoing: Vec<Outgoing>, event_type: &str) -> Outgoing {
@@ -49,9 +54,9 @@ fn single(mut outgoing: Vec<Outgoing>, event_type: &str) -> Outgoing {
 
 /// Alice starts, Bob accepts, keys are exchanged: both show short strings.
 fn exchanged() -> (SasVerification, SasVerification) {
-    let (mut a, start) = SasVerification::start(alice(), bob(), FLOW, alice_keys(), known(bob_keys()), now());
+    let (mut a, start) = SasVerification::start(alice(), bob(), flow(), &alice_keys(), bob_keys(), now());
     let (mut b, accept) =
-        SasVerification::accept(bob(), alice(), FLOW, &start.content, bob_keys(), known(alice_keys()), now()).unwrap();
+        SasVerification::accept(bob(), alice(), flow(), &start.content, &bob_keys(), alice_keys(), now()).unwrap();
     let a_key = single(a.receive(accept.event_type, &accept.content, now()), "m.key.verification.key");
     let b_key = single(b.receive(a_key.event_type, &a_key.content, now()), "m.key.verification.key");
     assert!(a.receive(b_key.event_type, &b_key.content, now()).is_empty());
@@ -62,8 +67,8 @@ fn deliver(to: &mut SasVerification, messages: &[Outgoing]) -> Vec<Outgoing> {
     messages.iter().flat_map(|m| to.receive(m.event_type, &m.content, now())).collect()
 }
 
-fn ids(keys: &[(String, String)]) -> Vec<String> {
-    let mut ids: Vec<String> = keys.iter().map(|(id, _)| id.clone()).collect();
+fn ids(keys: &SasKeys) -> Vec<String> {
+    let mut ids: Vec<String> = keys.entries().into_iter().map(|(id, _)| id).collect();
     ids.sort();
     ids
 }
@@ -91,6 +96,49 @@ fn the_short_strings_agree_and_both_sides_verify_the_other() {
     assert_eq!(b.state(), SasState::Done { verified: ids(&alice_keys()) });
     assert!(deliver(&mut a, &a_done).is_empty(), "their done changes nothing");
     assert_eq!(a.poll_timeout(), None);
+    let proof = a.proof().expect("done");
+    assert!(proof.covers_device(&bob().user_id, &bob().device_id, key(3)));
+    assert!(proof.covers_master_key(&bob().user_id, key(4)));
+    assert!(!proof.covers_device(&bob().user_id, &bob().device_id, key(1)));
+    assert_eq!(proof.method(), ProofMethod::Sas);
+    assert!(b.proof().unwrap().covers_master_key(&alice().user_id, key(2)));
+}
+
+/// No proof exists before the end, and none after a cancellation.
+#[test]
+fn there_is_no_proof_before_done_or_after_a_cancel() {
+    let (mut a, mut b) = exchanged();
+    assert!(a.proof().is_none());
+    let b_mac = b.confirm();
+    deliver(&mut a, &b_mac);
+    assert!(a.proof().is_none(), "their MAC alone proves nothing until our user confirms");
+    a.mismatch();
+    assert!(a.proof().is_none());
+}
+
+/// In a room, every message relates to the request event instead of
+/// naming a transaction, the info strings use the event id, and the
+/// exchange completes the same way.
+#[test]
+fn an_in_room_exchange_relates_every_message_to_the_request() {
+    let flow = FlowId::InRoom {
+        room_id: ruma_common::owned_room_id!("!dm:example.org"),
+        event_id: ruma_common::owned_event_id!("$request"),
+    };
+    let (mut a, start) = SasVerification::start(alice(), bob(), flow.clone(), &alice_keys(), bob_keys(), now());
+    assert_eq!(start.content["m.relates_to"]["event_id"], "$request");
+    assert!(start.content.get("transaction_id").is_none());
+    let (mut b, accept) =
+        SasVerification::accept(bob(), alice(), flow, &start.content, &bob_keys(), alice_keys(), now()).unwrap();
+    let a_key = single(a.receive(accept.event_type, &accept.content, now()), "m.key.verification.key");
+    let b_key = single(b.receive(a_key.event_type, &a_key.content, now()), "m.key.verification.key");
+    assert!(a.receive(b_key.event_type, &b_key.content, now()).is_empty());
+    assert_eq!(a.emoji(), b.emoji());
+    let a_mac = a.confirm();
+    let b_mac = b.confirm();
+    deliver(&mut b, &a_mac);
+    deliver(&mut a, &b_mac);
+    assert!(a.proof().is_some() && b.proof().is_some());
 }
 
 /// The other side's MAC may arrive before our user confirmed: it is held,
@@ -114,9 +162,9 @@ fn a_mac_before_our_confirmation_is_held_until_we_confirm() {
 /// `m.mismatched_commitment` and shows no short string.
 #[test]
 fn a_replaced_ephemeral_key_breaks_the_commitment() {
-    let (mut a, start) = SasVerification::start(alice(), bob(), FLOW, alice_keys(), known(bob_keys()), now());
+    let (mut a, start) = SasVerification::start(alice(), bob(), flow(), &alice_keys(), bob_keys(), now());
     let (mut b, accept) =
-        SasVerification::accept(bob(), alice(), FLOW, &start.content, bob_keys(), known(alice_keys()), now()).unwrap();
+        SasVerification::accept(bob(), alice(), flow(), &start.content, &bob_keys(), alice_keys(), now()).unwrap();
     let a_key = single(a.receive(accept.event_type, &accept.content, now()), "m.key.verification.key");
     let mut b_key = single(b.receive(a_key.event_type, &a_key.content, now()), "m.key.verification.key");
     b_key.content["key"] = json!(vodozemac::sas::Sas::new().public_key().to_base64());
@@ -130,11 +178,10 @@ fn a_replaced_ephemeral_key_breaks_the_commitment() {
 /// MAC of her real key does not verify: Bob cancels with `m.key_mismatch`.
 #[test]
 fn a_mac_over_another_key_than_the_one_we_hold_is_a_key_mismatch() {
-    let (mut a, start) = SasVerification::start(alice(), bob(), FLOW, alice_keys(), known(bob_keys()), now());
-    let swapped =
-        keys_of("ALICE", "serverSwappedKeyXXXXXXXXXXXXXXXXXXXXXXXXXXX", "aliceMasterKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let (mut a, start) = SasVerification::start(alice(), bob(), flow(), &alice_keys(), bob_keys(), now());
+    let swapped = keys_of("ALICE", 9, 2);
     let (mut b, accept) =
-        SasVerification::accept(bob(), alice(), FLOW, &start.content, bob_keys(), known(swapped), now()).unwrap();
+        SasVerification::accept(bob(), alice(), flow(), &start.content, &bob_keys(), swapped, now()).unwrap();
     let a_key = single(a.receive(accept.event_type, &accept.content, now()), "m.key.verification.key");
     let b_key = single(b.receive(a_key.event_type, &a_key.content, now()), "m.key.verification.key");
     a.receive(b_key.event_type, &b_key.content, now());
@@ -177,7 +224,7 @@ fn a_legacy_only_peer_gets_the_legacy_mac() {
     start["transaction_id"] = json!(FLOW);
     start["from_device"] = json!("ALICE");
     let (_, accept) =
-        SasVerification::accept(bob(), alice(), FLOW, &start, bob_keys(), known(alice_keys()), now()).unwrap();
+        SasVerification::accept(bob(), alice(), flow(), &start, &bob_keys(), alice_keys(), now()).unwrap();
     assert_eq!(accept.content["message_authentication_code"], "hkdf-hmac-sha256");
     let sas = vodozemac::sas::Sas::new();
     let other = vodozemac::sas::Sas::new();
@@ -206,11 +253,11 @@ fn the_exchange_times_out_after_ten_minutes() {
 /// `m.unexpected_message`; another flow's message is `m.unknown_transaction`.
 #[test]
 fn messages_out_of_order_or_of_another_flow_cancel() {
-    let (mut a, _) = SasVerification::start(alice(), bob(), FLOW, alice_keys(), known(bob_keys()), now());
+    let (mut a, _) = SasVerification::start(alice(), bob(), flow(), &alice_keys(), bob_keys(), now());
     let mac = json!({"transaction_id": FLOW, "mac": {"ed25519:BOB": "x"}, "keys": "y"});
     let cancel = single(a.receive("m.key.verification.mac", &mac, now()), "m.key.verification.cancel");
     assert_eq!(cancel.content["code"], "m.unexpected_message");
-    let (mut a, _) = SasVerification::start(alice(), bob(), FLOW, alice_keys(), known(bob_keys()), now());
+    let (mut a, _) = SasVerification::start(alice(), bob(), flow(), &alice_keys(), bob_keys(), now());
     let other = json!({"transaction_id": "other-flow", "key": "abc"});
     let cancel = single(a.receive("m.key.verification.key", &other, now()), "m.key.verification.cancel");
     assert_eq!(cancel.content["code"], "m.unknown_transaction");
@@ -257,7 +304,7 @@ proptest! {
             "m.key.verification.done", "m.key.verification.cancel", "m.key.verification.start",
         ];
         let (mut a, _) = exchanged();
-        let (mut fresh, _) = SasVerification::start(alice(), bob(), FLOW, alice_keys(), known(bob_keys()), now());
+        let (mut fresh, _) = SasVerification::start(alice(), bob(), flow(), &alice_keys(), bob_keys(), now());
         for (kind, content) in &messages {
             a.receive(types[*kind], content, now());
             fresh.receive(types[*kind], content, now());
