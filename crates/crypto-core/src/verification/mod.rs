@@ -21,6 +21,8 @@ mod flow;
 pub mod proof;
 pub mod qr;
 pub mod registry;
+#[cfg(test)]
+mod registry_tests;
 pub mod request;
 pub mod sas;
 

@@ -122,6 +122,9 @@ enum Method {
 
 struct Flow {
     request: VerificationRequest,
+    /// Hashes of the messages received (type and content), to ignore a
+    /// message the network delivers twice.
+    seen: Vec<u64>,
     /// Our to-device request's recipients (for `m.accepted`).
     recipients: Vec<OwnedDeviceId>,
     method: Option<Method>,
@@ -129,7 +132,27 @@ struct Flow {
     serial: u64,
 }
 
+/// How many received messages a flow remembers (a flow has about ten).
+const SEEN_KEPT: usize = 32;
+
 impl Flow {
+    /// Whether this message was not received before (and remembers it).
+    fn first_delivery(&mut self, event_type: &str, content: &Value) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        event_type.hash(&mut hasher);
+        content.to_string().hash(&mut hasher);
+        let hash = hasher.finish();
+        if self.seen.contains(&hash) {
+            return false;
+        }
+        if self.seen.len() >= SEEN_KEPT {
+            self.seen.remove(0);
+        }
+        self.seen.push(hash);
+        true
+    }
+
     fn state(&self) -> FlowState {
         let method = self.method.as_ref().map(|method| match method {
             Method::Sas(sas) => MethodState::Sas(sas.state()),
@@ -255,7 +278,8 @@ impl Verifications {
     fn insert(&mut self, request: VerificationRequest, recipients: Vec<OwnedDeviceId>) -> (OwnedUserId, FlowId) {
         let key = (request.other_user().to_owned(), request.flow().clone());
         self.serial = self.serial.saturating_add(1);
-        self.flows.insert(key.clone(), Flow { request, recipients, method: None, serial: self.serial });
+        self.flows
+            .insert(key.clone(), Flow { request, seen: Vec::new(), recipients, method: None, serial: self.serial });
         key
     }
 
@@ -276,10 +300,16 @@ impl Verifications {
         Ok(())
     }
 
+    /// A flow the user can still act on (not finished).
     fn flow_mut(&mut self, user_id: &UserId, flow: &FlowId) -> Result<&mut Flow, FlowError> {
-        self.flows
+        let entry = self
+            .flows
             .get_mut(&(user_id.to_owned(), flow.clone()))
-            .ok_or_else(|| FlowError::UnknownFlow { user_id: user_id.to_owned(), flow: flow.clone() })
+            .ok_or_else(|| FlowError::UnknownFlow { user_id: user_id.to_owned(), flow: flow.clone() })?;
+        match entry.state().is_finished() {
+            true => Err(FlowError::WrongState { action: "act on a finished flow" }),
+            false => Ok(entry),
+        }
     }
 
     fn step(key: (OwnedUserId, FlowId), entry: &Flow, outgoing: Vec<Outgoing>) -> Step {
@@ -463,6 +493,17 @@ impl Verifications {
             if outgoing.is_empty() {
                 outgoing = request;
             }
+            // The request's end ends its method too (one cancel is sent).
+            if matches!(entry.request.state(), RequestState::Cancelled(_)) {
+                let method = match &mut entry.method {
+                    Some(Method::Sas(sas)) => sas.cancel(CancelCode::Timeout),
+                    Some(Method::Qr(qr)) => qr.cancel(CancelCode::Timeout),
+                    None => Vec::new(),
+                };
+                if outgoing.is_empty() {
+                    outgoing = method;
+                }
+            }
             steps.push(Self::step(key, entry, outgoing));
         }
         steps
@@ -483,6 +524,11 @@ impl Verifications {
         let key = (incoming.sender.to_owned(), incoming.flow.clone());
         let us = self.us.clone();
         let Some(entry) = self.flows.get_mut(&key) else { return Step::default() };
+        // A finished flow stays as it ended (its keys may be verified
+        // already); a message delivered twice is handled once.
+        if entry.state().is_finished() || !entry.first_delivery(incoming.event_type, incoming.content) {
+            return Step::default();
+        }
         let from_device = incoming.content.get("from_device").and_then(Value::as_str);
         match incoming.event_type {
             "m.key.verification.ready" => receive_ready(entry, key, from_device, incoming.content, now),

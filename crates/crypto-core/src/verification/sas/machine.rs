@@ -257,7 +257,9 @@ impl SasVerification {
         if now >= self.deadline && self.poll_timeout().is_some() {
             return self.cancel(CancelCode::Timeout);
         }
-        if matches!(self.state, State::Cancelled(_)) {
+        // A finished exchange stays as it ended: its keys may already be
+        // marked verified.
+        if matches!(self.state, State::Cancelled(_) | State::Done { .. }) {
             return Vec::new();
         }
         if event_type == "m.key.verification.cancel" {
