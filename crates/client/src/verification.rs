@@ -28,7 +28,7 @@ pub struct VerificationUpdate {
 impl VerificationUpdate {
     /// Whether this is a new request from someone else, to show the user.
     pub fn is_incoming_request(&self) -> bool {
-        self.state.request == RequestState::Requested && self.state.method.is_none()
+        !self.state.we_requested && self.state.request == RequestState::Requested && self.state.method.is_none()
     }
 }
 
@@ -156,6 +156,13 @@ impl VerificationRequest {
     /// Showing side: the other device shows a success after scanning.
     pub async fn confirm_qr_scanned(&self) -> Result<(), ClientError> {
         self.client.olm_machine()?.confirm_verification(&self.user_id, &self.flow, now()).await?;
+        self.client.settle().await
+    }
+
+    /// Showing side: the other device does not show a success after
+    /// scanning (`m.key_mismatch`).
+    pub async fn qr_mismatch(&self) -> Result<(), ClientError> {
+        self.client.olm_machine()?.mismatch_verification(&self.user_id, &self.flow, now())?;
         self.client.settle().await
     }
 

@@ -63,6 +63,11 @@ pub fn ed25519_from_base64(encoded: &str) -> Result<Ed25519PublicKey, KeyDecodeE
     Ed25519PublicKey::from_slice(&bytes).map_err(|_| KeyDecodeError::InvalidPoint { kind: "ed25519" })
 }
 
+/// An ed25519 public key from its 32 raw bytes (as a QR code carries it).
+pub fn ed25519_from_bytes(bytes: &[u8; 32]) -> Result<Ed25519PublicKey, KeyDecodeError> {
+    Ed25519PublicKey::from_slice(bytes).map_err(|_| KeyDecodeError::InvalidPoint { kind: "ed25519" })
+}
+
 /// An ed25519 private key (a 32-byte seed) from base64, as secret storage
 /// and gossip carry cross-signing keys; `None` if it is not 32 bytes. The
 /// decoded copy is wiped.

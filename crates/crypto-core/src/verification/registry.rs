@@ -66,6 +66,8 @@ pub enum MethodState {
 /// Where a whole flow stands: its request and its method, if one started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlowState {
+    /// Whether this device sent the request.
+    pub we_requested: bool,
     /// The request.
     pub request: RequestState,
     /// The method.
@@ -158,7 +160,7 @@ impl Flow {
             Method::Sas(sas) => MethodState::Sas(sas.state()),
             Method::Qr(qr) => MethodState::Qr(qr.state()),
         });
-        FlowState { request: self.request.state().clone(), method }
+        FlowState { we_requested: self.request.we_requested(), request: self.request.state().clone(), method }
     }
 }
 

@@ -360,7 +360,7 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_key(bytes: &[u8; 32], which: &'static str) -> Result<Ed25519PublicKey, QrError> {
-    Ed25519PublicKey::from_slice(bytes).map_err(|_| QrError::InvalidKey { which })
+    crate::keys::ed25519_from_bytes(bytes).map_err(|_| QrError::InvalidKey { which })
 }
 
 /// A fresh shared secret from the operating system's random source. Not
