@@ -97,6 +97,21 @@ async fn run_sas(world: &World, a: &mut TestDevice, b: &mut TestDevice, flow: Fl
     assert!(matches!(sas_state(b, &a_user, &flow), Some(SasState::Done { .. })), "{:?}", state(b, &a_user, &flow));
 }
 
+/// Alice and Bob, bootstrapped and knowing each other's keys, with a
+/// to-device request from Alice that Bob accepted.
+async fn ready_between_users(world: &World) -> (TestDevice, TestDevice, FlowId) {
+    let mut a = bootstrapped(world, &alice(), "A1").await;
+    let mut b = bootstrapped(world, &bob(), "B1").await;
+    a.refresh_keys(&[&alice(), &bob()]).await;
+    b.refresh_keys(&[&alice(), &bob()]).await;
+    let flow = a.machine.request_verification(&bob(), None, world.clock.now()).await.unwrap();
+    exchange(&mut [&mut a, &mut b]).await;
+    b.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
+    exchange(&mut [&mut a, &mut b]).await;
+    assert!(matches!(state(&a, &bob(), &flow).request, RequestState::Ready { .. }));
+    (a, b, flow)
+}
+
 async fn device_verified(device: &TestDevice, user_id: &UserId, device_id: &str) -> bool {
     device.machine.device_trust(user_id, device_id.into()).await.unwrap().expect("known device").is_verified()
 }
@@ -185,14 +200,7 @@ async fn sas_in_a_room_verifies_both_identities() {
 #[tokio::test]
 async fn a_mismatched_sas_cancels_both_sides() {
     let world = World::new();
-    let mut a = bootstrapped(&world, &alice(), "A1").await;
-    let mut b = bootstrapped(&world, &bob(), "B1").await;
-    a.refresh_keys(&[&alice(), &bob()]).await;
-    b.refresh_keys(&[&alice(), &bob()]).await;
-    let flow = a.machine.request_verification(&bob(), None, world.clock.now()).await.unwrap();
-    exchange(&mut [&mut a, &mut b]).await;
-    b.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
-    exchange(&mut [&mut a, &mut b]).await;
+    let (mut a, mut b, flow) = ready_between_users(&world).await;
     b.machine.start_sas(&alice(), &flow, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a, &mut b]).await;
     a.machine.mismatch_verification(&bob(), &flow, world.clock.now()).unwrap();
@@ -279,14 +287,7 @@ async fn a_qr_code_shown_by_the_trusted_device_verifies_the_new_one() {
 #[tokio::test]
 async fn a_qr_code_between_two_users_verifies_both() {
     let world = World::new();
-    let mut a = bootstrapped(&world, &alice(), "A1").await;
-    let mut b = bootstrapped(&world, &bob(), "B1").await;
-    a.refresh_keys(&[&alice(), &bob()]).await;
-    b.refresh_keys(&[&alice(), &bob()]).await;
-    let flow = a.machine.request_verification(&bob(), None, world.clock.now()).await.unwrap();
-    exchange(&mut [&mut a, &mut b]).await;
-    b.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
-    exchange(&mut [&mut a, &mut b]).await;
+    let (mut a, mut b, flow) = ready_between_users(&world).await;
     let (code, _) = a.machine.generate_qr_code(&bob(), &flow, world.clock.now()).await.unwrap();
     b.machine.scan_qr_code(&alice(), &flow, &code.to_bytes(), world.clock.now()).await.unwrap();
     exchange(&mut [&mut a, &mut b]).await;
@@ -303,14 +304,7 @@ async fn a_qr_code_between_two_users_verifies_both() {
 #[tokio::test]
 async fn a_qr_code_with_a_foreign_key_is_refused() {
     let world = World::new();
-    let mut a = bootstrapped(&world, &alice(), "A1").await;
-    let mut b = bootstrapped(&world, &bob(), "B1").await;
-    a.refresh_keys(&[&alice(), &bob()]).await;
-    b.refresh_keys(&[&alice(), &bob()]).await;
-    let flow = a.machine.request_verification(&bob(), None, world.clock.now()).await.unwrap();
-    exchange(&mut [&mut a, &mut b]).await;
-    b.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
-    exchange(&mut [&mut a, &mut b]).await;
+    let (mut a, mut b, flow) = ready_between_users(&world).await;
     let (code, _) = a.machine.generate_qr_code(&bob(), &flow, world.clock.now()).await.unwrap();
     let mut bytes = code.to_bytes().to_vec();
     // The second key (what Alice believes Bob's master key is) replaced.
