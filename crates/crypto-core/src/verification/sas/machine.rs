@@ -343,13 +343,13 @@ impl SasVerification {
         if !agreed.short_strings.contains(&SasMethod::Emoji) {
             return None;
         }
-        emoji_for(sas.bytes(&self.info(sas)).emoji_indices())
+        emoji_for(super::short_strings::emoji_indices(sas.bytes(&self.info(sas)).as_bytes()))
     }
 
     /// The three numbers (1000–9191), once keys are exchanged.
     pub fn decimals(&self) -> Option<(u16, u16, u16)> {
         let State::Established { sas, .. } = &self.state else { return None };
-        Some(sas.bytes(&self.info(sas)).decimals())
+        Some(super::short_strings::decimals(sas.bytes(&self.info(sas)).as_bytes()))
     }
 
     /// Our user says the short strings match: our MAC is sent, and if the
