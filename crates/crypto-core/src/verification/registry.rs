@@ -525,7 +525,7 @@ impl Verifications {
         }
         let key = (incoming.sender.to_owned(), incoming.flow.clone());
         let us = self.us.clone();
-        let Some(entry) = self.flows.get_mut(&key) else { return Step::default() };
+        let Some(entry) = self.flows.get_mut(&key) else { return self.foreign_user(incoming) };
         // A finished flow stays as it ended (its keys may be verified
         // already); a message delivered twice is handled once.
         if entry.state().is_finished() || !entry.first_delivery(incoming.event_type, incoming.content) {
@@ -568,6 +568,26 @@ impl Verifications {
                 step.proof = proof;
                 step
             }
+        }
+    }
+
+    /// A to-device message naming one of our flows, from another user than
+    /// the flow's: that user is told `m.user_mismatch` (to the device it
+    /// names); the flow itself is not touched. In a room, a third member's
+    /// events are ignored (a cancel there would reach the real partner).
+    fn foreign_user(&self, incoming: Incoming<'_>) -> Step {
+        let ours = self.flows.keys().any(|(_, flow)| flow == incoming.flow);
+        let device =
+            incoming.content.get("from_device").and_then(Value::as_str).filter(|d| !d.is_empty() && d.len() <= 255);
+        let (true, FlowId::ToDevice(_), Some(device)) = (ours, incoming.flow, device) else { return Step::default() };
+        if incoming.event_type == "m.key.verification.cancel" {
+            return Step::default();
+        }
+        let cancel = Cancellation::ours(CancelCode::UserMismatch).content(incoming.flow);
+        let to = Recipient::Devices(incoming.sender.to_owned(), vec![device.into()]);
+        Step {
+            messages: vec![VerificationMessage { to, event_type: "m.key.verification.cancel", content: cancel }],
+            ..Step::default()
         }
     }
 

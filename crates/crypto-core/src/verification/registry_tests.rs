@@ -245,3 +245,29 @@ fn in_order_delivery_verifies_both_sides() {
         check_proof(&sides, side, proof).unwrap();
     }
 }
+
+/// Attack: Carol sends a `ready` naming the flow Alice opened with Bob.
+/// Carol is told `m.user_mismatch`; Alice's flow with Bob is untouched and
+/// still completes.
+#[test]
+fn another_user_naming_our_flow_gets_user_mismatch_and_changes_nothing() {
+    let now = Timestamp::from_millis(1_000_000_000);
+    let (mut sides, _) = start(now);
+    let carol = owned_user_id!("@carol:example.org");
+    let content = serde_json::json!({"from_device": "C1", "methods": ["m.sas.v1"], "transaction_id": FLOW});
+    let incoming = Incoming {
+        sender: &carol,
+        from_device: None,
+        flow: &flow(),
+        event_type: "m.key.verification.ready",
+        content: &content,
+        sent_at: now,
+    };
+    let step = sides[0].registry.receive(incoming, None, now);
+    assert_eq!(step.messages.len(), 1);
+    assert_eq!(step.messages[0].to, Recipient::Devices(carol.clone(), vec!["C1".into()]));
+    assert_eq!(step.messages[0].content["code"], "m.user_mismatch");
+    assert!(step.changed.is_none() && step.proof.is_none());
+    let state = sides[0].registry.state(&bob().user_id, &flow()).unwrap();
+    assert_eq!(state.request, RequestState::Requested, "Alice's flow with Bob is unchanged");
+}
