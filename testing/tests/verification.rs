@@ -184,7 +184,7 @@ async fn sas_in_a_room_verifies_both_identities() {
     a.refresh_keys(&[&alice(), &bob()]).await;
     b.refresh_keys(&[&alice(), &bob()]).await;
     let room = owned_room_id!("!dm:example.org");
-    a.machine.request_verification_in_room(&room, &bob());
+    a.machine.request_verification_in_room(&room, &bob()).unwrap();
     a.drain().await;
     let flow = received_flow(&a, &bob());
     assert!(matches!(&flow, FlowId::InRoom { room_id, .. } if *room_id == room));

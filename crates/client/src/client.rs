@@ -86,6 +86,7 @@ impl ClientBuilder {
                 rooms_restored: AtomicBool::new(false),
                 in_flight: Mutex::new(HashSet::new()),
                 request_done: tokio::sync::Notify::new(),
+                room_send_lock: tokio::sync::Mutex::new(()),
                 verification_updates: tokio::sync::broadcast::channel(crate::verification::UPDATE_CAPACITY).0,
             }),
         })
@@ -109,6 +110,8 @@ pub(crate) struct Inner {
     pub(crate) in_flight: Mutex<HashSet<OwnedTransactionId>>,
     /// Signalled whenever a request being sent is done.
     pub(crate) request_done: tokio::sync::Notify,
+    /// Held while the engine's room events are sent (their order matters).
+    pub(crate) room_send_lock: tokio::sync::Mutex<()>,
     /// Verification flows' updates, to subscribers.
     pub(crate) verification_updates: tokio::sync::broadcast::Sender<crate::VerificationUpdate>,
 }

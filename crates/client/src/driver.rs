@@ -60,11 +60,21 @@ impl Client {
         result
     }
 
+    /// Sends the engine's room events and logs a failure instead of
+    /// returning it: a room we cannot post in must not stop the sync.
+    pub(crate) async fn send_room_messages_logged(&self) {
+        if let Err(error) = self.send_room_messages().await {
+            tracing::warn!(%error, "an in-room verification message could not be sent");
+        }
+    }
+
     /// Sends the engine's room events (in-room verification messages) the
     /// way [`Room::send`](crate::Room::send) sends any event: encrypted in
     /// an encrypted room, after the room key is shared. Each once, even
     /// when several tasks call this.
     pub(crate) async fn send_room_messages(&self) -> Result<(), ClientError> {
+        // One sender at a time, so a flow's events keep their order.
+        let _one_at_a_time = self.inner.room_send_lock.lock().await;
         let machine = self.olm_machine()?;
         let requests = machine.outgoing_requests(now()).await?;
         for request in requests {
@@ -85,8 +95,25 @@ impl Client {
     }
 
     /// Sends requests concurrently; the first error is returned after all finished.
+    /// Verification messages go out one after another in queue order, in
+    /// one task (a `mac` must not overtake the `key` before it, nor a
+    /// `done` the `mac`).
     async fn send_all(&self, requests: Vec<OutgoingRequest>) -> Result<(), ClientError> {
         let mut tasks = tokio::task::JoinSet::new();
+        let (ordered, requests): (Vec<OutgoingRequest>, Vec<OutgoingRequest>) =
+            requests.into_iter().partition(is_verification_message);
+        if !ordered.is_empty() {
+            let client = self.clone();
+            let guards: Vec<InFlight> =
+                ordered.iter().map(|r| InFlight { client: self.clone(), id: r.request_id().to_owned() }).collect();
+            tasks.spawn(async move {
+                let _guards = guards;
+                for request in &ordered {
+                    client.send_crypto_request(request).await?;
+                }
+                Ok(())
+            });
+        }
         for request in requests {
             let client = self.clone();
             // The id leaves the in-flight set however the send ends: done,
@@ -191,4 +218,8 @@ impl Client {
             other => ClientError::Config(other.to_string()),
         })
     }
+}
+
+fn is_verification_message(request: &OutgoingRequest) -> bool {
+    matches!(request.request(), AnyOutgoingRequest::ToDevice(r) if r.event_type.to_string().starts_with("m.key.verification."))
 }

@@ -112,7 +112,7 @@ impl Client {
         // Requests out, answers in, events handled (late decryptions);
         // then the engine's room events (in-room verification).
         self.drive().await?;
-        self.send_room_messages().await?;
+        self.send_room_messages_logged().await;
         Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 

@@ -63,7 +63,7 @@ impl Encryption {
     ) -> Result<VerificationRequest, ClientError> {
         let machine = self.client.olm_machine()?;
         let before = machine.verifications_with(user_id);
-        machine.request_verification_in_room(room.room_id(), user_id);
+        machine.request_verification_in_room(room.room_id(), user_id)?;
         self.client.settle().await?;
         let flow = machine
             .verifications_with(user_id)

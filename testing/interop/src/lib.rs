@@ -27,6 +27,8 @@ pub struct SdkDevice {
     pub device_id: OwnedDeviceId,
     server: Arc<TestServer>,
     syncs: u64,
+    /// How many events of each room this device has read.
+    room_positions: std::sync::Mutex<BTreeMap<ruma::OwnedRoomId, usize>>,
 }
 
 impl SdkDevice {
@@ -41,7 +43,8 @@ impl SdkDevice {
     pub async fn with_machine(server: &Arc<TestServer>, machine: OlmMachine) -> Self {
         let user_id = machine.user_id().to_owned();
         let device_id = machine.device_id().to_owned();
-        let device = Self { machine, user_id, device_id, server: server.clone(), syncs: 0 };
+        let device =
+            Self { machine, user_id, device_id, server: server.clone(), syncs: 0, room_positions: Default::default() };
         device.drain().await;
         device
     }
@@ -75,6 +78,7 @@ impl SdkDevice {
                         let response = self.server.upload_signatures(r);
                         self.machine.mark_request_as_sent(id, &response).await.expect("signature answer");
                     }
+                    AnyOutgoingRequest::RoomMessage(r) => self.send_room_message(r).await,
                     other => panic!("unexpected request from matrix-sdk-crypto: {other:?}"),
                 }
             }
@@ -125,6 +129,48 @@ impl SdkDevice {
             .mark_request_as_sent(&request.txn_id, &send_event_to_device::v3::Response::new())
             .await
             .expect("to-device answer");
+    }
+
+    /// Sends one of matrix-sdk-crypto's room events (in-room verification)
+    /// into the server's room, in the clear, at the real time (the SDK
+    /// checks timestamps against the wall clock).
+    pub async fn send_room_message(&self, request: &matrix_sdk_crypto::types::requests::RoomMessageRequest) {
+        use ruma::events::MessageLikeEventContent;
+        let event_type = request.content.event_type().to_string();
+        let content = serde_json::to_value(&*request.content).expect("json");
+        let now = u64::from(ruma::MilliSecondsSinceUnixEpoch::now().get());
+        let response = self.server.send_room_event(&self.user_id, &request.room_id, &event_type, &content, now);
+        self.machine.mark_request_as_sent(&request.txn_id, &response).await.expect("room message answer");
+    }
+
+    /// Sends a verification message an SDK command returned.
+    pub async fn send_verification(&self, request: matrix_sdk_crypto::types::requests::OutgoingVerificationRequest) {
+        match request {
+            matrix_sdk_crypto::types::requests::OutgoingVerificationRequest::ToDevice(r) => {
+                self.send_to_device(&r).await;
+            }
+            matrix_sdk_crypto::types::requests::OutgoingVerificationRequest::InRoom(r) => {
+                self.send_room_message(&r).await;
+            }
+        }
+    }
+
+    /// Reads the rooms' new events and feeds them to matrix-sdk-crypto's
+    /// verification (events it does not take are ignored), then drains.
+    pub async fn sync_rooms(&self) {
+        for room_id in self.server.rooms() {
+            let from = self.room_positions.lock().expect("positions").get(&room_id).copied().unwrap_or(0);
+            let events = self.server.room_events(&room_id, from);
+            self.room_positions.lock().expect("positions").insert(room_id.clone(), from + events.len());
+            for event in events {
+                let raw: ruma::serde::Raw<ruma::events::AnyMessageLikeEvent> =
+                    ruma::serde::Raw::new(&event).expect("json").cast_unchecked();
+                if let Ok(event) = raw.deserialize() {
+                    self.machine.receive_verification_event(&event).await.expect("verification event");
+                }
+            }
+        }
+        self.drain().await;
     }
 
     /// One sync; returns the to-device events as matrix-sdk-crypto processed them.

@@ -120,10 +120,12 @@ impl OlmMachine {
         // After the save and with the locks released: a verification that
         // finishes signs keys, which takes the account lock.
         for (sender, device, event_type, content) in verification {
-            match self.receive_to_device_verification(&sender, device.as_deref(), &event_type, &content, now).await {
-                Ok(()) => {}
-                Err(crate::verification::VerificationError::Store(error)) => return Err(error),
-                Err(error) => tracing::warn!(%error, "a verification message failed"),
+            // The sync is saved: one message's failure (even the store's)
+            // is logged, and the others are still handled.
+            if let Err(error) =
+                self.receive_to_device_verification(&sender, device.as_deref(), &event_type, &content, now).await
+            {
+                tracing::warn!(%error, "a verification message failed");
             }
         }
         Ok(output)

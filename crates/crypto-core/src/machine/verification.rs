@@ -75,10 +75,18 @@ impl OlmMachine {
     /// DM): the request event is queued as a [`AnyOutgoingRequest::RoomMessage`];
     /// once its answer names the event id, the flow exists (its id is that
     /// event's, reported in an [`EngineEvent::VerificationChanged`]).
-    pub fn request_verification_in_room(&self, room_id: &RoomId, user_id: &UserId) -> OutgoingRequest {
+    /// Our own devices are verified to-device: `user_id` must be another user.
+    pub fn request_verification_in_room(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<OutgoingRequest, VerificationError> {
+        if user_id == self.user_id() {
+            return Err(FlowError::WrongState { action: "verify our own devices in a room" }.into());
+        }
         let content = VerificationRequest::in_room_content(&self.our_party(), user_id);
         let request = RoomMessageRequest { room_id: room_id.to_owned(), event_type: "m.room.message".into(), content };
-        self.queue(AnyOutgoingRequest::RoomMessage(request), Meta::RoomVerificationRequest(user_id.to_owned()))
+        Ok(self.queue(AnyOutgoingRequest::RoomMessage(request), Meta::RoomVerificationRequest(user_id.to_owned())))
     }
 
     /// The answer to our in-room request: the flow is named by its event.
@@ -241,9 +249,10 @@ impl OlmMachine {
         let Some((sender, flow, event_type)) = room_event_flow(room_id, event) else { return Ok(()) };
         let content = event.get("content").cloned().unwrap_or_default();
         let sent_at = Timestamp::from_millis(event.get("origin_server_ts").and_then(Value::as_u64).unwrap_or(0));
-        let user = match event_type {
-            "m.key.verification.request" => sender.clone(),
-            _ => lock(&self.inner.verifications).user_of_room_flow(&flow).unwrap_or_else(|| sender.clone()),
+        // Our own echo belongs to the flow's user; anything else to its sender.
+        let user = match sender == self.user_id() {
+            true => lock(&self.inner.verifications).user_of_room_flow(&flow).unwrap_or_else(|| sender.clone()),
+            false => sender.clone(),
         };
         let incoming =
             Incoming { sender: &sender, from_device: None, flow: &flow, event_type, content: &content, sent_at };
@@ -272,7 +281,8 @@ impl OlmMachine {
         incoming: Incoming<'_>,
         now: Timestamp,
     ) -> Result<(), VerificationError> {
-        let keys = if incoming.event_type == "m.key.verification.start" {
+        let known = lock(&self.inner.verifications).state(user, incoming.flow).is_some();
+        let keys = if known && incoming.event_type == "m.key.verification.start" {
             let device = incoming.content.get("from_device").and_then(Value::as_str).map(OwnedDeviceId::from);
             Some(self.flow_keys(user, device.as_deref()).await?)
         } else {

@@ -138,6 +138,10 @@ struct Flow {
 const SEEN_KEPT: usize = 32;
 
 impl Flow {
+    fn request_us(&self) -> &Party {
+        self.request.us()
+    }
+
     /// Whether this message was not received before (and remembers it).
     fn first_delivery(&mut self, event_type: &str, content: &Value) -> bool {
         use std::hash::{Hash, Hasher};
@@ -294,6 +298,9 @@ impl Verifications {
         recipients: Vec<OwnedDeviceId>,
         now: Timestamp,
     ) -> Result<(), FlowError> {
+        if self.flows.keys().any(|(_, f)| *f == flow) {
+            return Err(FlowError::WrongState { action: "reuse a flow id" });
+        }
         if !self.make_room() {
             return Err(FlowError::TooMany);
         }
@@ -676,6 +683,11 @@ fn receive_ready(
         return Step::default();
     }
     let device: OwnedDeviceId = device.into();
+    let is_us = key.0 == entry.request_us().user_id && device == entry.request_us().device_id;
+    let not_asked = key.1.room_id().is_none() && !entry.recipients.contains(&device);
+    if is_us || not_asked {
+        return Step::default();
+    }
     let outgoing = entry.request.receive_ready(device.clone(), content, now);
     let mut step = Verifications::step(key.clone(), entry, outgoing);
     if key.1.room_id().is_none() {
@@ -706,8 +718,9 @@ fn receive_start(
         return Step::default();
     }
     if !matches!(entry.request.state(), RequestState::Ready { .. }) {
-        let outgoing = entry.request.cancel(CancelCode::UnexpectedMessage);
-        return Verifications::step(key, entry, outgoing);
+        // Before our user accepted: ignored (a cancel here could be sent
+        // into a room we cannot post in, for a flow nobody accepted).
+        return Step::default();
     }
     let method = content.get("method").and_then(Value::as_str).unwrap_or_default();
     let outgoing = match (&mut entry.method, method) {

@@ -204,6 +204,11 @@ impl VerificationRequest {
         &self.flow
     }
 
+    /// This device.
+    pub fn us(&self) -> &Party {
+        &self.us
+    }
+
     /// The other user.
     pub fn other_user(&self) -> &UserId {
         &self.other_user
@@ -268,7 +273,9 @@ impl VerificationRequest {
         if methods.is_empty() {
             return self.cancel(CancelCode::UnknownMethod);
         }
-        let content = self.flow.wrap(json!({ "from_device": self.us.device_id, "methods": methods }));
+        // `ready` names the methods we support (the spec's "methods
+        // supported by the sender"); the state keeps those both support.
+        let content = self.flow.wrap(json!({ "from_device": self.us.device_id, "methods": SUPPORTED_METHODS }));
         self.state = RequestState::Ready { methods };
         vec![Outgoing { event_type: "m.key.verification.ready", content }]
     }
@@ -379,11 +386,13 @@ mod tests {
         assert_eq!(theirs.other(), Some(alice));
         let ready = theirs.accept(at(1));
         assert_eq!(ready[0].event_type, "m.key.verification.ready");
-        assert_eq!(ready[0].content["methods"], json!(["m.sas.v1", "m.qr_code.show.v1"]));
+        assert_eq!(ready[0].content["methods"], json!(SUPPORTED_METHODS), "ready names our own methods");
         assert_eq!(ready[0].content["transaction_id"], "f");
         assert!(ours.receive_ready(owned_device_id!("B1"), &ready[0].content, at(2)).is_empty());
-        let methods = vec!["m.sas.v1".to_owned(), "m.qr_code.show.v1".to_owned()];
-        assert_eq!(ours.state(), &RequestState::Ready { methods });
+        let in_common = vec!["m.sas.v1".to_owned(), "m.qr_code.show.v1".to_owned()];
+        assert_eq!(theirs.state(), &RequestState::Ready { methods: in_common }, "the answerer keeps the overlap");
+        let ours_all: Vec<String> = SUPPORTED_METHODS.iter().map(|m| (*m).to_owned()).collect();
+        assert_eq!(ours.state(), &RequestState::Ready { methods: ours_all });
         assert_eq!(ours.other().unwrap().device_id, "B1");
     }
 
