@@ -136,11 +136,7 @@ impl Pair {
 
 /// hush requests and starts SAS to-device; the sdk accepts both.
 async fn hush_starts_sas(pair: &mut Pair) -> FlowId {
-    let flow = pair.hush.machine.request_verification(&bob(), None, pair.clock.now()).await.unwrap();
-    pair.exchange().await;
-    let ready = pair.sdk_request(&flow).accept_with_methods(all_methods()).expect("a request to accept");
-    pair.sdk.send_verification(ready).await;
-    pair.exchange().await;
+    let flow = ready_flow(pair).await;
     assert!(matches!(pair.hush_state(&flow).request, RequestState::Ready { .. }));
     pair.hush.machine.start_sas(&bob(), &flow, pair.clock.now()).await.unwrap();
     pair.exchange().await;
