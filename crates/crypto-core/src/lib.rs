@@ -26,6 +26,7 @@ pub mod megolm;
 pub mod olm;
 mod parallel;
 mod requests;
+pub mod secret_storage;
 mod signing;
 pub mod store;
 mod time;
