@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod contain;
+pub mod backup;
 pub mod devices;
 mod events;
 pub mod export;
