@@ -98,6 +98,18 @@ impl CryptoStore for CountingStore {
     async fn get_message_index(&self, _: &RoomId, _: &str, _: u32) -> Result<Option<MessageIndexRecord>, StoreError> {
         Ok(None)
     }
+    async fn get_backup_queue(&self, limit: usize) -> Result<Vec<hush_crypto_core::store::RoomKeyRef>, StoreError> {
+        self.inner.get_backup_queue(limit).await
+    }
+    async fn backup_queue_len(&self) -> Result<usize, StoreError> {
+        self.inner.backup_queue_len().await
+    }
+    async fn get_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<hush_crypto_core::deps::zeroize::Zeroizing<String>>, StoreError> {
+        self.inner.get_secret(name).await
+    }
     async fn get_user_identity(
         &self,
         _: &UserId,

@@ -12,7 +12,7 @@ use hush_crypto_core::{
         RoomKeyShareRecord, ShareOutcome, SharedWith, StoredInboundGroupSession, StoredOutboundGroupSession,
         WithheldInfo,
     },
-    store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
+    store::{MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoredAccount, StoredSecret, StoredSession, TrackedUser},
 };
 use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, UserId, owned_device_id, owned_user_id};
 use serde_json::Value;
@@ -470,6 +470,75 @@ pub async fn identities_and_private_keys<F: StoreFactory>(factory: &mut F) {
     }
 }
 
+fn key_ref(n: usize) -> RoomKeyRef {
+    RoomKeyRef { room_id: room(n % 3), session_id: format!("session{n}") }
+}
+
+fn secret(name: &str, value: Option<&str>) -> StoredSecret {
+    StoredSecret {
+        name: name.to_owned(),
+        value: value.map(|v| hush_crypto_core::deps::zeroize::Zeroizing::new(v.to_owned())),
+    }
+}
+
+/// The backup queue keeps what was added until it is removed or cleared,
+/// in the order one batch gives (clear, then remove, then add); secrets
+/// read back as saved, a later value replaces one, `None` deletes it.
+pub async fn backup_queue_and_secrets<F: StoreFactory>(factory: &mut F) {
+    let store = factory.create();
+    assert_eq!(store.backup_queue_len().await.unwrap(), 0);
+    assert!(store.get_secret("m.megolm_backup.v1").await.unwrap().is_none());
+    let added: Vec<RoomKeyRef> = (0..10).map(key_ref).collect();
+    let changes = Changes {
+        backup_queue: added.clone(),
+        secrets: vec![secret("m.megolm_backup.v1", Some("first")), secret("m.cross_signing.master", Some("m"))],
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    // Remove three, add one again that is also removed in the same batch
+    // (removals come first, so it stays), replace and delete secrets.
+    let changes = Changes {
+        backed_up: vec![key_ref(0), key_ref(1), key_ref(2)],
+        backup_queue: vec![key_ref(2), key_ref(10)],
+        secrets: vec![secret("m.megolm_backup.v1", Some("second")), secret("m.cross_signing.master", None)],
+        ..Default::default()
+    };
+    store.save_changes(changes).await.unwrap();
+    let expected: BTreeSet<RoomKeyRef> = (2..11).map(key_ref).collect();
+    let check = |store: F::Store| {
+        let expected = expected.clone();
+        async move {
+            assert_eq!(store.backup_queue_len().await.unwrap(), expected.len());
+            let all: BTreeSet<RoomKeyRef> = store.get_backup_queue(100).await.unwrap().into_iter().collect();
+            assert_eq!(all, expected);
+            let page = store.get_backup_queue(4).await.unwrap();
+            assert_eq!(page.len(), 4);
+            assert!(page.iter().all(|k| expected.contains(k)));
+            assert_eq!(
+                store.get_secret("m.megolm_backup.v1").await.unwrap().as_deref().map(String::as_str),
+                Some("second")
+            );
+            assert!(store.get_secret("m.cross_signing.master").await.unwrap().is_none());
+            // A clear comes before the same batch's additions.
+            let changes = Changes { clear_backup_queue: true, backup_queue: vec![key_ref(20)], ..Default::default() };
+            store.save_changes(changes).await.unwrap();
+            assert_eq!(store.get_backup_queue(100).await.unwrap(), vec![key_ref(20)]);
+        }
+    };
+    check(store).await;
+    if let Some(store) = factory.reopen() {
+        assert_eq!(store.get_backup_queue(100).await.unwrap(), vec![key_ref(20)], "backup queue lost on reopen");
+        // Put the queue as it was before the clear, and check it all again.
+        let changes = Changes {
+            clear_backup_queue: true,
+            backup_queue: expected.iter().cloned().collect(),
+            ..Default::default()
+        };
+        store.save_changes(changes).await.unwrap();
+        check(store).await;
+    }
+}
+
 /// Runs the whole suite against one factory.
 pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     account_round_trip(factory).await;
@@ -482,6 +551,7 @@ pub async fn run_all<F: StoreFactory>(factory: &mut F) {
     device_index_hashes_and_custom_values(factory).await;
     room_key_share_records(factory).await;
     identities_and_private_keys(factory).await;
+    backup_queue_and_secrets(factory).await;
 }
 
 /// The user and device every conformance store belongs to.

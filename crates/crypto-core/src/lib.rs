@@ -15,8 +15,8 @@
 #![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
-mod contain;
 pub mod backup;
+mod contain;
 pub mod devices;
 mod events;
 pub mod export;
@@ -51,10 +51,11 @@ pub use signing::SignatureError;
 pub use store::{Changes, CryptoStore, MemoryStore, StoreError};
 pub use time::Timestamp;
 
-/// Re-exports of the ruma and vodozemac crates whose types appear in this API.
+/// Re-exports of the ruma, vodozemac and zeroize crates whose types appear in this API.
 pub mod deps {
     pub use ruma_client_api;
     pub use ruma_common;
     pub use ruma_events;
     pub use vodozemac;
+    pub use zeroize;
 }

@@ -42,11 +42,15 @@ pub enum Table {
     Identities,
     /// Our cross-signing private keys (one record).
     PrivateIdentity,
+    /// Room keys waiting for the key backup, by (room, session).
+    BackupQueue,
+    /// Secrets by name.
+    Secrets,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::Meta,
         Self::Account,
         Self::OlmSessions,
@@ -64,6 +68,8 @@ impl Table {
         Self::RoomKeyShares,
         Self::Identities,
         Self::PrivateIdentity,
+        Self::BackupQueue,
+        Self::Secrets,
     ];
 
     /// The table's name, as the engine stores it.
@@ -86,6 +92,8 @@ impl Table {
             Self::RoomKeyShares => "room_key_shares",
             Self::Identities => "identities",
             Self::PrivateIdentity => "private_identity",
+            Self::BackupQueue => "backup_queue",
+            Self::Secrets => "secrets",
         }
     }
 

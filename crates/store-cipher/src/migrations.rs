@@ -14,6 +14,8 @@
 //!   had that order; their keys do not change.
 //! * 3 → 4: cross-signing identities and our private cross-signing keys, in
 //!   tables of their own; nothing to convert.
+//! * 4 → 5: the key-backup queue and secrets, in tables of their own;
+//!   nothing to convert (no backup was enabled before).
 
 use hush_crypto_core::{StoreError, devices::DeviceData, store::MessageIndexRecord};
 use ruma_common::RoomId;
@@ -21,12 +23,12 @@ use ruma_common::RoomId;
 use crate::{KvBackend, Table, WriteOp, codec::Codec};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// A migration from version `n` to `n + 1` is `MIGRATIONS[n - 1]`.
 pub(crate) type Migration = fn(&Codec, &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError>;
 pub(crate) const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] =
-    [index_devices_by_curve25519, order_message_indices, add_identity_tables];
+    [index_devices_by_curve25519, order_message_indices, add_identity_tables, add_key_history_tables];
 
 /// How many entries a migration reads at once.
 const PAGE: usize = 1000;
@@ -93,6 +95,11 @@ fn order_message_indices(codec: &Codec, backend: &dyn KvBackend) -> Result<Vec<W
 
 /// 3 → 4, see the module documentation: the new tables start empty.
 fn add_identity_tables(_: &Codec, _: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
+    Ok(Vec::new())
+}
+
+/// 4 → 5, see the module documentation.
+fn add_key_history_tables(_: &Codec, _: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
     Ok(Vec::new())
 }
 

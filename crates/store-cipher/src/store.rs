@@ -13,7 +13,7 @@ use hush_crypto_core::{
     devices::DeviceData,
     identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
-    store::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser},
+    store::{MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoredAccount, StoredSession, TrackedUser},
 };
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -282,6 +282,31 @@ impl<B: KvBackend> KvCryptoStore<B> {
         Ok(())
     }
 
+    /// The backup queue's writes, in the order [`Changes`] defines: clear,
+    /// then remove, then add (the backend applies a batch in order).
+    fn backup_queue_ops(
+        &self,
+        ops: &mut Vec<WriteOp>,
+        clear: bool,
+        removed: &[RoomKeyRef],
+        added: &[RoomKeyRef],
+    ) -> Result<(), StoreError> {
+        if clear {
+            for (key, _) in self.backend.scan(Table::BackupQueue, &[], None, usize::MAX)? {
+                ops.push(WriteOp::Delete(Table::BackupQueue, key));
+            }
+        }
+        for key in removed {
+            let parts: [&[u8]; 2] = [key.room_id.as_bytes(), key.session_id.as_bytes()];
+            ops.push(WriteOp::Delete(Table::BackupQueue, self.codec.key(Table::BackupQueue, &parts)));
+        }
+        for key in added {
+            let parts: [&[u8]; 2] = [key.room_id.as_bytes(), key.session_id.as_bytes()];
+            self.put(ops, Table::BackupQueue, &parts, key)?;
+        }
+        Ok(())
+    }
+
     fn ops_for(&self, changes: Changes) -> Result<Vec<WriteOp>, StoreError> {
         let Changes {
             account,
@@ -299,6 +324,10 @@ impl<B: KvBackend> KvCryptoStore<B> {
             next_batch_token,
             identities,
             private_identity,
+            clear_backup_queue,
+            backed_up,
+            backup_queue,
+            secrets,
         } = changes;
         let mut ops = Vec::new();
         if let Some(account) = account {
@@ -360,6 +389,15 @@ impl<B: KvBackend> KvCryptoStore<B> {
         }
         if let Some(token) = next_batch_token {
             self.put(&mut ops, Table::Sync, &[b"next_batch"], &token)?;
+        }
+        self.backup_queue_ops(&mut ops, clear_backup_queue, &backed_up, &backup_queue)?;
+        for secret in &secrets {
+            match &secret.value {
+                Some(value) => self.put(&mut ops, Table::Secrets, &[secret.name.as_bytes()], value)?,
+                None => {
+                    ops.push(WriteOp::Delete(Table::Secrets, self.codec.key(Table::Secrets, &[secret.name.as_bytes()])))
+                }
+            }
         }
         Ok(ops)
     }
@@ -478,5 +516,17 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
         message_index: u32,
     ) -> Result<Option<MessageIndexRecord>, StoreError> {
         self.get_at(Table::MessageIndices, &message_index_key(&self.codec, room_id, session_id, message_index))
+    }
+
+    async fn get_backup_queue(&self, limit: usize) -> Result<Vec<RoomKeyRef>, StoreError> {
+        self.scan(Table::BackupQueue, &[], None, limit)
+    }
+
+    async fn backup_queue_len(&self) -> Result<usize, StoreError> {
+        self.backend.count(Table::BackupQueue)
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
+        self.get(Table::Secrets, &[name.as_bytes()])
     }
 }

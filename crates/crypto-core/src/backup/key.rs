@@ -85,8 +85,7 @@ fn derive(shared: &[u8; 32]) -> Derived {
     if hkdf.expand(b"", okm.as_mut_slice()).is_err() {
         unreachable!("80 bytes is within HKDF-SHA-256's output limit");
     }
-    let (mut aes, mut mac, mut iv) =
-        (Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 16]));
+    let (mut aes, mut mac, mut iv) = (Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 16]));
     aes.copy_from_slice(&okm[..32]);
     mac.copy_from_slice(&okm[32..64]);
     iv.copy_from_slice(&okm[64..]);
@@ -158,7 +157,9 @@ impl BackupDecryptionKey {
         }
         let cipher = cbc::Decryptor::<Aes256>::new((&*keys.aes).into(), (&*keys.iv).into());
         let plaintext = Zeroizing::new(
-            cipher.decrypt_padded_vec::<Pkcs7>(&ciphertext).map_err(|_| BackupKeyError::NotARoomKey("padding".into()))?,
+            cipher
+                .decrypt_padded_vec::<Pkcs7>(&ciphertext)
+                .map_err(|_| BackupKeyError::NotARoomKey("padding".into()))?,
         );
         serde_json::from_slice(&plaintext).map_err(|e| BackupKeyError::NotARoomKey(e.to_string()))
     }
@@ -183,7 +184,8 @@ impl BackupEncryptionKey {
         let ephemeral_public = Curve25519PublicKey::from(&ephemeral);
         let shared = ephemeral.diffie_hellman(&self.0).ok_or(BackupKeyError::NonContributory)?;
         let keys = derive(shared.as_bytes());
-        let plaintext = Zeroizing::new(serde_json::to_vec(key).map_err(|e| BackupKeyError::NotARoomKey(e.to_string()))?);
+        let plaintext =
+            Zeroizing::new(serde_json::to_vec(key).map_err(|e| BackupKeyError::NotARoomKey(e.to_string()))?);
         let cipher = cbc::Encryptor::<Aes256>::new((&*keys.aes).into(), (&*keys.iv).into());
         let ciphertext = cipher.encrypt_padded_vec::<Pkcs7>(&plaintext);
         Ok(EncryptedSessionData {

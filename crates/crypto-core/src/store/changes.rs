@@ -2,7 +2,9 @@
 
 use ruma_common::OwnedUserId;
 
-use super::types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser};
+use super::types::{
+    MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoredAccount, StoredSecret, StoredSession, TrackedUser,
+};
 use crate::{
     devices::DeviceData,
     identities::{PrivateCrossSigningIdentity, UserIdentityData},
@@ -48,6 +50,18 @@ pub struct Changes {
     pub identities: Vec<UserIdentityData>,
     /// Our cross-signing private keys, replacing what was stored.
     pub private_identity: Option<PrivateCrossSigningIdentity>,
+    /// Whether to empty the backup queue (a backup was turned off or
+    /// replaced). Applied before `backed_up` and `backup_queue`.
+    pub clear_backup_queue: bool,
+    /// Room keys uploaded to the backup: removed from the queue. Applied
+    /// before `backup_queue`.
+    pub backed_up: Vec<RoomKeyRef>,
+    /// Room keys to upload to the backup: added to the queue, in the same
+    /// batch as the keys themselves, so a key is never stored without being
+    /// queued.
+    pub backup_queue: Vec<RoomKeyRef>,
+    /// Secrets saved or deleted.
+    pub secrets: Vec<StoredSecret>,
 }
 
 impl Changes {
@@ -70,6 +84,10 @@ impl Changes {
             next_batch_token,
             identities,
             private_identity,
+            clear_backup_queue,
+            backed_up,
+            backup_queue,
+            secrets,
         } = self;
         account.is_none()
             && sessions.is_empty()
@@ -86,6 +104,10 @@ impl Changes {
             && next_batch_token.is_none()
             && identities.is_empty()
             && private_identity.is_none()
+            && !clear_backup_queue
+            && backed_up.is_empty()
+            && backup_queue.is_empty()
+            && secrets.is_empty()
     }
 
     /// Appends `other`; where both set a single value, `other` wins.
@@ -106,6 +128,10 @@ impl Changes {
             next_batch_token,
             identities,
             private_identity,
+            clear_backup_queue,
+            backed_up,
+            backup_queue,
+            secrets,
         } = other;
         if account.is_some() {
             self.account = account;
@@ -128,6 +154,15 @@ impl Changes {
         if private_identity.is_some() {
             self.private_identity = private_identity;
         }
+        if clear_backup_queue {
+            // A clear wipes what this batch queued or removed before it.
+            self.clear_backup_queue = true;
+            self.backed_up.clear();
+            self.backup_queue.clear();
+        }
+        self.backed_up.extend(backed_up);
+        self.backup_queue.extend(backup_queue);
+        self.secrets.extend(secrets);
     }
 }
 

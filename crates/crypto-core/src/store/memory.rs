@@ -13,7 +13,8 @@ use vodozemac::Curve25519PublicKey;
 use zeroize::Zeroizing;
 
 use super::{
-    Changes, CryptoStore, MessageIndexRecord, OlmMessageHash, StoreError, StoredAccount, StoredSession, TrackedUser,
+    Changes, CryptoStore, MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoreError, StoredAccount, StoredSession,
+    TrackedUser,
 };
 use crate::{
     devices::DeviceData,
@@ -49,6 +50,8 @@ struct Tables {
     next_batch_token: Option<String>,
     identities: HashMap<OwnedUserId, UserIdentityData>,
     private_identity: Option<PrivateCrossSigningIdentity>,
+    backup_queue: std::collections::BTreeSet<RoomKeyRef>,
+    secrets: HashMap<String, Zeroizing<String>>,
 }
 
 impl Tables {
@@ -144,6 +147,10 @@ impl CryptoStore for MemoryStore {
             next_batch_token,
             identities,
             private_identity,
+            clear_backup_queue,
+            backed_up,
+            backup_queue,
+            secrets,
         } = changes;
         // Encode everything first, so a failure leaves the tables untouched.
         let account = account.map(|a| encode("account", &a)).transpose()?;
@@ -204,7 +211,32 @@ impl CryptoStore for MemoryStore {
         if next_batch_token.is_some() {
             tables.next_batch_token = next_batch_token;
         }
+        if clear_backup_queue {
+            tables.backup_queue.clear();
+        }
+        for key in &backed_up {
+            tables.backup_queue.remove(key);
+        }
+        tables.backup_queue.extend(backup_queue);
+        for secret in secrets {
+            match secret.value {
+                Some(value) => tables.secrets.insert(secret.name, value),
+                None => tables.secrets.remove(&secret.name),
+            };
+        }
         Ok(())
+    }
+
+    async fn get_backup_queue(&self, limit: usize) -> Result<Vec<RoomKeyRef>, StoreError> {
+        Ok(self.tables().backup_queue.iter().take(limit).cloned().collect())
+    }
+
+    async fn backup_queue_len(&self) -> Result<usize, StoreError> {
+        Ok(self.tables().backup_queue.len())
+    }
+
+    async fn get_secret(&self, name: &str) -> Result<Option<Zeroizing<String>>, StoreError> {
+        Ok(self.tables().secrets.get(name).cloned())
     }
 
     async fn get_sessions(&self, sender_key: &Curve25519PublicKey) -> Result<Vec<StoredSession>, StoreError> {

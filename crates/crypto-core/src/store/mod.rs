@@ -16,7 +16,9 @@ use vodozemac::Curve25519PublicKey;
 pub use changes::Changes;
 pub use error::StoreError;
 pub use memory::MemoryStore;
-pub use types::{MessageIndexRecord, OlmMessageHash, StoredAccount, StoredSession, TrackedUser};
+pub use types::{
+    MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoredAccount, StoredSecret, StoredSession, TrackedUser,
+};
 
 use crate::{
     devices::DeviceData,
@@ -116,4 +118,14 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
         session_id: &str,
         message_index: u32,
     ) -> Result<Option<MessageIndexRecord>, StoreError>;
+
+    /// Up to `limit` room keys waiting to be uploaded to the key backup, in
+    /// a stable order the store defines.
+    async fn get_backup_queue(&self, limit: usize) -> Result<Vec<RoomKeyRef>, StoreError>;
+
+    /// How many room keys wait to be uploaded to the key backup.
+    async fn backup_queue_len(&self) -> Result<usize, StoreError>;
+
+    /// A secret saved through [`Changes::secrets`].
+    async fn get_secret(&self, name: &str) -> Result<Option<zeroize::Zeroizing<String>>, StoreError>;
 }

@@ -5,9 +5,10 @@
 
 use std::fmt;
 
-use ruma_common::{OwnedDeviceId, OwnedUserId};
+use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedUserId};
 use serde::{Deserialize, Serialize};
 use vodozemac::{Curve25519PublicKey, olm::AccountPickle, olm::SessionPickle};
+use zeroize::Zeroizing;
 
 use crate::Timestamp;
 
@@ -79,7 +80,7 @@ impl fmt::Debug for StoredSession {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageIndexRecord {
     /// The room.
-    pub room_id: ruma_common::OwnedRoomId,
+    pub room_id: OwnedRoomId,
     /// The Megolm session.
     pub session_id: String,
     /// The message index.
@@ -107,6 +108,32 @@ pub struct TrackedUser {
     pub user_id: OwnedUserId,
     /// Whether the device list must be queried again.
     pub dirty: bool,
+}
+
+/// A room key named by its room and session id (an entry of the backup
+/// queue).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RoomKeyRef {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The Megolm session id.
+    pub session_id: String,
+}
+
+/// A secret this device keeps (the backup key `m.megolm_backup.v1`, or one
+/// received by gossip), by its secret-storage name. `value: None` deletes it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredSecret {
+    /// The secret's name.
+    pub name: String,
+    /// The secret (wiped on drop), or `None` to delete it.
+    pub value: Option<Zeroizing<String>>,
+}
+
+impl fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSecret").field("name", &self.name).field("deleted", &self.value.is_none()).finish()
+    }
 }
 
 #[cfg(test)]
