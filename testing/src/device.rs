@@ -58,6 +58,11 @@ impl TestDevice {
         device
     }
 
+    /// The server this device talks to.
+    pub fn server(&self) -> &Arc<TestServer> {
+        &self.server
+    }
+
     /// Sends one request to the server and hands the answer back.
     pub async fn send(&self, request: &OutgoingRequest) {
         let now = self.clock.now();
@@ -85,6 +90,14 @@ impl TestDevice {
             AnyOutgoingRequest::SignatureUpload(r) => {
                 self.machine.mark_request_as_sent(id, &self.server.upload_signatures(r), now).await
             }
+            AnyOutgoingRequest::KeysBackup(r) => match self.server.add_backup_keys(&self.user_id, r) {
+                Ok(response) => self.machine.mark_request_as_sent(id, &response, now).await,
+                Err(errcode) => {
+                    assert_eq!(errcode, "M_WRONG_ROOM_KEYS_VERSION", "backup upload refused");
+                    self.machine.disable_backup().await.expect("backup disabled");
+                    Ok(())
+                }
+            },
             AnyOutgoingRequest::RoomMessage(r) => {
                 let response =
                     self.server.send_room_event(&self.user_id, &r.room_id, &r.event_type, &r.content, now.as_millis());

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use hush_crypto_core::{AnyOutgoingRequest, EngineEvent, OutgoingRequest, ResponseError};
 
+use crate::http::HttpError;
+
 use crate::{
     Client, ClientError,
     client::{lock, now},
@@ -210,6 +212,20 @@ impl Client {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
                 machine.mark_request_as_sent(id, &response, now()).await
             }
+            AnyOutgoingRequest::KeysBackup(r) => match http.send(r.clone(), token, Duration::ZERO).await {
+                Ok(response) => machine.mark_request_as_sent(id, &response, now()).await,
+                // The version was deleted or replaced: stop uploading to it
+                // (this cancels the request); a trusted new version is
+                // enabled by whoever manages recovery.
+                Err(HttpError::Server { errcode, .. })
+                    if errcode == "M_WRONG_ROOM_KEYS_VERSION" || errcode == "M_NOT_FOUND" =>
+                {
+                    tracing::warn!(%errcode, "the key backup version is gone; backup disabled");
+                    machine.disable_backup().await?;
+                    return Ok(());
+                }
+                Err(error) => return Err(error.into()),
+            },
             // Sent by `send_room_messages`, as the room's own events are.
             AnyOutgoingRequest::RoomMessage(_) => return Ok(()),
         };

@@ -6,6 +6,7 @@
 //! device keys are stored unchecked (the server does not verify signatures),
 //! and a new or changed device is announced in other users' `device_lists`.
 
+mod backup;
 mod cross_signing;
 mod rooms;
 
@@ -65,6 +66,10 @@ struct State {
     cross_signing: BTreeMap<OwnedUserId, cross_signing::Keys>,
     /// Room timelines.
     rooms: BTreeMap<ruma_common::OwnedRoomId, rooms::Timeline>,
+    /// Key backups by user.
+    backups: BTreeMap<OwnedUserId, backup::Backups>,
+    /// Global account data by user and type.
+    account_data: BTreeMap<OwnedUserId, BTreeMap<String, Value>>,
 }
 
 /// An in-process stand-in for a homeserver's E2EE endpoints.

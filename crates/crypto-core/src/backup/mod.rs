@@ -11,10 +11,12 @@
 //! authenticated. A backup's trust only decides whether we upload to it.
 
 mod auth;
+mod convert;
 mod key;
 mod session_data;
 
 pub use auth::{BackupAuthData, BackupInfo, BackupTrust};
+pub(crate) use convert::{backup_entry, session_from_backup};
 pub use key::{BackupDecryptionKey, BackupEncryptionKey, BackupKeyError};
 pub use session_data::{BackedUpRoomKey, EncryptedSessionData, KeyBackupData};
 

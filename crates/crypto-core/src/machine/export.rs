@@ -190,7 +190,7 @@ impl OlmMachine {
     /// The user whose known device has the key's curve25519 key and claimed
     /// ed25519 key: the key is tied to that user, so an event from anyone
     /// else decrypted with it is a sender mismatch.
-    async fn owner_of_claimed_keys(
+    pub(super) async fn owner_of_claimed_keys(
         &self,
         session: &InboundGroupSession,
     ) -> Result<Option<ruma_common::OwnedUserId>, StoreError> {

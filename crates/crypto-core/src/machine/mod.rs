@@ -3,6 +3,7 @@
 //! (`olm/`, `megolm/`, `devices/`, `requests/`), and each input's changes
 //! are collected into one [`Changes`] batch and saved before it returns.
 
+mod backup;
 mod claim;
 mod export;
 mod group;
@@ -29,6 +30,7 @@ use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 pub use crate::megolm::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
 pub use crate::olm::{OlmDecryptionInfo, ToDeviceOutcome};
+pub use backup::{BackupError, BackupRestoreResult};
 pub use export::{ImportError, RoomKeyImportResult};
 pub use room::{RoomInfo, RoomReadiness};
 pub use sync::{DeviceListChanges, SyncChanges, SyncOutput};
@@ -163,6 +165,8 @@ struct Inner {
     /// New keys of a reset, until the server accepts them (the current ones
     /// stay in use, and stored, until then).
     pending_reset: Mutex<Option<identities::PendingReset>>,
+    /// The key backup we upload to, and the upload in flight (`backup/`).
+    backup: Mutex<backup::BackupState>,
     /// Interactive verification flows (`verification/`), in memory only.
     verifications: Mutex<crate::verification::Verifications>,
     /// Where request and transaction ids come from.
@@ -232,6 +236,7 @@ impl OlmMachine {
         };
         let claims = ClaimState::from_records(claims_record.as_deref(), legacy_unwedge.as_deref());
         let cross_signing = store.load_private_identity().await?;
+        let backup = backup::BackupState::from_record(store.get_custom_value(backup::BACKUP_RECORD).await?.as_deref());
         let us = crate::verification::Party { user_id: own.user_id.clone(), device_id: own.device_id.clone() };
         let verifications = crate::verification::Verifications::new(us);
         Ok(Self {
@@ -249,6 +254,7 @@ impl OlmMachine {
                 timers_handled_until: Mutex::new(Timestamp::EPOCH),
                 cross_signing: Mutex::new(cross_signing),
                 pending_reset: Mutex::new(None),
+                backup: Mutex::new(backup),
                 verifications: Mutex::new(verifications),
                 ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
@@ -350,6 +356,7 @@ impl OlmMachine {
         self.ensure_keys_upload_listed().await?;
         self.ensure_keys_queries_listed(now);
         self.ensure_unwedging_claim_listed(now);
+        self.ensure_backup_upload_listed().await?;
         Ok(lock(&self.inner.requests).listed())
     }
 
@@ -401,6 +408,7 @@ impl OlmMachine {
             (Meta::SigningKeysUpload(master), AnyIncomingResponse::SigningKeysUpload(_)) => {
                 self.receive_signing_keys_upload_response(*master).await
             }
+            (Meta::KeysBackup, AnyIncomingResponse::KeysBackup(_)) => self.receive_backup_response(request_id).await,
             (Meta::SignatureUpload, AnyIncomingResponse::SignatureUpload(r)) => {
                 self.receive_signature_upload_response(r);
                 Ok(())
@@ -463,8 +471,9 @@ impl OlmMachine {
         &self,
         account: Option<&mut Account>,
         sessions: Option<&mut SessionCache>,
-        changes: Changes,
+        mut changes: Changes,
     ) -> Result<(), StoreError> {
+        self.queue_for_backup(&mut changes);
         if changes.is_empty() {
             return Ok(());
         }

@@ -20,8 +20,12 @@ pub enum KeySource {
     Own,
     /// An `m.room_key` over an Olm session with the sender: authenticated.
     Olm,
-    /// A key file or backup: the sender's keys are only claimed.
+    /// A key file: the sender's keys are only claimed.
     Imported,
+    /// A server-side key backup (even our own trusted one: the v1 backup
+    /// algorithm lets anyone who knows its public key add entries), so the
+    /// sender's keys are only claimed.
+    Backup,
 }
 
 impl KeySource {
@@ -151,6 +155,11 @@ impl InboundGroupSession {
 
     pub(crate) fn export(&self) -> ExportedSessionKey {
         self.inner.export_at_first_known_index()
+    }
+
+    /// The first message index this key decrypts.
+    pub(crate) fn first_known_index(&self) -> u32 {
+        self.inner.first_known_index()
     }
 
     /// Whether `self` should replace `existing` (same session id): it must

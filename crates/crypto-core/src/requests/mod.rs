@@ -9,6 +9,7 @@ pub(crate) use ids::IdSource;
 pub(crate) use queue::{Meta, RequestQueue};
 
 use ruma_client_api::{
+    backup::add_backup_keys,
     keys::{claim_keys, get_keys, upload_keys, upload_signatures, upload_signing_keys},
     message::send_message_event,
     to_device::send_event_to_device,
@@ -67,6 +68,11 @@ pub enum AnyOutgoingRequest {
     /// room is encrypted, and answers with the `PUT /send` response (whose
     /// event id names the flow of an in-room request).
     RoomMessage(RoomMessageRequest),
+    /// `PUT /room_keys/keys?version=`: room keys for the key backup, each
+    /// encrypted to the backup's public key. If the server answers that the
+    /// version is not the current one, call `disable_backup` (and enable
+    /// the new version once it is trusted): the request is then cancelled.
+    KeysBackup(add_backup_keys::v3::Request),
 }
 
 /// A room event the engine asks its caller to send.
@@ -99,6 +105,14 @@ pub enum AnyIncomingResponse<'a> {
     SignatureUpload(&'a upload_signatures::v3::Response),
     /// Answer to [`AnyOutgoingRequest::RoomMessage`].
     RoomMessage(&'a send_message_event::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::KeysBackup`].
+    KeysBackup(&'a add_backup_keys::v3::Response),
+}
+
+impl<'a> From<&'a add_backup_keys::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a add_backup_keys::v3::Response) -> Self {
+        Self::KeysBackup(response)
+    }
 }
 
 impl<'a> From<&'a send_message_event::v3::Response> for AnyIncomingResponse<'a> {
@@ -175,6 +189,7 @@ impl AnyOutgoingRequest {
             Self::SigningKeysUpload(_) => "signing keys upload",
             Self::SignatureUpload(_) => "signature upload",
             Self::RoomMessage(_) => "room message",
+            Self::KeysBackup(_) => "keys backup",
         }
     }
 }
@@ -189,6 +204,7 @@ impl AnyIncomingResponse<'_> {
             Self::SigningKeysUpload(_) => "signing keys upload",
             Self::SignatureUpload(_) => "signature upload",
             Self::RoomMessage(_) => "room message",
+            Self::KeysBackup(_) => "keys backup",
         }
     }
 }

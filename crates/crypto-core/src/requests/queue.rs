@@ -34,6 +34,8 @@ pub(crate) enum Meta {
     SigningKeysUpload(vodozemac::Ed25519PublicKey),
     /// Signatures of devices or master keys.
     SignatureUpload,
+    /// Room keys for the key backup (one upload at a time).
+    KeysBackup,
     /// Our in-room verification request to this user: its event id names
     /// the flow.
     RoomVerificationRequest(OwnedUserId),
