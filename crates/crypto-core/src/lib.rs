@@ -37,8 +37,8 @@ pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};
 pub use machine::{
     BackupError, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError, MegolmDecryptionInfo,
-    OlmDecryptionInfo, OlmMachine, OpenError, RoomInfo, RoomKeyImportResult, RoomReadiness, SyncChanges, SyncOutput,
-    TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome, VerificationState,
+    OlmDecryptionInfo, OlmMachine, OpenError, RecoveredSecrets, RecoveryError, RoomInfo, RoomKeyImportResult,
+    RoomReadiness, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome, VerificationState,
 };
 pub use megolm::{
     DecryptionSettings, EncryptError, EncryptionMerge, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError,

@@ -15,6 +15,7 @@ mod room;
 mod room_decrypt;
 mod room_keys;
 mod rooms;
+mod secrets;
 mod share;
 mod sync;
 mod timers;
@@ -33,6 +34,7 @@ pub use crate::olm::{OlmDecryptionInfo, ToDeviceOutcome};
 pub use backup::{BackupError, BackupRestoreResult};
 pub use export::{ImportError, RoomKeyImportResult};
 pub use room::{RoomInfo, RoomReadiness};
+pub use secrets::{RecoveredSecrets, RecoveryError};
 pub use sync::{DeviceListChanges, SyncChanges, SyncOutput};
 pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 
