@@ -4,6 +4,12 @@ use hush_crypto_core::{EncryptError, ImportError, OpenError, ShareError, StoreEr
 
 use crate::http::HttpError;
 
+impl ClientError {
+    pub(crate) fn serialization(error: impl std::fmt::Display) -> Self {
+        Self::Serialization(error.to_string())
+    }
+}
+
 /// An error of the client.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -31,6 +37,28 @@ pub enum ClientError {
     /// A verification command failed.
     #[error(transparent)]
     Verification(#[from] hush_crypto_core::verification::VerificationError),
+    /// A key backup could not be enabled, used or restored.
+    #[error(transparent)]
+    Backup(#[from] hush_crypto_core::BackupError),
+    /// Backup data or a backup key was refused.
+    #[error(transparent)]
+    BackupKey(#[from] hush_crypto_core::backup::BackupKeyError),
+    /// Secret storage could not be opened (a wrong recovery key or
+    /// passphrase) or a secret in it was refused.
+    #[error(transparent)]
+    SecretStorage(#[from] hush_crypto_core::secret_storage::SecretStorageError),
+    /// Recovered secrets did not match their public parts; nothing changed.
+    #[error(transparent)]
+    Recovery(#[from] hush_crypto_core::RecoveryError),
+    /// The account has no secret storage (no default key) to recover from.
+    #[error("this account has no secret storage to recover from; enable recovery on a device that has the keys")]
+    NoSecretStorage,
+    /// There is no backup on the server, or this device lacks its key.
+    #[error("there is no key backup on the server, or this device does not hold its key")]
+    NoBackup,
+    /// Something we send or read could not be (de)serialized.
+    #[error("serialization failed: {0}")]
+    Serialization(String),
     /// The access token belongs to another device than the store.
     #[error(
         "the access token is for device {token_device} but the store belongs to device {store_device}; \

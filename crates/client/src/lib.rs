@@ -31,6 +31,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod auth;
+mod backup;
 mod client;
 mod cross_signing;
 mod driver;
@@ -39,6 +40,7 @@ mod error;
 mod events;
 pub mod http;
 mod persist;
+mod recovery;
 mod room;
 mod rooms;
 mod store;
@@ -52,6 +54,7 @@ pub use encryption::{Device, EXPORT_ROUNDS, Encryption};
 pub use error::ClientError;
 pub use events::RoomEvent;
 pub use hush_crypto_core;
+pub use recovery::RecoverySummary;
 pub use room::Room;
 pub use rooms::{EncryptionState, Membership, RoomEncryption, RoomState};
 pub use store::StoreConfig;

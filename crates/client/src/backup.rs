@@ -1,0 +1,149 @@
+//! Key backup in the client: the homeserver's backup and account-data
+//! endpoints, and restoring room keys from the backup (all of it, or the
+//! key of one undecryptable event). The engine checks trust and MACs; this
+//! module moves the bytes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hush_crypto_core::{
+    BackupRestoreResult,
+    backup::{BACKUP_ALGORITHM, BackupInfo},
+};
+use ruma_client_api::{
+    backup::{
+        RoomKeyBackup, create_backup_version, delete_backup_version, get_backup_keys, get_backup_keys_for_session,
+        get_latest_backup_info,
+    },
+    config::{get_global_account_data, set_global_account_data},
+};
+use ruma_common::{RoomId, serde::Raw};
+use serde_json::Value;
+
+use crate::{ClientError, Encryption, http::HttpError};
+
+impl crate::Client {
+    /// Delivers again, as late decryptions, the waiting events whose keys a
+    /// restore brought.
+    pub(crate) async fn retry_after_restore(&self, result: &BackupRestoreResult) {
+        let sessions: std::collections::BTreeSet<String> = result.keys.values().flatten().cloned().collect();
+        if !sessions.is_empty() {
+            self.retry_undecrypted(&sessions).await;
+        }
+    }
+}
+
+fn not_found(error: &ClientError) -> bool {
+    matches!(error, ClientError::Http(HttpError::Server { status: 404, .. }))
+}
+
+impl Encryption {
+    /// The current backup version on the server, if there is one.
+    pub async fn latest_backup(&self) -> Result<Option<BackupInfo>, ClientError> {
+        let token = self.client.access_token()?;
+        let request = get_latest_backup_info::v3::Request::new();
+        let response = match self.client.http().send(request, Some(&token), Duration::ZERO).await {
+            Ok(response) => response,
+            Err(error) => {
+                let error = ClientError::from(error);
+                return if not_found(&error) { Ok(None) } else { Err(error) };
+            }
+        };
+        let algorithm: Value = response.algorithm.deserialize_as_unchecked().map_err(ClientError::serialization)?;
+        Ok(Some(BackupInfo {
+            algorithm: algorithm["algorithm"].as_str().unwrap_or_default().to_owned(),
+            auth_data: algorithm["auth_data"].clone(),
+            version: response.version,
+        }))
+    }
+
+    /// Creates a backup version with `auth_data` (our public key, signed)
+    /// and returns it as the server now lists it.
+    pub(crate) async fn create_backup_version(&self, auth_data: Value) -> Result<BackupInfo, ClientError> {
+        let token = self.client.access_token()?;
+        let algorithm = serde_json::json!({ "algorithm": BACKUP_ALGORITHM, "auth_data": auth_data });
+        let raw = Raw::new(&algorithm).map_err(ClientError::serialization)?.cast_unchecked();
+        let response =
+            self.client.http().send(create_backup_version::v3::Request::new(raw), Some(&token), Duration::ZERO).await?;
+        Ok(BackupInfo { algorithm: BACKUP_ALGORITHM.to_owned(), auth_data, version: response.version })
+    }
+
+    /// Deletes a backup version and its keys from the server.
+    pub(crate) async fn delete_backup_version(&self, version: &str) -> Result<(), ClientError> {
+        let token = self.client.access_token()?;
+        let request = delete_backup_version::v3::Request::new(version.to_owned());
+        self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        Ok(())
+    }
+
+    /// Global account data of `event_type`, if set.
+    pub(crate) async fn account_data(&self, event_type: &str) -> Result<Option<Value>, ClientError> {
+        let token = self.client.access_token()?;
+        let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
+        let request = get_global_account_data::v3::Request::new(user_id, event_type.into());
+        match self.client.http().send(request, Some(&token), Duration::ZERO).await {
+            Ok(response) => {
+                Ok(Some(response.account_data.deserialize_as_unchecked().map_err(ClientError::serialization)?))
+            }
+            Err(error) => {
+                let error = ClientError::from(error);
+                if not_found(&error) { Ok(None) } else { Err(error) }
+            }
+        }
+    }
+
+    /// Sets global account data of `event_type`.
+    pub(crate) async fn set_account_data(&self, event_type: &str, content: &Value) -> Result<(), ClientError> {
+        let token = self.client.access_token()?;
+        let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
+        let raw = Raw::new(content).map_err(ClientError::serialization)?.cast_unchecked();
+        let request = set_global_account_data::v3::Request::new_raw(user_id, event_type.into(), raw);
+        self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        Ok(())
+    }
+
+    /// Restores every room key in the current backup (we must hold its
+    /// private key: recovery, or `save_backup_decryption_key`). Entries that
+    /// fail their check are counted, not imported. `progress` gets
+    /// (processed, total).
+    pub async fn restore_backup(&self, progress: impl FnMut(usize, usize)) -> Result<BackupRestoreResult, ClientError> {
+        let machine = self.client.olm_machine()?;
+        let info = self.latest_backup().await?.ok_or(ClientError::NoBackup)?;
+        let key = machine.backup_decryption_key().await?.ok_or(ClientError::NoBackup)?;
+        if key.public_key() != info.public_key()? {
+            return Err(ClientError::Recovery(hush_crypto_core::RecoveryError::BackupKeyMismatch(info.version)));
+        }
+        let token = self.client.access_token()?;
+        let request = get_backup_keys::v3::Request::new(info.version.clone());
+        let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        let result = machine.import_backed_up_room_keys(&key, &response.rooms, progress).await?;
+        self.client.retry_after_restore(&result).await;
+        Ok(result)
+    }
+
+    /// Restores one room key from the backup (the key of an event that
+    /// could not be decrypted). `Ok(false)` if the backup has no such key.
+    pub async fn restore_room_key(&self, room_id: &RoomId, session_id: &str) -> Result<bool, ClientError> {
+        let machine = self.client.olm_machine()?;
+        let Some(info) = self.latest_backup().await? else { return Ok(false) };
+        let Some(key) = machine.backup_decryption_key().await? else { return Ok(false) };
+        let token = self.client.access_token()?;
+        let request = get_backup_keys_for_session::v3::Request::new(
+            info.version.clone(),
+            room_id.to_owned(),
+            session_id.to_owned(),
+        );
+        let response = match self.client.http().send(request, Some(&token), Duration::ZERO).await {
+            Ok(response) => response,
+            Err(error) => {
+                let error = ClientError::from(error);
+                return if not_found(&error) { Ok(false) } else { Err(error) };
+            }
+        };
+        let sessions = BTreeMap::from([(session_id.to_owned(), response.key_data)]);
+        let rooms = BTreeMap::from([(room_id.to_owned(), RoomKeyBackup::new(sessions))]);
+        let result = machine.import_backed_up_room_keys(&key, &rooms, |_, _| {}).await?;
+        self.client.retry_after_restore(&result).await;
+        Ok(result.imported_count > 0)
+    }
+}

@@ -1,0 +1,145 @@
+//! Recovery: what makes a new login able to read its history and be
+//! trusted. [`Encryption::enable_recovery`] sets it up on a device that has
+//! the keys (cross-signing, a key backup, secret storage holding both under
+//! a recovery key); [`Encryption::recover`] uses it on a new device;
+//! [`Encryption::reset_recovery`] replaces the backup and the recovery key.
+
+use std::collections::BTreeMap;
+
+use hush_crypto_core::deps::zeroize::Zeroizing;
+use hush_crypto_core::{
+    RecoveredSecrets,
+    backup::BackupDecryptionKey,
+    secret_storage::{
+        DEFAULT_KEY_EVENT_TYPE, DefaultKeyContent, KEY_EVENT_TYPE_PREFIX, KeyDescription, SecretContent,
+        SecretStorageKey, decode_recovery_key, names,
+    },
+};
+
+use crate::{ClientError, Encryption};
+
+/// What [`Encryption::recover`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoverySummary {
+    /// The secrets recovered.
+    pub secrets: RecoveredSecrets,
+    /// Room keys restored from the backup.
+    pub restored_keys: usize,
+}
+
+impl Encryption {
+    /// Sets up recovery: cross-signing (bootstrapped if this account has
+    /// none; `password` answers the server's auth if it asks), a new key
+    /// backup signed by this device and our master key, and secret storage
+    /// holding the cross-signing keys and the backup key under a new key,
+    /// derived from `passphrase` if given. Returns the recovery key for the
+    /// user to keep (it opens secret storage, as the passphrase does).
+    pub async fn enable_recovery(
+        &self,
+        passphrase: Option<&str>,
+        password: Option<&str>,
+    ) -> Result<Zeroizing<String>, ClientError> {
+        let machine = self.client.olm_machine()?;
+        let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
+        self.refresh_user_keys(&[&user_id]).await?;
+        if !machine.cross_signing_status().is_complete() {
+            match password {
+                Some(password) => self.bootstrap_cross_signing_with_password(false, password).await?,
+                None => self.bootstrap_cross_signing(false, None).await?,
+            }
+        }
+        self.create_backup().await?;
+        self.create_secret_storage(passphrase).await
+    }
+
+    /// Replaces the key backup with a new one (the old version is deleted)
+    /// and secret storage with a new key; the cross-signing identity stays.
+    /// Returns the new recovery key.
+    pub async fn reset_recovery(&self, passphrase: Option<&str>) -> Result<Zeroizing<String>, ClientError> {
+        if let Some(old) = self.latest_backup().await? {
+            self.delete_backup_version(&old.version).await?;
+        }
+        self.create_backup().await?;
+        self.create_secret_storage(passphrase).await
+    }
+
+    /// A new backup version with a new key, enabled here (every key we hold
+    /// is queued for it), and the key kept for secret storage.
+    async fn create_backup(&self) -> Result<(), ClientError> {
+        let machine = self.client.olm_machine()?;
+        let key = BackupDecryptionKey::generate()?;
+        let auth_data = machine.backup_auth_data(&key.public_key()).await?;
+        let info = self.create_backup_version(auth_data).await?;
+        machine.save_backup_decryption_key(&key).await?;
+        machine.enable_backup(&info).await?;
+        self.client.send_outgoing_requests().await
+    }
+
+    async fn create_secret_storage(&self, passphrase: Option<&str>) -> Result<Zeroizing<String>, ClientError> {
+        let machine = self.client.olm_machine()?;
+        let key = match passphrase {
+            Some(passphrase) => SecretStorageKey::generate_from_passphrase(passphrase)?,
+            None => SecretStorageKey::generate()?,
+        };
+        let description = serde_json::to_value(key.description()).map_err(ClientError::serialization)?;
+        self.set_account_data(&key.event_type(), &description).await?;
+        for (name, content) in machine.secrets_for_storage(&key).await? {
+            let content = serde_json::to_value(content).map_err(ClientError::serialization)?;
+            self.set_account_data(&name, &content).await?;
+        }
+        // The default key last: until it is set, no client reads the new secrets.
+        let default = serde_json::to_value(DefaultKeyContent { key: key.key_id().to_owned() })
+            .map_err(ClientError::serialization)?;
+        self.set_account_data(DEFAULT_KEY_EVENT_TYPE, &default).await?;
+        Ok(key.recovery_key())
+    }
+
+    /// Opens secret storage with the recovery key or the passphrase (text
+    /// that decodes as a recovery key is taken as one), imports the
+    /// cross-signing keys (checked against the server's; this device is
+    /// then signed, so our other devices and our contacts see it verified)
+    /// and the backup key (checked against the current backup), enables the
+    /// backup and restores every key from it. A wrong key is
+    /// [`ClientError::SecretStorage`] and changes nothing.
+    pub async fn recover(&self, recovery_key_or_passphrase: &str) -> Result<RecoverySummary, ClientError> {
+        let machine = self.client.olm_machine()?;
+        let key = self.open_secret_storage(recovery_key_or_passphrase).await?;
+        let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
+        self.refresh_user_keys(&[&user_id]).await?;
+        let backup = self.latest_backup().await?;
+        let mut secrets = BTreeMap::new();
+        for name in names::ALL {
+            if let Some(content) = self.account_data(name).await? {
+                match serde_json::from_value::<SecretContent>(content) {
+                    Ok(content) => {
+                        secrets.insert(name.to_owned(), content);
+                    }
+                    Err(error) => tracing::warn!(%name, %error, "ignored malformed secret-storage content"),
+                }
+            }
+        }
+        let recovered = machine.import_secrets_from_storage(&key, &secrets, backup.as_ref()).await?;
+        self.client.send_outgoing_requests().await?;
+        let mut restored_keys = 0;
+        if let (true, Some(backup)) = (recovered.backup_key, backup) {
+            machine.enable_backup(&backup).await?;
+            restored_keys = self.restore_backup(|_, _| {}).await?.imported_count;
+        }
+        Ok(RecoverySummary { secrets: recovered, restored_keys })
+    }
+
+    async fn open_secret_storage(&self, text: &str) -> Result<SecretStorageKey, ClientError> {
+        let default = self.account_data(DEFAULT_KEY_EVENT_TYPE).await?.ok_or(ClientError::NoSecretStorage)?;
+        let default: DefaultKeyContent = serde_json::from_value(default).map_err(ClientError::serialization)?;
+        let description = self
+            .account_data(&format!("{KEY_EVENT_TYPE_PREFIX}{}", default.key))
+            .await?
+            .ok_or(ClientError::NoSecretStorage)?;
+        let description: KeyDescription = serde_json::from_value(description).map_err(ClientError::serialization)?;
+        let key = match decode_recovery_key(text) {
+            Ok(_) => SecretStorageKey::from_recovery_key(&default.key, &description, text)?,
+            Err(_) => SecretStorageKey::from_passphrase(&default.key, &description, text)?,
+        };
+        Ok(key)
+    }
+}
