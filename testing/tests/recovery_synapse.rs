@@ -83,3 +83,36 @@ async fn a_wrong_recovery_key_fails_cleanly_and_changes_nothing() {
     let summary = encryption.recover("the right passphrase").await.expect("recover");
     assert!(summary.secrets.cross_signing.is_complete() && summary.secrets.backup_key);
 }
+
+/// A device that holds the backup key (here: handed over directly, as a
+/// gossip or an earlier recovery would) but not a room's key looks the key
+/// up in the backup when an event of that room cannot be decrypted, and
+/// the event is delivered again, decrypted, without any call by the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn an_undecryptable_event_is_decrypted_lazily_from_the_backup() {
+    let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
+    let (name, password) = alice1.credentials.clone();
+    alice1.client.encryption().enable_recovery(None, Some(&password)).await.expect("recovery on");
+    let room = alice1.client.create_room("lazy", true, &[]).await.unwrap();
+    alice1.sync().await;
+    alice1.client.get_room(&room).unwrap().send_text("only in the backup").await.unwrap();
+    alice1.client.send_outgoing_requests().await.unwrap();
+    let backup_key = alice1.client.olm_machine().unwrap().backup_decryption_key().await.unwrap().expect("key");
+
+    let alice2 =
+        TestClient::login(&name, &password, "A2", StoreKind::Redb, Arc::new(tempfile::TempDir::new().unwrap())).await;
+    let machine = alice2.client.olm_machine().unwrap();
+    machine.save_backup_decryption_key(&backup_key).await.unwrap();
+    let info = alice2.client.encryption().latest_backup().await.unwrap().expect("a backup");
+    machine.enable_backup(&info).await.unwrap();
+    assert_eq!(machine.store().inbound_group_session_count().await.unwrap(), 0, "A2 holds no room key yet");
+    alice2
+        .sync_with_history_until(&room, "the message, decrypted from the backup", |c| {
+            c.texts(&room).contains(&"only in the backup".to_owned())
+        })
+        .await;
+    let late =
+        alice2.events.lock().unwrap().iter().any(|e| e.late_decryption && e.text_body() == Some("only in the backup"));
+    assert!(late, "delivered as a late decryption after the lookup");
+}

@@ -33,6 +33,40 @@ impl crate::Client {
     }
 }
 
+/// Backup lookups for missing keys per sync, so a flood of undecryptable
+/// events cannot make one sync send thousands of requests.
+const LOOKUPS_PER_SYNC: usize = 20;
+
+impl crate::Client {
+    /// Looks each missing room key of a waiting event up in the backup once,
+    /// if a backup is enabled and we hold its key; the events it unlocks
+    /// are delivered again as late decryptions. Failures are logged.
+    pub(crate) async fn restore_missing_keys_from_backup(&self) {
+        let Ok(machine) = self.olm_machine() else { return };
+        if machine.backup_version().is_none() || !matches!(machine.backup_decryption_key().await, Ok(Some(_))) {
+            return;
+        }
+        let wanted: Vec<(ruma_common::OwnedRoomId, String)> = {
+            let waiting = crate::client::lock(&self.inner.undecrypted);
+            let mut looked = crate::client::lock(&self.inner.backup_lookups);
+            let mut wanted = Vec::new();
+            for (room_id, event) in waiting.iter() {
+                let Some(session_id) = event["content"]["session_id"].as_str() else { continue };
+                let key = (room_id.clone(), session_id.to_owned());
+                if wanted.len() < LOOKUPS_PER_SYNC && looked.insert(key.clone()) {
+                    wanted.push(key);
+                }
+            }
+            wanted
+        };
+        for (room_id, session_id) in wanted {
+            if let Err(error) = self.encryption().restore_room_key(&room_id, &session_id).await {
+                tracing::warn!(%room_id, %session_id, %error, "looking a room key up in the backup failed");
+            }
+        }
+    }
+}
+
 fn not_found(error: &ClientError) -> bool {
     matches!(error, ClientError::Http(HttpError::Server { status: 404, .. }))
 }

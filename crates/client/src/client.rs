@@ -81,6 +81,7 @@ impl ClientBuilder {
                 rooms: Mutex::new(BTreeMap::new()),
                 handlers: Mutex::new(Vec::new()),
                 undecrypted: Mutex::new(Vec::new()),
+                backup_lookups: Mutex::new(std::collections::BTreeSet::new()),
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
                 rooms_restored: AtomicBool::new(false),
@@ -102,6 +103,8 @@ pub(crate) struct Inner {
     pub(crate) handlers: Mutex<Vec<Handler>>,
     /// Events that could not be decrypted yet: retried when keys arrive.
     pub(crate) undecrypted: Mutex<Vec<(OwnedRoomId, serde_json::Value)>>,
+    /// Room keys already looked for in the backup (each is asked for once).
+    pub(crate) backup_lookups: Mutex<std::collections::BTreeSet<(OwnedRoomId, String)>>,
     pub(crate) warned_unencrypted_build: AtomicBool,
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// The room state was loaded from the store (or rebuilt by a sync).

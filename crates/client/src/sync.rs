@@ -113,6 +113,7 @@ impl Client {
         // then the engine's room events (in-room verification).
         self.drive().await?;
         self.send_room_messages_logged().await;
+        self.restore_missing_keys_from_backup().await;
         Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 
