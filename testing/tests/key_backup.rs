@@ -232,9 +232,8 @@ async fn a_key_the_server_adds_to_a_trusted_backup_is_never_authenticated_nor_re
     alice.sync().await;
     alice.drain().await;
 
-    // The server's own key under the same session id is not possible (the
-    // id is the key's public part), so it forges a new session claiming
-    // Bob's device keys, and a copy of Bob's session under another sender.
+    // Here the server forges a new session claiming Bob's device keys (a
+    // forgery under Bob's real session id is the next test).
     let forger = TestDevice::new(&server, &VirtualClock::default(), user_id!("@mallory:example.org"), "M").await;
     forger.share_room_key(room, &[&forger.user_id], &EncryptionSettings::default()).await;
     let forged_event = forger.encrypt_text(room, "forged").await;
@@ -281,6 +280,71 @@ async fn a_key_the_server_adds_to_a_trusted_backup_is_never_authenticated_nor_re
     assert_eq!(decrypted.info.key_source, KeySource::Backup);
     assert!(!decrypted.info.key_source.is_authenticated());
     assert_eq!(decrypted.info.verification_state, hush_crypto_core::VerificationState::UnauthenticatedSource);
+}
+
+/// Attack: session ids are public (the session's signing key), so the
+/// server, which knows the backup's public key, files an entry of its own
+/// under the id of Bob's real session before Bob's key reaches Alice's new
+/// device: the right signing key with a ratchet of its own, claiming Bob's
+/// device. Restored first, it must not make Bob's real key over Olm look
+/// "unconnected" and be refused: the real key displaces the forgery and the
+/// message decrypts, authenticated.
+#[tokio::test]
+async fn a_forged_backup_entry_under_a_real_session_id_does_not_block_the_real_key() {
+    let (server, _clock, mut alice, bob) = alice_and_bob().await;
+    let (key, info) = create_backup(&alice).await;
+    alice.machine.enable_backup(&info).await.unwrap();
+    let room = room_id!("!target:example.org");
+    // Bob's session exists, but Alice has not been given it yet.
+    bob.share_room_key(room, &[&bob.user_id], &EncryptionSettings::default()).await;
+    let genuine = bob.encrypt_text(room, "genuine").await;
+    let session_id = genuine["content"]["session_id"].as_str().unwrap().to_owned();
+
+    // An exported key is version(1) | index(4) | ratchet(128) | signing key(32).
+    let forger = TestDevice::new(&server, &VirtualClock::default(), user_id!("@mallory:example.org"), "M").await;
+    forger.share_room_key(room, &[&forger.user_id], &EncryptionSettings::default()).await;
+    let own = forger.machine.export_room_keys(|_| true).await.unwrap().remove(0);
+    let mut bytes = vodozemac::base64_decode(&own.session_key).unwrap();
+    let signing_key = vodozemac::base64_decode(&session_id).unwrap();
+    assert_eq!((bytes.len(), signing_key.len()), (165, 32));
+    bytes[133..].copy_from_slice(&signing_key);
+    let (bob_ed, bob_curve) = bob.machine.identity_keys();
+    let plaintext = hush_crypto_core::backup::BackedUpRoomKey {
+        algorithm: own.algorithm.clone(),
+        forwarding_curve25519_key_chain: Vec::new(),
+        sender_claimed_keys: [("ed25519".to_owned(), bob_ed.to_base64())].into(),
+        sender_key: bob_curve.to_base64(),
+        session_key: vodozemac::base64_encode(&bytes).into(),
+        shared_history: false,
+    };
+    let entry = hush_crypto_core::backup::KeyBackupData {
+        first_message_index: 0,
+        forwarded_count: 0,
+        is_verified: true,
+        session_data: key.public_key().encrypt(&plaintext).unwrap(),
+    };
+    server.overwrite_backup_key(
+        &alice.user_id,
+        &info.version,
+        &room.to_owned(),
+        &session_id,
+        serde_json::to_value(&entry).unwrap(),
+    );
+    let rooms = server.backup_keys(&alice.user_id, &info.version);
+    let result = alice.machine.import_backed_up_room_keys(&key, &rooms, |_, _| {}).await.unwrap();
+    assert_eq!(result.imported_count, 1, "the forgery is taken while nothing better is known");
+    // Its ratchet is not Bob's: the real event does not decrypt with it.
+    assert!(alice.decrypt_text(room, &genuine).await.is_err());
+
+    // Bob's real key arrives over Olm and displaces the forgery.
+    bob.share_room_key(room, &[&alice.user_id, &bob.user_id], &EncryptionSettings::default()).await;
+    let later = bob.encrypt_text(room, "after the share").await;
+    assert_eq!(later["content"]["session_id"], genuine["content"]["session_id"]);
+    alice.sync().await;
+    assert_eq!(alice.decrypt_text(room, &later).await.unwrap(), "after the share");
+    let raw = ruma_common::serde::Raw::new(&later).unwrap();
+    let decrypted = alice.machine.decrypt_room_event(&raw, room, &Default::default()).await.unwrap();
+    assert_eq!(decrypted.info.key_source, KeySource::Olm);
 }
 
 /// An entry that is not for our backup key (another key encrypted it, or

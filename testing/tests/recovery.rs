@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use hush_crypto_core::{
-    EncryptionSettings, RecoveryError,
+    BackupKeyRecovery, EncryptionSettings, RecoveryError,
     backup::{BACKUP_ALGORITHM, BackupDecryptionKey, BackupTrust},
     secret_storage::{
         DEFAULT_KEY_EVENT_TYPE, DefaultKeyContent, KeyDescription, SecretContent, SecretStorageError, SecretStorageKey,
@@ -78,7 +78,7 @@ async fn a_new_device_recovers_with_the_recovery_key_is_verified_and_reads_histo
     let backup = server.latest_backup(alice).unwrap();
     let recovered = second.machine.import_secrets_from_storage(&opened, &secrets, Some(&backup)).await.unwrap();
     assert!(recovered.cross_signing.is_complete());
-    assert!(recovered.backup_key);
+    assert!(recovered.has_backup_key());
     second.drain().await; // uploads ALICE2's self-signing signature
 
     first.refresh_keys(&[alice]).await;
@@ -106,7 +106,7 @@ async fn the_passphrase_opens_secret_storage_too() {
     let opened = SecretStorageKey::from_passphrase(&key_id, &description, "a long passphrase").unwrap();
     let backup = server.latest_backup(alice).unwrap();
     let recovered = second.machine.import_secrets_from_storage(&opened, &secrets, Some(&backup)).await.unwrap();
-    assert!(recovered.cross_signing.is_complete() && recovered.backup_key);
+    assert!(recovered.cross_signing.is_complete() && recovered.has_backup_key());
 }
 
 /// complement-crypto's `TestBackupWrongRecoveryKeyFails`, at engine level:
@@ -167,9 +167,11 @@ async fn secrets_that_do_not_match_the_servers_keys_are_refused_whole() {
 
 /// Attack: the server publishes a new backup version of its own after the
 /// secrets were stored. The stored backup key does not match it, so the
-/// recovery reports the mismatch and trusts nothing from it.
+/// recovery reports the mismatch, keeps no backup key and trusts nothing
+/// from that backup; the cross-signing keys, checked against ours, are
+/// still recovered (a replaced backup must not cost the user the identity).
 #[tokio::test]
-async fn a_backup_key_that_does_not_match_the_current_backup_is_refused() {
+async fn a_backup_key_that_does_not_match_the_current_backup_is_dropped_and_cross_signing_still_recovers() {
     let server = Arc::new(TestServer::new());
     let clock = VirtualClock::default();
     let alice = user_id!("@alice:example.org");
@@ -186,8 +188,11 @@ async fn a_backup_key_that_does_not_match_the_current_backup_is_refused() {
     let (key_id, description, secrets) = read_storage(&server, alice);
     let opened = SecretStorageKey::from_recovery_key(&key_id, &description, &key.recovery_key()).unwrap();
     let backup = server.latest_backup(alice).unwrap();
-    let error = second.machine.import_secrets_from_storage(&opened, &secrets, Some(&backup)).await.unwrap_err();
-    assert_eq!(error, RecoveryError::BackupKeyMismatch(version));
-    assert!(!second.machine.cross_signing_status().has_master);
+    let recovered = second.machine.import_secrets_from_storage(&opened, &secrets, Some(&backup)).await.unwrap();
+    assert_eq!(recovered.backup_key, BackupKeyRecovery::Mismatch { version });
+    assert!(!recovered.has_backup_key());
+    assert!(second.machine.backup_decryption_key().await.unwrap().is_none(), "the stale key is not kept");
+    assert!(recovered.cross_signing.is_complete(), "the identity is recovered all the same");
+    assert!(second.machine.cross_signing_status().has_master);
     assert_eq!(second.machine.backup_trust(&backup).await.unwrap(), BackupTrust::Untrusted);
 }

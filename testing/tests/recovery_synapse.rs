@@ -35,7 +35,7 @@ async fn a_new_device_recovers_with_the_recovery_key_and_reads_history() {
 
     let summary = alice2.client.encryption().recover(&recovery_key).await.expect("recover");
     assert!(summary.secrets.cross_signing.is_complete());
-    assert!(summary.secrets.backup_key);
+    assert!(summary.secrets.has_backup_key());
     assert!(summary.restored_keys >= 1, "{summary:?}");
     alice2
         .sync_with_history_until(&room, "the old message, decrypted", |c| {
@@ -81,7 +81,7 @@ async fn a_wrong_recovery_key_fails_cleanly_and_changes_nothing() {
     assert_eq!(machine.backup_version(), None);
     // The right passphrase still works afterwards.
     let summary = encryption.recover("the right passphrase").await.expect("recover");
-    assert!(summary.secrets.cross_signing.is_complete() && summary.secrets.backup_key);
+    assert!(summary.secrets.cross_signing.is_complete() && summary.secrets.has_backup_key());
 }
 
 /// A device that holds the backup key (here: handed over directly, as a

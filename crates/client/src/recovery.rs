@@ -121,7 +121,7 @@ impl Encryption {
         let recovered = machine.import_secrets_from_storage(&key, &secrets, backup.as_ref()).await?;
         self.client.send_outgoing_requests().await?;
         let mut restored_keys = 0;
-        if let (true, Some(backup)) = (recovered.backup_key, backup) {
+        if let (true, Some(backup)) = (recovered.has_backup_key(), backup) {
             machine.enable_backup(&backup).await?;
             restored_keys = self.restore_backup(|_, _| {}).await?.imported_count;
         }

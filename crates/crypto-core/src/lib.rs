@@ -36,9 +36,10 @@ pub mod verification;
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};
 pub use machine::{
-    BackupError, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError, MegolmDecryptionInfo,
-    OlmDecryptionInfo, OlmMachine, OpenError, RecoveredSecrets, RecoveryError, RoomInfo, RoomKeyImportResult,
-    RoomReadiness, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome, VerificationState,
+    BackupError, BackupKeyRecovery, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError,
+    MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OpenError, RecoveredSecrets, RecoveryError, RoomInfo,
+    RoomKeyImportResult, RoomReadiness, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome,
+    VerificationState,
 };
 pub use megolm::{
     DecryptionSettings, EncryptError, EncryptionMerge, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError,

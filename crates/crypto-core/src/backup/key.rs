@@ -161,7 +161,9 @@ impl BackupDecryptionKey {
                 .decrypt_padded_vec::<Pkcs7>(&ciphertext)
                 .map_err(|_| BackupKeyError::NotARoomKey("padding".into()))?,
         );
-        serde_json::from_slice(&plaintext).map_err(|e| BackupKeyError::NotARoomKey(e.to_string()))
+        // The error may quote the decrypted plaintext: only its position is kept.
+        serde_json::from_slice(&plaintext)
+            .map_err(|e| BackupKeyError::NotARoomKey(crate::contain::secret_json_error(&e)))
     }
 }
 

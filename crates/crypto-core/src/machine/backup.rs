@@ -29,6 +29,8 @@ pub(super) const BACKUP_RECORD: &str = "hush.backup";
 const UPLOAD_BATCH: usize = 100;
 /// Room keys enqueued, or restored, per saved batch.
 const PAGE: usize = 1000;
+/// Why an entry could not be written as JSON (it always can).
+const NOT_SERIALIZABLE: &str = "a backup entry could not be serialized";
 
 /// Why a backup could not be enabled, uploaded to or restored from.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +61,14 @@ struct StoredBackup {
     version: String,
     public_key: String,
     trust: BackupTrust,
+    /// Whether every key held when the backup was enabled has been queued
+    /// (records from before this field are complete).
+    #[serde(default = "complete")]
+    queued_all: bool,
+}
+
+fn complete() -> bool {
+    true
 }
 
 /// Backup state in memory.
@@ -67,8 +77,10 @@ pub(super) struct BackupState {
     active: Option<(StoredBackup, BackupEncryptionKey)>,
     /// The upload in flight and the keys it carries.
     in_flight: Option<(OwnedTransactionId, Vec<RoomKeyRef>)>,
-    /// Keys stored again (a better copy) while an upload carrying them was
-    /// in flight: the answer must not take them off the queue.
+    /// Whether an upload is being prepared (the queue read, keys encrypted).
+    preparing: bool,
+    /// Keys stored again (a better copy) since the current upload started
+    /// to be prepared: its answer must not take them off the queue.
     requeued: BTreeSet<RoomKeyRef>,
     /// Whether the persisted queue may hold keys (set when keys are queued
     /// and at start; cleared when a look finds it empty).
@@ -83,6 +95,11 @@ impl BackupState {
             .flatten()
             .and_then(|stored| BackupEncryptionKey::from_base64(&stored.public_key).ok().map(|key| (stored, key)));
         Self { active, maybe_pending: true, ..Default::default() }
+    }
+
+    /// Whether enabling was cut short before every held key was queued.
+    fn scan_unfinished(&self) -> bool {
+        self.active.as_ref().is_some_and(|(stored, _)| !stored.queued_all)
     }
 }
 
@@ -176,29 +193,67 @@ impl OlmMachine {
             return Err(BackupError::Untrusted(info.version.clone()));
         }
         let key = info.public_key()?;
-        let stored = StoredBackup { version: info.version.clone(), public_key: key.to_base64(), trust: trust.clone() };
-        let mut changes =
+        let stored = StoredBackup {
+            version: info.version.clone(),
+            public_key: key.to_base64(),
+            trust: trust.clone(),
+            queued_all: false,
+        };
+        // Active first, so a key stored while we scan is queued by `save`;
+        // the record says the scan is unfinished until it is, so a crash
+        // in between resumes it.
+        self.cancel_backup_uploads();
+        let changes =
             Changes { clear_backup_queue: true, custom_values: vec![record(Some(&stored))], ..Default::default() };
+        self.inner.store.save_changes(changes).await?;
+        *lock(&self.inner.backup) =
+            BackupState { active: Some((stored.clone(), key)), maybe_pending: true, ..Default::default() };
+        tracing::info!(version = %info.version, ?trust, "key backup enabled");
+        self.queue_all_held_keys(stored).await?;
+        if let Err(error) = self.backup_room_keys().await {
+            // Enabled all the same: the next `outgoing_requests` tries again.
+            tracing::warn!(%error, "the first backup upload could not be prepared");
+        }
+        Ok(trust)
+    }
+
+    /// Queues every room key we hold for `stored`'s backup, a page per
+    /// batch, then records that this is done.
+    async fn queue_all_held_keys(&self, mut stored: StoredBackup) -> Result<(), StoreError> {
         let mut after: Option<(OwnedRoomId, String)> = None;
         loop {
             let cursor = after.as_ref().map(|(r, s)| (r.as_ref(), s.as_str()));
             let page = self.inner.store.get_inbound_group_sessions(cursor, PAGE).await?;
             let full = page.len() == PAGE;
             after = page.last().map(|last| (last.room_id.clone(), last.session_id.clone()));
-            changes
-                .backup_queue
-                .extend(page.into_iter().map(|s| RoomKeyRef { room_id: s.room_id, session_id: s.session_id }));
+            let queue: Vec<RoomKeyRef> = page
+                .into_iter()
+                .filter(|s| s.source != KeySource::Backup)
+                .map(|s| RoomKeyRef { room_id: s.room_id, session_id: s.session_id })
+                .collect();
+            if !queue.is_empty() {
+                self.inner.store.save_changes(Changes { backup_queue: queue, ..Default::default() }).await?;
+            }
             if !full {
                 break;
             }
         }
-        self.cancel_backup_uploads();
-        self.inner.store.save_changes(changes).await?;
-        *lock(&self.inner.backup) =
-            BackupState { active: Some((stored, key)), maybe_pending: true, ..Default::default() };
-        tracing::info!(version = %info.version, ?trust, "key backup enabled");
-        self.backup_room_keys().await?;
-        Ok(trust)
+        stored.queued_all = true;
+        let still_active =
+            lock(&self.inner.backup).active.as_ref().is_some_and(|(active, _)| active.version == stored.version);
+        if !still_active {
+            // Disabled or replaced meanwhile: its record must not come back.
+            return Ok(());
+        }
+        self.inner
+            .store
+            .save_changes(Changes { custom_values: vec![record(Some(&stored))], ..Default::default() })
+            .await?;
+        let mut state = lock(&self.inner.backup);
+        if let Some((active, _)) = state.active.as_mut().filter(|(active, _)| active.version == stored.version) {
+            active.queued_all = true;
+        }
+        Ok(())
     }
 
     /// Stops uploading to the backup (it was deleted, or the server has a
@@ -243,6 +298,14 @@ impl OlmMachine {
     /// `outgoing_requests`). Only a store failure is an error here; a key
     /// that cannot be encrypted is logged, and stays queued.
     pub(super) async fn ensure_backup_upload_listed(&self) -> Result<(), StoreError> {
+        let resume = {
+            let state = lock(&self.inner.backup);
+            state.active.as_ref().filter(|_| state.scan_unfinished()).map(|(stored, _)| stored.clone())
+        };
+        if let Some(stored) = resume {
+            tracing::info!(version = %stored.version, "resuming the queueing of held keys for the backup");
+            self.queue_all_held_keys(stored).await?;
+        }
         if !lock(&self.inner.backup).maybe_pending {
             return Ok(());
         }
@@ -264,14 +327,38 @@ impl OlmMachine {
     /// (the request is also listed by `outgoing_requests`, which calls this
     /// whenever keys were queued; so does each upload's answer).
     pub async fn backup_room_keys(&self) -> Result<Option<OutgoingRequest>, BackupError> {
-        let key = {
-            let state = lock(&self.inner.backup);
-            match (&state.active, &state.in_flight) {
-                (Some((stored, key)), None) => (stored.version.clone(), *key),
+        let (version, key) = {
+            let mut state = lock(&self.inner.backup);
+            match (&state.active, &state.in_flight, state.preparing) {
+                (Some((stored, key)), None, false) => {
+                    let active = (stored.version.clone(), *key);
+                    // From here on, a key stored again is remembered.
+                    state.preparing = true;
+                    state.requeued.clear();
+                    active
+                }
                 _ => return Ok(None),
             }
         };
-        let (version, key) = key;
+        let prepared = self.prepare_backup_upload(&version, &key).await;
+        let mut state = lock(&self.inner.backup);
+        state.preparing = false;
+        let Some((request, carried)) = prepared? else { return Ok(None) };
+        // Disabled or replaced meanwhile: this upload is for a stale version.
+        if state.active.as_ref().is_none_or(|(stored, _)| stored.version != version) {
+            return Ok(None);
+        }
+        state.in_flight = Some((request.request_id().to_owned(), carried));
+        drop(state);
+        Ok(Some(lock(&self.inner.requests).push(request, Meta::KeysBackup)))
+    }
+
+    /// Reads up to one batch from the queue and encrypts it for `version`.
+    async fn prepare_backup_upload(
+        &self,
+        version: &str,
+        key: &BackupEncryptionKey,
+    ) -> Result<Option<(OutgoingRequest, Vec<RoomKeyRef>)>, BackupError> {
         let queued = self.inner.store.get_backup_queue(UPLOAD_BATCH).await?;
         if queued.is_empty() {
             lock(&self.inner.backup).maybe_pending = false;
@@ -284,13 +371,13 @@ impl OlmMachine {
                 gone.push(entry.clone());
                 continue;
             };
-            let data = backup_entry(&session, &key)?;
-            let raw = Raw::new(&data).map_err(|e| BackupKeyError::NotARoomKey(e.to_string()))?.cast_unchecked();
+            let data = backup_entry(&session, key)?;
+            let raw = Raw::new(&data).map_err(|_| BackupKeyError::NotARoomKey(NOT_SERIALIZABLE.to_owned()))?;
             rooms
                 .entry(entry.room_id.clone())
                 .or_insert_with(|| RoomKeyBackup::new(BTreeMap::new()))
                 .sessions
-                .insert(entry.session_id.clone(), raw);
+                .insert(entry.session_id.clone(), raw.cast_unchecked());
         }
         if !gone.is_empty() {
             self.inner.store.save_changes(Changes { backed_up: gone, ..Default::default() }).await?;
@@ -298,40 +385,40 @@ impl OlmMachine {
         if rooms.is_empty() {
             return Ok(None);
         }
-        let id = self.inner.ids.next();
         let request = OutgoingRequest::with_id(
-            id.clone(),
-            AnyOutgoingRequest::KeysBackup(add_backup_keys::v3::Request::new(version, rooms)),
+            self.inner.ids.next(),
+            AnyOutgoingRequest::KeysBackup(add_backup_keys::v3::Request::new(version.to_owned(), rooms)),
         );
-        let carried: Vec<RoomKeyRef> = queued;
-        {
-            let mut state = lock(&self.inner.backup);
-            if state.in_flight.is_some() {
-                return Ok(None);
-            }
-            state.in_flight = Some((id, carried));
-            state.requeued.clear();
-        }
-        Ok(Some(lock(&self.inner.requests).push(request, Meta::KeysBackup)))
+        Ok(Some((request, queued)))
     }
 
     /// The server stored an upload: its keys leave the queue (except keys
-    /// stored again meanwhile), and the next batch is queued.
+    /// stored again meanwhile), and the next batch is queued. The upload
+    /// stays in flight until the queue is updated, so no other upload reads
+    /// the keys in between.
     pub(super) async fn receive_backup_response(&self, id: &ruma_common::TransactionId) -> Result<(), StoreError> {
         let done = {
-            let mut state = lock(&self.inner.backup);
-            match state.in_flight.take() {
+            let state = lock(&self.inner.backup);
+            match &state.in_flight {
                 Some((in_flight, keys)) if in_flight == id => {
-                    let requeued = std::mem::take(&mut state.requeued);
-                    keys.into_iter().filter(|k| !requeued.contains(k)).collect::<Vec<_>>()
+                    keys.iter().filter(|k| !state.requeued.contains(k)).cloned().collect::<Vec<_>>()
                 }
-                other => {
-                    state.in_flight = other;
-                    return Ok(());
-                }
+                _ => return Ok(()),
             }
         };
-        self.inner.store.save_changes(Changes { backed_up: done, ..Default::default() }).await?;
+        self.inner.store.save_changes(Changes { backed_up: done.clone(), ..Default::default() }).await?;
+        let stored_again: Vec<RoomKeyRef> = {
+            let mut state = lock(&self.inner.backup);
+            if state.in_flight.as_ref().is_some_and(|(in_flight, _)| in_flight == id) {
+                state.in_flight = None;
+            }
+            let requeued = std::mem::take(&mut state.requeued);
+            done.into_iter().filter(|k| requeued.contains(k)).collect()
+        };
+        // Stored again while we took it off the queue: it goes back on.
+        if !stored_again.is_empty() {
+            self.inner.store.save_changes(Changes { backup_queue: stored_again, ..Default::default() }).await?;
+        }
         if let Err(error) = self.backup_room_keys().await {
             tracing::warn!(%error, "queueing the next backup upload failed");
         }
@@ -352,9 +439,10 @@ impl OlmMachine {
             .filter(|s| s.source != KeySource::Backup)
             .map(|s| RoomKeyRef { room_id: s.room_id.clone(), session_id: s.session_id.clone() })
             .collect();
-        if let Some((_, carried)) = &state.in_flight {
-            let again: Vec<RoomKeyRef> = fresh.iter().filter(|k| carried.contains(k)).cloned().collect();
-            state.requeued.extend(again);
+        // While an upload is prepared or in flight, any of these may be one
+        // it carries: remember them all (its answer filters).
+        if state.preparing || state.in_flight.is_some() {
+            state.requeued.extend(fresh.iter().cloned());
         }
         state.maybe_pending |= !fresh.is_empty();
         changes.backup_queue.extend(fresh);

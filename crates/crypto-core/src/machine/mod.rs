@@ -34,7 +34,7 @@ pub use crate::olm::{OlmDecryptionInfo, ToDeviceOutcome};
 pub use backup::{BackupError, BackupRestoreResult};
 pub use export::{ImportError, RoomKeyImportResult};
 pub use room::{RoomInfo, RoomReadiness};
-pub use secrets::{RecoveredSecrets, RecoveryError};
+pub use secrets::{BackupKeyRecovery, RecoveredSecrets, RecoveryError};
 pub use sync::{DeviceListChanges, SyncChanges, SyncOutput};
 pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 

@@ -7,7 +7,7 @@ use super::{OlmMachine, lock};
 use crate::{
     StoreError,
     events::RoomKeyInfo,
-    megolm::{InboundGroupSession, OwnerMismatch, PreparedRoomKey, WithheldInfo, parse_withheld},
+    megolm::{InboundGroupSession, Judgement, OwnerMismatch, PreparedRoomKey, WithheldInfo, parse_withheld},
     store::Changes,
 };
 
@@ -59,8 +59,25 @@ impl OlmMachine {
         let offer = match existing {
             None => KeyOffer::Stored,
             Some(mut existing) => {
-                let offer = match OwnerMismatch::between(&existing, &session) {
-                    Some(mismatch) => {
+                let offer = match session.judge(&mut existing) {
+                    Judgement::Take => KeyOffer::Stored,
+                    Judgement::Keep => KeyOffer::KeptExisting,
+                    Judgement::Upgrade => {
+                        existing.adopt_provenance(&session);
+                        std::mem::swap(&mut session, &mut existing);
+                        KeyOffer::Stored
+                    }
+                    Judgement::Displace(why) => {
+                        tracing::warn!(
+                            room_id = %session.room_id,
+                            session_id = %session.session_id,
+                            ?why,
+                            held_source = ?existing.source,
+                            "an authenticated room key replaced an unauthenticated copy that was not the sender's"
+                        );
+                        KeyOffer::Stored
+                    }
+                    Judgement::Conflict(mismatch) => {
                         tracing::warn!(
                             room_id = %session.room_id,
                             session_id = %session.session_id,
@@ -69,8 +86,6 @@ impl OlmMachine {
                         );
                         KeyOffer::Conflict(mismatch)
                     }
-                    None if session.is_better_than(&mut existing) => KeyOffer::Stored,
-                    None => KeyOffer::KeptExisting,
                 };
                 if !matches!(offer, KeyOffer::Stored) && pending.is_some() {
                     changes.inbound_group_sessions.push(existing.to_stored());

@@ -2,8 +2,9 @@
 //! for account data under a secret-storage key, and secrets read back from
 //! account data, each checked against its public part before it is used
 //! (the cross-signing keys against the keys the server lists for us, the
-//! backup key against the backup version's public key). Either everything
-//! read is used, or nothing changes.
+//! backup key against the backup version's public key). A secret that fails
+//! its check changes nothing; a backup key that is not the current
+//! backup's is dropped without undoing the cross-signing part.
 
 use std::collections::BTreeMap;
 
@@ -26,7 +27,7 @@ pub enum RecoveryError {
     /// The cross-signing keys do not match the ones the server lists for us.
     #[error(transparent)]
     CrossSigning(#[from] CrossSigningError),
-    /// The stored backup key is malformed.
+    /// A backup key is malformed.
     #[error(transparent)]
     BackupKey(#[from] BackupKeyError),
     /// The stored backup key is not the private key of the current backup.
@@ -42,8 +43,37 @@ pub enum RecoveryError {
 pub struct RecoveredSecrets {
     /// The cross-signing keys now held.
     pub cross_signing: CrossSigningStatus,
+    /// What became of the backup key.
+    pub backup_key: BackupKeyRecovery,
+}
+
+impl RecoveredSecrets {
     /// Whether the backup key was recovered (and matches the backup).
-    pub backup_key: bool,
+    pub fn has_backup_key(&self) -> bool {
+        self.backup_key == BackupKeyRecovery::Recovered
+    }
+}
+
+/// What became of the backup key during a recovery. Only `Recovered` keeps
+/// it; the others leave the cross-signing part of the recovery standing (a
+/// stale backup key after someone made a new backup must not cost the user
+/// their identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackupKeyRecovery {
+    /// Kept: it is the private key of the current backup.
+    Recovered,
+    /// Secret storage holds no backup key.
+    NotInStorage,
+    /// There is no backup to check the stored key against, so it was not kept.
+    NoBackup,
+    /// The stored key is not the private key of this backup version (a
+    /// stale key, or someone replaced the backup): not kept.
+    Mismatch {
+        /// The current backup version.
+        version: String,
+    },
+    /// The stored secret is not a backup key: not kept.
+    Malformed(BackupKeyError),
 }
 
 impl OlmMachine {
@@ -78,7 +108,9 @@ impl OlmMachine {
     /// error, and nothing changes); the cross-signing keys are imported only
     /// if they match the keys the server lists for us (query our own keys
     /// first), which marks our identity trusted and signs this device; the
-    /// backup key is kept only if it is the private key of `backup`.
+    /// backup key is kept only if it is the private key of `backup` (if it
+    /// is not, the rest of the recovery still stands and the result says
+    /// why the key was dropped).
     pub async fn import_secrets_from_storage(
         &self,
         key: &SecretStorageKey,
@@ -96,29 +128,31 @@ impl OlmMachine {
             self_signing: read(names::SELF_SIGNING)?,
             user_signing: read(names::USER_SIGNING)?,
         };
-        let backup_key = match (read(names::BACKUP)?, backup) {
-            (Some(secret), Some(info)) => {
-                let private = BackupDecryptionKey::from_base64(&secret)?;
-                if private.public_key() != info.public_key()? {
-                    return Err(RecoveryError::BackupKeyMismatch(info.version.clone()));
+        let (backup_key, private) = match (read(names::BACKUP)?, backup) {
+            (Some(secret), Some(info)) => match (BackupDecryptionKey::from_base64(&secret), info.public_key()) {
+                (Ok(private), Ok(public)) if private.public_key() == public => {
+                    (BackupKeyRecovery::Recovered, Some(private))
                 }
-                Some(private)
-            }
-            (Some(_), None) => {
-                tracing::warn!("secret storage holds a backup key but there is no backup to check it against");
-                None
-            }
-            (None, _) => None,
+                (Ok(_), Ok(_)) => (BackupKeyRecovery::Mismatch { version: info.version.clone() }, None),
+                (Err(error), _) => (BackupKeyRecovery::Malformed(error), None),
+                // The backup names no valid public key: nothing can match it.
+                (Ok(_), Err(_)) => (BackupKeyRecovery::Mismatch { version: info.version.clone() }, None),
+            },
+            (Some(_), None) => (BackupKeyRecovery::NoBackup, None),
+            (None, _) => (BackupKeyRecovery::NotInStorage, None),
         };
+        if backup_key != BackupKeyRecovery::Recovered {
+            tracing::warn!(?backup_key, "the backup key in secret storage was not kept");
+        }
         let has_cross_signing =
             export.master.is_some() || export.self_signing.is_some() || export.user_signing.is_some();
         let cross_signing = match has_cross_signing {
             true => self.import_cross_signing_keys(&export).await?,
             false => self.cross_signing_status(),
         };
-        if let Some(private) = &backup_key {
+        if let Some(private) = &private {
             self.save_backup_decryption_key(private).await?;
         }
-        Ok(RecoveredSecrets { cross_signing, backup_key: backup_key.is_some() })
+        Ok(RecoveredSecrets { cross_signing, backup_key })
     }
 }

@@ -162,20 +162,78 @@ impl InboundGroupSession {
         self.inner.first_known_index()
     }
 
-    /// Whether `self` should replace `existing` (same session id): it must
-    /// reach further back, and an authenticated key is never replaced by an
-    /// unauthenticated one.
-    pub(crate) fn is_better_than(&mut self, existing: &mut Self) -> bool {
-        if existing.source.is_authenticated() && !self.source.is_authenticated() {
-            return false;
+    /// What to do with `self`, offered while `existing` (same room and
+    /// session id) is held. The rules, in order:
+    ///
+    /// - an authenticated key (ours, or over Olm from its sender) offered
+    ///   while only an unauthenticated copy (file, backup, forward) is held
+    ///   takes its place if that copy has another owner or a ratchet that
+    ///   does not connect: anyone who can write a file, a backup entry or a
+    ///   forward can put a forged ratchet under a real (public) session id,
+    ///   and must not be able to block the real key that way;
+    /// - otherwise keys with different owners never replace each other;
+    /// - an unauthenticated key never replaces an authenticated one;
+    /// - among the same ratchet, the copy reaching further back wins, and an
+    ///   authenticated copy that reaches less far lends its provenance to
+    ///   the held one (the ratchets connect, so both are the same session).
+    pub(crate) fn judge(&mut self, existing: &mut Self) -> Judgement {
+        let upgrade = self.source.is_authenticated() && !existing.source.is_authenticated();
+        let mismatch = OwnerMismatch::between(existing, self);
+        let ordering = self.inner.compare(&mut existing.inner);
+        if upgrade {
+            if let Some(mismatch) = mismatch {
+                return Judgement::Displace(Displaced::Owner(mismatch));
+            }
+            if ordering == SessionOrdering::Unconnected {
+                return Judgement::Displace(Displaced::Ratchet);
+            }
         }
-        match self.inner.compare(&mut existing.inner) {
-            SessionOrdering::Better => true,
-            // Same ratchet, but now authenticated: take the better provenance.
-            SessionOrdering::Equal => self.source.is_authenticated() && !existing.source.is_authenticated(),
-            SessionOrdering::Worse | SessionOrdering::Unconnected => false,
+        if let Some(mismatch) = mismatch {
+            return Judgement::Conflict(mismatch);
+        }
+        if existing.source.is_authenticated() && !self.source.is_authenticated() {
+            return Judgement::Keep;
+        }
+        match ordering {
+            SessionOrdering::Better => Judgement::Take,
+            SessionOrdering::Equal if upgrade => Judgement::Take,
+            SessionOrdering::Worse if upgrade => Judgement::Upgrade,
+            SessionOrdering::Equal | SessionOrdering::Worse | SessionOrdering::Unconnected => Judgement::Keep,
         }
     }
+
+    /// Takes `authenticated`'s provenance (a copy of the same ratchet that
+    /// reaches less far back but came from the sender itself).
+    pub(crate) fn adopt_provenance(&mut self, authenticated: &Self) {
+        self.sender_ed25519 = authenticated.sender_ed25519;
+        self.sender_user.clone_from(&authenticated.sender_user);
+        self.source = authenticated.source;
+    }
+}
+
+/// The verdict of [`InboundGroupSession::judge`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Judgement {
+    /// The offered key replaces the held one.
+    Take,
+    /// The held key stays; the offered one is dropped.
+    Keep,
+    /// The held key stays but takes the offered key's provenance.
+    Upgrade,
+    /// The offered key has another owner and is refused.
+    Conflict(OwnerMismatch),
+    /// The held unauthenticated key was not the sender's and the offered
+    /// authenticated key replaces it.
+    Displace(Displaced),
+}
+
+/// Why a held unauthenticated key was displaced by an authenticated one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Displaced {
+    /// It named another owner.
+    Owner(OwnerMismatch),
+    /// Its ratchet is not the sender's.
+    Ratchet,
 }
 
 /// How a refused key's owner differs from the held key's.
@@ -241,16 +299,49 @@ mod tests {
         let mut imported_early = InboundGroupSession::from_session_key(room, &at_zero, origin(KeySource::Imported));
         let mut olm_late = InboundGroupSession::from_session_key(room, &at_one, origin(KeySource::Olm));
 
-        assert!(imported_early.is_better_than(&mut imported_late));
-        assert!(!imported_late.is_better_than(&mut imported_early));
+        assert_eq!(imported_early.judge(&mut imported_late), Judgement::Take);
+        assert_eq!(imported_late.judge(&mut imported_early), Judgement::Keep);
         // An unauthenticated copy never replaces an authenticated one, even if earlier.
-        assert!(!imported_early.is_better_than(&mut olm_late));
-        // The same ratchet arriving over Olm upgrades an imported copy.
+        assert_eq!(imported_early.judge(&mut olm_late), Judgement::Keep);
+        // The same ratchet arriving over Olm upgrades an imported copy...
         let mut olm_early = InboundGroupSession::from_session_key(room, &at_zero, origin(KeySource::Olm));
-        assert!(olm_early.is_better_than(&mut imported_early));
-        // A different session under the same id is never taken.
+        assert_eq!(olm_early.judge(&mut imported_early), Judgement::Take);
+        // ...and a later copy over Olm lends its provenance to an earlier file copy.
+        assert_eq!(olm_late.judge(&mut imported_early), Judgement::Upgrade);
+        // A different ratchet under the same id never replaces an authenticated key.
         let other = GroupSession::new(SessionConfig::version_1()).session_key();
-        let mut unrelated = InboundGroupSession::from_session_key(room, &other, origin(KeySource::Olm));
-        assert!(!unrelated.is_better_than(&mut imported_late));
+        let mut unrelated = InboundGroupSession::from_session_key(room, &other, origin(KeySource::Imported));
+        assert_eq!(unrelated.judge(&mut olm_late), Judgement::Keep);
+    }
+
+    /// Attack: whoever can write a key file, a backup entry or a forward puts
+    /// a ratchet of their own under a real session id (session ids are
+    /// public), hoping the real key over Olm is then refused as "unconnected"
+    /// or "another owner" and the room stays unreadable. The real key must
+    /// displace the forgery either way.
+    #[test]
+    fn a_forged_unauthenticated_copy_does_not_block_the_real_key() {
+        let room = room_id!("!r:e.org");
+        let real = GroupSession::new(SessionConfig::version_1()).session_key();
+        let mut from_sender = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Olm));
+
+        // Same session id (the public signing key), another ratchet.
+        let mut forged_ratchet = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Backup));
+        let other = GroupSession::new(SessionConfig::version_1()).session_key();
+        forged_ratchet.inner = VodoSession::new(&other, SessionConfig::version_1());
+        assert_eq!(from_sender.judge(&mut forged_ratchet), Judgement::Displace(Displaced::Ratchet));
+
+        // Same ratchet, another claimed owner.
+        let mut forged_owner = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Backup));
+        forged_owner.sender_key = Curve25519PublicKey::from_bytes([2; 32]);
+        assert_eq!(
+            from_sender.judge(&mut forged_owner),
+            Judgement::Displace(Displaced::Owner(OwnerMismatch::SenderKey))
+        );
+
+        // Between two authenticated keys the owner rule still holds.
+        let mut other_sender = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Olm));
+        other_sender.sender_key = Curve25519PublicKey::from_bytes([2; 32]);
+        assert_eq!(other_sender.judge(&mut from_sender), Judgement::Conflict(OwnerMismatch::SenderKey));
     }
 }
