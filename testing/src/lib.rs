@@ -7,12 +7,14 @@
 //! * [`TestDevice`]: one engine plus the loop a client would run around it
 //!   (sync, drain outgoing requests, answer them).
 //! * [`conformance`]: the store conformance suite; [`stores`]: factories
-//!   for every backend it runs against.
+//!   for every backend it runs against; [`own_devices`]: two devices of
+//!   one user, for the secret and key sharing tests.
 
 mod clock;
 pub mod conformance;
 mod device;
 pub mod memory;
+pub mod own_devices;
 mod rogue;
 mod server;
 pub mod stores;

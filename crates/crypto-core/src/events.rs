@@ -82,6 +82,13 @@ pub enum EngineEvent {
         /// Where it stands now.
         state: crate::verification::FlowState,
     },
+    /// A secret we asked our other devices for arrived from one we
+    /// verified, matched its public part and was stored (e.g. the backup
+    /// key: the backup can now be enabled and restored).
+    SecretReceived {
+        /// The secret's name.
+        name: String,
+    },
     /// The queue overflowed: this many older events were dropped.
     EventsDropped {
         /// How many.

@@ -20,6 +20,7 @@ mod contain;
 pub mod devices;
 mod events;
 pub mod export;
+pub mod gossip;
 pub mod identities;
 pub mod keys;
 mod machine;

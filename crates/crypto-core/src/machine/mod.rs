@@ -6,6 +6,7 @@
 mod backup;
 mod claim;
 mod export;
+mod gossip;
 mod group;
 mod identities;
 mod keys_query;
@@ -169,6 +170,8 @@ struct Inner {
     pending_reset: Mutex<Option<identities::PendingReset>>,
     /// The key backup we upload to, and the upload in flight (`backup/`).
     backup: Mutex<backup::BackupState>,
+    /// Our open secret and room-key requests, answers waiting for a session (`gossip/`).
+    gossip: Mutex<gossip::GossipState>,
     /// Interactive verification flows (`verification/`), in memory only.
     verifications: Mutex<crate::verification::Verifications>,
     /// Where request and transaction ids come from.
@@ -239,6 +242,8 @@ impl OlmMachine {
         let claims = ClaimState::from_records(claims_record.as_deref(), legacy_unwedge.as_deref());
         let cross_signing = store.load_private_identity().await?;
         let backup = backup::BackupState::from_record(store.get_custom_value(backup::BACKUP_RECORD).await?.as_deref());
+        let gossip =
+            gossip::GossipState::from_record(store.get_custom_value(crate::gossip::GOSSIP_RECORD).await?.as_deref());
         let us = crate::verification::Party { user_id: own.user_id.clone(), device_id: own.device_id.clone() };
         let verifications = crate::verification::Verifications::new(us);
         Ok(Self {
@@ -257,6 +262,7 @@ impl OlmMachine {
                 cross_signing: Mutex::new(cross_signing),
                 pending_reset: Mutex::new(None),
                 backup: Mutex::new(backup),
+                gossip: Mutex::new(gossip),
                 verifications: Mutex::new(verifications),
                 ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
@@ -359,6 +365,7 @@ impl OlmMachine {
         self.ensure_keys_queries_listed(now);
         self.ensure_unwedging_claim_listed(now);
         self.ensure_backup_upload_listed().await?;
+        self.ensure_gossip_listed(now).await?;
         Ok(lock(&self.inner.requests).listed())
     }
 
@@ -411,6 +418,9 @@ impl OlmMachine {
                 self.receive_signing_keys_upload_response(*master).await
             }
             (Meta::KeysBackup, AnyIncomingResponse::KeysBackup(_)) => self.receive_backup_response(request_id).await,
+            (Meta::GossipRequest(gossip_id), AnyIncomingResponse::ToDevice(_)) => {
+                self.receive_gossip_request_sent(gossip_id).await
+            }
             (Meta::SignatureUpload, AnyIncomingResponse::SignatureUpload(r)) => {
                 self.receive_signature_upload_response(r);
                 Ok(())

@@ -8,10 +8,14 @@ use ruma_common::{OneTimeKeyAlgorithm, OwnedUserId, serde::Raw};
 use ruma_events::AnyToDeviceEvent;
 use serde_json::Value;
 
-use super::{OlmMachine, lock};
+use super::{OlmMachine, gossip::GossipInput, lock};
 use crate::{
     StoreError, Timestamp,
     events::{EngineEvent, RoomKeyInfo},
+    gossip::{
+        ForwardedRoomKey, GossipError, GossipRequest, IncomingKeyRequest, IncomingSecretRequest, ROOM_KEY_REQUEST,
+        SECRET_REQUEST, SecretSend,
+    },
     megolm::WithheldInfo,
     olm::{CarriedRoomKey, OlmError, ToDeviceOutcome},
     store::Changes,
@@ -100,10 +104,19 @@ impl OlmMachine {
 
         let mut output = SyncOutput::default();
         let mut verification = Vec::new();
+        let mut gossip = Vec::new();
+        let mut answered = Vec::new();
         let outcomes =
             self.receive_to_device_batch(&mut account, &mut sessions, to_device_events, now, &mut changes).await?;
         for (outcome, room_key) in outcomes {
-            let outcome = self.apply_to_device(outcome, room_key, &mut changes, &mut output).await?;
+            let (outcome, carried) = match room_key {
+                CarriedRoomKey::Secret(secret) => (outcome, Some(secret)),
+                CarriedRoomKey::Forwarded(forwarded) => {
+                    (self.apply_forwarded(outcome, forwarded, &mut changes, &mut output, &mut answered).await?, None)
+                }
+                room_key => (self.apply_to_device(outcome, room_key, &mut changes, &mut output).await?, None),
+            };
+            gossip.extend(gossip_message(&outcome, carried));
             verification.extend(verification_message(&outcome));
             output.to_device.push(outcome);
         }
@@ -117,6 +130,8 @@ impl OlmMachine {
         let keys = output.room_keys.iter().cloned().map(EngineEvent::RoomKeyReceived);
         let withheld = output.withheld.iter().cloned().map(EngineEvent::RoomKeyWithheld);
         self.announce(keys.chain(withheld));
+        self.cancel_answered(&answered);
+        self.receive_gossip(gossip, now).await;
         // After the save and with the locks released: a verification that
         // finishes signs keys, which takes the account lock.
         for (sender, device, event_type, content) in verification {
@@ -149,7 +164,9 @@ impl OlmMachine {
                         }
                     },
                     CarriedRoomKey::Refused(error) => Err(error),
-                    CarriedRoomKey::None => Err(OlmError::InvalidPayload("the room key was not checked".into())),
+                    CarriedRoomKey::None | CarriedRoomKey::Forwarded(_) | CarriedRoomKey::Secret(_) => {
+                        Err(OlmError::InvalidPayload("the room key was not checked".into()))
+                    }
                 };
                 match stored {
                     // The event's session key was blanked when it was decrypted.
@@ -186,6 +203,68 @@ impl OlmMachine {
             other => Ok(other),
         }
     }
+}
+
+impl OlmMachine {
+    /// An `m.forwarded_room_key`: stored in this sync's batch if the rules
+    /// take it (see `machine/gossip.rs`); otherwise the outcome says why not.
+    async fn apply_forwarded(
+        &self,
+        outcome: ToDeviceOutcome,
+        forwarded: Result<Box<ForwardedRoomKey>, GossipError>,
+        changes: &mut Changes,
+        output: &mut SyncOutput,
+        answered: &mut Vec<GossipRequest>,
+    ) -> Result<ToDeviceOutcome, StoreError> {
+        let ToDeviceOutcome::Decrypted { event, info } = outcome else { return Ok(outcome) };
+        let taken = match forwarded {
+            Ok(key) => self.receive_forwarded_key(&info, *key, changes).await?,
+            Err(error) => Err(error),
+        };
+        match taken {
+            Ok((stored, request)) => {
+                output.room_keys.extend(stored);
+                answered.push(request);
+                Ok(ToDeviceOutcome::Decrypted { event, info })
+            }
+            Err(error) => {
+                tracing::warn!(%error, sender = %info.sender, "refused a forwarded room key");
+                Ok(ToDeviceOutcome::PayloadRejected { event, info, error: OlmError::Gossip(error) })
+            }
+        }
+    }
+}
+
+/// A gossip request (in the clear or decrypted) or a secret (decrypted only).
+fn gossip_message(
+    outcome: &ToDeviceOutcome,
+    secret: Option<Result<Box<SecretSend>, GossipError>>,
+) -> Option<GossipInput> {
+    if let (Some(secret), ToDeviceOutcome::Decrypted { info, .. }) = (secret, outcome) {
+        return match secret {
+            Ok(secret) => Some(GossipInput::Secret(info.clone(), secret)),
+            Err(error) => {
+                tracing::warn!(%error, "ignored a malformed secret");
+                None
+            }
+        };
+    }
+    let event = match outcome {
+        ToDeviceOutcome::Decrypted { event, .. } | ToDeviceOutcome::PlainText(event) => event,
+        _ => return None,
+    };
+    let value: Value = event.deserialize_as_unchecked().ok()?;
+    let event_type = value.get("type")?.as_str()?;
+    if event_type != SECRET_REQUEST && event_type != ROOM_KEY_REQUEST {
+        return None;
+    }
+    let sender = OwnedUserId::try_from(value.get("sender")?.as_str()?).ok()?;
+    let content = value.get("content")?;
+    let parsed = match event_type {
+        SECRET_REQUEST => IncomingSecretRequest::parse(content).map(|r| GossipInput::SecretRequest(sender, r)),
+        _ => IncomingKeyRequest::parse(content).map(|r| GossipInput::KeyRequest(sender, r)),
+    };
+    parsed.map_err(|error| tracing::info!(%error, "ignored a malformed gossip request")).ok()
 }
 
 /// A verification message, in the clear or decrypted: sender, the

@@ -26,6 +26,10 @@ pub enum KeySource {
     /// algorithm lets anyone who knows its public key add entries), so the
     /// sender's keys are only claimed.
     Backup,
+    /// Forwarded by one of our own verified devices in answer to our
+    /// request (`m.forwarded_room_key`): the sender's keys are only claimed
+    /// by the forwarder.
+    Forwarded,
 }
 
 impl KeySource {

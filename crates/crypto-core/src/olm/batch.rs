@@ -20,6 +20,7 @@ use crate::{
     Timestamp,
     contain::contain,
     devices::DeviceData,
+    gossip::{FORWARDED_ROOM_KEY, ForwardedRoomKey, GossipError, SECRET_SEND, SecretSend},
     megolm::{PreparedRoomKey, prepare_room_key},
 };
 
@@ -31,6 +32,10 @@ pub(crate) enum CarriedRoomKey {
     Checked(Box<PreparedRoomKey>),
     /// The key was refused.
     Refused(OlmError),
+    /// An `m.forwarded_room_key`, parsed and checked on the worker (or why not).
+    Forwarded(Result<Box<ForwardedRoomKey>, GossipError>),
+    /// An `m.secret.send` (or why it is malformed).
+    Secret(Result<Box<SecretSend>, GossipError>),
 }
 
 /// An event's outcome, and for an accepted `m.room_key` the checked key (or
@@ -260,17 +265,21 @@ fn decrypt_event(
 }
 
 fn decrypted_fate(mut event: Value, info: OlmDecryptionInfo, new_session_key: Option<Curve25519PublicKey>) -> Fate {
-    let room_key = match info.event_type.as_str() {
+    let (room_key, secret_field) = match info.event_type.as_str() {
         "m.room_key" => match prepare_room_key(&info, &event["content"]) {
-            Ok(key) => CarriedRoomKey::Checked(key),
-            Err(error) => CarriedRoomKey::Refused(error),
+            Ok(key) => (CarriedRoomKey::Checked(key), "session_key"),
+            Err(error) => (CarriedRoomKey::Refused(error), "session_key"),
         },
-        _ => CarriedRoomKey::None,
+        FORWARDED_ROOM_KEY => {
+            (CarriedRoomKey::Forwarded(ForwardedRoomKey::parse(&event["content"]).map(Box::new)), "session_key")
+        }
+        SECRET_SEND => (CarriedRoomKey::Secret(SecretSend::parse(&event["content"]).map(Box::new)), "secret"),
+        _ => (CarriedRoomKey::None, ""),
     };
     if !matches!(room_key, CarriedRoomKey::None)
-        && let Some(key) = event.get_mut("content").and_then(|c| c.get_mut("session_key"))
+        && let Some(key) = event.get_mut("content").and_then(|c| c.get_mut(secret_field))
     {
-        // The key is secret: the caller gets the event without it.
+        // The key or secret is secret: the caller gets the event without it.
         *key = Value::String(String::new());
     }
     let event = Raw::new(&event).map(Raw::cast_unchecked).map_err(|e| e.to_string());

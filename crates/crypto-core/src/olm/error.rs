@@ -80,6 +80,9 @@ pub enum OlmError {
         /// Which owner fact differs.
         mismatch: crate::megolm::OwnerMismatch,
     },
+    /// A secret or forwarded room key that the gossip rules refused.
+    #[error(transparent)]
+    Gossip(#[from] crate::gossip::GossipError),
     /// The server delivered a message we already decrypted (e.g. after a
     /// sync token moved back): dropped, and not taken for a wedged session.
     #[error("this Olm message was already decrypted; a redelivery was dropped")]

@@ -36,6 +36,8 @@ pub(crate) enum Meta {
     SignatureUpload,
     /// Room keys for the key backup (one upload at a time).
     KeysBackup,
+    /// Our secret or room-key request with this id (marked sent on answer).
+    GossipRequest(String),
     /// Our in-room verification request to this user: its event id names
     /// the flow.
     RoomVerificationRequest(OwnedUserId),

@@ -1,0 +1,504 @@
+//! Gossip in the engine: our secret and room-key requests (opened, sent,
+//! persisted, closed), the requests of our other devices (answered over Olm
+//! if the rules in `gossip/` allow it), and the answers to ours (taken only
+//! if those rules allow it). See `crate::gossip` for the rules.
+
+use std::collections::BTreeMap;
+
+use ruma_client_api::to_device::send_event_to_device;
+use ruma_common::{
+    DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices,
+};
+use ruma_events::ToDeviceEventType;
+use serde_json::Value;
+
+use super::{OlmMachine, lock, room_keys::KeyOffer};
+use crate::{
+    AnyOutgoingRequest, OutgoingRequest, StoreError, Timestamp,
+    backup::{BackupDecryptionKey, BackupInfo},
+    events::{EngineEvent, RoomKeyInfo},
+    gossip::{
+        ForwardedRoomKey, GossipAction, GossipError, GossipKind, GossipRequest, GossipRequests, IncomingKeyRequest,
+        IncomingSecretRequest, ROOM_KEY_REQUEST, SECRET_REQUEST, SECRET_SEND, SecretSend, forwarded_key_content,
+        key_request_content, secret_request_content, secret_send_content,
+    },
+    identities::CrossSigningKeyExport,
+    olm::{OlmDecryptionInfo, OlmEncryptionError},
+    requests::Meta,
+    secret_storage::names,
+    store::{Changes, StoredSecret},
+};
+
+/// The most answers kept waiting for an Olm session with their device.
+const MAX_WAITING: usize = 64;
+/// How many times a waiting answer is tried before it is dropped.
+const MAX_WAIT_TRIES: u8 = 5;
+
+/// Gossip state in memory: the open requests (mirrored in the store) and
+/// the answers waiting for a session (not persisted: the asking device
+/// asks again).
+#[derive(Debug, Default)]
+pub(super) struct GossipState {
+    requests: GossipRequests,
+    /// Whether the requests not sent before a restart were queued again.
+    relisted: bool,
+    waiting: Vec<WaitingAnswer>,
+}
+
+impl GossipState {
+    /// The state saved in the store.
+    pub(super) fn from_record(record: Option<&[u8]>) -> Self {
+        Self { requests: GossipRequests::from_record(record), ..Default::default() }
+    }
+}
+
+/// An answer for a device we have no Olm session with yet.
+#[derive(Debug, Clone)]
+struct WaitingAnswer {
+    device_id: OwnedDeviceId,
+    request_id: String,
+    what: Answer,
+    tries: u8,
+}
+
+/// What is asked (the content is built when it is sent, so no secret
+/// waits in memory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Secret(String),
+    RoomKey(OwnedRoomId, String),
+}
+
+/// A request of one of our devices, or an answer to one of ours, read from
+/// a sync and handled once the sync is saved.
+pub(super) enum GossipInput {
+    /// An `m.secret.request`.
+    SecretRequest(OwnedUserId, IncomingSecretRequest),
+    /// An `m.room_key_request`.
+    KeyRequest(OwnedUserId, IncomingKeyRequest),
+    /// An `m.secret.send` over Olm.
+    Secret(Box<OlmDecryptionInfo>, Box<SecretSend>),
+}
+
+impl OlmMachine {
+    /// Asks our other devices for a secret (`m.cross_signing.*`); for the
+    /// backup key use [`request_backup_key`](Self::request_backup_key).
+    /// `None` if a request for it is already open. The request is kept
+    /// open (across restarts) until a verified device of ours answers.
+    pub async fn request_secret(&self, name: &str) -> Result<Option<OutgoingRequest>, StoreError> {
+        self.open_request(GossipKind::Secret { name: name.to_owned() }, None).await
+    }
+
+    /// Asks our other devices for the private key of `backup` (the answer
+    /// must match its public key).
+    pub async fn request_backup_key(&self, backup: &BackupInfo) -> Result<Option<OutgoingRequest>, StoreError> {
+        let Ok(public) = backup.public_key() else { return Ok(None) };
+        let kind = GossipKind::Secret { name: names::BACKUP.to_owned() };
+        self.open_request(kind, Some(public.to_base64())).await
+    }
+
+    /// Asks our other devices for a room key we miss. `None` if a request
+    /// for it is already open.
+    pub async fn request_room_key(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+    ) -> Result<Option<OutgoingRequest>, StoreError> {
+        let kind = GossipKind::RoomKey { room_id: room_id.to_owned(), session_id: session_id.to_owned() };
+        self.open_request(kind, None).await
+    }
+
+    /// Our open secret and room-key requests.
+    pub fn open_gossip_requests(&self) -> Vec<GossipRequest> {
+        let gossip = lock(&self.inner.gossip);
+        gossip.requests.unsent().into_iter().chain(gossip.requests.sent()).collect()
+    }
+
+    async fn open_request(
+        &self,
+        kind: GossipKind,
+        expected_public_key: Option<String>,
+    ) -> Result<Option<OutgoingRequest>, StoreError> {
+        let request_id = {
+            let requests = lock(&self.inner.requests);
+            self.fresh_id(&requests).to_string()
+        };
+        let (record, dropped) = {
+            let mut gossip = lock(&self.inner.gossip);
+            if gossip.requests.find(&kind).is_some() {
+                return Ok(None);
+            }
+            let dropped = gossip.requests.open(request_id.clone(), kind, expected_public_key);
+            (gossip.requests.record(), dropped)
+        };
+        self.inner.store.save_changes(Changes { custom_values: vec![record], ..Default::default() }).await?;
+        if let Some(dropped) = dropped {
+            tracing::info!(request_id = %dropped.request_id, "too many open requests: the oldest was dropped");
+        }
+        let request = lock(&self.inner.gossip).requests.get(&request_id).cloned();
+        Ok(request.map(|request| self.queue_gossip_request(&request, GossipAction::Request)))
+    }
+
+    /// Queues a request (or its cancellation) to all our devices, in the
+    /// clear as the spec has it: the answer is what is encrypted.
+    fn queue_gossip_request(&self, request: &GossipRequest, action: GossipAction) -> OutgoingRequest {
+        let device = self.device_id().as_str();
+        let (event_type, content) = match (&request.kind, action) {
+            (GossipKind::Secret { name }, GossipAction::Request) => {
+                (SECRET_REQUEST, secret_request_content(Some(name), &request.request_id, device))
+            }
+            (GossipKind::Secret { .. }, GossipAction::Cancel) => {
+                (SECRET_REQUEST, secret_request_content(None, &request.request_id, device))
+            }
+            (GossipKind::RoomKey { room_id, session_id }, GossipAction::Request) => {
+                (ROOM_KEY_REQUEST, key_request_content(Some((room_id, session_id)), &request.request_id, device))
+            }
+            (GossipKind::RoomKey { .. }, GossipAction::Cancel) => {
+                (ROOM_KEY_REQUEST, key_request_content(None, &request.request_id, device))
+            }
+        };
+        let raw = Raw::new(&content).map(Raw::cast_unchecked).unwrap_or_else(|_| Raw::from_json(Default::default()));
+        let messages: send_event_to_device::v3::Messages =
+            BTreeMap::from([(self.user_id().to_owned(), BTreeMap::from([(DeviceIdOrAllDevices::AllDevices, raw)]))]);
+        let mut requests = lock(&self.inner.requests);
+        let id = self.fresh_id(&requests);
+        let outgoing =
+            send_event_to_device::v3::Request::new_raw(ToDeviceEventType::from(event_type), id.clone(), messages);
+        let meta = match action {
+            GossipAction::Request => Meta::GossipRequest(request.request_id.clone()),
+            GossipAction::Cancel => Meta::None,
+        };
+        requests.push(OutgoingRequest::with_id(id, AnyOutgoingRequest::ToDevice(outgoing)), meta)
+    }
+
+    /// After a restart, the requests that were not sent are queued again;
+    /// answers waiting for a session are tried (called by `outgoing_requests`).
+    pub(super) async fn ensure_gossip_listed(&self, now: Timestamp) -> Result<(), StoreError> {
+        let unsent = {
+            let mut gossip = lock(&self.inner.gossip);
+            match std::mem::replace(&mut gossip.relisted, true) {
+                true => Vec::new(),
+                false => gossip.requests.unsent(),
+            }
+        };
+        for request in unsent {
+            self.queue_gossip_request(&request, GossipAction::Request);
+        }
+        self.retry_waiting_answers(now).await
+    }
+
+    /// The server took our request: it is marked sent.
+    pub(super) async fn receive_gossip_request_sent(&self, request_id: &str) -> Result<(), StoreError> {
+        let record = {
+            let mut gossip = lock(&self.inner.gossip);
+            gossip.requests.mark_sent(request_id).then(|| gossip.requests.record())
+        };
+        match record {
+            Some(record) => {
+                self.inner.store.save_changes(Changes { custom_values: vec![record], ..Default::default() }).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Handles the gossip read from a saved sync. One message's failure is
+    /// logged; the others are still handled.
+    pub(super) async fn receive_gossip(&self, inputs: Vec<GossipInput>, now: Timestamp) {
+        for input in inputs {
+            let result = match input {
+                GossipInput::SecretRequest(sender, request) => self.receive_secret_request(&sender, request, now).await,
+                GossipInput::KeyRequest(sender, request) => self.receive_key_request(&sender, request, now).await,
+                GossipInput::Secret(info, secret) => self.receive_secret(&info, *secret).await,
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "a gossip message failed");
+            }
+        }
+    }
+
+    /// Whether `device_id` is one of our other devices, known, not deleted
+    /// and verified; otherwise why not.
+    async fn check_own_verified_device(
+        &self,
+        sender: &UserId,
+        device_id: &DeviceId,
+        event_type: &'static str,
+    ) -> Result<Result<(), GossipError>, StoreError> {
+        if sender != self.user_id() {
+            return Ok(Err(GossipError::NotOurUser { event_type, sender: sender.to_owned() }));
+        }
+        let known = self.inner.store.get_device(sender, device_id).await?.is_some_and(|d| !d.is_deleted());
+        if !known {
+            return Ok(Err(GossipError::UnknownDevice(event_type)));
+        }
+        let verified = self.device_trust(sender, device_id).await?.is_some_and(|t| t.is_verified());
+        Ok(match verified {
+            true => Ok(()),
+            false => Err(GossipError::UnverifiedDevice { event_type, device_id: device_id.to_owned() }),
+        })
+    }
+
+    async fn receive_secret_request(
+        &self,
+        sender: &UserId,
+        request: IncomingSecretRequest,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if request.requesting_device_id == *self.device_id() && sender == self.user_id() {
+            return Ok(());
+        }
+        let Some(name) = request.name.clone().filter(|_| request.action == GossipAction::Request) else {
+            self.drop_waiting(&request.request_id);
+            return Ok(());
+        };
+        if let Err(refused) =
+            self.check_own_verified_device(sender, &request.requesting_device_id, SECRET_REQUEST).await?
+        {
+            tracing::info!(%refused, secret = %name, "a secret request was not answered");
+            return Ok(());
+        }
+        let answer = WaitingAnswer {
+            device_id: request.requesting_device_id,
+            request_id: request.request_id,
+            what: Answer::Secret(name),
+            tries: 0,
+        };
+        self.send_answer(answer, now).await
+    }
+
+    async fn receive_key_request(
+        &self,
+        sender: &UserId,
+        request: IncomingKeyRequest,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if request.requesting_device_id == *self.device_id() && sender == self.user_id() {
+            return Ok(());
+        }
+        let Some((room_id, session_id)) = request.key.clone().filter(|_| request.action == GossipAction::Request)
+        else {
+            self.drop_waiting(&request.request_id);
+            return Ok(());
+        };
+        if let Err(refused) =
+            self.check_own_verified_device(sender, &request.requesting_device_id, ROOM_KEY_REQUEST).await?
+        {
+            tracing::info!(%refused, %room_id, %session_id, "a room-key request was not answered");
+            return Ok(());
+        }
+        let answer = WaitingAnswer {
+            device_id: request.requesting_device_id,
+            request_id: request.request_id,
+            what: Answer::RoomKey(room_id, session_id),
+            tries: 0,
+        };
+        self.send_answer(answer, now).await
+    }
+
+    /// The content that answers `what`, if we hold it.
+    async fn answer_content(
+        &self,
+        request_id: &str,
+        what: &Answer,
+    ) -> Result<Option<(&'static str, Value)>, StoreError> {
+        Ok(match what {
+            Answer::Secret(name) => {
+                self.held_secret(name).await?.map(|secret| ("m.secret.send", secret_send_content(request_id, &secret)))
+            }
+            Answer::RoomKey(room_id, session_id) => self
+                .load_inbound(room_id, session_id)
+                .await?
+                .and_then(|session| forwarded_key_content(&session))
+                .map(|content| ("m.forwarded_room_key", content)),
+        })
+    }
+
+    /// A secret we hold, by name.
+    async fn held_secret(&self, name: &str) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
+        let cross_signing = || self.export_cross_signing_keys().unwrap_or_default();
+        Ok(match name {
+            names::MASTER => cross_signing().master,
+            names::SELF_SIGNING => cross_signing().self_signing,
+            names::USER_SIGNING => cross_signing().user_signing,
+            names::BACKUP => self.inner.store.get_secret(names::BACKUP).await?,
+            _ => None,
+        })
+    }
+
+    /// Sends an answer over Olm; without a session with the device, the
+    /// answer waits and a claim is queued.
+    async fn send_answer(&self, mut answer: WaitingAnswer, now: Timestamp) -> Result<(), StoreError> {
+        let Some((event_type, content)) = self.answer_content(&answer.request_id, &answer.what).await? else {
+            tracing::info!(what = ?answer.what, "asked for something we do not hold");
+            return Ok(());
+        };
+        let own = self.user_id().to_owned();
+        let result = self.encrypt_to_device(&[(&own, &answer.device_id)], event_type, &content, now).await?;
+        if !result.failures.iter().any(|f| matches!(f, OlmEncryptionError::NoSession { .. })) {
+            tracing::info!(device_id = %answer.device_id, event_type, "answered a request of our own device");
+            return Ok(());
+        }
+        answer.tries += 1;
+        if answer.tries > MAX_WAIT_TRIES {
+            tracing::info!(device_id = %answer.device_id, "no Olm session with the asking device; answer dropped");
+            return Ok(());
+        }
+        self.claim_request(vec![(own, answer.device_id.clone())], now);
+        let mut gossip = lock(&self.inner.gossip);
+        gossip.waiting.retain(|w| w.request_id != answer.request_id || w.device_id != answer.device_id);
+        if gossip.waiting.len() >= MAX_WAITING {
+            gossip.waiting.remove(0);
+        }
+        gossip.waiting.push(answer);
+        Ok(())
+    }
+
+    /// Tries the answers waiting for a session whose claim is not in flight.
+    async fn retry_waiting_answers(&self, now: Timestamp) -> Result<(), StoreError> {
+        let being_claimed = lock(&self.inner.requests).devices_being_claimed();
+        let ready: Vec<WaitingAnswer> = {
+            let mut gossip = lock(&self.inner.gossip);
+            let own = self.user_id().to_owned();
+            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut gossip.waiting)
+                .into_iter()
+                .partition(|w| !being_claimed.contains(&(own.clone(), w.device_id.clone())));
+            gossip.waiting = still;
+            ready
+        };
+        for answer in ready {
+            self.send_answer(answer, now).await?;
+        }
+        Ok(())
+    }
+
+    fn drop_waiting(&self, request_id: &str) {
+        lock(&self.inner.gossip).waiting.retain(|w| w.request_id != request_id);
+    }
+
+    /// An `m.secret.send`: taken only over Olm from our own verified device,
+    /// in answer to an open request of ours, and only if it matches its
+    /// public part. Then the request is closed and cancelled on our other
+    /// devices.
+    async fn receive_secret(&self, info: &OlmDecryptionInfo, secret: SecretSend) -> Result<(), StoreError> {
+        let refuse = |error: GossipError| {
+            tracing::warn!(%error, "refused a secret");
+            Ok(())
+        };
+        let Some(device_id) = &info.sender_device else { return refuse(GossipError::UnknownDevice(SECRET_SEND)) };
+        if let Err(error) = self.check_own_verified_device(&info.sender, device_id, SECRET_SEND).await? {
+            return refuse(error);
+        }
+        let Some(request) = lock(&self.inner.gossip).requests.get(&secret.request_id).cloned() else {
+            return refuse(GossipError::Unrequested { event_type: SECRET_SEND, what: secret.request_id.clone() });
+        };
+        let GossipKind::Secret { name } = &request.kind else {
+            return refuse(GossipError::Unrequested { event_type: SECRET_SEND, what: secret.request_id.clone() });
+        };
+        if !self.take_secret(name, &secret, request.expected_public_key.as_deref()).await? {
+            return refuse(GossipError::SecretMismatch { name: name.clone() });
+        }
+        tracing::info!(secret = %name, %device_id, "a secret arrived from our verified device");
+        self.close_request(&request, Changes::default()).await?;
+        self.announce([EngineEvent::SecretReceived { name: name.clone() }]);
+        Ok(())
+    }
+
+    /// Checks a secret against its public part and keeps it; `false` if it
+    /// does not match.
+    async fn take_secret(&self, name: &str, secret: &SecretSend, expected: Option<&str>) -> Result<bool, StoreError> {
+        let value = secret.secret.clone();
+        let export = match name {
+            names::MASTER => CrossSigningKeyExport { master: Some(value), ..Default::default() },
+            names::SELF_SIGNING => CrossSigningKeyExport { self_signing: Some(value), ..Default::default() },
+            names::USER_SIGNING => CrossSigningKeyExport { user_signing: Some(value), ..Default::default() },
+            names::BACKUP => {
+                let matches = BackupDecryptionKey::from_base64(&value)
+                    .ok()
+                    .is_some_and(|key| expected.is_some_and(|expected| key.public_key().to_base64() == expected));
+                if matches {
+                    let stored = StoredSecret { name: names::BACKUP.to_owned(), value: Some(value) };
+                    self.inner.store.save_changes(Changes { secrets: vec![stored], ..Default::default() }).await?;
+                }
+                return Ok(matches);
+            }
+            _ => return Ok(false),
+        };
+        // Checked against the keys the server lists for us; nothing is
+        // imported on a mismatch.
+        match self.import_cross_signing_keys(&export).await {
+            Ok(_) => Ok(true),
+            Err(crate::identities::CrossSigningError::Store(error)) => Err(error),
+            Err(error) => {
+                tracing::warn!(%error, secret = %name, "a gossiped cross-signing key does not match our identity");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Closes a request (saved with `changes`) and cancels it on our other devices.
+    async fn close_request(&self, request: &GossipRequest, mut changes: Changes) -> Result<(), StoreError> {
+        let record = {
+            let mut gossip = lock(&self.inner.gossip);
+            gossip.requests.close(&request.request_id);
+            gossip.requests.record()
+        };
+        changes.custom_values.push(record);
+        self.save(None, None, changes).await?;
+        self.queue_gossip_request(request, GossipAction::Cancel);
+        Ok(())
+    }
+
+    /// An `m.forwarded_room_key` from a sync (stored in the sync's batch):
+    /// taken only over Olm from our own verified device, for an open
+    /// request of ours, and never over a better or differently owned key.
+    /// Returns the request to cancel on our other devices, if one closed.
+    pub(super) async fn receive_forwarded_key(
+        &self,
+        info: &OlmDecryptionInfo,
+        key: ForwardedRoomKey,
+        changes: &mut Changes,
+    ) -> Result<Result<(Option<RoomKeyInfo>, GossipRequest), GossipError>, StoreError> {
+        let event_type = crate::gossip::FORWARDED_ROOM_KEY;
+        let Some(device_id) = &info.sender_device else { return Ok(Err(GossipError::UnknownDevice(event_type))) };
+        if let Err(error) = self.check_own_verified_device(&info.sender, device_id, event_type).await? {
+            return Ok(Err(error));
+        }
+        let Some(request) = lock(&self.inner.gossip).requests.for_room_key(&key.room_id, &key.session_id).cloned()
+        else {
+            let what = format!("{} / {}", key.room_id, key.session_id);
+            return Ok(Err(GossipError::Unrequested { event_type, what }));
+        };
+        let room_key = RoomKeyInfo {
+            room_id: key.room_id.clone(),
+            session_id: key.session_id.clone(),
+            sender_key: key.session.sender_key,
+            sender: info.sender.clone(),
+        };
+        let stored = match self.offer_inbound(key.session, changes).await? {
+            KeyOffer::Stored => Some(room_key),
+            KeyOffer::KeptExisting => {
+                tracing::info!(session_id = %key.session_id, "a forwarded key was no better than ours");
+                None
+            }
+            KeyOffer::Conflict(mismatch) => {
+                tracing::warn!(session_id = %key.session_id, ?mismatch, "refused a forwarded key held for another owner");
+                None
+            }
+        };
+        // Answered either way: the request closes.
+        let record = {
+            let mut gossip = lock(&self.inner.gossip);
+            gossip.requests.close(&request.request_id);
+            gossip.requests.record()
+        };
+        changes.custom_values.push(record);
+        Ok(Ok((stored, request)))
+    }
+
+    /// Cancels, on our other devices, requests a sync's forwarded keys closed.
+    pub(super) fn cancel_answered(&self, answered: &[GossipRequest]) {
+        for request in answered {
+            self.queue_gossip_request(request, GossipAction::Cancel);
+        }
+    }
+}
