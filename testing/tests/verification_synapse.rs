@@ -130,3 +130,44 @@ async fn alice_and_bob_verify_each_other_in_a_dm() {
     let master = seen_by_bob.inner().data().master_key().signed_json().clone();
     assert!(master["signatures"][bob_id.as_str()].as_object().is_some_and(|s| !s.is_empty()), "{master}");
 }
+
+/// Alice's first device holds her cross-signing keys and a room's history;
+/// her new device logs in later and cannot read that history. After the
+/// two verify each other by SAS, the new device gets the cross-signing keys
+/// by `m.secret.send` and the room key by `m.forwarded_room_key` (asked for
+/// by itself when the event failed to decrypt, and asked again once the
+/// verification was done), and reads the old message, marked as forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn a_new_device_verified_by_sas_gets_the_secrets_and_old_room_keys_by_gossip() {
+    let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
+    let (name, password) = alice1.credentials.clone();
+    let alice = alice1.session.user_id.clone();
+    alice1.client.encryption().bootstrap_cross_signing_with_password(false, &password).await.expect("bootstrap");
+    let room = alice1.client.create_room("history", true, &[]).await.unwrap();
+    alice1.sync().await;
+    alice1.client.get_room(&room).unwrap().send_text("before the second login").await.unwrap();
+    alice1.client.send_outgoing_requests().await.unwrap();
+
+    let alice2 =
+        TestClient::login(&name, &password, "A2", StoreKind::Redb, Arc::new(tempfile::TempDir::new().unwrap())).await;
+    alice2.sync_with_history_until(&room, "the old event, undecryptable", |c| c.undecryptable(&room) > 0).await;
+    assert!(alice2.texts(&room).is_empty(), "A2 cannot read the history yet");
+    alice1.client.encryption().refresh_user_keys(&[&alice]).await.unwrap();
+    alice2.client.encryption().refresh_user_keys(&[&alice]).await.unwrap();
+
+    let request = alice2.client.encryption().request_verification(&alice).await.expect("request");
+    run_sas(&alice2, &alice1, &request).await;
+    alice2.client.encryption().request_secrets_from_own_devices().await.expect("secrets requested");
+    let machine = alice2.client.olm_machine().unwrap();
+    both_until(&alice2, &alice1, "the secrets and the room key", || {
+        machine.cross_signing_status().is_complete() && !alice2.texts(&room).is_empty()
+    })
+    .await;
+    assert_eq!(alice2.texts(&room), vec!["before the second login".to_owned()]);
+    let events = alice2.events.lock().unwrap();
+    let read = events.iter().find(|e| e.text_body() == Some("before the second login")).expect("the event");
+    assert!(read.late_decryption, "delivered again once the key arrived");
+    assert_eq!(read.encryption.as_ref().unwrap().key_source, hush_crypto_core::KeySource::Forwarded);
+    assert!(machine.open_gossip_requests().is_empty(), "every request answered");
+}

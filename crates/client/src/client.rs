@@ -82,6 +82,7 @@ impl ClientBuilder {
                 handlers: Mutex::new(Vec::new()),
                 undecrypted: Mutex::new(Vec::new()),
                 backup_lookups: Mutex::new(std::collections::BTreeSet::new()),
+                backup_key_arrived: AtomicBool::new(false),
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
                 rooms_restored: AtomicBool::new(false),
@@ -105,6 +106,8 @@ pub(crate) struct Inner {
     pub(crate) undecrypted: Mutex<Vec<(OwnedRoomId, serde_json::Value)>>,
     /// Room keys already looked for in the backup (each is asked for once).
     pub(crate) backup_lookups: Mutex<std::collections::BTreeSet<(OwnedRoomId, String)>>,
+    /// A backup key arrived by gossip: the next sync enables and restores the backup.
+    pub(crate) backup_key_arrived: AtomicBool,
     pub(crate) warned_unencrypted_build: AtomicBool,
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// The room state was loaded from the store (or rebuilt by a sync).

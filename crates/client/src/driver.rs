@@ -169,8 +169,18 @@ impl Client {
                     tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
                 }
                 EngineEvent::VerificationChanged { user_id, flow, state } => {
+                    if user_id == *machine.user_id() && state.is_finished() && state.cancellation().is_none() {
+                        // Our other device trusts us now: ask it again.
+                        machine.resend_open_gossip_requests();
+                    }
                     // No subscriber is fine: the state stays readable.
                     let _ = self.inner.verification_updates.send(crate::VerificationUpdate { user_id, flow, state });
+                }
+                EngineEvent::SecretReceived { name } => {
+                    tracing::info!(%name, "a secret arrived from our verified device");
+                    if name == hush_crypto_core::secret_storage::names::BACKUP {
+                        self.inner.backup_key_arrived.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
                 }
                 other => tracing::debug!(?other, "engine event"),
             }

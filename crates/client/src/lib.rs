@@ -38,6 +38,7 @@ mod driver;
 mod encryption;
 mod error;
 mod events;
+mod gossip;
 pub mod http;
 mod persist;
 mod recovery;

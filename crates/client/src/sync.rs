@@ -113,7 +113,9 @@ impl Client {
         // then the engine's room events (in-room verification).
         self.drive().await?;
         self.send_room_messages_logged().await;
+        self.use_gossiped_backup_key().await;
         self.restore_missing_keys_from_backup().await;
+        self.request_missing_keys_from_own_devices().await;
         Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 

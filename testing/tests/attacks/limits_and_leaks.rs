@@ -114,9 +114,8 @@ async fn decrypted_to_device_payloads_are_not_in_debug_output() {
     }
     let output = v.bob.sync().await;
     // The malformed forwarded key is decrypted, then rejected by the gossip rules.
-    let decrypted = |o: &&ToDeviceOutcome| {
-        matches!(o, ToDeviceOutcome::Decrypted { .. } | ToDeviceOutcome::PayloadRejected { .. })
-    };
+    let decrypted =
+        |o: &&ToDeviceOutcome| matches!(o, ToDeviceOutcome::Decrypted { .. } | ToDeviceOutcome::PayloadRejected { .. });
     assert_eq!(output.to_device.iter().filter(decrypted).count(), 3);
     let debug = format!("{output:?}");
     for secret in ["FORWARDED-SECRET", "STORED-SECRET", "PRIVATE-NOTE"] {

@@ -114,6 +114,14 @@ impl OlmMachine {
         gossip.requests.unsent().into_iter().chain(gossip.requests.sent()).collect()
     }
 
+    /// Sends every open request again (same ids), e.g. once this device and
+    /// another of ours verified each other: a device that saw a request
+    /// before it trusted us did not answer it then.
+    pub fn resend_open_gossip_requests(&self) -> Vec<OutgoingRequest> {
+        let open = self.open_gossip_requests();
+        open.iter().map(|request| self.queue_gossip_request(request, GossipAction::Request)).collect()
+    }
+
     async fn open_request(
         &self,
         kind: GossipKind,
