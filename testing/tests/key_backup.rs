@@ -27,6 +27,31 @@ fn backed_up_count(server: &TestServer, user: &ruma_common::UserId, version: &st
     server.backup_keys(user, version).values().map(|r| r.sessions.len()).sum()
 }
 
+/// A backup entry the server writes itself (it knows the public key): a
+/// session key claiming to be from `sender` (curve25519, ed25519 base64).
+fn forged_entry(
+    key: &BackupDecryptionKey,
+    algorithm: &str,
+    session_key: String,
+    (sender_key, ed25519): (String, String),
+) -> serde_json::Value {
+    let plaintext = hush_crypto_core::backup::BackedUpRoomKey {
+        algorithm: algorithm.to_owned(),
+        forwarding_curve25519_key_chain: Vec::new(),
+        sender_claimed_keys: [("ed25519".to_owned(), ed25519)].into(),
+        sender_key,
+        session_key: session_key.into(),
+        shared_history: false,
+    };
+    let entry = hush_crypto_core::backup::KeyBackupData {
+        first_message_index: 0,
+        forwarded_count: 0,
+        is_verified: true,
+        session_data: key.public_key().encrypt(&plaintext).unwrap(),
+    };
+    serde_json::to_value(&entry).unwrap()
+}
+
 async fn alice_and_bob() -> (Arc<TestServer>, VirtualClock, TestDevice, TestDevice) {
     let server = Arc::new(TestServer::new());
     let clock = VirtualClock::default();
@@ -241,27 +266,13 @@ async fn a_key_the_server_adds_to_a_trusted_backup_is_never_authenticated_nor_re
     let (bob_ed, bob_curve) = bob.machine.identity_keys();
     forged_key.sender_key = bob_curve.to_base64();
     forged_key.sender_claimed_keys.insert("ed25519".into(), bob_ed.to_base64());
-    let plaintext = hush_crypto_core::backup::BackedUpRoomKey {
-        algorithm: forged_key.algorithm.clone(),
-        forwarding_curve25519_key_chain: Vec::new(),
-        sender_claimed_keys: forged_key.sender_claimed_keys.clone(),
-        sender_key: forged_key.sender_key.clone(),
-        session_key: forged_key.session_key.clone().into(),
-        shared_history: false,
-    };
-    let entry = hush_crypto_core::backup::KeyBackupData {
-        first_message_index: 0,
-        forwarded_count: 0,
-        is_verified: true,
-        session_data: key.public_key().encrypt(&plaintext).unwrap(),
-    };
-    server.overwrite_backup_key(
-        &alice.user_id,
-        &info.version,
-        &room.to_owned(),
-        &forged_key.session_id,
-        serde_json::to_value(&entry).unwrap(),
+    let entry = forged_entry(
+        &key,
+        &forged_key.algorithm,
+        forged_key.session_key.clone(),
+        (forged_key.sender_key.clone(), bob_ed.to_base64()),
     );
+    server.overwrite_backup_key(&alice.user_id, &info.version, &room.to_owned(), &forged_key.session_id, entry.clone());
 
     // Alice knows Bob's device, so the claimed keys name a real device.
     alice.refresh_keys(&[&bob.user_id]).await;
@@ -309,27 +320,13 @@ async fn a_forged_backup_entry_under_a_real_session_id_does_not_block_the_real_k
     assert_eq!((bytes.len(), signing_key.len()), (165, 32));
     bytes[133..].copy_from_slice(&signing_key);
     let (bob_ed, bob_curve) = bob.machine.identity_keys();
-    let plaintext = hush_crypto_core::backup::BackedUpRoomKey {
-        algorithm: own.algorithm.clone(),
-        forwarding_curve25519_key_chain: Vec::new(),
-        sender_claimed_keys: [("ed25519".to_owned(), bob_ed.to_base64())].into(),
-        sender_key: bob_curve.to_base64(),
-        session_key: vodozemac::base64_encode(&bytes).into(),
-        shared_history: false,
-    };
-    let entry = hush_crypto_core::backup::KeyBackupData {
-        first_message_index: 0,
-        forwarded_count: 0,
-        is_verified: true,
-        session_data: key.public_key().encrypt(&plaintext).unwrap(),
-    };
-    server.overwrite_backup_key(
-        &alice.user_id,
-        &info.version,
-        &room.to_owned(),
-        &session_id,
-        serde_json::to_value(&entry).unwrap(),
+    let entry = forged_entry(
+        &key,
+        &own.algorithm,
+        vodozemac::base64_encode(&bytes),
+        (bob_curve.to_base64(), bob_ed.to_base64()),
     );
+    server.overwrite_backup_key(&alice.user_id, &info.version, &room.to_owned(), &session_id, entry.clone());
     let rooms = server.backup_keys(&alice.user_id, &info.version);
     let result = alice.machine.import_backed_up_room_keys(&key, &rooms, |_, _| {}).await.unwrap();
     assert_eq!(result.imported_count, 1, "the forgery is taken while nothing better is known");

@@ -32,6 +32,24 @@ pub struct SdkDevice {
 }
 
 impl SdkDevice {
+    /// Encrypts a text message in `room_id` and wraps it as the room event
+    /// the server would deliver.
+    pub async fn encrypt_text(&self, room_id: &ruma::RoomId, body: &str, event_id: &str) -> Value {
+        let content: ruma::serde::Raw<ruma::events::AnyMessageLikeEventContent> =
+            ruma::serde::Raw::new(&serde_json::json!({"msgtype": "m.text", "body": body}))
+                .expect("json")
+                .cast_unchecked();
+        let result = self.machine.encrypt_room_event_raw(room_id, "m.room.message", &content).await.expect("encrypts");
+        serde_json::json!({
+            "type": "m.room.encrypted",
+            "event_id": event_id,
+            "sender": self.user_id,
+            "origin_server_ts": 1_700_000_000_000u64,
+            "room_id": room_id,
+            "content": result.content,
+        })
+    }
+
     /// A new device with matrix-sdk-crypto's memory store, keys uploaded.
     pub async fn new(server: &Arc<TestServer>, user_id: &UserId, device_id: &str) -> Self {
         let device_id: OwnedDeviceId = device_id.into();

@@ -12,9 +12,7 @@ use matrix_sdk_crypto::{
     DecryptionSettings, EncryptionSettings as SdkSettings, LocalTrust as SdkTrust, TrustRequirement,
     types::events::room::encrypted::EncryptedEvent,
 };
-use ruma::{
-    RoomId, UserId, events::AnyMessageLikeEventContent, room_id, serde::Raw, to_device::DeviceIdOrAllDevices, user_id,
-};
+use ruma::{RoomId, UserId, room_id, serde::Raw, to_device::DeviceIdOrAllDevices, user_id};
 use serde_json::{Value, json};
 
 fn room() -> &'static RoomId {
@@ -23,21 +21,6 @@ fn room() -> &'static RoomId {
 
 fn settings() -> DecryptionSettings {
     DecryptionSettings { sender_device_trust_requirement: TrustRequirement::Untrusted }
-}
-
-/// An sdk room message as the server delivers it.
-async fn sdk_message(sdk: &SdkDevice, body: &str, event_id: &str) -> Value {
-    let content: Raw<AnyMessageLikeEventContent> =
-        Raw::new(&json!({"msgtype": "m.text", "body": body})).unwrap().cast_unchecked();
-    let encrypted = sdk.machine.encrypt_room_event_raw(room(), "m.room.message", &content).await.unwrap();
-    json!({
-        "type": "m.room.encrypted",
-        "event_id": event_id,
-        "sender": sdk.user_id,
-        "origin_server_ts": 1_700_000_000_000u64,
-        "room_id": room(),
-        "content": serde_json::to_value(&encrypted.content).unwrap(),
-    })
 }
 
 async fn sdk_decrypts(sdk: &SdkDevice, event: &Value) -> Option<String> {
@@ -98,7 +81,7 @@ async fn a_key_matrix_sdk_crypto_forwards_to_its_users_hush_device_is_accepted()
     for request in sdk.machine.share_room_key(room(), [user].into_iter(), SdkSettings::default()).await.unwrap() {
         sdk.send_to_device(&request).await;
     }
-    let event = sdk_message(&sdk, "sent before the hush login", "$sdk1").await;
+    let event = sdk.encrypt_text(room(), "sent before the hush login", "$sdk1").await;
 
     let mut hush = TestDevice::new(&server, &clock, user, "HUSH").await;
     hush.sync().await;
@@ -168,7 +151,7 @@ async fn hush_refuses_a_key_matrix_sdk_crypto_forwards_from_another_user() {
     for request in dave.machine.share_room_key(room(), [user].into_iter(), SdkSettings::default()).await.unwrap() {
         dave.send_to_device(&request).await;
     }
-    let event = sdk_message(&dave, "dave's words", "$dave1").await;
+    let event = dave.encrypt_text(room(), "dave's words", "$dave1").await;
     // The share never reaches hush (dropped by the server).
     let _ = server.sync(&hush.user_id, &hush.device_id, "dropped".into());
     hush.refresh_keys(&[dave_id]).await;

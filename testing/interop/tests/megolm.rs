@@ -8,7 +8,7 @@ use hush_crypto_core::EncryptionSettings;
 use hush_interop::SdkDevice;
 use hush_testing::{TestDevice, TestServer, VirtualClock};
 use matrix_sdk_crypto::{DecryptionSettings, EncryptionSettings as SdkSettings, TrustRequirement};
-use ruma::{RoomId, events::AnyMessageLikeEventContent, room_id, serde::Raw, user_id};
+use ruma::{RoomId, room_id, serde::Raw, user_id};
 use serde_json::{Value, json};
 
 fn room() -> &'static RoomId {
@@ -23,21 +23,6 @@ async fn pair() -> (Arc<TestServer>, VirtualClock, TestDevice, SdkDevice) {
     hush.sync().await;
     sdk.sync().await;
     (server, clock, hush, sdk)
-}
-
-/// Encrypts a text message with matrix-sdk-crypto and wraps it as a room event.
-async fn sdk_encrypt(sdk: &SdkDevice, body: &str, event_id: &str) -> Value {
-    let content: Raw<AnyMessageLikeEventContent> =
-        Raw::new(&json!({"msgtype": "m.text", "body": body})).unwrap().cast_unchecked();
-    let result = sdk.machine.encrypt_room_event_raw(room(), "m.room.message", &content).await.expect("sdk encrypts");
-    json!({
-        "type": "m.room.encrypted",
-        "event_id": event_id,
-        "sender": sdk.user_id,
-        "origin_server_ts": 1_700_000_000_000u64,
-        "room_id": room(),
-        "content": result.content,
-    })
 }
 
 async fn sdk_decrypt(sdk: &SdkDevice, event: &Value) -> Result<String, String> {
@@ -76,7 +61,7 @@ async fn hush_room_key_decrypts_on_matrix_sdk_crypto() {
 async fn matrix_sdk_crypto_room_key_decrypts_on_hush() {
     let (_server, _clock, mut hush, sdk) = pair().await;
     sdk_share(&sdk, &[&sdk.user_id, &hush.user_id]).await;
-    let event = sdk_encrypt(&sdk, "from the sdk", "$sdk1").await;
+    let event = sdk.encrypt_text(room(), "from the sdk", "$sdk1").await;
     let output = hush.sync().await;
     assert_eq!(output.room_keys.len(), 1, "hush stored no room key: {:?}", output.to_device);
     hush.machine.update_tracked_users([sdk.user_id.as_ref()]).await.unwrap();
@@ -91,7 +76,7 @@ async fn matrix_sdk_crypto_room_key_decrypts_on_hush() {
 async fn a_matrix_sdk_crypto_export_imports_into_hush() {
     let (server, clock, hush, mut sdk) = pair().await;
     sdk_share(&sdk, &[&sdk.user_id]).await;
-    let event = sdk_encrypt(&sdk, "exported by the sdk", "$sdk2").await;
+    let event = sdk.encrypt_text(room(), "exported by the sdk", "$sdk2").await;
     sdk.sync().await;
     let keys = sdk.machine.store().export_room_keys(|_| true).await.unwrap();
     assert!(!keys.is_empty());

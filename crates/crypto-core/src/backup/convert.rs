@@ -3,11 +3,10 @@
 use std::collections::BTreeMap;
 
 use ruma_common::RoomId;
-use vodozemac::megolm::ExportedSessionKey;
 use zeroize::Zeroizing;
 
 use super::{BackedUpRoomKey, BackupEncryptionKey, BackupKeyError, KeyBackupData};
-use crate::megolm::{InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin};
+use crate::megolm::{ExportedParts, InboundGroupSession, KeySource, MEGOLM_ALGORITHM};
 
 /// How many forwards are recorded for a key we back up.
 const NOT_FORWARDED: u64 = 0;
@@ -48,17 +47,14 @@ pub(crate) fn session_from_backup(
     if key.algorithm != MEGOLM_ALGORITHM {
         return None;
     }
-    let session_key = ExportedSessionKey::from_base64(&key.session_key).ok()?;
-    let origin = Origin {
-        sender_key: crate::keys::curve25519_from_base64(&key.sender_key).ok()?,
-        sender_ed25519: match key.sender_claimed_keys.get("ed25519") {
-            Some(claimed) => Some(crate::keys::ed25519_from_base64(claimed).ok()?),
-            None => None,
-        },
-        sender_user: None,
-        source: KeySource::Backup,
+    InboundGroupSession::from_exported_parts(ExportedParts {
+        room_id,
+        session_id,
+        session_key: &key.session_key,
+        sender_key: &key.sender_key,
+        claimed_ed25519: key.sender_claimed_keys.get("ed25519").map(String::as_str),
         shared_history: key.shared_history,
-    };
-    let session = InboundGroupSession::from_export(room_id, &session_key, origin);
-    (session.session_id == session_id).then_some(session)
+        source: KeySource::Backup,
+    })
+    .ok()
 }

@@ -4,11 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use ruma_common::RoomId;
-use vodozemac::megolm::ExportedSessionKey;
-
 use super::ExportedRoomKey;
-use crate::megolm::{InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin};
+use crate::megolm::{ExportedParts, InboundGroupSession, KeySource, MEGOLM_ALGORITHM};
 
 impl From<&InboundGroupSession> for ExportedRoomKey {
     fn from(session: &InboundGroupSession) -> Self {
@@ -35,19 +32,14 @@ pub(crate) fn session_from_export(key: &ExportedRoomKey) -> Option<InboundGroupS
     if key.algorithm != MEGOLM_ALGORITHM {
         return None;
     }
-    let session_key = ExportedSessionKey::from_base64(&key.session_key).ok()?;
-    let origin = Origin {
-        sender_key: crate::keys::curve25519_from_base64(&key.sender_key).ok()?,
-        // A claimed key that is present but invalid makes the whole key invalid.
-        sender_ed25519: match key.sender_claimed_keys.get("ed25519") {
-            Some(claimed) => Some(crate::keys::ed25519_from_base64(claimed).ok()?),
-            None => None,
-        },
-        sender_user: None,
-        source: KeySource::Imported,
+    InboundGroupSession::from_exported_parts(ExportedParts {
+        room_id: &key.room_id,
+        session_id: &key.session_id,
+        session_key: &key.session_key,
+        sender_key: &key.sender_key,
+        claimed_ed25519: key.sender_claimed_keys.get("ed25519").map(String::as_str),
         shared_history: key.shared_history,
-    };
-    let room_id: &RoomId = &key.room_id;
-    let session = InboundGroupSession::from_export(room_id, &session_key, origin);
-    (session.session_id == key.session_id).then_some(session)
+        source: KeySource::Imported,
+    })
+    .ok()
 }

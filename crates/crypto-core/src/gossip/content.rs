@@ -6,11 +6,10 @@ use std::fmt;
 use ruma_common::{OwnedDeviceId, OwnedRoomId, RoomId};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vodozemac::megolm::ExportedSessionKey;
 use zeroize::Zeroizing;
 
 use super::{FORWARDED_ROOM_KEY, GossipError, ROOM_KEY_REQUEST, SECRET_REQUEST, SECRET_SEND};
-use crate::megolm::{InboundGroupSession, KeySource, MEGOLM_ALGORITHM, Origin};
+use crate::megolm::{BadExportedKey, ExportedParts, InboundGroupSession, KeySource, MEGOLM_ALGORITHM};
 
 /// The longest request id, secret name or device id we accept.
 const MAX_ID: usize = 255;
@@ -199,32 +198,31 @@ struct RawForwarded {
 impl ForwardedRoomKey {
     /// Parses and checks an `m.forwarded_room_key` content.
     pub fn parse(content: &Value) -> Result<Self, GossipError> {
-        let bad = |reason: &str| malformed(FORWARDED_ROOM_KEY, reason);
+        let bad_key = |reason: &str| malformed(FORWARDED_ROOM_KEY, reason);
         // The error may quote the session key: only its position is kept.
         let raw = RawForwarded::deserialize(content)
             .map_err(|e| malformed(FORWARDED_ROOM_KEY, crate::contain::secret_json_error(&e)))?;
         if raw.algorithm != MEGOLM_ALGORITHM {
-            return Err(bad("unsupported algorithm"));
+            return Err(bad_key("unsupported algorithm"));
         }
         if raw.forwarding_curve25519_key_chain.len() > MAX_CHAIN {
-            return Err(bad("forwarding chain too long"));
+            return Err(bad_key("forwarding chain too long"));
         }
-        let key = ExportedSessionKey::from_base64(&raw.session_key).map_err(|_| bad("invalid session key"))?;
-        let origin = Origin {
-            sender_key: crate::keys::curve25519_from_base64(&raw.sender_key).map_err(|_| bad("invalid sender_key"))?,
-            sender_ed25519: Some(
-                crate::keys::ed25519_from_base64(&raw.sender_claimed_ed25519_key)
-                    .map_err(|_| bad("invalid sender_claimed_ed25519_key"))?,
-            ),
-            sender_user: None,
-            source: KeySource::Forwarded,
+        let session = InboundGroupSession::from_exported_parts(ExportedParts {
+            room_id: &raw.room_id,
+            session_id: &raw.session_id,
+            session_key: &raw.session_key,
+            sender_key: &raw.sender_key,
+            claimed_ed25519: Some(&raw.sender_claimed_ed25519_key),
             shared_history: raw.shared_history,
-        };
-        let room_id: &RoomId = &raw.room_id;
-        let session = InboundGroupSession::from_export(room_id, &key, origin);
-        if session.session_id != raw.session_id {
-            return Err(bad("the session id does not match the key"));
-        }
+            source: KeySource::Forwarded,
+        })
+        .map_err(|bad| match bad {
+            BadExportedKey::SessionKey => bad_key("invalid session key"),
+            BadExportedKey::SenderKey => bad_key("invalid sender_key"),
+            BadExportedKey::ClaimedKey => bad_key("invalid sender_claimed_ed25519_key"),
+            BadExportedKey::SessionId => bad_key("the session id does not match the key"),
+        })?;
         Ok(Self { room_id: raw.room_id, session_id: raw.session_id, session })
     }
 }
@@ -285,7 +283,7 @@ mod tests {
     use vodozemac::megolm::{GroupSession, SessionConfig};
 
     use super::*;
-    use crate::megolm::InboundGroupSession;
+    use crate::megolm::{InboundGroupSession, Origin};
 
     #[test]
     fn built_requests_parse_back_and_cancellations_carry_no_name() {

@@ -215,6 +215,57 @@ impl InboundGroupSession {
     }
 }
 
+/// A room key as key files, backups and forwards carry it: the session key
+/// exported at some index and the sender's keys as claimed.
+pub(crate) struct ExportedParts<'a> {
+    pub(crate) room_id: &'a RoomId,
+    pub(crate) session_id: &'a str,
+    pub(crate) session_key: &'a str,
+    pub(crate) sender_key: &'a str,
+    pub(crate) claimed_ed25519: Option<&'a str>,
+    pub(crate) shared_history: bool,
+    pub(crate) source: KeySource,
+}
+
+/// Which part of an exported key is wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BadExportedKey {
+    /// The session key does not decode.
+    SessionKey,
+    /// The sender's curve25519 key does not decode.
+    SenderKey,
+    /// The claimed ed25519 key does not decode.
+    ClaimedKey,
+    /// The session id is not the key's.
+    SessionId,
+}
+
+impl InboundGroupSession {
+    /// The session an exported key describes, if every part decodes and its
+    /// session id is the key's. The sender's keys are only claimed.
+    pub(crate) fn from_exported_parts(parts: ExportedParts<'_>) -> Result<Self, BadExportedKey> {
+        let key = ExportedSessionKey::from_base64(parts.session_key).map_err(|_| BadExportedKey::SessionKey)?;
+        let origin = Origin {
+            sender_key: crate::keys::curve25519_from_base64(parts.sender_key).map_err(|_| BadExportedKey::SenderKey)?,
+            // A claimed key that is present but invalid makes the whole key invalid.
+            sender_ed25519: match parts.claimed_ed25519 {
+                Some(claimed) => {
+                    Some(crate::keys::ed25519_from_base64(claimed).map_err(|_| BadExportedKey::ClaimedKey)?)
+                }
+                None => None,
+            },
+            sender_user: None,
+            source: parts.source,
+            shared_history: parts.shared_history,
+        };
+        let session = Self::from_export(parts.room_id, &key, origin);
+        match session.session_id == parts.session_id {
+            true => Ok(session),
+            false => Err(BadExportedKey::SessionId),
+        }
+    }
+}
+
 /// The verdict of [`InboundGroupSession::judge`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Judgement {

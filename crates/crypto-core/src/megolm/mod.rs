@@ -25,7 +25,7 @@ pub(crate) use content::{IncomingRoomEvent, RoomKeyContent, RoomPlaintext, parse
 pub use error::{EncryptError, MegolmError, ShareError};
 pub(crate) use event::SenderState;
 pub use event::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
-pub(crate) use inbound::{InboundGroupSession, Judgement, Origin};
+pub(crate) use inbound::{BadExportedKey, ExportedParts, InboundGroupSession, Judgement, Origin};
 pub use inbound::{KeySource, OwnerMismatch, StoredInboundGroupSession};
 pub(crate) use open::{KeyFacts, Opened, Parsed, SessionMap, contain_open, parse};
 pub(crate) use outbound::OutboundGroupSession;
