@@ -230,6 +230,16 @@ impl Client {
                 Err(HttpError::Server { errcode, .. })
                     if errcode == "M_WRONG_ROOM_KEYS_VERSION" || errcode == "M_NOT_FOUND" =>
                 {
+                    // A 404 may come from something other than a deleted
+                    // version (a proxy, a server bug): the backup is only
+                    // disabled if the server no longer lists our version.
+                    let current = self.encryption().latest_backup().await?.map(|b| b.version);
+                    if errcode == "M_NOT_FOUND" && current.is_some() && current == machine.backup_version() {
+                        tracing::warn!(
+                            "a backup upload got M_NOT_FOUND but the version is still current; retried later"
+                        );
+                        return Err(ClientError::Config("backup upload answered M_NOT_FOUND".into()));
+                    }
                     tracing::warn!(%errcode, "the key backup version is gone; backup disabled");
                     machine.disable_backup().await?;
                     return Ok(());

@@ -78,7 +78,11 @@ impl Encryption {
     async fn create_secret_storage(&self, passphrase: Option<&str>) -> Result<Zeroizing<String>, ClientError> {
         let machine = self.client.olm_machine()?;
         let key = match passphrase {
-            Some(passphrase) => SecretStorageKey::generate_from_passphrase(passphrase)?,
+            Some(passphrase) => {
+                // PBKDF2 with 500,000 rounds: off the async workers.
+                let passphrase = Zeroizing::new(passphrase.to_owned());
+                blocking(move || SecretStorageKey::generate_from_passphrase(&passphrase)).await??
+            }
             None => SecretStorageKey::generate()?,
         };
         let description = serde_json::to_value(key.description()).map_err(ClientError::serialization)?;
@@ -138,8 +142,17 @@ impl Encryption {
         let description: KeyDescription = serde_json::from_value(description).map_err(ClientError::serialization)?;
         let key = match decode_recovery_key(text) {
             Ok(_) => SecretStorageKey::from_recovery_key(&default.key, &description, text)?,
-            Err(_) => SecretStorageKey::from_passphrase(&default.key, &description, text)?,
+            Err(_) => {
+                // PBKDF2 with up to 10,000,000 rounds (as account data says): off the async workers.
+                let text = Zeroizing::new(text.to_owned());
+                blocking(move || SecretStorageKey::from_passphrase(&default.key, &description, &text)).await??
+            }
         };
         Ok(key)
     }
+}
+
+/// Runs CPU-heavy work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| ClientError::Config(format!("a blocking task failed: {e}")))
 }
