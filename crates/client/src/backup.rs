@@ -36,6 +36,8 @@ impl crate::Client {
 /// Backup lookups for missing keys per sync, so a flood of undecryptable
 /// events cannot make one sync send thousands of requests.
 const LOOKUPS_PER_SYNC: usize = 20;
+/// How many looked-up keys are remembered (so each is looked up once).
+const LOOKUPS_REMEMBERED: usize = 10_000;
 
 impl crate::Client {
     /// Looks each missing room key of a waiting event up in the backup once,
@@ -49,6 +51,10 @@ impl crate::Client {
         let wanted: Vec<(ruma_common::OwnedRoomId, String)> = {
             let waiting = crate::client::lock(&self.inner.undecrypted);
             let mut looked = crate::client::lock(&self.inner.backup_lookups);
+            if looked.len() > LOOKUPS_REMEMBERED {
+                // Forgotten lookups may be made once more; memory stays bounded.
+                looked.clear();
+            }
             let mut wanted = Vec::new();
             for (room_id, event) in waiting.iter() {
                 let Some(session_id) = event["content"]["session_id"].as_str() else { continue };
@@ -161,6 +167,10 @@ impl Encryption {
         let machine = self.client.olm_machine()?;
         let Some(info) = self.latest_backup().await? else { return Ok(false) };
         let Some(key) = machine.backup_decryption_key().await? else { return Ok(false) };
+        // Our key cannot decrypt another backup's entries: no request for them.
+        if info.public_key().ok() != Some(key.public_key()) {
+            return Ok(false);
+        }
         let token = self.client.access_token()?;
         let request = get_backup_keys_for_session::v3::Request::new(
             info.version.clone(),
