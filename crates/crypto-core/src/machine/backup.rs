@@ -137,9 +137,8 @@ impl OlmMachine {
         // Checked in a fixed order, strongest reason first, so the answer
         // does not depend on the order of the signatures.
         let own = self.user_id();
-        let key_ids = info.signing_key_ids(own);
         let this_device = format!("ed25519:{}", self.device_id());
-        if key_ids.contains(&this_device) && info.is_signed_by(own, &this_device, &self.inner.own.ed25519) {
+        if info.is_signed_by(own, &this_device, &self.inner.own.ed25519) {
             return Ok(BackupTrust::SignedByThisDevice);
         }
         if let Some(identity) = self.inner.store.get_user_identity(own).await?
@@ -147,11 +146,13 @@ impl OlmMachine {
         {
             let master = identity.master_key().key();
             let master_id = format!("ed25519:{}", master.to_base64());
-            if key_ids.contains(&master_id) && info.is_signed_by(own, &master_id, &master) {
+            if info.is_signed_by(own, &master_id, &master) {
                 return Ok(BackupTrust::SignedByMasterKey);
             }
         }
-        for key_id in key_ids.iter().filter(|id| **id != this_device) {
+        // Our own ids are looked up directly above; other devices' among the
+        // first 32 signatures (a server can pad the list, but not forge one).
+        for key_id in info.signing_key_ids(own).iter().filter(|id| **id != this_device) {
             let Some(name) = key_id.strip_prefix("ed25519:") else { continue };
             let device_id = OwnedDeviceId::from(name);
             let Some(device) = self.inner.store.get_device(own, &device_id).await? else { continue };
