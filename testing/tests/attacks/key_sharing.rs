@@ -209,3 +209,56 @@ async fn room_keys_are_not_forwarded_to_an_unverified_own_device() {
     assert!(second.decrypt_text(room, &event).await.is_err(), "the history stays unreadable to it");
     assert_eq!(second.machine.open_gossip_requests().len(), 1);
 }
+
+/// Attack: the server knows our secret-request ids (requests go in the
+/// clear) and lists a backup of its own, which the client asks the key for.
+/// It then opens an Olm session to our new device from a key pair of its
+/// making and answers with that backup's private key, claiming in
+/// `sender_device_keys` to be our verified device ALICE1. The message is
+/// genuinely Olm-encrypted and the secret matches the backup, but the keys
+/// the session authenticates are not ALICE1's: refused, nothing stored.
+#[tokio::test]
+async fn a_secret_from_a_device_that_only_claims_the_id_of_our_verified_device_is_refused() {
+    let (server, _clock, _first, mut second, _) = two_devices(true).await;
+    let servers_key = BackupDecryptionKey::generate().unwrap();
+    server.create_backup_version(
+        alice(),
+        BACKUP_ALGORITHM,
+        json!({ "public_key": servers_key.public_key().to_base64() }),
+    );
+    second.machine.request_backup_key(&server.latest_backup(alice()).unwrap()).await.unwrap();
+    second.drain().await;
+    let request_id = second.machine.open_gossip_requests()[0].request_id.clone();
+
+    // Registered under another user so its keys exist for the claim, but it
+    // names itself ALICE1 of @alice in the plaintext.
+    let mut shadow = hush_testing::RogueDevice::register(&server, user_id!("@shadow:example.org"), "ALICE1");
+    shadow.open_session(&server, alice(), &second.device_id);
+    let (second_ed, second_curve) = second.machine.identity_keys();
+    let plaintext = json!({
+        "sender": alice(),
+        "recipient": alice(),
+        "recipient_keys": { "ed25519": second_ed.to_base64() },
+        "keys": { "ed25519": shadow.ed25519_key().to_base64() },
+        "type": "m.secret.send",
+        "content": { "request_id": request_id, "secret": servers_key.to_base64().as_str() },
+        "sender_device_keys": shadow.device_keys_for(alice()),
+    });
+    let mut event = shadow.encrypt_raw(&second_curve, &plaintext);
+    event["sender"] = json!(alice());
+    server.inject_to_device(alice(), &second.device_id, event);
+    let output = second.sync().await;
+
+    let claimed: Vec<_> = output
+        .to_device
+        .iter()
+        .filter_map(|o| match o {
+            ToDeviceOutcome::Decrypted { info, .. } => info.sender_device.clone(),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claimed, vec!["ALICE1"], "the message was decrypted, naming ALICE1");
+    assert!(second.machine.backup_decryption_key().await.unwrap().is_none(), "the server's key is not taken");
+    assert!(second.machine.drain_events().iter().all(|e| !matches!(e, EngineEvent::SecretReceived { .. })));
+    assert_eq!(second.machine.open_gossip_requests().len(), 1, "still open");
+}

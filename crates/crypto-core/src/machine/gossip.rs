@@ -11,6 +11,7 @@ use ruma_common::{
 };
 use ruma_events::ToDeviceEventType;
 use serde_json::Value;
+use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 use super::{OlmMachine, lock, room_keys::KeyOffer};
 use crate::{
@@ -28,6 +29,11 @@ use crate::{
     secret_storage::names,
     store::{Changes, StoredSecret},
 };
+
+/// The keys the Olm session (and the plaintext's checked `keys`) authenticated.
+fn olm_keys(info: &OlmDecryptionInfo) -> (Curve25519PublicKey, Ed25519PublicKey) {
+    (info.sender_curve25519_key, info.sender_ed25519_key)
+}
 
 /// The most answers kept waiting for an Olm session with their device.
 const MAX_WAITING: usize = 64;
@@ -225,18 +231,28 @@ impl OlmMachine {
     }
 
     /// Whether `device_id` is one of our other devices, known, not deleted
-    /// and verified; otherwise why not.
+    /// and verified; otherwise why not. With `olm_keys` (the keys an Olm
+    /// session authenticated), the stored device must have exactly those
+    /// keys: a device id alone is only claimed (`sender_device_keys` can
+    /// name any id, self-signed by a key pair of the sender's making).
     async fn check_own_verified_device(
         &self,
         sender: &UserId,
         device_id: &DeviceId,
+        olm_keys: Option<(Curve25519PublicKey, Ed25519PublicKey)>,
         event_type: &'static str,
     ) -> Result<Result<(), GossipError>, StoreError> {
         if sender != self.user_id() {
             return Ok(Err(GossipError::NotOurUser { event_type, sender: sender.to_owned() }));
         }
-        let known = self.inner.store.get_device(sender, device_id).await?.is_some_and(|d| !d.is_deleted());
-        if !known {
+        let known = self
+            .inner
+            .store
+            .get_device(sender, device_id)
+            .await?
+            .filter(|d| !d.is_deleted())
+            .filter(|d| olm_keys.is_none_or(|(curve, ed)| d.curve25519_key() == curve && d.ed25519_key() == ed));
+        if known.is_none() {
             return Ok(Err(GossipError::UnknownDevice(event_type)));
         }
         let verified = self.device_trust(sender, device_id).await?.is_some_and(|t| t.is_verified());
@@ -260,7 +276,7 @@ impl OlmMachine {
             return Ok(());
         };
         if let Err(refused) =
-            self.check_own_verified_device(sender, &request.requesting_device_id, SECRET_REQUEST).await?
+            self.check_own_verified_device(sender, &request.requesting_device_id, None, SECRET_REQUEST).await?
         {
             tracing::info!(%refused, secret = %name, "a secret request was not answered");
             return Ok(());
@@ -289,7 +305,7 @@ impl OlmMachine {
             return Ok(());
         };
         if let Err(refused) =
-            self.check_own_verified_device(sender, &request.requesting_device_id, ROOM_KEY_REQUEST).await?
+            self.check_own_verified_device(sender, &request.requesting_device_id, None, ROOM_KEY_REQUEST).await?
         {
             tracing::info!(%refused, %room_id, %session_id, "a room-key request was not answered");
             return Ok(());
@@ -393,7 +409,9 @@ impl OlmMachine {
             Ok(())
         };
         let Some(device_id) = &info.sender_device else { return refuse(GossipError::UnknownDevice(SECRET_SEND)) };
-        if let Err(error) = self.check_own_verified_device(&info.sender, device_id, SECRET_SEND).await? {
+        if let Err(error) =
+            self.check_own_verified_device(&info.sender, device_id, Some(olm_keys(info)), SECRET_SEND).await?
+        {
             return refuse(error);
         }
         let Some(request) = lock(&self.inner.gossip).requests.get(&secret.request_id).cloned() else {
@@ -468,7 +486,9 @@ impl OlmMachine {
     ) -> Result<Result<(Option<RoomKeyInfo>, GossipRequest), GossipError>, StoreError> {
         let event_type = crate::gossip::FORWARDED_ROOM_KEY;
         let Some(device_id) = &info.sender_device else { return Ok(Err(GossipError::UnknownDevice(event_type))) };
-        if let Err(error) = self.check_own_verified_device(&info.sender, device_id, event_type).await? {
+        if let Err(error) =
+            self.check_own_verified_device(&info.sender, device_id, Some(olm_keys(info)), event_type).await?
+        {
             return Ok(Err(error));
         }
         let Some(request) = lock(&self.inner.gossip).requests.for_room_key(&key.room_id, &key.session_id).cloned()
