@@ -75,10 +75,11 @@ async fn a_room_key_is_forwarded_to_our_verified_device_that_asks_and_marked_for
     assert!(second.machine.open_gossip_requests().is_empty());
 }
 
-/// A request opened just before a crash, never sent, is sent after the
-/// restart; one that was sent stays open and is still recognised.
+/// Requests stay open across a restart and are all sent again after it: one
+/// opened just before a crash was never sent, and an answer to one that was
+/// sent may have been lost with the crash.
 #[tokio::test]
-async fn open_requests_survive_a_restart_and_unsent_ones_are_sent_then() {
+async fn open_requests_survive_a_restart_and_are_sent_again_then() {
     use hush_testing::conformance::StoreFactory;
     let server = Arc::new(TestServer::new());
     let clock = VirtualClock::default();
@@ -107,10 +108,59 @@ async fn open_requests_survive_a_restart_and_unsent_ones_are_sent_then() {
             _ => None,
         })
         .collect();
-    assert_eq!(bodies.len(), 1, "only the unsent request is sent again");
-    assert!(bodies[0].contains("unsent-session"));
+    assert_eq!(bodies.len(), 2, "both requests are sent again");
+    assert!(bodies.iter().any(|b| b.contains("unsent-session")) && bodies.iter().any(|b| b.contains("sent-session\"")));
+    assert!(machine.outgoing_requests(clock.now()).await.unwrap().len() == 2, "once per start, not per call");
 }
 
 fn kind(room: &ruma_common::RoomId, session_id: &str) -> GossipKind {
     GossipKind::RoomKey { room_id: room.to_owned(), session_id: session_id.to_owned() }
+}
+
+/// A backup-key request pins the backup public key its answer must match;
+/// asking for another backup's key replaces it (a stale or server-made
+/// backup must not block the request for the real one forever).
+#[tokio::test]
+async fn a_backup_key_request_for_another_backup_replaces_the_open_one() {
+    let (server, _clock, _first, second, _) = two_devices(true).await;
+    let stale = server.latest_backup(alice()).unwrap();
+    second.machine.request_backup_key(&stale).await.unwrap().expect("opened");
+    assert!(second.machine.request_backup_key(&stale).await.unwrap().is_none(), "the same backup: already open");
+    let other = hush_crypto_core::backup::BackupDecryptionKey::generate().unwrap();
+    server.create_backup_version(
+        alice(),
+        hush_crypto_core::backup::BACKUP_ALGORITHM,
+        serde_json::json!({ "public_key": other.public_key().to_base64() }),
+    );
+    let current = server.latest_backup(alice()).unwrap();
+    second.machine.request_backup_key(&current).await.unwrap().expect("replaced");
+    let open = second.machine.open_gossip_requests();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].expected_public_key, Some(other.public_key().to_base64()));
+}
+
+/// Requests come in the clear and name their device: a flood of them in one
+/// sync (here 40) gets at most 32 answers.
+#[tokio::test]
+async fn a_flood_of_requests_in_one_sync_gets_a_bounded_number_of_answers() {
+    let (_server, _clock, mut first, mut second, _) = two_devices(true).await;
+    // 40 sessions of ALICE1's own in 40 rooms, each asked for by ALICE2
+    // (which has them too: ALICE1 answers all the same).
+    for n in 0..40 {
+        let room = ruma_common::RoomId::parse(format!("!r{n}:example.org")).unwrap();
+        first.share_room_key(&room, &[alice()], &EncryptionSettings::default()).await;
+        second.machine.request_room_key(&room, &own_session_id(&first, &room).await).await.unwrap();
+    }
+    second.drain().await;
+    second.sync().await;
+    first.sync().await;
+    first.drain().await;
+    let output = second.sync().await;
+    let forwarded = hush_testing::decrypted(&output).iter().filter(|(_, t, _)| t == "m.forwarded_room_key").count();
+    assert_eq!(forwarded, 32, "at most 32 answers per sync");
+}
+
+async fn own_session_id(device: &TestDevice, room: &ruma_common::RoomId) -> String {
+    let keys = device.machine.export_room_keys(|k| k.room_id == *room).await.unwrap();
+    keys[0].session_id.clone()
 }

@@ -35,6 +35,11 @@ fn olm_keys(info: &OlmDecryptionInfo) -> (Curve25519PublicKey, Ed25519PublicKey)
     (info.sender_curve25519_key, info.sender_ed25519_key)
 }
 
+/// The most requests of our devices handled per sync.
+const REQUESTS_PER_SYNC: usize = 32;
+/// The most open requests sent again at start (the oldest first).
+const RESENT_AT_START: usize = 64;
+
 /// The most answers kept waiting for an Olm session with their device.
 const MAX_WAITING: usize = 64;
 /// How many times a waiting answer is tried before it is dropped.
@@ -137,15 +142,28 @@ impl OlmMachine {
             let requests = lock(&self.inner.requests);
             self.fresh_id(&requests).to_string()
         };
-        let (record, dropped) = {
+        let (record, dropped, replaced) = {
             let mut gossip = lock(&self.inner.gossip);
-            if gossip.requests.find(&kind).is_some() {
-                return Ok(None);
-            }
+            // A backup-key request for another backup gives way to this one
+            // (a stale or server-made backup must not pin the expected key).
+            let replaced = match gossip.requests.find(&kind).cloned() {
+                Some(open) if open.expected_public_key == expected_public_key => return Ok(None),
+                Some(open) => gossip.requests.close(&open.request_id),
+                None => None,
+            };
             let dropped = gossip.requests.open(request_id.clone(), kind, expected_public_key);
-            (gossip.requests.record(), dropped)
+            (gossip.requests.record(), dropped, replaced)
         };
-        self.inner.store.save_changes(Changes { custom_values: vec![record], ..Default::default() }).await?;
+        let saved = self.inner.store.save_changes(Changes { custom_values: vec![record], ..Default::default() }).await;
+        if let Err(error) = saved {
+            // Memory follows the store: the request is not open.
+            let mut gossip = lock(&self.inner.gossip);
+            gossip.requests.close(&request_id);
+            return Err(error);
+        }
+        if let Some(replaced) = replaced {
+            self.queue_gossip_request(&replaced, GossipAction::Cancel);
+        }
         if let Some(dropped) = dropped {
             tracing::info!(request_id = %dropped.request_id, "too many open requests: the oldest was dropped");
         }
@@ -185,14 +203,22 @@ impl OlmMachine {
         requests.push(OutgoingRequest::with_id(id, AnyOutgoingRequest::ToDevice(outgoing)), meta)
     }
 
-    /// After a restart, the requests that were not sent are queued again;
+    /// After a restart, the open requests are queued again;
     /// answers waiting for a session are tried (called by `outgoing_requests`).
     pub(super) async fn ensure_gossip_listed(&self, now: Timestamp) -> Result<(), StoreError> {
+        // Every open request, sent or not: an answer that arrived just
+        // before a crash may have been lost with it.
         let unsent = {
             let mut gossip = lock(&self.inner.gossip);
             match std::mem::replace(&mut gossip.relisted, true) {
                 true => Vec::new(),
-                false => gossip.requests.unsent(),
+                false => {
+                    let mut open: Vec<GossipRequest> =
+                        gossip.requests.unsent().into_iter().chain(gossip.requests.sent()).collect();
+                    open.sort_by_key(|r| r.sequence);
+                    open.truncate(RESENT_AT_START);
+                    open
+                }
             }
         };
         for request in unsent {
@@ -218,7 +244,21 @@ impl OlmMachine {
     /// Handles the gossip read from a saved sync. One message's failure is
     /// logged; the others are still handled.
     pub(super) async fn receive_gossip(&self, inputs: Vec<GossipInput>, now: Timestamp) {
+        let mut requests_seen = std::collections::BTreeSet::new();
         for input in inputs {
+            // Requests come in the clear: a flood costs at most this many
+            // answers per sync, and a repeated request is answered once.
+            let request = match &input {
+                GossipInput::SecretRequest(_, r) => Some((r.requesting_device_id.clone(), r.request_id.clone())),
+                GossipInput::KeyRequest(_, r) => Some((r.requesting_device_id.clone(), r.request_id.clone())),
+                GossipInput::Secret(..) => None,
+            };
+            if let Some(request) = request
+                && (requests_seen.len() >= REQUESTS_PER_SYNC || !requests_seen.insert(request))
+            {
+                tracing::info!("a gossip request was dropped (repeated, or too many in one sync)");
+                continue;
+            }
             let result = match input {
                 GossipInput::SecretRequest(sender, request) => self.receive_secret_request(&sender, request, now).await,
                 GossipInput::KeyRequest(sender, request) => self.receive_key_request(&sender, request, now).await,
@@ -513,7 +553,7 @@ impl OlmMachine {
                 None
             }
         };
-        // Answered either way: the request closes.
+        // Answered (stored, or what we hold is at least as good): the request closes.
         let record = {
             let mut gossip = lock(&self.inner.gossip);
             gossip.requests.close(&request.request_id);

@@ -37,6 +37,18 @@ impl KeySource {
     pub fn is_authenticated(self) -> bool {
         matches!(self, Self::Own | Self::Olm)
     }
+
+    /// How far a copy from this source is believed over another copy of the
+    /// same session id when the two cannot both be right: ours or the
+    /// sender's (over Olm), then what the user or a verified device of ours
+    /// gave us (a file, a forward), then the server-writable backup.
+    fn rank(self) -> u8 {
+        match self {
+            Self::Own | Self::Olm => 3,
+            Self::Imported | Self::Forwarded => 2,
+            Self::Backup => 1,
+        }
+    }
 }
 
 /// A stored inbound group session (the ratchet is secret).
@@ -169,12 +181,13 @@ impl InboundGroupSession {
     /// What to do with `self`, offered while `existing` (same room and
     /// session id) is held. The rules, in order:
     ///
-    /// - an authenticated key (ours, or over Olm from its sender) offered
-    ///   while only an unauthenticated copy (file, backup, forward) is held
-    ///   takes its place if that copy has another owner or a ratchet that
-    ///   does not connect: anyone who can write a file, a backup entry or a
-    ///   forward can put a forged ratchet under a real (public) session id,
-    ///   and must not be able to block the real key that way;
+    /// - a key from a better-believed source (see `KeySource::rank`: ours
+    ///   or the sender's over Olm, then a file or a verified device's
+    ///   forward, then the backup) takes the place of a held copy that has
+    ///   another owner or a ratchet that does not connect: whoever can write
+    ///   a backup entry (the server), a file or a forward can put a forged
+    ///   ratchet under a real (public) session id, and must not block the
+    ///   real key that way;
     /// - otherwise keys with different owners never replace each other;
     /// - an unauthenticated key never replaces an authenticated one;
     /// - among the same ratchet, the copy reaching further back wins, and an
@@ -182,9 +195,10 @@ impl InboundGroupSession {
     ///   the held one (the ratchets connect, so both are the same session).
     pub(crate) fn judge(&mut self, existing: &mut Self) -> Judgement {
         let upgrade = self.source.is_authenticated() && !existing.source.is_authenticated();
+        let stronger = self.source.rank() > existing.source.rank();
         let mismatch = OwnerMismatch::between(existing, self);
         let ordering = self.inner.compare(&mut existing.inner);
-        if upgrade {
+        if stronger {
             if let Some(mismatch) = mismatch {
                 return Judgement::Displace(Displaced::Owner(mismatch));
             }
@@ -277,8 +291,8 @@ pub(crate) enum Judgement {
     Upgrade,
     /// The offered key has another owner and is refused.
     Conflict(OwnerMismatch),
-    /// The held unauthenticated key was not the sender's and the offered
-    /// authenticated key replaces it.
+    /// The held key, from a less believed source, was not the sender's and
+    /// the offered key replaces it.
     Displace(Displaced),
 }
 
@@ -393,6 +407,16 @@ mod tests {
             from_sender.judge(&mut forged_owner),
             Judgement::Displace(Displaced::Owner(OwnerMismatch::SenderKey))
         );
+
+        // A verified device's forward displaces a forged backup copy too,
+        // but not a key from the sender.
+        let mut forwarded = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Forwarded));
+        let mut forged_again = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Backup));
+        forged_again.inner = VodoSession::new(&other, SessionConfig::version_1());
+        assert_eq!(forwarded.judge(&mut forged_again), Judgement::Displace(Displaced::Ratchet));
+        let mut forged_forward = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Forwarded));
+        forged_forward.inner = VodoSession::new(&other, SessionConfig::version_1());
+        assert_eq!(forged_forward.judge(&mut from_sender), Judgement::Keep);
 
         // Between two authenticated keys the owner rule still holds.
         let mut other_sender = InboundGroupSession::from_session_key(room, &real, origin(KeySource::Olm));
