@@ -312,7 +312,10 @@ impl OlmMachine {
             return Ok(());
         }
         let Some(name) = request.name.clone().filter(|_| request.action == GossipAction::Request) else {
-            self.drop_waiting(&request.request_id);
+            // Only the device that asked withdraws its request.
+            if sender == self.user_id() {
+                self.drop_waiting(&request.request_id, &request.requesting_device_id);
+            }
             return Ok(());
         };
         if let Err(refused) =
@@ -341,7 +344,10 @@ impl OlmMachine {
         }
         let Some((room_id, session_id)) = request.key.clone().filter(|_| request.action == GossipAction::Request)
         else {
-            self.drop_waiting(&request.request_id);
+            // Only the device that asked withdraws its request.
+            if sender == self.user_id() {
+                self.drop_waiting(&request.request_id, &request.requesting_device_id);
+            }
             return Ok(());
         };
         if let Err(refused) =
@@ -435,8 +441,8 @@ impl OlmMachine {
         Ok(())
     }
 
-    fn drop_waiting(&self, request_id: &str) {
-        lock(&self.inner.gossip).waiting.retain(|w| w.request_id != request_id);
+    fn drop_waiting(&self, request_id: &str, device_id: &DeviceId) {
+        lock(&self.inner.gossip).waiting.retain(|w| w.request_id != request_id || w.device_id != device_id);
     }
 
     /// An `m.secret.send`: taken only over Olm from our own verified device,
