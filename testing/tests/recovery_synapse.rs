@@ -116,3 +116,45 @@ async fn an_undecryptable_event_is_decrypted_lazily_from_the_backup() {
         alice2.events.lock().unwrap().iter().any(|e| e.late_decryption && e.text_body() == Some("only in the backup"));
     assert!(late, "delivered as a late decryption after the lookup");
 }
+
+/// A device with many room keys (250, imported from a file) enables a
+/// backup and uploads them with progress: 100 keys per request, the
+/// progress reported before and after each, and the server holds all 250.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn many_keys_are_uploaded_to_the_backup_with_progress() {
+    use hush_client::hush_crypto_core::export::ExportedRoomKey;
+    use vodozemac::megolm::{GroupSession, InboundGroupSession, SessionConfig};
+
+    let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
+    let machine = alice1.client.olm_machine().unwrap();
+    let sender = vodozemac::Curve25519SecretKey::new();
+    let claimed = vodozemac::Ed25519SecretKey::new().public_key().to_base64();
+    let keys: Vec<ExportedRoomKey> = (0..250)
+        .map(|n| {
+            let outbound = GroupSession::new(SessionConfig::version_1());
+            let mut inbound = InboundGroupSession::new(&outbound.session_key(), SessionConfig::version_1());
+            let key = serde_json::json!({
+                "algorithm": "m.megolm.v1.aes-sha2",
+                "room_id": format!("!room{n}:example.org"),
+                "sender_key": vodozemac::Curve25519PublicKey::from(&sender).to_base64(),
+                "session_id": outbound.session_id(),
+                "session_key": inbound.export_at(0).expect("index 0").to_base64(),
+                "sender_claimed_keys": { "ed25519": claimed },
+                "forwarding_curve25519_key_chain": [],
+            });
+            serde_json::from_value(key).expect("an exported key")
+        })
+        .collect();
+    // The backup exists first; the imported keys are queued as they are stored.
+    let (_, password) = alice1.credentials.clone();
+    alice1.client.encryption().enable_recovery(None, Some(&password)).await.expect("recovery on");
+    assert_eq!(machine.import_room_keys(keys, |_, _| {}).await.unwrap().imported_count, 250);
+    assert_eq!(alice1.client.encryption().backup_keys_pending().await.unwrap(), 250);
+    let mut reports = Vec::new();
+    alice1.client.encryption().upload_backup(|done, total| reports.push((done, total))).await.unwrap();
+    assert_eq!(alice1.client.encryption().backup_keys_pending().await.unwrap(), 0);
+    assert_eq!(reports, vec![(0, 250), (100, 250), (200, 250), (250, 250)]);
+    let on_server = alice1.client.encryption().restore_backup(|_, _| {}).await.unwrap();
+    assert_eq!(on_server.total_count, 250, "the server holds every key");
+}

@@ -73,6 +73,45 @@ impl crate::Client {
     }
 }
 
+impl Encryption {
+    /// How many room keys wait to be uploaded to the backup.
+    pub async fn backup_keys_pending(&self) -> Result<usize, ClientError> {
+        Ok(self.client.olm_machine()?.backup_pending_count().await?)
+    }
+
+    /// Uploads every room key waiting for the backup now, one batch of 100
+    /// at a time; `progress` gets (uploaded, total) before the first batch
+    /// and after each. Keys are also uploaded by every sync, so this is for
+    /// an application that wants to show progress, e.g. after enabling a
+    /// backup on a device with many keys. [`ClientError::NoBackup`] if no
+    /// backup is enabled.
+    pub async fn upload_backup(&self, mut progress: impl FnMut(usize, usize)) -> Result<(), ClientError> {
+        let machine = self.client.olm_machine()?;
+        if machine.backup_version().is_none() {
+            return Err(ClientError::NoBackup);
+        }
+        let total = machine.backup_pending_count().await?;
+        let mut pending = total;
+        progress(0, total);
+        while pending > 0 {
+            // `None`: an upload is in flight (another task sends it), or
+            // nothing can be prepared; the drive loop sends what is listed.
+            match machine.backup_room_keys().await? {
+                Some(request) => self.client.send_crypto_request(&request).await?,
+                None => self.client.send_outgoing_requests().await?,
+            }
+            let now_pending = machine.backup_pending_count().await?;
+            if now_pending >= pending {
+                // No progress (the backup was disabled, or keys keep coming).
+                break;
+            }
+            pending = now_pending;
+            progress(total.saturating_sub(pending), total);
+        }
+        Ok(())
+    }
+}
+
 fn not_found(error: &ClientError) -> bool {
     matches!(error, ClientError::Http(HttpError::Server { status: 404, .. }))
 }

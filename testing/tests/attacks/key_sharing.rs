@@ -230,23 +230,12 @@ async fn a_secret_from_a_device_that_only_claims_the_id_of_our_verified_device_i
     second.drain().await;
     let request_id = second.machine.open_gossip_requests()[0].request_id.clone();
 
-    // Registered under another user so its keys exist for the claim, but it
-    // names itself ALICE1 of @alice in the plaintext.
-    let mut shadow = hush_testing::RogueDevice::register(&server, user_id!("@shadow:example.org"), "ALICE1");
-    shadow.open_session(&server, alice(), &second.device_id);
-    let (second_ed, second_curve) = second.machine.identity_keys();
-    let plaintext = json!({
-        "sender": alice(),
-        "recipient": alice(),
-        "recipient_keys": { "ed25519": second_ed.to_base64() },
-        "keys": { "ed25519": shadow.ed25519_key().to_base64() },
-        "type": "m.secret.send",
-        "content": { "request_id": request_id, "secret": servers_key.to_base64().as_str() },
-        "sender_device_keys": shadow.device_keys_for(alice()),
-    });
-    let mut event = shadow.encrypt_raw(&second_curve, &plaintext);
-    event["sender"] = json!(alice());
-    server.inject_to_device(alice(), &second.device_id, event);
+    shadow_of_alice1(
+        &server,
+        &second,
+        "m.secret.send",
+        json!({ "request_id": request_id, "secret": servers_key.to_base64().as_str() }),
+    );
     let output = second.sync().await;
 
     let claimed: Vec<_> = output
@@ -261,4 +250,70 @@ async fn a_secret_from_a_device_that_only_claims_the_id_of_our_verified_device_i
     assert!(second.machine.backup_decryption_key().await.unwrap().is_none(), "the server's key is not taken");
     assert!(second.machine.drain_events().iter().all(|e| !matches!(e, EngineEvent::SecretReceived { .. })));
     assert_eq!(second.machine.open_gossip_requests().len(), 1, "still open");
+}
+
+/// An Olm message to ALICE2 from a device of the server's making that names
+/// itself ALICE1 of @alice in `sender_device_keys` (registered under another
+/// user so its keys exist for the one-time-key claim).
+fn shadow_of_alice1(
+    server: &std::sync::Arc<hush_testing::TestServer>,
+    second: &TestDevice,
+    event_type: &str,
+    content: Value,
+) {
+    let mut shadow = hush_testing::RogueDevice::register(server, user_id!("@shadow:example.org"), "ALICE1");
+    shadow.open_session(server, alice(), &second.device_id);
+    let (second_ed, second_curve) = second.machine.identity_keys();
+    let plaintext = json!({
+        "sender": alice(),
+        "recipient": alice(),
+        "recipient_keys": { "ed25519": second_ed.to_base64() },
+        "keys": { "ed25519": shadow.ed25519_key().to_base64() },
+        "type": event_type,
+        "content": content,
+        "sender_device_keys": shadow.device_keys_for(alice()),
+    });
+    let mut event = shadow.encrypt_raw(&second_curve, &plaintext);
+    event["sender"] = json!(alice());
+    server.inject_to_device(alice(), &second.device_id, event);
+}
+
+/// Attack (trusted impersonation): the server makes a Megolm session of its
+/// own claiming to be Bob's, and "forwards" it to our new device, which
+/// asked for that session, over an Olm session that names our verified
+/// device ALICE1. Taken, it would show the server's words as Bob's, vouched
+/// for by our own device. The Olm keys are not ALICE1's: refused.
+#[tokio::test]
+async fn a_forward_from_a_device_that_only_claims_the_id_of_our_verified_device_is_refused() {
+    let (server, clock, _first, mut second, _) = two_devices(true).await;
+    let bob = TestDevice::new(&server, &clock, user_id!("@bob:example.org"), "BOB1").await;
+    second.refresh_keys(&[&bob.user_id]).await;
+    let room = room_id!("!target:example.org");
+    let forger = TestDevice::new(&server, &clock, user_id!("@forger:example.org"), "F").await;
+    forger.share_room_key(room, &[&forger.user_id], &EncryptionSettings::default()).await;
+    let mut forged_event = forger.encrypt_text(room, "words put in bob's mouth").await;
+    forged_event["sender"] = json!(bob.user_id);
+    let key = forger.machine.export_room_keys(|_| true).await.unwrap().remove(0);
+    second.machine.request_room_key(room, &key.session_id).await.unwrap();
+    second.drain().await;
+    let (bob_ed, bob_curve) = bob.machine.identity_keys();
+    let forwarded = json!({
+        "algorithm": key.algorithm,
+        "room_id": room,
+        "sender_key": bob_curve.to_base64(),
+        "session_id": key.session_id,
+        "session_key": key.session_key,
+        "sender_claimed_ed25519_key": bob_ed.to_base64(),
+        "forwarding_curve25519_key_chain": [],
+    });
+    shadow_of_alice1(&server, &second, "m.forwarded_room_key", forwarded);
+    let output = second.sync().await;
+    assert!(
+        matches!(rejections(&output.to_device).as_slice(), [OlmError::Gossip(GossipError::UnknownDevice(_))]),
+        "{:?}",
+        rejections(&output.to_device)
+    );
+    assert!(output.room_keys.is_empty());
+    assert!(second.decrypt_text(room, &forged_event).await.is_err(), "nothing stored");
+    assert_eq!(second.machine.open_gossip_requests().len(), 1);
 }
