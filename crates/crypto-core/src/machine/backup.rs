@@ -9,7 +9,7 @@ use ruma_client_api::backup::{RoomKeyBackup, add_backup_keys};
 use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedTransactionId, serde::Raw};
 use serde::{Deserialize, Serialize};
 
-use super::{OlmMachine, lock, room_keys::KeyOffer};
+use super::{OlmMachine, lock};
 use crate::{
     AnyOutgoingRequest, KeySource, OutgoingRequest, StoreError,
     backup::{
@@ -498,19 +498,9 @@ impl OlmMachine {
         sessions: Vec<crate::megolm::InboundGroupSession>,
         result: &mut BackupRestoreResult,
     ) -> Result<(), StoreError> {
-        let mut changes = Changes::default();
-        let mut stored = Vec::new();
-        for mut session in sessions {
-            session.sender_user = self.owner_of_claimed_keys(&session).await?;
-            let (room_id, session_id) = (session.room_id.clone(), session.session_id.clone());
-            match self.offer_inbound(session, &mut changes).await? {
-                KeyOffer::Stored => stored.push((room_id, session_id)),
-                KeyOffer::KeptExisting => {}
-                KeyOffer::Conflict(_) => result.conflicting_count += 1,
-            }
-        }
-        self.save(None, None, changes).await?;
-        for (room_id, session_id) in stored {
+        let tally = self.store_unauthenticated_keys(sessions).await?;
+        result.conflicting_count += tally.conflicting;
+        for (room_id, session_id) in tally.stored {
             result.imported_count += 1;
             result.keys.entry(room_id).or_default().insert(session_id);
         }

@@ -161,28 +161,54 @@ impl OlmMachine {
     }
 
     async fn import_batch(&self, keys: &[ExportedRoomKey], result: &mut RoomKeyImportResult) -> Result<(), StoreError> {
-        let mut changes = Changes::default();
-        let mut stored = Vec::new();
+        let mut sessions = Vec::with_capacity(keys.len());
         for key in keys {
-            let checked = contain("an imported room key", || session_from_export(key)).ok().flatten();
-            let Some(mut session) = checked else {
-                tracing::warn!(room_id = %key.room_id, session_id = %key.session_id, "skipped an invalid exported key");
-                continue;
-            };
-            session.sender_user = self.owner_of_claimed_keys(&session).await?;
-            let (room_id, session_id) = (session.room_id.clone(), session.session_id.clone());
-            match self.offer_inbound(session, &mut changes).await? {
-                KeyOffer::Stored => stored.push((room_id, session_id)),
-                KeyOffer::KeptExisting => {}
-                KeyOffer::Conflict(_) => result.conflicting_count += 1,
+            match contain("an imported room key", || session_from_export(key)).ok().flatten() {
+                Some(session) => sessions.push(session),
+                None => {
+                    tracing::warn!(room_id = %key.room_id, session_id = %key.session_id, "skipped an invalid exported key")
+                }
             }
         }
-        self.save(None, None, changes).await?;
-        for (room_id, session_id) in stored {
+        let tally = self.store_unauthenticated_keys(sessions).await?;
+        result.conflicting_count += tally.conflicting;
+        for (room_id, session_id) in tally.stored {
             result.imported_count += 1;
             result.keys.entry(room_id).or_default().insert(session_id);
         }
         Ok(())
+    }
+}
+
+/// What [`OlmMachine::store_unauthenticated_keys`] did with a batch.
+pub(super) struct StoredKeys {
+    /// The keys stored, by room and session id.
+    pub(super) stored: Vec<(OwnedRoomId, String)>,
+    /// How many were refused because the session id is held for another owner.
+    pub(super) conflicting: usize,
+}
+
+impl OlmMachine {
+    /// Offers a batch of keys from a file or a backup to the store (each tied
+    /// to the known device its claimed keys name, never replacing a better or
+    /// differently owned key) and saves it in one batch.
+    pub(super) async fn store_unauthenticated_keys(
+        &self,
+        sessions: Vec<InboundGroupSession>,
+    ) -> Result<StoredKeys, StoreError> {
+        let mut changes = Changes::default();
+        let mut tally = StoredKeys { stored: Vec::new(), conflicting: 0 };
+        for mut session in sessions {
+            session.sender_user = self.owner_of_claimed_keys(&session).await?;
+            let (room_id, session_id) = (session.room_id.clone(), session.session_id.clone());
+            match self.offer_inbound(session, &mut changes).await? {
+                KeyOffer::Stored => tally.stored.push((room_id, session_id)),
+                KeyOffer::KeptExisting => {}
+                KeyOffer::Conflict(_) => tally.conflicting += 1,
+            }
+        }
+        self.save(None, None, changes).await?;
+        Ok(tally)
     }
 }
 
