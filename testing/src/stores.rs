@@ -113,3 +113,15 @@ impl StoreFactory for SledFactory {
         Some(hush_store_sled::open(self.path(), &user, &device, self.encryption.options()).expect("reopen sled store"))
     }
 }
+
+impl crate::conformance::FaultyStoreFactory for RedbFactory {
+    fn fail_next_write_after(store: &RedbStore, ops: usize) {
+        store.backend().fail_next_write_after(ops);
+    }
+}
+
+impl crate::conformance::FaultyStoreFactory for SledFactory {
+    fn fail_next_write_after(store: &SledStore, ops: usize) {
+        store.backend().fail_next_write_after(ops);
+    }
+}

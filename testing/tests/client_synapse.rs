@@ -172,12 +172,20 @@ async fn membership_and_rotation(kind: StoreKind) {
     alice_room.send_text("after carol joined").await.unwrap();
     carol.sync_until("the message after her join", |c| c.texts(&room).contains(&"after carol joined".to_owned())).await;
 
-    // Bob leaves: the key rotates and he cannot read what follows.
+    // Bob leaves: the key rotates and he cannot read what follows. (Synapse
+    // does not send the leaver later events, so what shows it is the
+    // rotation itself: a new session, and no key for it in Bob's store.)
     bob.client.leave_room(&room).await.unwrap();
     alice.sync_until("bob's leave", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2)).await;
     alice_room.send_text("after bob left").await.unwrap();
     carol.sync_until("the message after bob left", |c| c.texts(&room).contains(&"after bob left".to_owned())).await;
     bob.sync().await;
+    let (before_leave, after_leave) =
+        (session_of(&carol, &room, "after carol joined"), session_of(&carol, &room, "after bob left"));
+    assert_ne!(before_leave, after_leave, "the room key did not rotate when bob left");
+    let bob_store = bob.client.olm_machine().unwrap().store().clone();
+    assert!(bob_store.get_inbound_group_session(&room, &before_leave).await.unwrap().is_some(), "bob had the old key");
+    assert!(bob_store.get_inbound_group_session(&room, &after_leave).await.unwrap().is_none(), "bob got the new key");
     assert!(!bob.texts(&room).contains(&"after bob left".to_owned()));
 
     // 101 messages: the 101st uses a new key.
@@ -188,6 +196,13 @@ async fn membership_and_rotation(kind: StoreKind) {
     carol.sync_until("the burst", |c| c.texts(&room).contains(&"burst 100".to_owned())).await;
     let new_sessions: Vec<_> = sessions(&carol, &room).into_iter().filter(|s| !sessions_before.contains(s)).collect();
     assert!(!new_sessions.is_empty(), "101 messages did not rotate the key");
+}
+
+/// The Megolm session id of the decrypted message `text` as `client` received it.
+fn session_of(client: &TestClient, room: &OwnedRoomId, text: &str) -> String {
+    let events = client.events.lock().unwrap();
+    let event = events.iter().find(|e| &e.room_id == room && e.text_body() == Some(text));
+    event.and_then(|e| e.encryption.as_ref()).map(|i| i.session_id.clone()).expect("the message was decrypted")
 }
 
 fn sessions(client: &TestClient, room: &OwnedRoomId) -> BTreeSet<String> {
@@ -250,20 +265,30 @@ async fn killed_client(kind: StoreKind) {
 
     // Bob's app syncs in a child process that is SIGKILLed at arbitrary
     // moments, while Alice keeps sending messages under fresh room keys.
+    // Each kill comes after the child finished three syncs since the message
+    // was sent (the first may have begun before the send): one that began
+    // after the send brought the room key, the next acknowledged it, so the
+    // server no longer holds it and only Bob's store can.
     let mut sent = Vec::new();
     for round in 0..6u64 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_client-child"))
             .args([kind_arg, store.to_str().unwrap(), &session])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn the client");
+        let lines = child_lines(child.stdout.take().unwrap());
         let alice_room = alice.client.get_room(&room).unwrap();
         alice.client.olm_machine().unwrap().discard_room_key(&room).await.unwrap();
         let text = format!("round {round}");
         alice_room.send_text(&text).await.unwrap();
         sent.push(text);
-        tokio::time::sleep(std::time::Duration::from_millis(150 + 97 * round % 400)).await;
+        while lines.try_recv().is_ok() {} // syncs that began before the send
+        for _ in 0..3 {
+            let line = lines.recv_timeout(std::time::Duration::from_secs(30));
+            assert_eq!(line.as_deref(), Ok("synced"), "round {round}: the child did not sync before the kill");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(97 * round % 250)).await;
         child.kill().expect("SIGKILL");
         child.wait().unwrap();
     }
@@ -271,6 +296,20 @@ async fn killed_client(kind: StoreKind) {
     // A new process of Bob: every message decrypts, so no room key was lost.
     let bob = TestClient::login_restore(kind, &dir, &credentials, &session).await;
     bob.sync_with_history_until(&room, "every message", |c| sent.iter().all(|t| c.texts(&room).contains(t))).await;
+}
+
+/// The child's stdout lines, on a channel fed by a reader thread.
+fn child_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

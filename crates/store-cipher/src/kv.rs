@@ -199,3 +199,57 @@ pub fn guard_engine<T>(what: &str, call: impl FnOnce() -> Result<T, StoreError>)
         }
     }
 }
+
+/// A write fault armed by a test: the backend's next write fails, or stalls
+/// for good, after a given number of its ops, inside the engine's
+/// transaction. Backends hold one (unarmed, it costs one atomic swap per
+/// write); only their `fault-injection` feature exposes a way to arm it.
+#[derive(Debug)]
+pub struct WriteFault {
+    ops: std::sync::atomic::AtomicUsize,
+    stall: std::sync::atomic::AtomicBool,
+}
+
+impl Default for WriteFault {
+    fn default() -> Self {
+        Self { ops: std::sync::atomic::AtomicUsize::new(usize::MAX), stall: std::sync::atomic::AtomicBool::new(false) }
+    }
+}
+
+impl WriteFault {
+    /// Arms the fault: the next write fails after `ops` ops.
+    pub fn arm(&self, ops: usize) {
+        self.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.ops.store(ops.min(usize::MAX - 1), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Arms a stall: the next write, after `ops` ops, prints
+    /// `stalled inside a write after <n> ops` on stdout and blocks this
+    /// thread for good, so that a crash test can SIGKILL the process at
+    /// exactly that point.
+    pub fn arm_stall(&self, ops: usize) {
+        self.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.ops.store(ops.min(usize::MAX - 1), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Disarms the fault, returning after how many ops the write in
+    /// progress must fail, if it was armed.
+    pub fn take(&self) -> Option<usize> {
+        let ops = self.ops.swap(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        (ops != usize::MAX).then_some(ops)
+    }
+
+    /// What the write does at the armed point, after `applied` ops: a stall
+    /// never returns; a failure is the error the write returns.
+    pub fn trigger(&self, applied: usize) -> StoreError {
+        if self.stall.load(std::sync::atomic::Ordering::SeqCst) {
+            use std::io::Write;
+            let mut stdout = std::io::stdout();
+            let _ = writeln!(stdout, "stalled inside a write after {applied} ops").and_then(|()| stdout.flush());
+            loop {
+                std::thread::park();
+            }
+        }
+        StoreError::Backend(format!("injected write fault after {applied} ops"))
+    }
+}

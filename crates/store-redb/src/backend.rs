@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvEngine, Table, WriteOp, guard_engine};
+use hush_store_cipher::{Entries, KvEngine, Table, WriteFault, WriteOp, guard_engine};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableError};
 
 /// A redb table of byte keys and values.
@@ -33,6 +33,9 @@ fn open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
 /// A redb database holding one crypto store.
 pub struct RedbBackend {
     db: Handle,
+    /// An injected fault (tests only, feature `fault-injection`): the next
+    /// write fails after this many ops, inside its transaction.
+    fault: WriteFault,
 }
 
 /// Read-write, or read-only for checking a store before anything may write.
@@ -67,7 +70,7 @@ impl RedbBackend {
             } else {
                 Database::create(path).map_err(backend_error)?
             };
-            Ok(Self { db: Handle::ReadWrite(db) })
+            Ok(Self { db: Handle::ReadWrite(db), fault: WriteFault::default() })
         })
     }
 
@@ -78,10 +81,26 @@ impl RedbBackend {
     /// open can do.
     pub fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
         guard_engine("open", || match redb::ReadOnlyDatabase::open(path) {
-            Ok(db) => Ok(Some(Self { db: Handle::ReadOnly(db) })),
+            Ok(db) => Ok(Some(Self { db: Handle::ReadOnly(db), fault: WriteFault::default() })),
             Err(redb::DatabaseError::RepairAborted) => Ok(None),
             Err(other) => Err(open_error(path, other)),
         })
+    }
+
+    /// Makes the next write fail after `ops` of its ops were applied inside
+    /// the redb transaction, which is then dropped uncommitted: what a
+    /// failed disk write looks like to the store. For the conformance
+    /// check that a failed batch leaves nothing visible.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_write_after(&self, ops: usize) {
+        self.fault.arm(ops);
+    }
+
+    /// Makes the next write stall for good after `ops` of its ops (see
+    /// [`WriteFault::arm_stall`]): the crash test kills the process there.
+    #[cfg(feature = "fault-injection")]
+    pub fn stall_next_write_after(&self, ops: usize) {
+        self.fault.arm_stall(ops);
     }
 }
 
@@ -148,7 +167,11 @@ impl KvEngine for RedbBackend {
         {
             // Consecutive ops on one table share its handle.
             let mut open: Option<(Table, BytesTable<'_>)> = None;
-            for op in &ops {
+            let fail_after = self.fault.take();
+            for (applied, op) in ops.iter().enumerate() {
+                if fail_after == Some(applied) {
+                    return Err(self.fault.trigger(applied));
+                }
                 let (WriteOp::Put(table, ..) | WriteOp::Delete(table, _)) = op;
                 if open.as_ref().is_none_or(|(current, _)| current != table) {
                     open = Some((*table, txn.open_table(definition(*table)).map_err(backend_error)?));
@@ -162,6 +185,10 @@ impl KvEngine for RedbBackend {
                         handle.remove(key.as_slice()).map_err(backend_error)?;
                     }
                 }
+            }
+            if let Some(applied) = fail_after {
+                // Every op applied, the commit not reached.
+                return Err(self.fault.trigger(applied.min(ops.len())));
             }
         }
         // Durable on return (redb's default immediate durability).

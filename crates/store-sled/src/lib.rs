@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvCryptoStore, KvEngine, Table, WriteOp, guard_engine};
+use hush_store_cipher::{Entries, KvCryptoStore, KvEngine, Table, WriteFault, WriteOp, guard_engine};
 pub use hush_store_cipher::{SCHEMA_VERSION, StoreOptions, StoreSecret};
 use ruma_common::{DeviceId, UserId};
 
@@ -88,6 +88,8 @@ fn backend_error(error: impl std::fmt::Display) -> StoreError {
 pub struct SledBackend {
     db: sled::Db,
     tree: sled::Tree,
+    /// An injected fault (tests only, feature `fault-injection`).
+    fault: WriteFault,
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -116,8 +118,23 @@ impl SledBackend {
                 Err(error) => return Err(open_error(path, error)),
             };
             let tree = db.open_tree("hush-crypto").map_err(backend_error)?;
-            Ok(Self { db, tree })
+            Ok(Self { db, tree, fault: WriteFault::default() })
         })
+    }
+
+    /// Makes the next write fail after `ops` of its ops were added to the
+    /// sled batch, which is then dropped unapplied. For the conformance
+    /// check that a failed batch leaves nothing visible.
+    #[cfg(feature = "fault-injection")]
+    pub fn fail_next_write_after(&self, ops: usize) {
+        self.fault.arm(ops);
+    }
+
+    /// Makes the next write stall for good after `ops` of its ops (see
+    /// [`WriteFault::arm_stall`]): the crash test kills the process there.
+    #[cfg(feature = "fault-injection")]
+    pub fn stall_next_write_after(&self, ops: usize) {
+        self.fault.arm_stall(ops);
     }
 
     fn key(table: Table, key: &[u8]) -> Vec<u8> {
@@ -174,11 +191,19 @@ impl KvEngine for SledBackend {
 
     fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for op in ops {
+        let fail_after = self.fault.take();
+        for (added, op) in ops.into_iter().enumerate() {
+            if fail_after == Some(added) {
+                // The batch is dropped unapplied (sled applies a batch whole).
+                return Err(self.fault.trigger(added));
+            }
             match op {
                 WriteOp::Put(table, key, value) => batch.insert(Self::key(table, &key), value),
                 WriteOp::Delete(table, key) => batch.remove(Self::key(table, &key)),
             }
+        }
+        if let Some(added) = fail_after {
+            return Err(self.fault.trigger(added));
         }
         self.tree.apply_batch(batch).map_err(backend_error)?;
         self.db.flush().map_err(backend_error)?;

@@ -1,6 +1,9 @@
 //! Child process of the crash test: saves numbered batches into a store in a
-//! loop and reports each one on stdout after `save_changes` returned, until
-//! it is killed. Usage: `crash-child <redb|sled> <path> <run>`.
+//! loop, printing `begin <n>` before each `save_changes` and `saved <n>` after
+//! it returned, until it is killed. With `stall <n> <ops>`, the write of
+//! batch `n` stalls for good after `ops` of its ops, inside the engine's
+//! transaction, and the backend prints `stalled ...`: the test kills it there.
+//! Usage: `crash-child <redb|sled> <path> <run> [stall <n> <ops>]`.
 
 use std::io::Write;
 
@@ -24,27 +27,48 @@ fn batch(run: u32, index: u64) -> Changes {
     }
 }
 
-async fn save_forever(store: impl CryptoStore, run: u32) {
+/// Where to stall: batch number and ops into its write.
+type Stall = Option<(u64, usize)>;
+
+async fn save_forever<S: CryptoStore>(store: S, run: u32, stall: Stall, arm: impl Fn(&S, usize)) {
     let mut stdout = std::io::stdout();
     for index in 0.. {
+        if let Some((at, ops)) = stall
+            && at == index
+        {
+            arm(&store, ops);
+        }
+        writeln!(stdout, "begin {index}").and_then(|()| stdout.flush()).expect("report");
         store.save_changes(batch(run, index)).await.expect("save");
-        writeln!(stdout, "{index}").and_then(|()| stdout.flush()).expect("report");
+        writeln!(stdout, "saved {index}").and_then(|()| stdout.flush()).expect("report");
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let [_, backend, path, run] = args.as_slice() else {
-        eprintln!("usage: crash-child <redb|sled> <path> <run>");
-        std::process::exit(2);
+    let (backend, path, run, stall) = match args.as_slice() {
+        [_, backend, path, run] => (backend, path, run, None),
+        [_, backend, path, run, stall, at, ops] if stall == "stall" => {
+            (backend, path, run, Some((at.parse().expect("batch"), ops.parse().expect("ops"))))
+        }
+        _ => {
+            eprintln!("usage: crash-child <redb|sled> <path> <run> [stall <n> <ops>]");
+            std::process::exit(2);
+        }
     };
     let run: u32 = run.parse().expect("run number");
     let (user, device) = owner();
     let options = Encryption::RawKey.options();
     futures_executor::block_on(async {
         match backend.as_str() {
-            "redb" => save_forever(hush_store_redb::open(path, &user, &device, options).expect("open"), run).await,
-            "sled" => save_forever(hush_store_sled::open(path, &user, &device, options).expect("open"), run).await,
+            "redb" => {
+                let store = hush_store_redb::open(path, &user, &device, options).expect("open");
+                save_forever(store, run, stall, |s, ops| s.backend().stall_next_write_after(ops)).await;
+            }
+            "sled" => {
+                let store = hush_store_sled::open(path, &user, &device, options).expect("open");
+                save_forever(store, run, stall, |s, ops| s.backend().stall_next_write_after(ops)).await;
+            }
             other => panic!("unknown backend {other}"),
         }
     });
