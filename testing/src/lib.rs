@@ -9,12 +9,14 @@
 //! * [`conformance`]: the store conformance suite; [`stores`]: factories
 //!   for every backend it runs against; [`own_devices`]: two devices of
 //!   one user, for the secret and key sharing tests.
+//! * [`proxy`]: a fault-injecting HTTP proxy between a client and Synapse.
 
 mod clock;
 pub mod conformance;
 mod device;
 pub mod memory;
 pub mod own_devices;
+pub mod proxy;
 mod rogue;
 mod server;
 pub mod stores;

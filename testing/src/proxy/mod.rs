@@ -1,0 +1,249 @@
+//! A fault-injecting HTTP proxy for tests: it sits between a client and the
+//! homeserver on loopback and, per [`Rule`], delays requests, drops them,
+//! answers 5xx or 429 itself, cuts a response in the middle, or holds a
+//! response until the test releases it. Requests no rule catches are
+//! forwarded unchanged. Every request is counted by path.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use hush_testing::proxy::{Calls, Fault, FaultProxy, Rule};
+//! let proxy = FaultProxy::start("http://127.0.0.1:8008").await;
+//! // The first two key queries fail with 502; the client must retry.
+//! let rule = proxy.add(Rule::path("/keys/query").calls(Calls::First(2)).fault(Fault::Status(502)));
+//! // ... point the client at proxy.url() ...
+//! assert_eq!(rule.caught(), 2);
+//! # }
+//! ```
+
+mod body;
+mod rule;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rule::ActiveRule;
+pub use rule::{Calls, Fault, Rule};
+use tokio::net::TcpListener;
+
+use body::ProxyBody;
+
+/// Why the proxy gave up on a request: hyper closes the connection.
+#[derive(Debug)]
+struct Closed(&'static str);
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for Closed {}
+
+struct Shared {
+    upstream: String,
+    client: HyperClient<HttpConnector, Full<Bytes>>,
+    rules: Mutex<Vec<Arc<ActiveRule>>>,
+    seen: Mutex<Vec<(String, String)>>,
+}
+
+/// The proxy, serving until dropped.
+pub struct FaultProxy {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy").field("addr", &self.addr).field("upstream", &self.shared.upstream).finish()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port, forwarding to `upstream`
+    /// (e.g. `http://127.0.0.1:8008`), in the current tokio runtime.
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy on loopback");
+        let addr = listener.local_addr().expect("proxy address");
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_owned(),
+            client: HyperClient::builder(TokioExecutor::new()).build_http(),
+            rules: Mutex::new(Vec::new()),
+            seen: Mutex::new(Vec::new()),
+        });
+        let server = tokio::spawn(serve(listener, shared.clone()));
+        Self { shared, addr, server }
+    }
+
+    /// The URL to give the client as its homeserver.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Puts a rule in force (rules are tried in the order added; the first
+    /// that catches a request applies).
+    pub fn add(&self, rule: Rule) -> RuleHandle {
+        let active = Arc::new(ActiveRule::new(rule));
+        self.shared.rules.lock().expect("rules").push(active.clone());
+        RuleHandle { rule: active, shared: self.shared.clone() }
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.shared.rules.lock().expect("rules").clear();
+    }
+
+    /// How many requests whose path contains `path` the proxy received
+    /// (of `method`, if given), caught or not.
+    pub fn requests(&self, method: Option<&str>, path: &str) -> usize {
+        let seen = self.shared.seen.lock().expect("seen");
+        seen.iter().filter(|(m, p)| p.contains(path) && method.is_none_or(|want| want == m)).count()
+    }
+}
+
+/// A rule in force: its counters, and the release of held responses.
+#[derive(Clone)]
+pub struct RuleHandle {
+    rule: Arc<ActiveRule>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RuleHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleHandle").field("rule", &self.rule.rule).finish()
+    }
+}
+
+impl RuleHandle {
+    /// Requests that matched the rule's method and path.
+    pub fn matched(&self) -> u64 {
+        self.rule.matched()
+    }
+
+    /// Requests the rule caught (the fault was applied).
+    pub fn caught(&self) -> u64 {
+        self.rule.caught()
+    }
+
+    /// Waits until at least one response is held by this rule (at most 60 s).
+    pub async fn wait_held(&self) {
+        let mut held = self.rule.held.subscribe();
+        let wait = held.wait_for(|(count, _)| *count > 0);
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("no response was held within 60 s")
+            .expect("the proxy is running");
+    }
+
+    /// Waits until the rule caught at least `n` requests (at most 60 s).
+    pub async fn wait_caught(&self, n: u64) {
+        for _ in 0..600 {
+            if self.caught() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the rule {:?} caught {} requests, not {n}, within 60 s", self.rule.rule, self.caught());
+    }
+
+    /// Lets held responses go; later requests pass unheld.
+    pub fn release(&self) {
+        self.rule.held.send_modify(|(_, released)| *released = true);
+    }
+
+    /// Takes the rule out of force (held responses are released).
+    pub fn remove(&self) {
+        self.release();
+        self.shared.rules.lock().expect("rules").retain(|r| !Arc::ptr_eq(r, &self.rule));
+    }
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| handle(shared.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Closed> {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    shared.seen.lock().expect("seen").push((method.clone(), path.clone()));
+    let rule = {
+        let rules = shared.rules.lock().expect("rules");
+        rules.iter().find(|r| r.catches(&method, &path)).cloned()
+    };
+    let Some(rule) = rule else { return forward(&shared, request).await.map(ProxyBody::whole) };
+    match rule.rule.fault.clone() {
+        Fault::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            forward(&shared, request).await.map(ProxyBody::whole)
+        }
+        Fault::Drop => Err(Closed("dropped by a fault rule")),
+        Fault::Status(status) => Ok(error_response(status, "M_UNKNOWN", "injected by the fault proxy", None)),
+        Fault::RateLimit { retry_after_ms } => {
+            Ok(error_response(429, "M_LIMIT_EXCEEDED", "injected by the fault proxy", Some(retry_after_ms)))
+        }
+        Fault::CutResponse => forward(&shared, request).await.map(ProxyBody::cut),
+        Fault::Hold => {
+            let response = forward(&shared, request).await?;
+            rule.held.send_modify(|(count, _)| *count += 1);
+            let mut released = rule.held.subscribe();
+            let _ = released.wait_for(|(_, released)| *released).await;
+            rule.held.send_modify(|(count, _)| *count -= 1);
+            Ok(ProxyBody::whole(response))
+        }
+    }
+}
+
+/// Sends the request upstream and reads the whole response.
+async fn forward(shared: &Shared, request: Request<Incoming>) -> Result<Response<Bytes>, Closed> {
+    let (mut parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(|_| Closed("the request body could not be read"))?.to_bytes();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = format!("{}{path}", shared.upstream).parse().map_err(|_| Closed("bad upstream URL"))?;
+    parts.headers.remove(hyper::header::HOST);
+    let response = shared
+        .client
+        .request(Request::from_parts(parts, Full::new(body)))
+        .await
+        .map_err(|_| Closed("the upstream could not be reached"))?;
+    let (mut parts, body) = response.into_parts();
+    let body = body.collect().await.map_err(|_| Closed("the upstream response was cut"))?.to_bytes();
+    parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    parts.headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
+    Ok(Response::from_parts(parts, body))
+}
+
+fn error_response(status: u16, errcode: &str, error: &str, retry_after_ms: Option<u64>) -> Response<ProxyBody> {
+    let mut body = serde_json::json!({ "errcode": errcode, "error": error });
+    if let Some(after) = retry_after_ms {
+        body["retry_after_ms"] = after.into();
+    }
+    let bytes = Bytes::from(body.to_string());
+    let mut response = Response::new(bytes);
+    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::BAD_GATEWAY);
+    response
+        .headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    let length = response.body().len();
+    response.headers_mut().insert(hyper::header::CONTENT_LENGTH, length.into());
+    ProxyBody::whole(response)
+}

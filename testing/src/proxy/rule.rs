@@ -1,0 +1,184 @@
+//! Fault rules: which requests a rule catches (method, path, which calls,
+//! a seeded probability) and what it does to them.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// What a rule does to a request it catches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Waits this long, then forwards the request.
+    Delay(Duration),
+    /// Closes the connection without forwarding the request or answering.
+    Drop,
+    /// Answers with this status and a Matrix error body, without forwarding.
+    Status(u16),
+    /// Answers 429 `M_LIMIT_EXCEEDED` with this `retry_after_ms`, without forwarding.
+    RateLimit {
+        /// The `retry_after_ms` of the answer.
+        retry_after_ms: u64,
+    },
+    /// Forwards the request (the server acts on it), then sends the
+    /// response's head and half its body and cuts the connection.
+    CutResponse,
+    /// Forwards the request (the server acts on it), then holds the
+    /// response until the rule is released; a request arriving after the
+    /// release is forwarded as usual.
+    Hold,
+}
+
+/// Which of the matching calls a rule catches (counted from 1, per rule).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Calls {
+    /// Every matching call.
+    Every,
+    /// Only the `n`th.
+    Nth(u64),
+    /// The first `n`.
+    First(u64),
+}
+
+/// A fault rule, built with [`Rule::path`] and the methods after it.
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub(super) method: Option<String>,
+    pub(super) path: String,
+    pub(super) calls: Calls,
+    /// Per mille, with the generator's seed.
+    pub(super) probability: Option<(u32, u64)>,
+    pub(super) fault: Fault,
+}
+
+impl Rule {
+    /// A rule for requests whose path contains `path` (e.g. `/keys/query`);
+    /// by default it catches every such call and delays it by nothing.
+    pub fn path(path: &str) -> Self {
+        Self {
+            method: None,
+            path: path.to_owned(),
+            calls: Calls::Every,
+            probability: None,
+            fault: Fault::Delay(Duration::ZERO),
+        }
+    }
+
+    /// Only requests with this method (e.g. `POST`).
+    pub fn method(mut self, method: &str) -> Self {
+        self.method = Some(method.to_ascii_uppercase());
+        self
+    }
+
+    /// Which matching calls are caught.
+    pub fn calls(mut self, calls: Calls) -> Self {
+        self.calls = calls;
+        self
+    }
+
+    /// Catches each call (that [`Rule::calls`] lets through) with
+    /// probability `per_mille / 1000`, from a generator seeded with `seed`.
+    pub fn probability(mut self, per_mille: u32, seed: u64) -> Self {
+        self.probability = Some((per_mille.min(1000), seed | 1));
+        self
+    }
+
+    /// What is done to a caught call.
+    pub fn fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
+    }
+}
+
+/// A rule in force, with its counters.
+#[derive(Debug)]
+pub(super) struct ActiveRule {
+    pub(super) rule: Rule,
+    matched: AtomicU64,
+    caught: AtomicU64,
+    rng: Mutex<u64>,
+    /// For [`Fault::Hold`]: how many responses are held now, and whether
+    /// the rule was released.
+    pub(super) held: watch::Sender<(u64, bool)>,
+}
+
+impl ActiveRule {
+    pub(super) fn new(rule: Rule) -> Self {
+        let seed = rule.probability.map_or(1, |(_, seed)| seed);
+        Self {
+            rule,
+            matched: AtomicU64::new(0),
+            caught: AtomicU64::new(0),
+            rng: Mutex::new(seed),
+            held: watch::channel((0, false)).0,
+        }
+    }
+
+    /// Whether this rule catches the request, counting it.
+    pub(super) fn catches(&self, method: &str, path: &str) -> bool {
+        if !path.contains(&self.rule.path) || self.rule.method.as_deref().is_some_and(|m| m != method) {
+            return false;
+        }
+        if self.rule.fault == Fault::Hold && self.held.borrow().1 {
+            return false;
+        }
+        let n = self.matched.fetch_add(1, Ordering::SeqCst) + 1;
+        let by_count = match self.rule.calls {
+            Calls::Every => true,
+            Calls::Nth(k) => n == k,
+            Calls::First(k) => n <= k,
+        };
+        let by_chance = match self.rule.probability {
+            None => true,
+            Some((per_mille, _)) => {
+                let mut state = self.rng.lock().expect("rule generator");
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                (*state % 1000) < u64::from(per_mille)
+            }
+        };
+        let caught = by_count && by_chance;
+        if caught {
+            self.caught.fetch_add(1, Ordering::SeqCst);
+        }
+        caught
+    }
+
+    pub(super) fn matched(&self) -> u64 {
+        self.matched.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn caught(&self) -> u64 {
+        self.caught.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_catches_by_method_path_and_call_number() {
+        let rule = ActiveRule::new(Rule::path("/keys/query").method("post").calls(Calls::Nth(2)));
+        assert!(!rule.catches("GET", "/_matrix/client/v3/keys/query"));
+        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/upload"));
+        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/query"), "the first call");
+        assert!(rule.catches("POST", "/_matrix/client/v3/keys/query"), "the second call");
+        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/query"), "the third call");
+        assert_eq!((rule.matched(), rule.caught()), (3, 1));
+    }
+
+    #[test]
+    fn a_seeded_probability_replays_and_is_roughly_right() {
+        let pattern = |seed| {
+            let rule = ActiveRule::new(Rule::path("/sync").probability(300, seed));
+            (0..1000).map(|_| rule.catches("GET", "/sync")).collect::<Vec<_>>()
+        };
+        assert_eq!(pattern(7), pattern(7), "the same seed, the same calls caught");
+        assert_ne!(pattern(7), pattern(8));
+        let caught = pattern(7).iter().filter(|c| **c).count();
+        assert!((200..400).contains(&caught), "{caught} of 1000 at 30%");
+    }
+}
