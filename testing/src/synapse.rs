@@ -58,6 +58,29 @@ pub struct TestClient {
     pub credentials: (String, String),
     /// The store kind.
     pub kind: StoreKind,
+    /// The homeserver URL this client talks to (Synapse, or a fault proxy before it).
+    pub homeserver: String,
+    /// How the client was built (kept for restarts).
+    pub options: ClientOptions,
+}
+
+/// How a [`TestClient`]'s client is built.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The homeserver URL (Synapse, or a fault proxy before it).
+    pub homeserver: String,
+    /// HTTP timeout, retries and back-off.
+    pub http: hush_client::http::HttpSettings,
+    /// The engine's clock, if not the wall clock.
+    pub clock: Option<hush_client::Clock>,
+}
+
+impl ClientOptions {
+    /// Defaults (20 s request timeout, the client's retries) for `homeserver`.
+    pub fn at(homeserver: &str) -> Self {
+        let http = hush_client::http::HttpSettings { request_timeout: Duration::from_secs(20), ..Default::default() };
+        Self { homeserver: homeserver.to_owned(), http, clock: None }
+    }
 }
 
 impl std::fmt::Debug for TestClient {
@@ -80,14 +103,45 @@ fn store_config(kind: StoreKind, dir: &TempDir) -> StoreConfig {
 impl TestClient {
     /// Registers a new user and logs in as `device_id`.
     pub async fn new_user(prefix: &str, device_id: &str, kind: StoreKind) -> Self {
+        Self::new_user_via(prefix, device_id, kind, &homeserver_url()).await
+    }
+
+    /// Registers a new user (directly with Synapse) and logs in as
+    /// `device_id` through `homeserver` (e.g. a fault proxy's URL).
+    pub async fn new_user_via(prefix: &str, device_id: &str, kind: StoreKind, homeserver: &str) -> Self {
         let name = unique_name(prefix);
         register(&name, "password").await.expect("register");
-        Self::login(&name, "password", device_id, kind, Arc::new(TempDir::new().expect("temp dir"))).await
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        Self::login_via(&name, "password", device_id, kind, dir, homeserver).await
     }
 
     /// Logs in (a new device, or the same device again) with a store in `dir`.
     pub async fn login(name: &str, password: &str, device_id: &str, kind: StoreKind, dir: Arc<TempDir>) -> Self {
-        let client = Self::build(kind, &dir);
+        Self::login_via(name, password, device_id, kind, dir, &homeserver_url()).await
+    }
+
+    /// [`TestClient::login`] through `homeserver`.
+    pub async fn login_via(
+        name: &str,
+        password: &str,
+        device_id: &str,
+        kind: StoreKind,
+        dir: Arc<TempDir>,
+        homeserver: &str,
+    ) -> Self {
+        Self::login_with(name, password, device_id, kind, dir, ClientOptions::at(homeserver)).await
+    }
+
+    /// [`TestClient::login`] with a client built from `options`.
+    pub async fn login_with(
+        name: &str,
+        password: &str,
+        device_id: &str,
+        kind: StoreKind,
+        dir: Arc<TempDir>,
+        options: ClientOptions,
+    ) -> Self {
+        let client = Self::build(kind, &dir, &options);
         let session = client
             .matrix_auth()
             .login_username(name, password)
@@ -96,17 +150,17 @@ impl TestClient {
             .send()
             .await
             .expect("login");
-        Self::with_handler(client, session, dir, (name.to_owned(), password.to_owned()), kind)
+        Self::with_handler(client, session, dir, (name.to_owned(), password.to_owned()), kind, options)
     }
 
     /// Ends this client (as its process would end) and restores the device
     /// from its store in a new client.
     pub async fn restart(self) -> Self {
-        let Self { client, session, dir, credentials, kind, .. } = self;
+        let Self { client, session, dir, credentials, kind, options, .. } = self;
         drop(client);
-        let client = Self::build(kind, &dir);
+        let client = Self::build(kind, &dir, &options);
         client.restore_session(session.clone()).await.expect("restore session");
-        Self::with_handler(client, session, dir, credentials, kind)
+        Self::with_handler(client, session, dir, credentials, kind, options)
     }
 
     /// A new process restoring a saved session from the store in `dir`.
@@ -117,9 +171,10 @@ impl TestClient {
         session_json: &str,
     ) -> Self {
         let session: Session = serde_json::from_str(session_json).expect("session json");
-        let client = Self::build(kind, dir);
+        let options = ClientOptions::at(&homeserver_url());
+        let client = Self::build(kind, dir, &options);
         client.restore_session(session.clone()).await.expect("restore session");
-        Self::with_handler(client, session, dir.clone(), credentials.clone(), kind)
+        Self::with_handler(client, session, dir.clone(), credentials.clone(), kind, options)
     }
 
     /// The path of the store (file or directory) of a device in `dir`.
@@ -135,13 +190,15 @@ impl TestClient {
         (self.dir, self.credentials)
     }
 
-    fn build(kind: StoreKind, dir: &TempDir) -> Client {
-        Client::builder()
-            .homeserver_url(homeserver_url())
+    fn build(kind: StoreKind, dir: &TempDir, options: &ClientOptions) -> Client {
+        let mut builder = Client::builder()
+            .homeserver_url(&options.homeserver)
             .store_config(store_config(kind, dir))
-            .request_timeout(Duration::from_secs(20))
-            .build()
-            .expect("build client")
+            .http_settings(options.http.clone());
+        if let Some(clock) = &options.clock {
+            builder = builder.clock(clock.clone());
+        }
+        builder.build().expect("build client")
     }
 
     fn with_handler(
@@ -150,6 +207,7 @@ impl TestClient {
         dir: Arc<TempDir>,
         credentials: (String, String),
         kind: StoreKind,
+        options: ClientOptions,
     ) -> Self {
         let events = Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = events.clone();
@@ -157,7 +215,7 @@ impl TestClient {
             let sink = sink.clone();
             async move { sink.lock().expect("events").push(event) }
         });
-        Self { client, session, events, dir, credentials, kind }
+        Self { client, session, events, dir, credentials, kind, homeserver: options.homeserver.clone(), options }
     }
 
     /// One short sync.

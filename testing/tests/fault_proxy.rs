@@ -104,3 +104,36 @@ async fn a_delay_still_forwards() {
     assert_eq!(rule.caught(), 1);
     assert_eq!(upstream.requests(None, "/sync"), 1);
 }
+
+#[tokio::test]
+async fn a_response_rule_acts_only_on_responses_containing_its_text() {
+    let (upstream, proxy, http) = pair().await;
+    let quiet = proxy.add(Rule::path("/sync").response_contains("not in it").fault(Fault::ReplaceResponse(504)));
+    assert_eq!(post(&http, &proxy, "/sync").await.unwrap().0, 418, "the text is not in the response");
+    quiet.remove();
+    let replace = proxy.add(Rule::path("/sync").response_contains("M_UNKNOWN").fault(Fault::ReplaceResponse(504)));
+    assert_eq!(post(&http, &proxy, "/sync").await.unwrap().0, 504);
+    assert_eq!((quiet.caught(), replace.caught()), (0, 1));
+    assert_eq!(upstream.requests(None, "/sync"), 2, "both reached the server");
+}
+
+#[tokio::test]
+async fn a_rewrite_changes_the_json_body_and_a_token_rule_only_that_clients_requests() {
+    let (_upstream, proxy, http) = pair().await;
+    let rewrite = hush_testing::proxy::Rewrite(std::sync::Arc::new(|body| body["errcode"] = "M_REWRITTEN".into()));
+    proxy.add(Rule::path("/sync").token("bob").fault(Fault::Rewrite(rewrite)));
+    assert_eq!(post(&http, &proxy, "/sync").await.unwrap().1["errcode"], "M_UNKNOWN", "no token: not rewritten");
+    let request = hyper::Request::post(format!("{}/sync", proxy.url()))
+        .header("authorization", "Bearer bob")
+        .body(Full::new(Bytes::from("{\"a\":1}")))
+        .unwrap();
+    let body = http.request(request).await.unwrap().into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["errcode"], "M_REWRITTEN");
+    let seen = proxy.seen(Some("POST"), "/sync");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(
+        (seen[1].token.as_deref(), seen[1].body.as_ref().map(|b| b["a"].clone())),
+        (Some("bob"), Some(1.into()))
+    );
+}

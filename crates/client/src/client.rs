@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// The wall clock, as crypto-core's `now`.
-pub(crate) fn now() -> Timestamp {
+pub(crate) fn wall_clock() -> Timestamp {
     let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
     Timestamp::from_millis(u64::try_from(millis).unwrap_or(u64::MAX))
 }
@@ -35,6 +35,25 @@ pub struct ClientBuilder {
     homeserver: Option<String>,
     store: Option<StoreConfig>,
     http: HttpSettings,
+    clock: Option<Clock>,
+}
+
+/// The time the client gives the engine as `now`.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Timestamp + Send + Sync>);
+
+impl Clock {
+    /// A clock reading `now` (e.g. the wall clock moved forward, or a
+    /// simulation's time).
+    pub fn new(now: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock(..)")
+    }
 }
 
 impl ClientBuilder {
@@ -68,6 +87,20 @@ impl ClientBuilder {
         self
     }
 
+    /// How HTTP requests are sent: timeout, retries, back-off.
+    pub fn http_settings(mut self, settings: HttpSettings) -> Self {
+        self.http = settings;
+        self
+    }
+
+    /// The engine's clock: the wall clock by default. Time is an input of
+    /// hush's engine (rotation periods, timeouts, retries), so a test or a
+    /// simulation can run the client on a clock of its own.
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
     /// Builds the client (no network traffic yet).
     pub fn build(self) -> Result<Client, ClientError> {
         let homeserver = self.homeserver.ok_or_else(|| ClientError::Config("no homeserver URL".into()))?;
@@ -75,6 +108,7 @@ impl ClientBuilder {
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
+                clock: self.clock.unwrap_or_else(|| Clock::new(wall_clock)),
                 store: self.store.unwrap_or(StoreConfig::Memory),
                 session: RwLock::new(None),
                 machine: RwLock::new(None),
@@ -97,6 +131,7 @@ impl ClientBuilder {
 
 pub(crate) struct Inner {
     pub(crate) http: HttpClient,
+    clock: Clock,
     store: StoreConfig,
     session: RwLock<Option<Session>>,
     machine: RwLock<Option<OlmMachine>>,
@@ -135,6 +170,11 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
+    /// The engine's `now`, from the builder's clock.
+    pub(crate) fn now(&self) -> Timestamp {
+        (self.inner.clock.0)()
+    }
+
     /// A builder.
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
@@ -194,16 +234,15 @@ impl Client {
             }
             other => ClientError::Store(other),
         })?;
-        let machine =
-            OlmMachine::open(&session.user_id, &session.device_id, store, now()).await.map_err(
-                |error| match error {
-                    OpenError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
-                        token_device: device_id.to_string(),
-                        store_device: store_device_id.to_string(),
-                    },
-                    other => ClientError::Open(other),
+        let machine = OlmMachine::open(&session.user_id, &session.device_id, store, self.now()).await.map_err(
+            |error| match error {
+                OpenError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
+                    token_device: device_id.to_string(),
+                    store_device: store_device_id.to_string(),
                 },
-            )?;
+                other => ClientError::Open(other),
+            },
+        )?;
         if let Some(rooms) = crate::persist::load_rooms(&**machine.store()).await? {
             *lock(&self.inner.rooms) = rooms;
             self.inner.rooms_restored.store(true, Ordering::Relaxed);

@@ -87,7 +87,7 @@ impl Encryption {
         upload.auth = auth;
         let token = self.client.access_token()?;
         let response = self.client.http().send(upload, Some(&token), Duration::ZERO).await?;
-        machine.mark_request_as_sent(request.request_id(), &response, crate::client::now()).await.map_err(|error| {
+        machine.mark_request_as_sent(request.request_id(), &response, self.client.now()).await.map_err(|error| {
             match error {
                 hush_crypto_core::ResponseError::Store(store) => ClientError::Store(store),
                 other => ClientError::Config(other.to_string()),

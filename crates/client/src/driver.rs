@@ -12,10 +12,7 @@ use hush_crypto_core::{AnyOutgoingRequest, EngineEvent, OutgoingRequest, Respons
 
 use crate::http::HttpError;
 
-use crate::{
-    Client, ClientError,
-    client::{lock, now},
-};
+use crate::{Client, ClientError, client::lock};
 
 /// Marks one request as being sent; dropping it (even in an aborted task)
 /// clears the mark and wakes the tasks waiting for it.
@@ -39,10 +36,10 @@ impl Client {
     /// queued when it started has been answered (by this task or another).
     pub(crate) async fn drive(&self) -> Result<(), ClientError> {
         let machine = self.olm_machine()?;
-        if machine.poll_timeout().is_some_and(|at| at <= now()) {
-            machine.handle_timeout(now()).await?;
+        if machine.poll_timeout().is_some_and(|at| at <= self.now()) {
+            machine.handle_timeout(self.now()).await?;
         }
-        let mut requests = machine.outgoing_requests(now()).await?;
+        let mut requests = machine.outgoing_requests(self.now()).await?;
         // The signing-keys upload needs user-interactive auth: it is sent by
         // `Encryption::bootstrap_cross_signing`, which has the auth.
         // Room events (in-room verification) are sent as the room's own
@@ -78,7 +75,7 @@ impl Client {
         // One sender at a time, so a flow's events keep their order.
         let _one_at_a_time = self.inner.room_send_lock.lock().await;
         let machine = self.olm_machine()?;
-        let requests = machine.outgoing_requests(now()).await?;
+        let requests = machine.outgoing_requests(self.now()).await?;
         for request in requests {
             let AnyOutgoingRequest::RoomMessage(r) = request.request() else { continue };
             if !lock(&self.inner.in_flight).insert(request.request_id().to_owned()) {
@@ -88,7 +85,7 @@ impl Client {
             let room = self.get_room(&r.room_id).ok_or_else(|| ClientError::UnknownRoom(r.room_id.to_string()))?;
             let event_id = room.send(&r.event_type, r.content.clone()).await?;
             let response = ruma_client_api::message::send_message_event::v3::Response::new(event_id);
-            machine.mark_request_as_sent(request.request_id(), &response, now()).await.map_err(|e| match e {
+            machine.mark_request_as_sent(request.request_id(), &response, self.now()).await.map_err(|e| match e {
                 ResponseError::Store(store) => ClientError::Store(store),
                 other => ClientError::Config(other.to_string()),
             })?;
@@ -200,30 +197,30 @@ impl Client {
         let result = match request.request() {
             AnyOutgoingRequest::KeysUpload(r) => {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
+                machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::KeysQuery(r) => {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
+                machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::KeysClaim(r) => {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
+                machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::ToDevice(r) => {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
+                machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::SigningKeysUpload(r) => {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
+                machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::SignatureUpload(r) => {
                 let response = http.send(r.clone(), token, Duration::ZERO).await?;
-                machine.mark_request_as_sent(id, &response, now()).await
+                machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::KeysBackup(r) => match http.send(r.clone(), token, Duration::ZERO).await {
-                Ok(response) => machine.mark_request_as_sent(id, &response, now()).await,
+                Ok(response) => machine.mark_request_as_sent(id, &response, self.now()).await,
                 // The version was deleted or replaced: stop uploading to it
                 // (this cancels the request); a trusted new version is
                 // enabled by whoever manages recovery.

@@ -77,6 +77,20 @@ impl Default for HttpSettings {
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+impl HttpError {
+    /// Whether trying again later may succeed: the server could not be
+    /// reached, did not answer in time, or answered 5xx or 429 after every
+    /// retry. Not for a logged-out session, a refused request or an answer
+    /// we cannot parse.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connection(_) | Self::Timeout(_) => true,
+            Self::Server { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
 /// Sends typed Matrix requests to one homeserver.
 #[derive(Clone, Debug)]
 pub struct HttpClient {

@@ -49,7 +49,7 @@ mod sync;
 mod verification;
 
 pub use auth::{LoginBuilder, MatrixAuth, Session};
-pub use client::{Client, ClientBuilder};
+pub use client::{Client, ClientBuilder, Clock};
 pub use cross_signing::UserIdentity;
 pub use encryption::{Device, EXPORT_ROUNDS, Encryption};
 pub use error::ClientError;

@@ -8,15 +8,15 @@ use ruma_client_api::{
     message::{get_message_events, send_message_event},
     state::get_state_event_for_key,
 };
-use ruma_common::{OwnedEventId, OwnedRoomId, OwnedUserId, TransactionId, serde::Raw};
+use ruma_common::{OwnedEventId, OwnedRoomId, OwnedUserId, TransactionId, UserId, serde::Raw};
 use ruma_events::{MessageLikeEventType, StateEventType};
 use serde_json::{Value, json};
 
 use crate::{
     Client, ClientError, RoomEvent,
-    client::{lock, now},
+    client::lock,
     http::HttpError,
-    rooms::{EncryptionState, RoomState},
+    rooms::{EncryptionState, Membership, RoomState},
 };
 
 /// How many steps of the room-level command a send waits for (query,
@@ -63,6 +63,25 @@ impl Room {
         let members = self.key_recipients();
         let machine = self.client.olm_machine()?;
         Ok(machine.identity_violations(members.iter().map(|m| m.as_ref())).await?)
+    }
+
+    /// Invites `user_id`. The invitee counts as a member at once (for the
+    /// room's history visibility), before the sync that reports the invite
+    /// arrives, so a message sent right after the invite is readable by
+    /// them: a slow or held sync must not leave them without the key.
+    pub async fn invite_user_by_id(&self, user_id: &UserId) -> Result<(), ClientError> {
+        use ruma_client_api::membership::invite_user::v3::{InvitationRecipient, InviteUserId, Request};
+        let token = self.client.access_token()?;
+        let recipient = InvitationRecipient::UserId(InviteUserId::new(user_id.to_owned()));
+        let request = Request::new(self.room_id.clone(), recipient);
+        self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        if let Some(room) = lock(&self.client.inner.rooms).get_mut(&self.room_id) {
+            let membership = room.members.entry(user_id.to_owned()).or_insert(Membership::Invite);
+            if !matches!(membership, Membership::Join) {
+                *membership = Membership::Invite;
+            }
+        }
+        Ok(())
     }
 
     /// Sends a text message.
@@ -200,9 +219,10 @@ impl Room {
         let room = state.room_info();
         let mut last = None;
         for _ in 0..PREPARE_ROUNDS {
-            match machine.prepare_room(&room, now()).await? {
+            match machine.prepare_room(&room, self.client.now()).await? {
                 RoomReadiness::Ready { .. } => {
-                    let encrypted = machine.encrypt_room_event(&self.room_id, event_type, content, now()).await?;
+                    let encrypted =
+                        machine.encrypt_room_event(&self.room_id, event_type, content, self.client.now()).await?;
                     return encrypted.deserialize_as_unchecked().map_err(|e| ClientError::Config(e.to_string()));
                 }
                 waiting => {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     Client, ClientError, RoomEvent,
-    client::{lock, now},
+    client::lock,
     http::HttpError,
     rooms::{Membership, RoomState},
 };
@@ -64,8 +64,9 @@ impl Client {
         let catching_up = since.is_none() || full_state;
         // The long poll ends by the engine's next deadline, so its timers
         // run on time (the drive after the sync handles them).
-        let until_deadline =
-            machine.poll_timeout().map(|at| Duration::from_millis(at.as_millis().saturating_sub(now().as_millis())));
+        let until_deadline = machine
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(self.now().as_millis())));
         let poll = until_deadline.map_or(settings.timeout, |d| d.min(settings.timeout));
         request.timeout = (!catching_up).then_some(poll);
         let response = self.http().send(request, Some(&token), settings.timeout).await?;
@@ -92,7 +93,7 @@ impl Client {
             next_batch_token: Some(response.next_batch.clone()),
             custom_values,
         };
-        let output = machine.receive_sync_changes(changes, now()).await?;
+        let output = machine.receive_sync_changes(changes, self.now()).await?;
         lock(&self.inner.rooms).extend(updated);
         self.inner.rooms_restored.store(true, std::sync::atomic::Ordering::Relaxed);
 
@@ -110,8 +111,18 @@ impl Client {
             delivered += 1;
         }
         // Requests out, answers in, events handled (late decryptions);
-        // then the engine's room events (in-room verification).
-        self.drive().await?;
+        // then the engine's room events (in-room verification). The sync
+        // itself is saved: a crypto request that still fails after its
+        // retries (the server down, or answering 5xx) stays queued in the
+        // engine and goes out on the next drive; it does not fail the sync.
+        if let Err(error) = self.drive().await {
+            match &error {
+                ClientError::Http(http) if http.is_transient() => {
+                    tracing::warn!(%error, "a crypto request failed; it is sent again on the next sync");
+                }
+                _ => return Err(error),
+            }
+        }
         self.send_room_messages_logged().await;
         self.use_gossiped_backup_key().await;
         self.restore_missing_keys_from_backup().await;
@@ -242,7 +253,7 @@ impl Client {
             return;
         }
         let Ok(machine) = self.olm_machine() else { return };
-        if let Err(error) = machine.receive_room_verification_event(room_id, event, now()).await {
+        if let Err(error) = machine.receive_room_verification_event(room_id, event, self.now()).await {
             tracing::warn!(%error, %room_id, "an in-room verification event failed");
         }
     }

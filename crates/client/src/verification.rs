@@ -9,7 +9,7 @@ use hush_crypto_core::verification::{
 use ruma_common::{DeviceId, OwnedUserId, UserId};
 use tokio::sync::broadcast;
 
-use crate::{Client, ClientError, Encryption, Room, client::now};
+use crate::{Client, ClientError, Encryption, Room};
 
 /// How many updates a slow subscriber may fall behind before it misses some.
 pub(crate) const UPDATE_CAPACITY: usize = 256;
@@ -37,7 +37,7 @@ impl Encryption {
     /// when `user_id` is us).
     pub async fn request_verification(&self, user_id: &UserId) -> Result<VerificationRequest, ClientError> {
         let machine = self.client.olm_machine()?;
-        let flow = machine.request_verification(user_id, None, now()).await?;
+        let flow = machine.request_verification(user_id, None, self.client.now()).await?;
         self.client.settle().await?;
         Ok(VerificationRequest { client: self.client.clone(), user_id: user_id.to_owned(), flow })
     }
@@ -49,7 +49,7 @@ impl Encryption {
         device_id: &DeviceId,
     ) -> Result<VerificationRequest, ClientError> {
         let machine = self.client.olm_machine()?;
-        let flow = machine.request_verification(user_id, Some(vec![device_id.to_owned()]), now()).await?;
+        let flow = machine.request_verification(user_id, Some(vec![device_id.to_owned()]), self.client.now()).await?;
         self.client.settle().await?;
         Ok(VerificationRequest { client: self.client.clone(), user_id: user_id.to_owned(), flow })
     }
@@ -123,13 +123,13 @@ impl VerificationRequest {
 
     /// Accepts an incoming request (`ready`).
     pub async fn accept(&self) -> Result<(), ClientError> {
-        self.client.olm_machine()?.accept_verification(&self.user_id, &self.flow, now())?;
+        self.client.olm_machine()?.accept_verification(&self.user_id, &self.flow, self.client.now())?;
         self.client.settle().await
     }
 
     /// Starts SAS on a ready request.
     pub async fn start_sas(&self) -> Result<Sas, ClientError> {
-        self.client.olm_machine()?.start_sas(&self.user_id, &self.flow, now()).await?;
+        self.client.olm_machine()?.start_sas(&self.user_id, &self.flow, self.client.now()).await?;
         self.client.settle().await?;
         Ok(self.sas())
     }
@@ -141,7 +141,7 @@ impl VerificationRequest {
 
     /// A QR code for the other device to scan: its bytes and image.
     pub async fn generate_qr_code(&self) -> Result<(QrCodeData, QrImage), ClientError> {
-        let code = self.client.olm_machine()?.generate_qr_code(&self.user_id, &self.flow, now()).await?;
+        let code = self.client.olm_machine()?.generate_qr_code(&self.user_id, &self.flow, self.client.now()).await?;
         self.client.settle().await?;
         Ok(code)
     }
@@ -149,26 +149,31 @@ impl VerificationRequest {
     /// The other device's QR code, as scanned bytes: checked, then the
     /// secret goes back (or the flow is cancelled with `m.key_mismatch`).
     pub async fn scan_qr_code(&self, bytes: &[u8]) -> Result<(), ClientError> {
-        self.client.olm_machine()?.scan_qr_code(&self.user_id, &self.flow, bytes, now()).await?;
+        self.client.olm_machine()?.scan_qr_code(&self.user_id, &self.flow, bytes, self.client.now()).await?;
         self.client.settle().await
     }
 
     /// Showing side: the other device shows a success after scanning.
     pub async fn confirm_qr_scanned(&self) -> Result<(), ClientError> {
-        self.client.olm_machine()?.confirm_verification(&self.user_id, &self.flow, now()).await?;
+        self.client.olm_machine()?.confirm_verification(&self.user_id, &self.flow, self.client.now()).await?;
         self.client.settle().await
     }
 
     /// Showing side: the other device does not show a success after
     /// scanning (`m.key_mismatch`).
     pub async fn qr_mismatch(&self) -> Result<(), ClientError> {
-        self.client.olm_machine()?.mismatch_verification(&self.user_id, &self.flow, now())?;
+        self.client.olm_machine()?.mismatch_verification(&self.user_id, &self.flow, self.client.now())?;
         self.client.settle().await
     }
 
     /// Cancels (`m.user`).
     pub async fn cancel(&self) -> Result<(), ClientError> {
-        self.client.olm_machine()?.cancel_verification(&self.user_id, &self.flow, CancelCode::User, now())?;
+        self.client.olm_machine()?.cancel_verification(
+            &self.user_id,
+            &self.flow,
+            CancelCode::User,
+            self.client.now(),
+        )?;
         self.client.settle().await
     }
 
@@ -212,14 +217,18 @@ impl Sas {
     /// The user says they match.
     pub async fn confirm(&self) -> Result<(), ClientError> {
         let request = &self.request;
-        request.client.olm_machine()?.confirm_verification(&request.user_id, &request.flow, now()).await?;
+        request
+            .client
+            .olm_machine()?
+            .confirm_verification(&request.user_id, &request.flow, request.client.now())
+            .await?;
         request.client.settle().await
     }
 
     /// The user says they differ (`m.mismatched_sas`).
     pub async fn mismatch(&self) -> Result<(), ClientError> {
         let request = &self.request;
-        request.client.olm_machine()?.mismatch_verification(&request.user_id, &request.flow, now())?;
+        request.client.olm_machine()?.mismatch_verification(&request.user_id, &request.flow, request.client.now())?;
         request.client.settle().await
     }
 

@@ -29,7 +29,7 @@ use hyper::{Request, Response};
 use hyper_util::client::legacy::{Client as HyperClient, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rule::ActiveRule;
-pub use rule::{Calls, Fault, Rule};
+pub use rule::{Calls, Fault, Rewrite, Rule};
 use tokio::net::TcpListener;
 
 use body::ProxyBody;
@@ -50,7 +50,7 @@ struct Shared {
     upstream: String,
     client: HyperClient<HttpConnector, Full<Bytes>>,
     rules: Mutex<Vec<Arc<ActiveRule>>>,
-    seen: Mutex<Vec<(String, String)>>,
+    seen: Mutex<Vec<Seen>>,
 }
 
 /// The proxy, serving until dropped.
@@ -109,8 +109,14 @@ impl FaultProxy {
     /// How many requests whose path contains `path` the proxy received
     /// (of `method`, if given), caught or not.
     pub fn requests(&self, method: Option<&str>, path: &str) -> usize {
+        self.seen(method, path).len()
+    }
+
+    /// The requests whose path contains `path` (of `method`, if given), in
+    /// the order received, with their tokens and JSON bodies.
+    pub fn seen(&self, method: Option<&str>, path: &str) -> Vec<Seen> {
         let seen = self.shared.seen.lock().expect("seen");
-        seen.iter().filter(|(m, p)| p.contains(path) && method.is_none_or(|want| want == m)).count()
+        seen.iter().filter(|s| s.path.contains(path) && method.is_none_or(|want| want == s.method)).cloned().collect()
     }
 }
 
@@ -182,41 +188,108 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// One request as the proxy received it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// The method, e.g. `PUT`.
+    pub method: String,
+    /// The path, e.g. `/_matrix/client/v3/sendToDevice/m.room.encrypted/1`.
+    pub path: String,
+    /// The access token it carried, if any.
+    pub token: Option<String>,
+    /// The body, if it was JSON.
+    pub body: Option<serde_json::Value>,
+}
+
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Closed> {
-    let method = request.method().as_str().to_owned();
-    let path = request.uri().path().to_owned();
-    shared.seen.lock().expect("seen").push((method.clone(), path.clone()));
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.map_err(|_| Closed("the request body could not be read"))?.to_bytes();
+    let token = parts
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(ToOwned::to_owned);
+    let (method, path) = (parts.method.as_str().to_owned(), parts.uri.path().to_owned());
+    shared.seen.lock().expect("seen").push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+        token: token.clone(),
+        body: serde_json::from_slice(&body).ok(),
+    });
     let rule = {
         let rules = shared.rules.lock().expect("rules");
-        rules.iter().find(|r| r.catches(&method, &path)).cloned()
+        rules.iter().find(|r| r.catches(&method, &path, token.as_deref())).cloned()
     };
-    let Some(rule) = rule else { return forward(&shared, request).await.map(ProxyBody::whole) };
+    let Some(rule) = rule else { return forward(&shared, parts, body).await.map(ProxyBody::whole) };
+    if let Some(text) = &rule.rule.response_contains {
+        let response = forward(&shared, parts, body).await?;
+        if !String::from_utf8_lossy(response.body()).contains(text.as_str()) {
+            return Ok(ProxyBody::whole(response));
+        }
+        rule.caught_one();
+        return apply_to_response(&rule, response).await;
+    }
+    rule.caught_one();
     match rule.rule.fault.clone() {
         Fault::Delay(delay) => {
             tokio::time::sleep(delay).await;
-            forward(&shared, request).await.map(ProxyBody::whole)
+            forward(&shared, parts, body).await.map(ProxyBody::whole)
         }
         Fault::Drop => Err(Closed("dropped by a fault rule")),
         Fault::Status(status) => Ok(error_response(status, "M_UNKNOWN", "injected by the fault proxy", None)),
         Fault::RateLimit { retry_after_ms } => {
             Ok(error_response(429, "M_LIMIT_EXCEEDED", "injected by the fault proxy", Some(retry_after_ms)))
         }
-        Fault::CutResponse => forward(&shared, request).await.map(ProxyBody::cut),
+        Fault::CutResponse | Fault::ReplaceResponse(_) | Fault::Rewrite(_) | Fault::Hold => {
+            let response = forward(&shared, parts, body).await?;
+            apply_to_response(&rule, response).await
+        }
+    }
+}
+
+/// Applies a rule's fault to the server's response.
+async fn apply_to_response(rule: &ActiveRule, response: Response<Bytes>) -> Result<Response<ProxyBody>, Closed> {
+    match &rule.rule.fault {
+        Fault::CutResponse => Ok(ProxyBody::cut(response)),
+        Fault::ReplaceResponse(status) => {
+            Ok(error_response(*status, "M_UNKNOWN", "injected by the fault proxy after the server acted", None))
+        }
+        Fault::Rewrite(rewrite) => {
+            let (mut parts, body) = response.into_parts();
+            let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return Ok(ProxyBody::whole(Response::from_parts(parts, body)));
+            };
+            (rewrite.0)(&mut json);
+            let body = Bytes::from(json.to_string());
+            parts.headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
+            Ok(ProxyBody::whole(Response::from_parts(parts, body)))
+        }
         Fault::Hold => {
-            let response = forward(&shared, request).await?;
             rule.held.send_modify(|(count, _)| *count += 1);
             let mut released = rule.held.subscribe();
             let _ = released.wait_for(|(_, released)| *released).await;
             rule.held.send_modify(|(count, _)| *count -= 1);
             Ok(ProxyBody::whole(response))
         }
+        Fault::Delay(delay) => {
+            tokio::time::sleep(*delay).await;
+            Ok(ProxyBody::whole(response))
+        }
+        Fault::Drop => Err(Closed("dropped by a fault rule")),
+        Fault::Status(status) => Ok(error_response(*status, "M_UNKNOWN", "injected by the fault proxy", None)),
+        Fault::RateLimit { retry_after_ms } => {
+            Ok(error_response(429, "M_LIMIT_EXCEEDED", "injected by the fault proxy", Some(*retry_after_ms)))
+        }
     }
 }
 
 /// Sends the request upstream and reads the whole response.
-async fn forward(shared: &Shared, request: Request<Incoming>) -> Result<Response<Bytes>, Closed> {
-    let (mut parts, body) = request.into_parts();
-    let body = body.collect().await.map_err(|_| Closed("the request body could not be read"))?.to_bytes();
+async fn forward(
+    shared: &Shared,
+    mut parts: hyper::http::request::Parts,
+    body: Bytes,
+) -> Result<Response<Bytes>, Closed> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = format!("{}{path}", shared.upstream).parse().map_err(|_| Closed("bad upstream URL"))?;
     parts.headers.remove(hyper::header::HOST);

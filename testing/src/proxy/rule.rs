@@ -1,11 +1,29 @@
 //! Fault rules: which requests a rule catches (method, path, which calls,
 //! a seeded probability) and what it does to them.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+/// A change made to a JSON response body by [`Fault::Rewrite`].
+#[derive(Clone)]
+pub struct Rewrite(pub Arc<dyn Fn(&mut serde_json::Value) + Send + Sync>);
+
+impl std::fmt::Debug for Rewrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rewrite(..)")
+    }
+}
+
+impl PartialEq for Rewrite {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Rewrite {}
 
 /// What a rule does to a request it catches.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,6 +42,11 @@ pub enum Fault {
     /// Forwards the request (the server acts on it), then sends the
     /// response's head and half its body and cuts the connection.
     CutResponse,
+    /// Forwards the request (the server acts on it), then answers this
+    /// status instead of the server's response.
+    ReplaceResponse(u16),
+    /// Forwards the request, then changes the JSON response body.
+    Rewrite(Rewrite),
     /// Forwards the request (the server acts on it), then holds the
     /// response until the rule is released; a request arriving after the
     /// release is forwarded as usual.
@@ -46,6 +69,8 @@ pub enum Calls {
 pub struct Rule {
     pub(super) method: Option<String>,
     pub(super) path: String,
+    pub(super) token: Option<String>,
+    pub(super) response_contains: Option<String>,
     pub(super) calls: Calls,
     /// Per mille, with the generator's seed.
     pub(super) probability: Option<(u32, u64)>,
@@ -59,6 +84,8 @@ impl Rule {
         Self {
             method: None,
             path: path.to_owned(),
+            token: None,
+            response_contains: None,
             calls: Calls::Every,
             probability: None,
             fault: Fault::Delay(Duration::ZERO),
@@ -68,6 +95,21 @@ impl Rule {
     /// Only requests with this method (e.g. `POST`).
     pub fn method(mut self, method: &str) -> Self {
         self.method = Some(method.to_ascii_uppercase());
+        self
+    }
+
+    /// Only requests made with this access token (one client's requests).
+    pub fn token(mut self, access_token: &str) -> Self {
+        self.token = Some(access_token.to_owned());
+        self
+    }
+
+    /// Only requests whose response (from the server) contains `text`: the
+    /// request is forwarded first, and the fault is applied to the response
+    /// (for [`Fault::Hold`], [`Fault::CutResponse`],
+    /// [`Fault::ReplaceResponse`], [`Fault::Rewrite`]).
+    pub fn response_contains(mut self, text: &str) -> Self {
+        self.response_contains = Some(text.to_owned());
         self
     }
 
@@ -115,9 +157,15 @@ impl ActiveRule {
         }
     }
 
-    /// Whether this rule catches the request, counting it.
-    pub(super) fn catches(&self, method: &str, path: &str) -> bool {
-        if !path.contains(&self.rule.path) || self.rule.method.as_deref().is_some_and(|m| m != method) {
+    /// Whether this rule may catch the request (its method, path and
+    /// token match, and its call filter and probability let it through),
+    /// counting the match. The fault is applied, and counted with
+    /// [`ActiveRule::caught_one`], unless the rule also looks at the response.
+    pub(super) fn catches(&self, method: &str, path: &str, token: Option<&str>) -> bool {
+        if !path.contains(&self.rule.path)
+            || self.rule.method.as_deref().is_some_and(|m| m != method)
+            || self.rule.token.as_deref().is_some_and(|t| Some(t) != token)
+        {
             return false;
         }
         if self.rule.fault == Fault::Hold && self.held.borrow().1 {
@@ -139,11 +187,12 @@ impl ActiveRule {
                 (*state % 1000) < u64::from(per_mille)
             }
         };
-        let caught = by_count && by_chance;
-        if caught {
-            self.caught.fetch_add(1, Ordering::SeqCst);
-        }
-        caught
+        by_count && by_chance
+    }
+
+    /// Counts a request the fault was applied to.
+    pub(super) fn caught_one(&self) {
+        self.caught.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(super) fn matched(&self) -> u64 {
@@ -162,19 +211,22 @@ mod tests {
     #[test]
     fn a_rule_catches_by_method_path_and_call_number() {
         let rule = ActiveRule::new(Rule::path("/keys/query").method("post").calls(Calls::Nth(2)));
-        assert!(!rule.catches("GET", "/_matrix/client/v3/keys/query"));
-        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/upload"));
-        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/query"), "the first call");
-        assert!(rule.catches("POST", "/_matrix/client/v3/keys/query"), "the second call");
-        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/query"), "the third call");
-        assert_eq!((rule.matched(), rule.caught()), (3, 1));
+        assert!(!rule.catches("GET", "/_matrix/client/v3/keys/query", None));
+        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/upload", None));
+        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/query", None), "the first call");
+        assert!(rule.catches("POST", "/_matrix/client/v3/keys/query", None), "the second call");
+        assert!(!rule.catches("POST", "/_matrix/client/v3/keys/query", None), "the third call");
+        assert_eq!(rule.matched(), 3);
+        let mine = ActiveRule::new(Rule::path("/sync").token("abc"));
+        assert!(!mine.catches("GET", "/sync", Some("xyz")) && !mine.catches("GET", "/sync", None));
+        assert!(mine.catches("GET", "/sync", Some("abc")));
     }
 
     #[test]
     fn a_seeded_probability_replays_and_is_roughly_right() {
         let pattern = |seed| {
             let rule = ActiveRule::new(Rule::path("/sync").probability(300, seed));
-            (0..1000).map(|_| rule.catches("GET", "/sync")).collect::<Vec<_>>()
+            (0..1000).map(|_| rule.catches("GET", "/sync", None)).collect::<Vec<_>>()
         };
         assert_eq!(pattern(7), pattern(7), "the same seed, the same calls caught");
         assert_ne!(pattern(7), pattern(8));
