@@ -46,35 +46,49 @@ impl RogueDevice {
         one_time_keys: usize,
         fallback: bool,
     ) -> Self {
-        let mut device = Self {
+        let mut device = Self::new(user_id, device_id);
+        let request = device.keys_upload(one_time_keys, fallback);
+        server.upload_keys(user_id, &device.device_id, &request).expect("upload");
+        device
+    }
+
+    /// A device with a fresh account and nothing on any server yet.
+    pub fn new(user_id: &UserId, device_id: &str) -> Self {
+        Self {
             user_id: user_id.to_owned(),
             device_id: device_id.into(),
             account: Account::new(),
             sessions: BTreeMap::new(),
-        };
-        device.account.generate_one_time_keys(one_time_keys);
+        }
+    }
+
+    /// A keys upload of this device's signed device keys, `one_time_keys`
+    /// new signed one-time keys (at most 100) and, if `fallback`, a signed
+    /// fallback key; the keys count as published.
+    pub fn keys_upload(&mut self, one_time_keys: usize, fallback: bool) -> upload_keys::v3::Request {
+        self.account.generate_one_time_keys(one_time_keys);
         let mut request = upload_keys::v3::Request::new();
         if fallback {
-            device.account.generate_fallback_key();
-            for (id, key) in device.account.fallback_key() {
-                let signed = device.sign(json!({ "key": key.to_base64(), "fallback": true }));
+            self.account.generate_fallback_key();
+            for (id, key) in self.account.fallback_key() {
+                let signed = self.sign(json!({ "key": key.to_base64(), "fallback": true }));
                 let id = format!("signed_curve25519:{}", id.to_base64());
                 request
                     .fallback_keys
                     .insert(id.try_into().expect("key id"), Raw::new(&signed).expect("json").cast_unchecked());
             }
         }
-        request.device_keys = Some(Raw::new(&device.device_keys_for(user_id)).expect("json").cast_unchecked());
-        for (id, key) in device.account.one_time_keys() {
-            let signed = device.sign(json!({ "key": key.to_base64() }));
+        request.device_keys =
+            Some(Raw::new(&self.device_keys_for(&self.user_id.clone())).expect("json").cast_unchecked());
+        for (id, key) in self.account.one_time_keys() {
+            let signed = self.sign(json!({ "key": key.to_base64() }));
             let id = format!("signed_curve25519:{}", id.to_base64());
             request
                 .one_time_keys
                 .insert(id.try_into().expect("key id"), Raw::new(&signed).expect("json").cast_unchecked());
         }
-        device.account.mark_keys_as_published();
-        server.upload_keys(user_id, &device.device_id, &request).expect("upload");
-        device
+        self.account.mark_keys_as_published();
+        request
     }
 
     /// This device's keys, self-signed, but claiming to belong to `user_id`.

@@ -34,6 +34,44 @@ pub async fn register(name: &str, password: &str) -> Result<(), ClientError> {
     Ok(())
 }
 
+/// A device with no client: a registered user's login and keys uploaded
+/// from a bare vodozemac account, cheap enough to make by the hundred.
+#[derive(Debug)]
+pub struct BareDevice {
+    /// The device's keys.
+    pub device: crate::RogueDevice,
+    /// Its access token.
+    pub access_token: String,
+}
+
+impl BareDevice {
+    /// Registers a new user logged in on one device, with its keys and one
+    /// one-time key uploaded.
+    pub async fn register(prefix: &str) -> Result<Self, ClientError> {
+        let http = HttpClient::new(&homeserver_url(), Default::default())?;
+        let mut request = register::v3::Request::new();
+        request.username = Some(unique_name(prefix));
+        request.password = Some("password".to_owned());
+        request.auth = Some(uiaa::AuthData::Dummy(uiaa::Dummy::new()));
+        let response = http.send(request, None, Duration::ZERO).await?;
+        let (Some(access_token), Some(device_id)) = (response.access_token, response.device_id) else {
+            return Err(ClientError::Config("registration returned no login".into()));
+        };
+        let mut device = crate::RogueDevice::new(&response.user_id, device_id.as_str());
+        let upload = device.keys_upload(1, false);
+        http.send(upload, Some(&access_token), Duration::ZERO).await?;
+        Ok(Self { device, access_token })
+    }
+
+    /// Joins a room (public, or one it is invited to).
+    pub async fn join(&self, room: &OwnedRoomId) -> Result<(), ClientError> {
+        let http = HttpClient::new(&homeserver_url(), Default::default())?;
+        let request = ruma_client_api::membership::join_room_by_id::v3::Request::new(room.clone());
+        http.send(request, Some(&self.access_token), Duration::ZERO).await?;
+        Ok(())
+    }
+}
+
 /// Which persistent store the test clients use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreKind {

@@ -17,7 +17,8 @@ use hush_testing::synapse::{StoreKind, TestClient};
 /// verified (recovery gave it the self-signing key).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
-async fn a_new_device_recovers_with_the_recovery_key_and_reads_history() {
+#[allow(non_snake_case)]
+async fn TestCanBackupKeys() {
     let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
     let (name, password) = alice1.credentials.clone();
     let alice = alice1.session.user_id.clone();
@@ -57,7 +58,8 @@ async fn a_new_device_recovers_with_the_recovery_key_and_reads_history() {
 /// enabled, history still unreadable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
-async fn a_wrong_recovery_key_fails_cleanly_and_changes_nothing() {
+#[allow(non_snake_case)]
+async fn TestBackupWrongRecoveryKeyFails() {
     let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
     let (name, password) = alice1.credentials.clone();
     alice1

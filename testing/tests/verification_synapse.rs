@@ -60,13 +60,14 @@ async fn run_sas(a: &TestClient, b: &TestClient, a_request: &VerificationRequest
     assert!(matches!(sas_state(&b_request), Some(SasState::Done { .. })));
 }
 
-/// Alice's new device A2 asks her other devices to verify; A1 (which holds
+/// complement-crypto's `TestVerificationSAS`: Alice's new device A2 asks her other devices to verify; A1 (which holds
 /// her cross-signing keys) answers, they run SAS. A2 then trusts Alice's
 /// master key, A1 cross-signed A2, and Bob, who verified Alice, sees A2
 /// verified through cross-signing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
-async fn self_verification_by_sas_makes_the_new_device_verified_to_bob() {
+#[allow(non_snake_case)]
+async fn TestVerificationSAS() {
     let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
     let (name, password) = alice1.credentials.clone();
     let alice = alice1.session.user_id.clone();

@@ -38,6 +38,11 @@ impl ProxyBody {
         response.map(|bytes| Self { rest: Some(bytes), cut: false, pause: None })
     }
 
+    /// Whether the body will be cut.
+    pub(super) fn is_cut(&self) -> bool {
+        self.cut
+    }
+
     /// The response's head (with its full length) and half its body.
     pub(super) fn cut(response: Response<Bytes>) -> Response<Self> {
         response.map(|bytes| Self { rest: Some(bytes.slice(..bytes.len() / 2)), cut: true, pause: None })

@@ -51,6 +51,7 @@ struct Shared {
     client: HyperClient<HttpConnector, Full<Bytes>>,
     rules: Mutex<Vec<Arc<ActiveRule>>>,
     seen: Mutex<Vec<Seen>>,
+    answers: Mutex<Vec<(String, String, u16)>>,
 }
 
 /// The proxy, serving until dropped.
@@ -83,6 +84,7 @@ impl FaultProxy {
             client: HyperClient::builder(TokioExecutor::new()).build_http(),
             rules: Mutex::new(Vec::new()),
             seen: Mutex::new(Vec::new()),
+            answers: Mutex::new(Vec::new()),
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         Self { shared, addr, server }
@@ -110,6 +112,18 @@ impl FaultProxy {
     /// (of `method`, if given), caught or not.
     pub fn requests(&self, method: Option<&str>, path: &str) -> usize {
         self.seen(method, path).len()
+    }
+
+    /// The statuses the client was answered for requests whose path
+    /// contains `path` (of `method`, if given), in the order answered; a
+    /// dropped or cut request has none.
+    pub fn answers(&self, method: Option<&str>, path: &str) -> Vec<u16> {
+        let answers = self.shared.answers.lock().expect("answers");
+        answers
+            .iter()
+            .filter(|(m, p, _)| p.contains(path) && method.is_none_or(|want| want == m))
+            .map(|a| a.2)
+            .collect()
     }
 
     /// The requests whose path contains `path` (of `method`, if given), in
@@ -182,7 +196,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(shared.clone(), request));
+            let service = hyper::service::service_fn(move |request| answer(shared.clone(), request));
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
         });
     }
@@ -199,6 +213,18 @@ pub struct Seen {
     pub token: Option<String>,
     /// The body, if it was JSON.
     pub body: Option<serde_json::Value>,
+}
+
+/// Handles a request and records the status answered.
+async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Closed> {
+    let (method, path) = (request.method().as_str().to_owned(), request.uri().path().to_owned());
+    let response = handle(shared.clone(), request).await;
+    if let Ok(response) = &response
+        && !response.body().is_cut()
+    {
+        shared.answers.lock().expect("answers").push((method, path, response.status().as_u16()));
+    }
+    response
 }
 
 async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Closed> {
@@ -222,9 +248,9 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         rules.iter().find(|r| r.catches(&method, &path, token.as_deref())).cloned()
     };
     let Some(rule) = rule else { return forward(&shared, parts, body).await.map(ProxyBody::whole) };
-    if let Some(text) = &rule.rule.response_contains {
+    if let Some(check) = &rule.rule.response {
         let response = forward(&shared, parts, body).await?;
-        if !String::from_utf8_lossy(response.body()).contains(text.as_str()) {
+        if !check.matches(response.body()) {
             return Ok(ProxyBody::whole(response));
         }
         rule.caught_one();

@@ -64,13 +64,38 @@ pub enum Calls {
     First(u64),
 }
 
+/// Which responses a rule acts on.
+#[derive(Clone)]
+pub(super) enum ResponseMatch {
+    Contains(String),
+    Json(Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>),
+}
+
+impl ResponseMatch {
+    pub(super) fn matches(&self, body: &[u8]) -> bool {
+        match self {
+            Self::Contains(text) => String::from_utf8_lossy(body).contains(text.as_str()),
+            Self::Json(check) => serde_json::from_slice(body).is_ok_and(|json| check(&json)),
+        }
+    }
+}
+
+impl std::fmt::Debug for ResponseMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Contains(text) => write!(f, "Contains({text:?})"),
+            Self::Json(_) => f.write_str("Json(..)"),
+        }
+    }
+}
+
 /// A fault rule, built with [`Rule::path`] and the methods after it.
 #[derive(Clone, Debug)]
 pub struct Rule {
     pub(super) method: Option<String>,
     pub(super) path: String,
     pub(super) token: Option<String>,
-    pub(super) response_contains: Option<String>,
+    pub(super) response: Option<ResponseMatch>,
     pub(super) calls: Calls,
     /// Per mille, with the generator's seed.
     pub(super) probability: Option<(u32, u64)>,
@@ -85,7 +110,7 @@ impl Rule {
             method: None,
             path: path.to_owned(),
             token: None,
-            response_contains: None,
+            response: None,
             calls: Calls::Every,
             probability: None,
             fault: Fault::Delay(Duration::ZERO),
@@ -109,7 +134,14 @@ impl Rule {
     /// (for [`Fault::Hold`], [`Fault::CutResponse`],
     /// [`Fault::ReplaceResponse`], [`Fault::Rewrite`]).
     pub fn response_contains(mut self, text: &str) -> Self {
-        self.response_contains = Some(text.to_owned());
+        self.response = Some(ResponseMatch::Contains(text.to_owned()));
+        self
+    }
+
+    /// Only requests whose JSON response satisfies `check` (forwarded
+    /// first, as for [`Rule::response_contains`]).
+    pub fn response_json(mut self, check: impl Fn(&serde_json::Value) -> bool + Send + Sync + 'static) -> Self {
+        self.response = Some(ResponseMatch::Json(Arc::new(check)));
         self
     }
 

@@ -10,8 +10,9 @@
 
 mod keys;
 mod membership;
-// mod room_keys;
-// mod to_device;
+mod restarts;
+mod room_keys;
+mod to_device;
 
 use std::time::Duration;
 
