@@ -107,7 +107,7 @@ impl CryptoStore for CountingStore {
     async fn get_secret(
         &self,
         name: &str,
-    ) -> Result<Option<hush_crypto_core::deps::zeroize::Zeroizing<String>>, StoreError> {
+    ) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
         self.inner.get_secret(name).await
     }
     async fn get_user_identity(

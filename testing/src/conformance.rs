@@ -442,10 +442,7 @@ fn key_ref(n: usize) -> RoomKeyRef {
 }
 
 fn secret(name: &str, value: Option<&str>) -> StoredSecret {
-    StoredSecret {
-        name: name.to_owned(),
-        value: value.map(|v| hush_crypto_core::deps::zeroize::Zeroizing::new(v.to_owned())),
-    }
+    StoredSecret { name: name.to_owned(), value: value.map(|v| zeroize::Zeroizing::new(v.to_owned())) }
 }
 
 /// The backup queue keeps what was added until it is removed or cleared,

@@ -9,11 +9,13 @@
 //! * [`conformance`]: the store conformance suite; [`stores`]: factories
 //!   for every backend it runs against; [`own_devices`]: two devices of
 //!   one user, for the secret and key sharing tests.
+//! * [`fuzz`]: the fuzz targets, shared by `fuzz/` and the corpus replay.
 //! * [`proxy`]: a fault-injecting HTTP proxy between a client and Synapse.
 
 mod clock;
 pub mod conformance;
 mod device;
+pub mod fuzz;
 pub mod memory;
 pub mod own_devices;
 pub mod proxy;

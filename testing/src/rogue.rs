@@ -163,11 +163,15 @@ impl RogueDevice {
         self.sessions.insert(identity.to_base64(), session);
     }
 
-    /// Encrypts an arbitrary plaintext for the device with `recipient_key`,
-    /// returning the `m.room.encrypted` to-device event as the server delivers it.
-    pub fn encrypt_raw(&mut self, recipient_key: &Curve25519PublicKey, plaintext: &Value) -> Value {
+    /// Encrypts arbitrary bytes (not necessarily JSON) for the device with
+    /// `recipient_key`, as [`RogueDevice::encrypt_raw`] does a plaintext.
+    pub fn encrypt_bytes(&mut self, recipient_key: &Curve25519PublicKey, plaintext: &[u8]) -> Value {
         let session = self.sessions.get_mut(&recipient_key.to_base64()).expect("a session");
-        let message = session.encrypt(plaintext.to_string()).expect("encrypt");
+        let message = session.encrypt(plaintext).expect("encrypt");
+        self.to_device_event(recipient_key, message)
+    }
+
+    fn to_device_event(&self, recipient_key: &Curve25519PublicKey, message: OlmMessage) -> Value {
         let (message_type, body) = match message {
             OlmMessage::PreKey(m) => (0, m.to_base64()),
             OlmMessage::Normal(m) => (1, m.to_base64()),
@@ -181,6 +185,14 @@ impl RogueDevice {
                 "ciphertext": { recipient_key.to_base64(): { "type": message_type, "body": body } },
             },
         })
+    }
+
+    /// Encrypts an arbitrary plaintext for the device with `recipient_key`,
+    /// returning the `m.room.encrypted` to-device event as the server delivers it.
+    pub fn encrypt_raw(&mut self, recipient_key: &Curve25519PublicKey, plaintext: &Value) -> Value {
+        let session = self.sessions.get_mut(&recipient_key.to_base64()).expect("a session");
+        let message = session.encrypt(plaintext.to_string()).expect("encrypt");
+        self.to_device_event(recipient_key, message)
     }
 
     /// Decrypts an Olm to-device event addressed to this device (creating

@@ -7,6 +7,8 @@
 //! * `homeserver start|stop|status`: that Synapse.
 //! * `demo`: the end-to-end demo against it.
 //! * `bench`: benchmarks, all or one named workload group.
+//! * `fuzz`: the fuzz targets under cargo-fuzz, and their seeds.
+//! * `stress`: the crash test with 1,000 kills per backend.
 //!
 //! Only the standard library is used, so the tasks build in seconds.
 
@@ -16,6 +18,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod checks;
+mod fuzz;
 mod homeserver;
 mod tests;
 
@@ -27,6 +30,7 @@ fn main() -> ExitCode {
         Some("purity") => checks::purity(),
         Some("bench") => bench::run(&args[1..]),
         Some("stress") => tests::stress(),
+        Some("fuzz") => fuzz::command(&args[1..]),
         Some("homeserver") => homeserver::command(&args[1..]),
         Some("demo") => homeserver::demo(),
         _ => Err(usage()),
@@ -46,6 +50,7 @@ fn usage() -> String {
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
      \n  stress  the store crash test with 1,000 SIGKILLs per backend\
+     \n  fuzz --seeds | --seconds N [target ...]  write the fuzz seeds, or run the fuzz targets (nightly, cargo-fuzz)\
      \n  demo    start the local Synapse (installing it if needed) and run the end-to-end demo\
      \n  homeserver start|stop|status  the local Synapse for tests and the demo\
      \n  bench [workloads|export|stores]  benchmarks (workloads: hush beside matrix-sdk-crypto and bare\

@@ -8,6 +8,12 @@
 //! * `client-child login <redb|sled> <store-path> <user> <password> <device>`:
 //!   prints `logging in`, logs in (which uploads the device's keys), prints
 //!   `logged in`, then syncs in a loop as above.
+//! * `client-child stress <store-path> <session-json> <room> <site>`: the
+//!   stress test's device (redb store). Prints `opened` once the store is
+//!   open and the session restored, then loops: sync (`synced`), send a text
+//!   (`sent <event id>`), and report each text it decrypted (`text <body>`).
+//!   With site `write`, every write of the store is armed to stall after a
+//!   few ops (the backend prints `stalled inside a write ...`).
 
 use std::time::Duration;
 
@@ -36,10 +42,49 @@ async fn sync_forever(client: &Client) -> ! {
     }
 }
 
+/// The stress loop: see the module doc.
+async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
+    let session: Session = serde_json::from_str(session).expect("session json");
+    eprintln!("opening the store");
+    let options = hush_store_redb::StoreOptions::passphrase("store secret");
+    let store =
+        std::sync::Arc::new(hush_store_redb::open(path, &session.user_id, &session.device_id, options).expect("open"));
+    let client = Client::builder()
+        .homeserver_url(hush_testing::synapse::homeserver_url())
+        .store_config(StoreConfig::Custom(store.clone()))
+        .build()
+        .expect("client");
+    client.add_event_handler(|event: hush_client::RoomEvent| async move {
+        if let Some(body) = event.text_body() {
+            println!("text {body}");
+        }
+    });
+    eprintln!("restoring the session");
+    client.restore_session(session).await.expect("restore");
+    eprintln!("restored");
+    println!("opened");
+    let room: ruma_common::OwnedRoomId = room.try_into().expect("room id");
+    for n in 0u64.. {
+        if site == "write" {
+            store.backend().stall_next_write_after(usize::try_from(n % 4).unwrap_or(0));
+        }
+        client.sync_once(SyncSettings { timeout: Duration::from_millis(100) }).await.expect("sync");
+        println!("synced");
+        if n < 2
+            && let Some(handle) = client.get_room(&room)
+        {
+            let id = handle.send_text(&format!("from the child {}-{n}", std::process::id())).await.expect("send");
+            println!("sent {id}");
+        }
+    }
+    unreachable!("the loop ends by SIGKILL")
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
+        [_, mode, path, session, room, site] if mode == "stress" => stress(path, session, room, site).await,
         [_, login, kind, path, user, password, device] if login == "login" => {
             let client = client(kind, path);
             println!("logging in");
@@ -56,6 +101,7 @@ async fn main() {
         _ => {
             eprintln!("usage: client-child <redb|sled> <store-path> <session-json>");
             eprintln!("       client-child login <redb|sled> <store-path> <user> <password> <device>");
+            eprintln!("       client-child stress <store-path> <session-json> <room> <site>");
             std::process::exit(2);
         }
     }

@@ -263,6 +263,12 @@ impl<R: BufRead> ArmorReader<R> {
             }
             return Ok(false);
         }
+        // Only ASCII can be base64: anything else is refused here, which
+        // also keeps the byte slicing below on character boundaries (a
+        // multi-byte character once made it panic; found by fuzzing).
+        if !trimmed.is_ascii() {
+            return Err(KeyExportError::InvalidBase64);
+        }
         self.carry.extend(trimmed.chars().filter(|c| !c.is_whitespace()));
         let whole = self.carry.len() / 4 * 4;
         // Padding may only end the data: keep a padded group for the footer.
@@ -618,6 +624,14 @@ mod tests {
         bytes[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(decrypt_room_key_export(&rearmor(&bytes), "p"), Err(KeyExportError::InvalidRounds(u32::MAX)));
         assert!(matches!(encrypt_room_key_export(&[], "p", 0), Err(KeyExportError::InvalidRounds(0))));
+    }
+
+    /// Attack: a hostile key file with a multi-byte character inside the
+    /// armored data (it panicked slicing the base64; found by fuzzing).
+    #[test]
+    fn a_non_ascii_character_in_the_armor_is_refused() {
+        let text = "-----BEGIN MEGOLM SESSION DATA-----\nAYBSv0GV5RgvQoVig6ZJcRCuL-----BEGIN MEGO\u{6c3}LM SESSIOOhN\u{fffd}\u{fffd}\n";
+        assert!(matches!(decrypt_room_key_export(text, "x"), Err(KeyExportError::InvalidBase64)));
     }
 
     #[test]

@@ -1,0 +1,4 @@
+//! Fuzz target `backup_data`: see `hush_testing::fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hush_testing::fuzz::run("backup_data", data));

@@ -1,0 +1,4 @@
+//! Fuzz target `secret_storage`: see `hush_testing::fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hush_testing::fuzz::run("secret_storage", data));

@@ -1,0 +1,4 @@
+//! Fuzz target `store_values`: see `hush_testing::fuzz`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| hush_testing::fuzz::run("store_values", data));
