@@ -104,10 +104,7 @@ impl CryptoStore for CountingStore {
     async fn backup_queue_len(&self) -> Result<usize, StoreError> {
         self.inner.backup_queue_len().await
     }
-    async fn get_secret(
-        &self,
-        name: &str,
-    ) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
+    async fn get_secret(&self, name: &str) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
         self.inner.get_secret(name).await
     }
     async fn get_user_identity(
