@@ -24,7 +24,13 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Registers a user with a password (open registration, dummy auth).
 pub async fn register(name: &str, password: &str) -> Result<(), ClientError> {
-    let http = HttpClient::new(&homeserver_url(), Default::default())?;
+    register_at(&homeserver_url(), name, password).await
+}
+
+/// Registers a user with a password at `homeserver` (open registration,
+/// dummy auth).
+pub async fn register_at(homeserver: &str, name: &str, password: &str) -> Result<(), ClientError> {
+    let http = HttpClient::new(homeserver, Default::default())?;
     let mut request = register::v3::Request::new();
     request.username = Some(name.to_owned());
     request.password = Some(password.to_owned());
@@ -149,6 +155,15 @@ impl TestClient {
     pub async fn new_user_via(prefix: &str, device_id: &str, kind: StoreKind, homeserver: &str) -> Self {
         let name = unique_name(prefix);
         register(&name, "password").await.expect("register");
+        let dir = Arc::new(TempDir::new().expect("temp dir"));
+        Self::login_via(&name, "password", device_id, kind, dir, homeserver).await
+    }
+
+    /// Registers a new user at `homeserver` (e.g. one of two federating
+    /// Synapses) and logs in there as `device_id`.
+    pub async fn new_user_at(prefix: &str, device_id: &str, kind: StoreKind, homeserver: &str) -> Self {
+        let name = unique_name(prefix);
+        register_at(homeserver, &name, "password").await.expect("register");
         let dir = Arc::new(TempDir::new().expect("temp dir"));
         Self::login_via(&name, "password", device_id, kind, dir, homeserver).await
     }

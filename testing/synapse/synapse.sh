@@ -5,18 +5,27 @@
 #   synapse.sh start     install if needed, write the config, start, wait until it answers
 #   synapse.sh stop      stop it by its recorded PID
 #   synapse.sh status    say whether it runs
+#   synapse.sh pause     SIGSTOP it (it stops answering, as a server gone offline)
+#   synapse.sh resume    SIGCONT it
 #
 # It listens on 127.0.0.1 only, serves the client API only, federates with
 # nobody and trusts no key server (no outbound traffic), uses SQLite, open
 # registration without verification (test users only), relaxed rate limits
 # and cheap bcrypt. Everything lives under $HUSH_SYNAPSE_DIR
 # (default ~/.cache/hush/synapse), outside the repository.
+#
+# With HUSH_SYNAPSE_FEDERATION_PORT set (see federation.sh), it federates
+# instead, on loopback only: its server name is 127.0.0.1:<that port>, where
+# it serves federation over TLS with a self-signed certificate, and it
+# accepts other servers' certificates unchecked and reaches 127.0.0.0/8
+# only (every other address is on its blocklist).
 set -euo pipefail
 
 VERSION="1.163.2"
 PORT="${HUSH_SYNAPSE_PORT:-8008}"
 DIR="${HUSH_SYNAPSE_DIR:-$HOME/.cache/hush/synapse}"
-VENV="$DIR/venv"
+VENV="${HUSH_SYNAPSE_VENV:-$DIR/venv}"
+FEDERATION_PORT="${HUSH_SYNAPSE_FEDERATION_PORT:-}"
 DATA="$DIR/data"
 PID_FILE="$DATA/homeserver.pid"
 URL="http://127.0.0.1:$PORT"
@@ -33,21 +42,81 @@ install() {
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "matrix-synapse==$VERSION"
 }
 
+# A self-signed certificate for 127.0.0.1, made with the cryptography
+# package Synapse depends on (no openssl binary needed).
+write_certificate() {
+    [ -f "$DATA/tls.crt" ] && return
+    "$VENV/bin/python" - "$DATA" <<'PY'
+import datetime, ipaddress, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256()))
+open(sys.argv[1] + "/tls.crt", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(sys.argv[1] + "/tls.key", "wb").write(key.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+PY
+}
+
+# The server name, and the federation part of the config (none by default).
+federation_config() {
+    if [ -z "$FEDERATION_PORT" ]; then
+        SERVER_NAME="localhost"
+        FEDERATION_YAML="federation_domain_whitelist: []"
+        return
+    fi
+    write_certificate
+    # Synapse checks IP-literal server names against its blocklist alone
+    # (its allowlist is not consulted there), so the blocklist is every
+    # address but 127.0.0.0/8: all of IPv4 around it, and all of IPv6.
+    local everywhere_but_loopback='"0.0.0.0/2", "64.0.0.0/3", "96.0.0.0/4", "112.0.0.0/5", "120.0.0.0/6",'
+    everywhere_but_loopback+=' "124.0.0.0/7", "126.0.0.0/8", "128.0.0.0/1", "::/0"'
+    EVERYWHERE_BUT_LOOPBACK="$everywhere_but_loopback"
+    SERVER_NAME="127.0.0.1:$FEDERATION_PORT"
+    FEDERATION_YAML="tls_certificate_path: \"$DATA/tls.crt\"
+tls_private_key_path: \"$DATA/tls.key\"
+federation_verify_certificates: false
+ip_range_blacklist: [$EVERYWHERE_BUT_LOOPBACK]
+federation:
+  client_timeout: 10s
+  destination_min_retry_interval: 1s
+  destination_max_retry_interval: 5s"
+    LISTENERS="$LISTENERS
+  - port: $FEDERATION_PORT
+    bind_addresses: [\"127.0.0.1\"]
+    type: http
+    tls: true
+    x_forwarded: false
+    resources:
+      - names: [federation]
+        compress: false"
+}
+
 write_config() {
     mkdir -p "$DATA/media_store"
-    cat > "$DATA/homeserver.yaml" <<YAML
-server_name: "localhost"
-public_baseurl: "$URL/"
-pid_file: "$PID_FILE"
-listeners:
-  - port: $PORT
-    bind_addresses: ["127.0.0.1"]
+    LISTENERS="  - port: $PORT
+    bind_addresses: [\"127.0.0.1\"]
     type: http
     tls: false
     x_forwarded: false
     resources:
       - names: [client]
-        compress: false
+        compress: false"
+    federation_config
+    cat > "$DATA/homeserver.yaml" <<YAML
+server_name: "$SERVER_NAME"
+public_baseurl: "$URL/"
+pid_file: "$PID_FILE"
+listeners:
+$LISTENERS
 database:
   name: sqlite3
   args:
@@ -63,7 +132,7 @@ enable_registration: true
 enable_registration_without_verification: true
 trusted_key_servers: []
 suppress_key_server_warning: true
-federation_domain_whitelist: []
+$FEDERATION_YAML
 bcrypt_rounds: 4
 url_preview_enabled: false
 presence:
@@ -149,6 +218,7 @@ stop() {
     if running; then
         local pid
         pid="$(cat "$PID_FILE")"
+        kill -CONT "$pid" 2>/dev/null || true
         kill "$pid"
         for _ in $(seq 1 40); do
             kill -0 "$pid" 2>/dev/null || break
@@ -171,10 +241,18 @@ status() {
     fi
 }
 
+signal() {
+    running || { log "not running"; exit 1; }
+    kill "-$1" "$(cat "$PID_FILE")"
+    log "sent SIG$1"
+}
+
 case "${1:-}" in
     install) install ;;
+    pause) signal STOP ;;
+    resume) signal CONT ;;
     start) start ;;
     stop) stop ;;
     status) status ;;
-    *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+    *) echo "usage: $0 install|start|stop|status|pause|resume" >&2; exit 2 ;;
 esac

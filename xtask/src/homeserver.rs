@@ -7,26 +7,43 @@ use super::root;
 
 const SCRIPT: &str = "testing/synapse/synapse.sh";
 
+/// The two federating Synapses of the federation tests.
+pub(crate) const FEDERATION_SCRIPT: &str = "testing/synapse/federation.sh";
+
 pub(crate) fn run_script(action: &str) -> Result<(), String> {
-    let status = Command::new("bash")
-        .arg(root().join(SCRIPT))
-        .arg(action)
-        .status()
-        .map_err(|e| format!("could not run {SCRIPT}: {e}"))?;
-    if status.success() { Ok(()) } else { Err(format!("synapse {action} failed ({status})")) }
+    run_named(SCRIPT, action)
 }
 
-fn is_running() -> bool {
-    Command::new("bash").arg(root().join(SCRIPT)).arg("status").output().is_ok_and(|o| o.status.success())
+pub(crate) fn run_named(script: &str, action: &str) -> Result<(), String> {
+    let status = Command::new("bash")
+        .arg(root().join(script))
+        .arg(action)
+        .status()
+        .map_err(|e| format!("could not run {script}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{script} {action} failed ({status})")) }
+}
+
+fn is_running(script: &str) -> bool {
+    Command::new("bash").arg(root().join(script)).arg("status").output().is_ok_and(|o| o.status.success())
 }
 
 /// Starts Synapse unless it already runs; returns whether this call started it.
 pub(crate) fn ensure_running() -> Result<bool, String> {
-    if is_running() {
+    ensure_named(SCRIPT, "the local Synapse")
+}
+
+/// Starts the two federating Synapses unless they run; returns whether
+/// this call started them.
+pub(crate) fn ensure_federation_running() -> Result<bool, String> {
+    ensure_named(FEDERATION_SCRIPT, "two federating Synapses (hs1, hs2)")
+}
+
+fn ensure_named(script: &str, what: &str) -> Result<bool, String> {
+    if is_running(script) {
         return Ok(false);
     }
-    eprintln!("\n== starting the local Synapse");
-    run_script("start")?;
+    eprintln!("\n== starting {what}");
+    run_named(script, "start")?;
     Ok(true)
 }
 

@@ -8,7 +8,8 @@
 //! * `demo`: the end-to-end demo against it.
 //! * `bench`: benchmarks, all or one named workload group.
 //! * `fuzz`: the fuzz targets under cargo-fuzz, and their seeds.
-//! * `stress`: the crash test with 1,000 kills per backend.
+//! * `stress`: the store crash test with 1,000 kills per backend, and the
+//!   client kill stress with 1,000 kills against Synapse.
 //!
 //! Only the standard library is used, so the tasks build in seconds.
 
@@ -49,7 +50,7 @@ fn usage() -> String {
      \n  ci      fmt check, clippy -D warnings, crypto-core purity, docs, tests, cargo-deny\
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
-     \n  stress  the store crash test with 1,000 SIGKILLs per backend\
+     \n  stress  1,000 SIGKILLs per store backend, then 1,000 of a client against Synapse\
      \n  fuzz --seeds | --seconds N [target ...]  write the fuzz seeds, or run the fuzz targets (nightly, cargo-fuzz)\
      \n  demo    start the local Synapse (installing it if needed) and run the end-to-end demo\
      \n  homeserver start|stop|status  the local Synapse for tests and the demo\

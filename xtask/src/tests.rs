@@ -6,11 +6,24 @@ use super::{cargo, has_cargo_subcommand, root, run};
 /// The interop crate's manifest, a workspace of its own (see its Cargo.toml).
 const INTEROP_MANIFEST: &str = "testing/interop/Cargo.toml";
 
-/// The whole suite, the Synapse tests included: Synapse is started first
-/// (installed if needed) and stopped afterwards if this run started it.
+/// The whole suite, the Synapse tests included: Synapse and the two
+/// federating Synapses of the federation tests are started first
+/// (installed if needed) and stopped afterwards if this run started them.
 pub(crate) fn run_all(filter: &[String]) -> Result<(), String> {
     let started = crate::homeserver::ensure_running()?;
+    let federation = match crate::homeserver::ensure_federation_running() {
+        Ok(started) => started,
+        Err(error) => {
+            if started {
+                crate::homeserver::run_script("stop")?;
+            }
+            return Err(error);
+        }
+    };
     let result = run_suites(filter);
+    if federation {
+        crate::homeserver::run_named(crate::homeserver::FEDERATION_SCRIPT, "stop")?;
+    }
     if started {
         crate::homeserver::run_script("stop")?;
     }
@@ -55,9 +68,24 @@ pub(crate) fn from_args(args: &[String]) -> Result<(), String> {
     run_all(&filter)
 }
 
-/// The crash test at 1,000 kills per backend, in release mode.
+/// The kill stresses, in release mode: the store crash test at 1,000 kills
+/// per backend, then the client kill stress (a client SIGKILLed at 1,000
+/// seeded points across its kill sites, against Synapse, which is started
+/// if needed and stopped afterwards if this run started it).
 pub(crate) fn stress() -> Result<(), String> {
     let mut crash = cargo();
     crash.args(["test", "--release", "-p", "hush-testing", "--test", "store_crash"]).env("HUSH_CRASH_KILLS", "1000");
-    run(crash, "store crash test, 1,000 kills per backend")
+    run(crash, "store crash test, 1,000 kills per backend")?;
+
+    let started = crate::homeserver::ensure_running()?;
+    let mut clients = cargo();
+    clients
+        .args(["test", "--release", "-p", "hush-testing", "--test", "complement", "--"])
+        .args(["--ignored", "--exact", "--nocapture", "kills::a_client_killed_at_seeded_points_loses_no_room_key"])
+        .env("HUSH_CLIENT_KILLS", "1000");
+    let result = run(clients, "client kill stress, 1,000 kills against Synapse");
+    if started {
+        crate::homeserver::run_script("stop")?;
+    }
+    result
 }

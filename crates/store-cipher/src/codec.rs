@@ -4,7 +4,6 @@
 
 use hush_crypto_core::StoreError;
 use serde::{Serialize, de::DeserializeOwned};
-use zeroize::Zeroizing;
 
 use crate::{
     Table,
@@ -87,7 +86,7 @@ impl Codec {
     /// Encodes a value stored under `key`.
     pub(crate) fn seal<T: Serialize>(&self, table: Table, key: &[u8], value: &T) -> Result<Vec<u8>, StoreError> {
         let plain =
-            Zeroizing::new(rmp_serde::to_vec_named(value).map_err(|e| StoreError::serialization(table.name(), e))?);
+            hush_crypto_core::store::encode_value(value).map_err(|e| StoreError::serialization(table.name(), e))?;
         match self {
             Self::Plain => Ok(plain.to_vec()),
             Self::Encrypted { cipher, .. } => {
@@ -99,7 +98,8 @@ impl Codec {
     /// Decodes a value read from `key`.
     pub(crate) fn open<T: DeserializeOwned>(&self, table: Table, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
         let decode = |plain: &[u8]| {
-            rmp_serde::from_slice(plain).map_err(|e| StoreError::Corrupt(format!("{}: {e}", table.name())))
+            hush_crypto_core::store::decode_value(plain)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", table.name())))
         };
         match self {
             Self::Plain => decode(bytes),

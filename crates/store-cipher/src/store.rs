@@ -122,7 +122,7 @@ impl<B: KvBackend> KvCryptoStore<B> {
         let wrapped = backend.get(Table::Meta, META_STORE_KEY)?;
         let codec = match (wrapped, &options.secret) {
             (Some(wrapped), Some(secret)) => {
-                let wrapped: WrappedStoreKey = rmp_serde::from_slice(&wrapped)
+                let wrapped: WrappedStoreKey = hush_crypto_core::store::decode_value(&wrapped)
                     .map_err(|e| StoreError::Corrupt(format!("wrapped store key: {e}")))?;
                 Codec::encrypted(StoreCipher::unwrap(&wrapped, secret).map_err(cipher_error)?)
             }

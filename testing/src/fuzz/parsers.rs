@@ -37,14 +37,14 @@ pub(super) fn key_export(data: &[u8]) {
 pub(super) fn store_values(data: &[u8]) {
     let Some((kind, bytes)) = data.split_first() else { return };
     match kind % 8 {
-        0 => drop(rmp_serde::from_slice::<StoredAccount>(bytes)),
-        1 => drop(rmp_serde::from_slice::<StoredSession>(bytes)),
-        2 => drop(rmp_serde::from_slice::<StoredInboundGroupSession>(bytes)),
-        3 => drop(rmp_serde::from_slice::<StoredOutboundGroupSession>(bytes)),
-        4 => drop(rmp_serde::from_slice::<hush_crypto_core::DeviceData>(bytes)),
-        5 => drop(rmp_serde::from_slice::<TrackedUser>(bytes)),
-        6 => drop(rmp_serde::from_slice::<WithheldInfo>(bytes)),
-        _ => drop(rmp_serde::from_slice::<StoredSecret>(bytes)),
+        0 => drop(hush_crypto_core::store::decode_value::<StoredAccount>(bytes)),
+        1 => drop(hush_crypto_core::store::decode_value::<StoredSession>(bytes)),
+        2 => drop(hush_crypto_core::store::decode_value::<StoredInboundGroupSession>(bytes)),
+        3 => drop(hush_crypto_core::store::decode_value::<StoredOutboundGroupSession>(bytes)),
+        4 => drop(hush_crypto_core::store::decode_value::<hush_crypto_core::DeviceData>(bytes)),
+        5 => drop(hush_crypto_core::store::decode_value::<TrackedUser>(bytes)),
+        6 => drop(hush_crypto_core::store::decode_value::<WithheldInfo>(bytes)),
+        _ => drop(hush_crypto_core::store::decode_value::<StoredSecret>(bytes)),
     }
 }
 

@@ -6,6 +6,7 @@
 mod key_sharing;
 mod limits_and_leaks;
 mod malformed_keys;
+mod published;
 mod rejected_events;
 mod room_key_takeover;
 mod to_device;

@@ -8,7 +8,9 @@
 
 #![allow(non_snake_case)]
 
+mod federation;
 mod keys;
+mod kills;
 mod membership;
 mod restarts;
 mod room_keys;

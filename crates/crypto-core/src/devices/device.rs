@@ -97,6 +97,13 @@ impl DeviceData {
         user_id: &UserId,
         device_id: Option<&DeviceId>,
     ) -> Result<Self, DeviceKeysError> {
+        let depth = crate::store::json_depth(&signed_keys);
+        if depth > crate::store::MAX_JSON_DEPTH {
+            return Err(DeviceKeysError::Malformed(format!(
+                "nested {depth} levels deep (at most {})",
+                crate::store::MAX_JSON_DEPTH
+            )));
+        }
         let keys = DeviceKeys::deserialize(&signed_keys).map_err(|e| DeviceKeysError::Malformed(e.to_string()))?;
         if keys.user_id != user_id {
             return Err(DeviceKeysError::UserMismatch { expected: user_id.to_owned(), found: keys.user_id });

@@ -125,6 +125,11 @@ impl CrossSigningPublicKey {
     /// checked by whoever knows the signer: see
     /// [`is_signed_by`](Self::is_signed_by)).
     pub fn parse(value: Value, user_id: &UserId, role: KeyRole) -> Result<Self, IdentityError> {
+        let depth = crate::store::json_depth(&value);
+        if depth > crate::store::MAX_JSON_DEPTH {
+            let reason = format!("nested {depth} levels deep (at most {})", crate::store::MAX_JSON_DEPTH);
+            return Err(IdentityError::Malformed { role, reason });
+        }
         let parsed = CrossSigningKey::deserialize(&value)
             .map_err(|e| IdentityError::Malformed { role, reason: e.to_string() })?;
         if parsed.user_id != user_id {

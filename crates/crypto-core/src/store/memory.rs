@@ -114,14 +114,13 @@ impl MemoryStore {
     }
 }
 
-// MessagePack with field names: compact and quick for the byte arrays of
-// pickles (JSON spells each byte as a number).
+// The shared encoding of stored values (see `codec`).
 fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Bytes, StoreError> {
-    rmp_serde::to_vec_named(value).map(Zeroizing::new).map_err(|e| StoreError::serialization(what, e))
+    super::encode_value(value).map_err(|e| StoreError::serialization(what, e))
 }
 
 fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    rmp_serde::from_slice(bytes).map_err(|e| StoreError::serialization(what, e))
+    super::decode_value(bytes).map_err(|e| StoreError::serialization(what, e))
 }
 
 #[async_trait]

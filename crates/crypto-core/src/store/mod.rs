@@ -2,6 +2,7 @@
 //! [`Changes`] batch it saves atomically, and the in-memory [`MemoryStore`].
 
 mod changes;
+mod codec;
 mod error;
 mod memory;
 mod types;
@@ -14,6 +15,7 @@ use ruma_common::{DeviceId, OwnedDeviceId, RoomId, UserId};
 use vodozemac::Curve25519PublicKey;
 
 pub use changes::Changes;
+pub use codec::{MAX_JSON_DEPTH, MAX_VALUE_DEPTH, decode_value, encode_value, json_depth};
 pub use error::StoreError;
 pub use memory::MemoryStore;
 pub use types::{
