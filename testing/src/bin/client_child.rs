@@ -13,7 +13,8 @@
 //!   open and the session restored, then loops: sync (`synced`), send a text
 //!   (`sent <event id>`), and report each text it decrypted (`text <body>`).
 //!   With site `write`, every write of the store is armed to stall after a
-//!   few ops (the backend prints `stalled inside a write ...`).
+//!   few ops (the backend prints `stalled inside a write ...`); with
+//!   `write-late`, only from the second round on (after its first send).
 
 use std::time::Duration;
 
@@ -65,7 +66,7 @@ async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
     println!("opened");
     let room: ruma_common::OwnedRoomId = room.try_into().expect("room id");
     for n in 0u64.. {
-        if site == "write" {
+        if site == "write" || (site == "write-late" && n >= 1) {
             store.backend().stall_next_write_after(usize::try_from(n % 4).unwrap_or(0));
         }
         client.sync_once(SyncSettings { timeout: Duration::from_millis(100) }).await.expect("sync");
