@@ -223,8 +223,19 @@ impl TestClient {
         credentials: &(String, String),
         session_json: &str,
     ) -> Self {
+        Self::login_restore_via(kind, dir, credentials, session_json, &homeserver_url()).await
+    }
+
+    /// [`TestClient::login_restore`] through `homeserver` (e.g. a fault proxy).
+    pub async fn login_restore_via(
+        kind: StoreKind,
+        dir: &Arc<TempDir>,
+        credentials: &(String, String),
+        session_json: &str,
+        homeserver: &str,
+    ) -> Self {
         let session: Session = serde_json::from_str(session_json).expect("session json");
-        let options = ClientOptions::at(&homeserver_url());
+        let options = ClientOptions::at(homeserver);
         let client = Self::build(kind, dir, &options);
         client.restore_session(session.clone()).await.expect("restore session");
         Self::with_handler(client, session, dir.clone(), credentials.clone(), kind, options)

@@ -12,9 +12,10 @@
 //!   stress test's device (redb store). Prints `opened` once the store is
 //!   open and the session restored, then loops: sync (`synced`), send a text
 //!   (`sent <event id>`), and report each text it decrypted (`text <body>`).
-//!   With site `write`, every write of the store is armed to stall after a
-//!   few ops (the backend prints `stalled inside a write ...`); with
-//!   `write-late`, only from the second round on (after its first send).
+//!   With site `write:K`, the first write after `opened` stalls after K ops
+//!   (the backend prints `stalled inside a write ...`); with
+//!   `write-late:K`, the first write of the second round (after its first
+//!   send).
 
 use std::time::Duration;
 
@@ -65,15 +66,18 @@ async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
     eprintln!("restored");
     println!("opened");
     let room: ruma_common::OwnedRoomId = room.try_into().expect("room id");
+    // `write:K` stalls the first write after K ops (at its end if it has
+    // fewer); `write-late:K` the first write of the second round.
+    let stall = site.split_once(':').and_then(|(when, ops)| Some((when == "write-late", ops.parse::<usize>().ok()?)));
     for n in 0u64.. {
-        if site == "write" || (site == "write-late" && n >= 1) {
-            store.backend().stall_next_write_after(usize::try_from(n % 4).unwrap_or(0));
+        if let Some((late, ops)) = stall
+            && n == u64::from(late)
+        {
+            store.backend().stall_next_write_after(ops);
         }
         client.sync_once(SyncSettings { timeout: Duration::from_millis(100) }).await.expect("sync");
         println!("synced");
-        if n < 2
-            && let Some(handle) = client.get_room(&room)
-        {
+        if let Some(handle) = client.get_room(&room) {
             let id = handle.send_text(&format!("from the child {}-{n}", std::process::id())).await.expect("send");
             println!("sent {id}");
         }

@@ -179,6 +179,13 @@ impl RuleHandle {
         panic!("the rule {:?} caught {} requests, not {n}, within 60 s", self.rule.rule, self.caught());
     }
 
+    /// The server's status for each request this rule caught after
+    /// forwarding it (held, cut, replaced or rewritten), whether or not the
+    /// answer reached the client.
+    pub fn upstream_statuses(&self) -> Vec<u16> {
+        self.rule.upstream()
+    }
+
     /// Lets held responses go; later requests pass unheld.
     pub fn release(&self) {
         self.rule.held.send_modify(|(_, released)| *released = true);
@@ -276,6 +283,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
 
 /// Applies a rule's fault to the server's response.
 async fn apply_to_response(rule: &ActiveRule, response: Response<Bytes>) -> Result<Response<ProxyBody>, Closed> {
+    rule.record_upstream(response.status().as_u16());
     match &rule.rule.fault {
         Fault::CutResponse => Ok(ProxyBody::cut(response)),
         Fault::ReplaceResponse(status) => {

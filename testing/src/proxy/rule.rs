@@ -175,6 +175,9 @@ pub(super) struct ActiveRule {
     /// For [`Fault::Hold`]: how many responses are held now, and whether
     /// the rule was released.
     pub(super) held: watch::Sender<(u64, bool)>,
+    /// The server's status for each request the rule caught after it was
+    /// forwarded (a held answer may never reach its client).
+    upstream: Mutex<Vec<u16>>,
 }
 
 impl ActiveRule {
@@ -186,6 +189,7 @@ impl ActiveRule {
             caught: AtomicU64::new(0),
             rng: Mutex::new(seed),
             held: watch::channel((0, false)).0,
+            upstream: Mutex::new(Vec::new()),
         }
     }
 
@@ -229,6 +233,15 @@ impl ActiveRule {
 
     pub(super) fn matched(&self) -> u64 {
         self.matched.load(Ordering::SeqCst)
+    }
+
+    /// Records the server's status for a caught request it answered.
+    pub(super) fn record_upstream(&self, status: u16) {
+        self.upstream.lock().expect("upstream statuses").push(status);
+    }
+
+    pub(super) fn upstream(&self) -> Vec<u16> {
+        self.upstream.lock().expect("upstream statuses").clone()
     }
 
     pub(super) fn caught(&self) -> u64 {

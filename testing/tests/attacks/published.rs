@@ -17,23 +17,27 @@ use super::Victim;
 /// `sender_device_keys`, and an implementation that stores them as given
 /// lets the sender plant device keys for any user. Attack: Mallory, who
 /// holds a real Olm session with Bob, sends him a message whose
-/// `sender_device_keys` are a device of Alice's user, self-signed with
-/// Mallory's own key. Bob refuses the message and stores no device for
-/// Alice; Mallory's next honest message still decrypts.
+/// `sender_device_keys` name Alice's user (with Mallory's own keys, and
+/// correctly self-signed: the signature is filed under Mallory, the event's
+/// sender, so only the check that the keys name the sender can catch it).
+/// Bob refuses the message because the keys name another user; Mallory's
+/// next honest message still decrypts.
 #[tokio::test]
 async fn cve_2026_45056_sender_device_keys_naming_another_user_are_refused() {
     let mut v = Victim::new().await;
     let alice = user_id!("@alice:example.org");
+    let mut keys = v.mallory.device_keys_for(alice);
+    keys.as_object_mut().expect("an object").remove("signatures");
+    let keys = v.mallory.sign(keys);
     let mut plaintext = v.plaintext("org.example.test", json!({"body": "hello"}));
-    plaintext["sender_device_keys"] = v.mallory.device_keys_for(alice);
+    plaintext["sender_device_keys"] = keys;
     v.deliver(&plaintext);
     let output = v.bob.sync().await;
     let [ToDeviceOutcome::Failed { error, .. }] = output.to_device.as_slice() else {
         panic!("the message was not refused: {:?}", output.to_device)
     };
-    assert!(matches!(error, OlmError::InvalidSenderDeviceKeys(_)), "{error:?}");
-    let planted = v.bob.machine.get_device(alice, &v.mallory.device_id).await.unwrap();
-    assert!(planted.is_none(), "a device was stored for Alice from Mallory's message");
+    let OlmError::InvalidSenderDeviceKeys(reason) = error else { panic!("{error:?}") };
+    assert!(reason.contains("list user @alice:example.org, expected @mallory:example.org"), "{reason}");
 
     let honest = v.plaintext("org.example.test", json!({"body": "again"}));
     v.deliver(&honest);

@@ -8,7 +8,9 @@
 //! decoding thread's stack. No value hush writes nests deeper than
 //! [`MAX_VALUE_DEPTH`]: the deepest are the signed JSON of device and
 //! cross-signing keys, whose depth is bounded where they are received
-//! ([`MAX_JSON_DEPTH`]).
+//! ([`MAX_JSON_DEPTH`]). The decoding limit is higher than that bound
+//! needs: stores written before it was enforced may hold key JSON as deep
+//! as serde_json accepted (128 levels), and must stay readable.
 
 use serde::{Serialize, de::DeserializeOwned};
 use zeroize::Zeroizing;
@@ -17,10 +19,11 @@ use zeroize::Zeroizing;
 /// cross-signing keys): real ones nest four or five levels.
 pub const MAX_JSON_DEPTH: usize = 32;
 
-/// The deepest nesting of maps and arrays a stored value may have: the
-/// JSON of [`MAX_JSON_DEPTH`] inside the records that carry it, with room
-/// to spare.
-pub const MAX_VALUE_DEPTH: usize = MAX_JSON_DEPTH + 32;
+/// The deepest nesting of maps and arrays a stored value may have: JSON as
+/// deep as serde_json parses (128 levels, the bound before
+/// [`MAX_JSON_DEPTH`] was enforced) inside the records that carry it, with
+/// room to spare. Far below what exhausts a thread's stack.
+pub const MAX_VALUE_DEPTH: usize = 160;
 
 /// Encodes a value for storage.
 pub fn encode_value<T: Serialize>(value: &T) -> Result<Zeroizing<Vec<u8>>, rmp_serde::encode::Error> {
@@ -101,6 +104,32 @@ mod tests {
         assert_eq!(json_depth(&json!("scalar")), 0);
         assert_eq!(json_depth(&json!({"a": [1, {"b": {}}], "c": 2})), 4);
         assert_eq!(json_depth(&nested_json(1_000)), 1_000);
+    }
+
+    /// Device keys as received, with `depth` levels of nesting in total
+    /// (the object itself and `unsigned` nested below it).
+    fn keys_nested(depth: usize) -> Value {
+        json!({"user_id": "@a:example.org", "device_id": "D", "unsigned": nested_json(depth - 1)})
+    }
+
+    #[test]
+    fn device_keys_deeper_than_the_json_limit_are_refused_for_their_depth() {
+        let user = ruma_common::user_id!("@a:example.org");
+        let refused = crate::devices::DeviceData::from_signed_keys(keys_nested(MAX_JSON_DEPTH + 1), user, None);
+        assert!(matches!(refused, Err(crate::devices::DeviceKeysError::Malformed(ref m)) if m.contains("nested")));
+        // At the limit they are judged on their content (here: no keys).
+        let judged = crate::devices::DeviceData::from_signed_keys(keys_nested(MAX_JSON_DEPTH), user, None);
+        assert!(matches!(judged, Err(crate::devices::DeviceKeysError::Malformed(ref m)) if !m.contains("nested")));
+    }
+
+    #[test]
+    fn cross_signing_keys_deeper_than_the_json_limit_are_refused_for_their_depth() {
+        use crate::identities::{CrossSigningPublicKey, IdentityError, KeyRole};
+        let user = ruma_common::user_id!("@a:example.org");
+        let refused = CrossSigningPublicKey::parse(keys_nested(MAX_JSON_DEPTH + 1), user, KeyRole::Master);
+        assert!(matches!(refused, Err(IdentityError::Malformed { ref reason, .. }) if reason.contains("nested")));
+        let judged = CrossSigningPublicKey::parse(keys_nested(MAX_JSON_DEPTH), user, KeyRole::Master);
+        assert!(!matches!(judged, Err(IdentityError::Malformed { ref reason, .. }) if reason.contains("nested")));
     }
 
     #[test]
