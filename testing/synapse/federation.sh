@@ -28,15 +28,21 @@ one() {
     esac
     HUSH_SYNAPSE_DIR="$BASE/federation/$name" HUSH_SYNAPSE_VENV="$BASE/venv" \
         HUSH_SYNAPSE_PORT="$client" HUSH_SYNAPSE_FEDERATION_PORT="$federation" \
+        HUSH_SYNAPSE_FEDERATION_DOMAINS="127.0.0.1:8129 127.0.0.1:8139" \
         bash "$HERE/synapse.sh" "$action"
 }
 
 case "${1:-}" in
-    start | stop | status)
+    start)
         HUSH_SYNAPSE_DIR="$BASE" bash "$HERE/synapse.sh" install
-        one hs1 "$1"
-        one hs2 "$1"
+        one hs1 start
+        one hs2 start || { one hs1 stop; exit 1; }
         ;;
+    stop)
+        one hs1 stop
+        one hs2 stop
+        ;;
+    status) one hs1 status && one hs2 status ;;
     pause | resume) one "${2:-}" "$1" ;;
     *) echo "usage: $0 start|stop|status|pause hsN|resume hsN" >&2; exit 2 ;;
 esac

@@ -26,6 +26,8 @@ PORT="${HUSH_SYNAPSE_PORT:-8008}"
 DIR="${HUSH_SYNAPSE_DIR:-$HOME/.cache/hush/synapse}"
 VENV="${HUSH_SYNAPSE_VENV:-$DIR/venv}"
 FEDERATION_PORT="${HUSH_SYNAPSE_FEDERATION_PORT:-}"
+# The server names it may federate with, space-separated (federation.sh sets them).
+FEDERATION_DOMAINS="${HUSH_SYNAPSE_FEDERATION_DOMAINS:-}"
 DATA="$DIR/data"
 PID_FILE="$DATA/homeserver.pid"
 URL="http://127.0.0.1:$PORT"
@@ -81,7 +83,12 @@ federation_config() {
     everywhere_but_loopback+=' "124.0.0.0/7", "126.0.0.0/8", "128.0.0.0/1", "::/0"'
     EVERYWHERE_BUT_LOOPBACK="$everywhere_but_loopback"
     SERVER_NAME="127.0.0.1:$FEDERATION_PORT"
-    FEDERATION_YAML="tls_certificate_path: \"$DATA/tls.crt\"
+    local domains="" domain
+    for domain in ${FEDERATION_DOMAINS:-$SERVER_NAME}; do
+        domains+="${domains:+, }\"$domain\""
+    done
+    FEDERATION_YAML="federation_domain_whitelist: [$domains]
+tls_certificate_path: \"$DATA/tls.crt\"
 tls_private_key_path: \"$DATA/tls.key\"
 federation_verify_certificates: false
 ip_range_blacklist: [$EVERYWHERE_BUT_LOOPBACK]
@@ -195,7 +202,10 @@ start() {
         "$VENV/bin/python" -m synapse.app.homeserver --config-path "$DATA/homeserver.yaml" --generate-keys >/dev/null
     fi
     log "starting at $URL"
-    nohup "$VENV/bin/python" -m synapse.app.homeserver --config-path "$DATA/homeserver.yaml" \
+    # No proxy from the environment: Synapse applies its IP blocklist only
+    # to connections it makes itself.
+    env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY -u all_proxy -u ALL_PROXY \
+        nohup "$VENV/bin/python" -m synapse.app.homeserver --config-path "$DATA/homeserver.yaml" \
         > "$DATA/stdout.log" 2>&1 &
     echo $! > "$PID_FILE"
     for _ in $(seq 1 120); do
