@@ -151,6 +151,21 @@ fn rules(net: &Net, site: Site, token: &str) -> Vec<RuleHandle> {
     }
 }
 
+/// Waits (at most 60 s) until the child finished one more sync or the
+/// rule holds a response.
+async fn until_next_sync_or_held(lines: &Receiver<String>, reported: &mut Reported, rule: &RuleHandle, round: usize) {
+    reported.drain(lines);
+    let synced = reported.count("synced");
+    for _ in 0..6000 {
+        reported.drain(lines);
+        if reported.count("synced") > synced || rule.caught() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("round {round}: no sync finished and none was held within 60 s: {:?}", reported.lines);
+}
+
 /// One run's plan.
 struct Run<'a> {
     site: Site,
@@ -175,12 +190,9 @@ async fn run_and_kill(net: &Net, bob: &TestClient, room: &OwnedRoomId, args: &[&
     let rules = rules(net, site, token);
     if late {
         if site == Site::AfterSyncResponse {
-            // A sync begun before the rule would deliver the key unheld.
-            reported.drain(&lines);
-            let synced = reported.count("synced");
-            while reported.count("synced") == synced {
-                wait_line(&lines, &mut reported, "synced", round);
-            }
+            // A sync begun before the rule would deliver Bob's next key
+            // unheld: wait for one that began after it (or one it held).
+            until_next_sync_or_held(&lines, &mut reported, &rules[0], round).await;
         }
         send(bob, room, &format!("bob {round} again")).await;
     }
