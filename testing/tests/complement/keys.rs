@@ -1,13 +1,9 @@
 //! `device_keys_test.go`, `one_time_keys_test.go`, `delayed_requests_test.go`:
 //! key uploads, queries and claims that fail, and a slow sync.
 
-use std::collections::BTreeMap;
-
 use hush_testing::proxy::{Calls, Fault, Rule};
 use hush_testing::synapse::{ClientOptions, StoreKind};
-use ruma_client_api::keys::claim_keys;
 use ruma_client_api::room::create_room::v3::RoomPreset;
-use ruma_common::OneTimeKeyAlgorithm;
 use serde_json::{Value, json};
 
 use super::*;
@@ -32,11 +28,7 @@ async fn TestFailedDeviceKeyDownloadRetries() {
 
 /// Claims a one-time key of `of` as `by`: the key's JSON, if one was given.
 async fn claim(by: &TestClient, of: &TestClient) -> Option<Value> {
-    let devices = BTreeMap::from([(of.session.device_id.clone(), OneTimeKeyAlgorithm::SignedCurve25519)]);
-    let request = claim_keys::v3::Request::new(BTreeMap::from([(of.session.user_id.clone(), devices)]));
-    let response = api(by).send(request, Some(&by.session.access_token), Duration::ZERO).await.expect("claim");
-    let keys = response.one_time_keys.get(&of.session.user_id)?.get(&of.session.device_id)?;
-    keys.values().next().map(|raw| serde_json::from_str(raw.json().get()).expect("key json"))
+    claim_key_of(by, &of.session.user_id, &of.session.device_id).await
 }
 
 /// Alice's first two key uploads fail with 504; her client retries, and

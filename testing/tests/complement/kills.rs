@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::Receiver;
 
-use hush_testing::proxy::{Calls, Fault, Rewrite, Rule, RuleHandle};
+use hush_testing::proxy::{Calls, Fault, Rule, RuleHandle};
 use ruma_client_api::backup::get_backup_keys;
 use ruma_client_api::room::create_room::v3::RoomPreset;
 use ruma_common::serde::Raw;
@@ -33,7 +33,8 @@ enum Site {
     AfterSyncResponse,
     /// Inside a store write (the child's write stalls after some ops).
     InsideStoreWrite,
-    /// The server stored new one-time keys; the response never came back.
+    /// Bob claimed one of her one-time keys, she made and uploaded another:
+    /// the server stored it; the response never came back.
     BeforeKeysUploadResponse,
     /// Her `m.room.encrypted` to-device request (room keys for Bob, or one
     /// left unsent by the last kill and made again) reached the server; its
@@ -129,16 +130,10 @@ fn rules(net: &Net, site: Site, token: &str) -> Vec<RuleHandle> {
             Rule::path("/sync").token(token).response_json(has_encrypted_to_device).fault(Fault::Hold),
         )],
         Site::InsideStoreWrite => Vec::new(),
+        // Bob claims one of her one-time keys (see `run_and_kill`), so she
+        // uploads another; the upload's response is held.
         Site::BeforeKeysUploadResponse => {
-            // The server tells her it holds no one-time key, so she makes
-            // and uploads more; the upload's response is held.
-            let none_left = Rewrite(std::sync::Arc::new(|body: &mut Value| {
-                body["device_one_time_keys_count"] = json!({ "signed_curve25519": 0 });
-            }));
-            vec![
-                net.proxy.add(Rule::path("/sync").token(token).calls(one).fault(Fault::Rewrite(none_left))),
-                net.proxy.add(Rule::path("/keys/upload").token(token).calls(one).fault(Fault::Hold)),
-            ]
+            vec![net.proxy.add(Rule::path("/keys/upload").token(token).calls(one).fault(Fault::Hold))]
         }
         Site::DuringKeySharing => vec![net.proxy.add(
             Rule::path("/sendToDevice/m.room.encrypted/").method("PUT").token(token).calls(one).fault(Fault::Hold),
@@ -174,18 +169,30 @@ struct Run<'a> {
     /// another), so her own room keys and messages are in play too.
     late: bool,
     token: &'a str,
+    /// Her user and device.
+    alice: (&'a ruma_common::UserId, &'a ruma_common::DeviceId),
 }
 
 /// One run: starts the child, kills it at `run.site`, asserts the kill
 /// landed there, and removes the run's rules.
 async fn run_and_kill(net: &Net, bob: &TestClient, room: &OwnedRoomId, args: &[&str], run: &Run<'_>) {
-    let Run { site, round, delay_ms, late, token } = *run;
+    let Run { site, round, delay_ms, late, token, alice } = *run;
+    let claim_one = || async {
+        let (user, device) = alice;
+        assert!(claim_key_of(bob, user, device).await.is_some(), "round {round}: alice had no one-time key left");
+    };
+    if site == Site::BeforeKeysUploadResponse && !late {
+        claim_one().await;
+    }
     let (process, lines) = child(net, args);
     let mut reported = Reported::default();
     if late {
         wait_line(&lines, &mut reported, "sent ", round);
     }
     let rules = rules(net, site, token);
+    if site == Site::BeforeKeysUploadResponse && late {
+        claim_one().await;
+    }
     if late {
         if site == Site::AfterSyncResponse {
             // A sync begun before the rule would deliver Bob's next key
@@ -222,7 +229,7 @@ async fn run_and_kill(net: &Net, bob: &TestClient, room: &OwnedRoomId, args: &[&
     assert!(rules.iter().all(|r| r.caught() <= 1), "round {round}: one fault per rule");
     if site == Site::BeforeKeysUploadResponse {
         // The held upload reached Synapse, and Synapse took it.
-        let statuses = rules[1].upstream_statuses();
+        let statuses = rules[0].upstream_statuses();
         assert_eq!(statuses, [200], "round {round}: the held key upload was refused (a duplicate one-time key?)");
     }
     // The held response is let go now that nobody reads it: the server acted.
@@ -247,6 +254,7 @@ async fn a_client_killed_at_seeded_points_loses_no_room_key() {
     until_recipients(&bob, &room, 2).await;
     let session = serde_json::to_string(&alice.session).unwrap();
     let token = alice.session.access_token.clone();
+    let (alice_user, alice_device) = (alice.session.user_id.clone(), alice.session.device_id.clone());
     let store = TestClient::store_path(StoreKind::Redb, &alice.dir);
     let (dir, credentials) = alice.close();
 
@@ -265,7 +273,8 @@ async fn a_client_killed_at_seeded_points_loses_no_room_key() {
             _ => "-".to_owned(),
         };
         let args = ["stress", store.to_str().unwrap(), &session, room.as_str(), &store_site];
-        let run = Run { site, round, delay_ms: random.below(6), late, token: &token };
+        let run =
+            Run { site, round, delay_ms: random.below(6), late, token: &token, alice: (&alice_user, &alice_device) };
         run_and_kill(&net, &bob, &room, &args, &run).await;
         *sites.entry(format!("{site:?}{}", if late { " (late)" } else { "" })).or_default() += 1;
         // Bob takes his to-device messages (Alice's room keys) as he goes.

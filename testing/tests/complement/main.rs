@@ -109,6 +109,22 @@ pub(crate) async fn invite(by: &TestClient, room: &OwnedRoomId, who: &TestClient
     api(by).send(request, Some(&by.session.access_token), Duration::ZERO).await.expect("invite");
 }
 
+/// Claims one of `device`'s one-time keys as `by` (the server then holds
+/// one fewer), returning it if there was one.
+pub(crate) async fn claim_key_of(
+    by: &TestClient,
+    user: &ruma_common::UserId,
+    device: &ruma_common::DeviceId,
+) -> Option<Value> {
+    use ruma_client_api::keys::claim_keys::v3::Request;
+    let devices =
+        std::collections::BTreeMap::from([(device.to_owned(), ruma_common::OneTimeKeyAlgorithm::SignedCurve25519)]);
+    let request = Request::new(std::collections::BTreeMap::from([(user.to_owned(), devices)]));
+    let response = api(by).send(request, Some(&by.session.access_token), Duration::ZERO).await.expect("claim");
+    let keys = response.one_time_keys.get(user)?.get(device)?;
+    keys.values().next().map(|raw| serde_json::from_str(raw.json().get()).expect("key json"))
+}
+
 /// Logs the device out on the server (its keys and to-device queue go).
 pub(crate) async fn logout(client: &TestClient) {
     let request = ruma_client_api::session::logout::v3::Request::new();
