@@ -17,24 +17,12 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hush_crypto_core::CryptoStore;
-use hush_testing::{conformance::owner, stores::Encryption};
+use hush_testing::{Seeded, conformance::owner, stores::Encryption};
 
 const KEYS_PER_BATCH: usize = 4;
 
 fn kills() -> u32 {
     std::env::var("HUSH_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
-}
-
-/// A small deterministic generator (no test randomness we cannot replay).
-struct Seeded(u64);
-
-impl Seeded {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Where a run's kill lands.

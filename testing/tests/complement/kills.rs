@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc::Receiver;
 
+use hush_testing::Seeded;
 use hush_testing::proxy::{Calls, Fault, Rule, RuleHandle};
 use ruma_client_api::backup::get_backup_keys;
 use ruma_client_api::room::create_room::v3::RoomPreset;
@@ -58,18 +59,6 @@ fn kills() -> usize {
 
 fn seed() -> u64 {
     std::env::var("HUSH_KILL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_c0de)
-}
-
-/// A small deterministic generator, so a failing schedule replays.
-struct Seeded(u64);
-
-impl Seeded {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// What one run's child reported before its kill.
