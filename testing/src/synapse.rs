@@ -162,10 +162,16 @@ impl TestClient {
     /// Registers a new user at `homeserver` (e.g. one of two federating
     /// Synapses) and logs in there as `device_id`.
     pub async fn new_user_at(prefix: &str, device_id: &str, kind: StoreKind, homeserver: &str) -> Self {
+        Self::new_user_with(prefix, device_id, kind, ClientOptions::at(homeserver)).await
+    }
+
+    /// [`TestClient::new_user_at`] `options.homeserver`, with a client built
+    /// from `options`.
+    pub async fn new_user_with(prefix: &str, device_id: &str, kind: StoreKind, options: ClientOptions) -> Self {
         let name = unique_name(prefix);
-        register_at(homeserver, &name, "password").await.expect("register");
+        register_at(&options.homeserver, &name, "password").await.expect("register");
         let dir = Arc::new(TempDir::new().expect("temp dir"));
-        Self::login_via(&name, "password", device_id, kind, dir, homeserver).await
+        Self::login_with(&name, "password", device_id, kind, dir, options).await
     }
 
     /// Logs in (a new device, or the same device again) with a store in `dir`.

@@ -160,12 +160,15 @@ impl RuleHandle {
 
     /// Waits until at least one response is held by this rule (at most 60 s).
     pub async fn wait_held(&self) {
+        assert!(self.wait_held_for(Duration::from_secs(60)).await, "no response was held within 60 s");
+    }
+
+    /// Waits up to `limit` until at least one response is held by this
+    /// rule; whether one was.
+    pub async fn wait_held_for(&self, limit: Duration) -> bool {
         let mut held = self.rule.held.subscribe();
         let wait = held.wait_for(|(count, _)| *count > 0);
-        tokio::time::timeout(Duration::from_secs(60), wait)
-            .await
-            .expect("no response was held within 60 s")
-            .expect("the proxy is running");
+        matches!(tokio::time::timeout(limit, wait).await, Ok(Ok(_)))
     }
 
     /// Waits until the rule caught at least `n` requests (at most 60 s).

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hush_crypto_core::{MegolmError, Timestamp};
-use hush_testing::synapse::{ClientOptions, StoreKind, TestClient, register_at, unique_name};
+use hush_crypto_core::MegolmError;
+use hush_testing::synapse::{ClientOptions, StoreKind, TestClient};
 use ruma_client_api::room::create_room::v3::RoomPreset;
 use serde_json::json;
 
@@ -53,17 +53,10 @@ async fn users() -> (TestClient, TestClient, TestClient, Arc<AtomicU64>) {
     let (hs1, hs2) = (url("hs1", 8128), url("hs2", 8138));
     let alice = TestClient::new_user_at("alice", "ALICE1", StoreKind::Redb, &hs1).await;
     let bob = TestClient::new_user_at("bob", "BOB1", StoreKind::Redb, &hs2).await;
-    let offset = Arc::new(AtomicU64::new(0));
+    let (clock, offset) = movable_clock();
     let mut options = ClientOptions::at(&hs1);
-    let clock_offset = offset.clone();
-    options.clock = Some(hush_client::Clock::new(move || {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-        Timestamp::from_millis(u64::try_from(wall).unwrap_or(u64::MAX) + clock_offset.load(Ordering::SeqCst))
-    }));
-    let name = unique_name("charlie");
-    register_at(&hs1, &name, "password").await.expect("register charlie");
-    let dir = Arc::new(tempfile::TempDir::new().expect("temp dir"));
-    let charlie = TestClient::login_with(&name, "password", "CHARLIE1", StoreKind::Redb, dir, options).await;
+    options.clock = Some(clock);
+    let charlie = TestClient::new_user_with("charlie", "CHARLIE1", StoreKind::Redb, options).await;
     (alice, bob, charlie, offset)
 }
 

@@ -151,11 +151,8 @@ async fn until_next_sync_or_held(lines: &Receiver<String>, reported: &mut Report
 /// Waits (at most 60 s) until `rule` holds a response (the server has
 /// answered it); a failure names the run and what the child printed.
 async fn until_held(rule: &RuleHandle, lines: &Receiver<String>, reported: &mut Reported, run: &Run<'_>) {
-    for _ in 0..6000 {
-        if !rule.upstream_statuses().is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if rule.wait_held_for(Duration::from_secs(60)).await {
+        return;
     }
     reported.drain(lines);
     let Run { round, site, late, .. } = run;

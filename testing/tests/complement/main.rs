@@ -25,6 +25,19 @@ use ruma_client_api::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use ruma_common::{OwnedEventId, OwnedRoomId, serde::Raw};
 use serde_json::{Value, json};
 
+/// An engine clock the test moves forward: the wall clock plus the
+/// returned offset, in milliseconds (0 at first).
+pub(crate) fn movable_clock() -> (hush_client::Clock, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let offset = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let moved = offset.clone();
+    let clock = hush_client::Clock::new(move || {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let wall = u64::try_from(wall).unwrap_or(u64::MAX);
+        hush_crypto_core::Timestamp::from_millis(wall + moved.load(std::sync::atomic::Ordering::SeqCst))
+    });
+    (clock, offset)
+}
+
 /// A proxy in front of the test Synapse; every client of a test goes through it.
 pub(crate) struct Net {
     pub(crate) proxy: FaultProxy,

@@ -4,9 +4,9 @@
 //! sender sent), not only at who could read.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-use hush_crypto_core::{MegolmError, Timestamp};
+use hush_crypto_core::MegolmError;
 use hush_testing::proxy::{Fault, Rewrite, Rule};
 use hush_testing::synapse::{ClientOptions, StoreKind};
 use ruma_client_api::room::create_room::v3::RoomPreset;
@@ -85,13 +85,9 @@ async fn TestRoomKeyIsCycledAfterEnoughMessages() {
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
 async fn TestRoomKeyIsCycledAfterEnoughTime() {
     let net = Net::start().await;
-    let offset = Arc::new(AtomicU64::new(0));
+    let (clock, offset) = movable_clock();
     let mut options = ClientOptions::at(&net.proxy.url());
-    let clock_offset = offset.clone();
-    options.clock = Some(hush_client::Clock::new(move || {
-        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        Timestamp::from_millis(wall + clock_offset.load(Ordering::SeqCst))
-    }));
+    options.clock = Some(clock);
     let name = hush_testing::synapse::unique_name("alice");
     hush_testing::synapse::register(&name, "password").await.unwrap();
     let dir = Arc::new(tempfile::TempDir::new().unwrap());
