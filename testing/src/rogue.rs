@@ -10,7 +10,7 @@ use ruma_common::{OneTimeKeyAlgorithm, OwnedDeviceId, OwnedUserId, UserId, serde
 use serde_json::{Value, json};
 use vodozemac::{
     Curve25519PublicKey, Ed25519PublicKey,
-    olm::{Account, OlmMessage, Session, SessionConfig},
+    olm::{Account, OlmMessage, Session, SessionConfig, SessionPickle},
 };
 
 use crate::TestServer;
@@ -161,6 +161,18 @@ impl RogueDevice {
         let session =
             self.account.create_outbound_session(SessionConfig::version_1(), identity, one_time_key).expect("session");
         self.sessions.insert(identity.to_base64(), session);
+    }
+
+    /// A copy of the session with the device whose identity key is
+    /// `recipient_key`, for [`RogueDevice::restore_session`].
+    pub fn session_pickle(&self, recipient_key: &Curve25519PublicKey) -> Option<SessionPickle> {
+        self.sessions.get(&recipient_key.to_base64()).map(Session::pickle)
+    }
+
+    /// Puts back a session saved by [`RogueDevice::session_pickle`] (e.g.
+    /// after the recipient refused a message, so its ratchet did not move).
+    pub fn restore_session(&mut self, recipient_key: &Curve25519PublicKey, pickle: SessionPickle) {
+        self.sessions.insert(recipient_key.to_base64(), Session::from_pickle(pickle));
     }
 
     /// Encrypts arbitrary bytes (not necessarily JSON) for the device with

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use futures_executor::block_on;
 use hush_crypto_core::{
-    AnyOutgoingRequest, DecryptionSettings, Membership, RoomEncryption, RoomInfo, SyncChanges, backup::BackupInfo,
+    AnyOutgoingRequest, DecryptionSettings, Membership, RoomEncryption, RoomInfo, SyncChanges, SyncOutput,
+    ToDeviceOutcome, backup::BackupInfo,
 };
 use ruma_client_api::keys::{claim_keys, get_keys};
 use ruma_common::{
@@ -78,11 +79,12 @@ impl Engines {
         engines
     }
 
-    /// Feeds to-device events to Alice as one sync.
-    pub(super) async fn receive(&mut self, events: Vec<Value>) {
+    /// Feeds to-device events to Alice as one sync; her outcomes, if the
+    /// sync was processed.
+    pub(super) async fn receive(&mut self, events: Vec<Value>) -> Option<SyncOutput> {
         let events = events.into_iter().filter_map(|e| Raw::new(&e).ok().map(Raw::cast_unchecked)).collect();
         let changes = SyncChanges { to_device_events: events, ..Default::default() };
-        let _ = self.alice.machine.receive_sync_changes(changes, self.clock.now()).await;
+        self.alice.machine.receive_sync_changes(changes, self.clock.now()).await.ok()
     }
 }
 
@@ -122,8 +124,21 @@ pub(super) fn to_device(data: &[u8]) {
 pub(super) fn olm_plaintext(data: &[u8]) {
     with_engines(async |engines| {
         let alice_key = engines.alice.machine.identity_keys().1;
+        let before = engines.bob.session_pickle(&alice_key);
         let event = engines.bob.encrypt_bytes(&alice_key, data);
-        engines.receive(vec![event]).await;
+        let output = engines.receive(vec![event]).await;
+        // Alice's ratchet moves only when she accepts a message. Bob's must
+        // stay in step: past Olm's largest bridgeable gap (2,000 messages)
+        // every later input would fail to decrypt and never reach the checks.
+        let accepted = output.is_some_and(|o| {
+            matches!(
+                o.to_device.first(),
+                Some(ToDeviceOutcome::Decrypted { .. } | ToDeviceOutcome::PayloadRejected { .. })
+            )
+        });
+        if !accepted && let Some(before) = before {
+            engines.bob.restore_session(&alice_key, before);
+        }
         true
     });
 }
@@ -208,4 +223,36 @@ pub(super) fn backup_info(info: &BackupInfo) {
         let _ = engines.alice.machine.backup_trust(info).await;
         true
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Thousands of refused plaintexts in a row (most fuzz inputs) must not
+    /// put Bob's ratchet out of Alice's reach: a valid plaintext after them
+    /// still decrypts and passes the checks, so later inputs reach them too.
+    #[test]
+    fn olm_plaintext_inputs_still_reach_the_checks_after_thousands_of_refusals() {
+        for _ in 0..2_500 {
+            olm_plaintext(b"not a plaintext");
+        }
+        ENGINES.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let engines = slot.as_mut().expect("the target built its engines");
+            assert!(engines.inputs >= 2_500, "the engines were rebuilt during the run");
+            block_on(async {
+                let alice_key = engines.alice.machine.identity_keys().1;
+                let alice_ed25519 = engines.alice.machine.identity_keys().0;
+                let plaintext = engines.bob.valid_plaintext(&alice_id(), &alice_ed25519, "m.dummy", json!({}));
+                let event = engines.bob.encrypt_raw(&alice_key, &plaintext);
+                let output = engines.receive(vec![event]).await.expect("the sync is processed");
+                assert!(
+                    matches!(output.to_device.first(), Some(ToDeviceOutcome::Decrypted { .. })),
+                    "a valid plaintext after 2,500 refusals was not decrypted: {:?}",
+                    output.to_device
+                );
+            });
+        });
+    }
 }

@@ -10,6 +10,7 @@
 //! so state the fuzzer manages to add cannot accumulate.
 
 mod engines;
+mod export_file;
 mod parsers;
 pub mod seeds;
 
