@@ -515,11 +515,11 @@ pub fn owner() -> (OwnedUserId, ruma_common::OwnedDeviceId) {
 /// can be made to fail ([`FaultyStoreFactory`]).
 #[macro_export]
 macro_rules! conformance_suite {
-    ($name:ident, $factory:expr $(, $extra:ident)* $(,)?) => {
+    ($(#[$attr:meta])* $name:ident, $factory:expr $(, $extra:ident)* $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::conformance_suite!(@checks $factory;
+            $crate::conformance_suite!(@checks [$(#[$attr])*] $factory;
                 account_round_trip,
                 olm_sessions_by_sender_key,
                 devices_by_user,
@@ -536,12 +536,13 @@ macro_rules! conformance_suite {
             );
         }
     };
-    (@checks $factory:expr; $($check:ident),*) => {
-        $(
-            #[tokio::test]
-            async fn $check() {
-                $crate::conformance::$check(&mut $factory).await;
-            }
-        )*
+    (@checks [$($attrs:tt)*] $factory:expr; $check:ident $(, $rest:ident)*) => {
+        #[tokio::test]
+        $($attrs)*
+        async fn $check() {
+            $crate::conformance::$check(&mut $factory).await;
+        }
+        $crate::conformance_suite!(@checks [$($attrs)*] $factory; $($rest),*);
     };
+    (@checks [$($attrs:tt)*] $factory:expr;) => {};
 }

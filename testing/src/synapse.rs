@@ -85,6 +85,9 @@ pub enum StoreKind {
     Redb,
     /// sled.
     Sled,
+    /// PostgreSQL: the test cluster's database, schema `hush`, shared by
+    /// every test client (each user's device has its own store there).
+    Postgres,
 }
 
 /// A test user's device: a client with a persistent store, and the events
@@ -141,6 +144,10 @@ fn store_config(kind: StoreKind, dir: &TempDir) -> StoreConfig {
         StoreKind::Sled => {
             StoreConfig::Sled { path: dir.path().join("crypto.sled"), passphrase: Some("store secret".into()) }
         }
+        StoreKind::Postgres => StoreConfig::Postgres {
+            database: hush_client::PostgresDatabase::Url(crate::stores::postgres_url()),
+            passphrase: Some("store secret".into()),
+        },
     }
 }
 

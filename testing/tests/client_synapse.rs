@@ -53,6 +53,12 @@ async fn alice_and_bob_on_two_devices_talk_sled() {
     exchange(StoreKind::Sled).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse and the test PostgreSQL: run `cargo xtask test`"]
+async fn alice_and_bob_on_two_devices_talk_postgres() {
+    exchange(StoreKind::Postgres).await;
+}
+
 async fn restart_and_relogin(kind: StoreKind) {
     let alice = TestClient::new_user("alice", "ALICE1", kind).await;
     let bob = TestClient::new_user("bob", "BOB1", kind).await;
@@ -104,6 +110,12 @@ async fn a_restarted_or_relogged_client_keeps_decrypting_redb() {
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
 async fn a_restarted_or_relogged_client_keeps_decrypting_sled() {
     restart_and_relogin(StoreKind::Sled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse and the test PostgreSQL: run `cargo xtask test`"]
+async fn a_restarted_or_relogged_client_keeps_decrypting_postgres() {
+    restart_and_relogin(StoreKind::Postgres).await;
 }
 
 async fn export_import(kind: StoreKind) {
@@ -250,6 +262,12 @@ async fn a_killed_client_loses_no_room_key_sled() {
     killed_client(StoreKind::Sled).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse and the test PostgreSQL: run `cargo xtask test`"]
+async fn a_killed_client_loses_no_room_key_postgres() {
+    killed_client(StoreKind::Postgres).await;
+}
+
 async fn killed_client(kind: StoreKind) {
     use std::process::{Command, Stdio};
 
@@ -260,7 +278,11 @@ async fn killed_client(kind: StoreKind) {
     alice.sync_until("bob's join", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2)).await;
     let session = serde_json::to_string(&bob.session).unwrap();
     let store = TestClient::store_path(kind, &bob.dir);
-    let kind_arg = if kind == StoreKind::Sled { "sled" } else { "redb" };
+    let kind_arg = match kind {
+        StoreKind::Sled => "sled",
+        StoreKind::Postgres => "postgres",
+        StoreKind::Redb => "redb",
+    };
     let (dir, credentials) = bob.close();
 
     // Bob's app syncs in a child process that is SIGKILLed at arbitrary

@@ -2,10 +2,12 @@
 //! mode: one test per check and configuration (e.g.
 //! `redb_plain::a_batch_is_applied_whole`). The persistent backends also run
 //! the failed-batch check, with a write fault armed inside the engine.
+//! The PostgreSQL ones need the test cluster, so a plain `cargo test` skips
+//! them; `cargo xtask test` starts it and runs them.
 
 use hush_testing::{
     conformance_suite,
-    stores::{Encryption, MemoryFactory, RedbFactory, SledFactory},
+    stores::{Encryption, MemoryFactory, PgFactory, RedbFactory, SledFactory},
 };
 
 conformance_suite!(memory_store, MemoryFactory);
@@ -29,5 +31,23 @@ conformance_suite!(
 conformance_suite!(
     sled_encrypted_with_a_passphrase,
     SledFactory::new(Encryption::Passphrase),
+    a_failed_batch_leaves_nothing_visible
+);
+conformance_suite!(
+    #[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+    postgres_plain,
+    PgFactory::new(Encryption::None),
+    a_failed_batch_leaves_nothing_visible
+);
+conformance_suite!(
+    #[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+    postgres_encrypted_with_a_key,
+    PgFactory::new(Encryption::RawKey),
+    a_failed_batch_leaves_nothing_visible
+);
+conformance_suite!(
+    #[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+    postgres_encrypted_with_a_passphrase,
+    PgFactory::new(Encryption::Passphrase),
     a_failed_batch_leaves_nothing_visible
 );

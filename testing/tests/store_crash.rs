@@ -8,16 +8,23 @@
 //! write is absent. Every run saved at least one batch before its kill, so no
 //! run passes with nothing to check.
 //! 50 kills per backend here; `cargo xtask stress` sets HUSH_CRASH_KILLS=1000.
+//! On PostgreSQL the child is a client of the test cluster: a kill inside a
+//! write leaves an open transaction, which the server rolls back when the
+//! connection drops.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use hush_crypto_core::CryptoStore;
-use hush_testing::{Seeded, conformance::owner, stores::Encryption};
+use hush_store_postgres::{PgDatabase, PgSettings};
+use hush_testing::{
+    Seeded,
+    conformance::owner,
+    stores::{Encryption, drop_schema, postgres_url, unique_schema},
+};
 
 const KEYS_PER_BATCH: usize = 4;
 
@@ -46,9 +53,9 @@ struct Run {
 }
 
 /// Runs one child, kills it where `at` says, returns what it reported.
-fn run_and_kill(backend: &str, path: &Path, run: u32, at: KillAt) -> Run {
+fn run_and_kill(backend: &str, location: &str, run: u32, at: KillAt) -> Run {
     let mut command = Command::new(env!("CARGO_BIN_EXE_crash-child"));
-    command.args([backend, path.to_str().expect("utf-8 path"), &run.to_string()]);
+    command.args([backend, location, &run.to_string()]);
     if let KillAt::InsideWrite(batch, ops) = at {
         command.args(["stall", &batch.to_string(), &ops.to_string()]);
     }
@@ -153,6 +160,9 @@ const OPS_PER_BATCH: u64 = 1 + KEYS_PER_BATCH as u64;
 
 async fn crash_test(backend: &str) {
     let dir = tempfile::TempDir::new().unwrap();
+    // PostgreSQL: one schema per segment instead of one file.
+    let schema = unique_schema("crash");
+    let mut schemas = Vec::new();
     let (user, device) = owner();
     let mut seeded = Seeded(0x9E37_79B9_7F4A_7C15 ^ backend.len() as u64);
     let mut reported = BTreeMap::new();
@@ -162,13 +172,22 @@ async fn crash_test(backend: &str) {
             reported.clear();
         }
         let path = dir.path().join(format!("crash{}.{backend}", run / KILLS_PER_FILE));
+        let location = if backend == "postgres" {
+            let segment = format!("{schema}_{}", run / KILLS_PER_FILE);
+            if schemas.last() != Some(&segment) {
+                schemas.push(segment.clone());
+            }
+            segment
+        } else {
+            path.to_str().expect("utf-8 path").to_owned()
+        };
         let at = if seeded.below(2) == 0 {
             // ops up to OPS_PER_BATCH: the last one is after every op, before the commit.
             KillAt::InsideWrite(1 + seeded.below(4), seeded.below(OPS_PER_BATCH + 1) as usize)
         } else {
             KillAt::After(seeded.below(20_000))
         };
-        let report = run_and_kill(backend, &path, run, at);
+        let report = run_and_kill(backend, &location, run, at);
         inside += u32::from(report.killed_inside.is_some());
         in_flight += u32::from(report.killed_inside.is_none() && report.in_flight);
         saved_total += report.last_saved.map_or(0, |l| l + 1);
@@ -185,11 +204,22 @@ async fn crash_test(backend: &str) {
                 Ok(store) => check(&store, &reported).await,
                 Err(error) => keep(error),
             },
-            _ => match hush_store_sled::open(&path, &user, &device, options) {
+            "sled" => match hush_store_sled::open(&path, &user, &device, options) {
                 Ok(store) => check(&store, &reported).await,
                 Err(error) => keep(error),
             },
+            _ => {
+                let settings = PgSettings { schema: location.clone(), connections: 1 };
+                let database = PgDatabase::connect(&postgres_url(), settings).expect("connect to the test PostgreSQL");
+                match database.open_store(&user, &device, options) {
+                    Ok(store) => check(&store, &reported).await,
+                    Err(error) => panic!("reopen after kill {run}: {error} (schema {location} kept)"),
+                }
+            }
         }
+    }
+    for schema in schemas {
+        drop_schema(&schema);
     }
     // Figures for docs/reliability.md (the exact kills are asserted in run_and_kill).
     println!(
@@ -208,4 +238,10 @@ async fn redb_survives_sigkill() {
 #[tokio::test]
 async fn sled_survives_sigkill() {
     crash_test("sled").await;
+}
+
+#[tokio::test]
+#[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+async fn postgres_survives_sigkill() {
+    crash_test("postgres").await;
 }

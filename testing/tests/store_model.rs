@@ -1,5 +1,6 @@
-//! Model test: arbitrary sequences of `Changes` give the same reads on redb
-//! and sled (plain and encrypted) as on MemoryStore.
+//! Model test: arbitrary sequences of `Changes` give the same reads on redb,
+//! sled and PostgreSQL (plain and encrypted) as on MemoryStore. The
+//! PostgreSQL run needs the test cluster (`cargo xtask test` starts it).
 
 use std::collections::BTreeSet;
 
@@ -10,7 +11,7 @@ use hush_crypto_core::{
 };
 use hush_testing::{
     conformance::{StoreFactory, inbound_fixture, outbound_fixture},
-    stores::{Encryption, MemoryFactory, RedbFactory, SledFactory},
+    stores::{Encryption, MemoryFactory, PgFactory, RedbFactory, SledFactory},
 };
 use proptest::prelude::*;
 use ruma_common::{OwnedRoomId, OwnedUserId};
@@ -150,6 +151,23 @@ proptest! {
             same(&redb_plain, &expected, "redb (plain)");
             let sled = apply(&mut SledFactory::new(Encryption::RawKey), &batches, &pool).await;
             same(&sled, &expected, "sled (encrypted)");
+        });
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    #[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+    fn postgres_reads_like_the_memory_store(batches in proptest::collection::vec(proptest::collection::vec(op(), 0..6), 1..8)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        runtime.block_on(async {
+            let pool = pool();
+            let expected = apply(&mut MemoryFactory, &batches, &pool).await;
+            let encrypted = apply(&mut PgFactory::new(Encryption::RawKey), &batches, &pool).await;
+            same(&encrypted, &expected, "PostgreSQL (encrypted)");
+            let plain = apply(&mut PgFactory::new(Encryption::None), &batches, &pool).await;
+            same(&plain, &expected, "PostgreSQL (plain)");
         });
     }
 }

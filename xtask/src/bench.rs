@@ -24,7 +24,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                     bench.args(["bench", "--ignore-rust-version", "--manifest-path", BENCH_MANIFEST, "--bench", target])
                 }
             };
-            super::run(bench, &format!("bench {name}"))?;
+            // The stores group measures PostgreSQL too: the test cluster.
+            let mut started = crate::homeserver::Started::default();
+            if name == "stores" {
+                started.ensure(crate::homeserver::POSTGRES_SCRIPT, "the test PostgreSQL cluster")?;
+            }
+            let result = super::run(bench, &format!("bench {name}"));
+            started.stop()?;
+            result?;
             ran = true;
         }
     }

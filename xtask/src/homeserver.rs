@@ -5,10 +5,13 @@ use std::process::Command;
 
 use super::root;
 
-const SCRIPT: &str = "testing/synapse/synapse.sh";
+pub(crate) const SCRIPT: &str = "testing/synapse/synapse.sh";
 
 /// The two federating Synapses of the federation tests.
 pub(crate) const FEDERATION_SCRIPT: &str = "testing/synapse/federation.sh";
+
+/// The private PostgreSQL cluster of the store tests and benchmarks.
+pub(crate) const POSTGRES_SCRIPT: &str = "testing/postgres/postgres.sh";
 
 pub(crate) fn run_script(action: &str) -> Result<(), String> {
     run_named(SCRIPT, action)
@@ -32,10 +35,36 @@ pub(crate) fn ensure_running() -> Result<bool, String> {
     ensure_named(SCRIPT, "the local Synapse")
 }
 
-/// Starts the two federating Synapses unless they run; returns whether
-/// this call started them.
-pub(crate) fn ensure_federation_running() -> Result<bool, String> {
-    ensure_named(FEDERATION_SCRIPT, "two federating Synapses (hs1, hs2)")
+/// Starts the test PostgreSQL cluster (installing Debian's postgresql
+/// package if no server is installed) unless it runs; returns whether this
+/// call started it.
+pub(crate) fn ensure_postgres_running() -> Result<bool, String> {
+    ensure_named(POSTGRES_SCRIPT, "the test PostgreSQL cluster")
+}
+
+/// The services a task started, stopped (last started first) when it ends.
+#[derive(Default)]
+pub(crate) struct Started(Vec<&'static str>);
+
+impl Started {
+    /// Starts `script`'s service unless it runs, remembering it if this did.
+    pub(crate) fn ensure(&mut self, script: &'static str, what: &str) -> Result<(), String> {
+        if ensure_named(script, what)? {
+            self.0.push(script);
+        }
+        Ok(())
+    }
+
+    /// Stops what was started; the first failure, after trying them all.
+    pub(crate) fn stop(mut self) -> Result<(), String> {
+        let mut result = Ok(());
+        while let Some(script) = self.0.pop() {
+            if let Err(error) = run_named(script, "stop") {
+                result = result.and(Err(error));
+            }
+        }
+        result
+    }
 }
 
 fn ensure_named(script: &str, what: &str) -> Result<bool, String> {

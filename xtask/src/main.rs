@@ -3,12 +3,14 @@
 //! * `ci`: everything CI checks: formatting, clippy (warnings denied), the
 //!   purity of crypto-core, docs, the whole test suite, cargo-deny.
 //! * `test`: the whole test suite (workspace, doc tests, interop crate), with
-//!   a local Synapse started for the integration tests.
+//!   a local Synapse, two federating ones and a private PostgreSQL cluster
+//!   started for the integration and store tests.
 //! * `homeserver start|stop|status`: that Synapse.
 //! * `demo`: the end-to-end demo against it.
 //! * `bench`: benchmarks, all or one named workload group.
 //! * `fuzz`: the fuzz targets under cargo-fuzz, and their seeds.
-//! * `stress`: the store crash test with 1,000 kills per backend, and the
+//! * `stress`: the store crash test with 1,000 kills per backend (redb, sled,
+//!   PostgreSQL), and the
 //!   client kill stress with 1,000 kills against Synapse.
 //!
 //! Only the standard library is used, so the tasks build in seconds.
@@ -57,7 +59,7 @@ fn usage() -> String {
      \n  bench [workloads|export|stores]  benchmarks (workloads: hush beside matrix-sdk-crypto and bare\
      \n                         vodozemac on the named workloads, table + target/hush-bench/workloads.json;\
      \n                         export: peak memory of exporting/importing 100,000 room keys;\
-     \n                         stores: hush's stores beside matrix-sdk-crypto's SQLite store)"
+     \n                         stores: hush's stores, PostgreSQL included, beside matrix-sdk-crypto's SQLite store)"
         .to_owned()
 }
 

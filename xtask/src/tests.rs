@@ -6,28 +6,20 @@ use super::{cargo, has_cargo_subcommand, root, run};
 /// The interop crate's manifest, a workspace of its own (see its Cargo.toml).
 const INTEROP_MANIFEST: &str = "testing/interop/Cargo.toml";
 
-/// The whole suite, the Synapse tests included: Synapse and the two
-/// federating Synapses of the federation tests are started first
-/// (installed if needed) and stopped afterwards if this run started them.
+/// The whole suite, the Synapse and PostgreSQL tests included: Synapse,
+/// the two federating Synapses of the federation tests and the test
+/// PostgreSQL cluster are started first (installed if needed) and stopped
+/// afterwards if this run started them.
 pub(crate) fn run_all(filter: &[String]) -> Result<(), String> {
-    let started = crate::homeserver::ensure_running()?;
-    let federation = match crate::homeserver::ensure_federation_running() {
-        Ok(started) => started,
-        Err(error) => {
-            if started {
-                crate::homeserver::run_script("stop")?;
-            }
-            return Err(error);
-        }
-    };
-    let result = run_suites(filter);
-    if federation {
-        crate::homeserver::run_named(crate::homeserver::FEDERATION_SCRIPT, "stop")?;
-    }
-    if started {
-        crate::homeserver::run_script("stop")?;
-    }
-    result
+    use crate::homeserver::{FEDERATION_SCRIPT, POSTGRES_SCRIPT, SCRIPT};
+    let mut started = crate::homeserver::Started::default();
+    let result = started
+        .ensure(SCRIPT, "the local Synapse")
+        .and_then(|()| started.ensure(FEDERATION_SCRIPT, "two federating Synapses (hs1, hs2)"))
+        .and_then(|()| started.ensure(POSTGRES_SCRIPT, "the test PostgreSQL cluster"))
+        .and_then(|()| run_suites(filter));
+    let stopped = started.stop();
+    result.and(stopped)
 }
 
 fn run_suites(filter: &[String]) -> Result<(), String> {
@@ -69,13 +61,21 @@ pub(crate) fn from_args(args: &[String]) -> Result<(), String> {
 }
 
 /// The kill stresses, in release mode: the store crash test at 1,000 kills
-/// per backend, then the client kill stress (a client SIGKILLed at 1,000
-/// seeded points across its kill sites, against Synapse, which is started
-/// if needed and stopped afterwards if this run started it).
+/// per backend (redb, sled, PostgreSQL), then the client kill stress (a
+/// client SIGKILLed at 1,000 seeded points across its kill sites, against
+/// Synapse). The servers are started if needed and stopped afterwards if
+/// this run started them.
 pub(crate) fn stress() -> Result<(), String> {
+    let postgres = crate::homeserver::ensure_postgres_running()?;
     let mut crash = cargo();
-    crash.args(["test", "--release", "-p", "hush-testing", "--test", "store_crash"]).env("HUSH_CRASH_KILLS", "1000");
-    run(crash, "store crash test, 1,000 kills per backend")?;
+    crash
+        .args(["test", "--release", "-p", "hush-testing", "--test", "store_crash", "--", "--include-ignored"])
+        .env("HUSH_CRASH_KILLS", "1000");
+    let crashed = run(crash, "store crash test, 1,000 kills per backend");
+    if postgres {
+        crate::homeserver::run_named(crate::homeserver::POSTGRES_SCRIPT, "stop")?;
+    }
+    crashed?;
 
     let started = crate::homeserver::ensure_running()?;
     let mut clients = cargo();

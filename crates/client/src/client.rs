@@ -81,6 +81,28 @@ impl ClientBuilder {
         self.store_config(StoreConfig::Sled { path: path.into(), passphrase: passphrase.map(ToOwned::to_owned) })
     }
 
+    /// A PostgreSQL store in the database at `url` (schema `hush`), encrypted
+    /// if a passphrase is given. The store belongs to the device this client
+    /// logs in as (or restores): many devices share one database, each in a
+    /// store of its own, and a store is never opened for another device.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_store(self, url: &str, passphrase: Option<&str>) -> Self {
+        self.store_config(StoreConfig::Postgres {
+            database: crate::store::PostgresDatabase::Url(url.to_owned()),
+            passphrase: passphrase.map(ToOwned::to_owned),
+        })
+    }
+
+    /// A PostgreSQL store in a database already connected, sharing its
+    /// connections with the other clients given it (a bridge's devices).
+    #[cfg(feature = "postgres")]
+    pub fn postgres_database(self, database: crate::store::PgDatabase, passphrase: Option<&str>) -> Self {
+        self.store_config(StoreConfig::Postgres {
+            database: crate::store::PostgresDatabase::Shared(database),
+            passphrase: passphrase.map(ToOwned::to_owned),
+        })
+    }
+
     /// Timeout of one HTTP request attempt (default 30 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.http.request_timeout = timeout;

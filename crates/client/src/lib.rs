@@ -59,5 +59,7 @@ pub use recovery::RecoverySummary;
 pub use room::Room;
 pub use rooms::{EncryptionState, Membership, RoomEncryption, RoomState};
 pub use store::StoreConfig;
+#[cfg(feature = "postgres")]
+pub use store::{PgDatabase, PgSettings, PostgresDatabase};
 pub use sync::{SyncSettings, SyncSummary};
 pub use verification::{Sas, VerificationRequest, VerificationUpdate};

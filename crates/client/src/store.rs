@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use hush_crypto_core::{CryptoStore, MemoryStore, StoreError};
-#[cfg(any(feature = "redb", feature = "sled"))]
+#[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
 use hush_store_cipher::StoreOptions;
+#[cfg(feature = "postgres")]
+pub use hush_store_postgres::{PgDatabase, PgSettings};
 use ruma_common::{DeviceId, UserId};
 
 /// How the client's crypto store is made.
@@ -30,8 +32,28 @@ pub enum StoreConfig {
         /// The passphrase, or `None` for a plain store.
         passphrase: Option<String>,
     },
+    /// PostgreSQL: the device's store in a database many devices may share,
+    /// optionally encrypted with a passphrase.
+    #[cfg(feature = "postgres")]
+    Postgres {
+        /// The database: a connection URL, or a pool shared with other clients.
+        database: PostgresDatabase,
+        /// The passphrase, or `None` for a plain store.
+        passphrase: Option<String>,
+    },
     /// Any store the application opened itself.
     Custom(Arc<dyn CryptoStore>),
+}
+
+/// Where a [`StoreConfig::Postgres`] store lives.
+#[cfg(feature = "postgres")]
+#[derive(Clone)]
+pub enum PostgresDatabase {
+    /// Connect to this URL (default settings: schema `hush`, two connections).
+    Url(String),
+    /// A database already connected, whose pool this client shares (a
+    /// bridge running many devices opens one).
+    Shared(PgDatabase),
 }
 
 impl std::fmt::Debug for StoreConfig {
@@ -42,6 +64,9 @@ impl std::fmt::Debug for StoreConfig {
             Self::Redb { path, .. } => f.debug_struct("Redb").field("path", path).finish_non_exhaustive(),
             #[cfg(feature = "sled")]
             Self::Sled { path, .. } => f.debug_struct("Sled").field("path", path).finish_non_exhaustive(),
+            // The URL may carry a password: not shown.
+            #[cfg(feature = "postgres")]
+            Self::Postgres { .. } => f.debug_struct("Postgres").finish_non_exhaustive(),
             Self::Custom(store) => f.debug_tuple("Custom").field(store).finish(),
         }
     }
@@ -54,7 +79,7 @@ impl StoreConfig {
     }
 
     pub(crate) fn open(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Arc<dyn CryptoStore>, StoreError> {
-        #[cfg(not(any(feature = "redb", feature = "sled")))]
+        #[cfg(not(any(feature = "redb", feature = "sled", feature = "postgres")))]
         let _ = (user_id, device_id);
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::new()),
@@ -66,13 +91,21 @@ impl StoreConfig {
             Self::Sled { path, passphrase } => {
                 Arc::new(hush_store_sled::open(path, user_id, device_id, options(passphrase))?)
             }
+            #[cfg(feature = "postgres")]
+            Self::Postgres { database, passphrase } => {
+                let database = match database {
+                    PostgresDatabase::Url(url) => PgDatabase::connect(url, PgSettings::default())?,
+                    PostgresDatabase::Shared(database) => database.clone(),
+                };
+                Arc::new(database.open_store(user_id, device_id, options(passphrase))?)
+            }
             Self::Custom(store) => store.clone(),
         })
     }
 }
 
 /// Store options for an optional passphrase.
-#[cfg(any(feature = "redb", feature = "sled"))]
+#[cfg(any(feature = "redb", feature = "sled", feature = "postgres"))]
 fn options(passphrase: &Option<String>) -> StoreOptions {
     match passphrase {
         Some(passphrase) => StoreOptions::passphrase(passphrase),

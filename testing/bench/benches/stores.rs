@@ -1,5 +1,6 @@
-//! Store workloads (criterion), hush's redb and sled stores beside
-//! matrix-sdk-crypto's SQLite store, in one run:
+//! Store workloads (criterion), hush's redb, sled and PostgreSQL stores
+//! beside matrix-sdk-crypto's SQLite store, in one run (PostgreSQL is the
+//! test cluster on loopback, which `cargo xtask bench stores` starts):
 //!
 //! * `save_10000_in_one_batch`: 10,000 room keys in one write.
 //! * `save_1000_batches_of_10`: 1,000 writes of 10 room keys each.
@@ -31,6 +32,10 @@ fn main() {
         Err(_) => Backend::ALL.to_vec(),
     };
     let mut rss = Vec::new();
+    let postgres = backends.iter().any(|b| matches!(b, Backend::Postgres | Backend::PostgresEncrypted));
+    if postgres {
+        hush_bench::stores::drop_bench_schemas();
+    }
 
     for backend in &backends {
         let backend = *backend;
@@ -111,6 +116,9 @@ fn main() {
         let _: &RoomId = &room(0);
     }
     criterion.final_summary();
+    if postgres {
+        hush_bench::stores::drop_bench_schemas();
+    }
     println!("\nopen a store of {BIG} room keys + one lookup (single run):");
     println!("{:<16} {:>12} {:>16}", "backend", "time", "peak RSS growth");
     for (backend, elapsed, growth) in rss {

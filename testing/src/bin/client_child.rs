@@ -25,6 +25,11 @@ fn store(kind: &str, path: &str) -> StoreConfig {
     let passphrase = Some("store secret".to_owned());
     match kind {
         "sled" => StoreConfig::Sled { path: path.into(), passphrase },
+        // The store is the device's own in the test cluster's database.
+        "postgres" => StoreConfig::Postgres {
+            database: hush_client::PostgresDatabase::Url(hush_testing::stores::postgres_url()),
+            passphrase,
+        },
         _ => StoreConfig::Redb { path: path.into(), passphrase },
     }
 }

@@ -3,7 +3,7 @@
 //! it returned, until it is killed. With `stall <n> <ops>`, the write of
 //! batch `n` stalls for good after `ops` of its ops, inside the engine's
 //! transaction, and the backend prints `stalled ...`: the test kills it there.
-//! Usage: `crash-child <redb|sled> <path> <run> [stall <n> <ops>]`.
+//! Usage: `crash-child <redb|sled|postgres> <path or schema> <run> [stall <n> <ops>]`.
 
 use std::io::Write;
 
@@ -52,7 +52,7 @@ fn main() {
             (backend, path, run, Some((at.parse().expect("batch"), ops.parse().expect("ops"))))
         }
         _ => {
-            eprintln!("usage: crash-child <redb|sled> <path> <run> [stall <n> <ops>]");
+            eprintln!("usage: crash-child <redb|sled|postgres> <path or schema> <run> [stall <n> <ops>]");
             std::process::exit(2);
         }
     };
@@ -67,6 +67,14 @@ fn main() {
             }
             "sled" => {
                 let store = hush_store_sled::open(path, &user, &device, options).expect("open");
+                save_forever(store, run, stall, |s, ops| s.backend().stall_next_write_after(ops)).await;
+            }
+            "postgres" => {
+                // The "path" is the schema; the server is the test cluster's.
+                let settings = hush_store_postgres::PgSettings { schema: path.to_owned(), connections: 1 };
+                let url = hush_testing::stores::postgres_url();
+                let database = hush_store_postgres::PgDatabase::connect(&url, settings).expect("connect");
+                let store = database.open_store(&user, &device, options).expect("open");
                 save_forever(store, run, stall, |s, ops| s.backend().stall_next_write_after(ops)).await;
             }
             other => panic!("unknown backend {other}"),
