@@ -107,6 +107,17 @@ impl CryptoStore for CountingStore {
     async fn get_secret(&self, name: &str) -> Result<Option<zeroize::Zeroizing<String>>, StoreError> {
         self.inner.get_secret(name).await
     }
+    async fn try_lock(
+        &self,
+        holder: &str,
+        now: Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<hush_crypto_core::store::StoreLease, StoreError> {
+        self.inner.try_lock(holder, now, lease).await
+    }
+    async fn unlock(&self, lease: &hush_crypto_core::store::StoreLease) -> Result<(), StoreError> {
+        self.inner.unlock(lease).await
+    }
     async fn get_user_identity(
         &self,
         _: &UserId,

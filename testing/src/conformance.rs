@@ -35,9 +35,11 @@ pub trait StoreFactory {
 }
 
 mod batches;
+mod lock;
 pub use batches::{
     FaultyStoreFactory, a_batch_is_applied_whole, a_failed_batch_leaves_nothing_visible, an_empty_batch_changes_nothing,
 };
+pub use lock::store_lock_leases_and_fences;
 
 /// Serialized form, to compare records that hold pickles.
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Value {
@@ -531,7 +533,8 @@ macro_rules! conformance_suite {
                 device_index_hashes_and_custom_values,
                 room_key_share_records,
                 identities_and_private_keys,
-                backup_queue_and_secrets
+                backup_queue_and_secrets,
+                store_lock_leases_and_fences
                 $(, $extra)*
             );
         }

@@ -161,3 +161,69 @@ fn an_unreachable_server_is_an_error() {
     let error = PgDatabase::connect("postgres://hush@127.0.0.1:1/hush", PgSettings::default()).expect_err("no server");
     assert!(matches!(error, StoreError::Backend(_)), "{error}");
 }
+
+/// Hosts racing for the lock: eight contenders, each with its own
+/// connection pool (as separate processes would have), ask for the lock at
+/// the same instant, round after round. Each round exactly one wins, and
+/// only its fenced batch is written; a loser's batch, fenced with the
+/// generation it saw last, is refused.
+#[test]
+#[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+fn hosts_racing_for_the_lock_get_one_holder_per_round() {
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    const HOSTS: usize = 8;
+    const ROUNDS: u64 = 60;
+    let schema = Schema::new();
+    let (user, device) = device(1);
+    drop(schema.connect().expect("connect").open_store(&user, &device, Encryption::RawKey.options()).expect("create"));
+    let barrier = Arc::new(Barrier::new(HOSTS));
+    let hosts: Vec<_> = (0..HOSTS)
+        .map(|host| {
+            let (barrier, name, user, device) =
+                (Arc::clone(&barrier), schema.name.clone(), user.clone(), device.clone());
+            std::thread::spawn(move || {
+                let settings = PgSettings { schema: name, connections: 1 };
+                let database = PgDatabase::connect(&postgres_url(), settings).expect("connect");
+                let store = database.open_store(&user, &device, Encryption::RawKey.options()).expect("open");
+                let mut won = Vec::new();
+                for round in 0..ROUNDS {
+                    // Each round starts after the last round's lease ran out.
+                    let now = hush_crypto_core::Timestamp::from_millis(1_000_000 + round * 60_000);
+                    barrier.wait();
+                    match futures_executor::block_on(store.try_lock(
+                        &format!("host{host}"),
+                        now,
+                        Duration::from_secs(30),
+                    )) {
+                        Ok(lease) => {
+                            let user_id: OwnedUserId = format!("@r{round}h{host}:example.org").try_into().unwrap();
+                            let changes = Changes {
+                                tracked_users: vec![TrackedUser { user_id, dirty: false }],
+                                fence: Some(lease.fence()),
+                                ..Default::default()
+                            };
+                            futures_executor::block_on(store.save_changes(changes)).expect("the winner writes");
+                            won.push(round);
+                        }
+                        Err(StoreError::LockHeld { .. }) => {}
+                        Err(other) => panic!("host {host}, round {round}: {other}"),
+                    }
+                    barrier.wait();
+                }
+                won
+            })
+        })
+        .collect();
+    let mut winners = vec![0; ROUNDS as usize];
+    for host in hosts {
+        for round in host.join().expect("a host thread") {
+            winners[round as usize] += 1;
+        }
+    }
+    assert!(winners.iter().all(|&w| w == 1), "winners per round: {winners:?}");
+    let database = schema.connect().expect("connect");
+    let store = database.open_store(&user, &device, Encryption::RawKey.options()).expect("open");
+    assert_eq!(futures_executor::block_on(tracked(&store)).len(), ROUNDS as usize);
+}

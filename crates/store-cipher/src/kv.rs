@@ -127,6 +127,10 @@ impl fmt::Debug for WriteOp {
 /// Key-value pairs read by a scan, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// Given the value under a key, read inside a write, the ops that write
+/// applies; an error aborts it with nothing written.
+pub type Decide = Box<dyn FnOnce(Option<&[u8]>) -> Result<Vec<WriteOp>, StoreError> + Send>;
+
 /// An ordered key-value engine with atomic, durable batches.
 pub trait KvBackend: Send + Sync + fmt::Debug {
     /// The value under `key`.
@@ -141,6 +145,12 @@ pub trait KvBackend: Send + Sync + fmt::Debug {
 
     /// Applies every op or none, and makes them durable before returning.
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+
+    /// Reads `key`, lets `decide` choose the ops from its value, and applies
+    /// them, as one atomic step against every other `update` and `write` of
+    /// this store from any process or host sharing it (the store lock's
+    /// compare-and-set).
+    fn update(&self, table: Table, key: &[u8], decide: Decide) -> Result<(), StoreError>;
 }
 
 /// What a storage engine implements: the [`KvBackend`] calls, free to panic
@@ -162,6 +172,8 @@ pub trait KvEngine: Send + Sync + fmt::Debug {
     fn engine_count(&self, table: Table) -> Result<usize, StoreError>;
     /// See [`KvBackend::write`].
     fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError>;
+    /// See [`KvBackend::update`].
+    fn engine_update(&self, table: Table, key: &[u8], decide: Decide) -> Result<(), StoreError>;
 }
 
 impl<E: KvEngine> KvBackend for E {
@@ -179,6 +191,10 @@ impl<E: KvEngine> KvBackend for E {
 
     fn write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         guard_engine("write", || self.engine_write(ops))
+    }
+
+    fn update(&self, table: Table, key: &[u8], decide: Decide) -> Result<(), StoreError> {
+        guard_engine("update", || self.engine_update(table, key, decide))
     }
 }
 

@@ -29,6 +29,6 @@ pub use cipher::{
     CipherError, DEFAULT_KDF_ROUNDS, KeyHasher, MAX_KDF_ROUNDS, MIN_KDF_ROUNDS, StoreCipher, StoreSecret,
     WrappedStoreKey,
 };
-pub use kv::{Entries, KvBackend, KvEngine, Table, WriteFault, WriteOp, guard_engine};
+pub use kv::{Decide, Entries, KvBackend, KvEngine, Table, WriteFault, WriteOp, guard_engine};
 pub use migrations::SCHEMA_VERSION;
 pub use store::{KvCryptoStore, StoreOptions};

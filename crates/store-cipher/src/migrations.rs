@@ -160,6 +160,11 @@ mod tests {
             }
             Ok(())
         }
+
+        fn engine_update(&self, table: Table, key: &[u8], decide: crate::Decide) -> Result<(), StoreError> {
+            let current = self.engine_get(table, key)?;
+            self.engine_write(decide(current.as_deref())?)
+        }
     }
 
     const INDICES: u32 = 40;

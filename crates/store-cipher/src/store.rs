@@ -13,7 +13,10 @@ use hush_crypto_core::{
     devices::DeviceData,
     identities::{PrivateCrossSigningIdentity, UserIdentityData},
     megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
-    store::{MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoredAccount, StoredSession, TrackedUser},
+    store::{
+        LockRecord, MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoreLease, StoredAccount, StoredSession,
+        TrackedUser,
+    },
 };
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
@@ -29,6 +32,23 @@ use crate::{
 const META_VERSION: &[u8] = b"schema_version";
 const META_STORE_KEY: &[u8] = b"store_key";
 const META_OWNER: &[u8] = b"owner";
+/// The store lock's record (not secret: who holds it, until when).
+const META_LOCK: &[u8] = b"lock";
+
+/// The lock record under [`META_LOCK`], if any.
+fn decode_lock(bytes: Option<&[u8]>) -> Result<Option<LockRecord>, StoreError> {
+    bytes
+        .map(hush_crypto_core::store::decode_value::<LockRecord>)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("the store lock record: {e}")))
+}
+
+/// The lock record as stored.
+fn encode_lock(record: &LockRecord) -> Result<Vec<u8>, StoreError> {
+    hush_crypto_core::store::encode_value(record)
+        .map(|bytes| bytes.to_vec())
+        .map_err(|e| StoreError::serialization("store lock", e))
+}
 
 /// How a store is opened.
 #[derive(Debug, Clone)]
@@ -328,6 +348,8 @@ impl<B: KvBackend> KvCryptoStore<B> {
             backed_up,
             backup_queue,
             secrets,
+            // Taken out by save_changes (checked inside the write).
+            fence: _,
         } = changes;
         let mut ops = Vec::new();
         if let Some(account) = account {
@@ -409,12 +431,64 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
         self.get(Table::Account, &[b"account"])
     }
 
-    async fn save_changes(&self, changes: Changes) -> Result<(), StoreError> {
+    async fn save_changes(&self, mut changes: Changes) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
         }
+        let fence = changes.fence.take();
         let ops = self.ops_for(changes)?;
-        self.backend.write(ops)
+        match fence {
+            None => self.backend.write(ops),
+            Some(fence) => self.backend.update(
+                Table::Meta,
+                META_LOCK,
+                Box::new(move |current| {
+                    LockRecord::check(decode_lock(current)?.as_ref(), &fence)?;
+                    Ok(ops)
+                }),
+            ),
+        }
+    }
+
+    async fn try_lock(
+        &self,
+        holder: &str,
+        now: hush_crypto_core::Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<StoreLease, StoreError> {
+        let taken = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let slot = std::sync::Arc::clone(&taken);
+        let holder = holder.to_owned();
+        self.backend.update(
+            Table::Meta,
+            META_LOCK,
+            Box::new(move |current| {
+                let record = LockRecord::take(decode_lock(current)?.as_ref(), &holder, now, lease)?;
+                let bytes = encode_lock(&record)?;
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(StoreLease {
+                        holder: record.holder,
+                        generation: record.generation,
+                        expires_at: record.expires_at,
+                    });
+                }
+                Ok(vec![WriteOp::Put(Table::Meta, META_LOCK.to_vec(), bytes)])
+            }),
+        )?;
+        let lease = taken.lock().ok().and_then(|mut slot| slot.take());
+        lease.ok_or_else(|| StoreError::Backend("the lock update did not run".into()))
+    }
+
+    async fn unlock(&self, lease: &StoreLease) -> Result<(), StoreError> {
+        let lease = lease.clone();
+        self.backend.update(
+            Table::Meta,
+            META_LOCK,
+            Box::new(move |current| match LockRecord::release(decode_lock(current)?.as_ref(), &lease) {
+                Some(released) => Ok(vec![WriteOp::Put(Table::Meta, META_LOCK.to_vec(), encode_lock(&released)?)]),
+                None => Ok(Vec::new()),
+            }),
+        )
     }
 
     async fn get_sessions(&self, sender_key: &Curve25519PublicKey) -> Result<Vec<StoredSession>, StoreError> {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvEngine, Table, WriteFault, WriteOp};
+use hush_store_cipher::{Decide, Entries, KvEngine, Table, WriteFault, WriteOp};
 
 use crate::pool::{Pool, pg_error};
 
@@ -140,11 +140,35 @@ impl KvEngine for PgBackend {
     }
 
     fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.write_with(None, ops)
+    }
+
+    fn engine_update(&self, table: Table, key: &[u8], decide: Decide) -> Result<(), StoreError> {
+        self.write_with(Some((table, key.to_vec(), decide)), Vec::new())
+    }
+}
+
+impl PgBackend {
+    /// One transaction: the ops `decide` chooses from the value under its
+    /// key, then `ops`. A transaction with a `decide` first takes this
+    /// store's advisory lock, so updates from every connection, process and
+    /// host run one at a time (a read of a missing row locks nothing).
+    fn write_with(&self, decide: Option<(Table, Vec<u8>, Decide)>, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let (sql, store_id, fault) = (Arc::clone(&self.sql), self.store_id, Arc::clone(&self.fault));
         self.pool.run(move |connection| {
+            let get = connection.prepare(&sql.get)?;
             let put = connection.prepare(&sql.put)?;
             let delete = connection.prepare(&sql.delete)?;
             let mut tx = connection.client()?.transaction().map_err(|e| pg_error(&e))?;
+            let mut ops = ops;
+            if let Some((table, key, decide)) = decide {
+                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&store_id]).map_err(|e| pg_error(&e))?;
+                let row = tx.query_opt(&get, &[&store_id, &table_id(table), &key]).map_err(|e| pg_error(&e))?;
+                let current: Option<Vec<u8>> = row.map(|row| row.try_get(0)).transpose().map_err(|e| pg_error(&e))?;
+                let mut decided = decide(current.as_deref())?;
+                decided.append(&mut ops);
+                ops = decided;
+            }
             let fail_after = fault.take();
             for (applied, op) in ops.iter().enumerate() {
                 if fail_after == Some(applied) {

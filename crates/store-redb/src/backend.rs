@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvEngine, Table, WriteFault, WriteOp, guard_engine};
-use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableError};
+use hush_store_cipher::{Decide, Entries, KvEngine, Table, WriteFault, WriteOp, guard_engine};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableError};
 
 /// A redb table of byte keys and values.
 type BytesTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
@@ -160,10 +160,33 @@ impl KvEngine for RedbBackend {
     }
 
     fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        self.write_with(None, ops)
+    }
+
+    fn engine_update(&self, table: Table, key: &[u8], decide: Decide) -> Result<(), StoreError> {
+        self.write_with(Some((table, key, decide)), Vec::new())
+    }
+}
+
+impl RedbBackend {
+    /// One write transaction: the ops `decide` chooses from the value under
+    /// its key (read inside the transaction, which redb runs one at a time)
+    /// followed by `ops`, committed durably.
+    fn write_with(&self, decide: Option<(Table, &[u8], Decide)>, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let Handle::ReadWrite(db) = &self.db else {
             return Err(StoreError::Backend("the store was opened read-only".into()));
         };
         let txn = db.begin_write().map_err(backend_error)?;
+        let mut ops = ops;
+        if let Some((table, key, decide)) = decide {
+            let current = {
+                let handle = txn.open_table(definition(table)).map_err(backend_error)?;
+                handle.get(key).map_err(backend_error)?.map(|value| value.value().to_vec())
+            };
+            let mut decided = decide(current.as_deref())?;
+            decided.append(&mut ops);
+            ops = decided;
+        }
         {
             // Consecutive ops on one table share its handle.
             let mut open: Option<(Table, BytesTable<'_>)> = None;

@@ -15,7 +15,7 @@
 use std::path::Path;
 
 use hush_crypto_core::StoreError;
-use hush_store_cipher::{Entries, KvCryptoStore, KvEngine, Table, WriteFault, WriteOp, guard_engine};
+use hush_store_cipher::{Decide, Entries, KvCryptoStore, KvEngine, Table, WriteFault, WriteOp, guard_engine};
 pub use hush_store_cipher::{SCHEMA_VERSION, StoreOptions, StoreSecret};
 use ruma_common::{DeviceId, UserId};
 
@@ -90,6 +90,8 @@ pub struct SledBackend {
     tree: sled::Tree,
     /// An injected fault (tests only, feature `fault-injection`).
     fault: WriteFault,
+    /// Held by every write, so an update's read and its batch are one step.
+    updates: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -118,7 +120,7 @@ impl SledBackend {
                 Err(error) => return Err(open_error(path, error)),
             };
             let tree = db.open_tree("hush-crypto").map_err(backend_error)?;
-            Ok(Self { db, tree, fault: WriteFault::default() })
+            Ok(Self { db, tree, fault: WriteFault::default(), updates: std::sync::Mutex::new(()) })
         })
     }
 
@@ -190,6 +192,23 @@ impl KvEngine for SledBackend {
     }
 
     fn engine_write(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
+        let _serialized = self.updates.lock().map_err(|_| StoreError::Backend("a write panicked".into()))?;
+        self.apply(ops)
+    }
+
+    fn engine_update(&self, table: Table, key: &[u8], decide: Decide) -> Result<(), StoreError> {
+        // sled holds its directory for one process, so serializing this
+        // process's writes makes the read and the batch one atomic step.
+        let _serialized = self.updates.lock().map_err(|_| StoreError::Backend("a write panicked".into()))?;
+        let current = self.tree.get(Self::key(table, key)).map_err(backend_error)?;
+        let ops = decide(current.as_deref())?;
+        self.apply(ops)
+    }
+}
+
+impl SledBackend {
+    /// Applies `ops` as one sled batch and flushes it.
+    fn apply(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         let fail_after = self.fault.take();
         for (added, op) in ops.into_iter().enumerate() {

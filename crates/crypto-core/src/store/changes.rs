@@ -62,6 +62,11 @@ pub struct Changes {
     pub backup_queue: Vec<RoomKeyRef>,
     /// Secrets saved or deleted.
     pub secrets: Vec<StoredSecret>,
+    /// The lease this batch is written under, if the store is shared
+    /// through its lock: the store writes nothing and answers
+    /// [`StoreError::LockLost`](super::StoreError::LockLost) unless the
+    /// lease is still held (see [`super::lock`]). Not a change itself.
+    pub fence: Option<super::LockFence>,
 }
 
 impl Changes {
@@ -88,6 +93,7 @@ impl Changes {
             backed_up,
             backup_queue,
             secrets,
+            fence: _,
         } = self;
         account.is_none()
             && sessions.is_empty()
@@ -132,9 +138,13 @@ impl Changes {
             backed_up,
             backup_queue,
             secrets,
+            fence,
         } = other;
         if account.is_some() {
             self.account = account;
+        }
+        if fence.is_some() {
+            self.fence = fence;
         }
         self.sessions.extend(sessions);
         self.inbound_group_sessions.extend(inbound_group_sessions);

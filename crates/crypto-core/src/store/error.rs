@@ -53,6 +53,28 @@ pub enum StoreError {
         /// The most allowed.
         max: u32,
     },
+    /// The store lock is held by someone else, whose lease has not ended.
+    #[error("the store is locked by {holder} until {expires_at:?}")]
+    LockHeld {
+        /// Who holds it.
+        holder: String,
+        /// When its lease ends, unless renewed.
+        expires_at: crate::Timestamp,
+    },
+    /// A batch was written under a lease that is no longer held: someone
+    /// else took the lock (its lease ran out), so this holder's state may
+    /// be stale. Nothing of the batch was written.
+    #[error(
+        "the store lock was lost: it is at generation {generation} (held by {holder}), the batch was fenced with {fenced}"
+    )]
+    LockLost {
+        /// Who holds the lock now (empty if nobody ever took it).
+        holder: String,
+        /// Its generation now.
+        generation: u64,
+        /// The generation the batch was written for.
+        fenced: u64,
+    },
     /// The store was written by a newer version of hush.
     #[error("store schema version {found} is newer than the supported version {supported}")]
     UnsupportedSchema {

@@ -13,8 +13,8 @@ use vodozemac::Curve25519PublicKey;
 use zeroize::Zeroizing;
 
 use super::{
-    Changes, CryptoStore, MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoreError, StoredAccount, StoredSession,
-    TrackedUser,
+    Changes, CryptoStore, LockRecord, MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoreError, StoreLease,
+    StoredAccount, StoredSession, TrackedUser,
 };
 use crate::{
     devices::DeviceData,
@@ -52,6 +52,7 @@ struct Tables {
     private_identity: Option<PrivateCrossSigningIdentity>,
     backup_queue: std::collections::BTreeSet<RoomKeyRef>,
     secrets: HashMap<String, Zeroizing<String>>,
+    lock: Option<LockRecord>,
 }
 
 impl Tables {
@@ -150,6 +151,7 @@ impl CryptoStore for MemoryStore {
             backed_up,
             backup_queue,
             secrets,
+            fence,
         } = changes;
         // Encode everything first, so a failure leaves the tables untouched.
         let account = account.map(|a| encode("account", &a)).transpose()?;
@@ -167,6 +169,9 @@ impl CryptoStore for MemoryStore {
             .collect::<Result<Vec<_>, StoreError>>()?;
 
         let mut tables = self.tables();
+        if let Some(fence) = &fence {
+            LockRecord::check(tables.lock.as_ref(), fence)?;
+        }
         if let Some(account) = account {
             tables.account = Some(account);
         }
@@ -236,6 +241,28 @@ impl CryptoStore for MemoryStore {
 
     async fn get_secret(&self, name: &str) -> Result<Option<Zeroizing<String>>, StoreError> {
         Ok(self.tables().secrets.get(name).cloned())
+    }
+
+    async fn try_lock(
+        &self,
+        holder: &str,
+        now: crate::Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<StoreLease, StoreError> {
+        let mut tables = self.tables();
+        let record = LockRecord::take(tables.lock.as_ref(), holder, now, lease)?;
+        let lease =
+            StoreLease { holder: record.holder.clone(), generation: record.generation, expires_at: record.expires_at };
+        tables.lock = Some(record);
+        Ok(lease)
+    }
+
+    async fn unlock(&self, lease: &StoreLease) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        if let Some(released) = LockRecord::release(tables.lock.as_ref(), lease) {
+            tables.lock = Some(released);
+        }
+        Ok(())
     }
 
     async fn get_sessions(&self, sender_key: &Curve25519PublicKey) -> Result<Vec<StoredSession>, StoreError> {

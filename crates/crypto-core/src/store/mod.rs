@@ -4,6 +4,7 @@
 mod changes;
 mod codec;
 mod error;
+pub mod lock;
 mod memory;
 mod types;
 
@@ -17,6 +18,7 @@ use vodozemac::Curve25519PublicKey;
 pub use changes::Changes;
 pub use codec::{MAX_JSON_DEPTH, MAX_VALUE_DEPTH, decode_value, encode_value, json_depth};
 pub use error::StoreError;
+pub use lock::{LockFence, LockRecord, StoreLease};
 pub use memory::MemoryStore;
 pub use types::{
     MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoredAccount, StoredSecret, StoredSession, TrackedUser,
@@ -130,4 +132,20 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
 
     /// A secret saved through [`Changes::secrets`].
     async fn get_secret(&self, name: &str) -> Result<Option<zeroize::Zeroizing<String>>, StoreError>;
+
+    /// Takes the store lock for `holder` until `now + lease`, or renews it
+    /// (see [`lock`]): the lease, whose generation tells whether someone
+    /// else held the lock since; [`StoreError::LockHeld`] while another
+    /// holder's lease runs. Atomic against every other holder sharing the
+    /// store, and against batches fenced by them.
+    async fn try_lock(
+        &self,
+        holder: &str,
+        now: crate::Timestamp,
+        lease: std::time::Duration,
+    ) -> Result<StoreLease, StoreError>;
+
+    /// Lets go of `lease` before it ends, so the next holder need not wait
+    /// for it to expire; nothing if it was taken over meanwhile.
+    async fn unlock(&self, lease: &StoreLease) -> Result<(), StoreError>;
 }
