@@ -39,8 +39,8 @@ pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};
 pub use machine::{
     BackupError, BackupKeyRecovery, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError,
     MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OpenError, RecoveredSecrets, RecoveryError, RoomInfo,
-    RoomKeyImportResult, RoomReadiness, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption, ToDeviceOutcome,
-    VerificationState,
+    RoomKeyImportResult, RoomReadiness, StoreLockOutcome, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption,
+    ToDeviceOutcome, VerificationState,
 };
 pub use megolm::{
     DecryptionSettings, EncryptError, EncryptionMerge, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError,

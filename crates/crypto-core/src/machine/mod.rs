@@ -18,6 +18,7 @@ mod room_keys;
 mod rooms;
 mod secrets;
 mod share;
+mod store_lock;
 mod sync;
 mod timers;
 mod to_device;
@@ -36,6 +37,7 @@ pub use backup::{BackupError, BackupRestoreResult};
 pub use export::{ImportError, RoomKeyImportResult};
 pub use room::{RoomInfo, RoomReadiness};
 pub use secrets::{BackupKeyRecovery, RecoveredSecrets, RecoveryError};
+pub use store_lock::StoreLockOutcome;
 pub use sync::{DeviceListChanges, SyncChanges, SyncOutput};
 pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 
@@ -144,7 +146,12 @@ pub struct OlmMachine {
 #[derive(Debug)]
 struct Inner {
     own: OwnIdentity,
+    /// The store, as [`Inner::fenced`]: every batch fenced with our lease.
     store: Arc<dyn CryptoStore>,
+    /// The same store, to set the lease on (`machine/store_lock`).
+    fenced: Arc<crate::store::FencedStore>,
+    /// The store lock's lease, while this engine shares the store.
+    lease: Mutex<Option<crate::store::StoreLease>>,
     /// Lock order: `account`, then `sessions`, then the std mutexes.
     account: async_lock::Mutex<Account>,
     /// Olm sessions in memory (`olm/`).
@@ -200,6 +207,8 @@ impl OlmMachine {
         store: Arc<dyn CryptoStore>,
         now: Timestamp,
     ) -> Result<Self, OpenError> {
+        let fenced = Arc::new(crate::store::FencedStore::new(store));
+        let store: Arc<dyn CryptoStore> = fenced.clone();
         let account = match store.load_account().await? {
             Some(stored) => {
                 if stored.user_id != user_id || stored.device_id != device_id {
@@ -250,6 +259,8 @@ impl OlmMachine {
             inner: Arc::new(Inner {
                 own,
                 store,
+                fenced,
+                lease: Mutex::new(None),
                 account: async_lock::Mutex::new(account),
                 sessions: async_lock::Mutex::new(SessionCache::default()),
                 tracker: Mutex::new(tracker),

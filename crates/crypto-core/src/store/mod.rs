@@ -4,6 +4,7 @@
 mod changes;
 mod codec;
 mod error;
+mod fenced;
 pub mod lock;
 mod memory;
 mod types;
@@ -18,6 +19,7 @@ use vodozemac::Curve25519PublicKey;
 pub use changes::Changes;
 pub use codec::{MAX_JSON_DEPTH, MAX_VALUE_DEPTH, decode_value, encode_value, json_depth};
 pub use error::StoreError;
+pub(crate) use fenced::FencedStore;
 pub use lock::{LockFence, LockRecord, StoreLease};
 pub use memory::MemoryStore;
 pub use types::{

@@ -1,0 +1,104 @@
+//! Sharing the store with other processes or hosts through its lock (see
+//! [`crate::store::lock`]): taking and renewing the lease, reloading what
+//! this engine holds in memory when someone else held the lock since, and
+//! letting go.
+
+use std::time::Duration;
+
+use super::{OlmMachine, lock};
+use crate::{
+    Timestamp,
+    devices::DeviceTracker,
+    megolm::GroupCache,
+    olm::{Account, ClaimState, SessionCache},
+    requests::RequestQueue,
+    store::{StoreError, StoreLease},
+};
+
+/// The store lock, taken by [`OlmMachine::lock_store`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreLockOutcome {
+    /// The lease: renew it (call `lock_store` again) before it ends.
+    pub lease: StoreLease,
+    /// Someone else held the lock since this engine last did (or this
+    /// engine never held it): everything it kept in memory was reloaded
+    /// from the store first.
+    pub reloaded: bool,
+}
+
+impl OlmMachine {
+    /// Takes the store lock for `holder` until `now + lease`, or renews it:
+    /// what every process or host sharing this device's store does before
+    /// it handles an input, and again before the lease ends. If the lock
+    /// changed hands since this engine last held it, the account, Olm
+    /// sessions, room keys, tracked users and the engine's other stored
+    /// state are reloaded before this returns, and requests not yet sent are
+    /// dropped (they are made again from the reloaded state). From then on
+    /// every batch the engine saves is fenced with the lease: if another
+    /// holder takes the lock over (this lease ran out), the batch fails with
+    /// [`StoreError::LockLost`] and nothing of it is written.
+    ///
+    /// [`StoreError::LockHeld`] while another holder's lease runs.
+    pub async fn lock_store(
+        &self,
+        holder: &str,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<StoreLockOutcome, StoreError> {
+        // Held across the reload, so no input runs on half-reloaded state.
+        let mut account = self.inner.account.lock().await;
+        let mut sessions = self.inner.sessions.lock().await;
+        let taken = self.inner.store.try_lock(holder, now, lease).await?;
+        let reloaded = self.inner.fenced.generation() != Some(taken.generation);
+        if reloaded {
+            self.reload(&mut account, &mut sessions).await?;
+        }
+        self.inner.fenced.set_lease(&taken);
+        *lock(&self.inner.lease) = Some(taken.clone());
+        Ok(StoreLockOutcome { lease: taken, reloaded })
+    }
+
+    /// Lets go of the store lock, so another holder need not wait for the
+    /// lease to end. Batches saved afterwards still carry the lease's fence:
+    /// they are written only if nobody took the lock in between.
+    pub async fn unlock_store(&self) -> Result<(), StoreError> {
+        let lease = lock(&self.inner.lease).take();
+        match lease {
+            Some(lease) => self.inner.store.unlock(&lease).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Replaces every piece of stored state held in memory with what the
+    /// store holds now.
+    async fn reload(&self, account: &mut Account, sessions: &mut SessionCache) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        let stored = store.load_account().await?.ok_or_else(|| StoreError::Corrupt("the account is gone".into()))?;
+        if stored.user_id != self.inner.own.user_id || stored.device_id != self.inner.own.device_id {
+            return Err(StoreError::Corrupt("the store now holds another device's account".into()));
+        }
+        let fresh_account = Account::from_stored(stored);
+        if fresh_account.curve25519_key() != self.inner.own.curve25519 {
+            return Err(StoreError::Corrupt("the store's account has other identity keys".into()));
+        }
+        let retry = store.get_custom_value(super::QUERY_RETRY_RECORD).await?;
+        let tracker = DeviceTracker::from_stored(store.load_tracked_users().await?, retry.as_deref());
+        let claims_record = store.get_custom_value(super::CLAIMS_RECORD).await?;
+        let claims = ClaimState::from_records(claims_record.as_deref(), None);
+        let cross_signing = store.load_private_identity().await?;
+        let backup_record = store.get_custom_value(super::backup::BACKUP_RECORD).await?;
+        let gossip_record = store.get_custom_value(crate::gossip::GOSSIP_RECORD).await?;
+        // Everything read: swap it in.
+        *account = fresh_account;
+        sessions.clear();
+        *lock(&self.inner.tracker) = tracker;
+        *lock(&self.inner.claims) = claims;
+        *lock(&self.inner.groups) = GroupCache::default();
+        *lock(&self.inner.requests) = RequestQueue::default();
+        *lock(&self.inner.cross_signing) = cross_signing;
+        *lock(&self.inner.backup) = super::backup::BackupState::from_record(backup_record.as_deref());
+        *lock(&self.inner.gossip) = super::gossip::GossipState::from_record(gossip_record.as_deref());
+        tracing::info!("the store lock changed hands: reloaded the engine's state from the store");
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Two engines sharing one device's store through the store lock, as an
+//! app and its notification helper do: they take turns, each reloading
+//! what the other changed, while a peer keeps sending. Nothing may be lost
+//! or used twice: no undecryptable message, no Megolm index or Olm ratchet
+//! step used twice, no one-time key uploaded twice with different keys.
+//! And an engine whose lease was taken over cannot write.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hush_crypto_core::{CryptoStore, EncryptionSettings, MemoryStore, StoreError, ToDeviceOutcome};
+use hush_testing::{TestDevice, TestServer, VirtualClock};
+use ruma_common::{OwnedRoomId, OwnedUserId};
+use serde_json::Value;
+
+const LEASE: Duration = Duration::from_secs(30);
+const ROUNDS: usize = 300;
+
+fn user(name: &str) -> OwnedUserId {
+    format!("@{name}:example.org").try_into().expect("user id")
+}
+
+/// The Megolm session and message index of an encrypted room event.
+fn ratchet_position(event: &Value) -> (String, u32) {
+    let content = &event["content"];
+    let ciphertext = content["ciphertext"].as_str().expect("ciphertext");
+    let message = vodozemac::megolm::MegolmMessage::from_base64(ciphertext).expect("a Megolm message");
+    (content["session_id"].as_str().expect("session id").to_owned(), message.message_index())
+}
+
+/// Every to-device event of a sync was decrypted (none failed).
+fn all_decrypted(outcomes: &[ToDeviceOutcome], who: &str) {
+    for outcome in outcomes {
+        assert!(
+            matches!(outcome, ToDeviceOutcome::Decrypted { .. } | ToDeviceOutcome::PlainText(_)),
+            "{who}: a to-device event was not decrypted: {outcome:?}"
+        );
+    }
+}
+
+/// The app and the helper alternate for 300 rounds. Each round the holder
+/// takes the lock (and must have reloaded, since the other held it last),
+/// syncs the peer's new room keys, decrypts the peer's message, sends its
+/// own, and lets go. Every tenth round the peer logs in a new device,
+/// which claims one of our one-time keys, so the holder must upload more.
+#[tokio::test]
+async fn two_engines_taking_turns_on_one_store_lose_and_reuse_nothing() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let (alice, bob_id) = (user("alice"), user("bob"));
+    let room: OwnedRoomId = "!shared:example.org".try_into().expect("room id");
+    let settings = EncryptionSettings { rotation_period_msgs: 7, ..Default::default() };
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+
+    let names = ["app", "helper"];
+    store.try_lock(names[0], clock.now(), LEASE).await.expect("the app takes the lock to create the device");
+    let app = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    app.machine.lock_store(names[0], clock.now(), LEASE).await.expect("lock");
+    app.machine.unlock_store().await.expect("unlock");
+    store.try_lock(names[1], clock.now(), LEASE).await.expect("the helper takes the lock to open");
+    let helper = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    helper.machine.unlock_store().await.expect("unlock");
+    store.unlock(&store.try_lock(names[1], clock.now(), LEASE).await.expect("lock")).await.expect("unlock");
+    let mut engines = [app, helper];
+
+    let mut bob = TestDevice::new(&server, &clock, &bob_id, "BOB0").await;
+    let mut peers: Vec<TestDevice> = Vec::new();
+    let mut positions = BTreeSet::new();
+    let mut reloads = 0;
+    for round in 0..ROUNDS {
+        let (name, engine) = (names[round % 2], &mut engines[round % 2]);
+        let outcome = engine.machine.lock_store(name, clock.now(), LEASE).await.expect("the lock is free");
+        reloads += usize::from(outcome.reloaded);
+        assert!(outcome.reloaded, "round {round}: the other engine held the lock last, yet {name} did not reload");
+
+        if round % 10 == 0 {
+            // A new device of the peer: it claims one of our one-time keys.
+            let peer = TestDevice::new(&server, &clock, &bob_id, &format!("BOB{}", round / 10 + 1)).await;
+            peer.share_room_key(&room, &[&alice], &settings).await;
+            peers.push(peer);
+        }
+        bob.share_room_key(&room, &[&alice], &settings).await;
+        let message = bob.encrypt_text(&room, &format!("bob {round}")).await;
+
+        let synced = engine.sync().await;
+        all_decrypted(&synced.to_device, name);
+        let body = engine.decrypt_text(&room, &message).await;
+        assert_eq!(body.as_deref(), Ok(format!("bob {round}").as_str()), "round {round}: {name} could not decrypt");
+
+        engine.share_room_key(&room, &[&bob_id], &settings).await;
+        let ours = engine.encrypt_text(&room, &format!("alice {round}")).await;
+        assert!(positions.insert(ratchet_position(&ours)), "round {round}: a Megolm index was used twice");
+        engine.machine.unlock_store().await.expect("unlock");
+
+        let bob_synced = bob.sync().await;
+        all_decrypted(&bob_synced.to_device, "bob");
+        let body = bob.decrypt_text(&room, &ours).await;
+        assert_eq!(body.as_deref(), Ok(format!("alice {round}").as_str()), "round {round}: bob could not decrypt");
+        clock.advance(Duration::from_secs(1));
+    }
+    assert_eq!(reloads, ROUNDS);
+    assert_eq!(positions.len(), ROUNDS);
+    assert!(peers.len() >= ROUNDS / 10, "the peer's new devices claimed keys");
+}
+
+/// A holder whose lease ran out is taken over; its next batch (a sync) is
+/// refused whole, and the new holder goes on.
+#[tokio::test]
+async fn an_engine_whose_lease_was_taken_over_cannot_write() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let alice = user("alice");
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+    let stale = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    let fresh = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    stale.machine.lock_store("stale", clock.now(), LEASE).await.expect("lock");
+    let held = fresh.machine.lock_store("fresh", clock.now(), LEASE).await.expect_err("held");
+    assert!(matches!(held, StoreError::LockHeld { ref holder, .. } if holder == "stale"), "{held:?}");
+
+    clock.advance(LEASE + Duration::from_secs(1));
+    let taken = fresh.machine.lock_store("fresh", clock.now(), LEASE).await.expect("an expired lease is taken over");
+    assert!(taken.reloaded);
+
+    let token_before = store.load_next_batch_token().await.expect("token");
+    let changes = hush_crypto_core::SyncChanges { next_batch_token: Some("stale-batch".into()), ..Default::default() };
+    let refused = stale.machine.receive_sync_changes(changes, clock.now()).await.expect_err("a stale write");
+    assert!(matches!(refused, StoreError::LockLost { ref holder, .. } if holder == "fresh"), "{refused:?}");
+    assert_eq!(store.load_next_batch_token().await.expect("token"), token_before, "the stale batch was written");
+
+    let changes = hush_crypto_core::SyncChanges { next_batch_token: Some("fresh-batch".into()), ..Default::default() };
+    fresh.machine.receive_sync_changes(changes, clock.now()).await.expect("the holder writes");
+    assert_eq!(store.load_next_batch_token().await.expect("token").as_deref(), Some("fresh-batch"));
+}
