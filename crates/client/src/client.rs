@@ -36,6 +36,7 @@ pub struct ClientBuilder {
     store: Option<StoreConfig>,
     http: HttpSettings,
     clock: Option<Clock>,
+    store_lock: Option<crate::store_lock::StoreLockSettings>,
 }
 
 /// The time the client gives the engine as `now`.
@@ -103,6 +104,22 @@ impl ClientBuilder {
         })
     }
 
+    /// Shares the device's store with other processes or hosts (an app and
+    /// its notification helper; several workers of a bridge on one
+    /// PostgreSQL store): every sync and send takes the store lock as
+    /// `holder` for `lease`, waiting up to a minute for another holder, and
+    /// lets go afterwards; whoever takes it after someone else reloads its
+    /// state first. Every process sharing the store must set this, each
+    /// with its own `holder`.
+    pub fn store_lock(mut self, holder: &str, lease: Duration) -> Self {
+        self.store_lock = Some(crate::store_lock::StoreLockSettings {
+            holder: holder.to_owned(),
+            lease,
+            wait: Duration::from_secs(60),
+        });
+        self
+    }
+
     /// Timeout of one HTTP request attempt (default 30 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.http.request_timeout = timeout;
@@ -145,6 +162,8 @@ impl ClientBuilder {
                 in_flight: Mutex::new(HashSet::new()),
                 request_done: tokio::sync::Notify::new(),
                 room_send_lock: tokio::sync::Mutex::new(()),
+                store_lock: self.store_lock,
+                store_lock_users: tokio::sync::Mutex::new(Default::default()),
                 verification_updates: tokio::sync::broadcast::channel(crate::verification::UPDATE_CAPACITY).0,
             }),
         })
@@ -169,6 +188,10 @@ pub(crate) struct Inner {
     pub(crate) sync_lock: tokio::sync::Mutex<()>,
     /// The room state was loaded from the store (or rebuilt by a sync).
     pub(crate) rooms_restored: AtomicBool,
+    /// How the store is shared with other processes, if it is.
+    pub(crate) store_lock: Option<crate::store_lock::StoreLockSettings>,
+    /// This process's operations holding the store lock now.
+    pub(crate) store_lock_users: tokio::sync::Mutex<crate::store_lock::LockUsers>,
     /// Ids of the engine's requests being sent now (by any task).
     pub(crate) in_flight: Mutex<HashSet<OwnedTransactionId>>,
     /// Signalled whenever a request being sent is done.
@@ -271,7 +294,7 @@ impl Client {
         }
         *self.inner.machine.write().unwrap_or_else(PoisonError::into_inner) = Some(machine);
         *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
-        self.send_outgoing_requests().await
+        self.with_store_lock(self.send_outgoing_requests()).await
     }
 
     /// Registers a handler called for every timeline event (decrypted when

@@ -96,6 +96,15 @@ pub enum ClientError {
     /// The room is not known to this client.
     #[error("unknown room {0}")]
     UnknownRoom(String),
+    /// The device's store is shared through its lock, and another process
+    /// or host held it for longer than this client waits.
+    #[error("the store is locked by {holder}; waited {waited:?} for it")]
+    StoreLocked {
+        /// Who holds the lock.
+        holder: String,
+        /// How long this client waited.
+        waited: std::time::Duration,
+    },
     /// The room is encrypted but the client was built without `e2e-encryption`.
     #[error("room {0} is encrypted and this client was built without the e2e-encryption feature")]
     EncryptionDisabled(String),

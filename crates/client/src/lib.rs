@@ -45,6 +45,7 @@ mod recovery;
 mod room;
 mod rooms;
 mod store;
+mod store_lock;
 mod sync;
 mod verification;
 
@@ -61,5 +62,6 @@ pub use rooms::{EncryptionState, Membership, RoomEncryption, RoomState};
 pub use store::StoreConfig;
 #[cfg(feature = "postgres")]
 pub use store::{PgDatabase, PgSettings, PostgresDatabase};
+pub use store_lock::StoreLockSettings;
 pub use sync::{SyncSettings, SyncSummary};
 pub use verification::{Sas, VerificationRequest, VerificationUpdate};

@@ -97,6 +97,11 @@ impl Room {
     /// server first (`m.room.encryption` state), and sending is refused if
     /// the server's answer does not settle it.
     pub async fn send(&self, event_type: &str, content: Value) -> Result<OwnedEventId, ClientError> {
+        // Shared store: the room key is shared and advanced under the lock.
+        self.client.with_store_lock(self.send_locked(event_type, content)).await
+    }
+
+    async fn send_locked(&self, event_type: &str, content: Value) -> Result<OwnedEventId, ClientError> {
         let mut state = self.state()?;
         if state.encryption_state() == EncryptionState::Unknown {
             state = self.learn_encryption_state().await?;

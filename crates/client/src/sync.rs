@@ -48,6 +48,11 @@ impl Client {
     /// acknowledges a to-device message whose keys were not saved.
     pub async fn sync_once(&self, settings: SyncSettings) -> Result<SyncSummary, ClientError> {
         let _one_at_a_time = self.inner.sync_lock.lock().await;
+        // Shared store: the token is read, and everything saved, under the lock.
+        self.with_store_lock(self.sync_locked(settings)).await
+    }
+
+    async fn sync_locked(&self, settings: SyncSettings) -> Result<SyncSummary, ClientError> {
         let machine = self.olm_machine()?;
         let token = self.access_token()?;
         // Resume from the stored token: never a sync from nothing once a
@@ -67,7 +72,7 @@ impl Client {
         let until_deadline = machine
             .poll_timeout()
             .map(|at| Duration::from_millis(at.as_millis().saturating_sub(self.now().as_millis())));
-        let poll = until_deadline.map_or(settings.timeout, |d| d.min(settings.timeout));
+        let poll = self.poll_under_lock(until_deadline.map_or(settings.timeout, |d| d.min(settings.timeout)));
         request.timeout = (!catching_up).then_some(poll);
         let response = self.http().send(request, Some(&token), settings.timeout).await?;
 

@@ -12,6 +12,12 @@
 //!   stress test's device (redb store). Prints `opened` once the store is
 //!   open and the session restored, then loops: sync (`synced`), send a text
 //!   (`sent <event id>`), and report each text it decrypted (`text <body>`).
+//! * `client-child shared <holder> <lease-ms> <session-json> <room> <rounds>`:
+//!   one of several processes sharing the device's PostgreSQL store (the
+//!   test cluster) through the store lock, as `holder`. Prints `opened`,
+//!   then each round `round <n>`, syncs, sends a text (`sent <event id>`),
+//!   reports each text it decrypted (`text <body>`) and each event it could
+//!   not (`utd <event id>`); `done` after `rounds` rounds (0: forever).
 //!   With site `write:K`, the first write after `opened` stalls after K ops
 //!   (the backend prints `stalled inside a write ...`); with
 //!   `write-late:K`, the first write of the second round (after its first
@@ -90,11 +96,51 @@ async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
     unreachable!("the loop ends by SIGKILL")
 }
 
+/// The shared-store loop: see the module doc.
+async fn shared(holder: &str, lease_ms: &str, session: &str, room: &str, rounds: &str) {
+    let session: Session = serde_json::from_str(session).expect("session json");
+    let lease = Duration::from_millis(lease_ms.parse().expect("lease in ms"));
+    let rounds: u64 = rounds.parse().expect("rounds");
+    let client = Client::builder()
+        .homeserver_url(hush_testing::synapse::homeserver_url())
+        .store_config(store("postgres", ""))
+        .store_lock(holder, lease)
+        .build()
+        .expect("client");
+    client.add_event_handler(|event: hush_client::RoomEvent| async move {
+        match event.text_body() {
+            Some(body) => println!("text {body}"),
+            None if event.unable_to_decrypt.is_some() => {
+                println!("utd {}", event.event["event_id"].as_str().unwrap_or_default());
+            }
+            None => {}
+        }
+    });
+    client.restore_session(session).await.expect("restore");
+    println!("opened");
+    let room: ruma_common::OwnedRoomId = room.try_into().expect("room id");
+    for n in 0u64.. {
+        if rounds > 0 && n == rounds {
+            break;
+        }
+        println!("round {n}");
+        client.sync_once(SyncSettings { timeout: Duration::from_millis(300) }).await.expect("sync");
+        if let Some(handle) = client.get_room(&room) {
+            let id = handle.send_text(&format!("{holder} {n}")).await.expect("send");
+            println!("sent {id}");
+        }
+    }
+    println!("done");
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
         [_, mode, path, session, room, site] if mode == "stress" => stress(path, session, room, site).await,
+        [_, mode, holder, lease, session, room, rounds] if mode == "shared" => {
+            shared(holder, lease, session, room, rounds).await;
+        }
         [_, login, kind, path, user, password, device] if login == "login" => {
             let client = client(kind, path);
             println!("logging in");
@@ -112,6 +158,7 @@ async fn main() {
             eprintln!("usage: client-child <redb|sled> <store-path> <session-json>");
             eprintln!("       client-child login <redb|sled> <store-path> <user> <password> <device>");
             eprintln!("       client-child stress <store-path> <session-json> <room> <site>");
+            eprintln!("       client-child shared <holder> <lease-ms> <session-json> <room> <rounds>");
             std::process::exit(2);
         }
     }

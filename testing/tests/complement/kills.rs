@@ -326,14 +326,14 @@ async fn a_client_killed_at_seeded_points_loses_no_room_key() {
     eprintln!("{} encrypted events ({hers} of alice's) read by both, {} key uploads", events.len(), uploads.len());
 }
 
-fn sender(event: &Raw<Value>) -> String {
+pub(crate) fn sender(event: &Raw<Value>) -> String {
     event.get_field::<String>("sender").ok().flatten().unwrap_or_default()
 }
 
 /// Every encrypted event of the room, oldest first, read raw from the
 /// server (paginating `/messages` back to the room's creation), and how
 /// many plain `m.room.message` events it holds.
-async fn room_history(client: &TestClient, room: &OwnedRoomId) -> (Vec<Raw<Value>>, usize) {
+pub(crate) async fn room_history(client: &TestClient, room: &OwnedRoomId) -> (Vec<Raw<Value>>, usize) {
     use ruma_client_api::message::get_message_events::v3::Request;
     use ruma_common::api::Direction;
     let mut events = Vec::new();
@@ -364,7 +364,11 @@ async fn room_history(client: &TestClient, room: &OwnedRoomId) -> (Vec<Raw<Value
 /// Decrypts every event with `client`'s engine: none may fail (a lost room
 /// key, a replayed index), and no two events may share a session and index
 /// (a reused ratchet state). Returns (event id, session, index) of each.
-async fn decrypt_all(client: &TestClient, room: &OwnedRoomId, events: &[Raw<Value>]) -> Vec<(String, String, u32)> {
+pub(crate) async fn decrypt_all(
+    client: &TestClient,
+    room: &OwnedRoomId,
+    events: &[Raw<Value>],
+) -> Vec<(String, String, u32)> {
     let machine = client.client.olm_machine().expect("engine");
     let settings = hush_crypto_core::DecryptionSettings::default();
     let results = machine.decrypt_room_events(events, room, &settings).await;

@@ -14,6 +14,7 @@ mod kills;
 mod membership;
 mod restarts;
 mod room_keys;
+mod shared_store;
 mod to_device;
 
 use std::time::Duration;

@@ -1,0 +1,94 @@
+//! Sharing the device's store with other processes or hosts (an app and its
+//! notification helper; a bridge's workers) through the store lock: every
+//! sync and every send runs with the lock held, and lets go afterwards.
+//! When the lock changed hands, the engine reloads its state from the store
+//! (see `OlmMachine::lock_store`) and the client reloads its room state.
+
+use std::time::Duration;
+
+use hush_crypto_core::StoreError;
+
+use crate::{Client, ClientError, client::lock};
+
+/// How a client shares its store (see [`ClientBuilder::store_lock`](crate::ClientBuilder::store_lock)).
+#[derive(Clone, Debug)]
+pub struct StoreLockSettings {
+    /// This process's name for the lock, unique among those sharing the
+    /// store (e.g. `"app"`, `"notifications"`, or a host name).
+    pub holder: String,
+    /// How long the lock is held without renewal. A holder killed with the
+    /// lock is taken over after this; it must be longer than a sync's long
+    /// poll (the client keeps the poll under half of it).
+    pub lease: Duration,
+    /// How long a sync or send waits for another holder before failing
+    /// with [`ClientError::StoreLocked`].
+    pub wait: Duration,
+}
+
+/// How often a waiting client asks for the lock again.
+const RETRY: Duration = Duration::from_millis(50);
+
+/// The lock as this process holds it: how many of its operations hold it now.
+#[derive(Debug, Default)]
+pub(crate) struct LockUsers {
+    count: usize,
+}
+
+impl Client {
+    /// Runs `operation` with the store lock held, if the client shares its
+    /// store; releases it afterwards however the operation ended.
+    pub(crate) async fn with_store_lock<T>(
+        &self,
+        operation: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let Some(settings) = self.inner.store_lock.clone() else { return operation.await };
+        self.acquire(&settings).await?;
+        let result = operation.await;
+        let released = self.release().await;
+        let value = result?;
+        released?;
+        Ok(value)
+    }
+
+    /// The long poll a sync may use under the lock.
+    pub(crate) fn poll_under_lock(&self, poll: Duration) -> Duration {
+        self.inner.store_lock.as_ref().map_or(poll, |settings| poll.min(settings.lease / 2))
+    }
+
+    async fn acquire(&self, settings: &StoreLockSettings) -> Result<(), ClientError> {
+        let mut users = self.inner.store_lock_users.lock().await;
+        let machine = self.olm_machine()?;
+        let started = tokio::time::Instant::now();
+        let outcome = loop {
+            // Taken, or renewed if another operation of ours holds it.
+            match machine.lock_store(&settings.holder, self.now(), settings.lease).await {
+                Ok(outcome) => break outcome,
+                Err(StoreError::LockHeld { holder, .. }) => {
+                    if started.elapsed() >= settings.wait {
+                        return Err(ClientError::StoreLocked { holder, waited: started.elapsed() });
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        };
+        if outcome.reloaded {
+            // Another process synced in between: its room state is newer.
+            if let Some(rooms) = crate::persist::load_rooms(&**machine.store()).await? {
+                *lock(&self.inner.rooms) = rooms;
+                self.inner.rooms_restored.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        users.count += 1;
+        Ok(())
+    }
+
+    async fn release(&self) -> Result<(), ClientError> {
+        let mut users = self.inner.store_lock_users.lock().await;
+        users.count = users.count.saturating_sub(1);
+        if users.count == 0 {
+            self.olm_machine()?.unlock_store().await?;
+        }
+        Ok(())
+    }
+}

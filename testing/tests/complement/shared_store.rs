@@ -1,0 +1,175 @@
+//! Issue 16's shared store, against Synapse: one device's PostgreSQL store
+//! used by two processes at once (the notification-helper case, and two
+//! hosts of a bridge: plain processes on loopback, each with its own
+//! holder name and its own connections to the database), each taking the
+//! store lock around every sync and send, while Bob keeps sending. Then
+//! one holder is SIGKILLed with the lock held, and a new process takes
+//! over once the lease ends.
+//!
+//! Checked at the end, on the whole room read raw from the server: every
+//! event decrypts with Alice's store and with Bob's (no lost room key),
+//! no two events share a Megolm session and index (no reused ratchet),
+//! every key upload was accepted (no one-time key uploaded twice with
+//! different keys), nothing was sent in the clear; and live, no process
+//! met an undecryptable event.
+
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use hush_crypto_core::{CryptoStore, StoreError, Timestamp};
+use hush_store_postgres::{PgDatabase, PgSettings};
+use ruma_client_api::room::create_room::v3::RoomPreset;
+use serde_json::json;
+
+use super::kills::{decrypt_all, room_history, sender};
+use super::restarts::{child, kill};
+use super::*;
+
+/// The lease the processes take: short, so the take-over after a kill is quick.
+const LEASE_MS: u64 = 3000;
+
+/// What a process printed, read as it came.
+#[derive(Default)]
+struct Printed {
+    texts: Vec<String>,
+    utds: Vec<String>,
+    sent: usize,
+    done: bool,
+    rounds: usize,
+}
+
+impl Printed {
+    fn take(&mut self, lines: &Receiver<String>) {
+        for line in lines.try_iter() {
+            if let Some(text) = line.strip_prefix("text ") {
+                self.texts.push(text.to_owned());
+            } else if let Some(id) = line.strip_prefix("utd ") {
+                self.utds.push(id.to_owned());
+            } else if line.starts_with("sent ") {
+                self.sent += 1;
+            } else if line.starts_with("round ") {
+                self.rounds += 1;
+            } else if line == "done" {
+                self.done = true;
+            }
+        }
+    }
+}
+
+/// Whether the lock is held by `holder` now, as a third party sees it.
+async fn lock_holder(alice: (&ruma_common::UserId, &ruma_common::DeviceId)) -> Option<String> {
+    let database = PgDatabase::connect(&hush_testing::stores::postgres_url(), PgSettings::default()).expect("connect");
+    let options = hush_store_postgres::StoreOptions::passphrase("store secret");
+    let store = database.open_store(alice.0, alice.1, options).expect("open alice's store");
+    let now = Timestamp::from_millis(
+        u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap(),
+    );
+    match store.try_lock("observer", now, Duration::from_millis(1)).await {
+        Err(StoreError::LockHeld { holder, .. }) => Some(holder),
+        Ok(lease) => {
+            store.unlock(&lease).await.expect("unlock");
+            None
+        }
+        Err(other) => panic!("the observer's lock: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse and the test PostgreSQL: run `cargo xtask test`"]
+async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
+    let rounds: usize = std::env::var("HUSH_SHARED_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let net = Net::start().await;
+    let alice = TestClient::new_user_via("alice", "ALICE1", StoreKind::Postgres, &net.proxy.url()).await;
+    let bob = net.user("bob", "BOB1").await;
+    let room = create_room(&bob, RoomPreset::TrustedPrivateChat, json!({"rotation_period_msgs": 5}), &[&alice]).await;
+    alice.join(&room).await;
+    until_recipients(&bob, &room, 2).await;
+    let session = serde_json::to_string(&alice.session).unwrap();
+    let (alice_user, alice_device) = (alice.session.user_id.clone(), alice.session.device_id.clone());
+    let (dir, credentials) = alice.close();
+
+    // Two processes, taking turns through the lock, while Bob sends.
+    let (lease, count) = (LEASE_MS.to_string(), rounds.to_string());
+    let (app, app_lines) = child(&net, &["shared", "app", &lease, &session, room.as_str(), &count]);
+    let (helper, helper_lines) = child(&net, &["shared", "helper", &lease, &session, room.as_str(), &count]);
+    let (mut app_out, mut helper_out) = (Printed::default(), Printed::default());
+    let (mut bobs, mut bob_devices) = (0, Vec::new());
+    while !(app_out.done && helper_out.done) {
+        if bobs % 20 == 19 {
+            // A new device of Bob's: its first message claims one of
+            // Alice's one-time keys, so a holder must upload another.
+            let device = net.device(&bob, &format!("BOBX{bobs}")).await;
+            device.sync().await;
+            send(&device, &room, &format!("bob {bobs}")).await;
+            bob_devices.push(device);
+        } else {
+            send(&bob, &room, &format!("bob {bobs}")).await;
+        }
+        bobs += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        app_out.take(&app_lines);
+        helper_out.take(&helper_lines);
+        assert!(bobs < rounds * 20, "the processes did not finish their rounds");
+    }
+    for process in [app, helper] {
+        kill(process);
+    }
+    eprintln!(
+        "shared store: app {} rounds, helper {} rounds, bob sent {bobs}; texts read: app {}, helper {}",
+        app_out.rounds,
+        helper_out.rounds,
+        app_out.texts.len(),
+        helper_out.texts.len()
+    );
+    assert_eq!((app_out.sent, helper_out.sent), (rounds, rounds), "every round sent a message");
+
+    // A holder killed with the lock held: it stays held until the lease ends.
+    let (app, app_lines) = child(&net, &["shared", "app", &lease, &session, room.as_str(), "0"]);
+    let mut killed = Printed::default();
+    while killed.rounds < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        killed.take(&app_lines);
+    }
+    // Inside its sync's long poll (300 ms) of round 3, with the lock held.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    kill(app);
+    assert_eq!(
+        lock_holder((&alice_user, &alice_device)).await.as_deref(),
+        Some("app"),
+        "the kill did not land while the app held the lock"
+    );
+    send(&bob, &room, "after the kill").await;
+    bobs += 1;
+    let (taker, taker_lines) = child(&net, &["shared", "helper", &lease, &session, room.as_str(), "3"]);
+    let mut taken = Printed::default();
+    for _ in 0..600 {
+        taken.take(&taker_lines);
+        if taken.done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kill(taker);
+    assert!(taken.done, "the helper did not take over after the lease ended");
+    assert!(taken.texts.iter().any(|t| t == "after the kill"), "the helper missed Bob's message: {:?}", taken.texts);
+
+    let utds: Vec<_> = [&app_out, &helper_out, &killed, &taken].iter().flat_map(|p| p.utds.clone()).collect();
+    assert!(utds.is_empty(), "events the processes could not decrypt: {utds:?}");
+
+    // The whole room, raw: Alice's store (restored in this process) and Bob read every event.
+    let alice =
+        TestClient::login_restore_via(StoreKind::Postgres, &dir, &credentials, &session, &net.proxy.url()).await;
+    bob.sync().await;
+    let (events, plain) = room_history(&bob, &room).await;
+    assert_eq!(plain, 0, "messages were sent in the clear into the encrypted room");
+    let from_bob = events.iter().filter(|e| sender(e) == bob.session.user_id.as_str()).count();
+    assert!(!bob_devices.is_empty(), "no new device of Bob's claimed a key");
+    assert!(from_bob >= bobs, "the history holds bob's {bobs} messages ({from_bob})");
+    assert!(events.len() - from_bob >= 2 * rounds, "alice's messages are missing");
+    decrypt_all(&alice, &room, &events).await;
+    decrypt_all(&bob, &room, &events).await;
+    let uploads = net.proxy.answers(Some("POST"), "/keys/upload");
+    assert!(uploads.iter().all(|s| *s == 200), "a key upload was refused (a duplicate one-time key?): {uploads:?}");
+    assert!(uploads.len() > bob_devices.len(), "the claimed one-time keys were not replaced: {uploads:?}");
+    eprintln!("{} encrypted events read by both, {} key uploads, all accepted", events.len(), uploads.len());
+}
