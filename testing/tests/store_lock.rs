@@ -46,22 +46,40 @@ fn all_decrypted(outcomes: &[ToDeviceOutcome], who: &str) {
 /// which claims one of our one-time keys, so the holder must upload more.
 #[tokio::test]
 async fn two_engines_taking_turns_on_one_store_lose_and_reuse_nothing() {
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+    taking_turns([store.clone(), store]).await;
+}
+
+/// The same on one redb file, each engine with its own [`SharedRedbStore`]
+/// handle (as two processes have): the file is open only under the lock.
+#[tokio::test]
+async fn two_engines_taking_turns_on_one_redb_file_lose_and_reuse_nothing() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let path = dir.path().join("alice.redb");
+    let alice = user("alice");
+    let options = || hush_store_redb::StoreOptions::key([3; 32]);
+    let first: Arc<dyn CryptoStore> =
+        Arc::new(hush_store_redb::open_shared(&path, &alice, "ALICE1".into(), options()).expect("open"));
+    let second: Arc<dyn CryptoStore> =
+        Arc::new(hush_store_redb::open_shared(&path, &alice, "ALICE1".into(), options()).expect("open"));
+    taking_turns([first, second]).await;
+}
+
+async fn taking_turns(stores: [Arc<dyn CryptoStore>; 2]) {
     let server = Arc::new(TestServer::new());
     let clock = VirtualClock::default();
     let (alice, bob_id) = (user("alice"), user("bob"));
     let room: OwnedRoomId = "!shared:example.org".try_into().expect("room id");
     let settings = EncryptionSettings { rotation_period_msgs: 7, ..Default::default() };
-    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
 
     let names = ["app", "helper"];
-    store.try_lock(names[0], clock.now(), LEASE).await.expect("the app takes the lock to create the device");
-    let app = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    stores[0].try_lock(names[0], clock.now(), LEASE).await.expect("the app takes the lock to create the device");
+    let app = TestDevice::with_store(&server, &clock, &alice, "ALICE1", stores[0].clone()).await;
     app.machine.lock_store(names[0], clock.now(), LEASE).await.expect("lock");
     app.machine.unlock_store().await.expect("unlock");
-    store.try_lock(names[1], clock.now(), LEASE).await.expect("the helper takes the lock to open");
-    let helper = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
-    helper.machine.unlock_store().await.expect("unlock");
-    store.unlock(&store.try_lock(names[1], clock.now(), LEASE).await.expect("lock")).await.expect("unlock");
+    let lease = stores[1].try_lock(names[1], clock.now(), LEASE).await.expect("the helper takes the lock to open");
+    let helper = TestDevice::with_store(&server, &clock, &alice, "ALICE1", stores[1].clone()).await;
+    stores[1].unlock(&lease).await.expect("unlock");
     let mut engines = [app, helper];
 
     let mut bob = TestDevice::new(&server, &clock, &bob_id, "BOB0").await;

@@ -110,7 +110,9 @@ impl ClientBuilder {
     /// `holder` for `lease`, waiting up to a minute for another holder, and
     /// lets go afterwards; whoever takes it after someone else reloads its
     /// state first. Every process sharing the store must set this, each
-    /// with its own `holder`.
+    /// with its own `holder`. A redb or sled file (which one process at a
+    /// time may open) is then opened only while the lock is held, with the
+    /// lease in a lock file beside it.
     pub fn store_lock(mut self, holder: &str, lease: Duration) -> Self {
         self.store_lock = Some(crate::store_lock::StoreLockSettings {
             holder: holder.to_owned(),
@@ -273,21 +275,27 @@ impl Client {
 
     /// Opens the store and the engine for `session`.
     pub(crate) async fn activate(&self, session: Session) -> Result<(), ClientError> {
-        let store = self.inner.store.open(&session.user_id, &session.device_id).map_err(|error| match error {
-            StoreError::DeviceMismatch { store_device_id, device_id, .. } => {
-                ClientError::DeviceMismatch { token_device: device_id, store_device: store_device_id }
-            }
-            other => ClientError::Store(other),
-        })?;
-        let machine = OlmMachine::open(&session.user_id, &session.device_id, store, self.now()).await.map_err(
-            |error| match error {
-                OpenError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
-                    token_device: device_id.to_string(),
-                    store_device: store_device_id.to_string(),
-                },
-                other => ClientError::Open(other),
+        let shared = self.inner.store_lock.is_some();
+        let store =
+            self.inner.store.open(&session.user_id, &session.device_id, shared).map_err(|error| match error {
+                StoreError::DeviceMismatch { store_device_id, device_id, .. } => {
+                    ClientError::DeviceMismatch { token_device: device_id, store_device: store_device_id }
+                }
+                other => ClientError::Store(other),
+            })?;
+        let lease = self.lock_store_to_open(&*store).await?;
+        let opened = OlmMachine::open(&session.user_id, &session.device_id, store.clone(), self.now()).await;
+        if let (Err(_), Some(lease)) = (&opened, &lease) {
+            // Let go at once: the next process need not wait for the lease.
+            let _ = store.unlock(lease).await;
+        }
+        let machine = opened.map_err(|error| match error {
+            OpenError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
+                token_device: device_id.to_string(),
+                store_device: store_device_id.to_string(),
             },
-        )?;
+            other => ClientError::Open(other),
+        })?;
         if let Some(rooms) = crate::persist::load_rooms(&**machine.store()).await? {
             *lock(&self.inner.rooms) = rooms;
             self.inner.rooms_restored.store(true, Ordering::Relaxed);

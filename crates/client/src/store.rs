@@ -78,14 +78,30 @@ impl StoreConfig {
         !matches!(self, Self::Memory)
     }
 
-    pub(crate) fn open(&self, user_id: &UserId, device_id: &DeviceId) -> Result<Arc<dyn CryptoStore>, StoreError> {
+    /// Opens the store; `shared`: other processes share it through the
+    /// store lock, so a redb or sled file is opened only while the lock is
+    /// held (PostgreSQL needs nothing more).
+    pub(crate) fn open(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        shared: bool,
+    ) -> Result<Arc<dyn CryptoStore>, StoreError> {
         #[cfg(not(any(feature = "redb", feature = "sled", feature = "postgres")))]
-        let _ = (user_id, device_id);
+        let _ = (user_id, device_id, shared);
         Ok(match self {
             Self::Memory => Arc::new(MemoryStore::new()),
             #[cfg(feature = "redb")]
+            Self::Redb { path, passphrase } if shared => {
+                Arc::new(hush_store_redb::open_shared(path, user_id, device_id, options(passphrase))?)
+            }
+            #[cfg(feature = "redb")]
             Self::Redb { path, passphrase } => {
                 Arc::new(hush_store_redb::open(path, user_id, device_id, options(passphrase))?)
+            }
+            #[cfg(feature = "sled")]
+            Self::Sled { path, passphrase } if shared => {
+                Arc::new(hush_store_sled::open_shared(path, user_id, device_id, options(passphrase))?)
             }
             #[cfg(feature = "sled")]
             Self::Sled { path, passphrase } => {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hush_crypto_core::StoreError;
+use hush_crypto_core::{CryptoStore, StoreError};
 
 use crate::{Client, ClientError, client::lock};
 
@@ -55,23 +55,23 @@ impl Client {
         self.inner.store_lock.as_ref().map_or(poll, |settings| poll.min(settings.lease / 2))
     }
 
+    /// Takes the lock on `store` before the engine is opened (opening reads
+    /// the store, which a redb or sled file allows only under the lock).
+    /// The engine takes the same lease over when it first locks.
+    pub(crate) async fn lock_store_to_open(
+        &self,
+        store: &dyn CryptoStore,
+    ) -> Result<Option<hush_crypto_core::store::StoreLease>, ClientError> {
+        let Some(settings) = self.inner.store_lock.clone() else { return Ok(None) };
+        wait_for_lock(&settings, || store.try_lock(&settings.holder, self.now(), settings.lease)).await.map(Some)
+    }
+
     async fn acquire(&self, settings: &StoreLockSettings) -> Result<(), ClientError> {
         let mut users = self.inner.store_lock_users.lock().await;
         let machine = self.olm_machine()?;
-        let started = tokio::time::Instant::now();
-        let outcome = loop {
-            // Taken, or renewed if another operation of ours holds it.
-            match machine.lock_store(&settings.holder, self.now(), settings.lease).await {
-                Ok(outcome) => break outcome,
-                Err(StoreError::LockHeld { holder, .. }) => {
-                    if started.elapsed() >= settings.wait {
-                        return Err(ClientError::StoreLocked { holder, waited: started.elapsed() });
-                    }
-                    tokio::time::sleep(RETRY).await;
-                }
-                Err(other) => return Err(other.into()),
-            }
-        };
+        // Taken, or renewed if another operation of ours holds it.
+        let outcome =
+            wait_for_lock(settings, || machine.lock_store(&settings.holder, self.now(), settings.lease)).await?;
         if outcome.reloaded {
             // Another process synced in between: its room state is newer.
             if let Some(rooms) = crate::persist::load_rooms(&**machine.store()).await? {
@@ -90,5 +90,25 @@ impl Client {
             self.olm_machine()?.unlock_store().await?;
         }
         Ok(())
+    }
+}
+
+/// Asks for the lock until it is given or `settings.wait` has passed.
+async fn wait_for_lock<T, F: Future<Output = Result<T, StoreError>>>(
+    settings: &StoreLockSettings,
+    mut attempt: impl FnMut() -> F,
+) -> Result<T, ClientError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        match attempt().await {
+            Ok(taken) => return Ok(taken),
+            Err(StoreError::LockHeld { holder, .. }) => {
+                if started.elapsed() >= settings.wait {
+                    return Err(ClientError::StoreLocked { holder, waited: started.elapsed() });
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            Err(other) => return Err(other.into()),
+        }
     }
 }

@@ -23,6 +23,7 @@ mod cipher;
 mod codec;
 mod kv;
 mod migrations;
+mod shared;
 mod store;
 
 pub use cipher::{
@@ -31,4 +32,5 @@ pub use cipher::{
 };
 pub use kv::{Decide, Entries, KvBackend, KvEngine, Table, WriteFault, WriteOp, guard_engine};
 pub use migrations::SCHEMA_VERSION;
-pub use store::{KvCryptoStore, StoreOptions};
+pub use shared::{OpenBackend, SharedStore};
+pub use store::{KvCryptoStore, StoreKeys, StoreOptions};

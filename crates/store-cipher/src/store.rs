@@ -88,8 +88,14 @@ struct Owner {
 #[derive(Debug)]
 pub struct KvCryptoStore<B> {
     backend: B,
-    codec: Codec,
+    codec: std::sync::Arc<Codec>,
 }
+
+/// The key material of an opened store (its unwrapped store key, or the
+/// fact that it is plain), kept so the same store can be opened again
+/// without deriving the passphrase key again (see [`KvCryptoStore::keys`]).
+#[derive(Clone, Debug)]
+pub struct StoreKeys(std::sync::Arc<Codec>);
 
 impl<B: KvBackend> KvCryptoStore<B> {
     /// Opens (or initializes) the store of `user_id` / `device_id` on `backend`.
@@ -150,7 +156,7 @@ impl<B: KvBackend> KvCryptoStore<B> {
             (None, Some(_)) => return Err(StoreError::NotEncrypted),
             (None, None) => Codec::Plain,
         };
-        let store = Self { backend, codec };
+        let store = Self { backend, codec: std::sync::Arc::new(codec) };
         store.check_owner(user_id, device_id)?;
         Ok((store, version))
     }
@@ -180,7 +186,7 @@ impl<B: KvBackend> KvCryptoStore<B> {
         let owner = Owner { user_id: user_id.to_owned(), device_id: device_id.to_owned() };
         ops.push(WriteOp::Put(Table::Meta, META_OWNER.to_vec(), codec.seal(Table::Meta, META_OWNER, &owner)?));
         backend.write(ops)?;
-        Ok(Self { backend, codec })
+        Ok(Self { backend, codec: std::sync::Arc::new(codec) })
     }
 
     fn check_owner(&self, user_id: &UserId, device_id: &DeviceId) -> Result<(), StoreError> {
@@ -219,6 +225,40 @@ impl<B: KvBackend> KvCryptoStore<B> {
     /// The engine underneath.
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// This store's key material, to open it again with [`open_with_keys`](Self::open_with_keys).
+    pub fn keys(&self) -> StoreKeys {
+        StoreKeys(std::sync::Arc::clone(&self.codec))
+    }
+
+    /// Opens a store this process opened before (with [`open`](Self::open))
+    /// on a new handle to its backend, with the key material kept from then:
+    /// no passphrase derivation. The schema version (at most this code's,
+    /// as the first open left it) and the owner are checked again, and keys
+    /// that do not open the store are [`StoreError::WrongPassphrase`].
+    pub fn open_with_keys(
+        backend: B,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        keys: &StoreKeys,
+    ) -> Result<Self, StoreError> {
+        let version = backend.get(Table::Meta, META_VERSION)?;
+        if version.as_deref() != Some(SCHEMA_VERSION.to_be_bytes().as_slice()) {
+            return Err(StoreError::Corrupt("the store's schema version changed since it was first opened".into()));
+        }
+        let encrypted = backend.get(Table::Meta, META_STORE_KEY)?.is_some();
+        match (encrypted, &*keys.0) {
+            (true, Codec::Plain) => return Err(StoreError::PassphraseRequired),
+            (false, Codec::Encrypted { .. }) => return Err(StoreError::NotEncrypted),
+            _ => {}
+        }
+        let store = Self { backend, codec: std::sync::Arc::clone(&keys.0) };
+        store.check_owner(user_id, device_id).map_err(|error| match error {
+            StoreError::Corrupt(_) if encrypted => StoreError::WrongPassphrase,
+            other => other,
+        })?;
+        Ok(store)
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, table: Table, parts: &[&[u8]]) -> Result<Option<T>, StoreError> {

@@ -42,6 +42,29 @@ use ruma_common::{DeviceId, UserId};
 /// The crypto store of one device in a redb file.
 pub type RedbStore = KvCryptoStore<RedbBackend>;
 
+/// A redb store shared by several processes through the store lock (an app
+/// and its notification helper): see [`open_shared`].
+pub type SharedRedbStore = hush_store_cipher::SharedStore<RedbBackend>;
+
+/// Opens the store at `path` for several processes to share: redb lets one
+/// process at a time open a file, so the store is open only while this
+/// process holds the store lock, whose lease lives in `<path>.lock` (see
+/// [`hush_store_cipher::SharedStore`]). Every process sharing it must open
+/// it this way and take the lock around its work (hush-client's
+/// `store_lock` does). Errors as [`open`]'s.
+pub fn open_shared(
+    path: impl AsRef<Path>,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    options: StoreOptions,
+) -> Result<SharedRedbStore, StoreError> {
+    let path = path.as_ref().to_owned();
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let open_backend: hush_store_cipher::OpenBackend<RedbBackend> = Box::new(move || RedbBackend::open(&path));
+    hush_store_cipher::SharedStore::new(lock_path.into(), user_id, device_id, options, open_backend)
+}
+
 /// Opens the store at `path` (creating it if absent) for `user_id` /
 /// `device_id`. Errors: the file is damaged or not a store
 /// ([`StoreError::Corrupt`]), it belongs to another device

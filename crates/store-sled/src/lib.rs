@@ -33,6 +33,27 @@ pub fn open(
     KvCryptoStore::open(SledBackend::open(path.as_ref())?, user_id, device_id, options)
 }
 
+/// A sled store shared by several processes through the store lock: see
+/// [`open_shared`].
+pub type SharedSledStore = hush_store_cipher::SharedStore<SledBackend>;
+
+/// Opens the store in `path` for several processes to share: sled lets one
+/// process at a time open a directory, so the store is open only while this
+/// process holds the store lock, whose lease lives in `<path>.lock` (see
+/// [`hush_store_cipher::SharedStore`]). Errors as [`open`]'s.
+pub fn open_shared(
+    path: impl AsRef<Path>,
+    user_id: &UserId,
+    device_id: &DeviceId,
+    options: StoreOptions,
+) -> Result<SharedSledStore, StoreError> {
+    let path = path.as_ref().to_owned();
+    let mut lock_path = path.clone().into_os_string();
+    lock_path.push(".lock");
+    let open_backend: hush_store_cipher::OpenBackend<SledBackend> = Box::new(move || SledBackend::open(&path));
+    hush_store_cipher::SharedStore::new(lock_path.into(), user_id, device_id, options, open_backend)
+}
+
 /// Opens the database, waiting up to 2 s for its lock: sled releases the
 /// lock of a dropped handle only when its background flusher next wakes, so
 /// a store reopened right after it was closed would otherwise fail.

@@ -12,9 +12,10 @@
 //!   stress test's device (redb store). Prints `opened` once the store is
 //!   open and the session restored, then loops: sync (`synced`), send a text
 //!   (`sent <event id>`), and report each text it decrypted (`text <body>`).
-//! * `client-child shared <holder> <lease-ms> <session-json> <room> <rounds>`:
-//!   one of several processes sharing the device's PostgreSQL store (the
-//!   test cluster) through the store lock, as `holder`. Prints `opened`,
+//! * `client-child shared <store> <holder> <lease-ms> <session-json> <room> <rounds>`:
+//!   one of several processes sharing the device's store through the store
+//!   lock, as `holder`; `<store>` is `postgres` (the test cluster) or
+//!   `redb:<path>`. Prints `opened`,
 //!   then each round `round <n>`, syncs, sends a text (`sent <event id>`),
 //!   reports each text it decrypted (`text <body>`) and each event it could
 //!   not (`utd <event id>`); `done` after `rounds` rounds (0: forever).
@@ -97,13 +98,16 @@ async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
 }
 
 /// The shared-store loop: see the module doc.
-async fn shared(holder: &str, lease_ms: &str, session: &str, room: &str, rounds: &str) {
+async fn shared(store_arg: &str, holder: &str, lease_ms: &str, session: &str, room: &str, rounds: &str) {
     let session: Session = serde_json::from_str(session).expect("session json");
     let lease = Duration::from_millis(lease_ms.parse().expect("lease in ms"));
     let rounds: u64 = rounds.parse().expect("rounds");
     let client = Client::builder()
         .homeserver_url(hush_testing::synapse::homeserver_url())
-        .store_config(store("postgres", ""))
+        .store_config(match store_arg.strip_prefix("redb:") {
+            Some(path) => store("redb", path),
+            None => store("postgres", ""),
+        })
         .store_lock(holder, lease)
         .build()
         .expect("client");
@@ -138,8 +142,8 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.as_slice() {
         [_, mode, path, session, room, site] if mode == "stress" => stress(path, session, room, site).await,
-        [_, mode, holder, lease, session, room, rounds] if mode == "shared" => {
-            shared(holder, lease, session, room, rounds).await;
+        [_, mode, store, holder, lease, session, room, rounds] if mode == "shared" => {
+            shared(store, holder, lease, session, room, rounds).await;
         }
         [_, login, kind, path, user, password, device] if login == "login" => {
             let client = client(kind, path);
@@ -158,7 +162,9 @@ async fn main() {
             eprintln!("usage: client-child <redb|sled> <store-path> <session-json>");
             eprintln!("       client-child login <redb|sled> <store-path> <user> <password> <device>");
             eprintln!("       client-child stress <store-path> <session-json> <room> <site>");
-            eprintln!("       client-child shared <holder> <lease-ms> <session-json> <room> <rounds>");
+            eprintln!(
+                "       client-child shared <postgres|redb:<path>> <holder> <lease-ms> <session-json> <room> <rounds>"
+            );
             std::process::exit(2);
         }
     }

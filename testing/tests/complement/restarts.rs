@@ -21,7 +21,8 @@ pub(crate) fn child(net: &Net, args: &[&str]) -> (Child, Receiver<String>) {
         .args(args)
         .env("HUSH_HOMESERVER_URL", net.proxy.url())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // HUSH_CHILD_STDERR=1 shows what the children say (a failing run's panic).
+        .stderr(if std::env::var_os("HUSH_CHILD_STDERR").is_some() { Stdio::inherit() } else { Stdio::null() })
         .spawn()
         .expect("spawn the client child");
     let stdout = child.stdout.take().expect("stdout");

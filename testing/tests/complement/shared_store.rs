@@ -1,10 +1,14 @@
-//! Issue 16's shared store, against Synapse: one device's PostgreSQL store
-//! used by two processes at once (the notification-helper case, and two
-//! hosts of a bridge: plain processes on loopback, each with its own
-//! holder name and its own connections to the database), each taking the
-//! store lock around every sync and send, while Bob keeps sending. Then
-//! one holder is SIGKILLed with the lock held, and a new process takes
-//! over once the lease ends.
+//! Issue 16's shared store, against Synapse: one device's store used by two
+//! processes at once, each taking the store lock around every sync and
+//! send, while Bob keeps sending: on PostgreSQL (two hosts of a bridge:
+//! plain processes on loopback, each with its own holder name and its own
+//! connections to the database). The scenario also takes a redb store (the
+//! file opened only under the lock, the lease in a lock file beside it),
+//! but that run does not pass yet: after the two processes, the test's own
+//! non-shared restore of the store uploads one-time keys that collide with
+//! ones on the server (see docs/stores.md); it is not run until that is
+//! understood. Then one holder is SIGKILLed with the lock held, and a new
+//! process takes over once the lease ends.
 //!
 //! Checked at the end, on the whole room read raw from the server: every
 //! event decrypts with Alice's store and with Bob's (no lost room key),
@@ -56,11 +60,22 @@ impl Printed {
     }
 }
 
-/// Whether the lock is held by `holder` now, as a third party sees it.
-async fn lock_holder(alice: (&ruma_common::UserId, &ruma_common::DeviceId)) -> Option<String> {
-    let database = PgDatabase::connect(&hush_testing::stores::postgres_url(), PgSettings::default()).expect("connect");
+/// Who holds the lock now, as a third party sees it.
+async fn lock_holder(
+    redb: Option<&std::path::Path>,
+    alice: (&ruma_common::UserId, &ruma_common::DeviceId),
+) -> Option<String> {
     let options = hush_store_postgres::StoreOptions::passphrase("store secret");
-    let store = database.open_store(alice.0, alice.1, options).expect("open alice's store");
+    let store: Box<dyn CryptoStore> = match redb {
+        Some(path) => {
+            Box::new(hush_store_redb::open_shared(path, alice.0, alice.1, options).expect("open alice's store"))
+        }
+        None => {
+            let url = hush_testing::stores::postgres_url();
+            let database = PgDatabase::connect(&url, PgSettings::default()).expect("connect");
+            Box::new(database.open_store(alice.0, alice.1, options).expect("open alice's store"))
+        }
+    };
     let now = Timestamp::from_millis(
         u64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()).unwrap(),
     );
@@ -77,21 +92,28 @@ async fn lock_holder(alice: (&ruma_common::UserId, &ruma_common::DeviceId)) -> O
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a local Synapse and the test PostgreSQL: run `cargo xtask test`"]
 async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
+    shared_store(StoreKind::Postgres).await;
+}
+
+async fn shared_store(kind: StoreKind) {
     let rounds: usize = std::env::var("HUSH_SHARED_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let net = Net::start().await;
-    let alice = TestClient::new_user_via("alice", "ALICE1", StoreKind::Postgres, &net.proxy.url()).await;
+    let alice = TestClient::new_user_via("alice", "ALICE1", kind, &net.proxy.url()).await;
     let bob = net.user("bob", "BOB1").await;
     let room = create_room(&bob, RoomPreset::TrustedPrivateChat, json!({"rotation_period_msgs": 5}), &[&alice]).await;
     alice.join(&room).await;
     until_recipients(&bob, &room, 2).await;
     let session = serde_json::to_string(&alice.session).unwrap();
     let (alice_user, alice_device) = (alice.session.user_id.clone(), alice.session.device_id.clone());
+    let redb = (kind == StoreKind::Redb).then(|| TestClient::store_path(kind, &alice.dir));
+    let store_arg = redb.as_ref().map_or_else(|| "postgres".to_owned(), |p| format!("redb:{}", p.display()));
     let (dir, credentials) = alice.close();
 
     // Two processes, taking turns through the lock, while Bob sends.
     let (lease, count) = (LEASE_MS.to_string(), rounds.to_string());
-    let (app, app_lines) = child(&net, &["shared", "app", &lease, &session, room.as_str(), &count]);
-    let (helper, helper_lines) = child(&net, &["shared", "helper", &lease, &session, room.as_str(), &count]);
+    let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &lease, &session, room.as_str(), &count]);
+    let (helper, helper_lines) =
+        child(&net, &["shared", &store_arg, "helper", &lease, &session, room.as_str(), &count]);
     let (mut app_out, mut helper_out) = (Printed::default(), Printed::default());
     let (mut bobs, mut bob_devices) = (0, Vec::new());
     while !(app_out.done && helper_out.done) {
@@ -115,7 +137,7 @@ async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
         kill(process);
     }
     eprintln!(
-        "shared store: app {} rounds, helper {} rounds, bob sent {bobs}; texts read: app {}, helper {}",
+        "shared {kind:?} store: app {} rounds, helper {} rounds, bob sent {bobs}; texts read: app {}, helper {}",
         app_out.rounds,
         helper_out.rounds,
         app_out.texts.len(),
@@ -124,7 +146,7 @@ async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
     assert_eq!((app_out.sent, helper_out.sent), (rounds, rounds), "every round sent a message");
 
     // A holder killed with the lock held: it stays held until the lease ends.
-    let (app, app_lines) = child(&net, &["shared", "app", &lease, &session, room.as_str(), "0"]);
+    let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &lease, &session, room.as_str(), "0"]);
     let mut killed = Printed::default();
     while killed.rounds < 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -134,13 +156,13 @@ async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     kill(app);
     assert_eq!(
-        lock_holder((&alice_user, &alice_device)).await.as_deref(),
+        lock_holder(redb.as_deref(), (&alice_user, &alice_device)).await.as_deref(),
         Some("app"),
         "the kill did not land while the app held the lock"
     );
     send(&bob, &room, "after the kill").await;
     bobs += 1;
-    let (taker, taker_lines) = child(&net, &["shared", "helper", &lease, &session, room.as_str(), "3"]);
+    let (taker, taker_lines) = child(&net, &["shared", &store_arg, "helper", &lease, &session, room.as_str(), "3"]);
     let mut taken = Printed::default();
     for _ in 0..600 {
         taken.take(&taker_lines);
