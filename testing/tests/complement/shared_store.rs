@@ -26,8 +26,13 @@ use super::kills::{decrypt_all, room_history, sender};
 use super::restarts::{child, kill};
 use super::*;
 
-/// The lease the processes take: short, so the take-over after a kill is quick.
-const LEASE_MS: u64 = 3000;
+/// The lease the two processes take while they alternate: long enough that
+/// a loaded CI machine never lets one run past it (a holder renews only
+/// when an operation starts).
+const LEASE_MS: u64 = 15_000;
+
+/// The lease of the process that is killed: short, so the take-over is quick.
+const KILL_LEASE_MS: u64 = 3000;
 
 /// What a process printed, read as it came.
 #[derive(Default)]
@@ -149,7 +154,8 @@ async fn shared_store(kind: StoreKind) {
     assert_eq!((app_out.sent, helper_out.sent), (rounds, rounds), "every round sent a message");
 
     // A holder killed with the lock held: it stays held until the lease ends.
-    let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &lease, &session, room.as_str(), "0"]);
+    let kill_lease = KILL_LEASE_MS.to_string();
+    let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &kill_lease, &session, room.as_str(), "0"]);
     let mut killed = Printed::default();
     while killed.rounds < 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
