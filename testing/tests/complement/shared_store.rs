@@ -104,7 +104,7 @@ async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
 }
 
 async fn shared_store(kind: StoreKind) {
-    let rounds: usize = std::env::var("HUSH_SHARED_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let rounds: usize = std::env::var("HUSH_SHARED_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
     let net = Net::start().await;
     let alice = TestClient::new_user_via("alice", "ALICE1", kind, &net.proxy.url()).await;
     let bob = net.user("bob", "BOB1").await;
@@ -112,11 +112,13 @@ async fn shared_store(kind: StoreKind) {
     alice.join(&room).await;
     until_recipients(&bob, &room, 2).await;
     let session = serde_json::to_string(&alice.session).unwrap();
+    let alice_token = alice.session.access_token.clone();
     let (alice_user, alice_device) = (alice.session.user_id.clone(), alice.session.device_id.clone());
     let redb = (kind == StoreKind::Redb).then(|| TestClient::store_path(kind, &alice.dir));
     let store_arg = redb.as_ref().map_or_else(|| "postgres".to_owned(), |p| format!("redb:{}", p.display()));
     let (dir, credentials) = alice.close();
 
+    let uploads_before = net.proxy.seen(Some("POST"), "/keys/upload").len();
     // Two processes, taking turns through the lock, while Bob sends.
     let (lease, count) = (LEASE_MS.to_string(), rounds.to_string());
     let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &lease, &session, room.as_str(), &count]);
@@ -152,6 +154,21 @@ async fn shared_store(kind: StoreKind) {
         helper_out.texts.len()
     );
     assert_eq!((app_out.sent, helper_out.sent), (rounds, rounds), "every round sent a message");
+    // No kill yet, so none of the processes' uploads was left unanswered:
+    // none may repeat a one-time key of Alice's already uploaded, even
+    // identically (key ids are per device: Bob's devices count from 0 too).
+    let mut uploaded = std::collections::BTreeSet::new();
+    let mut twice = Vec::new();
+    let alice_uploads = net.proxy.seen(Some("POST"), "/keys/upload").into_iter().enumerate();
+    for (n, upload) in alice_uploads.filter(|(_, u)| u.token.as_deref() == Some(alice_token.as_str())) {
+        let keys = upload.body.as_ref().and_then(|b| b["one_time_keys"].as_object().cloned()).unwrap_or_default();
+        for id in keys.keys() {
+            if !uploaded.insert(id.clone()) && n >= uploads_before {
+                twice.push(id.clone());
+            }
+        }
+    }
+    assert!(twice.is_empty(), "the processes uploaded one-time keys again: {twice:?}");
 
     // A holder killed with the lock held: it stays held until the lease ends.
     let kill_lease = KILL_LEASE_MS.to_string();
