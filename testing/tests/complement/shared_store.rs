@@ -103,6 +103,43 @@ async fn two_processes_sharing_a_postgres_store_lose_and_reuse_nothing() {
     shared_store(StoreKind::Postgres).await;
 }
 
+/// One scenario's cast: the network, Bob, the room, and Alice's device as
+/// the child processes get it.
+struct Scene {
+    net: Net,
+    bob: TestClient,
+    room: OwnedRoomId,
+    /// Alice's session, as JSON.
+    session: String,
+    alice_token: String,
+    alice: (ruma_common::OwnedUserId, ruma_common::OwnedDeviceId),
+    /// Her store's file, for redb.
+    redb: Option<std::path::PathBuf>,
+    /// The children's `<store>` argument.
+    store_arg: String,
+}
+
+impl Scene {
+    fn child(&self, holder: &str, lease_ms: u64, rounds: &str) -> (std::process::Child, Receiver<String>) {
+        let lease = lease_ms.to_string();
+        child(&self.net, &["shared", &self.store_arg, holder, &lease, &self.session, self.room.as_str(), rounds])
+    }
+
+    /// Bob's next message; every twentieth from a new device of his, whose
+    /// first message claims one of Alice's one-time keys, so a holder must
+    /// upload another.
+    async fn bob_sends(&self, n: usize, new_devices: &mut Vec<TestClient>) {
+        if n % 20 == 19 {
+            let device = self.net.device(&self.bob, &format!("BOBX{n}")).await;
+            device.sync().await;
+            send(&device, &self.room, &format!("bob {n}")).await;
+            new_devices.push(device);
+        } else {
+            send(&self.bob, &self.room, &format!("bob {n}")).await;
+        }
+    }
+}
+
 async fn shared_store(kind: StoreKind) {
     let rounds: usize = std::env::var("HUSH_SHARED_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(150);
     let net = Net::start().await;
@@ -111,37 +148,61 @@ async fn shared_store(kind: StoreKind) {
     let room = create_room(&bob, RoomPreset::TrustedPrivateChat, json!({"rotation_period_msgs": 5}), &[&alice]).await;
     alice.join(&room).await;
     until_recipients(&bob, &room, 2).await;
-    let session = serde_json::to_string(&alice.session).unwrap();
-    let alice_token = alice.session.access_token.clone();
-    let (alice_user, alice_device) = (alice.session.user_id.clone(), alice.session.device_id.clone());
     let redb = (kind == StoreKind::Redb).then(|| TestClient::store_path(kind, &alice.dir));
-    let store_arg = redb.as_ref().map_or_else(|| "postgres".to_owned(), |p| format!("redb:{}", p.display()));
+    let scene = Scene {
+        session: serde_json::to_string(&alice.session).unwrap(),
+        alice_token: alice.session.access_token.clone(),
+        alice: (alice.session.user_id.clone(), alice.session.device_id.clone()),
+        store_arg: redb.as_ref().map_or_else(|| "postgres".to_owned(), |p| format!("redb:{}", p.display())),
+        redb,
+        net,
+        bob,
+        room,
+    };
     let (dir, credentials) = alice.close();
 
-    let uploads_before = net.proxy.seen(Some("POST"), "/keys/upload").len();
-    // Two processes, taking turns through the lock, while Bob sends.
-    let (lease, count) = (LEASE_MS.to_string(), rounds.to_string());
-    let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &lease, &session, room.as_str(), &count]);
-    let (helper, helper_lines) =
-        child(&net, &["shared", &store_arg, "helper", &lease, &session, room.as_str(), &count]);
+    let (mut printed, mut bobs, new_devices) = alternate(&scene, rounds, kind).await;
+    let (killed, taken) = kill_and_take_over(&scene).await;
+    bobs += 1;
+    printed.extend([killed, taken]);
+    let utds: Vec<_> = printed.iter().flat_map(|p| p.utds.clone()).collect();
+    assert!(utds.is_empty(), "events the processes could not decrypt: {utds:?}");
+    assert!(!new_devices.is_empty(), "no new device of Bob's claimed a key");
+
+    // The whole room, raw: Alice's store (restored in this process) and Bob read every event.
+    let (net, bob, room) = (&scene.net, &scene.bob, &scene.room);
+    let alice = TestClient::login_restore_via(kind, &dir, &credentials, &scene.session, &net.proxy.url()).await;
+    bob.sync().await;
+    let (events, plain) = room_history(bob, room).await;
+    assert_eq!(plain, 0, "messages were sent in the clear into the encrypted room");
+    let from_bob = events.iter().filter(|e| sender(e) == bob.session.user_id.as_str()).count();
+    assert!(from_bob >= bobs, "the history holds bob's {bobs} messages ({from_bob})");
+    assert!(events.len() - from_bob >= 2 * rounds, "alice's messages are missing");
+    decrypt_all(&alice, room, &events).await;
+    decrypt_all(bob, room, &events).await;
+    let uploads = net.proxy.answers(Some("POST"), "/keys/upload");
+    assert!(uploads.iter().all(|s| *s == 200), "a key upload was refused (a duplicate one-time key?): {uploads:?}");
+    assert!(uploads.len() > new_devices.len(), "the claimed one-time keys were not replaced: {uploads:?}");
+    eprintln!("{} encrypted events read by both, {} key uploads, all accepted", events.len(), uploads.len());
+}
+
+/// Two processes take turns through the lock for `rounds` rounds each
+/// while Bob sends. Returns what they printed, how many messages Bob sent,
+/// and his new devices.
+async fn alternate(scene: &Scene, rounds: usize, kind: StoreKind) -> (Vec<Printed>, usize, Vec<TestClient>) {
+    let uploads_before = scene.net.proxy.seen(Some("POST"), "/keys/upload").len();
+    let count = rounds.to_string();
+    let (app, app_lines) = scene.child("app", LEASE_MS, &count);
+    let (helper, helper_lines) = scene.child("helper", LEASE_MS, &count);
     let (mut app_out, mut helper_out) = (Printed::default(), Printed::default());
-    let (mut bobs, mut bob_devices) = (0, Vec::new());
+    let (mut bobs, mut new_devices) = (0, Vec::new());
     while !(app_out.done && helper_out.done) {
-        if bobs % 20 == 19 {
-            // A new device of Bob's: its first message claims one of
-            // Alice's one-time keys, so a holder must upload another.
-            let device = net.device(&bob, &format!("BOBX{bobs}")).await;
-            device.sync().await;
-            send(&device, &room, &format!("bob {bobs}")).await;
-            bob_devices.push(device);
-        } else {
-            send(&bob, &room, &format!("bob {bobs}")).await;
-        }
+        scene.bob_sends(bobs, &mut new_devices).await;
         bobs += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
         app_out.take(&app_lines);
         helper_out.take(&helper_lines);
-        assert!(bobs < rounds * 20, "the processes did not finish their rounds");
+        assert!(bobs < rounds * 20, "the processes did not finish their rounds (HUSH_CHILD_STDERR=1 shows why)");
     }
     for process in [app, helper] {
         kill(process);
@@ -154,13 +215,18 @@ async fn shared_store(kind: StoreKind) {
         helper_out.texts.len()
     );
     assert_eq!((app_out.sent, helper_out.sent), (rounds, rounds), "every round sent a message");
-    // No kill yet, so none of the processes' uploads was left unanswered:
-    // none may repeat a one-time key of Alice's already uploaded, even
-    // identically (key ids are per device: Bob's devices count from 0 too).
+    no_key_uploaded_twice(scene, uploads_before);
+    (vec![app_out, helper_out], bobs, new_devices)
+}
+
+/// No kill yet, so none of the processes' uploads was left unanswered: none
+/// may repeat a one-time key of Alice's already uploaded, even identically
+/// (key ids are per device: Bob's devices count from 0 too).
+fn no_key_uploaded_twice(scene: &Scene, uploads_before: usize) {
     let mut uploaded = std::collections::BTreeSet::new();
     let mut twice = Vec::new();
-    let alice_uploads = net.proxy.seen(Some("POST"), "/keys/upload").into_iter().enumerate();
-    for (n, upload) in alice_uploads.filter(|(_, u)| u.token.as_deref() == Some(alice_token.as_str())) {
+    let uploads = scene.net.proxy.seen(Some("POST"), "/keys/upload").into_iter().enumerate();
+    for (n, upload) in uploads.filter(|(_, u)| u.token.as_deref() == Some(scene.alice_token.as_str())) {
         let keys = upload.body.as_ref().and_then(|b| b["one_time_keys"].as_object().cloned()).unwrap_or_default();
         for id in keys.keys() {
             if !uploaded.insert(id.clone()) && n >= uploads_before {
@@ -169,10 +235,13 @@ async fn shared_store(kind: StoreKind) {
         }
     }
     assert!(twice.is_empty(), "the processes uploaded one-time keys again: {twice:?}");
+}
 
-    // A holder killed with the lock held: it stays held until the lease ends.
-    let kill_lease = KILL_LEASE_MS.to_string();
-    let (app, app_lines) = child(&net, &["shared", &store_arg, "app", &kill_lease, &session, room.as_str(), "0"]);
+/// A holder killed with the lock held keeps it until the lease ends; then
+/// a new process takes over and reads Bob's next message. Returns what the
+/// two printed.
+async fn kill_and_take_over(scene: &Scene) -> (Printed, Printed) {
+    let (app, app_lines) = scene.child("app", KILL_LEASE_MS, "0");
     let mut killed = Printed::default();
     while killed.rounds < 3 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -181,14 +250,14 @@ async fn shared_store(kind: StoreKind) {
     // Inside its sync's long poll (300 ms) of round 3, with the lock held.
     tokio::time::sleep(Duration::from_millis(100)).await;
     kill(app);
+    let (user, device) = (&scene.alice.0, &scene.alice.1);
     assert_eq!(
-        lock_holder(redb.as_deref(), (&alice_user, &alice_device)).await.as_deref(),
+        lock_holder(scene.redb.as_deref(), (user, device)).await.as_deref(),
         Some("app"),
         "the kill did not land while the app held the lock"
     );
-    send(&bob, &room, "after the kill").await;
-    bobs += 1;
-    let (taker, taker_lines) = child(&net, &["shared", &store_arg, "helper", &lease, &session, room.as_str(), "3"]);
+    send(&scene.bob, &scene.room, "after the kill").await;
+    let (taker, taker_lines) = scene.child("helper", LEASE_MS, "3");
     let mut taken = Printed::default();
     for _ in 0..600 {
         taken.take(&taker_lines);
@@ -200,23 +269,5 @@ async fn shared_store(kind: StoreKind) {
     kill(taker);
     assert!(taken.done, "the helper did not take over after the lease ended");
     assert!(taken.texts.iter().any(|t| t == "after the kill"), "the helper missed Bob's message: {:?}", taken.texts);
-
-    let utds: Vec<_> = [&app_out, &helper_out, &killed, &taken].iter().flat_map(|p| p.utds.clone()).collect();
-    assert!(utds.is_empty(), "events the processes could not decrypt: {utds:?}");
-
-    // The whole room, raw: Alice's store (restored in this process) and Bob read every event.
-    let alice = TestClient::login_restore_via(kind, &dir, &credentials, &session, &net.proxy.url()).await;
-    bob.sync().await;
-    let (events, plain) = room_history(&bob, &room).await;
-    assert_eq!(plain, 0, "messages were sent in the clear into the encrypted room");
-    let from_bob = events.iter().filter(|e| sender(e) == bob.session.user_id.as_str()).count();
-    assert!(!bob_devices.is_empty(), "no new device of Bob's claimed a key");
-    assert!(from_bob >= bobs, "the history holds bob's {bobs} messages ({from_bob})");
-    assert!(events.len() - from_bob >= 2 * rounds, "alice's messages are missing");
-    decrypt_all(&alice, &room, &events).await;
-    decrypt_all(&bob, &room, &events).await;
-    let uploads = net.proxy.answers(Some("POST"), "/keys/upload");
-    assert!(uploads.iter().all(|s| *s == 200), "a key upload was refused (a duplicate one-time key?): {uploads:?}");
-    assert!(uploads.len() > bob_devices.len(), "the claimed one-time keys were not replaced: {uploads:?}");
-    eprintln!("{} encrypted events read by both, {} key uploads, all accepted", events.len(), uploads.len());
+    (killed, taken)
 }
