@@ -150,3 +150,26 @@ async fn an_engine_whose_lease_was_taken_over_cannot_write() {
     fresh.machine.receive_sync_changes(changes, clock.now()).await.expect("the holder writes");
     assert_eq!(store.load_next_batch_token().await.expect("token").as_deref(), Some("fresh-batch"));
 }
+
+/// Work running under a lease that was lost meanwhile must not be handed
+/// the new lease (it holds state from before): renewing fails with
+/// `LockLost`, and lets go of the lock it took in passing.
+#[tokio::test]
+async fn renewing_a_lease_that_changed_hands_fails_and_lets_go() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let alice = user("alice");
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+    let first = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    let second = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    first.machine.lock_store("first", clock.now(), LEASE).await.expect("lock");
+    first.machine.renew_store_lock("first", clock.now(), LEASE).await.expect("a renewal of a held lease");
+    clock.advance(LEASE + Duration::from_secs(1));
+    second.machine.lock_store("second", clock.now(), LEASE).await.expect("taken over");
+    second.machine.unlock_store().await.expect("released");
+
+    let lost = first.machine.renew_store_lock("first", clock.now(), LEASE).await.expect_err("changed hands");
+    assert!(matches!(lost, StoreError::LockLost { .. }), "{lost:?}");
+    let free = store.try_lock("third", clock.now(), LEASE).await.expect("the failed renewal let go");
+    assert_eq!(free.holder, "third");
+}

@@ -227,3 +227,41 @@ fn hosts_racing_for_the_lock_get_one_holder_per_round() {
     let store = database.open_store(&user, &device, Encryption::RawKey.options()).expect("open");
     assert_eq!(futures_executor::block_on(tracked(&store)).len(), ROUNDS as usize);
 }
+
+/// Four hosts open a new device's encrypted store at the same moment: only
+/// one may create it (each would pick its own random store key, and the
+/// records written under a losing key would be unreadable afterwards).
+/// Each host writes a record; every record is there, readable, afterwards.
+#[test]
+#[ignore = "needs the test PostgreSQL (cargo xtask test starts it)"]
+fn hosts_opening_a_new_store_at_once_share_one_store_key() {
+    use std::sync::{Arc, Barrier};
+
+    const HOSTS: usize = 4;
+    let schema = Schema::new();
+    drop(schema.connect().expect("create the layout"));
+    let (user, device) = device(7);
+    let barrier = Arc::new(Barrier::new(HOSTS));
+    let hosts: Vec<_> = (0..HOSTS)
+        .map(|host| {
+            let (barrier, name, user, device) =
+                (Arc::clone(&barrier), schema.name.clone(), user.clone(), device.clone());
+            std::thread::spawn(move || {
+                let database =
+                    PgDatabase::connect(&postgres_url(), PgSettings { schema: name, connections: 1 }).expect("connect");
+                barrier.wait();
+                let store = database.open_store(&user, &device, Encryption::RawKey.options()).expect("open");
+                futures_executor::block_on(track(&store, &format!("@host{host}:example.org")));
+            })
+        })
+        .collect();
+    for host in hosts {
+        host.join().expect("a host thread");
+    }
+    let store =
+        schema.connect().expect("connect").open_store(&user, &device, Encryption::RawKey.options()).expect("open");
+    let mut users = futures_executor::block_on(tracked(&store));
+    users.sort();
+    let expected: Vec<String> = (0..HOSTS).map(|h| format!("@host{h}:example.org")).collect();
+    assert_eq!(users, expected, "records written under a store key that lost the race");
+}

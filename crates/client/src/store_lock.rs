@@ -25,6 +25,36 @@ pub struct StoreLockSettings {
     pub wait: Duration,
 }
 
+/// One operation's use of the lock; dropped without [`LockUse::release`]
+/// (the operation's future was dropped, or it panicked), it releases from
+/// a task of its own.
+struct LockUse {
+    client: Option<Client>,
+}
+
+impl LockUse {
+    async fn release(&mut self) -> Result<(), ClientError> {
+        match self.client.take() {
+            Some(client) => client.release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockUse {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                if let Err(error) = client.release().await {
+                    tracing::warn!(%error, "releasing the store lock after a cancelled operation failed");
+                }
+            });
+        }
+    }
+}
+
 /// How often a waiting client asks for the lock again.
 const RETRY: Duration = Duration::from_millis(50);
 
@@ -43,8 +73,10 @@ impl Client {
     ) -> Result<T, ClientError> {
         let Some(settings) = self.inner.store_lock.clone() else { return operation.await };
         self.acquire(&settings).await?;
+        // Released however the operation ends, even if its future is dropped.
+        let mut guard = LockUse { client: Some(self.clone()) };
         let result = operation.await;
-        let released = self.release().await;
+        let released = guard.release().await;
         let value = result?;
         released?;
         Ok(value)
@@ -69,7 +101,13 @@ impl Client {
     async fn acquire(&self, settings: &StoreLockSettings) -> Result<(), ClientError> {
         let mut users = self.inner.store_lock_users.lock().await;
         let machine = self.olm_machine()?;
-        // Taken, or renewed if another operation of ours holds it.
+        if users.count > 0 {
+            // Other operations of ours run under the lease: renew it, never
+            // reload under them (if the lease was lost, this one fails).
+            machine.renew_store_lock(&settings.holder, self.now(), settings.lease).await?;
+            users.count += 1;
+            return Ok(());
+        }
         let outcome =
             wait_for_lock(settings, || machine.lock_store(&settings.holder, self.now(), settings.lease)).await?;
         if outcome.reloaded {

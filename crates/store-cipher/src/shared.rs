@@ -176,6 +176,12 @@ impl<B: KvBackend + 'static> CryptoStore for SharedStore<B> {
                                 expires_at: previous.expires_at,
                             });
                         }
+                        // A read of ours or of another process has it open for
+                        // a moment: not free yet.
+                        _ if matches!(error, StoreError::Backend(_)) => {
+                            tracing::debug!(%error, "the store file is open elsewhere for now");
+                            return Err(StoreError::LockHeld { holder: holder.to_owned(), expires_at: now });
+                        }
                         _ => return Err(error),
                     },
                 }

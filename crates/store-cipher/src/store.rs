@@ -100,8 +100,12 @@ pub struct StoreKeys(std::sync::Arc<Codec>);
 impl<B: KvBackend> KvCryptoStore<B> {
     /// Opens (or initializes) the store of `user_id` / `device_id` on `backend`.
     pub fn open(backend: B, user_id: &UserId, device_id: &DeviceId, options: StoreOptions) -> Result<Self, StoreError> {
-        if backend.get(Table::Meta, META_VERSION)?.is_none() {
-            return Self::create(backend, user_id, device_id, options);
+        // Created meanwhile by another process sharing the store (`None`):
+        // opened as it is below.
+        if backend.get(Table::Meta, META_VERSION)?.is_none()
+            && let Some(codec) = Self::create(&backend, user_id, device_id, &options)?
+        {
+            return Ok(Self { backend, codec: std::sync::Arc::new(codec) });
         }
         let (store, version) = Self::check(backend, user_id, device_id, &options)?;
         store.migrate(version)?;
@@ -161,7 +165,16 @@ impl<B: KvBackend> KvCryptoStore<B> {
         Ok((store, version))
     }
 
-    fn create(backend: B, user_id: &UserId, device_id: &DeviceId, options: StoreOptions) -> Result<Self, StoreError> {
+    /// Writes a new store's meta records: its codec, or `None` if another
+    /// process created the store between our look and our write (the write
+    /// checks inside the backend's atomic update, so two processes opening a
+    /// new shared store at once cannot both create it with different keys).
+    fn create(
+        backend: &B,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        options: &StoreOptions,
+    ) -> Result<Option<Codec>, StoreError> {
         // Data without a schema version is not a new store: refuse to touch it.
         for table in Table::ALL {
             if backend.count(table)? > 0 {
@@ -185,8 +198,20 @@ impl<B: KvBackend> KvCryptoStore<B> {
         };
         let owner = Owner { user_id: user_id.to_owned(), device_id: device_id.to_owned() };
         ops.push(WriteOp::Put(Table::Meta, META_OWNER.to_vec(), codec.seal(Table::Meta, META_OWNER, &owner)?));
-        backend.write(ops)?;
-        Ok(Self { backend, codec: std::sync::Arc::new(codec) })
+        let created = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&created);
+        backend.update(
+            Table::Meta,
+            META_VERSION,
+            Box::new(move |current| {
+                if current.is_some() {
+                    return Ok(Vec::new());
+                }
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(ops)
+            }),
+        )?;
+        Ok(created.load(std::sync::atomic::Ordering::SeqCst).then_some(codec))
     }
 
     fn check_owner(&self, user_id: &UserId, device_id: &DeviceId) -> Result<(), StoreError> {
@@ -210,7 +235,14 @@ impl<B: KvBackend> KvCryptoStore<B> {
                 .ok_or_else(|| StoreError::Corrupt(format!("no migration from version {version}")))?;
             let mut ops = migration(&self.codec, &self.backend)?;
             ops.push(WriteOp::Put(Table::Meta, META_VERSION.to_vec(), (version + 1).to_be_bytes().to_vec()));
-            self.backend.write(ops)?;
+            // Applied only if no other process sharing the store migrated
+            // this step meanwhile (then its result stands).
+            let from = version.to_be_bytes();
+            self.backend.update(
+                Table::Meta,
+                META_VERSION,
+                Box::new(move |current| Ok(if current == Some(from.as_slice()) { ops } else { Vec::new() })),
+            )?;
             tracing::info!(from = version, to = version + 1, "migrated the crypto store");
         }
         Ok(())

@@ -159,7 +159,15 @@ impl PgBackend {
             let get = connection.prepare(&sql.get)?;
             let put = connection.prepare(&sql.put)?;
             let delete = connection.prepare(&sql.delete)?;
-            let mut tx = connection.client()?.transaction().map_err(|e| pg_error(&e))?;
+            // READ COMMITTED whatever the server's default: after waiting for
+            // the advisory lock, the lock record must be read as committed
+            // by whoever held it (a REPEATABLE READ snapshot would predate it).
+            let mut tx = connection
+                .client()?
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::ReadCommitted)
+                .start()
+                .map_err(|e| pg_error(&e))?;
             let mut ops = ops;
             if let Some((table, key, decide)) = decide {
                 tx.execute("SELECT pg_advisory_xact_lock($1)", &[&store_id]).map_err(|e| pg_error(&e))?;

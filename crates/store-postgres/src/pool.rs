@@ -19,6 +19,10 @@ use postgres::{Client, NoTls, Statement};
 /// How long connecting may take before the job fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Set on every connection: a transaction left idle for a minute is ended
+/// by the server, and a statement waits at most 30 s for a lock.
+const SESSION_SETTINGS: &str = "SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '30s'";
+
 /// A PostgreSQL error as a store error, with the server's message when
 /// there is one (the driver's own text is only "db error").
 pub(crate) fn pg_error(error: &postgres::Error) -> StoreError {
@@ -42,7 +46,11 @@ impl Connection {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             self.statements.clear();
             self.client = None;
-            let client = self.config.connect(NoTls).map_err(|e| pg_error(&e))?;
+            let mut client = self.config.connect(NoTls).map_err(|e| pg_error(&e))?;
+            // A host that stops mid-transaction must not hold a store's
+            // advisory lock (and so every other host) for long: the server
+            // ends such a session, and a wait for a lock gives up.
+            client.batch_execute(SESSION_SETTINGS).map_err(|e| pg_error(&e))?;
             self.client = Some(client);
         }
         self.client.as_mut().ok_or_else(|| StoreError::Backend("PostgreSQL: no connection".into()))

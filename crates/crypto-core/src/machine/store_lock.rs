@@ -50,12 +50,40 @@ impl OlmMachine {
         let mut sessions = self.inner.sessions.lock().await;
         let taken = self.inner.store.try_lock(holder, now, lease).await?;
         let reloaded = self.inner.fenced.generation() != Some(taken.generation);
-        if reloaded {
-            self.reload(&mut account, &mut sessions).await?;
+        if reloaded && let Err(error) = self.reload(&mut account, &mut sessions).await {
+            // Not usable: let go at once rather than keep the store until the lease ends.
+            let _ = self.inner.store.unlock(&taken).await;
+            return Err(error);
         }
         self.inner.fenced.set_lease(&taken);
         *lock(&self.inner.lease) = Some(taken.clone());
         Ok(StoreLockOutcome { lease: taken, reloaded })
+    }
+
+    /// Renews the lease this engine holds, for work already running under
+    /// it: unlike [`lock_store`](Self::lock_store) it never reloads (state
+    /// that running work holds would not be reloaded with it). If someone
+    /// else held the lock since this engine's lease, the lock is let go again
+    /// and the answer is [`StoreError::LockLost`]: the running work must
+    /// fail, and its batches do (they carry the old fence).
+    pub async fn renew_store_lock(
+        &self,
+        holder: &str,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<StoreLease, StoreError> {
+        let ours = self.inner.fenced.generation();
+        let taken = self.inner.store.try_lock(holder, now, lease).await?;
+        if ours != Some(taken.generation) {
+            let _ = self.inner.store.unlock(&taken).await;
+            return Err(StoreError::LockLost {
+                holder: taken.holder,
+                generation: taken.generation,
+                fenced: ours.unwrap_or_default(),
+            });
+        }
+        *lock(&self.inner.lease) = Some(taken.clone());
+        Ok(taken)
     }
 
     /// Lets go of the store lock, so another holder need not wait for the
