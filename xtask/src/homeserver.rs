@@ -83,10 +83,21 @@ pub(crate) fn command(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// `cargo xtask demo`: Synapse up (installed if needed), then the demo example.
+/// `cargo xtask demo`: Synapse up (installed if needed), then the demo
+/// example, built with cargo's progress shown (the first build takes a few
+/// minutes). A Synapse this started is stopped afterwards; one that was
+/// already running is left running, and the demo says so.
 pub(crate) fn demo() -> Result<(), String> {
-    ensure_running()?;
+    let mut started = Started::default();
+    started.ensure(SCRIPT, "the local Synapse")?;
+    let already_running = started.0.is_empty();
+    eprintln!("\n== building the demo (the first build compiles the whole SDK: a few minutes on 2 cores)");
     let mut example = super::cargo();
-    example.args(["run", "--quiet", "-p", "hush-testing", "--example", "demo"]);
-    super::run(example, "the hush demo")
+    example.args(["run", "-p", "hush-testing", "--example", "demo"]);
+    let result = super::run(example, "the hush demo");
+    let stopped = started.stop();
+    if already_running {
+        eprintln!("\nSynapse was already running before the demo and still runs: stop it with `cargo xtask homeserver stop`.");
+    }
+    result.and(stopped)
 }

@@ -342,7 +342,7 @@ impl Client {
         if encrypted {
             let event = json!({"type": "m.room.encryption", "state_key": "", "content": {"algorithm": hush_crypto_core::MEGOLM_ALGORITHM}});
             request.initial_state =
-                vec![Raw::new(&event).map_err(|e| ClientError::Config(e.to_string()))?.cast_unchecked()];
+                vec![Raw::new(&event).map_err(|e| ClientError::Serialization(e.to_string()))?.cast_unchecked()];
         }
         let response = self.http().send(request, Some(&self.access_token()?), Duration::ZERO).await?;
         Ok(response.room_id)

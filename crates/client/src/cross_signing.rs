@@ -81,18 +81,13 @@ impl Encryption {
         self.client.send_outgoing_requests().await?;
         let request = machine.bootstrap_cross_signing(reset).await?;
         let AnyOutgoingRequest::SigningKeysUpload(upload) = request.request() else {
-            return Err(ClientError::Config("bootstrap returned another kind of request".into()));
+            return Err(ClientError::Internal("bootstrap returned another kind of request than a signing-keys upload".into()));
         };
         let mut upload = upload.clone();
         upload.auth = auth;
         let token = self.client.access_token()?;
         let response = self.client.http().send(upload, Some(&token), Duration::ZERO).await?;
-        machine.mark_request_as_sent(request.request_id(), &response, self.client.now()).await.map_err(|error| {
-            match error {
-                hush_crypto_core::ResponseError::Store(store) => ClientError::Store(store),
-                other => ClientError::Config(other.to_string()),
-            }
-        })?;
+        machine.mark_request_as_sent(request.request_id(), &response, self.client.now()).await?;
         self.client.send_outgoing_requests().await
     }
 

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hush_crypto_core::{AnyOutgoingRequest, EngineEvent, OutgoingRequest, ResponseError};
+use hush_crypto_core::{AnyOutgoingRequest, EngineEvent, OutgoingRequest};
 
 use crate::http::HttpError;
 
@@ -85,10 +85,7 @@ impl Client {
             let room = self.get_room(&r.room_id).ok_or_else(|| ClientError::UnknownRoom(r.room_id.to_string()))?;
             let event_id = room.send(&r.event_type, r.content.clone()).await?;
             let response = ruma_client_api::message::send_message_event::v3::Response::new(event_id);
-            machine.mark_request_as_sent(request.request_id(), &response, self.now()).await.map_err(|e| match e {
-                ResponseError::Store(store) => ClientError::Store(store),
-                other => ClientError::Config(other.to_string()),
-            })?;
+            machine.mark_request_as_sent(request.request_id(), &response, self.now()).await?;
         }
         Ok(())
     }
@@ -128,7 +125,7 @@ impl Client {
             match result {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => first_error = first_error.or(Some(error)),
-                Err(join) => first_error = first_error.or(Some(ClientError::Config(join.to_string()))),
+                Err(join) => first_error = first_error.or(Some(ClientError::Task(join.to_string()))),
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -235,7 +232,7 @@ impl Client {
                         tracing::warn!(
                             "a backup upload got M_NOT_FOUND but the version is still current; retried later"
                         );
-                        return Err(ClientError::Config("backup upload answered M_NOT_FOUND".into()));
+                        return Err(ClientError::BackupUploadRefused { errcode });
                     }
                     tracing::warn!(%errcode, "the key backup version is gone; backup disabled");
                     machine.disable_backup().await?;
@@ -246,10 +243,7 @@ impl Client {
             // Sent by `send_room_messages`, as the room's own events are.
             AnyOutgoingRequest::RoomMessage(_) => return Ok(()),
         };
-        result.map_err(|e| match e {
-            ResponseError::Store(store) => ClientError::Store(store),
-            other => ClientError::Config(other.to_string()),
-        })
+        result.map_err(ClientError::from)
     }
 }
 

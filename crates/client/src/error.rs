@@ -96,6 +96,25 @@ pub enum ClientError {
     /// The room is not known to this client.
     #[error("unknown room {0}")]
     UnknownRoom(String),
+    /// The engine refused the answer to one of its requests (an unknown or
+    /// already answered request, or an answer of the wrong kind).
+    #[error("the engine refused a response: {0}")]
+    Response(hush_crypto_core::ResponseError),
+    /// A task the client ran in the background failed (it panicked or was
+    /// cancelled).
+    #[error("a background task failed: {0}")]
+    Task(String),
+    /// The engine did something this client does not expect of it: a bug in
+    /// hush, reported with what happened.
+    #[error("unexpected engine behaviour (a bug in hush): {0}")]
+    Internal(String),
+    /// The server refused a key backup upload for a version it still lists
+    /// as current (answered `errcode`); the upload is retried later.
+    #[error("the server refused a key backup upload ({errcode}) for the current version; retried later")]
+    BackupUploadRefused {
+        /// The server's error code.
+        errcode: String,
+    },
     /// The device's store is shared through its lock, and another process
     /// or host held it for longer than this client waits.
     #[error("the store is locked by {holder}; waited {waited:?} for it")]
@@ -114,4 +133,13 @@ pub enum ClientError {
     /// The builder was given inconsistent settings.
     #[error("invalid client configuration: {0}")]
     Config(String),
+}
+
+impl From<hush_crypto_core::ResponseError> for ClientError {
+    fn from(error: hush_crypto_core::ResponseError) -> Self {
+        match error {
+            hush_crypto_core::ResponseError::Store(store) => Self::Store(store),
+            other => Self::Response(other),
+        }
+    }
 }

@@ -154,5 +154,5 @@ impl Encryption {
 
 /// Runs CPU-heavy work on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ClientError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ClientError::Config(format!("a blocking task failed: {e}")))
+    tokio::task::spawn_blocking(work).await.map_err(|e| ClientError::Task(format!("a blocking task failed: {e}")))
 }

@@ -118,7 +118,7 @@ impl Room {
             }
             None => (event_type.to_owned(), content),
         };
-        let raw = Raw::new(&content).map_err(|e| ClientError::Config(e.to_string()))?.cast_unchecked();
+        let raw = Raw::new(&content).map_err(|e| ClientError::Serialization(e.to_string()))?.cast_unchecked();
         let request = send_message_event::v3::Request::new_raw(
             self.room_id.clone(),
             TransactionId::new(),
@@ -228,7 +228,7 @@ impl Room {
                 RoomReadiness::Ready { .. } => {
                     let encrypted =
                         machine.encrypt_room_event(&self.room_id, event_type, content, self.client.now()).await?;
-                    return encrypted.deserialize_as_unchecked().map_err(|e| ClientError::Config(e.to_string()));
+                    return encrypted.deserialize_as_unchecked().map_err(|e| ClientError::Serialization(e.to_string()));
                 }
                 waiting => {
                     last = Some(waiting);

@@ -70,7 +70,7 @@ impl Encryption {
             .into_iter()
             .map(|(flow, _)| flow)
             .find(|flow| flow.room_id() == Some(room.room_id().as_ref()) && !before.iter().any(|(f, _)| f == flow))
-            .ok_or_else(|| ClientError::Config("the in-room request was not sent".into()))?;
+            .ok_or_else(|| ClientError::Internal("the in-room verification request was not queued".into()))?;
         Ok(VerificationRequest { client: self.client.clone(), user_id: user_id.to_owned(), flow })
     }
 
