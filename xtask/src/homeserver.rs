@@ -97,7 +97,9 @@ pub(crate) fn demo() -> Result<(), String> {
     let result = super::run(example, "the hush demo");
     let stopped = started.stop();
     if already_running {
-        eprintln!("\nSynapse was already running before the demo and still runs: stop it with `cargo xtask homeserver stop`.");
+        eprintln!(
+            "\nSynapse was already running before the demo and still runs: stop it with `cargo xtask homeserver stop`."
+        );
     }
     result.and(stopped)
 }

@@ -81,7 +81,9 @@ impl Encryption {
         self.client.send_outgoing_requests().await?;
         let request = machine.bootstrap_cross_signing(reset).await?;
         let AnyOutgoingRequest::SigningKeysUpload(upload) = request.request() else {
-            return Err(ClientError::Internal("bootstrap returned another kind of request than a signing-keys upload".into()));
+            return Err(ClientError::Internal(
+                "bootstrap returned another kind of request than a signing-keys upload".into(),
+            ));
         };
         let mut upload = upload.clone();
         upload.auth = auth;
