@@ -364,3 +364,31 @@ async fn restoring_with_another_devices_token_is_a_clear_error() {
     let error = client.restore_session(lying).await.unwrap_err();
     assert!(matches!(error, hush_client::ClientError::DeviceMismatch { .. }), "{error}");
 }
+
+/// The client's own ids, and its rooms by our membership: an invite is
+/// listed among the invited rooms, then, once joined, among the joined
+/// ones, with the room's membership following.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn the_client_lists_its_ids_and_its_rooms_by_membership() {
+    use hush_client::Membership;
+
+    let alice = TestClient::new_user("alice", "ALICE1", StoreKind::Redb).await;
+    let bob = TestClient::new_user("bob", "BOB1", StoreKind::Redb).await;
+    assert_eq!(bob.client.user_id().as_ref(), Some(&bob.session.user_id));
+    assert_eq!(bob.client.device_id().as_ref(), Some(&bob.session.device_id));
+    let room = room_with(&alice, &[&bob]).await;
+    let ids = |rooms: Vec<hush_client::Room>| rooms.into_iter().map(|r| r.room_id().clone()).collect::<Vec<_>>();
+
+    bob.sync_until("the invite", |c| c.client.get_room(&room).is_some()).await;
+    assert_eq!(ids(bob.client.invited_rooms()), vec![room.clone()]);
+    assert!(bob.client.joined_rooms().is_empty());
+    assert_eq!(bob.client.get_room(&room).and_then(|r| r.membership()), Some(Membership::Invite));
+
+    bob.join(&room).await;
+    assert_eq!(ids(bob.client.joined_rooms()), vec![room.clone()]);
+    assert!(bob.client.invited_rooms().is_empty());
+    assert_eq!(ids(bob.client.rooms()), vec![room.clone()]);
+    assert_eq!(bob.client.get_room(&room).and_then(|r| r.membership()), Some(Membership::Join));
+    assert_eq!(ids(alice.client.joined_rooms()), vec![room]);
+}

@@ -321,6 +321,40 @@ impl Client {
         Encryption { client: self.clone() }
     }
 
+    /// The logged-in user, if any.
+    pub fn user_id(&self) -> Option<ruma_common::OwnedUserId> {
+        self.session().map(|s| s.user_id)
+    }
+
+    /// The logged-in device, if any.
+    pub fn device_id(&self) -> Option<ruma_common::OwnedDeviceId> {
+        self.session().map(|s| s.device_id)
+    }
+
+    /// Every room this client knows of (joined, invited, or left since it
+    /// started following it), in room-id order.
+    pub fn rooms(&self) -> Vec<Room> {
+        self.rooms_where(|_| true)
+    }
+
+    /// The rooms we are joined to.
+    pub fn joined_rooms(&self) -> Vec<Room> {
+        self.rooms_where(|m| m == crate::rooms::Membership::Join)
+    }
+
+    /// The rooms we are invited to.
+    pub fn invited_rooms(&self) -> Vec<Room> {
+        self.rooms_where(|m| m == crate::rooms::Membership::Invite)
+    }
+
+    fn rooms_where(&self, keep: impl Fn(crate::rooms::Membership) -> bool) -> Vec<Room> {
+        lock(&self.inner.rooms)
+            .values()
+            .filter(|room| keep(room.own_membership))
+            .map(|room| Room { client: self.clone(), room_id: room.room_id.clone() })
+            .collect()
+    }
+
     /// A room the client knows from sync.
     pub fn get_room(&self, room_id: &RoomId) -> Option<Room> {
         lock(&self.inner.rooms)

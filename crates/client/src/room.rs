@@ -43,6 +43,11 @@ impl Room {
             .ok_or_else(|| ClientError::UnknownRoom(self.room_id.to_string()))
     }
 
+    /// Our own membership of the room, as the last sync left it.
+    pub fn membership(&self) -> Option<Membership> {
+        self.state().ok().map(|s| s.own_membership)
+    }
+
     /// Whether the room is encrypted.
     pub fn is_encrypted(&self) -> bool {
         self.state().is_ok_and(|s| s.is_encrypted())
