@@ -255,6 +255,28 @@ impl WriteFault {
         (ops != usize::MAX).then_some(ops)
     }
 
+    /// Applies `ops` in order with `apply`, inside the engine's write, and
+    /// fails or stalls where the fault is armed: after that many ops, or
+    /// after all of them (before the commit). Unarmed, it only applies them.
+    pub fn apply_ops(
+        &self,
+        ops: Vec<WriteOp>,
+        mut apply: impl FnMut(WriteOp) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let count = ops.len();
+        let fail_after = self.take();
+        for (applied, op) in ops.into_iter().enumerate() {
+            if fail_after == Some(applied) {
+                return Err(self.trigger(applied));
+            }
+            apply(op)?;
+        }
+        match fail_after {
+            Some(applied) => Err(self.trigger(applied.min(count))),
+            None => Ok(()),
+        }
+    }
+
     /// What the write does at the armed point, after `applied` ops: a stall
     /// never returns; a failure is the error the write returns.
     pub fn trigger(&self, applied: usize) -> StoreError {

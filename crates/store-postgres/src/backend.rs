@@ -177,22 +177,15 @@ impl PgBackend {
                 decided.append(&mut ops);
                 ops = decided;
             }
-            let fail_after = fault.take();
-            for (applied, op) in ops.iter().enumerate() {
-                if fail_after == Some(applied) {
-                    // Dropping the transaction rolls it back.
-                    return Err(fault.trigger(applied));
-                }
+            // On a fault, dropping the transaction rolls it back.
+            fault.apply_ops(ops, |op| {
                 match op {
-                    WriteOp::Put(table, key, value) => tx.execute(&put, &[&store_id, &table_id(*table), key, value]),
-                    WriteOp::Delete(table, key) => tx.execute(&delete, &[&store_id, &table_id(*table), key]),
+                    WriteOp::Put(table, key, value) => tx.execute(&put, &[&store_id, &table_id(table), &key, &value]),
+                    WriteOp::Delete(table, key) => tx.execute(&delete, &[&store_id, &table_id(table), &key]),
                 }
-                .map_err(|e| pg_error(&e))?;
-            }
-            if let Some(applied) = fail_after {
-                // Every op applied, the commit not reached.
-                return Err(fault.trigger(applied.min(ops.len())));
-            }
+                .map(drop)
+                .map_err(|e| pg_error(&e))
+            })?;
             tx.commit().map_err(|e| pg_error(&e))
         })
     }

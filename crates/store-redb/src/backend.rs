@@ -188,31 +188,21 @@ impl RedbBackend {
             ops = decided;
         }
         {
-            // Consecutive ops on one table share its handle.
+            // Consecutive ops on one table share its handle. On a fault the
+            // transaction is dropped uncommitted.
             let mut open: Option<(Table, BytesTable<'_>)> = None;
-            let fail_after = self.fault.take();
-            for (applied, op) in ops.iter().enumerate() {
-                if fail_after == Some(applied) {
-                    return Err(self.fault.trigger(applied));
-                }
-                let (WriteOp::Put(table, ..) | WriteOp::Delete(table, _)) = op;
+            self.fault.apply_ops(ops, |op| {
+                let (WriteOp::Put(table, ..) | WriteOp::Delete(table, _)) = &op;
                 if open.as_ref().is_none_or(|(current, _)| current != table) {
                     open = Some((*table, txn.open_table(definition(*table)).map_err(backend_error)?));
                 }
-                let Some((_, handle)) = open.as_mut() else { continue };
+                let Some((_, handle)) = open.as_mut() else { return Ok(()) };
                 match op {
-                    WriteOp::Put(_, key, value) => {
-                        handle.insert(key.as_slice(), value.as_slice()).map_err(backend_error)?;
-                    }
-                    WriteOp::Delete(_, key) => {
-                        handle.remove(key.as_slice()).map_err(backend_error)?;
-                    }
+                    WriteOp::Put(_, key, value) => handle.insert(key.as_slice(), value.as_slice()).map(drop),
+                    WriteOp::Delete(_, key) => handle.remove(key.as_slice()).map(drop),
                 }
-            }
-            if let Some(applied) = fail_after {
-                // Every op applied, the commit not reached.
-                return Err(self.fault.trigger(applied.min(ops.len())));
-            }
+                .map_err(backend_error)
+            })?;
         }
         // Durable on return (redb's default immediate durability).
         txn.commit().map_err(backend_error)

@@ -231,20 +231,14 @@ impl SledBackend {
     /// Applies `ops` as one sled batch and flushes it.
     fn apply(&self, ops: Vec<WriteOp>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        let fail_after = self.fault.take();
-        for (added, op) in ops.into_iter().enumerate() {
-            if fail_after == Some(added) {
-                // The batch is dropped unapplied (sled applies a batch whole).
-                return Err(self.fault.trigger(added));
-            }
+        // On a fault the batch is dropped unapplied (sled applies a batch whole).
+        self.fault.apply_ops(ops, |op| {
             match op {
                 WriteOp::Put(table, key, value) => batch.insert(Self::key(table, &key), value),
                 WriteOp::Delete(table, key) => batch.remove(Self::key(table, &key)),
             }
-        }
-        if let Some(added) = fail_after {
-            return Err(self.fault.trigger(added));
-        }
+            Ok(())
+        })?;
         self.tree.apply_batch(batch).map_err(backend_error)?;
         self.db.flush().map_err(backend_error)?;
         Ok(())
