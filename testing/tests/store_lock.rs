@@ -173,3 +173,25 @@ async fn renewing_a_lease_that_changed_hands_fails_and_lets_go() {
     let free = store.try_lock("third", clock.now(), LEASE).await.expect("the failed renewal let go");
     assert_eq!(free.holder, "third");
 }
+
+/// A damaged lock file beside a shared redb store (anyone with the disk can
+/// write it) is a typed error: nobody takes the lock from it, and the store
+/// file is neither created nor touched.
+#[tokio::test]
+async fn a_damaged_lock_file_is_an_error_and_takes_nothing() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let path = dir.path().join("alice.redb");
+    let alice = user("alice");
+    let store =
+        hush_store_redb::open_shared(&path, &alice, "ALICE1".into(), hush_store_redb::StoreOptions::key([3; 32]))
+            .expect("open");
+    let lock_path = dir.path().join("alice.redb.lock");
+    for garbage in [&b"\xff\xfe not a lock record"[..], &[0x93, 0x01][..], &[0xc1][..]] {
+        std::fs::write(&lock_path, garbage).expect("write the lock file");
+        let error =
+            store.try_lock("app", hush_crypto_core::Timestamp::from_millis(1), LEASE).await.expect_err("garbage");
+        assert!(matches!(error, StoreError::Corrupt(_)), "{error:?}");
+        assert_eq!(std::fs::read(&lock_path).expect("read"), garbage, "the lock file was rewritten");
+        assert!(!path.exists(), "the store file was created from a damaged lock");
+    }
+}
