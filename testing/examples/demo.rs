@@ -40,7 +40,7 @@ fn listen(client: &Client) -> Inbox {
 
 impl Person {
     async fn sync(&self) {
-        self.client.sync_once(SyncSettings { timeout: Duration::from_millis(300) }).await.expect("sync");
+        self.client.sync_once(SyncSettings::default().timeout(Duration::from_millis(300))).await.expect("sync");
     }
 
     async fn sync_until(&self, done: impl Fn(&Self) -> bool) {
@@ -120,14 +120,14 @@ async fn main() {
 
     println!("\n3. Alice says hello");
     let alice_room = alice.client.get_room(&room).expect("room");
-    let event_id = alice_room.send_text("Hello Bob, this is end-to-end encrypted.").await.expect("send");
+    let event_id = alice_room.send_text("Hello Bob, this is end-to-end encrypted.").await.expect("send").event_id;
     show_server_copy(&alice, &room, &event_id).await;
     bob.sync_until(|b| !b.reads(&room).is_empty()).await;
     bob.show_reads(&room);
 
     println!("\n4. Bob answers");
     let event_id =
-        bob.client.get_room(&room).expect("room").send_text("Hi Alice! Loud and clear.").await.expect("send");
+        bob.client.get_room(&room).expect("room").send_text("Hi Alice! Loud and clear.").await.expect("send").event_id;
     show_server_copy(&bob, &room, &event_id).await;
     alice.sync_until(|a| a.reads(&room).iter().any(|t| t.starts_with("Hi Alice"))).await;
     alice.show_reads(&room);
@@ -144,8 +144,9 @@ async fn main() {
     // new message arrives by sync; the earlier ones are read from the room's
     // history, decrypted with the keys kept in the store.
     bob.sync_until(|b| !b.reads(&room).is_empty()).await;
-    let history = bob.client.get_room(&room).expect("room").messages(20).await.expect("history");
-    for event in history.iter().filter(|e| e.encryption.is_some()) {
+    let page = hush_client::MessagesOptions::backward().limit(20);
+    let history = bob.client.get_room(&room).expect("room").messages(page).await.expect("history").chunk;
+    for event in history.iter().rev().filter(|e| e.encryption.is_some()) {
         if let Some(text) = event.text_body() {
             println!("    {} reads from history: {text:?}", bob.name);
         }

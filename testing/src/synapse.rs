@@ -297,7 +297,7 @@ impl TestClient {
 
     /// One short sync.
     pub async fn sync(&self) {
-        self.client.sync_once(SyncSettings { timeout: Duration::from_millis(200) }).await.expect("sync");
+        self.client.sync_once(SyncSettings::default().timeout(Duration::from_millis(200))).await.expect("sync");
     }
 
     /// Syncs until `done` holds (at most ~20 s).
@@ -317,9 +317,11 @@ impl TestClient {
     /// adding those not seen yet to the received events.
     pub async fn load_history(&self, room: &OwnedRoomId) {
         let Some(handle) = self.client.get_room(room) else { return };
-        let history = handle.messages(100).await.expect("room messages");
+        let options = hush_client::MessagesOptions::backward().limit(100);
+        let history = handle.messages(options).await.expect("room messages");
         let mut events = self.events.lock().expect("events");
-        for event in history {
+        // Oldest first, as sync delivers them.
+        for event in history.chunk.into_iter().rev() {
             let id = event.event["event_id"].clone();
             if !events.iter().any(|e| e.room_id == *room && e.event["event_id"] == id) {
                 events.push(event);

@@ -38,7 +38,7 @@ async fn room_with(alice: &TestClient, bob: &TestClient, encrypted: bool) -> Own
 /// `sender` sends `text` into `room`: the server holds only ciphertext, and
 /// `reader` decrypts it.
 async fn sends_encrypted(sender: &TestClient, reader: &TestClient, room: &OwnedRoomId, text: &str) {
-    let event_id = sender.client.get_room(room).expect("the room is known").send_text(text).await.unwrap();
+    let event_id = sender.client.get_room(room).expect("the room is known").send_text(text).await.unwrap().event_id;
     let held = server_copy(reader, room, &event_id).await;
     assert_eq!(held["type"], "m.room.encrypted", "sent in the clear: {held}");
     reader.sync_until("the message", |c| c.texts(room).contains(&text.to_owned())).await;

@@ -97,3 +97,95 @@ impl LoginBuilder<'_> {
         Ok(session)
     }
 }
+
+impl<'a> MatrixAuth<'a> {
+    /// Starts registering a new account, where the server allows it
+    /// (open registration, or registration whose only stage is
+    /// `m.login.dummy`). A server that asks for anything more (a captcha, an
+    /// email, a token) answers [`HttpError::AuthRequired`](crate::http::HttpError::AuthRequired)
+    /// with its flows.
+    pub fn register(&self, username: &str, password: &str) -> RegisterBuilder<'a> {
+        RegisterBuilder {
+            client: self.client,
+            username: username.to_owned(),
+            password: password.to_owned(),
+            device_id: None,
+            display_name: None,
+        }
+    }
+
+    /// Logs the session out on the server (its access token and device are
+    /// deleted there). The local store is left as it is: it belongs to a
+    /// device that no longer exists, so the application may delete it.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        let token = self.client.access_token()?;
+        let request = ruma_client_api::session::logout::v3::Request::new();
+        self.client.http().send(request, Some(&token), Default::default()).await?;
+        Ok(())
+    }
+}
+
+/// A registration being prepared (`client.matrix_auth().register(..)`).
+pub struct RegisterBuilder<'a> {
+    client: &'a Client,
+    username: String,
+    password: String,
+    device_id: Option<OwnedDeviceId>,
+    display_name: Option<String>,
+}
+
+impl std::fmt::Debug for RegisterBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterBuilder")
+            .field("username", &self.username)
+            .field("device_id", &self.device_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegisterBuilder<'_> {
+    /// The id of the account's first device.
+    pub fn device_id(mut self, device_id: &str) -> Self {
+        self.device_id = Some(device_id.into());
+        self
+    }
+
+    /// The display name of the account's first device.
+    pub fn initial_device_display_name(mut self, name: &str) -> Self {
+        self.display_name = Some(name.to_owned());
+        self
+    }
+
+    /// Registers, opens the crypto store for the new device and returns the
+    /// session for the application to store. If the server asks for
+    /// user-interactive auth whose flows include `m.login.dummy` alone, the
+    /// request is sent again with it, once.
+    pub async fn send(self) -> Result<Session, ClientError> {
+        use ruma_client_api::{account::register, uiaa};
+        let mut request = register::v3::Request::new();
+        request.username = Some(self.username.clone());
+        request.password = Some(self.password.clone());
+        request.device_id = self.device_id.clone();
+        request.initial_device_display_name = self.display_name.clone();
+        let http = self.client.http();
+        let response = match http.send(request.clone(), None, Default::default()).await {
+            Err(crate::http::HttpError::AuthRequired { session, flows, errcode: None })
+                if flows.iter().any(|flow| flow.len() == 1 && flow[0] == "m.login.dummy") =>
+            {
+                let mut dummy = uiaa::Dummy::new();
+                dummy.session = session;
+                request.auth = Some(uiaa::AuthData::Dummy(dummy));
+                http.send(request, None, Default::default()).await?
+            }
+            other => other?,
+        };
+        let (Some(access_token), Some(device_id)) = (response.access_token, response.device_id) else {
+            return Err(ClientError::Http(crate::http::HttpError::Response(
+                "the registration answer has no access token or device id".into(),
+            )));
+        };
+        let session = Session { user_id: response.user_id, device_id, access_token };
+        self.client.activate(session.clone()).await?;
+        Ok(session)
+    }
+}

@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hush_crypto_core::{OlmMachine, OpenError, StoreError, Timestamp};
-use ruma_client_api::{account::whoami, membership::join_room_by_id, membership::leave_room, room::create_room};
-use ruma_common::{OwnedRoomId, OwnedTransactionId, RoomId, UserId, serde::Raw};
-use serde_json::json;
+use ruma_client_api::{account::whoami, membership::join_room_by_id, membership::leave_room};
+use ruma_common::{OwnedRoomId, OwnedTransactionId, RoomId, UserId};
 
 use crate::{
     ClientError, Encryption, MatrixAuth, Room, RoomEvent, Session, StoreConfig,
@@ -362,24 +361,38 @@ impl Client {
             .then(|| Room { client: self.clone(), room_id: room_id.to_owned() })
     }
 
-    /// Creates a room, encrypted if asked, inviting `invite`. Returns its id.
+    /// Creates a private room named `name`, encrypted (default rotation)
+    /// if asked, inviting `invite`. Returns its id. See
+    /// [`create_room_with`](Self::create_room_with) for every option.
     pub async fn create_room(
         &self,
         name: &str,
         encrypted: bool,
         invite: &[&UserId],
     ) -> Result<OwnedRoomId, ClientError> {
-        let mut request = create_room::v3::Request::new();
-        request.name = Some(name.to_owned());
-        request.invite = invite.iter().map(|u| (*u).to_owned()).collect();
-        request.preset = Some(create_room::v3::RoomPreset::PrivateChat);
-        if encrypted {
-            let event = json!({"type": "m.room.encryption", "state_key": "", "content": {"algorithm": hush_crypto_core::MEGOLM_ALGORITHM}});
-            request.initial_state =
-                vec![Raw::new(&event).map_err(|e| ClientError::Serialization(e.to_string()))?.cast_unchecked()];
-        }
-        let response = self.http().send(request, Some(&self.access_token()?), Duration::ZERO).await?;
-        Ok(response.room_id)
+        let options = crate::CreateRoomOptions {
+            name: Some(name.to_owned()),
+            invite: invite.iter().map(|u| (*u).to_owned()).collect(),
+            encryption: encrypted.then(Default::default),
+            ..Default::default()
+        };
+        self.create_room_with(options).await
+    }
+
+    /// Sends any Matrix request with this client's access token (and its
+    /// timeouts and retries): the way to reach an endpoint this API does
+    /// not wrap, typed with ruma's request and response.
+    pub async fn send<R>(&self, request: R) -> Result<R::IncomingResponse, ClientError>
+    where
+        R: ruma_common::api::OutgoingRequest,
+        for<'a> R::Authentication:
+            ruma_common::api::auth_scheme::AuthScheme<Input<'a> = ruma_common::api::auth_scheme::SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: ruma_common::api::path_builder::PathBuilder<
+                Input<'a> = std::borrow::Cow<'a, ruma_common::api::SupportedVersions>,
+            >,
+    {
+        let token = self.access_token().ok();
+        Ok(self.http().send(request, token.as_deref(), Duration::ZERO).await?)
     }
 
     /// Joins a room we are invited to.

@@ -18,6 +18,15 @@ pub struct Encryption {
     pub(crate) client: Client,
 }
 
+/// A device's identity keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdentityKeys {
+    /// The ed25519 key: signs the device's keys; its fingerprint.
+    pub ed25519: hush_crypto_core::deps::vodozemac::Ed25519PublicKey,
+    /// The curve25519 identity key: Olm sessions are made with it.
+    pub curve25519: hush_crypto_core::deps::vodozemac::Curve25519PublicKey,
+}
+
 /// A device of some user.
 #[derive(Clone, Debug)]
 pub struct Device {
@@ -90,6 +99,13 @@ impl Encryption {
         let machine = self.client.olm_machine()?;
         let file = File::open(path.as_ref()).map_err(|e| ClientError::Io(e.to_string()))?;
         Ok(machine.import_room_key_export(&mut BufReader::new(file), passphrase, progress).await?)
+    }
+
+    /// This device's identity keys (ed25519 fingerprint key and curve25519
+    /// identity key), as other users see them when verifying it.
+    pub fn identity_keys(&self) -> Result<IdentityKeys, ClientError> {
+        let (ed25519, curve25519) = self.client.olm_machine()?.identity_keys();
+        Ok(IdentityKeys { ed25519, curve25519 })
     }
 
     /// One device of a user, if known.

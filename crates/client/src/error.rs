@@ -127,6 +127,9 @@ pub enum ClientError {
     /// The room is encrypted but the client was built without `e2e-encryption`.
     #[error("room {0} is encrypted and this client was built without the e2e-encryption feature")]
     EncryptionDisabled(String),
+    /// An attachment could not be sent or downloaded.
+    #[error(transparent)]
+    Attachment(#[from] crate::media::AttachmentError),
     /// A file could not be read or written.
     #[error("file error: {0}")]
     Io(String),

@@ -72,3 +72,14 @@ impl std::fmt::Debug for RoomEvent {
             .finish()
     }
 }
+
+impl RoomEvent {
+    /// The encrypted file a decrypted `m.file` / `m.image` / `m.video` /
+    /// `m.audio` message carries, for [`Client::download`](crate::Client::download).
+    pub fn encrypted_file(&self) -> Option<crate::EncryptedFile> {
+        if self.event_type() != "m.room.message" {
+            return None;
+        }
+        serde_json::from_value(self.event["content"]["file"].clone()).ok()
+    }
+}

@@ -95,6 +95,7 @@ impl HttpError {
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: HyperClient<Connector, Full<Bytes>>,
+    uploads: HyperClient<Connector, crate::media::UploadBody>,
     homeserver: String,
     settings: HttpSettings,
     versions: SupportedVersions,
@@ -114,9 +115,78 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .build();
-        let client = HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let client = HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(connector.clone());
+        let uploads = HyperClient::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
         let versions = SupportedVersions { versions: [MatrixVersion::V1_1].into(), features: Default::default() };
-        Ok(Self { client, homeserver: homeserver.trim_end_matches('/').to_owned(), settings, versions })
+        Ok(Self { client, uploads, homeserver: homeserver.trim_end_matches('/').to_owned(), settings, versions })
+    }
+
+    /// How requests are sent.
+    pub fn settings(&self) -> &HttpSettings {
+        &self.settings
+    }
+
+    /// Uploads a streamed body to `/_matrix/media/v3/upload`, once (a
+    /// stream cannot be sent again). Each chunk must be taken within the
+    /// request timeout. Returns the answer's body.
+    pub(crate) async fn upload(
+        &self,
+        body: crate::media::UploadBody,
+        name: &str,
+        content_type: &str,
+        token: &str,
+    ) -> Result<Bytes, HttpError> {
+        let filename: String = name
+            .bytes()
+            .flat_map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    vec![b as char]
+                } else {
+                    format!("%{b:02X}").chars().collect()
+                }
+            })
+            .collect();
+        let length = http_body::Body::size_hint(&body).exact().unwrap_or_default();
+        let request = http::Request::post(format!("{}/_matrix/media/v3/upload?filename={filename}", self.homeserver))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::CONTENT_LENGTH, length)
+            .body(body)
+            .map_err(|e| HttpError::Build(e.to_string()))?;
+        // The whole upload may take long; the answer to it may not.
+        let response = self.uploads.request(request).await.map_err(|e| HttpError::Connection(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(self.settings.request_timeout, body.collect())
+            .await
+            .map_err(|_| HttpError::Timeout(self.settings.request_timeout))?
+            .map_err(|e| HttpError::Connection(e.to_string()))?
+            .to_bytes();
+        check_status(parts.status.as_u16(), body)
+    }
+
+    /// Starts a GET of `path` whose answer body is read as a stream by the
+    /// caller; an error answer is read whole and classified.
+    pub(crate) async fn get_stream(&self, path: &str, token: &str) -> Result<hyper::body::Incoming, HttpError> {
+        let request = http::Request::get(format!("{}{path}", self.homeserver))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| HttpError::Build(e.to_string()))?;
+        let timeout = self.settings.request_timeout;
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| HttpError::Timeout(timeout))?
+            .map_err(|e| HttpError::Connection(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        if parts.status.is_success() {
+            return Ok(body);
+        }
+        let body = tokio::time::timeout(timeout, body.collect())
+            .await
+            .map_err(|_| HttpError::Timeout(timeout))?
+            .map_err(|e| HttpError::Connection(e.to_string()))?
+            .to_bytes();
+        check_status(parts.status.as_u16(), body)?;
+        Err(HttpError::Response(format!("status {}", parts.status)))
     }
 
     /// The homeserver URL.
@@ -190,6 +260,17 @@ impl HttpClient {
             }
             Err(error) => Attempt::Done(Err(HttpError::Response(error.to_string()))),
         }
+    }
+}
+
+/// The body of a 2xx answer, or the error an error answer means.
+fn check_status(status: u16, body: Bytes) -> Result<Bytes, HttpError> {
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    match classify_error::<()>(status, &body) {
+        Attempt::Done(Err(error)) | Attempt::Retry { error, .. } => Err(error),
+        Attempt::Done(Ok(())) => Err(HttpError::Response(format!("status {status}"))),
     }
 }
 

@@ -3,17 +3,13 @@
 use std::time::Duration;
 
 use hush_crypto_core::{Changes, RoomReadiness};
-use js_int::UInt;
-use ruma_client_api::{
-    message::{get_message_events, send_message_event},
-    state::get_state_event_for_key,
-};
+use ruma_client_api::{message::send_message_event, state::get_state_event_for_key};
 use ruma_common::{OwnedEventId, OwnedRoomId, OwnedUserId, TransactionId, UserId, serde::Raw};
 use ruma_events::{MessageLikeEventType, StateEventType};
 use serde_json::{Value, json};
 
 use crate::{
-    Client, ClientError, RoomEvent,
+    Client, ClientError,
     client::lock,
     http::HttpError,
     rooms::{EncryptionState, Membership, RoomState},
@@ -22,6 +18,26 @@ use crate::{
 /// How many steps of the room-level command a send waits for (query,
 /// claim, share, and retries of each when another task was sending).
 const PREPARE_ROUNDS: usize = 8;
+
+/// What a send did: the event's id and, in an encrypted room, how it was
+/// encrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendResult {
+    /// The id the server gave the event.
+    pub event_id: OwnedEventId,
+    /// How the event was encrypted; `None` when sent in the clear (the room
+    /// is known to be unencrypted).
+    pub encryption: Option<SentEncryption>,
+}
+
+/// How a sent event was encrypted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentEncryption {
+    /// The algorithm, `m.megolm.v1.aes-sha2`.
+    pub algorithm: String,
+    /// The Megolm session (the room key) it was encrypted with.
+    pub session_id: String,
+}
 
 /// A room the client knows.
 #[derive(Clone, Debug)]
@@ -36,7 +52,7 @@ impl Room {
         &self.room_id
     }
 
-    fn state(&self) -> Result<RoomState, ClientError> {
+    pub(crate) fn state(&self) -> Result<RoomState, ClientError> {
         lock(&self.client.inner.rooms)
             .get(&self.room_id)
             .cloned()
@@ -90,7 +106,7 @@ impl Room {
     }
 
     /// Sends a text message.
-    pub async fn send_text(&self, body: &str) -> Result<OwnedEventId, ClientError> {
+    pub async fn send_text(&self, body: &str) -> Result<SendResult, ClientError> {
         self.send("m.room.message", json!({"msgtype": "m.text", "body": body})).await
     }
 
@@ -101,12 +117,12 @@ impl Room {
     /// a room whose encryption state this client never saw is asked of the
     /// server first (`m.room.encryption` state), and sending is refused if
     /// the server's answer does not settle it.
-    pub async fn send(&self, event_type: &str, content: Value) -> Result<OwnedEventId, ClientError> {
+    pub async fn send(&self, event_type: &str, content: Value) -> Result<SendResult, ClientError> {
         // Shared store: the room key is shared and advanced under the lock.
         self.client.with_store_lock(self.send_locked(event_type, content)).await
     }
 
-    async fn send_locked(&self, event_type: &str, content: Value) -> Result<OwnedEventId, ClientError> {
+    async fn send_locked(&self, event_type: &str, content: Value) -> Result<SendResult, ClientError> {
         let mut state = self.state()?;
         if state.encryption_state() == EncryptionState::Unknown {
             state = self.learn_encryption_state().await?;
@@ -123,6 +139,10 @@ impl Room {
             }
             None => (event_type.to_owned(), content),
         };
+        let encryption = (event_type == "m.room.encrypted").then(|| SentEncryption {
+            algorithm: content["algorithm"].as_str().unwrap_or_default().to_owned(),
+            session_id: content["session_id"].as_str().unwrap_or_default().to_owned(),
+        });
         let raw = Raw::new(&content).map_err(|e| ClientError::Serialization(e.to_string()))?.cast_unchecked();
         let request = send_message_event::v3::Request::new_raw(
             self.room_id.clone(),
@@ -131,47 +151,13 @@ impl Room {
             raw,
         );
         let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
-        Ok(response.event_id)
-    }
-
-    /// The room's latest `limit` timeline events (at most 100), oldest
-    /// first, from `/messages`, decrypted where the keys are held; the rest
-    /// carry why they stayed encrypted. Handlers are not called. A client
-    /// restarted from its store resumes with an incremental sync, so this is
-    /// how it reads what arrived before the restart.
-    pub async fn messages(&self, limit: u32) -> Result<Vec<RoomEvent>, ClientError> {
-        let token = self.client.access_token()?;
-        let mut request = get_message_events::v3::Request::backward(self.room_id.clone());
-        request.limit = UInt::from(limit.min(100));
-        let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
-        let mut events = Vec::with_capacity(response.chunk.len());
-        for raw in response.chunk.iter().rev() {
-            let Ok(event) = raw.deserialize_as_unchecked::<Value>() else { continue };
-            let mut room_event = RoomEvent {
-                room_id: self.room_id.clone(),
-                event,
-                encryption: None,
-                unable_to_decrypt: None,
-                late_decryption: false,
-            };
-            if cfg!(feature = "e2e-encryption") && room_event.event_type() == "m.room.encrypted" {
-                match self.client.decrypt(&self.room_id, &room_event.event).await {
-                    Ok((event, info)) => {
-                        room_event.event = event;
-                        room_event.encryption = Some(info);
-                    }
-                    Err(error) => room_event.unable_to_decrypt = Some(error),
-                }
-            }
-            events.push(room_event);
-        }
-        Ok(events)
+        Ok(SendResult { event_id: response.event_id, encryption })
     }
 
     /// Asks the server for the room's `m.room.encryption` state and saves
     /// the answer with the room's state: present means encrypted, `M_NOT_FOUND`
     /// means unencrypted, anything else is an error and nothing is sent.
-    async fn learn_encryption_state(&self) -> Result<RoomState, ClientError> {
+    pub(crate) async fn learn_encryption_state(&self) -> Result<RoomState, ClientError> {
         let token = self.client.access_token()?;
         let request = get_state_event_for_key::v3::Request::new(
             self.room_id.clone(),

@@ -23,11 +23,47 @@ use crate::{
 pub struct SyncSettings {
     /// How long the server may hold the request open waiting for news.
     pub timeout: Duration,
+    /// A filter (an uploaded filter's id, or a definition) for the rooms'
+    /// events. To-device messages and device lists are never filtered out
+    /// by hush; a filter that drops them starves the crypto engine.
+    pub filter: Option<sync_events::v3::Filter>,
+    /// Asks for the full state of every room, not only what changed.
+    pub full_state: bool,
+    /// Syncs from this token instead of the one stored with the crypto
+    /// state. The answer's token is stored as usual; to-device messages the
+    /// engine already handled are recognised and not handled twice.
+    pub since: Option<String>,
 }
 
 impl Default for SyncSettings {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(30) }
+        Self { timeout: Duration::from_secs(30), filter: None, full_state: false, since: None }
+    }
+}
+
+impl SyncSettings {
+    /// Long-polls for at most `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Syncs with this filter.
+    pub fn filter(mut self, filter: sync_events::v3::Filter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Asks for the rooms' full state.
+    pub fn full_state(mut self, full_state: bool) -> Self {
+        self.full_state = full_state;
+        self
+    }
+
+    /// Syncs from `token` instead of the stored token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.since = Some(token.into());
+        self
     }
 }
 
@@ -60,12 +96,16 @@ impl Client {
         // restart's first full sync repeated the previous process's one, so
         // the token moved back). A store without persisted room state gets
         // its rooms back with `full_state` on top of the stored token.
-        let since = machine.store().load_next_batch_token().await?;
+        let since = match settings.since.clone() {
+            Some(token) => Some(token),
+            None => machine.store().load_next_batch_token().await?,
+        };
         let rooms_known = self.inner.rooms_restored.load(std::sync::atomic::Ordering::Relaxed);
-        let full_state = since.is_some() && !rooms_known;
+        let full_state = since.is_some() && (!rooms_known || settings.full_state);
         let mut request = sync_events::v3::Request::new();
         request.since = since.clone();
         request.full_state = full_state;
+        request.filter = settings.filter.clone();
         let catching_up = since.is_none() || full_state;
         // The long poll ends by the engine's next deadline, so its timers
         // run on time (the drive after the sync handles them).
@@ -227,10 +267,7 @@ impl Client {
                         room_event.encryption = Some(info);
                     }
                     Err(error) => {
-                        if matches!(error, MegolmError::MissingRoomKey { .. } | MegolmError::UnknownMessageIndex { .. })
-                        {
-                            lock(&self.inner.undecrypted).push((room_id.clone(), room_event.event.clone()));
-                        }
+                        self.remember_undecrypted(&room_id, &room_event.event, &error);
                         room_event.unable_to_decrypt = Some(error);
                     }
                 }

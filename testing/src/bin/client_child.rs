@@ -51,7 +51,7 @@ fn client(kind: &str, path: &str) -> Client {
 
 async fn sync_forever(client: &Client) -> ! {
     loop {
-        client.sync_once(SyncSettings { timeout: Duration::from_millis(100) }).await.expect("sync");
+        client.sync_once(SyncSettings::default().timeout(Duration::from_millis(100))).await.expect("sync");
         println!("synced");
     }
 }
@@ -87,10 +87,11 @@ async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
         {
             store.backend().stall_next_write_after(ops);
         }
-        client.sync_once(SyncSettings { timeout: Duration::from_millis(100) }).await.expect("sync");
+        client.sync_once(SyncSettings::default().timeout(Duration::from_millis(100))).await.expect("sync");
         println!("synced");
         if let Some(handle) = client.get_room(&room) {
-            let id = handle.send_text(&format!("from the child {}-{n}", std::process::id())).await.expect("send");
+            let id =
+                handle.send_text(&format!("from the child {}-{n}", std::process::id())).await.expect("send").event_id;
             println!("sent {id}");
         }
     }
@@ -128,9 +129,9 @@ async fn shared(store_arg: &str, holder: &str, lease_ms: &str, session: &str, ro
             break;
         }
         println!("round {n}");
-        client.sync_once(SyncSettings { timeout: Duration::from_millis(300) }).await.expect("sync");
+        client.sync_once(SyncSettings::default().timeout(Duration::from_millis(300))).await.expect("sync");
         if let Some(handle) = client.get_room(&room) {
-            let id = handle.send_text(&format!("{holder} {n}")).await.expect("send");
+            let id = handle.send_text(&format!("{holder} {n}")).await.expect("send").event_id;
             println!("sent {id}");
         }
     }

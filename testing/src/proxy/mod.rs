@@ -277,7 +277,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         Fault::RateLimit { retry_after_ms } => {
             Ok(error_response(429, "M_LIMIT_EXCEEDED", "injected by the fault proxy", Some(retry_after_ms)))
         }
-        Fault::CutResponse | Fault::ReplaceResponse(_) | Fault::Rewrite(_) | Fault::Hold => {
+        Fault::CutResponse | Fault::ReplaceResponse(_) | Fault::Rewrite(_) | Fault::Hold | Fault::FlipByte(_) => {
             let response = forward(&shared, parts, body).await?;
             apply_to_response(&rule, response).await
         }
@@ -301,6 +301,14 @@ async fn apply_to_response(rule: &ActiveRule, response: Response<Bytes>) -> Resu
             let body = Bytes::from(json.to_string());
             parts.headers.insert(hyper::header::CONTENT_LENGTH, body.len().into());
             Ok(ProxyBody::whole(Response::from_parts(parts, body)))
+        }
+        Fault::FlipByte(offset) => {
+            let (parts, body) = response.into_parts();
+            let mut body = body.to_vec();
+            if let Some(byte) = body.get_mut(*offset) {
+                *byte ^= 1;
+            }
+            Ok(ProxyBody::whole(Response::from_parts(parts, Bytes::from(body))))
         }
         Fault::Hold => {
             rule.held.send_modify(|(count, _)| *count += 1);

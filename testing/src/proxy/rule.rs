@@ -47,6 +47,10 @@ pub enum Fault {
     ReplaceResponse(u16),
     /// Forwards the request, then changes the JSON response body.
     Rewrite(Rewrite),
+    /// Forwards the request, then flips the lowest bit of the response
+    /// body's byte at this offset (if the body is that long): a file
+    /// changed in transit or in the server's store.
+    FlipByte(usize),
     /// Forwards the request (the server acts on it), then holds the
     /// response until the rule is released; a request arriving after the
     /// release is forwarded as usual.

@@ -144,9 +144,9 @@ async fn TestDelayedInviteResponse() {
     alice.client.get_room(&room).unwrap().invite_user_by_id(&bob.session.user_id).await.unwrap();
     let syncing = {
         let client = alice.client.clone();
-        tokio::spawn(
-            async move { client.sync_once(hush_client::SyncSettings { timeout: Duration::from_secs(5) }).await },
-        )
+        tokio::spawn(async move {
+            client.sync_once(hush_client::SyncSettings::default().timeout(Duration::from_secs(5))).await
+        })
     };
     held.wait_held().await;
     let id = send(&alice, &room, "hello world!").await;

@@ -147,7 +147,7 @@ pub(crate) async fn logout(client: &TestClient) {
 
 /// Sends a text as `by` and returns the event id.
 pub(crate) async fn send(by: &TestClient, room: &OwnedRoomId, text: &str) -> OwnedEventId {
-    by.client.get_room(room).expect("a known room").send_text(text).await.expect("send")
+    by.client.get_room(room).expect("a known room").send_text(text).await.expect("send").event_id
 }
 
 /// The event `id` as `client` received it (by sync or history).

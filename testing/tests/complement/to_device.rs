@@ -44,7 +44,7 @@ async fn TestClientRetriesSendToDevice() {
     let result = alice.client.get_room(&room).unwrap().send_text("maybe lost").await;
     always.remove();
     let id = match result {
-        Ok(id) => id,
+        Ok(sent) => sent.event_id,
         Err(_) => send(&alice, &room, "maybe lost").await,
     };
     decrypts(&bob, &room, &id, "maybe lost").await;
@@ -134,7 +134,8 @@ async fn TestToDeviceMessagesAreProcessedInOrder() {
             sent.push((send(bot, &room, &text).await, text));
         }
     }
-    let refused = alice.client.sync_once(hush_client::SyncSettings { timeout: Duration::from_millis(100) }).await;
+    let refused =
+        alice.client.sync_once(hush_client::SyncSettings::default().timeout(Duration::from_millis(100))).await;
     assert!(refused.is_err(), "alice's sync was blocked");
     blocked.remove();
     for (id, text) in &sent {
