@@ -1,0 +1,134 @@
+//! `login`, `whoami`, `logout`.
+
+use std::fs;
+
+use hush_client::{ClientError, http::HttpError};
+use serde_json::json;
+
+use crate::account::{self, Home, SavedLogin};
+use crate::error::CliError;
+use crate::output::Output;
+use crate::secrets;
+
+/// A refused login is its own error; the rest as usual.
+fn login_error(error: ClientError) -> CliError {
+    match &error {
+        ClientError::Http(HttpError::Server { status: 403, .. }) => {
+            CliError::LoginRefused(format!("login refused (wrong user or password): {error}"))
+        }
+        ClientError::Http(HttpError::Server { status: 400 | 404, .. }) => CliError::LoginRefused(error.to_string()),
+        _ => error.into(),
+    }
+}
+
+pub(crate) async fn login(
+    home: &Home,
+    homeserver: &str,
+    user: &str,
+    device_id: Option<&str>,
+    device_name: &str,
+    output: Output,
+) -> Result<(), CliError> {
+    let password = secrets::read(secrets::PASSWORD)?;
+    // Logged in here before: log in again as the same device, keeping its store.
+    let existing = home.account_dir(user);
+    if user.starts_with('@') && existing.join("session.json").exists() {
+        let saved = account::load(&existing)?;
+        let passphrase = secrets::read(secrets::STORE_PASSPHRASE)?;
+        let client = account::client(homeserver, &existing, &passphrase)?;
+        let session = client
+            .matrix_auth()
+            .login_username(user, &password)
+            .device_id(saved.session.device_id.as_str())
+            .send()
+            .await
+            .map_err(login_error)?;
+        account::save(&existing, &SavedLogin { homeserver: homeserver.to_owned(), session: session.clone() })?;
+        return report(&session, output);
+    }
+    let passphrase = secrets::read(secrets::STORE_PASSPHRASE)?;
+    let pending = home.pending_dir()?;
+    let result = login_into(&pending, homeserver, user, &password, device_id, device_name, &passphrase).await;
+    let session = match result {
+        Ok(session) => session,
+        Err(error) => {
+            let _ = fs::remove_dir_all(&pending);
+            return Err(error);
+        }
+    };
+    let dir = home.account_dir(session.user_id.as_str());
+    if dir.exists() {
+        let _ = fs::remove_dir_all(&pending);
+        return Err(CliError::Other(format!(
+            "{} is already logged in here ({}); log in with the full user id to reuse that device, or `hush logout` first",
+            session.user_id,
+            dir.display()
+        )));
+    }
+    fs::rename(&pending, &dir)?;
+    report(&session, output)
+}
+
+async fn login_into(
+    dir: &std::path::Path,
+    homeserver: &str,
+    user: &str,
+    password: &str,
+    device_id: Option<&str>,
+    device_name: &str,
+    passphrase: &str,
+) -> Result<hush_client::Session, CliError> {
+    let client = account::client(homeserver, dir, passphrase)?;
+    let mut login = client.matrix_auth().login_username(user, password).initial_device_display_name(device_name);
+    if let Some(device_id) = device_id {
+        login = login.device_id(device_id);
+    }
+    let session = login.send().await.map_err(login_error)?;
+    account::save(dir, &SavedLogin { homeserver: homeserver.to_owned(), session: session.clone() })?;
+    super::catch_up(&client).await?;
+    Ok(session)
+}
+
+fn report(session: &hush_client::Session, output: Output) -> Result<(), CliError> {
+    output.print(
+        format_args!("logged in as {} (device {})", session.user_id, session.device_id),
+        json!({"user_id": session.user_id, "device_id": session.device_id}),
+    );
+    Ok(())
+}
+
+pub(crate) fn whoami(client: &hush_client::Client, output: Output) -> Result<(), CliError> {
+    let user = client.user_id().ok_or_else(|| CliError::NotLoggedIn("not logged in".into()))?;
+    let device = client.device_id().ok_or_else(|| CliError::NotLoggedIn("not logged in".into()))?;
+    let keys = client.encryption().identity_keys()?;
+    output.print(
+        format_args!(
+            "{user}\ndevice {device}\ned25519 {}\ncurve25519 {}",
+            keys.ed25519.to_base64(),
+            keys.curve25519.to_base64()
+        ),
+        json!({"user_id": user, "device_id": device, "ed25519": keys.ed25519.to_base64(),
+            "curve25519": keys.curve25519.to_base64()}),
+    );
+    Ok(())
+}
+
+/// Logs out on the server (without opening the store: a missing or
+/// damaged store must not stop a logout), then deletes the account.
+pub(crate) async fn logout(home: &Home, account: Option<&str>, output: Output) -> Result<(), CliError> {
+    let dir = home.pick(account)?;
+    let saved = account::load(&dir)?;
+    let http = hush_client::http::HttpClient::new(&saved.homeserver, Default::default())
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let request = hush_client::hush_crypto_core::deps::ruma_client_api::session::logout::v3::Request::new();
+    match http.send(request, Some(&saved.session.access_token), Default::default()).await {
+        Ok(_) | Err(HttpError::LoggedOut) => {}
+        Err(error) => return Err(ClientError::Http(error).into()),
+    }
+    fs::remove_dir_all(&dir)?;
+    output.print(
+        format_args!("logged out {} (device {}); its store is deleted", saved.session.user_id, saved.session.device_id),
+        json!({"logged_out": saved.session.user_id, "device_id": saved.session.device_id}),
+    );
+    Ok(())
+}
