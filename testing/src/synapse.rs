@@ -120,13 +120,15 @@ pub struct ClientOptions {
     pub http: hush_client::http::HttpSettings,
     /// The engine's clock, if not the wall clock.
     pub clock: Option<hush_client::Clock>,
+    /// Syncs with simplified sliding sync (MSC4186) instead of `/sync`.
+    pub sliding_sync: bool,
 }
 
 impl ClientOptions {
     /// Defaults (20 s request timeout, the client's retries) for `homeserver`.
     pub fn at(homeserver: &str) -> Self {
         let http = hush_client::http::HttpSettings { request_timeout: Duration::from_secs(20), ..Default::default() };
-        Self { homeserver: homeserver.to_owned(), http, clock: None }
+        Self { homeserver: homeserver.to_owned(), http, clock: None, sliding_sync: false }
     }
 }
 
@@ -297,7 +299,9 @@ impl TestClient {
 
     /// One short sync.
     pub async fn sync(&self) {
-        self.client.sync_once(SyncSettings::default().timeout(Duration::from_millis(200))).await.expect("sync");
+        let settings =
+            SyncSettings::default().timeout(Duration::from_millis(200)).sliding_sync(self.options.sliding_sync);
+        self.client.sync_once(settings).await.expect("sync");
     }
 
     /// Syncs until `done` holds (at most ~20 s).

@@ -164,6 +164,27 @@ impl HttpClient {
         check_status(parts.status.as_u16(), body)
     }
 
+    /// A GET of `path` without auth (e.g. `/_matrix/client/versions`),
+    /// its JSON answer.
+    pub(crate) async fn get_json(&self, path: &str) -> Result<serde_json::Value, HttpError> {
+        let request = http::Request::get(format!("{}{path}", self.homeserver))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| HttpError::Build(e.to_string()))?;
+        let timeout = self.settings.request_timeout;
+        let response = tokio::time::timeout(timeout, self.client.request(request))
+            .await
+            .map_err(|_| HttpError::Timeout(timeout))?
+            .map_err(|e| HttpError::Connection(e.to_string()))?;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(timeout, body.collect())
+            .await
+            .map_err(|_| HttpError::Timeout(timeout))?
+            .map_err(|e| HttpError::Connection(e.to_string()))?
+            .to_bytes();
+        let body = check_status(parts.status.as_u16(), body)?;
+        serde_json::from_slice(&body).map_err(|e| HttpError::Response(e.to_string()))
+    }
+
     /// Starts a GET of `path` whose answer body is read as a stream by the
     /// caller; an error answer is read whole and classified.
     pub(crate) async fn get_stream(&self, path: &str, token: &str) -> Result<hyper::body::Incoming, HttpError> {

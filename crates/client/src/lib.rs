@@ -47,6 +47,7 @@ mod recovery;
 mod room;
 mod room_create;
 mod rooms;
+mod sliding_sync;
 mod store;
 mod store_lock;
 mod sync;
@@ -65,6 +66,7 @@ pub use recovery::RecoverySummary;
 pub use room::{Room, SendResult, SentEncryption};
 pub use room_create::{CreateRoomOptions, RoomPreset, RotationSettings};
 pub use rooms::{EncryptionState, Membership, RoomEncryption, RoomState};
+pub use sliding_sync::SLIDING_SYNC_ROOMS;
 pub use store::StoreConfig;
 #[cfg(feature = "postgres")]
 pub use store::{PgDatabase, PgSettings, PostgresDatabase};

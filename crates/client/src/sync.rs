@@ -33,11 +33,15 @@ pub struct SyncSettings {
     /// state. The answer's token is stored as usual; to-device messages the
     /// engine already handled are recognised and not handled twice.
     pub since: Option<String>,
+    /// Uses simplified sliding sync (MSC4186) instead of `/sync`; see
+    /// [`Client::supports_sliding_sync`]. `filter`, `full_state` and `since`
+    /// are `/sync`'s and do not apply to it.
+    pub sliding_sync: bool,
 }
 
 impl Default for SyncSettings {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(30), filter: None, full_state: false, since: None }
+        Self { timeout: Duration::from_secs(30), filter: None, full_state: false, since: None, sliding_sync: false }
     }
 }
 
@@ -60,11 +64,26 @@ impl SyncSettings {
         self
     }
 
+    /// Uses simplified sliding sync (MSC4186) instead of `/sync`.
+    pub fn sliding_sync(mut self, sliding_sync: bool) -> Self {
+        self.sliding_sync = sliding_sync;
+        self
+    }
+
     /// Syncs from `token` instead of the stored token.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.since = Some(token.into());
         self
     }
+}
+
+/// The rooms one sync changed: updated copies (applied to the client only
+/// after they were saved), the timeline to deliver, and whether a room new
+/// to the client appeared.
+pub(crate) struct RoomUpdate {
+    pub(crate) updated: BTreeMap<OwnedRoomId, RoomState>,
+    pub(crate) timeline: Vec<(OwnedRoomId, Value)>,
+    pub(crate) new_rooms: bool,
 }
 
 /// What one sync brought.
@@ -89,6 +108,9 @@ impl Client {
     }
 
     async fn sync_locked(&self, settings: SyncSettings) -> Result<SyncSummary, ClientError> {
+        if settings.sliding_sync {
+            return self.sliding_sync_locked(settings).await;
+        }
         let machine = self.olm_machine()?;
         let token = self.access_token()?;
         // Resume from the stored token: never a sync from nothing once a
@@ -107,25 +129,10 @@ impl Client {
         request.full_state = full_state;
         request.filter = settings.filter.clone();
         let catching_up = since.is_none() || full_state;
-        // The long poll ends by the engine's next deadline, so its timers
-        // run on time (the drive after the sync handles them).
-        let until_deadline = machine
-            .poll_timeout()
-            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(self.now().as_millis())));
-        let poll = self.poll_under_lock(until_deadline.map_or(settings.timeout, |d| d.min(settings.timeout)));
-        request.timeout = (!catching_up).then_some(poll);
+        request.timeout = (!catching_up).then_some(self.long_poll(&machine, &settings));
         let response = self.http().send(request, Some(&token), settings.timeout).await?;
 
-        // Room state is worked out first and saved with the crypto changes
-        // and the token, in one batch.
-        let (updated, timeline, new_rooms) = self.updated_rooms(&response.rooms);
-        // The room list is rewritten when a room is new, or when it was never saved.
-        let all_ids: Option<Vec<OwnedRoomId>> = (new_rooms || !rooms_known).then(|| {
-            let rooms = lock(&self.inner.rooms);
-            rooms.keys().chain(updated.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect()
-        });
-        let custom_values =
-            crate::persist::room_values(updated.values(), all_ids.as_ref().map(|ids| ids.iter().collect()))?;
+        let rooms = self.updated_rooms(&response.rooms);
         let changes = SyncChanges {
             to_device_events: response.to_device.events,
             device_lists: DeviceListChanges {
@@ -136,8 +143,43 @@ impl Client {
             one_time_keys_counts: response.device_one_time_keys_count,
             unused_fallback_keys: response.device_unused_fallback_key_types,
             next_batch_token: Some(response.next_batch.clone()),
-            custom_values,
+            custom_values: Vec::new(),
         };
+        self.apply_sync(&machine, changes, rooms, response.next_batch).await
+    }
+
+    /// How long a sync may wait for news: the settings' timeout, ended by
+    /// the engine's next deadline so its timers run on time (the drive
+    /// after the sync handles them), and by the store lock's lease.
+    pub(crate) fn long_poll(&self, machine: &hush_crypto_core::OlmMachine, settings: &SyncSettings) -> Duration {
+        let until_deadline = machine
+            .poll_timeout()
+            .map(|at| Duration::from_millis(at.as_millis().saturating_sub(self.now().as_millis())));
+        self.poll_under_lock(until_deadline.map_or(settings.timeout, |d| d.min(settings.timeout)))
+    }
+
+    /// Feeds one sync, classic or sliding, to the engine and the rooms, in
+    /// the one input shape both take: the room state it changed is saved
+    /// with the crypto changes and the sync positions in one batch; then
+    /// the members are tracked, the timeline delivered, and the drive loop
+    /// turned once.
+    pub(crate) async fn apply_sync(
+        &self,
+        machine: &hush_crypto_core::OlmMachine,
+        mut changes: SyncChanges,
+        rooms: RoomUpdate,
+        next_batch: String,
+    ) -> Result<SyncSummary, ClientError> {
+        let RoomUpdate { updated, timeline, new_rooms } = rooms;
+        let rooms_known = self.inner.rooms_restored.load(std::sync::atomic::Ordering::Relaxed);
+        // The room list is rewritten when a room is new, or when it was never saved.
+        let all_ids: Option<Vec<OwnedRoomId>> = (new_rooms || !rooms_known).then(|| {
+            let rooms = lock(&self.inner.rooms);
+            rooms.keys().chain(updated.keys()).cloned().collect::<BTreeSet<_>>().into_iter().collect()
+        });
+        changes
+            .custom_values
+            .extend(crate::persist::room_values(updated.values(), all_ids.as_ref().map(|ids| ids.iter().collect()))?);
         let output = machine.receive_sync_changes(changes, self.now()).await?;
         lock(&self.inner.rooms).extend(updated);
         self.inner.rooms_restored.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -172,16 +214,13 @@ impl Client {
         self.use_gossiped_backup_key().await;
         self.restore_missing_keys_from_backup().await;
         self.request_missing_keys_from_own_devices().await;
-        Ok(SyncSummary { next_batch: response.next_batch, events: delivered, room_keys: output.room_keys.len() })
+        Ok(SyncSummary { next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 
     /// The rooms this sync changes, as updated copies (applied to the
     /// client only after they were saved), the timeline to deliver, and
     /// whether a room new to the client appeared.
-    fn updated_rooms(
-        &self,
-        rooms: &sync_events::v3::Rooms,
-    ) -> (BTreeMap<OwnedRoomId, RoomState>, Vec<(OwnedRoomId, Value)>, bool) {
+    fn updated_rooms(&self, rooms: &sync_events::v3::Rooms) -> RoomUpdate {
         let known = lock(&self.inner.rooms);
         let mut updated: BTreeMap<OwnedRoomId, RoomState> = BTreeMap::new();
         let mut new_rooms = false;
@@ -229,7 +268,7 @@ impl Client {
             room.own_membership = Membership::Leave;
             apply_state(room, &left.state);
         }
-        (updated, timeline, new_rooms)
+        RoomUpdate { updated, timeline, new_rooms }
     }
 
     /// Syncs until an error that retrying cannot fix (e.g. the session was
