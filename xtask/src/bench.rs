@@ -8,8 +8,12 @@ const BENCH_MANIFEST: &str = "testing/bench/Cargo.toml";
 /// Benchmark groups: name, package (`None`: the side-by-side bench crate), bench target.
 /// `workloads` (the engines side by side) runs first: its table is the one
 /// `cargo xtask bench` is for; it also writes `target/hush-bench/workloads.json`.
-const GROUPS: [(&str, Option<&str>, &str); 3] =
-    [("workloads", None, "workloads"), ("export", Some("hush-testing"), "export_memory"), ("stores", None, "stores")];
+const GROUPS: [(&str, Option<&str>, &str); 4] = [
+    ("workloads", None, "workloads"),
+    ("export", Some("hush-testing"), "export_memory"),
+    ("stores", None, "stores"),
+    ("attachments", Some("hush-testing"), "attachment_memory"),
+];
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let wanted = args.first().map(String::as_str);
@@ -28,6 +32,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             let mut started = crate::homeserver::Started::default();
             if name == "stores" {
                 started.ensure(crate::homeserver::POSTGRES_SCRIPT, "the test PostgreSQL cluster")?;
+            }
+            // The attachments group sends a file through Synapse.
+            if name == "attachments" {
+                started.ensure(crate::homeserver::SCRIPT, "Synapse")?;
             }
             let result = super::run(bench, &format!("bench {name}"));
             started.stop()?;
