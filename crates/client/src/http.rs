@@ -153,8 +153,13 @@ impl HttpClient {
             .header(http::header::CONTENT_LENGTH, length)
             .body(body)
             .map_err(|e| HttpError::Build(e.to_string()))?;
-        // The whole upload may take long; the answer to it may not.
-        let response = self.uploads.request(request).await.map_err(|e| HttpError::Connection(e.to_string()))?;
+        // The whole upload may take long, but not forever: the request
+        // timeout plus a second per 64 KiB (a floor of 64 KiB/s).
+        let allowed = self.settings.request_timeout + Duration::from_secs(length / (64 * 1024));
+        let response = tokio::time::timeout(allowed, self.uploads.request(request))
+            .await
+            .map_err(|_| HttpError::Timeout(allowed))?
+            .map_err(|e| HttpError::Connection(e.to_string()))?;
         let (parts, body) = response.into_parts();
         let body = tokio::time::timeout(self.settings.request_timeout, body.collect())
             .await
