@@ -42,7 +42,7 @@ enum Command {
     /// Logs in (password from HUSH_PASSWORD or a prompt) and creates the
     /// account's encrypted store (passphrase from HUSH_PASSPHRASE or a prompt).
     Login {
-        /// The homeserver URL, e.g. https://matrix.example.org.
+        /// The homeserver URL, e.g. `https://matrix.example.org`.
         #[arg(long)]
         homeserver: String,
         /// The user: a full user id or a localpart.
