@@ -137,7 +137,7 @@ form_secret: "hush-test-form-secret"
 registration_shared_secret: "hush-test-registration-secret"
 enable_registration: true
 enable_registration_without_verification: true
-# Room for the 100 MB attachment benchmark (`cargo xtask bench attachments`).
+# Room for the 100 MB attachment benchmark (cargo xtask bench attachments).
 max_upload_size: 200M
 trusted_key_servers: []
 suppress_key_server_warning: true

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use hush_client::Membership;
-use hush_testing::proxy::{Fault, FaultProxy, Rule};
+use hush_testing::proxy::{Calls, Fault, FaultProxy, Rule};
 use hush_testing::synapse::{ClientOptions, StoreKind, TestClient, homeserver_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,6 +51,11 @@ async fn two_users_talk_over_sliding_sync_through_invites_restarts_and_new_devic
     // Alice restarts from her store (the connection position and the
     // to-device token are in it); Bob logs in on a third device, which she
     // learns of from the e2ee extension's device list changes.
+    {
+        let machine = alice.client.olm_machine().unwrap();
+        let pos = machine.store().get_custom_value("hush.sliding_sync.pos").await.unwrap();
+        assert!(pos.is_some(), "the connection position is saved");
+    }
     let alice = alice.restart().await;
     let bob3 = TestClient::login_with(
         &bob_name,
@@ -68,6 +73,33 @@ async fn two_users_talk_over_sliding_sync_through_invites_restarts_and_new_devic
         bob.sync_until("the message after the restart", |c| c.texts(&room).contains(&"after the restart".to_owned()))
             .await;
     }
+    alice.sync_until("her own message", |c| c.texts(&room).contains(&"after the restart".to_owned())).await;
+    // The server forgets Alice's connection: she starts a new one, keeps
+    // reading, and is not handed the rooms' old events again.
+    let reset = proxy.add(
+        Rule::path("simplified_msc3575/sync")
+            .token(&alice.session.access_token)
+            .calls(Calls::First(1))
+            .fault(Fault::Errcode { status: 400, errcode: "M_UNKNOWN_POS".into() }),
+    );
+    alice.sync().await;
+    assert_eq!(reset.caught(), 1, "the reset happened");
+    bob1.client.get_room(&room).unwrap().send_text("after the reset").await.expect("bob sends again");
+    alice.sync_until("the message after the reset", |c| c.texts(&room).contains(&"after the reset".to_owned())).await;
+    let mut ids: Vec<String> = alice
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| !e.late_decryption)
+        .filter_map(|e| e.event["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let delivered = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), delivered, "no event is delivered twice, across the restart and the reset");
+    assert!(alice.texts(&room).contains(&"after the reset".to_owned()), "and none is lost");
+
     for client in [&alice, &bob1, &bob2] {
         assert_eq!(client.undecryptable(&room), 0, "{} could read everything", client.session.device_id);
     }

@@ -45,6 +45,8 @@ impl Home {
     pub(crate) fn account_dir(&self, user_id: &str) -> PathBuf {
         let name: String =
             user_id.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=".contains(c) { c } else { '_' }).collect();
+        // Never `.` or `..`: a name made only of dots gets a prefix.
+        let name = if name.chars().all(|c| c == '.') { format!("_{name}") } else { name };
         self.0.join(name)
     }
 
@@ -62,6 +64,9 @@ impl Home {
     /// The account to use: `user_id`'s, or the only one there is.
     pub(crate) fn pick(&self, user_id: Option<&str>) -> Result<PathBuf, CliError> {
         if let Some(user_id) = user_id {
+            let user_id = ruma_common::UserId::parse(user_id)
+                .map_err(|e| CliError::Usage(format!("--account {user_id:?} is not a user id ({e})")))?;
+            let user_id = user_id.as_str();
             let dir = self.account_dir(user_id);
             if !dir.join(SESSION_FILE).exists() {
                 return Err(CliError::NotLoggedIn(format!("no account {user_id} here; run `hush login`")));
@@ -102,6 +107,9 @@ pub(crate) fn save(dir: &Path, login: &SavedLogin) -> Result<(), CliError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&temporary)?;
+    // A file left over from an interrupted save keeps its old mode: set it.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     file.write_all(&json)?;
     file.sync_all()?;
     fs::rename(temporary, path)?;
@@ -137,4 +145,23 @@ pub(crate) async fn open(dir: &Path) -> Result<(Client, SavedLogin), CliError> {
     let client = client(&login.homeserver, dir, &passphrase)?;
     client.restore_session(login.session.clone()).await?;
     Ok((client, login))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack: a user id (from the server, or typed) that would name a
+    /// directory outside the home, such as `..`.
+    #[test]
+    fn account_directories_stay_inside_the_home() {
+        let home = Home(PathBuf::from("/home/h"));
+        for user in ["@alice:example.org", "..", ".", "@../../etc:x", "/etc/passwd", "@a/b:c"] {
+            let dir = home.account_dir(user);
+            assert_eq!(dir.parent(), Some(Path::new("/home/h")), "{user}");
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            assert!(!name.contains('/') && name != ".." && name != ".", "{user} -> {name}");
+        }
+        assert!(matches!(home.pick(Some("..")), Err(CliError::Usage(_))));
+    }
 }

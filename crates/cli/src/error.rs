@@ -81,7 +81,7 @@ impl From<ClientError> for CliError {
             ClientError::Http(HttpError::LoggedOut) => {
                 Self::NotLoggedIn(format!("{message}: run `hush logout` and `hush login` again"))
             }
-            ClientError::Http(HttpError::Connection(_) | HttpError::Timeout(_)) => Self::Network(message),
+            ClientError::Http(http) if http.is_transient() => Self::Network(message),
             ClientError::UnknownRoom(_) => Self::UnknownRoom(message),
             ClientError::DeviceMismatch { .. } | ClientError::Store(_) | ClientError::Open(_) => Self::Store(message),
             ClientError::NotLoggedIn => Self::NotLoggedIn(message),

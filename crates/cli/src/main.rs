@@ -161,7 +161,7 @@ fn fail(output: Output, error: &CliError) -> ExitCode {
             serde_json::json!({"error": error.kind(), "message": error.message(), "exit_code": error.exit_code()});
         eprintln!("{json}");
     } else {
-        eprintln!("hush: {}", error.message());
+        eprintln!("hush: {}", output::printable(error.message()));
     }
     ExitCode::from(error.exit_code())
 }

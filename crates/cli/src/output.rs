@@ -76,8 +76,18 @@ pub(crate) fn event_json(event: &RoomEvent) -> Value {
     out
 }
 
-/// One room event as a line of text.
+/// `text` with control characters (escape sequences a hostile sender or
+/// server could use to rewrite the terminal) shown as `\u{..}`.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() }).collect()
+}
+
+/// One room event as a line of text (for a terminal: control characters escaped).
 pub(crate) fn event_line(event: &RoomEvent) -> String {
+    printable(&raw_event_line(event))
+}
+
+fn raw_event_line(event: &RoomEvent) -> String {
     let sender = event.event["sender"].as_str().unwrap_or("?");
     if let Some(reason) = &event.unable_to_decrypt {
         return format!("{sender}: ** unable to decrypt: {reason} **");
@@ -89,4 +99,17 @@ pub(crate) fn event_line(event: &RoomEvent) -> String {
         other => format!("<{other}>"),
     };
     format!("{sender}{}{late}: {body}", trust.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack: a message body carrying terminal escape sequences (to clear
+    /// the screen, fake earlier lines or set the window title).
+    #[test]
+    fn control_characters_are_escaped_for_the_terminal() {
+        assert_eq!(printable("hi\u{1b}[2J\u{7}there"), "hi\\u{1b}[2J\\u{7}there");
+        assert_eq!(printable("plain text, ünïcode"), "plain text, ünïcode");
+    }
 }

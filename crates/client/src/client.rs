@@ -154,7 +154,7 @@ impl ClientBuilder {
                 machine: RwLock::new(None),
                 rooms: Mutex::new(BTreeMap::new()),
                 handlers: Mutex::new(Vec::new()),
-                undecrypted: Mutex::new(Vec::new()),
+                undecrypted: Mutex::new(Default::default()),
                 backup_lookups: Mutex::new(std::collections::BTreeSet::new()),
                 backup_key_arrived: AtomicBool::new(false),
                 warned_unencrypted_build: AtomicBool::new(false),
@@ -180,7 +180,7 @@ pub(crate) struct Inner {
     pub(crate) rooms: Mutex<BTreeMap<OwnedRoomId, RoomState>>,
     pub(crate) handlers: Mutex<Vec<Handler>>,
     /// Events that could not be decrypted yet: retried when keys arrive.
-    pub(crate) undecrypted: Mutex<Vec<(OwnedRoomId, serde_json::Value)>>,
+    pub(crate) undecrypted: Mutex<crate::history::WaitingEvents>,
     /// Room keys already looked for in the backup (each is asked for once).
     pub(crate) backup_lookups: Mutex<std::collections::BTreeSet<(OwnedRoomId, String)>>,
     /// A backup key arrived by gossip: the next sync enables and restores the backup.

@@ -2,6 +2,7 @@
 //! by the engine; the undecryptable ones are kept to be retried when their
 //! keys arrive and then delivered to handlers as late decryptions.
 
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
 
 use hush_crypto_core::{DecryptionSettings, MegolmError};
@@ -89,10 +90,12 @@ impl Room {
             Direction::Forward => get_message_events::v3::Request::forward(self.room_id.clone()),
         };
         request.from = options.from;
+        let request_limit = options.limit.min(MAX_PAGE) as usize;
         request.limit = UInt::from(options.limit.min(MAX_PAGE));
         let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        let limit = request_limit;
         let events: Vec<Value> =
-            response.chunk.iter().filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok()).collect();
+            response.chunk.iter().take(limit).filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok()).collect();
         let chunk = self.client.decrypt_page(&self.room_id, events).await;
         Ok(Messages { start: response.start, end: response.end, chunk })
     }
@@ -162,20 +165,82 @@ impl Client {
     }
 
     /// Keeps an event whose key may still arrive (missing, or known only
-    /// from a later index) for a retry: once per event id, at most
-    /// [`MAX_WAITING`] events.
+    /// from a later index) for a retry.
     pub(crate) fn remember_undecrypted(&self, room_id: &OwnedRoomId, event: &Value, error: &MegolmError) {
-        if !matches!(error, MegolmError::MissingRoomKey { .. } | MegolmError::UnknownMessageIndex { .. }) {
+        if matches!(error, MegolmError::MissingRoomKey { .. } | MegolmError::UnknownMessageIndex { .. }) {
+            lock(&self.inner.undecrypted).push(room_id, event);
+        }
+    }
+}
+
+/// Events waiting for their keys: once per event id, at most
+/// [`MAX_WAITING`], the oldest dropped first.
+#[derive(Default)]
+pub(crate) struct WaitingEvents {
+    events: VecDeque<(OwnedRoomId, Value)>,
+    ids: HashSet<String>,
+}
+
+fn event_id(event: &Value) -> Option<&str> {
+    event.get("event_id").and_then(Value::as_str)
+}
+
+impl WaitingEvents {
+    fn push(&mut self, room_id: &OwnedRoomId, event: &Value) {
+        if let Some(id) = event_id(event)
+            && !self.ids.insert(id.to_owned())
+        {
             return;
         }
-        let mut waiting = lock(&self.inner.undecrypted);
-        let event_id = event.get("event_id");
-        if event_id.is_some() && waiting.iter().any(|(_, e)| e.get("event_id") == event_id) {
-            return;
+        if self.events.len() >= MAX_WAITING
+            && let Some((_, oldest)) = self.events.pop_front()
+            && let Some(id) = event_id(&oldest)
+        {
+            self.ids.remove(id);
         }
-        if waiting.len() >= MAX_WAITING {
-            waiting.remove(0);
+        self.events.push_back((room_id.clone(), event.clone()));
+    }
+
+    /// The waiting events, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(OwnedRoomId, Value)> {
+        self.events.iter()
+    }
+
+    /// Takes out the events of these sessions.
+    pub(crate) fn take_sessions(&mut self, sessions: &BTreeSet<String>) -> Vec<(OwnedRoomId, Value)> {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .events
+            .drain(..)
+            .partition(|(_, e)| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)));
+        self.events = waiting.into();
+        for (_, event) in &ready {
+            if let Some(id) = event_id(event) {
+                self.ids.remove(id);
+            }
         }
-        waiting.push((room_id.clone(), event.clone()));
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_events_are_kept_once_and_bounded() {
+        let room: OwnedRoomId = "!r:e.org".try_into().unwrap();
+        let mut waiting = WaitingEvents::default();
+        let event = |n: usize, session: &str| serde_json::json!({"event_id": format!("$e{n}"), "content": {"session_id": session}});
+        waiting.push(&room, &event(0, "s0"));
+        waiting.push(&room, &event(0, "s0"));
+        assert_eq!(waiting.iter().count(), 1, "the same event once");
+        for n in 1..=MAX_WAITING {
+            waiting.push(&room, &event(n, "s1"));
+        }
+        assert_eq!(waiting.iter().count(), MAX_WAITING);
+        assert!(waiting.take_sessions(&["s0".to_owned()].into()).is_empty(), "the oldest was dropped");
+        assert_eq!(waiting.take_sessions(&["s1".to_owned()].into()).len(), MAX_WAITING);
+        waiting.push(&room, &event(1, "s1"));
+        assert_eq!(waiting.iter().count(), 1, "a taken event may wait again");
     }
 }

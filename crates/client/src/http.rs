@@ -132,11 +132,12 @@ impl HttpClient {
     pub(crate) async fn upload(
         &self,
         body: crate::media::UploadBody,
-        name: &str,
+        name: Option<&str>,
         content_type: &str,
         token: &str,
     ) -> Result<Bytes, HttpError> {
         let filename: String = name
+            .unwrap_or_default()
             .bytes()
             .flat_map(|b| {
                 if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -147,7 +148,8 @@ impl HttpClient {
             })
             .collect();
         let length = http_body::Body::size_hint(&body).exact().unwrap_or_default();
-        let request = http::Request::post(format!("{}/_matrix/media/v3/upload?filename={filename}", self.homeserver))
+        let query = if filename.is_empty() { String::new() } else { format!("?filename={filename}") };
+        let request = http::Request::post(format!("{}/_matrix/media/v3/upload{query}", self.homeserver))
             .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::CONTENT_LENGTH, length)
@@ -155,7 +157,7 @@ impl HttpClient {
             .map_err(|e| HttpError::Build(e.to_string()))?;
         // The whole upload may take long, but not forever: the request
         // timeout plus a second per 64 KiB (a floor of 64 KiB/s).
-        let allowed = self.settings.request_timeout + Duration::from_secs(length / (64 * 1024));
+        let allowed = self.settings.request_timeout.saturating_add(Duration::from_secs(length / (64 * 1024)));
         let response = tokio::time::timeout(allowed, self.uploads.request(request))
             .await
             .map_err(|_| HttpError::Timeout(allowed))?

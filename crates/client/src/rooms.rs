@@ -36,6 +36,11 @@ pub struct RoomState {
     /// switched on while the client was not running.
     #[serde(skip)]
     pub confirmed_unencrypted: bool,
+    /// The latest timeline event handed to the handlers (its timestamp and
+    /// id): a sliding sync connection started again replays the rooms'
+    /// latest events, and only those after it are delivered.
+    #[serde(default)]
+    pub(crate) last_delivered: Option<(u64, String)>,
 }
 
 impl RoomState {
@@ -47,6 +52,7 @@ impl RoomState {
             encryption: None,
             history_visibility: HistoryVisibility::Shared,
             confirmed_unencrypted: false,
+            last_delivered: None,
         }
     }
 
@@ -74,6 +80,26 @@ impl RoomState {
             }
             _ => {}
         }
+    }
+
+    /// Records `event` as delivered if it is the latest so far.
+    pub(crate) fn note_delivered(&mut self, event: &Value) {
+        let (Some(ts), Some(id)) = (event["origin_server_ts"].as_u64(), event["event_id"].as_str()) else { return };
+        if self.last_delivered.as_ref().is_none_or(|(last, _)| ts >= *last) {
+            self.last_delivered = Some((ts, id.to_owned()));
+        }
+    }
+
+    /// Of a replayed timeline, the events after the latest one delivered:
+    /// those after its id if the timeline holds it, otherwise those not
+    /// older than it (all of them if nothing was delivered yet).
+    pub(crate) fn undelivered<'a>(&self, timeline: &'a [Value]) -> &'a [Value] {
+        let Some((ts, id)) = &self.last_delivered else { return timeline };
+        if let Some(at) = timeline.iter().position(|e| e["event_id"].as_str() == Some(id.as_str())) {
+            return &timeline[at + 1..];
+        }
+        let from = timeline.iter().position(|e| e["origin_server_ts"].as_u64().is_some_and(|t| t >= *ts));
+        from.map_or(&[], |from| &timeline[from..])
     }
 
     /// Whether messages in this room are encrypted.
@@ -161,5 +187,21 @@ mod tests {
             &json!({"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": "joined"}}),
         );
         assert_eq!(room.key_recipients(), vec![OwnedUserId::try_from("@a:e.org").unwrap()]);
+    }
+
+    #[test]
+    fn a_replayed_timeline_delivers_only_what_came_after_the_last_delivered_event() {
+        let mut room = RoomState::new(owned_room_id!("!r:e.org"), Membership::Join);
+        let event = |id: &str, ts: u64| json!({"event_id": id, "origin_server_ts": ts});
+        let timeline = vec![event("$a", 10), event("$b", 20), event("$c", 20), event("$d", 30)];
+        assert_eq!(room.undelivered(&timeline).len(), 4, "nothing delivered yet");
+        room.note_delivered(&timeline[1]);
+        room.note_delivered(&timeline[0]);
+        assert_eq!(room.undelivered(&timeline), &timeline[2..], "after $b, found by id");
+        // The last delivered event fell out of the replayed window: by time.
+        let later = vec![event("$x", 15), event("$y", 20), event("$z", 25)];
+        assert_eq!(room.undelivered(&later), &later[1..]);
+        let older = vec![event("$p", 1), event("$q", 2)];
+        assert!(room.undelivered(&older).is_empty());
     }
 }

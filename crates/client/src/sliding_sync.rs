@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// The store key of the connection's position (`pos`).
-const POS_KEY: &str = "hush.sliding_sync.pos";
+pub(crate) const POS_KEY: &str = "hush.sliding_sync.pos";
 /// The store key of the to-device extension's `since` token.
 const TO_DEVICE_KEY: &str = "hush.sliding_sync.to_device_since";
 /// The connection id: one connection per device.
@@ -67,7 +67,11 @@ impl Client {
             }
         };
         let own = self.session().ok_or(ClientError::NotLoggedIn)?.user_id;
-        let rooms = self.sliding_rooms(&response.rooms, &own);
+        // A new connection (first, or after a reset) brings each room's
+        // latest events again: only those after the latest one delivered
+        // are handed to the handlers.
+        let replayed = pos.is_none();
+        let rooms = self.sliding_rooms(&response.rooms, &own, replayed);
         let e2ee = response.extensions.e2ee;
         let mut custom_values = vec![(POS_KEY.to_owned(), response.pos.clone().into_bytes())];
         let mut to_device_events = Vec::new();
@@ -89,7 +93,7 @@ impl Client {
             next_batch_token: None,
             custom_values,
         };
-        self.apply_sync(&machine, changes, rooms, response.pos).await
+        Box::pin(self.apply_sync(&machine, changes, rooms, response.pos)).await
     }
 
     fn sliding_request(
@@ -122,7 +126,12 @@ impl Client {
     /// The rooms a sliding sync response changes, as for `/sync`: state
     /// applied (the room's required state, then its timeline's state
     /// events), our membership from our own member event or an invite.
-    fn sliding_rooms(&self, rooms: &BTreeMap<OwnedRoomId, v5::response::Room>, own: &UserId) -> RoomUpdate {
+    fn sliding_rooms(
+        &self,
+        rooms: &BTreeMap<OwnedRoomId, v5::response::Room>,
+        own: &UserId,
+        replayed: bool,
+    ) -> RoomUpdate {
         let known = lock(&self.inner.rooms);
         let mut update = RoomUpdate { updated: BTreeMap::new(), timeline: Vec::new(), new_rooms: false };
         for (room_id, room) in rooms {
@@ -138,25 +147,36 @@ impl Client {
                         Membership::from_wire(event["content"]["membership"].as_str().unwrap_or_default());
                 }
             };
-            for event in room.invite_state.iter().flatten() {
-                if let Ok(value) = event.deserialize_as_unchecked::<Value>() {
-                    apply(&mut state, &value);
+            if let Some(invite_state) = &room.invite_state {
+                // The stripped state is the inviter's word: it may say the
+                // room is encrypted, never what our membership is.
+                for event in invite_state {
+                    if let Ok(value) = event.deserialize_as_unchecked::<Value>() {
+                        state.apply(&value);
+                    }
+                }
+                state.own_membership = Membership::Invite;
+                update.updated.insert(room_id.clone(), state);
+                continue;
+            }
+            // The timeline's state events first: the required state is the
+            // room's current state and wins.
+            let timeline: Vec<Value> =
+                room.timeline.iter().filter_map(|e| e.deserialize_as_unchecked::<Value>().ok()).collect();
+            let fresh = if replayed { state.undelivered(&timeline) } else { &timeline[..] };
+            for value in &timeline {
+                if value.get("state_key").is_some() {
+                    apply(&mut state, value);
                 }
             }
-            if room.invite_state.is_some() && state.own_membership != Membership::Join {
-                state.own_membership = Membership::Invite;
+            for value in fresh {
+                state.note_delivered(value);
+                update.timeline.push((room_id.clone(), value.clone()));
             }
             for event in &room.required_state {
                 if let Ok(value) = event.deserialize_as_unchecked::<Value>() {
                     apply(&mut state, &value);
                 }
-            }
-            for event in &room.timeline {
-                let Ok(value) = event.deserialize_as_unchecked::<Value>() else { continue };
-                if value.get("state_key").is_some() {
-                    apply(&mut state, &value);
-                }
-                update.timeline.push((room_id.clone(), value));
             }
             update.updated.insert(room_id.clone(), state);
         }

@@ -108,9 +108,16 @@ impl Client {
     }
 
     async fn sync_locked(&self, settings: SyncSettings) -> Result<SyncSummary, ClientError> {
+        // Each kind of sync in its own heap allocation: their futures are
+        // large, and a sync is awaited deep inside other futures (a send
+        // drives the engine, which may sync again) on a thread's stack.
         if settings.sliding_sync {
-            return self.sliding_sync_locked(settings).await;
+            return Box::pin(self.sliding_sync_locked(settings)).await;
         }
+        Box::pin(self.classic_sync_locked(settings)).await
+    }
+
+    async fn classic_sync_locked(&self, settings: SyncSettings) -> Result<SyncSummary, ClientError> {
         let machine = self.olm_machine()?;
         let token = self.access_token()?;
         // Resume from the stored token: never a sync from nothing once a
@@ -145,7 +152,7 @@ impl Client {
             next_batch_token: Some(response.next_batch.clone()),
             custom_values: Vec::new(),
         };
-        self.apply_sync(&machine, changes, rooms, response.next_batch).await
+        Box::pin(self.apply_sync(&machine, changes, rooms, response.next_batch)).await
     }
 
     /// How long a sync may wait for news: the settings' timeout, ended by
@@ -194,7 +201,7 @@ impl Client {
 
         let mut delivered = 0;
         for (room_id, event) in timeline {
-            self.deliver(room_id, event, false).await;
+            Box::pin(self.deliver(room_id, event, false)).await;
             delivered += 1;
         }
         // Requests out, answers in, events handled (late decryptions);
@@ -202,7 +209,7 @@ impl Client {
         // itself is saved: a crypto request that still fails after its
         // retries (the server down, or answering 5xx) stays queued in the
         // engine and goes out on the next drive; it does not fail the sync.
-        if let Err(error) = self.drive().await {
+        if let Err(error) = Box::pin(self.drive()).await {
             match &error {
                 ClientError::Http(http) if http.is_transient() => {
                     tracing::warn!(%error, "a crypto request failed; it is sent again on the next sync");
@@ -245,6 +252,7 @@ impl Client {
                 if value.get("state_key").is_some() {
                     room.apply(&value);
                 }
+                room.note_delivered(&value);
                 timeline.push((room_id.clone(), value));
             }
         }
@@ -353,14 +361,7 @@ impl Client {
 
     /// Retries events whose keys just arrived; delivers them again as late decryptions.
     pub(crate) async fn retry_undecrypted(&self, sessions: &BTreeSet<String>) {
-        let waiting: Vec<_> = {
-            let mut undecrypted = lock(&self.inner.undecrypted);
-            let (now_ready, still_waiting): (Vec<_>, Vec<_>) = undecrypted
-                .drain(..)
-                .partition(|(_, e)| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)));
-            *undecrypted = still_waiting;
-            now_ready
-        };
+        let waiting = lock(&self.inner.undecrypted).take_sessions(sessions);
         for (room_id, event) in waiting {
             self.deliver(room_id, event, true).await;
         }

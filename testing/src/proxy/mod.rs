@@ -274,6 +274,7 @@ async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Result<Respo
         }
         Fault::Drop => Err(Closed("dropped by a fault rule")),
         Fault::Status(status) => Ok(error_response(status, "M_UNKNOWN", "injected by the fault proxy", None)),
+        Fault::Errcode { status, errcode } => Ok(error_response(status, &errcode, "injected by the fault proxy", None)),
         Fault::RateLimit { retry_after_ms } => {
             Ok(error_response(429, "M_LIMIT_EXCEEDED", "injected by the fault proxy", Some(retry_after_ms)))
         }
@@ -323,6 +324,7 @@ async fn apply_to_response(rule: &ActiveRule, response: Response<Bytes>) -> Resu
         }
         Fault::Drop => Err(Closed("dropped by a fault rule")),
         Fault::Status(status) => Ok(error_response(*status, "M_UNKNOWN", "injected by the fault proxy", None)),
+        Fault::Errcode { status, errcode } => Ok(error_response(*status, errcode, "injected by the fault proxy", None)),
         Fault::RateLimit { retry_after_ms } => {
             Ok(error_response(429, "M_LIMIT_EXCEEDED", "injected by the fault proxy", Some(*retry_after_ms)))
         }

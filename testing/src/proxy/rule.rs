@@ -34,6 +34,13 @@ pub enum Fault {
     Drop,
     /// Answers with this status and a Matrix error body, without forwarding.
     Status(u16),
+    /// Answers this status and Matrix error code, without forwarding.
+    Errcode {
+        /// The HTTP status.
+        status: u16,
+        /// The error code, e.g. `M_UNKNOWN_POS`.
+        errcode: String,
+    },
     /// Answers 429 `M_LIMIT_EXCEEDED` with this `retry_after_ms`, without forwarding.
     RateLimit {
         /// The `retry_after_ms` of the answer.

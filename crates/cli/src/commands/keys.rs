@@ -33,7 +33,7 @@ pub(crate) async fn devices(client: &Client, user: Option<&str>, output: Output)
             format_args!(
                 "{}  {}  {}  {}",
                 data.device_id(),
-                data.display_name().unwrap_or("-"),
+                crate::output::printable(data.display_name().unwrap_or("-")),
                 data.ed25519_key().to_base64(),
                 if verified { "verified" } else { "unverified" }
             ),

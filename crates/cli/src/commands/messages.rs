@@ -83,16 +83,20 @@ pub(crate) async fn listen(
             result = client.sync_once(SyncSettings::default().timeout(poll)) => { result?; }
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
+        // Every event of a sync is printed, even past --count: the sync's
+        // token is stored, so an event left out would never be shown.
         while let Ok(event) = events.try_recv() {
-            if !wanted(&event, room.as_ref()) || count.is_some_and(|c| printed >= c) {
+            if !wanted(&event, room.as_ref()) {
                 continue;
             }
             let mut json = event_json(&event);
             if let (Some(dir), Some(file)) = (&save_files, event.encrypted_file()) {
-                let path = save_path(dir, &event);
-                let out = std::fs::File::create(&path)?;
-                client.download_to(&file, out).await?;
-                json["file"]["saved_to"] = json!(path);
+                // One file that cannot be saved (a wrong hash, a missing
+                // upload) is reported with its event; listening goes on.
+                match save_file(client, dir, &event, &file).await {
+                    Ok(path) => json["file"]["saved_to"] = json!(path),
+                    Err(error) => json["file"]["error"] = json!(error.message()),
+                }
             }
             output.print(event_line(&event), json);
             printed += 1;
@@ -100,14 +104,39 @@ pub(crate) async fn listen(
     }
 }
 
-/// `<dir>/<event id>-<name>`, the name stripped of path separators.
+/// Downloads, checks and decrypts an attachment into a new file in `dir`
+/// (never over an existing file or through a symlink).
+async fn save_file(
+    client: &Client,
+    dir: &Path,
+    event: &RoomEvent,
+    file: &hush_client::EncryptedFile,
+) -> Result<PathBuf, CliError> {
+    let path = save_path(dir, event);
+    let out = std::fs::OpenOptions::new().write(true).create_new(true).open(&path)?;
+    match client.download_to(file, out).await {
+        Ok(_) => Ok(path),
+        Err(error) => {
+            let _ = std::fs::remove_file(&path);
+            Err(error.into())
+        }
+    }
+}
+
+/// `<dir>/<event id>-<name>`: only letters, digits, `-`, `_` and `.`
+/// (no path separators, no leading dot), each part at most 100 bytes.
 fn save_path(dir: &Path, event: &RoomEvent) -> PathBuf {
     let clean = |s: &str| -> String {
-        s.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect()
+        s.chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .take(100)
+            .collect::<String>()
+            .trim_start_matches('.')
+            .to_owned()
     };
     let name = event.event["content"]["body"].as_str().unwrap_or("file");
     let id = event.event["event_id"].as_str().unwrap_or("event");
-    dir.join(format!("{}-{}", clean(id), clean(name).trim_start_matches('.')))
+    dir.join(format!("{}-{}", clean(id), clean(name)))
 }
 
 pub(crate) async fn history(client: &Client, room: &str, limit: u32, output: Output) -> Result<(), CliError> {
@@ -117,4 +146,31 @@ pub(crate) async fn history(client: &Client, room: &str, limit: u32, output: Out
         output.print(event_line(event), event_json(event));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attack: a sender names an attachment (or a server an event id) so
+    /// that saving it would write outside the directory or a hidden file.
+    #[test]
+    fn saved_files_stay_in_their_directory() {
+        let dir = Path::new("/tmp/saved");
+        for (id, name) in
+            [("$e1", "../../etc/passwd"), ("$../x", ".bashrc"), ("$e2", &"x".repeat(5000)), ("$e3", "/abs")]
+        {
+            let event = RoomEvent {
+                room_id: "!r:e.org".try_into().unwrap(),
+                event: json!({"event_id": id, "content": {"body": name}}),
+                encryption: None,
+                unable_to_decrypt: None,
+                late_decryption: false,
+            };
+            let path = save_path(dir, &event);
+            assert_eq!(path.parent(), Some(dir), "{name}");
+            let file = path.file_name().unwrap().to_str().unwrap();
+            assert!(!file.starts_with('.') && !file.contains('/') && file.len() <= 201, "{file}");
+        }
+    }
 }

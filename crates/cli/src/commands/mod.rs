@@ -76,7 +76,13 @@ pub(crate) fn user_id(user: &str) -> Result<OwnedUserId, CliError> {
 pub(crate) async fn known_room(client: &Client, room: &str) -> Result<Room, CliError> {
     let room_id = room_id(room)?;
     catch_up(client).await?;
-    client.get_room(&room_id).ok_or_else(|| {
-        CliError::UnknownRoom(format!("unknown room {room_id}: this account has not joined it (see `hush rooms`)"))
-    })
+    match client.get_room(&room_id) {
+        Some(room) if room.membership() == Some(hush_client::Membership::Join) => Ok(room),
+        Some(_) => Err(CliError::UnknownRoom(format!(
+            "this account is not joined to room {room_id} (invited: `hush join {room_id}`; see `hush rooms`)"
+        ))),
+        None => Err(CliError::UnknownRoom(format!(
+            "unknown room {room_id}: this account has not joined it (see `hush rooms`)"
+        ))),
+    }
 }

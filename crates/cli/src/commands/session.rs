@@ -16,7 +16,6 @@ fn login_error(error: ClientError) -> CliError {
         ClientError::Http(HttpError::Server { status: 403, .. }) => {
             CliError::LoginRefused(format!("login refused (wrong user or password): {error}"))
         }
-        ClientError::Http(HttpError::Server { status: 400 | 404, .. }) => CliError::LoginRefused(error.to_string()),
         _ => error.into(),
     }
 }
@@ -58,6 +57,10 @@ pub(crate) async fn login(
     };
     let dir = home.account_dir(session.user_id.as_str());
     if dir.exists() {
+        // The login made a new device on the server: log it out again.
+        if let Err(error) = server_logout(homeserver, &session.access_token).await {
+            eprintln!("hush: the extra device {} could not be logged out: {}", session.device_id, error.message());
+        }
         let _ = fs::remove_dir_all(&pending);
         return Err(CliError::Other(format!(
             "{} is already logged in here ({}); log in with the full user id to reuse that device, or `hush logout` first",
@@ -118,17 +121,22 @@ pub(crate) fn whoami(client: &hush_client::Client, output: Output) -> Result<(),
 pub(crate) async fn logout(home: &Home, account: Option<&str>, output: Output) -> Result<(), CliError> {
     let dir = home.pick(account)?;
     let saved = account::load(&dir)?;
-    let http = hush_client::http::HttpClient::new(&saved.homeserver, Default::default())
-        .map_err(|e| CliError::Other(e.to_string()))?;
-    let request = hush_client::hush_crypto_core::deps::ruma_client_api::session::logout::v3::Request::new();
-    match http.send(request, Some(&saved.session.access_token), Default::default()).await {
-        Ok(_) | Err(HttpError::LoggedOut) => {}
-        Err(error) => return Err(ClientError::Http(error).into()),
-    }
+    server_logout(&saved.homeserver, &saved.session.access_token).await?;
     fs::remove_dir_all(&dir)?;
     output.print(
         format_args!("logged out {} (device {}); its store is deleted", saved.session.user_id, saved.session.device_id),
         json!({"logged_out": saved.session.user_id, "device_id": saved.session.device_id}),
     );
     Ok(())
+}
+
+/// Logs an access token out on the server; one already logged out is fine.
+async fn server_logout(homeserver: &str, access_token: &str) -> Result<(), CliError> {
+    let http = hush_client::http::HttpClient::new(homeserver, Default::default())
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let request = hush_client::hush_crypto_core::deps::ruma_client_api::session::logout::v3::Request::new();
+    match http.send(request, Some(access_token), Default::default()).await {
+        Ok(_) | Err(HttpError::LoggedOut) => Ok(()),
+        Err(error) => Err(ClientError::Http(error).into()),
+    }
 }

@@ -3,6 +3,7 @@
 //! hash checked, and only then decrypted into the caller's writer.
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use ruma_events::room::EncryptedFile;
@@ -43,6 +44,7 @@ impl Client {
         let mut hash = CiphertextHash::default();
         let mut total = 0u64;
         let idle = self.http().settings().request_timeout;
+        let started = std::time::Instant::now();
         while let Some(frame) = tokio::time::timeout(idle, body.frame())
             .await
             .map_err(|_| crate::http::HttpError::Timeout(idle))?
@@ -53,6 +55,12 @@ impl Client {
             total += data.len() as u64;
             if total > MAX_DOWNLOAD_BYTES {
                 return Err(AttachmentError::TooLarge { limit: MAX_DOWNLOAD_BYTES }.into());
+            }
+            // A trickling server does not hold the download open forever:
+            // after the request timeout, at least 64 KiB/s on average.
+            let allowed = idle.saturating_add(Duration::from_secs(total / (64 * 1024)));
+            if started.elapsed() > allowed {
+                return Err(crate::http::HttpError::Timeout(allowed).into());
             }
             hash.update(&data);
             spool.write_all(&data).map_err(io)?;

@@ -111,7 +111,17 @@ impl crate::Room {
         }
         let encrypted = state.is_encrypted();
         let content_type = if encrypted { "application/octet-stream" } else { mime };
-        let uploaded = self.client.upload_stream(data, name, content_type, encrypted).await?;
+        // An encrypted file's name stays inside the encrypted event.
+        let upload_name = if encrypted { None } else { Some(name) };
+        let uploaded = self.client.upload_stream(data, upload_name, content_type, encrypted).await?;
+        if !encrypted && self.state()?.is_encrypted() {
+            // Encryption was switched on during the upload: the file is on
+            // the server in the clear, and is not sent into the room.
+            return Err(crate::ClientError::EncryptionStateUnknown {
+                room_id: self.room_id.to_string(),
+                reason: "encryption was switched on while the file was uploaded unencrypted; send it again".into(),
+            });
+        }
         let mut content = serde_json::json!({
             "msgtype": msgtype_for(mime),
             "body": name,

@@ -72,13 +72,11 @@ fn produce(
     let mut sent = 0u64;
     let mut buffer = vec![0u8; CHUNK];
     loop {
-        let want = usize::try_from((length - sent).min(CHUNK as u64)).unwrap_or(CHUNK);
-        let read = if want == 0 {
-            // One more read: a reader longer than announced is an error.
-            reader.read(&mut buffer[..1]).map_err(|e| ClientError::Io(e.to_string()))?
-        } else {
-            reader.read(&mut buffer[..want]).map_err(|e| ClientError::Io(e.to_string()))?
-        };
+        let want = usize::try_from(length.saturating_sub(sent).min(CHUNK as u64)).unwrap_or(CHUNK);
+        // With nothing left to read, one more byte is asked for: a reader
+        // longer than announced is an error.
+        let asked = want.max(1);
+        let read = reader.read(&mut buffer[..asked]).map_err(|e| ClientError::Io(e.to_string()))?.min(asked);
         if want == 0 && read > 0 || want > 0 && read == 0 {
             let error = AttachmentError::LengthMismatch { expected: length, got: sent + read as u64 };
             let _ = out.blocking_send(Err(std::io::Error::other(error.to_string())));
@@ -105,7 +103,7 @@ impl Client {
     pub(crate) async fn upload_stream(
         &self,
         data: AttachmentData,
-        name: &str,
+        name: Option<&str>,
         content_type: &str,
         encrypt: bool,
     ) -> Result<Uploaded, ClientError> {
