@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use hush_crypto_core::{CryptoStore, StoreError, Timestamp};
 use hush_store_postgres::{PgDatabase, PgSettings};
+use hush_testing::proxy::{Fault, Rule};
 use ruma_client_api::room::create_room::v3::RoomPreset;
 use serde_json::json;
 
@@ -247,9 +248,12 @@ async fn kill_and_take_over(scene: &Scene) -> (Printed, Printed) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         killed.take(&app_lines);
     }
-    // Inside its sync's long poll (300 ms) of round 3, with the lock held.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Inside a sync of round 3 or later, with the lock held: the proxy
+    // holds the sync's answer until the process is dead.
+    let held = scene.net.proxy.add(Rule::path("/v3/sync").token(&scene.alice_token).fault(Fault::Hold));
+    held.wait_held().await;
     kill(app);
+    held.remove();
     let (user, device) = (&scene.alice.0, &scene.alice.1);
     assert_eq!(
         lock_holder(scene.redb.as_deref(), (user, device)).await.as_deref(),
