@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use hush_client::Membership;
-use hush_testing::proxy::{Calls, Fault, FaultProxy, Rule};
+use hush_testing::proxy::{Calls, Fault, FaultProxy, Rewrite, Rule};
 use hush_testing::synapse::{ClientOptions, StoreKind, TestClient, homeserver_url};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,10 +32,25 @@ async fn two_users_talk_over_sliding_sync_through_invites_restarts_and_new_devic
 
     let room = alice.client.create_room("sliding", true, &[&bob1.session.user_id]).await.expect("create");
     alice.sync_until("the new room, encrypted", |c| c.client.get_room(&room).is_some_and(|r| r.is_encrypted())).await;
-    bob1.sync_until("the invite", |c| {
-        c.client.get_room(&room).is_some_and(|r| r.membership() == Some(Membership::Invite))
-    })
-    .await;
+    // Attack: the inviter's stripped state claims Bob already joined (so
+    // that his client would treat the room as joined and its members as
+    // recipients of his keys). The invite stays an invite.
+    let bob_id = bob1.session.user_id.to_string();
+    let forged = proxy.add(Rule::path("simplified_msc3575/sync").token(&bob1.session.access_token).fault(
+        Fault::Rewrite(Rewrite(Arc::new(move |body: &mut serde_json::Value| {
+            let Some(rooms) = body["rooms"].as_object_mut() else { return };
+            for room in rooms.values_mut() {
+                if let Some(state) = room["invite_state"].as_array_mut() {
+                    state.push(serde_json::json!({"type": "m.room.member", "state_key": bob_id, "sender": bob_id,
+                        "content": {"membership": "join"}}));
+                }
+            }
+        }))),
+    ));
+    bob1.sync_until("the invite", |c| c.client.get_room(&room).is_some_and(|r| r.membership().is_some())).await;
+    assert_eq!(bob1.client.get_room(&room).unwrap().membership(), Some(Membership::Invite), "a forged join is ignored");
+    assert!(forged.caught() > 0, "the forged state was served");
+    forged.remove();
     assert!(bob1.client.get_room(&room).unwrap().is_encrypted(), "the invite's stripped state says encrypted");
     bob1.join(&room).await;
     bob2.sync().await;

@@ -58,6 +58,11 @@ pub enum HttpError {
     Response(String),
 }
 
+/// The most an answer read whole by the media and discovery calls may
+/// hold (an upload's answer, `/versions`, an error): a server cannot make
+/// the client buffer without end.
+const SMALL_ANSWER: usize = 1024 * 1024;
+
 /// How requests are sent.
 #[derive(Clone, Debug)]
 pub struct HttpSettings {
@@ -163,11 +168,14 @@ impl HttpClient {
             .map_err(|_| HttpError::Timeout(allowed))?
             .map_err(|e| HttpError::Connection(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(self.settings.request_timeout, body.collect())
-            .await
-            .map_err(|_| HttpError::Timeout(self.settings.request_timeout))?
-            .map_err(|e| HttpError::Connection(e.to_string()))?
-            .to_bytes();
+        let body = tokio::time::timeout(
+            self.settings.request_timeout,
+            http_body_util::Limited::new(body, SMALL_ANSWER).collect(),
+        )
+        .await
+        .map_err(|_| HttpError::Timeout(self.settings.request_timeout))?
+        .map_err(|e| HttpError::Connection(e.to_string()))?
+        .to_bytes();
         check_status(parts.status.as_u16(), body)
     }
 
@@ -183,7 +191,7 @@ impl HttpClient {
             .map_err(|_| HttpError::Timeout(timeout))?
             .map_err(|e| HttpError::Connection(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(timeout, body.collect())
+        let body = tokio::time::timeout(timeout, http_body_util::Limited::new(body, SMALL_ANSWER).collect())
             .await
             .map_err(|_| HttpError::Timeout(timeout))?
             .map_err(|e| HttpError::Connection(e.to_string()))?
@@ -208,7 +216,7 @@ impl HttpClient {
         if parts.status.is_success() {
             return Ok(body);
         }
-        let body = tokio::time::timeout(timeout, body.collect())
+        let body = tokio::time::timeout(timeout, http_body_util::Limited::new(body, SMALL_ANSWER).collect())
             .await
             .map_err(|_| HttpError::Timeout(timeout))?
             .map_err(|e| HttpError::Connection(e.to_string()))?
