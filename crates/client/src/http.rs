@@ -168,61 +168,53 @@ impl HttpClient {
             .map_err(|_| HttpError::Timeout(allowed))?
             .map_err(|e| HttpError::Connection(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(
-            self.settings.request_timeout,
-            http_body_util::Limited::new(body, SMALL_ANSWER).collect(),
-        )
-        .await
-        .map_err(|_| HttpError::Timeout(self.settings.request_timeout))?
-        .map_err(|e| HttpError::Connection(e.to_string()))?
-        .to_bytes();
-        check_status(parts.status.as_u16(), body)
+        check_status(parts.status.as_u16(), self.read_small(body).await?)
     }
 
     /// A GET of `path` without auth (e.g. `/_matrix/client/versions`),
     /// its JSON answer.
     pub(crate) async fn get_json(&self, path: &str) -> Result<serde_json::Value, HttpError> {
-        let request = http::Request::get(format!("{}{path}", self.homeserver))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| HttpError::Build(e.to_string()))?;
-        let timeout = self.settings.request_timeout;
-        let response = tokio::time::timeout(timeout, self.client.request(request))
-            .await
-            .map_err(|_| HttpError::Timeout(timeout))?
-            .map_err(|e| HttpError::Connection(e.to_string()))?;
-        let (parts, body) = response.into_parts();
-        let body = tokio::time::timeout(timeout, http_body_util::Limited::new(body, SMALL_ANSWER).collect())
-            .await
-            .map_err(|_| HttpError::Timeout(timeout))?
-            .map_err(|e| HttpError::Connection(e.to_string()))?
-            .to_bytes();
-        let body = check_status(parts.status.as_u16(), body)?;
+        let (status, body) = self.get(path, None).await?;
+        let body = check_status(status, self.read_small(body).await?)?;
         serde_json::from_slice(&body).map_err(|e| HttpError::Response(e.to_string()))
     }
 
     /// Starts a GET of `path` whose answer body is read as a stream by the
     /// caller; an error answer is read whole and classified.
     pub(crate) async fn get_stream(&self, path: &str, token: &str) -> Result<hyper::body::Incoming, HttpError> {
-        let request = http::Request::get(format!("{}{path}", self.homeserver))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| HttpError::Build(e.to_string()))?;
+        let (status, body) = self.get(path, Some(token)).await?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        check_status(status, self.read_small(body).await?)?;
+        Err(HttpError::Response(format!("status {status}")))
+    }
+
+    /// One GET of `path` (with the access token, if given): the answer's
+    /// status and its body, not read yet.
+    async fn get(&self, path: &str, token: Option<&str>) -> Result<(u16, hyper::body::Incoming), HttpError> {
+        let mut request = http::Request::get(format!("{}{path}", self.homeserver));
+        if let Some(token) = token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::new())).map_err(|e| HttpError::Build(e.to_string()))?;
         let timeout = self.settings.request_timeout;
         let response = tokio::time::timeout(timeout, self.client.request(request))
             .await
             .map_err(|_| HttpError::Timeout(timeout))?
             .map_err(|e| HttpError::Connection(e.to_string()))?;
         let (parts, body) = response.into_parts();
-        if parts.status.is_success() {
-            return Ok(body);
-        }
-        let body = tokio::time::timeout(timeout, http_body_util::Limited::new(body, SMALL_ANSWER).collect())
+        Ok((parts.status.as_u16(), body))
+    }
+
+    /// Reads a small answer whole: at most [`SMALL_ANSWER`] bytes, within the request timeout.
+    async fn read_small(&self, body: hyper::body::Incoming) -> Result<Bytes, HttpError> {
+        let timeout = self.settings.request_timeout;
+        Ok(tokio::time::timeout(timeout, http_body_util::Limited::new(body, SMALL_ANSWER).collect())
             .await
             .map_err(|_| HttpError::Timeout(timeout))?
             .map_err(|e| HttpError::Connection(e.to_string()))?
-            .to_bytes();
-        check_status(parts.status.as_u16(), body)?;
-        Err(HttpError::Response(format!("status {}", parts.status)))
+            .to_bytes())
     }
 
     /// The homeserver URL.

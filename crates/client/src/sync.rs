@@ -199,11 +199,7 @@ impl Client {
             .collect();
         machine.update_tracked_users(members.iter().map(|u| u.as_ref())).await?;
 
-        let mut delivered = 0;
-        for (room_id, event) in timeline {
-            Box::pin(self.deliver(room_id, event, false)).await;
-            delivered += 1;
-        }
+        let delivered = Box::pin(self.deliver_timeline(timeline)).await;
         // Requests out, answers in, events handled (late decryptions);
         // then the engine's room events (in-room verification). The sync
         // itself is saved: a crypto request that still fails after its
@@ -324,7 +320,34 @@ impl Client {
         } else if late {
             return;
         }
-        self.feed_verification(&room_id, &room_event).await;
+        self.deliver_event(room_event).await;
+    }
+
+    /// Hands a sync's timeline to the handlers, each room's events
+    /// decrypted as one engine batch (one save per room, not per event).
+    /// Returns how many events were delivered.
+    async fn deliver_timeline(&self, timeline: Vec<(OwnedRoomId, Value)>) -> usize {
+        let mut delivered = 0;
+        let mut rest = timeline.into_iter().peekable();
+        while let Some((room_id, first)) = rest.next() {
+            let mut events = vec![first];
+            while let Some((_, event)) = rest.next_if(|(other, _)| *other == room_id) {
+                events.push(event);
+            }
+            if !cfg!(feature = "e2e-encryption") && events.iter().any(|e| e["type"] == "m.room.encrypted") {
+                self.warn_unencrypted_build_once(&room_id);
+            }
+            for room_event in self.decrypt_page(&room_id, events).await {
+                self.deliver_event(room_event).await;
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Hands one event, decrypted or not, to in-room verification and the handlers.
+    async fn deliver_event(&self, room_event: RoomEvent) {
+        self.feed_verification(&room_event.room_id, &room_event).await;
         let handlers = lock(&self.inner.handlers).clone();
         for handler in handlers {
             handler(room_event.clone()).await;
