@@ -193,6 +193,22 @@ mod tests {
             .collect()
     }
 
+    /// Two hosts open a new shared store at once: the second looked before
+    /// the first created it, and the first has already written records when
+    /// the second's creation runs. The second opens that store instead of
+    /// calling it corrupt; data without any schema version is still refused.
+    #[test]
+    fn a_store_created_and_written_by_another_host_since_our_look_is_opened() {
+        let engine = MapEngine::default();
+        let store = open(&engine);
+        block_on(store.save_changes(Changes { message_indices: vec![record(1)], ..Default::default() })).unwrap();
+        let options = StoreOptions::key([7; 32]);
+        let create = || KvCryptoStore::create(&engine, user_id!("@me:x.y"), device_id!("ME"), &options);
+        assert!(create().unwrap().is_none(), "the other host's store stands");
+        engine.0.lock().unwrap().remove(&(Table::Meta, b"schema_version".to_vec()));
+        assert!(matches!(create(), Err(StoreError::Corrupt(_))), "data without a version is refused");
+    }
+
     /// Saved in a shuffled order, one session's records are stored in index
     /// order in an encrypted store.
     #[test]

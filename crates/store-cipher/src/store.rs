@@ -169,15 +169,21 @@ impl<B: KvBackend> KvCryptoStore<B> {
     /// process created the store between our look and our write (the write
     /// checks inside the backend's atomic update, so two processes opening a
     /// new shared store at once cannot both create it with different keys).
-    fn create(
+    pub(crate) fn create(
         backend: &B,
         user_id: &UserId,
         device_id: &DeviceId,
         options: &StoreOptions,
     ) -> Result<Option<Codec>, StoreError> {
-        // Data without a schema version is not a new store: refuse to touch it.
+        // Data without a schema version is not a new store: refuse to touch
+        // it. Unless another process created the store since our look and
+        // has written to it already: its version was committed before any
+        // data, so it is seen now, and that store is opened instead.
         for table in Table::ALL {
             if backend.count(table)? > 0 {
+                if backend.get(Table::Meta, META_VERSION)?.is_some() {
+                    return Ok(None);
+                }
                 return Err(StoreError::Corrupt(format!(
                     "table {} holds data but the store has no schema version",
                     table.name()
