@@ -145,6 +145,8 @@ async fn history_read_before_its_key_arrives_is_delivered_again_when_the_key_com
         "{:?}",
         early.unable_to_decrypt
     );
+    // Bob's first Olm message to Alice (the room key) waits on the server.
+    assert_eq!(early.utd_cause, Some(hush_crypto_core::UtdCause::NoSessionWithSender));
     assert!(alice.texts(&room).is_empty());
 
     alice.sync_until("the late decryption", |c| c.texts(&room).contains(&"read early".to_owned())).await;

@@ -127,6 +127,11 @@ async fn two_users_talk_over_sliding_sync_through_invites_restarts_and_new_devic
             "BOB3 could not read {id}: {:?}",
             event.unable_to_decrypt
         );
+        assert!(
+            matches!(event.utd_cause, Some(hush_crypto_core::UtdCause::HistoricalMessage { .. })),
+            "older than BOB3, and explained so: {:?}",
+            event.utd_cause
+        );
     }
     assert_eq!(classic.matched(), 0, "no client used /v3/sync");
 }

@@ -72,6 +72,7 @@ pub(crate) fn event_json(event: &RoomEvent) -> Value {
     if let Some(reason) = &event.unable_to_decrypt {
         out["device"] = content["device_id"].clone();
         out["utd_reason"] = json!(reason.to_string());
+        out["utd_cause"] = json!(event.utd_cause.as_ref().map(|c| c.name()));
     }
     out
 }
@@ -90,7 +91,8 @@ pub(crate) fn event_line(event: &RoomEvent) -> String {
 fn raw_event_line(event: &RoomEvent) -> String {
     let sender = event.event["sender"].as_str().unwrap_or("?");
     if let Some(reason) = &event.unable_to_decrypt {
-        return format!("{sender}: ** unable to decrypt: {reason} **");
+        let cause = event.utd_cause.as_ref().map(|c| format!(" ({})", c.name().replace('_', " "))).unwrap_or_default();
+        return format!("{sender}: ** unable to decrypt{cause}: {reason} **");
     }
     let trust = event.encryption.as_ref().map(|i| format!(" [{}]", verification(&i.verification_state)));
     let late = if event.late_decryption { " (late)" } else { "" };

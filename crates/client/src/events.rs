@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use hush_crypto_core::{MegolmDecryptionInfo, MegolmError};
+use hush_crypto_core::{MegolmDecryptionInfo, MegolmError, UtdCause};
 use ruma_common::OwnedRoomId;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -21,6 +21,10 @@ pub struct RoomEvent {
     pub encryption: Option<MegolmDecryptionInfo>,
     /// Why it could not be decrypted, for events that stay encrypted.
     pub unable_to_decrypt: Option<MegolmError>,
+    /// The same failure explained, as data an application can show and
+    /// count: sent before we joined, withheld by the sender, older than
+    /// this device, the key lost or late in transit...
+    pub utd_cause: Option<UtdCause>,
     /// The event was delivered before as undecryptable and is now decrypted
     /// because its key arrived later.
     pub late_decryption: bool,
@@ -68,6 +72,7 @@ impl std::fmt::Debug for RoomEvent {
             .field("content", content)
             .field("encryption", &self.encryption)
             .field("unable_to_decrypt", &self.unable_to_decrypt)
+            .field("utd_cause", &self.utd_cause)
             .field("late_decryption", &self.late_decryption)
             .finish()
     }

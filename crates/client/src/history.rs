@@ -112,6 +112,7 @@ impl Client {
                 event,
                 encryption: None,
                 unable_to_decrypt: None,
+                utd_cause: None,
                 late_decryption: false,
             })
             .collect();
@@ -157,11 +158,29 @@ impl Client {
                 }
                 Err(error) => {
                     self.remember_undecrypted(room_id, &event.event, &error);
+                    event.utd_cause = self.utd_cause(room_id, &event.event, &error).await;
                     event.unable_to_decrypt = Some(error);
                 }
             }
         }
         page
+    }
+
+    /// Why an event is unreadable (see `OlmMachine::utd_cause`), with our
+    /// membership when it was sent as far as the room's state tells.
+    pub(crate) async fn utd_cause(
+        &self,
+        room_id: &OwnedRoomId,
+        event: &Value,
+        error: &MegolmError,
+    ) -> Option<hush_crypto_core::UtdCause> {
+        let machine = self.olm_machine().ok()?;
+        let raw: Raw<Value> = Raw::new(event).ok()?;
+        let sent = event["origin_server_ts"].as_u64();
+        let membership = lock(&self.inner.rooms)
+            .get(room_id)
+            .map_or(hush_crypto_core::MembershipAtEvent::Unknown, |room| room.membership_at(sent));
+        Some(machine.utd_cause(&raw, room_id, error, membership).await)
     }
 
     /// Keeps an event whose key may still arrive (missing, or known only

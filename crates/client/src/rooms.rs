@@ -41,6 +41,12 @@ pub struct RoomState {
     /// latest events, and only those after it are delivered.
     #[serde(default)]
     pub(crate) last_delivered: Option<(u64, String)>,
+    /// When our current membership began to entitle us to the room's keys
+    /// (our join, or our invite where invited members receive keys), from
+    /// our own `m.room.member` event; `None` once we leave, or if we never
+    /// saw it.
+    #[serde(default)]
+    pub(crate) member_since: Option<u64>,
 }
 
 impl RoomState {
@@ -53,6 +59,7 @@ impl RoomState {
             history_visibility: HistoryVisibility::Shared,
             confirmed_unencrypted: false,
             last_delivered: None,
+            member_since: None,
         }
     }
 
@@ -83,6 +90,34 @@ impl RoomState {
     }
 
     /// Records `event` as delivered if it is the latest so far.
+    /// Notes our own membership event: when we became a member the room's
+    /// keys are meant for, or that we left.
+    pub(crate) fn note_own_membership(&mut self, event: &Value, own_user: &str) {
+        if event["type"] != "m.room.member" || event["state_key"] != own_user {
+            return;
+        }
+        let ts = event["origin_server_ts"].as_u64();
+        match event["content"]["membership"].as_str() {
+            Some("join") => self.member_since = self.member_since.or(ts),
+            Some("invite") if self.history_visibility != HistoryVisibility::Joined => {
+                self.member_since = self.member_since.or(ts);
+            }
+            Some("invite") => {}
+            _ => self.member_since = None,
+        }
+    }
+
+    /// Whether we were a member the keys were meant for when an event was
+    /// sent at `sent`, as far as we know.
+    pub(crate) fn membership_at(&self, sent: Option<u64>) -> hush_crypto_core::MembershipAtEvent {
+        use hush_crypto_core::MembershipAtEvent;
+        match (self.member_since, sent) {
+            (Some(since), Some(sent)) if sent < since => MembershipAtEvent::NotMember,
+            (Some(_), Some(_)) => MembershipAtEvent::Member,
+            _ => MembershipAtEvent::Unknown,
+        }
+    }
+
     pub(crate) fn note_delivered(&mut self, event: &Value) {
         let (Some(ts), Some(id)) = (event["origin_server_ts"].as_u64(), event["event_id"].as_str()) else { return };
         if self.last_delivered.as_ref().is_none_or(|(last, _)| ts >= *last) {

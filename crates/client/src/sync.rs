@@ -238,6 +238,7 @@ impl Client {
                 }
             };
         let mut timeline = Vec::new();
+        let own = self.user_id();
         for (room_id, joined) in &rooms.join {
             copy(room_id, Membership::Join, &mut updated);
             let Some(room) = updated.get_mut(room_id) else { continue };
@@ -247,6 +248,9 @@ impl Client {
                 let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
                 if value.get("state_key").is_some() {
                     room.apply(&value);
+                    if let Some(own) = &own {
+                        room.note_own_membership(&value, own.as_str());
+                    }
                 }
                 room.note_delivered(&value);
                 timeline.push((room_id.clone(), value));
@@ -300,6 +304,7 @@ impl Client {
             event,
             encryption: None,
             unable_to_decrypt: None,
+            utd_cause: None,
             late_decryption: late,
         };
         if room_event.event_type() == "m.room.encrypted" {
@@ -311,6 +316,7 @@ impl Client {
                     }
                     Err(error) => {
                         self.remember_undecrypted(&room_id, &room_event.event, &error);
+                        room_event.utd_cause = self.utd_cause(&room_id, &room_event.event, &error).await;
                         room_event.unable_to_decrypt = Some(error);
                     }
                 }

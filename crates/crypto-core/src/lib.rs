@@ -32,6 +32,7 @@ pub mod secret_storage;
 mod signing;
 pub mod store;
 mod time;
+pub mod utd;
 pub mod verification;
 
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
@@ -52,6 +53,7 @@ pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, Res
 pub use signing::SignatureError;
 pub use store::{Changes, CryptoStore, MemoryStore, StoreError};
 pub use time::Timestamp;
+pub use utd::{BackupAvailability, MembershipAtEvent, UtdCause};
 
 /// Re-exports of the ruma, vodozemac and zeroize crates whose types appear in this API.
 pub mod deps {

@@ -161,6 +161,7 @@ async fn decrypted_room_events_are_not_in_debug_output() {
         event: decrypted.event.deserialize_as_unchecked().unwrap(),
         encryption: Some(decrypted.info.clone()),
         unable_to_decrypt: None,
+        utd_cause: None,
         late_decryption: false,
     };
     assert!(!format!("{client_event:?}").contains("ROOM-SECRET"));

@@ -165,6 +165,7 @@ mod tests {
                 event: json!({"event_id": id, "content": {"body": name}}),
                 encryption: None,
                 unable_to_decrypt: None,
+                utd_cause: None,
                 late_decryption: false,
             };
             let path = save_path(dir, &event);

@@ -22,6 +22,7 @@ mod store_lock;
 mod sync;
 mod timers;
 mod to_device;
+mod utd;
 mod verification;
 
 use std::collections::BTreeMap;

@@ -116,7 +116,7 @@ impl EncryptionSettings {
 }
 
 /// What a decryption demands of the sending device.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrustRequirement {
     /// Decrypt whatever device sent it; the info says how far it is trusted.
     #[default]

@@ -77,6 +77,11 @@ impl Account {
         }
     }
 
+    /// When this account was created (this device's first open).
+    pub(crate) fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
     pub(crate) fn device_id(&self) -> &DeviceId {
         &self.device_id
     }
