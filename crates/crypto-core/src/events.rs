@@ -25,6 +25,10 @@ pub struct RoomKeyInfo {
     pub sender_key: Curve25519PublicKey,
     /// The user whose device sent it (authenticated by the Olm session).
     pub sender: OwnedUserId,
+    /// How it came: [`KeySource::Olm`](crate::KeySource::Olm) from the
+    /// sender, [`KeySource::Forwarded`](crate::KeySource::Forwarded) from one
+    /// of our own devices in answer to our request.
+    pub source: crate::KeySource,
 }
 
 /// How one user's device list changed after a keys query.

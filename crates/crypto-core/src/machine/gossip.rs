@@ -109,7 +109,10 @@ impl OlmMachine {
     }
 
     /// Asks our other devices for a room key we miss. `None` if a request
-    /// for it is already open.
+    /// for it is already open, or if one of our devices already answered
+    /// it since this machine was opened: a device forwards the best copy
+    /// it holds, so asking again would bring the same key (and a caller
+    /// asking for every undecryptable event would loop).
     pub async fn request_room_key(
         &self,
         room_id: &RoomId,
@@ -146,6 +149,9 @@ impl OlmMachine {
             let mut gossip = lock(&self.inner.gossip);
             // A backup-key request for another backup gives way to this one
             // (a stale or server-made backup must not pin the expected key).
+            if gossip.requests.was_answered(&kind) {
+                return Ok(None);
+            }
             let replaced = match gossip.requests.find(&kind).cloned() {
                 Some(open) if open.expected_public_key == expected_public_key => return Ok(None),
                 Some(open) => gossip.requests.close(&open.request_id),
@@ -547,6 +553,7 @@ impl OlmMachine {
             session_id: key.session_id.clone(),
             sender_key: key.session.sender_key,
             sender: info.sender.clone(),
+            source: crate::KeySource::Forwarded,
         };
         let stored = match self.offer_inbound(key.session, changes).await? {
             KeyOffer::Stored => Some(room_key),
@@ -559,10 +566,11 @@ impl OlmMachine {
                 None
             }
         };
-        // Answered (stored, or what we hold is at least as good): the request closes.
+        // Answered (stored, or what we hold is at least as good): the request
+        // closes, and is not opened again (the answer would be the same).
         let record = {
             let mut gossip = lock(&self.inner.gossip);
-            gossip.requests.close(&request.request_id);
+            gossip.requests.answer(&request.request_id);
             gossip.requests.record()
         };
         changes.custom_values.push(record);

@@ -67,6 +67,10 @@ impl OlmMachine {
                         std::mem::swap(&mut session, &mut existing);
                         KeyOffer::Stored
                     }
+                    Judgement::Extend => {
+                        session.adopt_provenance(&existing);
+                        KeyOffer::Stored
+                    }
                     Judgement::Displace(why) => {
                         tracing::warn!(
                             room_id = %session.room_id,

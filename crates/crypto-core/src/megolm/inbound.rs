@@ -189,7 +189,15 @@ impl InboundGroupSession {
     ///   ratchet under a real (public) session id, and must not block the
     ///   real key that way;
     /// - otherwise keys with different owners never replace each other;
-    /// - an unauthenticated key never replaces an authenticated one;
+    /// - an unauthenticated key never replaces an authenticated one, except
+    ///   to extend it: a copy of the same ratchet (they connect, under the
+    ///   same signing key) that reaches further back gives the held copy
+    ///   its earlier ratchet, the held provenance kept. Only the sender
+    ///   could make an earlier ratchet that advances to the one it sent us
+    ///   over Olm, and every message is signed with the session's key, so
+    ///   the earlier messages are as much the sender's as the later ones
+    ///   (without this, a forwarded or backed-up key could never unlock
+    ///   the messages sent before our device received the session);
     /// - among the same ratchet, the copy reaching further back wins, and an
     ///   authenticated copy that reaches less far lends its provenance to
     ///   the held one (the ratchets connect, so both are the same session).
@@ -210,7 +218,10 @@ impl InboundGroupSession {
             return Judgement::Conflict(mismatch);
         }
         if existing.source.is_authenticated() && !self.source.is_authenticated() {
-            return Judgement::Keep;
+            return match ordering {
+                SessionOrdering::Better => Judgement::Extend,
+                _ => Judgement::Keep,
+            };
         }
         match ordering {
             SessionOrdering::Better => Judgement::Take,
@@ -289,6 +300,9 @@ pub(crate) enum Judgement {
     Keep,
     /// The held key stays but takes the offered key's provenance.
     Upgrade,
+    /// The offered key (same ratchet, reaching further back) is stored
+    /// with the held key's provenance.
+    Extend,
     /// The offered key has another owner and is refused.
     Conflict(OwnerMismatch),
     /// The held key, from a less believed source, was not the sender's and
@@ -370,8 +384,11 @@ mod tests {
 
         assert_eq!(imported_early.judge(&mut imported_late), Judgement::Take);
         assert_eq!(imported_late.judge(&mut imported_early), Judgement::Keep);
-        // An unauthenticated copy never replaces an authenticated one, even if earlier.
-        assert_eq!(imported_early.judge(&mut olm_late), Judgement::Keep);
+        // An unauthenticated copy of the same ratchet reaching further back
+        // extends an authenticated one (keeping its provenance)...
+        assert_eq!(imported_early.judge(&mut olm_late), Judgement::Extend);
+        // ...but one reaching no further is dropped.
+        assert_eq!(imported_late.judge(&mut olm_late), Judgement::Keep);
         // The same ratchet arriving over Olm upgrades an imported copy...
         let mut olm_early = InboundGroupSession::from_session_key(room, &at_zero, origin(KeySource::Olm));
         assert_eq!(olm_early.judge(&mut imported_early), Judgement::Take);

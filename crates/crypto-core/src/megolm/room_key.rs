@@ -45,6 +45,7 @@ pub(crate) fn prepare_room_key(info: &OlmDecryptionInfo, content: &Value) -> Res
         session_id: content.session_id,
         sender_key: info.sender_curve25519_key,
         sender: info.sender.clone(),
+        source: super::KeySource::Olm,
     };
     Ok(Box::new(PreparedRoomKey { info, session }))
 }
