@@ -155,7 +155,7 @@ impl ClientBuilder {
                 rooms: Mutex::new(BTreeMap::new()),
                 handlers: Mutex::new(Vec::new()),
                 undecrypted: Mutex::new(Default::default()),
-                backup_lookups: Mutex::new(std::collections::BTreeSet::new()),
+                backup_lookups: Mutex::new(Default::default()),
                 backup_key_arrived: AtomicBool::new(false),
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -182,7 +182,7 @@ pub(crate) struct Inner {
     /// Events that could not be decrypted yet: retried when keys arrive.
     pub(crate) undecrypted: Mutex<crate::history::WaitingEvents>,
     /// Room keys already looked for in the backup (each is asked for once).
-    pub(crate) backup_lookups: Mutex<std::collections::BTreeSet<(OwnedRoomId, String)>>,
+    pub(crate) backup_lookups: Mutex<crate::backup::BackupLookups>,
     /// A backup key arrived by gossip: the next sync enables and restores the backup.
     pub(crate) backup_key_arrived: AtomicBool,
     pub(crate) warned_unencrypted_build: AtomicBool,
