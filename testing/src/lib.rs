@@ -22,6 +22,7 @@ pub mod proxy;
 mod rogue;
 mod seeded;
 mod server;
+pub mod sim;
 pub mod stores;
 pub mod synapse;
 mod victim;

@@ -9,6 +9,8 @@
 //! * `demo`: the end-to-end demo against it.
 //! * `bench`: benchmarks, all or one named workload group.
 //! * `fuzz`: the fuzz targets under cargo-fuzz, and their seeds.
+//! * `sim`: the deterministic network simulator over many seeds
+//!   (`--runs N`), or one seed replayed (`--seed S`).
 //! * `stress`: the store crash test with 1,000 kills per backend (redb, sled,
 //!   PostgreSQL), and the
 //!   client kill stress with 1,000 kills against Synapse.
@@ -33,6 +35,7 @@ fn main() -> ExitCode {
         Some("purity") => checks::purity(),
         Some("bench") => bench::run(&args[1..]),
         Some("stress") => tests::stress(),
+        Some("sim") => tests::sim(&args[1..]),
         Some("fuzz") => fuzz::command(&args[1..]),
         Some("homeserver") => homeserver::command(&args[1..]),
         Some("demo") => homeserver::demo(),
@@ -53,6 +56,9 @@ fn usage() -> String {
      \n  test    the whole test suite (add -- <filter> to pass a nextest filter)\
      \n  purity  check that crypto-core has no I/O dependency and reads no clock\
      \n  stress  1,000 SIGKILLs per store backend, then 1,000 of a client against Synapse\
+     \n  sim [--runs N] [--first F] [--seed S [--shrink]] [--table FILE]\
+     \n          the network simulator: N seeded runs (default 1000) with every invariant checked\
+     \n          after every op, and the table of unable-to-decrypt causes; or one seed replayed\
      \n  fuzz --seeds | --seconds N [target ...]  write the fuzz seeds, or run the fuzz targets (nightly, cargo-fuzz)\
      \n  demo    start the local Synapse (installing it if needed) and run the end-to-end demo\
      \n  homeserver start|stop|status  the local Synapse for tests and the demo\

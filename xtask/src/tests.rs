@@ -65,6 +65,14 @@ pub(crate) fn from_args(args: &[String]) -> Result<(), String> {
 /// client SIGKILLed at 1,000 seeded points across its kill sites, against
 /// Synapse). The servers are started if needed and stopped afterwards if
 /// this run started them.
+/// The network simulator (`testing/src/sim`), built in release: its
+/// arguments are passed on (`--runs N`, `--seed S`, ...).
+pub(crate) fn sim(args: &[String]) -> Result<(), String> {
+    let mut command = cargo();
+    command.args(["run", "--release", "-p", "hush-testing", "--bin", "hush-sim", "--"]).args(args);
+    run(command, "the network simulator (release build; the first build takes a few minutes)")
+}
+
 pub(crate) fn stress() -> Result<(), String> {
     let postgres = crate::homeserver::ensure_postgres_running()?;
     let mut crash = cargo();

@@ -20,6 +20,8 @@ pub(super) struct Backups {
     /// Keys by version, room and session.
     keys: BTreeMap<String, BTreeMap<OwnedRoomId, BTreeMap<String, Value>>>,
     next_version: u64,
+    /// Keys added or replaced, by version (the etag).
+    writes: BTreeMap<String, u64>,
 }
 
 /// The spec's rule: keep the verified copy, then the lower first index,
@@ -75,6 +77,7 @@ impl TestServer {
         if backups.versions.last().map(|(v, _, _)| v.as_str()) != Some(request.version.as_str()) {
             return Err("M_WRONG_ROOM_KEYS_VERSION".into());
         }
+        let written = backups.writes.entry(request.version.clone()).or_default();
         let stored = backups.keys.entry(request.version.clone()).or_default();
         for (room_id, room) in &request.rooms {
             for (session_id, raw) in &room.sessions {
@@ -84,6 +87,7 @@ impl TestServer {
                     Some(existing) if keeps_existing(existing, &offered) => {}
                     _ => {
                         sessions.insert(session_id.clone(), offered);
+                        *written += 1;
                     }
                 }
             }
@@ -93,6 +97,15 @@ impl TestServer {
             format!("etag{count}"),
             js_int::UInt::try_from(count).unwrap_or_default(),
         ))
+    }
+
+    /// The `etag` of a backup version (`GET /room_keys/version`): it
+    /// changes whenever a key is added or replaced.
+    pub fn backup_etag(&self, user_id: &UserId, version: &str) -> String {
+        let state = self.state();
+        let backups = state.backups.get(user_id);
+        let writes = backups.map_or(0, |b| b.writes.get(version).copied().unwrap_or(0));
+        format!("etag{writes}")
     }
 
     /// `GET /room_keys/keys?version=`: every stored key of a version.
