@@ -49,7 +49,8 @@ const BACKUP_RECHECK: Duration = Duration::from_secs(600);
 /// most every [`BACKUP_RECHECK`].
 #[derive(Default)]
 pub(crate) struct BackupLookups {
-    looked: BTreeMap<(OwnedRoomId, String), String>,
+    /// (room, session) → (backup version, etag) when it was looked up.
+    looked: BTreeMap<(OwnedRoomId, String), (String, String)>,
     checked_at: Option<Timestamp>,
 }
 
@@ -65,13 +66,15 @@ impl BackupLookups {
         (fresh || recheck, recheck)
     }
 
-    /// The keys to look up in the backup whose etag is now `etag` (at most
-    /// [`LOOKUPS_PER_SYNC`]): never looked up, or looked up when the backup
-    /// was different and `recheck` is on. They are remembered with `etag`.
+    /// The keys to look up in the backup `version`, whose etag is now
+    /// `etag` (at most [`LOOKUPS_PER_SYNC`]): never looked up, looked up in
+    /// another version (etags count per version), or looked up when the
+    /// backup was different and `recheck` is on. They are remembered with
+    /// the version and etag.
     fn take_due(
         &mut self,
         waiting: Vec<(OwnedRoomId, String)>,
-        etag: &str,
+        (version, etag): (&str, &str),
         recheck: bool,
         now: Timestamp,
     ) -> Vec<(OwnedRoomId, String)> {
@@ -84,11 +87,11 @@ impl BackupLookups {
         }
         let due = |key: &(OwnedRoomId, String)| match self.looked.get(key) {
             None => true,
-            Some(seen) => recheck && seen != etag,
+            Some((seen_version, seen_etag)) => seen_version != version || (recheck && seen_etag != etag),
         };
         let wanted: Vec<_> = waiting.into_iter().filter(due).take(LOOKUPS_PER_SYNC).collect();
         for key in &wanted {
-            self.looked.insert(key.clone(), etag.to_owned());
+            self.looked.insert(key.clone(), (version.to_owned(), etag.to_owned()));
         }
         wanted
     }
@@ -129,7 +132,8 @@ impl crate::Client {
                 return;
             }
         };
-        let wanted = crate::client::lock(&self.inner.backup_lookups).take_due(waiting, &etag, recheck, now);
+        let wanted =
+            crate::client::lock(&self.inner.backup_lookups).take_due(waiting, (&info.version, &etag), recheck, now);
         for (room_id, session_id) in wanted {
             if let Err(error) = self.encryption().restore_room_key_from(&info, &room_id, &session_id).await {
                 tracing::warn!(%room_id, %session_id, %error, "looking a room key up in the backup failed");
@@ -328,20 +332,22 @@ mod tests {
         let later = |secs: u64| Timestamp::from_millis(1_000_000 + secs * 1000);
         let mut lookups = BackupLookups::default();
         assert_eq!(lookups.needs_backup(&[key(0)], start), (true, false), "never looked up");
-        assert_eq!(lookups.take_due(vec![key(0)], "etag1", false, start), vec![key(0)]);
+        assert_eq!(lookups.take_due(vec![key(0)], ("1", "etag1"), false, start), vec![key(0)]);
         // Looked up, nothing new: the recheck of the backup is due at once
         // (never checked), but the same etag brings no new lookup.
         assert_eq!(lookups.needs_backup(&[key(0)], start), (true, true));
-        assert!(lookups.take_due(vec![key(0)], "etag1", true, start).is_empty());
+        assert!(lookups.take_due(vec![key(0)], ("1", "etag1"), true, start).is_empty());
         // Within ten minutes of that check: the backup is not read again.
         assert_eq!(lookups.needs_backup(&[key(0)], later(599)), (false, false));
         // After ten minutes, a changed backup: looked up again, once.
         assert_eq!(lookups.needs_backup(&[key(0)], later(600)), (true, true));
-        assert_eq!(lookups.take_due(vec![key(0)], "etag2", true, later(600)), vec![key(0)]);
-        assert!(lookups.take_due(vec![key(0)], "etag2", true, later(1200)).is_empty());
+        assert_eq!(lookups.take_due(vec![key(0)], ("1", "etag2"), true, later(600)), vec![key(0)]);
+        assert!(lookups.take_due(vec![key(0)], ("1", "etag2"), true, later(1200)).is_empty());
         // A new key is looked up at once, whatever the recheck.
         assert_eq!(lookups.needs_backup(&[key(0), key(1)], later(601)), (true, false));
-        assert_eq!(lookups.take_due(vec![key(0), key(1)], "etag2", false, later(601)), vec![key(1)]);
+        assert_eq!(lookups.take_due(vec![key(0), key(1)], ("1", "etag2"), false, later(601)), vec![key(1)]);
+        // A new backup version: its etags count anew, so every key is due.
+        assert_eq!(lookups.take_due(vec![key(0)], ("2", "etag2"), false, later(602)), vec![key(0)]);
     }
 
     #[test]
@@ -349,7 +355,7 @@ mod tests {
         let mut lookups = BackupLookups::default();
         let waiting: Vec<_> = (0..100).map(key).collect();
         let now = Timestamp::from_millis(0);
-        assert_eq!(lookups.take_due(waiting.clone(), "e", false, now).len(), LOOKUPS_PER_SYNC);
-        assert_eq!(lookups.take_due(waiting, "e", false, now).len(), LOOKUPS_PER_SYNC, "the next ones");
+        assert_eq!(lookups.take_due(waiting.clone(), ("1", "e"), false, now).len(), LOOKUPS_PER_SYNC);
+        assert_eq!(lookups.take_due(waiting, ("1", "e"), false, now).len(), LOOKUPS_PER_SYNC, "the next ones");
     }
 }

@@ -118,6 +118,7 @@ impl RoomState {
         }
     }
 
+    /// Records `event` as delivered if it is the latest so far.
     pub(crate) fn note_delivered(&mut self, event: &Value) {
         let (Some(ts), Some(id)) = (event["origin_server_ts"].as_u64(), event["event_id"].as_str()) else { return };
         if self.last_delivered.as_ref().is_none_or(|(last, _)| ts >= *last) {
@@ -238,5 +239,48 @@ mod tests {
         assert_eq!(room.undelivered(&later), &later[1..]);
         let older = vec![event("$p", 1), event("$q", 2)];
         assert!(room.undelivered(&older).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod membership_tests {
+    use hush_crypto_core::MembershipAtEvent;
+    use serde_json::json;
+
+    use super::*;
+
+    fn member(membership: &str, ts: u64) -> Value {
+        json!({"type": "m.room.member", "state_key": "@me:e.org", "origin_server_ts": ts, "content": {"membership": membership}})
+    }
+
+    #[test]
+    fn our_membership_events_say_which_events_were_meant_for_us() {
+        let mut room = RoomState::new("!r:e.org".try_into().unwrap(), Membership::Join);
+        assert_eq!(room.membership_at(Some(50)), MembershipAtEvent::Unknown, "nothing seen yet");
+        room.note_own_membership(&member("join", 100), "@me:e.org");
+        assert_eq!(room.membership_at(Some(50)), MembershipAtEvent::NotMember);
+        assert_eq!(room.membership_at(Some(150)), MembershipAtEvent::Member);
+        // Someone else's membership changes nothing.
+        let other = json!({"type": "m.room.member", "state_key": "@you:e.org", "origin_server_ts": 120, "content": {"membership": "leave"}});
+        room.note_own_membership(&other, "@me:e.org");
+        assert_eq!(room.membership_at(Some(150)), MembershipAtEvent::Member);
+        // We leave and join again: what was sent while we were out was not for us.
+        room.note_own_membership(&member("leave", 200), "@me:e.org");
+        assert_eq!(room.membership_at(Some(250)), MembershipAtEvent::Unknown);
+        room.note_own_membership(&member("join", 300), "@me:e.org");
+        assert_eq!(room.membership_at(Some(250)), MembershipAtEvent::NotMember);
+        assert_eq!(room.membership_at(Some(350)), MembershipAtEvent::Member);
+    }
+
+    #[test]
+    fn an_invite_counts_unless_only_joined_members_see_history() {
+        let mut shared = RoomState::new("!r:e.org".try_into().unwrap(), Membership::Invite);
+        shared.note_own_membership(&member("invite", 100), "@me:e.org");
+        assert_eq!(shared.membership_at(Some(150)), MembershipAtEvent::Member);
+        let mut joined_only = RoomState::new("!r:e.org".try_into().unwrap(), Membership::Invite);
+        joined_only.history_visibility = HistoryVisibility::Joined;
+        joined_only.note_own_membership(&member("invite", 100), "@me:e.org");
+        joined_only.note_own_membership(&member("join", 200), "@me:e.org");
+        assert_eq!(joined_only.membership_at(Some(150)), MembershipAtEvent::NotMember);
     }
 }

@@ -243,7 +243,7 @@ impl Client {
             copy(room_id, Membership::Join, &mut updated);
             let Some(room) = updated.get_mut(room_id) else { continue };
             room.own_membership = Membership::Join;
-            apply_state(room, &joined.state);
+            apply_state(room, &joined.state, own.as_ref().map(|o| o.as_str()));
             for event in &joined.timeline.events {
                 let value: Value = event.deserialize_as_unchecked().unwrap_or_default();
                 if value.get("state_key").is_some() {
@@ -274,7 +274,8 @@ impl Client {
             copy(room_id, Membership::Leave, &mut updated);
             let Some(room) = updated.get_mut(room_id) else { continue };
             room.own_membership = Membership::Leave;
-            apply_state(room, &left.state);
+            room.member_since = None;
+            apply_state(room, &left.state, None);
         }
         RoomUpdate { updated, timeline, new_rooms }
     }
@@ -397,7 +398,7 @@ impl Client {
     }
 }
 
-fn apply_state(room: &mut RoomState, state: &State) {
+fn apply_state(room: &mut RoomState, state: &State, own: Option<&str>) {
     let events = match state {
         State::Before(events) | State::After(events) => events,
         _ => return,
@@ -405,6 +406,9 @@ fn apply_state(room: &mut RoomState, state: &State) {
     for event in &events.events {
         if let Ok(value) = event.deserialize_as_unchecked::<Value>() {
             room.apply(&value);
+            if let Some(own) = own {
+                room.note_own_membership(&value, own);
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! answer that arrives after a restart is still recognised, and a request
 //! not yet sent is sent after one.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use ruma_common::{OwnedRoomId, RoomId};
 use serde::{Deserialize, Serialize};
@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 pub(crate) const GOSSIP_RECORD: &str = "hush.gossip.requests";
 /// The most requests kept open; the oldest room-key request gives way.
 const MAX_OPEN: usize = 256;
-/// The most answered room-key requests remembered (in memory).
-const MAX_ANSWERED: usize = 1024;
 
 /// What a request asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +50,6 @@ pub struct GossipRequest {
 pub(crate) struct GossipRequests {
     open: BTreeMap<String, GossipRequest>,
     next_sequence: u64,
-    /// Room keys one of our devices already answered since this machine
-    /// was opened: asking again would bring the same key (a device
-    /// forwards the best copy it holds), so a caller that keeps asking for
-    /// the key of an event the answer did not unlock (a copy from a later
-    /// index) would loop forever. Bounded; not saved, so a restart allows
-    /// one more request.
-    #[serde(skip)]
-    answered: VecDeque<GossipKind>,
 }
 
 impl GossipRequests {
@@ -136,24 +126,6 @@ impl GossipRequests {
         self.open.remove(request_id)
     }
 
-    /// Closes a request that one of our devices answered, remembering a
-    /// room-key request so it is not opened again.
-    pub(crate) fn answer(&mut self, request_id: &str) -> Option<GossipRequest> {
-        let request = self.open.remove(request_id)?;
-        if matches!(request.kind, GossipKind::RoomKey { .. }) && !self.answered.contains(&request.kind) {
-            if self.answered.len() >= MAX_ANSWERED {
-                self.answered.pop_front();
-            }
-            self.answered.push_back(request.kind.clone());
-        }
-        Some(request)
-    }
-
-    /// Whether a room-key request for `kind` was answered since the open.
-    pub(crate) fn was_answered(&self, kind: &GossipKind) -> bool {
-        self.answered.contains(kind)
-    }
-
     /// The requests sent and not yet answered.
     pub(crate) fn sent(&self) -> Vec<GossipRequest> {
         self.open.values().filter(|r| r.sent).cloned().collect()
@@ -192,22 +164,6 @@ mod tests {
         assert_eq!(dropped.request_id, "k0");
         assert_eq!(requests.len(), MAX_OPEN);
         assert!(requests.get("secret").is_some(), "a secret request outlives room-key requests");
-    }
-
-    #[test]
-    fn an_answered_room_key_request_is_remembered_and_the_memory_is_bounded() {
-        let mut requests = GossipRequests::default();
-        requests.open("a".into(), key(0), None);
-        assert!(!requests.was_answered(&key(0)));
-        assert!(requests.answer("a").is_some());
-        assert!(requests.was_answered(&key(0)));
-        for n in 1..=MAX_ANSWERED {
-            requests.open(format!("r{n}"), key(n), None);
-            requests.answer(&format!("r{n}"));
-        }
-        assert!(!requests.was_answered(&key(0)), "the oldest answer gave way");
-        assert!(requests.was_answered(&key(MAX_ANSWERED)));
-        assert_eq!(requests.answered.len(), MAX_ANSWERED);
     }
 
     #[test]

@@ -44,6 +44,18 @@ const RESENT_AT_START: usize = 64;
 const MAX_WAITING: usize = 64;
 /// How many times a waiting answer is tried before it is dropped.
 const MAX_WAIT_TRIES: u8 = 5;
+/// The most answers kept for room keys we did not hold when asked.
+const MAX_AWAITING_KEYS: usize = 64;
+/// How long such an answer is kept.
+const AWAITING_KEY_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+/// Open room-key requests are sent again after this long, then after
+/// twice as long each time (up to [`RESEND_MAX`]): a device of ours that
+/// had no copy, or a worse one, when it answered may have a better one now
+/// (from the backup, from the sender), and a device that was added since
+/// never saw the request.
+const RESEND_FIRST: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+/// The longest wait between two sendings of the open room-key requests.
+const RESEND_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 /// Gossip state in memory: the open requests (mirrored in the store) and
 /// the answers waiting for a session (not persisted: the asking device
@@ -54,6 +66,18 @@ pub(super) struct GossipState {
     /// Whether the requests not sent before a restart were queued again.
     relisted: bool,
     waiting: Vec<WaitingAnswer>,
+    /// Room-key requests of our verified devices, kept a day (or until the
+    /// asker cancels, which it does once a key satisfied it): one we could
+    /// not answer yet, or answered with a copy from some index, is answered
+    /// (again) at a later sync once we hold the key, or a copy reaching
+    /// further back (it may come over Olm, forwarded, from the backup or a
+    /// file). A new login often asks before our device that will hold the
+    /// key got it, or got its best copy.
+    awaiting_key: Vec<AwaitingKey>,
+    /// When the open room-key requests are sent again (set at the first
+    /// `outgoing_requests` after a request opened), and the wait after that.
+    resend_at: Option<Timestamp>,
+    resend_wait: Option<std::time::Duration>,
 }
 
 impl GossipState {
@@ -70,6 +94,15 @@ struct WaitingAnswer {
     request_id: String,
     what: Answer,
     tries: u8,
+}
+
+/// A room-key request kept for a later answer.
+#[derive(Debug, Clone)]
+struct AwaitingKey {
+    answer: WaitingAnswer,
+    asked: Timestamp,
+    /// The first index of the copy we sent, if we sent one.
+    sent_from: Option<u32>,
 }
 
 /// What is asked (the content is built when it is sent, so no secret
@@ -109,10 +142,8 @@ impl OlmMachine {
     }
 
     /// Asks our other devices for a room key we miss. `None` if a request
-    /// for it is already open, or if one of our devices already answered
-    /// it since this machine was opened: a device forwards the best copy
-    /// it holds, so asking again would bring the same key (and a caller
-    /// asking for every undecryptable event would loop).
+    /// for it is already open (it stays open until a forwarded copy better
+    /// than ours is stored).
     pub async fn request_room_key(
         &self,
         room_id: &RoomId,
@@ -149,14 +180,16 @@ impl OlmMachine {
             let mut gossip = lock(&self.inner.gossip);
             // A backup-key request for another backup gives way to this one
             // (a stale or server-made backup must not pin the expected key).
-            if gossip.requests.was_answered(&kind) {
-                return Ok(None);
-            }
             let replaced = match gossip.requests.find(&kind).cloned() {
                 Some(open) if open.expected_public_key == expected_public_key => return Ok(None),
                 Some(open) => gossip.requests.close(&open.request_id),
                 None => None,
             };
+            if matches!(kind, GossipKind::RoomKey { .. }) {
+                // A new request: the resend clock starts over.
+                gossip.resend_at = None;
+                gossip.resend_wait = None;
+            }
             let dropped = gossip.requests.open(request_id.clone(), kind, expected_public_key);
             (gossip.requests.record(), dropped, replaced)
         };
@@ -230,7 +263,52 @@ impl OlmMachine {
         for request in unsent {
             self.queue_gossip_request(&request, GossipAction::Request);
         }
+        if lock(&self.inner.gossip).resend_at.is_none() {
+            self.resend_open_room_key_requests(now);
+        }
         self.retry_waiting_answers(now).await
+    }
+
+    /// When the open room-key requests are sent again, if any is open.
+    pub(super) fn gossip_deadline(&self) -> Option<Timestamp> {
+        let gossip = lock(&self.inner.gossip);
+        let open = gossip.requests.sent().iter().any(|r| matches!(r.kind, GossipKind::RoomKey { .. }));
+        gossip.resend_at.filter(|_| open)
+    }
+
+    /// Starts the resend clock (at the first call after a request opened)
+    /// and, once it is due, queues the open room-key requests again (same
+    /// ids; the oldest [`RESENT_AT_START`]) and doubles the wait.
+    pub(super) fn resend_open_room_key_requests(&self, now: Timestamp) {
+        let due = {
+            let mut gossip = lock(&self.inner.gossip);
+            let wait = gossip.resend_wait.unwrap_or(RESEND_FIRST);
+            match gossip.resend_at {
+                None => {
+                    gossip.resend_at = Some(now.saturating_add(wait));
+                    gossip.resend_wait = Some(wait);
+                    Vec::new()
+                }
+                Some(at) if at <= now => {
+                    let next = (wait * 2).min(RESEND_MAX);
+                    gossip.resend_at = Some(now.saturating_add(next));
+                    gossip.resend_wait = Some(next);
+                    let mut open: Vec<GossipRequest> = gossip
+                        .requests
+                        .sent()
+                        .into_iter()
+                        .filter(|r| matches!(r.kind, GossipKind::RoomKey { .. }))
+                        .collect();
+                    open.sort_by_key(|r| r.sequence);
+                    open.truncate(RESENT_AT_START);
+                    open
+                }
+                Some(_) => Vec::new(),
+            }
+        };
+        for request in due {
+            self.queue_gossip_request(&request, GossipAction::Request);
+        }
     }
 
     /// The server took our request: it is marked sent.
@@ -406,12 +484,17 @@ impl OlmMachine {
     async fn send_answer(&self, mut answer: WaitingAnswer, now: Timestamp) -> Result<(), StoreError> {
         let Some((event_type, content)) = self.answer_content(&answer.request_id, &answer.what).await? else {
             tracing::info!(what = ?answer.what, "asked for something we do not hold");
+            self.keep_for_later(answer, now, None).await?;
             return Ok(());
         };
         let own = self.user_id().to_owned();
         let result = self.encrypt_to_device(&[(&own, &answer.device_id)], event_type, &content, now).await?;
         if !result.failures.iter().any(|f| matches!(f, OlmEncryptionError::NoSession { .. })) {
             tracing::info!(device_id = %answer.device_id, event_type, "answered a request of our own device");
+            if let Answer::RoomKey(room_id, session_id) = &answer.what {
+                let sent_from = self.load_inbound(room_id, session_id).await?.map(|s| s.first_known_index());
+                self.keep_for_later(answer, now, sent_from).await?;
+            }
             return Ok(());
         }
         answer.tries += 1;
@@ -448,7 +531,51 @@ impl OlmMachine {
     }
 
     fn drop_waiting(&self, request_id: &str, device_id: &DeviceId) {
-        lock(&self.inner.gossip).waiting.retain(|w| w.request_id != request_id || w.device_id != device_id);
+        let mut gossip = lock(&self.inner.gossip);
+        gossip.waiting.retain(|w| w.request_id != request_id || w.device_id != device_id);
+        gossip.awaiting_key.retain(|k| k.answer.request_id != request_id || k.answer.device_id != device_id);
+    }
+
+    /// Keeps a room-key request for a later answer (see `awaiting_key`),
+    /// replacing an earlier entry for it; the day counts from the first.
+    async fn keep_for_later(
+        &self,
+        answer: WaitingAnswer,
+        now: Timestamp,
+        sent_from: Option<u32>,
+    ) -> Result<(), StoreError> {
+        if !matches!(answer.what, Answer::RoomKey(..)) {
+            return Ok(());
+        }
+        let mut gossip = lock(&self.inner.gossip);
+        let same = |k: &AwaitingKey| k.answer.request_id == answer.request_id && k.answer.device_id == answer.device_id;
+        let asked = gossip.awaiting_key.iter().find(|k| same(k)).map_or(now, |k| k.asked);
+        gossip.awaiting_key.retain(|k| !same(k));
+        if gossip.awaiting_key.len() >= MAX_AWAITING_KEYS {
+            gossip.awaiting_key.remove(0);
+        }
+        gossip.awaiting_key.push(AwaitingKey { answer, asked, sent_from });
+        Ok(())
+    }
+
+    /// Answers the kept requests whose key we now hold, or hold from an
+    /// earlier index than the copy we sent (checked in the store: however
+    /// the key came); forgets those older than a day. Called after each
+    /// sync is saved.
+    pub(super) async fn answer_awaiting_keys(&self, now: Timestamp) -> Result<(), StoreError> {
+        let awaiting = {
+            let mut gossip = lock(&self.inner.gossip);
+            gossip.awaiting_key.retain(|k| now.saturating_duration_since(k.asked) < AWAITING_KEY_FOR);
+            gossip.awaiting_key.clone()
+        };
+        for kept in awaiting {
+            let Answer::RoomKey(room_id, session_id) = &kept.answer.what else { continue };
+            let Some(held) = self.load_inbound(room_id, session_id).await? else { continue };
+            if kept.sent_from.is_none_or(|sent| held.first_known_index() < sent) {
+                self.send_answer(kept.answer, now).await?;
+            }
+        }
+        Ok(())
     }
 
     /// An `m.secret.send`: taken only over Olm from our own verified device,
@@ -529,13 +656,18 @@ impl OlmMachine {
     /// An `m.forwarded_room_key` from a sync (stored in the sync's batch):
     /// taken only over Olm from our own verified device, for an open
     /// request of ours, and never over a better or differently owned key.
-    /// Returns the request to cancel on our other devices, if one closed.
+    /// Returns the request to cancel on our other devices, if one closed:
+    /// only a stored key closes it. A key no better than ours (or held for
+    /// another owner) leaves it open for our other devices' answers, so a
+    /// device that forwards a later copy first cannot shut out one with an
+    /// earlier copy, and the request is not made again (each device answers
+    /// a request once: no loop of requests and useless answers).
     pub(super) async fn receive_forwarded_key(
         &self,
         info: &OlmDecryptionInfo,
         key: ForwardedRoomKey,
         changes: &mut Changes,
-    ) -> Result<Result<(Option<RoomKeyInfo>, GossipRequest), GossipError>, StoreError> {
+    ) -> Result<Result<(Option<RoomKeyInfo>, Option<GossipRequest>), GossipError>, StoreError> {
         let event_type = crate::gossip::FORWARDED_ROOM_KEY;
         let Some(device_id) = &info.sender_device else { return Ok(Err(GossipError::UnknownDevice(event_type))) };
         if let Err(error) =
@@ -566,15 +698,16 @@ impl OlmMachine {
                 None
             }
         };
-        // Answered (stored, or what we hold is at least as good): the request
-        // closes, and is not opened again (the answer would be the same).
+        if stored.is_none() {
+            return Ok(Ok((None, None)));
+        }
         let record = {
             let mut gossip = lock(&self.inner.gossip);
-            gossip.requests.answer(&request.request_id);
+            gossip.requests.close(&request.request_id);
             gossip.requests.record()
         };
         changes.custom_values.push(record);
-        Ok(Ok((stored, request)))
+        Ok(Ok((stored, Some(request))))
     }
 
     /// Cancels, on our other devices, requests a sync's forwarded keys closed.

@@ -131,6 +131,9 @@ impl OlmMachine {
         let withheld = output.withheld.iter().cloned().map(EngineEvent::RoomKeyWithheld);
         self.announce(keys.chain(withheld));
         self.cancel_answered(&answered);
+        if let Err(error) = self.answer_awaiting_keys(now).await {
+            tracing::warn!(%error, "answering our devices' requests for keys that arrived failed");
+        }
         self.receive_gossip(gossip, now).await;
         // After the save and with the locks released: a verification that
         // finishes signs keys, which takes the account lock.
@@ -224,7 +227,7 @@ impl OlmMachine {
         match taken {
             Ok((stored, request)) => {
                 output.room_keys.extend(stored);
-                answered.push(request);
+                answered.extend(request);
                 Ok(ToDeviceOutcome::Decrypted { event, info })
             }
             Err(error) => {

@@ -11,7 +11,8 @@ impl OlmMachine {
     /// The earliest time at which [`handle_timeout`](Self::handle_timeout)
     /// has something to do, or `None`: the end of a claim back-off, a
     /// deferred unwedge (at most one new session per device and hour), a
-    /// keys-query retry, a room key reaching its age limit. The time may be
+    /// keys-query retry, a room key reaching its age limit, open room-key
+    /// requests to send again to our other devices. The time may be
     /// in the past (e.g. after a restart, for state saved before it): call
     /// `handle_timeout` at once then. A caller's drive loop sleeps until the
     /// earlier of this and its next sync.
@@ -21,7 +22,8 @@ impl OlmMachine {
         let queries = lock(&self.inner.tracker).next_deadline(handled);
         let rooms = lock(&self.inner.rooms).next_deadline(handled);
         let verifications = self.verification_deadline();
-        [claims, queries, rooms, verifications].into_iter().flatten().min()
+        let gossip = self.gossip_deadline();
+        [claims, queries, rooms, verifications, gossip].into_iter().flatten().min()
     }
 
     /// Runs what is due at `now`, saving what it changed: deferred unwedges
@@ -55,6 +57,9 @@ impl OlmMachine {
             }
         }
         self.handle_verification_timeouts(now);
+        if self.gossip_deadline().is_some_and(|at| at <= now) {
+            self.resend_open_room_key_requests(now);
+        }
         let mut handled = lock(&self.inner.timers_handled_until);
         *handled = (*handled).max(now);
         drop(handled);

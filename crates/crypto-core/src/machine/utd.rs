@@ -18,8 +18,13 @@ impl OlmMachine {
     /// with `error`) is unreadable, as data an application can show and
     /// count. `membership` is whether our user was a member the event was
     /// meant for when it was sent (the caller knows the room's history).
-    /// Reads the store; changes nothing. A store failure while gathering
-    /// the facts gives [`UtdCause::StoreFailure`].
+    /// Reads the store only for a key that never came (nothing else needs
+    /// the facts); changes nothing. A store failure while gathering the
+    /// facts gives [`UtdCause::StoreFailure`].
+    ///
+    /// The cause is advice for display and counting, not a security
+    /// decision: it rests on the event's `origin_server_ts` and claimed
+    /// `sender_key`, which the server and the sender choose.
     pub async fn utd_cause<T>(
         &self,
         event: &Raw<T>,
@@ -27,6 +32,9 @@ impl OlmMachine {
         error: &MegolmError,
         membership: MembershipAtEvent,
     ) -> UtdCause {
+        if !matches!(error, MegolmError::MissingRoomKey { withheld: None, .. }) {
+            return classify(error, &UtdFacts::from_membership(membership));
+        }
         let value: Value = serde_json::from_str(event.json().get()).unwrap_or(Value::Null);
         let content = &value["content"];
         let session_id = content["session_id"].as_str().unwrap_or_default();
@@ -73,7 +81,7 @@ impl OlmMachine {
         if self.backup_version().is_none() {
             return Ok(BackupAvailability::NotEnabled);
         }
-        Ok(match self.backup_decryption_key().await? {
+        Ok(match self.inner.store.get_secret(crate::secret_storage::names::BACKUP).await? {
             Some(_) => BackupAvailability::Usable,
             None => BackupAvailability::NoDecryptionKey,
         })

@@ -232,11 +232,14 @@ impl InboundGroupSession {
     }
 
     /// Takes `authenticated`'s provenance (a copy of the same ratchet that
-    /// reaches less far back but came from the sender itself).
+    /// came from the sender itself): its keys, its owner, its source, and
+    /// whether the sender let it be shared with later members (an
+    /// unauthenticated copy's claim to that is not believed).
     pub(crate) fn adopt_provenance(&mut self, authenticated: &Self) {
         self.sender_ed25519 = authenticated.sender_ed25519;
         self.sender_user.clone_from(&authenticated.sender_user);
         self.source = authenticated.source;
+        self.shared_history = authenticated.shared_history;
     }
 }
 
@@ -389,6 +392,18 @@ mod tests {
         assert_eq!(imported_early.judge(&mut olm_late), Judgement::Extend);
         // ...but one reaching no further is dropped.
         assert_eq!(imported_late.judge(&mut olm_late), Judgement::Keep);
+        // An earlier copy claiming another sender is refused, never an extension.
+        let mut other_origin = origin(KeySource::Imported);
+        other_origin.sender_key = Curve25519PublicKey::from_bytes([2; 32]);
+        let mut foreign_early = InboundGroupSession::from_session_key(room, &at_zero, other_origin);
+        assert!(matches!(foreign_early.judge(&mut olm_late), Judgement::Conflict(_)));
+        // The extended copy keeps the authenticated copy's provenance, its
+        // shared-history flag included.
+        let mut claims_shared = Origin { shared_history: true, ..origin(KeySource::Forwarded) };
+        claims_shared.sender_ed25519 = None;
+        let mut extended = InboundGroupSession::from_session_key(room, &at_zero, claims_shared);
+        extended.adopt_provenance(&olm_late);
+        assert_eq!((extended.source, extended.shared_history), (KeySource::Olm, false));
         // The same ratchet arriving over Olm upgrades an imported copy...
         let mut olm_early = InboundGroupSession::from_session_key(room, &at_zero, origin(KeySource::Olm));
         assert_eq!(olm_early.judge(&mut imported_early), Judgement::Take);

@@ -124,6 +124,21 @@ pub struct UtdFacts {
     pub backup: BackupAvailability,
 }
 
+impl UtdFacts {
+    /// Facts for errors that need only the membership (every error but a
+    /// missing key that was not withheld).
+    pub fn from_membership(membership: MembershipAtEvent) -> Self {
+        Self {
+            membership,
+            event_ts: None,
+            device_created: 0,
+            session_with_sender: false,
+            requested_from_own_devices: false,
+            backup: BackupAvailability::NotEnabled,
+        }
+    }
+}
+
 /// The cause of a decryption failure: the error says what failed, the facts
 /// say why. Order matters: the sender's own word (withheld) first, then our
 /// membership, then the age of our device, then what we know of the path
