@@ -60,11 +60,6 @@ pub(crate) fn from_args(args: &[String]) -> Result<(), String> {
     run_all(&filter)
 }
 
-/// The kill stresses, in release mode: the store crash test at 1,000 kills
-/// per backend (redb, sled, PostgreSQL), then the client kill stress (a
-/// client SIGKILLed at 1,000 seeded points across its kill sites, against
-/// Synapse). The servers are started if needed and stopped afterwards if
-/// this run started them.
 /// The network simulator (`testing/src/sim`), built in release: its
 /// arguments are passed on (`--runs N`, `--seed S`, ...).
 pub(crate) fn sim(args: &[String]) -> Result<(), String> {
@@ -73,6 +68,11 @@ pub(crate) fn sim(args: &[String]) -> Result<(), String> {
     run(command, "the network simulator (release build; the first build takes a few minutes)")
 }
 
+/// The kill stresses, in release mode: the store crash test at 1,000 kills
+/// per backend (redb, sled, PostgreSQL), then the client kill stress (a
+/// client SIGKILLed at 1,000 seeded points across its kill sites, against
+/// Synapse). The servers are started if needed and stopped afterwards if
+/// this run started them.
 pub(crate) fn stress() -> Result<(), String> {
     let postgres = crate::homeserver::ensure_postgres_running()?;
     let mut crash = cargo();

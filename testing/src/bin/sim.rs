@@ -59,7 +59,10 @@ fn main() -> ExitCode {
     }
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(args.first));
-    let end = args.first + args.runs;
+    let Some(end) = args.first.checked_add(args.runs) else {
+        eprintln!("hush-sim: --first + --runs is too large");
+        return ExitCode::from(2);
+    };
     let tally = Arc::new(Mutex::new(Tally::default()));
     let failures = Arc::new(Mutex::new(Vec::<RunOutcome>::new()));
     let done = Arc::new(AtomicU64::new(0));
@@ -149,7 +152,7 @@ fn report(outcome: &RunOutcome, shrink: bool) {
     }
     if shrink {
         let shrunk =
-            sim::shrink(outcome.seed, outcome.schedule[..failure.step.min(outcome.schedule.len())].to_vec(), 300);
+            sim::shrink(outcome.seed, outcome.schedule[..(failure.step + 1).min(outcome.schedule.len())].to_vec(), 300);
         println!("\nshrunk to {} ops (same seed):", shrunk.len());
         for op in &shrunk {
             println!("  {op}");

@@ -4,14 +4,18 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
+
 use super::{
     Halt,
     oracle::{Truth, View, legitimate},
     world::World,
 };
 
-/// Settle rounds before the network must be quiet.
-const SETTLE_ROUNDS: usize = 8;
+/// Settle rounds (ten minutes apart) before the network must be quiet.
+const SETTLE_ROUNDS: usize = 12;
+/// Settle phases, two hours apart.
+const SETTLE_PHASES: usize = 3;
 
 impl World {
     /// Every unreadable event a device holds has a cause the truth
@@ -54,30 +58,82 @@ impl World {
                 self.restart(d).await?;
             }
         }
-        let mut quiet = false;
+        // Three phases two hours apart, each until quiet: timers that wait
+        // (the resend of open room-key requests) get to run.
+        for _ in 0..SETTLE_PHASES {
+            self.settle_until_quiet().await?;
+            self.clock.advance(Duration::from_secs(2 * 3600));
+        }
+        self.check_all_read()?;
+        self.check_device_lists().await?;
+        self.check(true)?;
+        self.check_healed().await
+    }
+
+    /// After settling, no event stays unreadable that healing could have
+    /// fixed: its key is in a backup the device can read (from an index
+    /// at or before the event's), or a device of the same user that the
+    /// device verified (and that verified it) decrypted it.
+    async fn check_healed(&self) -> Result<(), Halt> {
+        for d in self.live() {
+            let dev = &self.devices[d];
+            let machine = dev.machine()?;
+            let key = machine.backup_decryption_key().await.map_err(Halt::engine)?;
+            let backup = match (machine.backup_version(), key) {
+                (Some(version), Some(_)) => self.server.backup_keys(&dev.user_id, &version),
+                _ => Default::default(),
+            };
+            for (&e, view) in &dev.views {
+                let ev = &self.events[e];
+                if !matches!(view, View::Utd { .. }) || !ev.entitled.contains(&dev.user) {
+                    continue;
+                }
+                let entry = backup.get(&self.rooms[ev.room].room_id).and_then(|r| r.sessions.get(&ev.session_id));
+                let first_index = entry
+                    .and_then(|raw| raw.deserialize_as_unchecked::<Value>().ok())
+                    .and_then(|value| value["first_message_index"].as_u64());
+                let in_backup = first_index.is_some_and(|first| first <= u64::from(ev.index));
+                let mutual = |b: usize| self.verified.contains(&(d, b)) && self.verified.contains(&(b, d));
+                let holder = (0..self.devices.len()).filter(|&b| mutual(b)).find(|&b| {
+                    let other = &self.devices[b];
+                    !other.logged_out && matches!(other.views.get(&e), Some(View::Decrypted { .. }))
+                });
+                if in_backup || holder.is_some() {
+                    let from = holder.map_or("the backup".to_owned(), |b| self.devices[b].device_id.to_string());
+                    return Err(Halt::Invariant(format!(
+                        "{} still cannot read {} after settling, though {from} holds its key",
+                        dev.device_id, ev.event_id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sync rounds, ten minutes apart, until one in which nothing is sent,
+    /// taken or read.
+    async fn settle_until_quiet(&mut self) -> Result<(), Halt> {
         for _ in 0..SETTLE_ROUNDS {
+            // Time passes while the network settles (rate limits such as
+            // the backup's ten-minute recheck run out).
+            self.clock.advance(Duration::from_secs(600));
             let mut activity = 0;
             for d in self.live() {
                 let n = self.sync(d, true).await?;
                 if n > 0 {
-                    self.note(format!(
+                    let line = format!(
                         "step {}: settle: {} took {n} messages or events",
                         self.step, self.devices[d].device_id
-                    ));
+                    );
+                    self.note(line);
                 }
                 activity += n;
             }
             if activity == 0 {
-                quiet = true;
-                break;
+                return Ok(());
             }
         }
-        if !quiet {
-            return Err(Halt::Invariant(format!("the network was not quiet after {SETTLE_ROUNDS} settle rounds")));
-        }
-        self.check_all_read()?;
-        self.check_device_lists().await?;
-        self.check(true)
+        Err(Halt::Invariant(format!("the network was not quiet after {SETTLE_ROUNDS} settle rounds")))
     }
 
     /// Every device has a view of every event of the rooms its user joined.

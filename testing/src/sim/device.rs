@@ -66,8 +66,9 @@ pub(super) struct SimDevice {
     pub(super) positions: BTreeMap<usize, usize>,
     /// What it made of each event it read (the application's timeline).
     pub(super) views: BTreeMap<usize, View>,
-    /// Sessions looked up in the backup, with the backup's etag then.
-    pub(super) backup_looked: BTreeMap<String, String>,
+    /// Sessions looked up in the backup, with the backup's version and
+    /// etag then.
+    pub(super) backup_looked: BTreeMap<String, (String, String)>,
     /// When the backup's etag was last checked for keys looked up before.
     pub(super) backup_checked_at: Option<hush_crypto_core::Timestamp>,
     /// Sessions whose keys arrived since the last retry, and how.
@@ -84,6 +85,8 @@ pub(super) struct OlmCounts {
     pub(super) undecryptable: u64,
     /// `m.dummy` messages received: a session the sender replaced.
     pub(super) dummies: u64,
+    /// To-device requests sent (a settle is quiet only when none is).
+    pub(super) to_device_sent: u64,
 }
 
 impl SimDevice {
@@ -204,6 +207,7 @@ impl SimDevice {
                     }
                 }
                 server.send_to_device(&user, r);
+                self.counts.to_device_sent += 1;
                 response = (&to_device).into();
             }
             AnyOutgoingRequest::SignatureUpload(r) => {

@@ -13,8 +13,16 @@
 //! decrypted event has the body that was sent, an event once decrypted
 //! stays decryptable (across kills too), no one-time key is claimed twice,
 //! no Olm message key or Megolm index is used twice, and every unreadable
-//! event has a cause (`OlmMachine::utd_cause`) that the truth accepts.
-//! After a settle, only a recorded fault excuses a key that never came.
+//! event has a cause (`OlmMachine::utd_cause`) that the truth accepts,
+//! a decrypted event names its real sender device, and a forwarded key
+//! reaches only a device that verified one of its own. A settle (faults
+//! paused, killed devices reopened, held messages delivered, every device
+//! synced until quiet in three phases two hours apart) adds the strict
+//! checks: only a recorded fault on the sender's path since its session
+//! began excuses a key that never came; no event stays unreadable whose key
+//! is in a backup the device can read, or held by an own device it and
+//! that device verified each other; every device read everything; device
+//! lists converged.
 //!
 //! A failing run reports its seed, the op and the schedule; [`shrink`]
 //! finds a shorter failing schedule. `cargo xtask sim --seed S` replays.

@@ -50,8 +50,12 @@ pub(super) struct SimEvent {
     pub(super) session_id: String,
     /// When it was sent (op number).
     pub(super) step: usize,
-    /// When its Megolm session was first used (op number).
+    /// The op from which its Megolm session may have existed (a lower
+    /// bound: faults on the sender's messages before it cannot have
+    /// carried its key).
     pub(super) session_start: usize,
+    /// Its Megolm message index.
+    pub(super) index: u32,
     pub(super) entitled: BTreeSet<usize>,
 }
 

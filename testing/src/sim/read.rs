@@ -82,34 +82,7 @@ impl World {
         let entitled = ev.entitled.contains(&dev.user);
         let before = dev.views.get(&event).cloned();
         let view = match result {
-            Ok(decrypted) => {
-                if !entitled {
-                    return Err(Halt::Invariant(format!(
-                        "{} read {} in room {}, sent when its user could not read it",
-                        dev.device_id, ev.event_id, ev.room
-                    )));
-                }
-                let value: Value = decrypted.event.deserialize_as_unchecked().unwrap_or(Value::Null);
-                if value["content"]["body"].as_str() != Some(ev.body.as_str()) {
-                    return Err(Halt::Invariant(format!(
-                        "{} decrypted {} to another body",
-                        dev.device_id, ev.event_id
-                    )));
-                }
-                let healed = match before {
-                    Some(View::Utd { first, .. }) => {
-                        let path = healed_by.unwrap_or(match decrypted.info.key_source {
-                            KeySource::Backup | KeySource::Imported => HealPath::Backup,
-                            KeySource::Forwarded => HealPath::OwnDevice,
-                            KeySource::Olm | KeySource::Own => HealPath::LateKey,
-                        });
-                        Some(Healed { path, first })
-                    }
-                    Some(View::Decrypted { healed }) => healed,
-                    None => None,
-                };
-                View::Decrypted { healed }
-            }
+            Ok(decrypted) => self.accept_decrypted(d, event, &decrypted, before, healed_by)?,
             Err(error) => {
                 if let Some(View::Decrypted { .. }) = before {
                     return Err(Halt::Invariant(format!(
@@ -129,6 +102,48 @@ impl World {
         };
         self.devices[d].views.insert(event, view);
         Ok(())
+    }
+
+    /// Checks a decryption against the truth (the user could read it, the
+    /// body and the sending device are the ones sent, a forwarded key came
+    /// to a device that verified one of its own) and says how it healed.
+    fn accept_decrypted(
+        &self,
+        d: usize,
+        event: usize,
+        decrypted: &DecryptedRoomEvent,
+        before: Option<View>,
+        healed_by: Option<HealPath>,
+    ) -> Result<View, Halt> {
+        let (ev, dev) = (&self.events[event], &self.devices[d]);
+        let fail = |what: String| Err(Halt::Invariant(format!("{} {what}", dev.device_id)));
+        if !ev.entitled.contains(&dev.user) {
+            return fail(format!("read {} in room {}, sent when its user could not read it", ev.event_id, ev.room));
+        }
+        let value: Value = decrypted.event.deserialize_as_unchecked().unwrap_or(Value::Null);
+        if value["content"]["body"].as_str() != Some(ev.body.as_str()) {
+            return fail(format!("decrypted {} to another body", ev.event_id));
+        }
+        let (sender, info) = (&self.devices[ev.sender_device], &decrypted.info);
+        if info.sender != sender.user_id || info.sender_curve25519_key.to_base64() != sender.curve_key {
+            return fail(format!("decrypted {} as sent by {}, not by {}", ev.event_id, info.sender, sender.device_id));
+        }
+        let healed = match before {
+            Some(View::Utd { first, .. }) => {
+                let path = healed_by.unwrap_or(match info.key_source {
+                    KeySource::Backup | KeySource::Imported => HealPath::Backup,
+                    KeySource::Forwarded => HealPath::OwnDevice,
+                    KeySource::Olm | KeySource::Own => HealPath::LateKey,
+                });
+                if path == HealPath::OwnDevice && !self.verified.iter().any(|(a, _)| *a == d) {
+                    return fail(format!("took a forwarded key for {} though it verified no device", ev.event_id));
+                }
+                Some(Healed { path, first })
+            }
+            Some(View::Decrypted { healed }) => healed,
+            None => None,
+        };
+        Ok(View::Decrypted { healed })
     }
 
     /// The events device `d` cannot read yet, with their sessions.
@@ -179,9 +194,9 @@ impl World {
             let session = &self.events[e].session_id;
             let due = match dev.backup_looked.get(session) {
                 None => true,
-                Some(seen) => {
+                Some((seen_version, seen_etag)) => {
                     rechecked |= recheck;
-                    recheck && *seen != etag
+                    *seen_version != version || (recheck && *seen_etag != etag)
                 }
             };
             if wanted.len() < HEAL_PER_SYNC && due {
@@ -195,7 +210,7 @@ impl World {
             return Ok(());
         }
         let mut all = self.server.backup_keys(&self.devices[d].user_id, &version);
-        self.devices[d].backup_looked.extend(wanted.iter().map(|s| (s.clone(), etag.clone())));
+        self.devices[d].backup_looked.extend(wanted.iter().map(|s| (s.clone(), (version.clone(), etag.clone()))));
         for room in all.values_mut() {
             room.sessions.retain(|id, _| wanted.contains(id.as_str()));
         }

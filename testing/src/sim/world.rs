@@ -44,6 +44,8 @@ pub(super) struct World {
     pub(super) backup_keys: Vec<Option<BackupDecryptionKey>>,
     pub(super) step: usize,
     pub(super) opens: u64,
+    /// Pairs of devices of one user that verified each other (both orders).
+    pub(super) verified: std::collections::BTreeSet<(usize, usize)>,
     /// What happened, one line per notable thing (printed with a failure).
     pub(super) log: Vec<String>,
     dir: TempDir,
@@ -90,6 +92,7 @@ impl World {
             backup_keys: (0..USERS).map(|_| None).collect(),
             step: 0,
             opens: 0,
+            verified: Default::default(),
             log: Vec::new(),
             dir,
         };
@@ -301,6 +304,12 @@ impl World {
                 let b_id = devices[b].device_id.clone();
                 let machine = devices[a].machine()?;
                 machine.set_local_trust(&own, &b_id, LocalTrust::Verified).await.map_err(Halt::engine)?;
+                // As hush-client does when a verification with our own
+                // device finishes: it trusts us now, so ask it again.
+                machine.resend_open_gossip_requests();
+                self.verified.insert((a, b));
+                let (mut net, devices) = self.net();
+                devices[a].drive(&mut net).await?;
             }
         }
         self.note(format!("step {}: the new login was verified", self.step));
@@ -398,8 +407,15 @@ impl World {
             "step {}: {} sent {event_id} in room {room} (session {session_id} index {index}, readers {entitled:?})",
             self.step, self.devices[d].device_id
         ));
-        let session_start =
-            self.events.iter().find(|e| e.session_id == session_id).map_or(self.step, |first| first.session_start);
+        // The session was made after this device's previous event in the
+        // room if that one used another session (the op that made it may
+        // have been killed before its first message), else with it.
+        let previous = self.events.iter().rev().find(|e| e.room == room && e.sender_device == d);
+        let session_start = match previous {
+            Some(previous) if previous.session_id == session_id => previous.session_start,
+            Some(previous) => previous.step,
+            None => 0,
+        };
         self.events.push(SimEvent {
             room,
             raw,
@@ -409,6 +425,7 @@ impl World {
             session_id,
             step: self.step,
             session_start,
+            index,
             entitled,
         });
         Ok(())
@@ -459,11 +476,14 @@ impl World {
         }
     }
 
-    /// One sync of a device, then its timeline read and its waiting events healed.
+    /// One sync of a device, then its timeline read and its waiting events
+    /// healed. Returns how much happened: to-device messages taken and
+    /// sent, events read.
     pub(super) async fn sync(&mut self, d: usize, healthy: bool) -> Result<usize, Halt> {
         if self.devices[d].machine.is_none() {
             return Ok(0);
         }
+        let sent_before = self.devices[d].counts.to_device_sent;
         let step = self.step;
         let (mut net, devices) = self.net();
         let result = devices[d].sync(&mut net, healthy, step).await;
@@ -472,7 +492,8 @@ impl World {
         let taken = result?;
         let read = self.read_rooms(d).await?;
         self.heal(d).await?;
-        Ok(taken + read)
+        let sent = usize::try_from(self.devices[d].counts.to_device_sent - sent_before).unwrap_or(usize::MAX);
+        Ok(taken + read + sent)
     }
 
     /// A clean shutdown and reopen (or the reopen after a kill), then the
@@ -480,8 +501,14 @@ impl World {
     /// decrypts.
     pub(super) async fn restart(&mut self, d: usize) -> Result<(), Halt> {
         let killed = self.devices[d].machine.is_none();
-        self.devices[d].machine = None;
-        self.devices[d].crash_after = None;
+        let dev = &mut self.devices[d];
+        dev.machine = None;
+        dev.crash_after = None;
+        // The client's memory is gone with its process (its timeline, kept
+        // in `views` and `positions`, is the application's, on disk).
+        dev.backup_looked.clear();
+        dev.backup_checked_at = None;
+        dev.arrived.clear();
         self.open(d).await?;
         self.tally.count_fault(if killed { "crash (reopened)" } else { "restart" });
         self.note(format!(
