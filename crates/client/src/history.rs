@@ -97,6 +97,7 @@ impl Room {
         let events: Vec<Value> =
             response.chunk.iter().take(limit).filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok()).collect();
         let chunk = self.client.decrypt_page(&self.room_id, events).await;
+        self.client.save_waiting_events().await;
         Ok(Messages { start: response.start, end: response.end, chunk })
     }
 }
@@ -192,12 +193,21 @@ impl Client {
     }
 }
 
+/// The custom value holding the waiting events across restarts.
+pub(crate) const WAITING_KEY: &str = "hush.client.waiting_events";
+/// The most waiting events saved (the newest): a restarted client still
+/// delivers them as late decryptions when their keys come, or came just
+/// before it stopped.
+const MAX_SAVED: usize = 500;
+
 /// Events waiting for their keys: once per event id, at most
 /// [`MAX_WAITING`], the oldest dropped first.
 #[derive(Default)]
 pub(crate) struct WaitingEvents {
     events: VecDeque<(OwnedRoomId, Value)>,
     ids: HashSet<String>,
+    /// Changed since it was last saved.
+    dirty: bool,
 }
 
 fn event_id(event: &Value) -> Option<&str> {
@@ -211,6 +221,7 @@ impl WaitingEvents {
         {
             return;
         }
+        self.dirty = true;
         if self.events.len() >= MAX_WAITING
             && let Some((_, oldest)) = self.events.pop_front()
             && let Some(id) = event_id(&oldest)
@@ -232,12 +243,71 @@ impl WaitingEvents {
             .drain(..)
             .partition(|(_, e)| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)));
         self.events = waiting.into();
+        self.dirty |= !ready.is_empty();
         for (_, event) in &ready {
             if let Some(id) = event_id(event) {
                 self.ids.remove(id);
             }
         }
         ready
+    }
+}
+
+impl WaitingEvents {
+    /// The newest [`MAX_SAVED`] events to save, if they changed since the
+    /// last save (which this marks done).
+    pub(crate) fn take_record(&mut self) -> Option<Vec<u8>> {
+        if !std::mem::take(&mut self.dirty) {
+            return None;
+        }
+        let skip = self.events.len().saturating_sub(MAX_SAVED);
+        let newest: Vec<&(OwnedRoomId, Value)> = self.events.iter().skip(skip).collect();
+        serde_json::to_vec(&newest).ok()
+    }
+
+    /// The saved events (a record that does not decode reads as none: they
+    /// are only a convenience, and the store is outside input).
+    pub(crate) fn from_record(record: Option<&[u8]>) -> Self {
+        let events: Vec<(OwnedRoomId, Value)> =
+            record.and_then(|bytes| serde_json::from_slice(bytes).ok()).unwrap_or_default();
+        let mut waiting = Self::default();
+        for (room_id, event) in events.into_iter().take(MAX_SAVED) {
+            waiting.push(&room_id, &event);
+        }
+        waiting.dirty = false;
+        waiting
+    }
+
+    /// The sessions of every waiting event.
+    pub(crate) fn sessions(&self) -> BTreeSet<String> {
+        self.events.iter().filter_map(|(_, e)| e["content"]["session_id"].as_str().map(str::to_owned)).collect()
+    }
+}
+
+impl Client {
+    /// Saves the waiting events if they changed (a failure is logged: the
+    /// events are only a convenience for late decryption).
+    pub(crate) async fn save_waiting_events(&self) {
+        let Some(record) = lock(&self.inner.undecrypted).take_record() else { return };
+        let Ok(machine) = self.olm_machine() else { return };
+        let changes =
+            hush_crypto_core::Changes { custom_values: vec![(WAITING_KEY.to_owned(), record)], ..Default::default() };
+        if let Err(error) = machine.store().save_changes(changes).await {
+            tracing::warn!(%error, "saving the events waiting for their keys failed");
+        }
+    }
+
+    /// After a restart: the saved waiting events are tried again once (a
+    /// key may have arrived just before the client stopped), and whatever
+    /// still fails keeps waiting.
+    pub(crate) async fn retry_restored_waiting_events(&self) {
+        if !self.inner.retry_restored_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let sessions = lock(&self.inner.undecrypted).sessions();
+        if !sessions.is_empty() {
+            self.retry_undecrypted(&sessions).await;
+        }
     }
 }
 
@@ -261,5 +331,24 @@ mod tests {
         assert_eq!(waiting.take_sessions(&["s1".to_owned()].into()).len(), MAX_WAITING);
         waiting.push(&room, &event(1, "s1"));
         assert_eq!(waiting.iter().count(), 1, "a taken event may wait again");
+    }
+
+    #[test]
+    fn waiting_events_are_saved_when_changed_and_restored_bounded() {
+        let room: OwnedRoomId = "!r:e.org".try_into().unwrap();
+        let event =
+            |n: usize| serde_json::json!({"event_id": format!("$e{n}"), "content": {"session_id": format!("s{n}")}});
+        let mut waiting = WaitingEvents::default();
+        assert!(waiting.take_record().is_none(), "nothing changed");
+        for n in 0..MAX_SAVED + 10 {
+            waiting.push(&room, &event(n));
+        }
+        let record = waiting.take_record().expect("changed");
+        assert!(waiting.take_record().is_none(), "saved");
+        let restored = WaitingEvents::from_record(Some(&record));
+        assert_eq!(restored.iter().count(), MAX_SAVED, "the newest are saved");
+        assert!(restored.sessions().contains(&format!("s{}", MAX_SAVED + 9)));
+        assert!(!restored.sessions().contains("s0"));
+        assert_eq!(WaitingEvents::from_record(Some(b"not json")).iter().count(), 0);
     }
 }

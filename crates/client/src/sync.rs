@@ -215,8 +215,10 @@ impl Client {
         }
         self.send_room_messages_logged().await;
         self.use_gossiped_backup_key().await;
+        self.retry_restored_waiting_events().await;
         self.restore_missing_keys_from_backup().await;
         self.request_missing_keys_from_own_devices().await;
+        self.save_waiting_events().await;
         Ok(SyncSummary { next_batch, events: delivered, room_keys: output.room_keys.len() })
     }
 
