@@ -173,7 +173,9 @@ fn an_open_request_is_sent_again_and_a_better_copy_heals_the_message() {
 /// for two of Bob's syncs arrives, and Bob's device is killed before it
 /// retries the messages it showed as unreadable; the key was saved, but
 /// the reason to retry lived in memory only. A reopened device now
-/// retries everything it shows as unreadable, and the messages heal.
+/// retries everything it shows as unreadable, and the messages heal
+/// (hush-client now saves its waiting events and does the same; its
+/// Synapse test is `an_event_waiting_for_its_key_is_decrypted_late_after_a_restart`).
 #[test]
 fn a_key_that_arrived_just_before_a_kill_still_heals_its_messages() {
     let ops = vec![

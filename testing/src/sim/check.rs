@@ -14,8 +14,9 @@ use super::{
 
 /// Settle rounds (ten minutes apart) before the network must be quiet.
 const SETTLE_ROUNDS: usize = 12;
-/// Settle phases, two hours apart.
-const SETTLE_PHASES: usize = 3;
+/// The pauses between a settle's phases, in hours (the last longer than
+/// the longest wait between two sendings of open room-key requests).
+const SETTLE_PAUSES_HOURS: [u64; 3] = [2, 2, 25];
 
 impl World {
     /// Every unreadable event a device holds has a cause the truth
@@ -58,12 +59,14 @@ impl World {
                 self.restart(d).await?;
             }
         }
-        // Three phases two hours apart, each until quiet: timers that wait
-        // (the resend of open room-key requests) get to run.
-        for _ in 0..SETTLE_PHASES {
+        // Phases until quiet, with time passing between them so that
+        // timers that wait (the resend of open room-key requests, whose
+        // wait doubles up to a day) get to run.
+        for pause_hours in SETTLE_PAUSES_HOURS {
             self.settle_until_quiet().await?;
-            self.clock.advance(Duration::from_secs(2 * 3600));
+            self.clock.advance(Duration::from_secs(pause_hours * 3600));
         }
+        self.settle_until_quiet().await?;
         self.check_all_read()?;
         self.check_device_lists().await?;
         self.check(true)?;

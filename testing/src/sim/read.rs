@@ -248,9 +248,9 @@ impl World {
         devices[d].drive(&mut net).await
     }
 
-    /// After a reopen: the application retries every event it shows as
-    /// unreadable (a key that arrived just before a kill left no other
-    /// trace in memory).
+    /// After a reopen: every event shown as unreadable is retried (a key
+    /// that arrived just before a kill left no other trace in memory), as
+    /// hush-client does with the waiting events it saves.
     pub(super) async fn retry_all_waiting(&mut self, d: usize) -> Result<(), Halt> {
         let waiting = self.waiting(d);
         for room in 0..ROOMS {

@@ -303,7 +303,11 @@ impl World {
                 devices[a].drive(&mut net).await?;
                 let b_id = devices[b].device_id.clone();
                 let machine = devices[a].machine()?;
-                machine.set_local_trust(&own, &b_id, LocalTrust::Verified).await.map_err(Halt::engine)?;
+                // A device not known yet (its keys query failed) cannot be
+                // verified, as no SAS could start with it.
+                if !machine.set_local_trust(&own, &b_id, LocalTrust::Verified).await.map_err(Halt::engine)? {
+                    continue;
+                }
                 // As hush-client does when a verification with our own
                 // device finishes: it trusts us now, so ask it again.
                 machine.resend_open_gossip_requests();
