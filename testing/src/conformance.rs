@@ -108,6 +108,7 @@ pub fn outbound_fixture(room_id: &RoomId, message_count: u64) -> StoredOutboundG
         pickle: session.pickle(),
         reserved_until: 0,
         shares_in_records: true,
+        sent_to: Default::default(),
     }
 }
 

@@ -193,6 +193,34 @@ fn a_key_that_arrived_just_before_a_kill_still_heals_its_messages() {
     assert!(outcome.tally.faults.get("crash (killed mid-op)").is_some_and(|n| *n == 1), "{:?}", outcome.tally.faults);
 }
 
+/// Found by seed 5768 (shrunk to these fourteen ops): Bob is killed while
+/// sharing a new room key, after the server took the shares and before he
+/// heard back; Carol leaves; Bob's next message used the same key, and
+/// Carol's devices, which held it, read it. See `lost_share_ack.rs` for the
+/// same bug tested directly.
+#[test]
+fn a_share_whose_answer_was_lost_still_rotates_the_key_when_its_member_leaves() {
+    let ops = vec![
+        Op::Send { user: 1, device: 2, room: 0 },
+        Op::Settle,
+        Op::Settle,
+        Op::Settle,
+        Op::Login { user: 2, verified: true, recovery: false },
+        Op::ClockJump { hours: 2 },
+        Op::Settle,
+        Op::ClockJump { hours: 6 },
+        Op::Crash { device: 1, after: 8 },
+        Op::ClockJump { hours: 37 },
+        Op::Send { user: 1, device: 10, room: 0 },
+        Op::Leave { user: 2, room: 0 },
+        Op::Settle,
+        Op::Send { user: 1, device: 6, room: 0 },
+    ];
+    let outcome = sim::run_schedule(5768, ops);
+    assert_holds(&outcome);
+    assert!(outcome.tally.faults.get("crash (killed mid-op)").is_some_and(|n| *n == 1), "{:?}", outcome.tally.faults);
+}
+
 /// A seed replays: the same schedule, the same faults, the same tally.
 #[test]
 fn a_seed_replays_the_same_run() {

@@ -126,12 +126,38 @@ impl OlmMachine {
                 plan.to_withhold.push((device.clone(), WithheldCode::NoOlm));
             }
         }
+        self.note_sent_to(room_id, &plan.session_id, &encrypted, &mut changes);
         self.save(None, Some(&mut sessions), changes).await?;
         drop(sessions);
 
         self.queue_room_key_shares(room_id, &plan, encrypted);
         self.queue_withheld_notices(room_id, &plan.session_id, std::mem::take(&mut plan.to_withhold));
         Ok(lock(&self.inner.requests).room_key_share_requests(room_id, &plan.session_id))
+    }
+
+    /// Records, in the batch that saves the encrypted shares (before any
+    /// request leaves), every device the key is sent toward: if the server
+    /// takes a share but the answer is lost (a crash), the share is not
+    /// acknowledged, yet the device has the key, and a member who then
+    /// leaves must still make the key rotate (found by the network
+    /// simulator, seed 5768: the left member read the next message).
+    fn note_sent_to(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        encrypted: &[(DeviceData, ToDeviceContent)],
+        changes: &mut Changes,
+    ) {
+        if encrypted.is_empty() {
+            return;
+        }
+        let mut groups = lock(&self.inner.groups);
+        let Some(session) = groups.outbound.get_mut(room_id).filter(|s| s.session_id == session_id) else { return };
+        for (device, _) in encrypted {
+            session.sent_to.entry(device.user_id().to_owned()).or_default().insert(device.device_id().to_owned());
+        }
+        changes.outbound_group_sessions.retain(|s| s.room_id != room_id);
+        changes.outbound_group_sessions.push(session.to_stored());
     }
 
     /// Gather: every known device of each user.

@@ -1,7 +1,7 @@
 //! [`OutboundGroupSession`]: our Megolm session for one room, with whom it was
 //! shared (and at which index), and when it must be rotated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId};
@@ -101,6 +101,12 @@ pub struct StoredOutboundGroupSession {
     /// engine converts them to records when it loads it.
     #[serde(default)]
     pub shares_in_records: bool,
+    /// Every device a share of the key was sent toward, acknowledged or
+    /// not, saved before the request leaves: a share the server took but
+    /// whose answer was lost (a crash) still counts when deciding whether
+    /// a member left, so the key is rotated away from them.
+    #[serde(default)]
+    pub sent_to: BTreeMap<OwnedUserId, BTreeSet<OwnedDeviceId>>,
 }
 
 impl fmt::Debug for StoredOutboundGroupSession {
@@ -124,6 +130,8 @@ pub(crate) struct OutboundGroupSession {
     pub(crate) shared_with: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, SharedWith>>,
     pub(crate) withheld_from: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, WithheldCode>>,
     pub(crate) invalidated: bool,
+    /// Devices a share was sent toward, acknowledged or not (saved).
+    pub(crate) sent_to: BTreeMap<OwnedUserId, BTreeSet<OwnedDeviceId>>,
     /// Indices below this are covered by the last save (see [`MAX_RESERVATION`]).
     reserved_until: u32,
     /// The size of the next reservation: 1 in a new process, doubling per
@@ -156,6 +164,7 @@ impl OutboundGroupSession {
             shared_with: BTreeMap::new(),
             withheld_from: BTreeMap::new(),
             invalidated: false,
+            sent_to: BTreeMap::new(),
             reserved_until: 0,
             next_block: 1,
         }
@@ -174,6 +183,7 @@ impl OutboundGroupSession {
             pickle,
             reserved_until,
             shares_in_records: _,
+            sent_to,
         } = stored;
         let mut session = Self {
             inner: GroupSession::from_pickle(pickle),
@@ -185,6 +195,7 @@ impl OutboundGroupSession {
             shared_with,
             withheld_from,
             invalidated,
+            sent_to,
             reserved_until,
             next_block: 1,
         };
@@ -212,6 +223,7 @@ impl OutboundGroupSession {
             pickle: self.inner.pickle(),
             reserved_until: self.reserved_until,
             shares_in_records: true,
+            sent_to: self.sent_to.clone(),
         }
     }
 

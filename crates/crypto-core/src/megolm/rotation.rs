@@ -81,20 +81,26 @@ pub(crate) fn rotation_reason(
     if session.settings != *settings {
         return Some(RotationReason::SettingsChanged);
     }
-    if session.shared_with.keys().any(|u| !users.contains(u)) {
+    // Shares sent but never acknowledged count too (`sent_to`): the
+    // device may hold the key all the same.
+    if session.shared_with.keys().chain(session.sent_to.keys()).any(|u| !users.contains(u)) {
         return Some(RotationReason::MemberLeft);
     }
     let gone = |user_id: &OwnedUserId, device_id: &OwnedDeviceId| {
         devices.get(user_id).and_then(|d| d.get(device_id)).is_none_or(|d| d.is_deleted() || d.is_blacklisted())
     };
-    if session.shared_with.iter().any(|(user_id, shared)| shared.keys().any(|device_id| gone(user_id, device_id))) {
+    let sent = |user_id: &OwnedUserId| session.sent_to.get(user_id).into_iter().flatten();
+    let all_sent = || {
+        let acknowledged = session.shared_with.iter().flat_map(|(u, shared)| shared.keys().map(move |d| (u, d)));
+        acknowledged.chain(session.sent_to.keys().flat_map(|u| sent(u).map(move |d| (u, d))))
+    };
+    if all_sent().any(|(user_id, device_id)| gone(user_id, device_id)) {
         return Some(RotationReason::DeviceRemovedOrBlocked);
     }
     let disallowed = |user_id: &OwnedUserId, device_id: &OwnedDeviceId| {
         devices.get(user_id).and_then(|d| d.get(device_id)).is_some_and(|d| !allowed(d))
     };
-    if session.shared_with.iter().any(|(user_id, shared)| shared.keys().any(|device_id| disallowed(user_id, device_id)))
-    {
+    if all_sent().any(|(user_id, device_id)| disallowed(user_id, device_id)) {
         return Some(RotationReason::TrustLost);
     }
     None
