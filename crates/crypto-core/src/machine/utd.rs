@@ -4,7 +4,6 @@
 
 use ruma_common::{RoomId, serde::Raw};
 use serde_json::Value;
-use vodozemac::Curve25519PublicKey;
 
 use super::OlmMachine;
 use crate::{
@@ -58,7 +57,7 @@ impl OlmMachine {
     /// found by the content's `sender_key`, else by its `device_id`.
     async fn has_session_with_sender(&self, event: &Value) -> Result<bool, crate::StoreError> {
         let content = &event["content"];
-        let claimed = content["sender_key"].as_str().and_then(|k| Curve25519PublicKey::from_base64(k).ok());
+        let claimed = content["sender_key"].as_str().and_then(|k| crate::keys::curve25519_from_base64(k).ok());
         let key = match claimed {
             Some(key) => Some(key),
             None => {
