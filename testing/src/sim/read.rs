@@ -49,6 +49,20 @@ impl World {
         self.decrypt_healed(d, events, &Default::default()).await
     }
 
+    /// Decrypts `events` (of any rooms) one batch per room.
+    async fn decrypt_by_room(
+        &mut self,
+        d: usize,
+        events: &[usize],
+        arrived: &std::collections::BTreeMap<String, HealPath>,
+    ) -> Result<(), Halt> {
+        for room in 0..ROOMS {
+            let in_room: Vec<usize> = events.iter().copied().filter(|&e| self.events[e].room == room).collect();
+            self.decrypt_healed(d, &in_room, arrived).await?;
+        }
+        Ok(())
+    }
+
     /// [`decrypt`](Self::decrypt), with how each session's key arrived.
     async fn decrypt_healed(
         &mut self,
@@ -157,11 +171,7 @@ impl World {
         let arrived = std::mem::take(&mut self.devices[d].arrived);
         let retry: Vec<usize> =
             self.waiting(d).into_iter().filter(|&e| arrived.contains_key(&self.events[e].session_id)).collect();
-        for room in 0..ROOMS {
-            let events: Vec<usize> = retry.iter().copied().filter(|&e| self.events[e].room == room).collect();
-            self.decrypt_healed(d, &events, &arrived).await?;
-        }
-        Ok(())
+        self.decrypt_by_room(d, &retry, &arrived).await
     }
 
     /// Healing after a sync: retry what arrived; look missing keys up in
@@ -253,11 +263,7 @@ impl World {
     /// hush-client does with the waiting events it saves.
     pub(super) async fn retry_all_waiting(&mut self, d: usize) -> Result<(), Halt> {
         let waiting = self.waiting(d);
-        for room in 0..ROOMS {
-            let events: Vec<usize> = waiting.iter().copied().filter(|&e| self.events[e].room == room).collect();
-            self.decrypt(d, &events).await?;
-        }
-        Ok(())
+        self.decrypt_by_room(d, &waiting, &Default::default()).await
     }
 
     /// After a reopen: everything the device decrypted before still decrypts.
@@ -268,10 +274,6 @@ impl World {
             .filter(|(_, v)| matches!(v, View::Decrypted { .. }))
             .map(|(&e, _)| e)
             .collect();
-        for room in 0..ROOMS {
-            let events: Vec<usize> = decrypted.iter().copied().filter(|&e| self.events[e].room == room).collect();
-            self.decrypt(d, &events).await?;
-        }
-        Ok(())
+        self.decrypt_by_room(d, &decrypted, &Default::default()).await
     }
 }

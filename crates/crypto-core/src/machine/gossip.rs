@@ -484,7 +484,7 @@ impl OlmMachine {
     async fn send_answer(&self, mut answer: WaitingAnswer, now: Timestamp) -> Result<(), StoreError> {
         let Some((event_type, content)) = self.answer_content(&answer.request_id, &answer.what).await? else {
             tracing::info!(what = ?answer.what, "asked for something we do not hold");
-            self.keep_for_later(answer, now, None).await?;
+            self.keep_for_later(answer, now, None);
             return Ok(());
         };
         let own = self.user_id().to_owned();
@@ -493,7 +493,7 @@ impl OlmMachine {
             tracing::info!(device_id = %answer.device_id, event_type, "answered a request of our own device");
             if let Answer::RoomKey(room_id, session_id) = &answer.what {
                 let sent_from = self.load_inbound(room_id, session_id).await?.map(|s| s.first_known_index());
-                self.keep_for_later(answer, now, sent_from).await?;
+                self.keep_for_later(answer, now, sent_from);
             }
             return Ok(());
         }
@@ -538,14 +538,9 @@ impl OlmMachine {
 
     /// Keeps a room-key request for a later answer (see `awaiting_key`),
     /// replacing an earlier entry for it; the day counts from the first.
-    async fn keep_for_later(
-        &self,
-        answer: WaitingAnswer,
-        now: Timestamp,
-        sent_from: Option<u32>,
-    ) -> Result<(), StoreError> {
+    fn keep_for_later(&self, answer: WaitingAnswer, now: Timestamp, sent_from: Option<u32>) {
         if !matches!(answer.what, Answer::RoomKey(..)) {
-            return Ok(());
+            return;
         }
         let mut gossip = lock(&self.inner.gossip);
         let same = |k: &AwaitingKey| k.answer.request_id == answer.request_id && k.answer.device_id == answer.device_id;
@@ -555,7 +550,6 @@ impl OlmMachine {
             gossip.awaiting_key.remove(0);
         }
         gossip.awaiting_key.push(AwaitingKey { answer, asked, sent_from });
-        Ok(())
     }
 
     /// Answers the kept requests whose key we now hold, or hold from an
