@@ -304,6 +304,26 @@ impl TestClient {
         self.client.sync_once(settings).await.expect("sync");
     }
 
+    /// Syncs until the server has no to-device message waiting for this
+    /// device: a sync carries at most 100 (Synapse's page), so a device
+    /// that was away while more than that piled up (room keys of many
+    /// rotations, say) needs several syncs before it holds every key sent
+    /// to it. Returns how many syncs carried messages.
+    pub async fn catch_up(&self) -> usize {
+        let settings = SyncSettings::default().timeout(Duration::ZERO).sliding_sync(self.options.sliding_sync);
+        for syncs in 0..1000 {
+            let summary = self.client.sync_once(settings.clone()).await.expect("sync");
+            eprintln!(
+                "{}: a catch-up sync carried {} to-device messages",
+                self.session.device_id, summary.to_device_events
+            );
+            if summary.to_device_events == 0 {
+                return syncs;
+            }
+        }
+        panic!("{}: still receiving to-device messages after 1000 syncs", self.session.user_id);
+    }
+
     /// Syncs until `done` holds (at most ~20 s).
     pub async fn sync_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
         for _ in 0..100 {

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hush_crypto_core::{CryptoStore, EncryptionSettings, MemoryStore, StoreError, ToDeviceOutcome};
+use hush_crypto_core::{CryptoStore, EncryptError, EncryptionSettings, MemoryStore, StoreError, ToDeviceOutcome};
 use hush_testing::{TestDevice, TestServer, VirtualClock};
 use ruma_common::{OwnedRoomId, OwnedUserId};
 use serde_json::Value;
@@ -194,4 +194,61 @@ async fn a_damaged_lock_file_is_an_error_and_takes_nothing() {
         assert_eq!(std::fs::read(&lock_path).expect("read"), garbage, "the lock file was rewritten");
         assert!(!path.exists(), "the store file was created from a damaged lock");
     }
+}
+
+/// Attack on a shared store (issue 30): work that outlives its lease. The
+/// app's lease runs out while it still holds the room key in memory; the
+/// helper takes the lock over and rotates the key (as it must when a member
+/// leaves). The app must then send nothing: no event encrypted with the
+/// key the helper retired (the member who left could read it), no request
+/// queued under the old lease. Both are refused before anything leaves.
+/// Before the fix the app encrypted from memory, which writes nothing
+/// within a reserved block of indices, so no fence stopped it. Below a
+/// third of the lease left, the app refuses too, until it renews.
+#[tokio::test]
+async fn work_that_outlived_its_lease_sends_nothing() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let (alice, bob_id) = (user("alice"), user("bob"));
+    let room: OwnedRoomId = "!shared:example.org".try_into().expect("room id");
+    let settings = EncryptionSettings::default();
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+    let app = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    let helper = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    let _bob = TestDevice::new(&server, &clock, &bob_id, "BOB1").await;
+    let encrypt = |device: &TestDevice| {
+        let machine = device.machine.clone();
+        let now = clock.now();
+        let room = room.clone();
+        async move {
+            let content = serde_json::json!({"msgtype": "m.text", "body": "hello"});
+            machine.encrypt_room_event(&room, "m.room.message", &content, now).await
+        }
+    };
+
+    app.machine.lock_store("app", clock.now(), LEASE).await.expect("lock");
+    app.share_room_key(&room, &[&bob_id], &settings).await;
+    let before = app.encrypt_text(&room, "under the lease").await;
+    let old_session = ratchet_position(&before).0;
+
+    // Two thirds and a second into the lease: too little left to send.
+    clock.advance(LEASE * 2 / 3 + Duration::from_secs(1));
+    let short = encrypt(&app).await.expect_err("less than a third of the lease left");
+    assert!(matches!(short, EncryptError::Store(StoreError::LockNotHeld { expires_at: Some(_), .. })), "{short:?}");
+    app.machine.renew_store_lock("app", clock.now(), LEASE).await.expect("renewed");
+    encrypt(&app).await.expect("a renewed lease sends again");
+
+    // The lease runs out; the helper takes over and rotates the key.
+    app.machine.update_tracked_users([bob_id.as_ref()]).await.expect("track");
+    clock.advance(LEASE + Duration::from_secs(1));
+    helper.machine.lock_store("helper", clock.now(), LEASE).await.expect("an expired lease is taken over");
+    assert!(helper.machine.discard_room_key(&room).await.expect("rotate"), "the helper knew the room key");
+    helper.share_room_key(&room, &[&bob_id], &settings).await;
+    let rotated = ratchet_position(&helper.encrypt_text(&room, "after the rotation").await).0;
+    assert_ne!(rotated, old_session, "the helper rotated the key");
+
+    let refused = encrypt(&app).await.expect_err("the app's lease was taken over");
+    assert!(matches!(refused, EncryptError::Store(StoreError::LockNotHeld { .. })), "{refused:?}");
+    let drained = app.machine.outgoing_requests(clock.now()).await.expect_err("requests under a lost lease");
+    assert!(matches!(drained, StoreError::LockNotHeld { .. }), "{drained:?}");
 }

@@ -307,7 +307,7 @@ impl Client {
         self.inner.retry_restored_waiting.store(true, Ordering::SeqCst);
         *self.inner.machine.write().unwrap_or_else(PoisonError::into_inner) = Some(machine);
         *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
-        self.with_store_lock(self.send_outgoing_requests()).await
+        self.send_outgoing_requests().await
     }
 
     /// Registers a handler called for every timeline event (decrypted when
@@ -420,9 +420,10 @@ impl Client {
 
     /// Sends every request the crypto engine has queued, concurrently,
     /// hands the answers back and acts on the engine's events (one turn of
-    /// the client's drive loop).
+    /// the client's drive loop). A client sharing its store does this under
+    /// the store lock.
     pub async fn send_outgoing_requests(&self) -> Result<(), ClientError> {
-        self.drive().await
+        self.with_store_lock(self.drive()).await
     }
 
     pub(crate) fn warn_unencrypted_build_once(&self, room_id: &RoomId) {

@@ -29,7 +29,7 @@ impl Encryption {
         if let Some(backup) = self.latest_backup().await? {
             machine.request_backup_key(&backup).await?;
         }
-        self.client.drive().await
+        self.client.send_outgoing_requests().await
     }
 }
 

@@ -3,6 +3,10 @@
 //! sync and every send runs with the lock held, and lets go afterwards.
 //! When the lock changed hands, the engine reloads its state from the store
 //! (see `OlmMachine::lock_store`) and the client reloads its room state.
+//! While an operation runs, a heartbeat renews the lease every quarter of
+//! its length: the engine lets nothing leave under a lease with a third or
+//! less to run, so only a process stalled for most of a lease fails its
+//! operation (before anything of it is sent), and is then taken over.
 
 use std::time::Duration;
 
@@ -58,11 +62,19 @@ impl Drop for LockUse {
 /// How often a waiting client asks for the lock again.
 const RETRY: Duration = Duration::from_millis(50);
 
-/// The lock as this process holds it: how many of its operations hold it now.
+/// The lock as this process holds it: how many of its operations hold it
+/// now, and the heartbeat renewing its lease meanwhile.
 #[derive(Debug, Default)]
 pub(crate) struct LockUsers {
     count: usize,
+    /// Bumped each time the lock is taken, so a heartbeat of an earlier
+    /// holding stops rather than renew a later one.
+    holding: u64,
+    heartbeat: Option<tokio::task::AbortHandle>,
 }
+
+/// How often the heartbeat renews the lease, as a fraction of its length.
+const HEARTBEATS_PER_LEASE: u32 = 4;
 
 impl Client {
     /// Runs `operation` with the store lock held, if the client shares its
@@ -118,6 +130,8 @@ impl Client {
             }
         }
         users.count += 1;
+        users.holding = users.holding.wrapping_add(1);
+        users.heartbeat = Some(self.start_heartbeat(settings.clone(), users.holding));
         Ok(())
     }
 
@@ -125,9 +139,37 @@ impl Client {
         let mut users = self.inner.store_lock_users.lock().await;
         users.count = users.count.saturating_sub(1);
         if users.count == 0 {
+            if let Some(heartbeat) = users.heartbeat.take() {
+                heartbeat.abort();
+            }
             self.olm_machine()?.unlock_store().await?;
         }
         Ok(())
+    }
+
+    /// Renews the lease every quarter of its length while `holding` lasts.
+    /// It renews under the users' mutex, so it never runs beside a release
+    /// (a renewal after the release would take the lock back). A renewal
+    /// that fails ends it: the engine then refuses to send, and the running
+    /// operation fails.
+    fn start_heartbeat(&self, settings: StoreLockSettings, holding: u64) -> tokio::task::AbortHandle {
+        let client = self.clone();
+        let every = settings.lease / HEARTBEATS_PER_LEASE;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let users = client.inner.store_lock_users.lock().await;
+                if users.count == 0 || users.holding != holding {
+                    return;
+                }
+                let Ok(machine) = client.olm_machine() else { return };
+                if let Err(error) = machine.renew_store_lock(&settings.holder, client.now(), settings.lease).await {
+                    tracing::warn!(%error, "renewing the store lock's lease failed; this process stops sending");
+                    return;
+                }
+            }
+        })
+        .abort_handle()
     }
 }
 

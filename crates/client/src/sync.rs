@@ -95,6 +95,11 @@ pub struct SyncSummary {
     pub events: usize,
     /// Room keys received.
     pub room_keys: usize,
+    /// To-device messages the sync carried. A server hands out a bounded
+    /// number per sync (Synapse: 100), so a client that needs every message
+    /// waiting for it now (a bot catching up before it reads history) syncs
+    /// again until a sync carries none.
+    pub to_device_events: usize,
 }
 
 impl Client {
@@ -178,6 +183,7 @@ impl Client {
         next_batch: String,
     ) -> Result<SyncSummary, ClientError> {
         let RoomUpdate { updated, timeline, new_rooms } = rooms;
+        let to_device_events = changes.to_device_events.len();
         let rooms_known = self.inner.rooms_restored.load(std::sync::atomic::Ordering::Relaxed);
         // The room list is rewritten when a room is new, or when it was never saved.
         let all_ids: Option<Vec<OwnedRoomId>> = (new_rooms || !rooms_known).then(|| {
@@ -219,7 +225,7 @@ impl Client {
         self.restore_missing_keys_from_backup().await;
         self.request_missing_keys_from_own_devices().await;
         self.save_waiting_events().await;
-        Ok(SyncSummary { next_batch, events: delivered, room_keys: output.room_keys.len() })
+        Ok(SyncSummary { next_batch, events: delivered, room_keys: output.room_keys.len(), to_device_events })
     }
 
     /// The rooms this sync changes, as updated copies (applied to the

@@ -89,11 +89,15 @@ impl Encryption {
 }
 
 impl Client {
-    /// Runs the drive loop and sends queued room events.
+    /// Runs the drive loop and sends queued room events (under the store
+    /// lock, if the store is shared).
     pub(crate) async fn settle(&self) -> Result<(), ClientError> {
-        self.drive().await?;
-        self.send_room_messages().await?;
-        self.drive().await
+        self.with_store_lock(async {
+            self.drive().await?;
+            self.send_room_messages().await?;
+            self.drive().await
+        })
+        .await
     }
 }
 

@@ -307,10 +307,9 @@ async fn a_client_killed_at_seeded_points_loses_no_room_key() {
 
     // Through the proxy, so her uploads after the last kill are checked too.
     let alice = TestClient::login_restore_via(StoreKind::Redb, &dir, &credentials, &session, &net.proxy.url()).await;
-    for _ in 0..3 {
-        alice.sync().await;
-        bob.sync().await;
-    }
+    // Every to-device message waiting for either (a sync carries at most 100).
+    alice.catch_up().await;
+    bob.catch_up().await;
     alice.client.encryption().upload_backup(|_, _| ()).await.expect("backup upload");
     let (events, plain) = room_history(&bob, &room).await;
     assert_eq!(plain, 0, "messages were sent in the clear into the encrypted room");

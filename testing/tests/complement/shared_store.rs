@@ -173,7 +173,12 @@ async fn shared_store(kind: StoreKind) {
     // The whole room, raw: Alice's store (restored in this process) and Bob read every event.
     let (net, bob, room) = (&scene.net, &scene.bob, &scene.room);
     let alice = TestClient::login_restore_via(kind, &dir, &credentials, &scene.session, &net.proxy.url()).await;
-    bob.sync().await;
+    // Bob did not sync while the processes ran: more room keys than one
+    // sync carries (Synapse: 100) may wait for him, the more the slower the
+    // machine (Bob sends, and adds devices, until the processes finish).
+    let pages = bob.catch_up().await;
+    alice.catch_up().await;
+    eprintln!("bob caught up in {pages} syncs");
     let (events, plain) = room_history(bob, room).await;
     assert_eq!(plain, 0, "messages were sent in the clear into the encrypted room");
     let from_bob = events.iter().filter(|e| sender(e) == bob.session.user_id.as_str()).count();
@@ -274,4 +279,44 @@ async fn kill_and_take_over(scene: &Scene) -> (Printed, Printed) {
     assert!(taken.done, "the helper did not take over after the lease ended");
     assert!(taken.texts.iter().any(|t| t == "after the kill"), "the helper missed Bob's message: {:?}", taken.texts);
     (killed, taken)
+}
+
+/// Why the shared-store scenarios failed on a loaded machine (issue 30),
+/// reproduced without load: their final check read the room after one sync
+/// of Bob's, who had not synced while the processes ran. Synapse hands a
+/// device at most 100 to-device messages per sync, so when more room keys
+/// than that were waiting (a slow machine made Bob send longer, and add
+/// more devices, each with a key of its own) the keys past the first page
+/// were still on the server and the check called them lost. Here more than
+/// a page of room keys waits for Bob: one sync provably leaves some
+/// behind, and catching up (syncing until none comes) reads every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn a_device_away_for_more_than_a_page_of_room_keys_reads_every_event_once_caught_up() {
+    const KEYS: usize = 120;
+    let net = Net::start().await;
+    let alice = net.user("alice", "ALICE1").await;
+    let bob = net.user("bob", "BOB1").await;
+    let room = create_room(&alice, RoomPreset::TrustedPrivateChat, json!({"rotation_period_msgs": 1}), &[&bob]).await;
+    bob.join(&room).await;
+    until_recipients(&alice, &room, 2).await;
+    bob.catch_up().await;
+    for n in 0..KEYS {
+        send(&alice, &room, &format!("alice {n}")).await;
+    }
+    let (events, _) = room_history(&bob, &room).await;
+    assert!(events.len() >= KEYS, "the room holds alice's {KEYS} messages ({})", events.len());
+
+    // The old final check: one sync, then read.
+    bob.sync().await;
+    let machine = bob.client.olm_machine().expect("engine");
+    let settings = hush_crypto_core::DecryptionSettings::default();
+    let results = machine.decrypt_room_events(&events, &room, &settings).await;
+    let unread = results.iter().filter(|r| r.is_err()).count();
+    assert!(unread > 0, "one sync carried all {KEYS} room keys: the page limit did not apply");
+
+    // The new one: every waiting message taken first.
+    let syncs = bob.catch_up().await;
+    assert!(syncs >= 1, "catching up took no sync, yet {unread} events were unread");
+    decrypt_all(&bob, &room, &events).await;
 }

@@ -84,6 +84,9 @@ impl OlmMachine {
     ) -> Result<Raw<RoomEncryptedEventContent>, EncryptError> {
         let room_lock = self.room_lock(room_id);
         let _single_flight = room_lock.lock().await;
+        // An engine sharing its store encrypts only under a running lease:
+        // a holder that took the lock over may have rotated this key.
+        self.check_lease_for_sending(now)?;
         self.ensure_outbound_loaded(room_id).await?;
         let plaintext = RoomPlaintextOut { event_type, content, room_id };
         let bytes = serde_json::to_vec(&plaintext).map_err(|e| EncryptError::Serialization(e.to_string()))?;

@@ -152,7 +152,7 @@ struct Inner {
     /// The same store, to set the lease on (`machine/store_lock`).
     fenced: Arc<crate::store::FencedStore>,
     /// The store lock's lease, while this engine shares the store.
-    lease: Mutex<Option<crate::store::StoreLease>>,
+    lease: Mutex<Option<store_lock::HeldLease>>,
     /// Lock order: `account`, then `sessions`, then the std mutexes.
     account: async_lock::Mutex<Account>,
     /// Olm sessions in memory (`olm/`).
@@ -371,8 +371,11 @@ impl OlmMachine {
     /// the server lacks keys, keys queries for outdated device lists (at most
     /// 250 users each), claims, room-key shares, queued to-device messages.
     /// A request stays listed, under the same id, until it is answered or
-    /// cancelled (see the drain rule on [`OlmMachine`]).
+    /// cancelled (see the drain rule on [`OlmMachine`]). An engine sharing
+    /// its store hands out requests only under a lease with more than a
+    /// third of its length left ([`StoreError::LockNotHeld`] otherwise).
     pub async fn outgoing_requests(&self, now: Timestamp) -> Result<Vec<OutgoingRequest>, StoreError> {
+        self.check_lease_for_sending(now)?;
         self.ensure_keys_upload_listed().await?;
         self.ensure_keys_queries_listed(now);
         self.ensure_unwedging_claim_listed(now);

@@ -1,7 +1,8 @@
 //! Sharing the store with other processes or hosts through its lock (see
 //! [`crate::store::lock`]): taking and renewing the lease, reloading what
-//! this engine holds in memory when someone else held the lock since, and
-//! letting go.
+//! this engine holds in memory when someone else held the lock since,
+//! letting go, and the rule that nothing leaves (an encrypted event, a
+//! queued request) unless the lease still has a third of its length to run.
 
 use std::time::Duration;
 
@@ -14,6 +15,19 @@ use crate::{
     requests::RequestQueue,
     store::{StoreError, StoreLease},
 };
+
+/// The lease this engine holds, and the length it was taken or renewed for.
+#[derive(Clone, Debug)]
+pub(super) struct HeldLease {
+    lease: StoreLease,
+    length: Duration,
+}
+
+/// Something may leave only while more than `1 / SEND_MARGIN` of the
+/// lease's length is left to run: what leaves must reach the server before
+/// another holder can take the lock over (and rotate a room key, say). A
+/// driver renews the lease while work runs, well before that point.
+const SEND_MARGIN: u32 = 3;
 
 /// The store lock, taken by [`OlmMachine::lock_store`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +70,7 @@ impl OlmMachine {
             return Err(error);
         }
         self.inner.fenced.set_lease(&taken);
-        *lock(&self.inner.lease) = Some(taken.clone());
+        *lock(&self.inner.lease) = Some(HeldLease { lease: taken.clone(), length: lease });
         Ok(StoreLockOutcome { lease: taken, reloaded })
     }
 
@@ -73,8 +87,12 @@ impl OlmMachine {
         lease: Duration,
     ) -> Result<StoreLease, StoreError> {
         let ours = self.inner.fenced.generation();
-        let taken = self.inner.store.try_lock(holder, now, lease).await?;
+        let taken = self.inner.store.try_lock(holder, now, lease).await.inspect_err(|_| {
+            // Held by someone else: ours ended, and nothing may leave under it.
+            lock(&self.inner.lease).take();
+        })?;
         if ours != Some(taken.generation) {
+            lock(&self.inner.lease).take();
             let _ = self.inner.store.unlock(&taken).await;
             return Err(StoreError::LockLost {
                 holder: taken.holder,
@@ -82,17 +100,33 @@ impl OlmMachine {
                 fenced: ours.unwrap_or_default(),
             });
         }
-        *lock(&self.inner.lease) = Some(taken.clone());
+        *lock(&self.inner.lease) = Some(HeldLease { lease: taken.clone(), length: lease });
         Ok(taken)
+    }
+
+    /// Whether something may leave now: always, if this engine never shared
+    /// its store; otherwise only under a held lease with more than a third
+    /// of its length left ([`StoreError::LockNotHeld`]). Checked before an
+    /// event is encrypted and before requests are handed out, so work that
+    /// outlived its lease fails before anything of it reaches the server.
+    pub(super) fn check_lease_for_sending(&self, now: Timestamp) -> Result<(), StoreError> {
+        if self.inner.fenced.generation().is_none() {
+            return Ok(());
+        }
+        let held = lock(&self.inner.lease).clone();
+        match held {
+            Some(held) if now.saturating_add(held.length / SEND_MARGIN) < held.lease.expires_at => Ok(()),
+            held => Err(StoreError::LockNotHeld { expires_at: held.map(|h| h.lease.expires_at), now }),
+        }
     }
 
     /// Lets go of the store lock, so another holder need not wait for the
     /// lease to end. Batches saved afterwards still carry the lease's fence:
     /// they are written only if nobody took the lock in between.
     pub async fn unlock_store(&self) -> Result<(), StoreError> {
-        let lease = lock(&self.inner.lease).take();
-        match lease {
-            Some(lease) => self.inner.store.unlock(&lease).await,
+        let held = lock(&self.inner.lease).take();
+        match held {
+            Some(held) => self.inner.store.unlock(&held.lease).await,
             None => Ok(()),
         }
     }

@@ -75,6 +75,20 @@ pub enum StoreError {
         /// The generation the batch was written for.
         fenced: u64,
     },
+    /// This engine shares its store through the lock and does not hold it
+    /// with enough of its lease left to let anything leave (an encrypted
+    /// event, a queued request): it was never taken, was let go, was lost
+    /// to another holder, or ends within a third of the lease. Whatever
+    /// leaves must be made under a lease that still runs when it reaches
+    /// the server; take or renew the lock (`OlmMachine::lock_store`, or
+    /// `renew_store_lock` for work already running) first.
+    #[error("the store lock is not held with enough lease left to send (lease ends at {expires_at:?}, now {now:?})")]
+    LockNotHeld {
+        /// When the lease this engine held ends, if it holds one.
+        expires_at: Option<crate::Timestamp>,
+        /// The `now` of the refused call.
+        now: crate::Timestamp,
+    },
     /// The store was written by a newer version of hush.
     #[error("store schema version {found} is newer than the supported version {supported}")]
     UnsupportedSchema {
