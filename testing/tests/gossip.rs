@@ -140,7 +140,8 @@ async fn a_backup_key_request_for_another_backup_replaces_the_open_one() {
 }
 
 /// Requests come in the clear and name their device: a flood of them in one
-/// sync (here 40) gets at most 32 answers.
+/// sync (here 40) from one device gets at most 32 answers (its share of the
+/// sync's budget, see `gossip::budget`).
 #[tokio::test]
 async fn a_flood_of_requests_in_one_sync_gets_a_bounded_number_of_answers() {
     let (_server, _clock, mut first, mut second, _) = two_devices(true).await;

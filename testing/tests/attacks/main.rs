@@ -3,6 +3,7 @@
 //! assertions show the attack fails. Synapse versions of the restart and
 //! redelivery attacks are in `client_synapse.rs`.
 
+mod floods;
 mod key_sharing;
 mod limits_and_leaks;
 mod malformed_keys;

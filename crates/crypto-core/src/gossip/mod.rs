@@ -5,7 +5,8 @@
 //! (every field from outside checked and bounded), the requests we have
 //! outstanding (persisted), who may be answered and whose answer is taken.
 //! The engine (`machine/gossip.rs`) routes sync events here and sends what
-//! the rules decide.
+//! the rules decide. `budget` bounds how many requests one sync handles,
+//! per device of ours, counted only once the sender is checked.
 //!
 //! The rules, against the attacks published on Matrix clients (Albrecht et
 //! al., "Practically-exploitable cryptographic vulnerabilities in Matrix",
@@ -21,10 +22,12 @@
 //!   claimed by the forwarder), never replaces an authenticated or
 //!   differently owned key, and is marked [`KeySource::Forwarded`](crate::KeySource::Forwarded).
 
+pub mod budget;
 mod content;
 mod error;
 mod requests;
 
+pub use budget::RequestBudget;
 pub use content::{ForwardedRoomKey, GossipAction, IncomingKeyRequest, IncomingSecretRequest, SecretSend};
 pub(crate) use content::{forwarded_key_content, key_request_content, secret_request_content, secret_send_content};
 pub use error::GossipError;

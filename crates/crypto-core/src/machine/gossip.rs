@@ -3,7 +3,7 @@
 //! if the rules in `gossip/` allow it), and the answers to ours (taken only
 //! if those rules allow it). See `crate::gossip` for the rules.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ruma_client_api::to_device::send_event_to_device;
 use ruma_common::{
@@ -20,8 +20,8 @@ use crate::{
     events::{EngineEvent, RoomKeyInfo},
     gossip::{
         ForwardedRoomKey, GossipAction, GossipError, GossipKind, GossipRequest, GossipRequests, IncomingKeyRequest,
-        IncomingSecretRequest, ROOM_KEY_REQUEST, SECRET_REQUEST, SECRET_SEND, SecretSend, forwarded_key_content,
-        key_request_content, secret_request_content, secret_send_content,
+        IncomingSecretRequest, ROOM_KEY_REQUEST, RequestBudget, SECRET_REQUEST, SECRET_SEND, SecretSend,
+        forwarded_key_content, key_request_content, secret_request_content, secret_send_content,
     },
     identities::CrossSigningKeyExport,
     olm::{OlmDecryptionInfo, OlmEncryptionError},
@@ -35,8 +35,8 @@ fn olm_keys(info: &OlmDecryptionInfo) -> (Curve25519PublicKey, Ed25519PublicKey)
     (info.sender_curve25519_key, info.sender_ed25519_key)
 }
 
-/// The most requests of our devices handled per sync.
-const REQUESTS_PER_SYNC: usize = 32;
+/// The most devices whose right to ask is remembered within one sync.
+const MAX_DEVICES_CHECKED: usize = 256;
 /// The most open requests sent again at start (the oldest first).
 const RESENT_AT_START: usize = 64;
 
@@ -122,6 +122,18 @@ pub(super) enum GossipInput {
     KeyRequest(OwnedUserId, IncomingKeyRequest),
     /// An `m.secret.send` over Olm.
     Secret(Box<OlmDecryptionInfo>, Box<SecretSend>),
+}
+
+impl GossipInput {
+    /// For a request (or its cancellation): who sent it, the device it
+    /// names, its id and its event type.
+    fn request(&self) -> Option<(&UserId, &DeviceId, &str, &'static str)> {
+        match self {
+            Self::SecretRequest(sender, r) => Some((sender, &r.requesting_device_id, &r.request_id, SECRET_REQUEST)),
+            Self::KeyRequest(sender, r) => Some((sender, &r.requesting_device_id, &r.request_id, ROOM_KEY_REQUEST)),
+            Self::Secret(..) => None,
+        }
+    }
 }
 
 impl OlmMachine {
@@ -328,20 +340,27 @@ impl OlmMachine {
     /// Handles the gossip read from a saved sync. One message's failure is
     /// logged; the others are still handled.
     pub(super) async fn receive_gossip(&self, inputs: Vec<GossipInput>, now: Timestamp) {
-        let mut requests_seen = std::collections::BTreeSet::new();
+        // Requests come in the clear: each is answered only for our own
+        // verified device, which is checked before it counts against the
+        // sync's budget (so another user, or a device id of ours nobody
+        // verified, cannot use it up), and each device has a share of its
+        // own (see `gossip::budget`).
+        let mut budget = RequestBudget::default();
+        let mut may_ask: HashMap<OwnedDeviceId, bool> = HashMap::new();
         for input in inputs {
-            // Requests come in the clear: a flood costs at most this many
-            // answers per sync, and a repeated request is answered once.
-            let request = match &input {
-                GossipInput::SecretRequest(_, r) => Some((r.requesting_device_id.clone(), r.request_id.clone())),
-                GossipInput::KeyRequest(_, r) => Some((r.requesting_device_id.clone(), r.request_id.clone())),
-                GossipInput::Secret(..) => None,
-            };
-            if let Some(request) = request
-                && (requests_seen.len() >= REQUESTS_PER_SYNC || !requests_seen.insert(request))
-            {
-                tracing::info!("a gossip request was dropped (repeated, or too many in one sync)");
-                continue;
+            if let Some((sender, device, request_id, event_type)) = input.request() {
+                match self.may_ask_us(sender, device, event_type, &mut may_ask).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(error) => {
+                        tracing::warn!(%error, "a gossip request could not be checked");
+                        continue;
+                    }
+                }
+                if let Err(skipped) = budget.admit(device, request_id) {
+                    tracing::info!(?skipped, %device, "a gossip request of our device was not handled in this sync");
+                    continue;
+                }
             }
             let result = match input {
                 GossipInput::SecretRequest(sender, request) => self.receive_secret_request(&sender, request, now).await,
@@ -352,6 +371,36 @@ impl OlmMachine {
                 tracing::warn!(%error, "a gossip message failed");
             }
         }
+    }
+
+    /// Whether `device` may ask us for secrets or keys: one of our own
+    /// other devices, known, not deleted and verified. Checked once per
+    /// device and sync (`checked` remembers).
+    async fn may_ask_us(
+        &self,
+        sender: &UserId,
+        device: &DeviceId,
+        event_type: &'static str,
+        checked: &mut HashMap<OwnedDeviceId, bool>,
+    ) -> Result<bool, StoreError> {
+        if sender != self.user_id() || device == self.device_id() {
+            tracing::debug!(%sender, %device, "a gossip request from another user, or from this device, was ignored");
+            return Ok(false);
+        }
+        if let Some(known) = checked.get(device) {
+            return Ok(*known);
+        }
+        let allowed = match self.check_own_verified_device(sender, device, None, event_type).await? {
+            Ok(()) => true,
+            Err(refused) => {
+                tracing::info!(%refused, "a gossip request was not answered");
+                false
+            }
+        };
+        if checked.len() < MAX_DEVICES_CHECKED {
+            checked.insert(device.to_owned(), allowed);
+        }
+        Ok(allowed)
     }
 
     /// Whether `device_id` is one of our other devices, known, not deleted
@@ -402,12 +451,6 @@ impl OlmMachine {
             }
             return Ok(());
         };
-        if let Err(refused) =
-            self.check_own_verified_device(sender, &request.requesting_device_id, None, SECRET_REQUEST).await?
-        {
-            tracing::info!(%refused, secret = %name, "a secret request was not answered");
-            return Ok(());
-        }
         let answer = WaitingAnswer {
             device_id: request.requesting_device_id,
             request_id: request.request_id,
@@ -434,12 +477,6 @@ impl OlmMachine {
             }
             return Ok(());
         };
-        if let Err(refused) =
-            self.check_own_verified_device(sender, &request.requesting_device_id, None, ROOM_KEY_REQUEST).await?
-        {
-            tracing::info!(%refused, %room_id, %session_id, "a room-key request was not answered");
-            return Ok(());
-        }
         let answer = WaitingAnswer {
             device_id: request.requesting_device_id,
             request_id: request.request_id,

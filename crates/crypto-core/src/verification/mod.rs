@@ -12,12 +12,14 @@
 //! * `flow`: how a flow names itself, to-device or in a room ([`FlowId`]).
 //! * `qr`: QR codes, their payload and the `m.reciprocate.v1` exchange.
 //! * `proof`: [`VerificationProof`], the only key to the trust setters.
+//! * `limits`: how many flows are held, per sender, per room, ours apart.
 //! * `registry`: every flow of this device and the routing of messages
 //!   ([`Verifications`]); the engine's `machine/verification` feeds it.
 
 mod cancel;
 mod emoji;
 mod flow;
+pub mod limits;
 pub mod proof;
 pub mod qr;
 pub mod registry;

@@ -16,13 +16,15 @@
 //!   the request already); two crossing `start`s keep the one of the
 //!   smaller user id, then device id, and with different methods the flow
 //!   is cancelled with `m.unexpected_message`;
-//! * at most [`MAX_FLOWS`] flows are held; finished ones are dropped first.
+//! * how many flows are held, and which gives way to a new one, is
+//!   `verification/limits`: per sender, per room, our own apart.
 
 use std::collections::BTreeMap;
 
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
 use serde_json::Value;
 
+use super::limits::{self, Admission, FlowSummary};
 use super::{
     CancelCode, Cancellation, FlowId, Party, QrCodeData, QrState, QrVerification, RequestState, SasKeys, SasState,
     SasVerification, ScanExpectations, VerificationProof, VerificationRequest,
@@ -30,9 +32,6 @@ use super::{
     sas::Outgoing,
 };
 use crate::Timestamp;
-
-/// The most flows held at once.
-pub const MAX_FLOWS: usize = 64;
 
 /// Where a verification message goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,8 +206,9 @@ pub enum FlowError {
     /// We do not know the other device's keys.
     #[error("the other device's keys are not known")]
     UnknownDevice,
-    /// Too many flows are in progress.
-    #[error("too many verification flows are in progress")]
+    /// Too many flows of our own making are in progress (see
+    /// [`MAX_OUTGOING`](super::limits::MAX_OUTGOING)); requests from others never count.
+    #[error("too many verification flows of ours are in progress")]
     TooMany,
     /// A QR code could not be made or does not fit the flow.
     #[error("QR code: {0}")]
@@ -267,17 +267,30 @@ impl Verifications {
         }
     }
 
-    fn make_room(&mut self) -> bool {
-        if self.flows.len() < MAX_FLOWS {
-            return true;
-        }
-        let oldest = self.flows.iter().filter(|(_, f)| f.state().is_finished()).min_by_key(|(_, f)| f.serial);
-        match oldest.map(|(key, _)| key.clone()) {
-            Some(key) => {
-                self.flows.remove(&key);
-                true
-            }
-            None => false,
+    /// Every flow as the limits see it.
+    fn summaries(&self) -> Vec<((OwnedUserId, FlowId), FlowSummary<'_>)> {
+        self.flows
+            .iter()
+            .map(|(key, flow)| {
+                let state = flow.state();
+                let summary = FlowSummary {
+                    user: &key.0,
+                    room: key.1.room_id(),
+                    we_requested: state.we_requested,
+                    finished: state.is_finished(),
+                    accepted: state.request != RequestState::Requested || state.method.is_some(),
+                    serial: flow.serial,
+                };
+                (key.clone(), summary)
+            })
+            .collect()
+    }
+
+    /// Drops finished flows beyond what the limits keep.
+    fn prune_finished(&mut self) {
+        let dropped = limits::finished_to_drop(&self.summaries());
+        for key in dropped {
+            self.flows.remove(&key);
         }
     }
 
@@ -301,11 +314,12 @@ impl Verifications {
         if self.flows.keys().any(|(_, f)| *f == flow) {
             return Err(FlowError::WrongState { action: "reuse a flow id" });
         }
-        if !self.make_room() {
+        if !limits::admit_outgoing(&self.summaries()) {
             return Err(FlowError::TooMany);
         }
         let request = VerificationRequest::outgoing(self.us.clone(), other_user, flow, now);
         self.insert(request, recipients);
+        self.prune_finished();
         Ok(())
     }
 
@@ -602,9 +616,16 @@ impl Verifications {
         let key = (incoming.sender.to_owned(), incoming.flow.clone());
         let from_self = incoming.sender == self.us.user_id
             && incoming.content.get("from_device").and_then(Value::as_str) == Some(self.us.device_id.as_str());
-        if from_self || self.flows.contains_key(&key) || !self.make_room() {
+        if from_self || self.flows.contains_key(&key) {
             return Step::default();
         }
+        let evicted = match limits::admit_incoming(&self.summaries(), incoming.sender, incoming.flow.room_id()) {
+            Admission::Admit(evicted) => evicted,
+            Admission::Refuse => {
+                tracing::debug!(sender = %incoming.sender, "a verification request was ignored: too many in progress");
+                return Step::default();
+            }
+        };
         let us = self.us.clone();
         let request = match &incoming.flow {
             FlowId::ToDevice(_) => VerificationRequest::incoming(us, incoming.sender.to_owned(), incoming.content, now),
@@ -619,7 +640,13 @@ impl Verifications {
         };
         match request {
             Ok(Some(request)) => {
+                // Requests nobody accepted give way (see `limits`): dropped
+                // unanswered, as an ignored request would be.
+                for key in evicted {
+                    self.flows.remove(&key);
+                }
                 let key = self.insert(request, Vec::new());
+                self.prune_finished();
                 Step { changed: Some(key), ..Step::default() }
             }
             Ok(None) | Err(_) => Step::default(),
