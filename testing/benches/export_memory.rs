@@ -89,10 +89,10 @@ impl CryptoStore for CountingStore {
     async fn get_outbound_group_session(&self, _: &RoomId) -> Result<Option<StoredOutboundGroupSession>, StoreError> {
         Ok(None)
     }
-    async fn get_withheld_info(&self, _: &RoomId, _: &str) -> Result<Option<WithheldInfo>, StoreError> {
+    async fn get_withheld_info(&self, _: &RoomId, _: &str, _: &UserId) -> Result<Option<WithheldInfo>, StoreError> {
         Ok(None)
     }
-    async fn get_no_olm_notice(&self, _: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
+    async fn get_no_olm_notice(&self, _: &UserId, _: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
         Ok(None)
     }
     async fn get_message_index(&self, _: &RoomId, _: &str, _: u32) -> Result<Option<MessageIndexRecord>, StoreError> {

@@ -239,15 +239,18 @@ pub async fn inbound_group_sessions_and_pages<F: StoreFactory>(factory: &mut F) 
     }
 }
 
-/// Our room key per room; withheld notices; replay records; the sync token.
+/// Our room key per room; withheld notices, kept per sender (another
+/// user's notice about the same session, or with the same sender key, is
+/// kept beside it, never in its place); replay records; the sync token.
 pub async fn outbound_withheld_indices_and_token<F: StoreFactory>(factory: &mut F) {
     let store = factory.create();
     let first = outbound_fixture(&room(1), 3);
     let replacement = outbound_fixture(&room(1), 7);
     let expected = json(&replacement);
     let sender_key = Curve25519PublicKey::from_bytes([4; 32]);
+    let (sender, other) = (owned_user_id!("@s:example.org"), owned_user_id!("@other:example.org"));
     let notice = |room_id: Option<OwnedRoomId>, session_id: Option<&str>, code| WithheldInfo {
-        sender: owned_user_id!("@s:example.org"),
+        sender: sender.clone(),
         sender_key,
         room_id,
         session_id: session_id.map(ToOwned::to_owned),
@@ -266,6 +269,9 @@ pub async fn outbound_withheld_indices_and_token<F: StoreFactory>(factory: &mut 
         withheld: vec![
             notice(Some(room(1)), Some("S"), WithheldCode::Unverified),
             notice(None, None, WithheldCode::NoOlm),
+            // Another user's notices, about the same session and key, after ours.
+            WithheldInfo { sender: other.clone(), ..notice(Some(room(1)), Some("S"), WithheldCode::Blacklisted) },
+            WithheldInfo { sender: other.clone(), ..notice(None, None, WithheldCode::Other("x.spoof".into())) },
         ],
         message_indices: vec![record(0, "$a"), record(1, "$b")],
         next_batch_token: Some("s1".into()),
@@ -282,13 +288,24 @@ pub async fn outbound_withheld_indices_and_token<F: StoreFactory>(factory: &mut 
         .unwrap();
     let check = |store: F::Store| {
         let expected = expected.clone();
+        let (sender, other) = (sender.clone(), other.clone());
         async move {
             assert_eq!(json(&store.get_outbound_group_session(&room(1)).await.unwrap().unwrap()), expected);
             assert!(store.get_outbound_group_session(&room(2)).await.unwrap().is_none());
-            assert_eq!(store.get_withheld_info(&room(1), "S").await.unwrap().unwrap().code, WithheldCode::Unverified);
-            assert!(store.get_withheld_info(&room(1), "T").await.unwrap().is_none());
-            assert_eq!(store.get_no_olm_notice(&sender_key).await.unwrap().unwrap().code, WithheldCode::NoOlm);
-            assert!(store.get_no_olm_notice(&Curve25519PublicKey::from_bytes([5; 32])).await.unwrap().is_none());
+            let withheld = |session, who| {
+                let store = &store;
+                async move { store.get_withheld_info(&room(1), session, who).await.unwrap().map(|i| i.code) }
+            };
+            assert_eq!(withheld("S", &sender).await, Some(WithheldCode::Unverified));
+            assert_eq!(withheld("S", &other).await, Some(WithheldCode::Blacklisted));
+            assert_eq!(withheld("T", &sender).await, None);
+            let no_olm = |who, key| {
+                let store = &store;
+                async move { store.get_no_olm_notice(who, &key).await.unwrap().map(|i| i.code) }
+            };
+            assert_eq!(no_olm(&sender, sender_key).await, Some(WithheldCode::NoOlm));
+            assert_eq!(no_olm(&other, sender_key).await, Some(WithheldCode::Other("x.spoof".into())));
+            assert_eq!(no_olm(&sender, Curve25519PublicKey::from_bytes([5; 32])).await, None);
             assert_eq!(store.get_message_index(&room(1), "S", 1).await.unwrap().unwrap().event_id.as_str(), "$b");
             assert!(store.get_message_index(&room(1), "S", 2).await.unwrap().is_none());
             assert_eq!(store.load_next_batch_token().await.unwrap().as_deref(), Some("s2"));

@@ -309,3 +309,39 @@ async fn a_store_written_at_schema_2_opens_migrates_and_takes_cross_signing() {
     assert_eq!(store.get_user_identity(&user).await.unwrap().map(|i| i.master_key().key()), Some(master));
     assert!(store.load_private_identity().await.unwrap().expect("private keys").status().is_complete());
 }
+
+/// `fixtures/store-v5.redb` was written by hush at schema 5 (how:
+/// fixtures/README.md): an account, an `m.unverified` notice from Alice for
+/// a session, her `m.no_olm` notice, and a custom value. Schema 6 keys
+/// withheld notices by their sender too; the migration re-keys both, so
+/// each is found under Alice's name and nowhere else, and the account is
+/// the fixture's.
+#[tokio::test]
+async fn a_store_written_at_schema_5_finds_its_withheld_notices_under_their_sender() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let path = dir.path().join("store.redb");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    std::fs::copy(fixtures.join("store-v5.redb"), &path).unwrap();
+    let keys: Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("store-v5.json")).unwrap()).unwrap();
+    let user = owned_user_id!("@fixture:example.org");
+    let device_id: OwnedDeviceId = "FIXTURE".into();
+    let store = hush_store_redb::open(&path, &user, &device_id, StoreOptions::key([9; 32])).unwrap();
+    let version = store.backend().get(Table::Meta, b"schema_version").unwrap().unwrap();
+    assert_eq!(version, hush_store_cipher::SCHEMA_VERSION.to_be_bytes().to_vec());
+    let (alice, mallory) = (owned_user_id!("@alice:example.org"), owned_user_id!("@mallory:example.org"));
+    let room = owned_room_id!("!room:example.org");
+    let notice = store.get_withheld_info(&room, "fixture-session", &alice).await.unwrap().expect("notice migrated");
+    assert_eq!(notice.code, hush_crypto_core::megolm::WithheldCode::Unverified);
+    assert_eq!(notice.sender_key.to_base64(), keys["withheld_sender_key"]);
+    assert!(store.get_withheld_info(&room, "fixture-session", &mallory).await.unwrap().is_none());
+    let no_olm = store.get_no_olm_notice(&alice, &notice.sender_key).await.unwrap().expect("no_olm migrated");
+    assert_eq!(no_olm.code, hush_crypto_core::megolm::WithheldCode::NoOlm);
+    assert!(store.get_no_olm_notice(&mallory, &notice.sender_key).await.unwrap().is_none());
+    assert_eq!(store.backend().count(Table::Withheld).unwrap(), 1, "nothing left under the old key");
+    assert_eq!(store.backend().count(Table::NoOlm).unwrap(), 1);
+    assert_eq!(store.get_custom_value("fixture").await.unwrap().as_deref(), Some(&b"v5"[..]));
+    let machine = hush_crypto_core::OlmMachine::open(&user, &device_id, Arc::new(store), Default::default()).await;
+    let (ed25519, curve25519) = machine.expect("opens").identity_keys();
+    assert_eq!(keys["ed25519"], ed25519.to_base64(), "the account is the fixture's");
+    assert_eq!(keys["curve25519"], curve25519.to_base64());
+}

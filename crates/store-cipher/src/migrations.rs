@@ -16,19 +16,34 @@
 //!   tables of their own; nothing to convert.
 //! * 4 → 5: the key-backup queue and secrets, in tables of their own;
 //!   nothing to convert (no backup was enabled before).
+//! * 5 → 6: withheld notices are keyed by their sender too (room, session
+//!   and sender; `m.no_olm` by sender and sender key), so a notice another
+//!   user sends about someone else's session neither replaces nor stands
+//!   for the real sender's. Each stored notice names its sender: it is
+//!   re-keyed.
 
-use hush_crypto_core::{StoreError, devices::DeviceData, store::MessageIndexRecord};
+use hush_crypto_core::{
+    StoreError,
+    devices::DeviceData,
+    megolm::{WithheldCode, WithheldInfo},
+    store::MessageIndexRecord,
+};
 use ruma_common::RoomId;
 
 use crate::{KvBackend, Table, WriteOp, codec::Codec};
 
 /// The schema version this code writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// A migration from version `n` to `n + 1` is `MIGRATIONS[n - 1]`.
 pub(crate) type Migration = fn(&Codec, &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError>;
-pub(crate) const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] =
-    [index_devices_by_curve25519, order_message_indices, add_identity_tables, add_key_history_tables];
+pub(crate) const MIGRATIONS: [Migration; SCHEMA_VERSION as usize - 1] = [
+    index_devices_by_curve25519,
+    order_message_indices,
+    add_identity_tables,
+    add_key_history_tables,
+    key_withheld_notices_by_sender,
+];
 
 /// How many entries a migration reads at once.
 const PAGE: usize = 1000;
@@ -36,6 +51,18 @@ const PAGE: usize = 1000;
 /// The key of the replay record of `message_index` in a room's session.
 pub(crate) fn message_index_key(codec: &Codec, room_id: &RoomId, session_id: &str, message_index: u32) -> Vec<u8> {
     codec.numbered_key(Table::MessageIndices, &[room_id.as_bytes(), session_id.as_bytes()], message_index)
+}
+
+/// Where a withheld notice is kept: a room key's notice by room, session
+/// and sender; an `m.no_olm` notice by sender and sender key
+/// (`sender_key` is the notice's, in base64).
+pub(crate) fn withheld_key_parts<'a>(info: &'a WithheldInfo, sender_key: &'a str) -> (Table, Vec<&'a [u8]>) {
+    match (&info.room_id, &info.session_id) {
+        (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
+            (Table::Withheld, vec![room_id.as_bytes(), session_id.as_bytes(), info.sender.as_bytes()])
+        }
+        _ => (Table::NoOlm, vec![info.sender.as_bytes(), sender_key.as_bytes()]),
+    }
 }
 
 /// Calls `each` on every entry of `table`, a page at a time.
@@ -101,6 +128,25 @@ fn add_identity_tables(_: &Codec, _: &dyn KvBackend) -> Result<Vec<WriteOp>, Sto
 /// 4 → 5, see the module documentation.
 fn add_key_history_tables(_: &Codec, _: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
     Ok(Vec::new())
+}
+
+/// 5 → 6, see the module documentation. A notice that no longer opens
+/// (damaged) is dropped: notices only explain missing keys.
+fn key_withheld_notices_by_sender(codec: &Codec, backend: &dyn KvBackend) -> Result<Vec<WriteOp>, StoreError> {
+    let mut ops = Vec::new();
+    for table in [Table::Withheld, Table::NoOlm] {
+        for_each_entry(backend, table, |key, bytes| {
+            ops.push(WriteOp::Delete(table, key.to_vec()));
+            let Ok(info) = codec.open::<WithheldInfo>(table, key, bytes) else { return Ok(()) };
+            let sender_key = info.sender_key.to_base64();
+            let (new_table, parts) = withheld_key_parts(&info, &sender_key);
+            let new_key = codec.key(new_table, &parts);
+            let value = codec.seal(new_table, &new_key, &info)?;
+            ops.push(WriteOp::Put(new_table, new_key, value));
+            Ok(())
+        })?;
+    }
+    Ok(ops)
 }
 
 #[cfg(test)]

@@ -277,12 +277,21 @@ impl<B: KvBackend + 'static> CryptoStore for SharedStore<B> {
         self.handle()?.get_outbound_group_session(room_id).await
     }
 
-    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {
-        self.handle()?.get_withheld_info(room_id, session_id).await
+    async fn get_withheld_info(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        sender: &UserId,
+    ) -> Result<Option<WithheldInfo>, StoreError> {
+        self.handle()?.get_withheld_info(room_id, session_id, sender).await
     }
 
-    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
-        self.handle()?.get_no_olm_notice(sender_key).await
+    async fn get_no_olm_notice(
+        &self,
+        sender: &UserId,
+        sender_key: &Curve25519PublicKey,
+    ) -> Result<Option<WithheldInfo>, StoreError> {
+        self.handle()?.get_no_olm_notice(sender, sender_key).await
     }
 
     async fn get_user_identity(&self, user_id: &UserId) -> Result<Option<UserIdentityData>, StoreError> {

@@ -12,7 +12,7 @@ use hush_crypto_core::{
     Changes, CryptoStore, StoreError,
     devices::DeviceData,
     identities::{PrivateCrossSigningIdentity, UserIdentityData},
-    megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldCode, WithheldInfo},
+    megolm::{RoomKeyShareRecord, StoredInboundGroupSession, StoredOutboundGroupSession, WithheldInfo},
     store::{
         LockRecord, MessageIndexRecord, OlmMessageHash, RoomKeyRef, StoreLease, StoredAccount, StoredSession,
         TrackedUser,
@@ -344,17 +344,12 @@ impl<B: KvBackend> KvCryptoStore<B> {
         Ok(())
     }
 
-    /// A withheld notice: by room key, or (`m.no_olm`) by sender key.
+    /// A withheld notice: by room key and sender, or (`m.no_olm`) by
+    /// sender and sender key (see `migrations::withheld_key_parts`).
     fn put_withheld(&self, ops: &mut Vec<WriteOp>, info: &WithheldInfo) -> Result<(), StoreError> {
-        match (&info.room_id, &info.session_id) {
-            (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
-                self.put(ops, Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes()], info)
-            }
-            _ => {
-                let sender_key = info.sender_key.to_base64();
-                self.put(ops, Table::NoOlm, &[sender_key.as_bytes()], info)
-            }
-        }
+        let sender_key = info.sender_key.to_base64();
+        let (table, parts) = crate::migrations::withheld_key_parts(info, &sender_key);
+        self.put(ops, table, &parts, info)
     }
 
     /// When a room gets a new room key, the share records of the keys it
@@ -653,12 +648,21 @@ impl<B: KvBackend> CryptoStore for KvCryptoStore<B> {
         Ok(Some(session))
     }
 
-    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {
-        self.get(Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes()])
+    async fn get_withheld_info(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        sender: &UserId,
+    ) -> Result<Option<WithheldInfo>, StoreError> {
+        self.get(Table::Withheld, &[room_id.as_bytes(), session_id.as_bytes(), sender.as_bytes()])
     }
 
-    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
-        self.get(Table::NoOlm, &[sender_key.to_base64().as_bytes()])
+    async fn get_no_olm_notice(
+        &self,
+        sender: &UserId,
+        sender_key: &Curve25519PublicKey,
+    ) -> Result<Option<WithheldInfo>, StoreError> {
+        self.get(Table::NoOlm, &[sender.as_bytes(), sender_key.to_base64().as_bytes()])
     }
 
     async fn get_message_index(

@@ -11,6 +11,7 @@ mod published;
 mod rejected_events;
 mod room_key_takeover;
 mod to_device;
+mod withheld;
 
 pub(crate) use hush_testing::Victim;
 

@@ -1,7 +1,7 @@
 //! Encrypting room events with our room key and decrypting others' with the
 //! keys we hold, explaining every failure.
 
-use ruma_common::{RoomId, serde::Raw};
+use ruma_common::{RoomId, UserId, serde::Raw};
 use ruma_events::room::encrypted::RoomEncryptedEventContent;
 use serde_json::{Value, value::RawValue};
 use vodozemac::Curve25519PublicKey;
@@ -118,19 +118,24 @@ impl OlmMachine {
         Ok(Raw::from_json(json))
     }
 
-    /// The withheld code explaining a missing key: a notice for the session,
-    /// or an `m.no_olm` notice from the device the event claims to come from.
+    /// The withheld code explaining a missing key: the event's sender's
+    /// notice for the session (from the device the event names, when it
+    /// names one), or that sender's `m.no_olm` notice from that device.
+    /// Notices arrive in the clear, so only the sender's own count: a
+    /// co-member cannot make us say the sender withheld a key.
     pub(super) async fn withheld_code(
         &self,
         room_id: &RoomId,
         session_id: &str,
+        sender: &UserId,
         claimed_sender_key: Option<Curve25519PublicKey>,
     ) -> Result<Option<WithheldCode>, StoreError> {
-        if let Some(info) = self.inner.store.get_withheld_info(room_id, session_id).await? {
+        let notice = self.inner.store.get_withheld_info(room_id, session_id, sender).await?;
+        if let Some(info) = notice.filter(|info| claimed_sender_key.is_none_or(|key| key == info.sender_key)) {
             return Ok(Some(info.code));
         }
         match claimed_sender_key {
-            Some(key) => Ok(self.inner.store.get_no_olm_notice(&key).await?.map(|info| info.code)),
+            Some(key) => Ok(self.inner.store.get_no_olm_notice(sender, &key).await?.map(|info| info.code)),
             None => Ok(None),
         }
     }
@@ -141,7 +146,7 @@ impl OlmMachine {
     /// keys: an event from any other user is a [`MegolmError::SenderMismatch`].
     pub(super) async fn sender_device_state(
         &self,
-        sender: &ruma_common::UserId,
+        sender: &UserId,
         key: &KeyFacts,
     ) -> Result<SenderState, MegolmError> {
         if *sender == self.inner.own.user_id && key.sender_key == self.inner.own.curve25519 {

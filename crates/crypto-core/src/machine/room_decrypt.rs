@@ -328,7 +328,7 @@ impl OlmMachine {
     /// Why an event's key is missing: withheld (with the code) or unknown.
     async fn explain_missing_key(&self, room_id: &RoomId, parsed: Parsed) -> MegolmError {
         let session_id = parsed.incoming.session_id;
-        match self.withheld_code(room_id, &session_id, parsed.claimed_sender_key).await {
+        match self.withheld_code(room_id, &session_id, &parsed.incoming.sender, parsed.claimed_sender_key).await {
             Ok(withheld) => MegolmError::MissingRoomKey { session_id, withheld },
             Err(error) => MegolmError::Store(error),
         }

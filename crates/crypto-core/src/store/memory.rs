@@ -38,8 +38,10 @@ struct Tables {
     outbound: HashMap<OwnedRoomId, Bytes>,
     /// room -> (session id, the acknowledged shares of that session by device)
     room_key_shares: HashMap<OwnedRoomId, (String, SharesByDevice)>,
-    withheld: HashMap<(OwnedRoomId, String), WithheldInfo>,
-    no_olm: HashMap<String, WithheldInfo>,
+    /// By room, session and the notice's sender.
+    withheld: HashMap<(OwnedRoomId, String, OwnedUserId), WithheldInfo>,
+    /// By sender and sender key.
+    no_olm: HashMap<(OwnedUserId, String), WithheldInfo>,
     /// (room, session) -> index -> (event id, timestamp): room and session
     /// are stored once per session, not once per decrypted event.
     message_indices: HashMap<(OwnedRoomId, String), BTreeMap<u32, (ruma_common::OwnedEventId, u64)>>,
@@ -81,10 +83,10 @@ impl Tables {
     fn put_withheld(&mut self, info: WithheldInfo) {
         match (&info.room_id, &info.session_id) {
             (Some(room_id), Some(session_id)) if info.code != WithheldCode::NoOlm => {
-                self.withheld.insert((room_id.clone(), session_id.clone()), info);
+                self.withheld.insert((room_id.clone(), session_id.clone(), info.sender.clone()), info);
             }
             _ => {
-                self.no_olm.insert(info.sender_key.to_base64(), info);
+                self.no_olm.insert((info.sender.clone(), info.sender_key.to_base64()), info);
             }
         }
     }
@@ -357,12 +359,21 @@ impl CryptoStore for MemoryStore {
         Ok(Some(session))
     }
 
-    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError> {
-        Ok(self.tables().withheld.get(&(room_id.to_owned(), session_id.to_owned())).cloned())
+    async fn get_withheld_info(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        sender: &UserId,
+    ) -> Result<Option<WithheldInfo>, StoreError> {
+        Ok(self.tables().withheld.get(&(room_id.to_owned(), session_id.to_owned(), sender.to_owned())).cloned())
     }
 
-    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError> {
-        Ok(self.tables().no_olm.get(&sender_key.to_base64()).cloned())
+    async fn get_no_olm_notice(
+        &self,
+        sender: &UserId,
+        sender_key: &Curve25519PublicKey,
+    ) -> Result<Option<WithheldInfo>, StoreError> {
+        Ok(self.tables().no_olm.get(&(sender.to_owned(), sender_key.to_base64())).cloned())
     }
 
     async fn get_message_index(

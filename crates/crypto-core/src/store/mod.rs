@@ -105,11 +105,23 @@ pub trait CryptoStore: fmt::Debug + Send + Sync {
         room_id: &RoomId,
     ) -> Result<Option<StoredOutboundGroupSession>, StoreError>;
 
-    /// The withheld notice for a room key, if one arrived.
-    async fn get_withheld_info(&self, room_id: &RoomId, session_id: &str) -> Result<Option<WithheldInfo>, StoreError>;
+    /// The withheld notice `sender` sent for a room key, if one arrived.
+    /// Notices are kept per sender: one from another user about the same
+    /// session (sent in the clear, anyone can) neither replaces nor hides it.
+    async fn get_withheld_info(
+        &self,
+        room_id: &RoomId,
+        session_id: &str,
+        sender: &UserId,
+    ) -> Result<Option<WithheldInfo>, StoreError>;
 
-    /// The `m.no_olm` notice from the device with `sender_key`, if one arrived.
-    async fn get_no_olm_notice(&self, sender_key: &Curve25519PublicKey) -> Result<Option<WithheldInfo>, StoreError>;
+    /// The `m.no_olm` notice `sender` sent from the device with
+    /// `sender_key`, if one arrived.
+    async fn get_no_olm_notice(
+        &self,
+        sender: &UserId,
+        sender_key: &Curve25519PublicKey,
+    ) -> Result<Option<WithheldInfo>, StoreError>;
 
     /// A user's cross-signing identity, as last saved.
     async fn get_user_identity(&self, user_id: &UserId) -> Result<Option<UserIdentityData>, StoreError>;
