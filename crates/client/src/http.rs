@@ -1,7 +1,10 @@
 //! The HTTP layer: typed ruma requests over hyper (rustls for https), with a
 //! timeout on every request, retries with exponential back-off and jitter on
 //! connection errors and 5xx, `M_LIMIT_EXCEEDED` honoured through
-//! `retry_after_ms`, and `M_UNKNOWN_TOKEN` reported as a logged-out session.
+//! `retry_after_ms`, `M_UNKNOWN_TOKEN` reported as a logged-out session,
+//! and a cap on the size of every answer read whole
+//! ([`HttpSettings::max_response_bytes`]): a server cannot make the client
+//! buffer without end.
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -56,6 +59,18 @@ pub enum HttpError {
     /// The answer could not be understood.
     #[error("the homeserver's answer could not be parsed: {0}")]
     Response(String),
+    /// The answer is larger than the client reads
+    /// ([`HttpSettings::max_response_bytes`]); it was refused, unread
+    /// beyond the limit. Not retried: the same request gets the same
+    /// answer. A legitimately larger answer (a huge account's initial
+    /// sync) needs a larger limit.
+    #[error("the homeserver's answer is larger than {limit} bytes{}", declared.map(|n| format!(" (it declares {n})")).unwrap_or_default())]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+        /// The size the answer declared (`Content-Length`), if it did.
+        declared: Option<u64>,
+    },
 }
 
 /// The most an answer read whole by the media and discovery calls may
@@ -72,11 +87,26 @@ pub struct HttpSettings {
     pub retries: u32,
     /// First back-off delay, doubled per retry, with up to 50% jitter.
     pub initial_backoff: Duration,
+    /// The largest answer read whole (every Matrix API call, `/sync`
+    /// included), in bytes; a larger one is [`HttpError::TooLarge`]. The
+    /// default, [`DEFAULT_MAX_RESPONSE_BYTES`] (128 MiB), holds the initial
+    /// sync of a large account; the answer is parsed after it is read, so
+    /// peak memory is about twice the answer. Media downloads are streamed
+    /// and not limited by it.
+    pub max_response_bytes: usize,
 }
+
+/// The default [`HttpSettings::max_response_bytes`]: 128 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
 
 impl Default for HttpSettings {
     fn default() -> Self {
-        Self { request_timeout: Duration::from_secs(30), retries: 5, initial_backoff: Duration::from_millis(250) }
+        Self {
+            request_timeout: Duration::from_secs(30),
+            retries: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
     }
 }
 
@@ -217,6 +247,11 @@ impl HttpClient {
             .to_bytes())
     }
 
+    /// The largest answer read whole.
+    fn limit(&self) -> usize {
+        self.settings.max_response_bytes
+    }
+
     /// The homeserver URL.
     pub fn homeserver(&self) -> &str {
         &self.homeserver
@@ -274,10 +309,11 @@ impl HttpClient {
             Ok(Ok(response)) => response,
         };
         let (parts, body) = response.into_parts();
-        let body = match tokio::time::timeout(timeout, body.collect()).await {
-            Ok(Ok(body)) => body.to_bytes(),
-            Ok(Err(error)) => return Attempt::Retry { after: None, error: HttpError::Connection(error.to_string()) },
-            Err(_) => return Attempt::Retry { after: None, error: HttpError::Timeout(timeout) },
+        let body = match read_capped(body, parts.headers.get(http::header::CONTENT_LENGTH), self.limit(), timeout).await
+        {
+            Ok(body) => body,
+            Err(error @ HttpError::TooLarge { .. }) => return Attempt::Done(Err(error)),
+            Err(error) => return Attempt::Retry { after: None, error },
         };
         let status = parts.status.as_u16();
         let response = http::Response::from_parts(parts, body.as_ref());
@@ -288,6 +324,29 @@ impl HttpClient {
             }
             Err(error) => Attempt::Done(Err(HttpError::Response(error.to_string()))),
         }
+    }
+}
+
+/// Reads an answer whole, at most `limit` bytes, within `timeout`: one that
+/// declares a larger length is refused before a byte of its body is read,
+/// one that runs past the limit as soon as it does.
+async fn read_capped(
+    body: hyper::body::Incoming,
+    declared: Option<&http::HeaderValue>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, HttpError> {
+    let declared = declared.and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(HttpError::TooLarge { limit, declared });
+    }
+    match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(HttpError::TooLarge { limit, declared })
+        }
+        Ok(Err(error)) => Err(HttpError::Connection(error.to_string())),
+        Err(_) => Err(HttpError::Timeout(timeout)),
     }
 }
 
