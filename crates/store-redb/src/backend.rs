@@ -32,7 +32,8 @@ fn open_error(path: &Path, error: redb::DatabaseError) -> StoreError {
 
 /// A redb database holding one crypto store.
 pub struct RedbBackend {
-    db: Handle,
+    /// Always `Some` until the backend is dropped (see its `Drop`).
+    db: Option<Handle>,
     /// An injected fault (tests only, feature `fault-injection`): the next
     /// write fails after this many ops, inside its transaction.
     fault: WriteFault,
@@ -52,6 +53,31 @@ impl Handle {
         }
         .map_err(backend_error)
     }
+
+    /// Closes the database. A read-write one records its allocator state
+    /// on the way out, reading pages a damaged file may have garbled.
+    fn close(self) -> Result<(), StoreError> {
+        match self {
+            Self::ReadWrite(db) => db.close().map_err(backend_error),
+            Self::ReadOnly(db) => db.close().map_err(backend_error),
+        }
+    }
+}
+
+/// redb closes a database when it is dropped, and on a damaged file the
+/// close can panic (an allocator page or a b-tree page it reads is
+/// garbage) after every call before it returned, since those pages were
+/// never read until then. The close runs here, guarded like every other
+/// engine call: the damage is logged as [`StoreError::Corrupt`], and the
+/// caller (dropping a store, perhaps during an error path) goes on.
+impl Drop for RedbBackend {
+    fn drop(&mut self) {
+        if let Some(db) = self.db.take()
+            && let Err(error) = guard_engine("close", move || db.close())
+        {
+            tracing::error!(%error, "closing the redb store failed");
+        }
+    }
 }
 
 impl std::fmt::Debug for RedbBackend {
@@ -70,7 +96,7 @@ impl RedbBackend {
             } else {
                 Database::create(path).map_err(backend_error)?
             };
-            Ok(Self { db: Handle::ReadWrite(db), fault: WriteFault::default() })
+            Ok(Self { db: Some(Handle::ReadWrite(db)), fault: WriteFault::default() })
         })
     }
 
@@ -81,7 +107,7 @@ impl RedbBackend {
     /// open can do.
     pub fn open_read_only(path: &Path) -> Result<Option<Self>, StoreError> {
         guard_engine("open", || match redb::ReadOnlyDatabase::open(path) {
-            Ok(db) => Ok(Some(Self { db: Handle::ReadOnly(db), fault: WriteFault::default() })),
+            Ok(db) => Ok(Some(Self { db: Some(Handle::ReadOnly(db)), fault: WriteFault::default() })),
             Err(redb::DatabaseError::RepairAborted) => Ok(None),
             Err(other) => Err(open_error(path, other)),
         })
@@ -104,9 +130,16 @@ impl RedbBackend {
     }
 }
 
+impl RedbBackend {
+    /// The open database.
+    fn handle(&self) -> Result<&Handle, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Backend("the redb store is closed".into()))
+    }
+}
+
 impl KvEngine for RedbBackend {
     fn engine_get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.handle()?.begin_read()?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
             Err(TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -122,7 +155,7 @@ impl KvEngine for RedbBackend {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.handle()?.begin_read()?;
         let handle = match txn.open_table(definition(table)) {
             Ok(handle) => handle,
             Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -151,7 +184,7 @@ impl KvEngine for RedbBackend {
     }
 
     fn engine_count(&self, table: Table) -> Result<usize, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.handle()?.begin_read()?;
         match txn.open_table(definition(table)) {
             Ok(handle) => Ok(usize::try_from(handle.len().map_err(backend_error)?).unwrap_or(usize::MAX)),
             Err(TableError::TableDoesNotExist(_)) => Ok(0),
@@ -173,7 +206,7 @@ impl RedbBackend {
     /// its key (read inside the transaction, which redb runs one at a time)
     /// followed by `ops`, committed durably.
     fn write_with(&self, decide: Option<(Table, &[u8], Decide)>, ops: Vec<WriteOp>) -> Result<(), StoreError> {
-        let Handle::ReadWrite(db) = &self.db else {
+        let Handle::ReadWrite(db) = self.handle()? else {
             return Err(StoreError::Backend("the store was opened read-only".into()));
         };
         let txn = db.begin_write().map_err(backend_error)?;
