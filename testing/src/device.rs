@@ -88,7 +88,7 @@ impl TestDevice {
                 self.machine.mark_request_as_sent(id, &response, now).await
             }
             AnyOutgoingRequest::SignatureUpload(r) => {
-                self.machine.mark_request_as_sent(id, &self.server.upload_signatures(r), now).await
+                self.machine.mark_request_as_sent(id, &self.server.upload_signatures(&self.user_id, r), now).await
             }
             AnyOutgoingRequest::KeysBackup(r) => match self.server.add_backup_keys(&self.user_id, r) {
                 Ok(response) => self.machine.mark_request_as_sent(id, &response, now).await,

@@ -172,3 +172,57 @@ async fn a_new_device_verified_by_sas_gets_the_secrets_and_old_room_keys_by_goss
     assert_eq!(read.encryption.as_ref().unwrap().key_source, hush_crypto_core::KeySource::Forwarded);
     assert!(machine.open_gossip_requests().is_empty(), "every request answered");
 }
+
+/// Issue 30, finding 7b: a server answers Alice's signature uploads with
+/// something her client cannot parse (Synapse's failure entries for an
+/// error it does not classify carry a status and a message, no `errcode`).
+/// Alice and Bob verify each other by SAS, which ends in that upload.
+/// Before, the unparseable answer became the error of `Sas::confirm`
+/// although the verification had finished, the request stayed queued and
+/// went out at every drive, and every later sync of Alice's failed. Now
+/// that one request fails alone (logged, and sent again after a back-off):
+/// the confirmation, her syncs and her messages go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn an_answer_the_client_cannot_parse_fails_that_request_alone() {
+    use hush_testing::proxy::{FaultProxy, Rewrite, Rule};
+    let proxy = FaultProxy::start(&hush_testing::synapse::homeserver_url()).await;
+    let alice = TestClient::new_user_via("alice", "A1", StoreKind::Redb, &proxy.url()).await;
+    let bob = TestClient::new_user("bob", "B1", StoreKind::Redb).await;
+    let (_, alice_password) = alice.credentials.clone();
+    let (_, bob_password) = bob.credentials.clone();
+    alice.client.encryption().bootstrap_cross_signing_with_password(false, &alice_password).await.unwrap();
+    bob.client.encryption().bootstrap_cross_signing_with_password(false, &bob_password).await.unwrap();
+    let (alice_id, bob_id) = (alice.session.user_id.clone(), bob.session.user_id.clone());
+    let room = alice.client.create_room("unparseable", true, &[bob_id.as_ref()]).await.unwrap();
+    bob.join(&room).await;
+    alice.sync_until("Bob's join", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2)).await;
+    alice.client.encryption().refresh_user_keys(&[&bob_id]).await.unwrap();
+    bob.client.encryption().refresh_user_keys(&[&alice_id]).await.unwrap();
+
+    let unparseable = Rewrite(Arc::new(|body: &mut serde_json::Value| {
+        *body = serde_json::json!({"failures": {"@someone:example.org": {"DEVICE": {"status": 503, "message": "x"}}}});
+    }));
+    let rule = Rule::path("/keys/signatures/upload").token(&alice.session.access_token);
+    let _rule = proxy.add(rule.fault(hush_testing::proxy::Fault::Rewrite(unparseable)));
+    let request = alice.client.encryption().request_verification(&bob_id).await.expect("request");
+    run_sas(&alice, &bob, &request).await;
+    assert!(proxy.requests(Some("POST"), "/keys/signatures/upload") >= 1, "alice uploaded her signature of bob");
+
+    for _ in 0..3 {
+        alice
+            .client
+            .sync_once(hush_client::SyncSettings::default().timeout(std::time::Duration::ZERO))
+            .await
+            .expect("sync");
+    }
+    let sent = alice.client.get_room(&room).expect("room").send_text("still talking").await.expect("send").event_id;
+    bob.sync_until("alice's message", |c| {
+        c.events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.event["event_id"].as_str() == Some(sent.as_str()) && e.text_body() == Some("still talking"))
+    })
+    .await;
+}

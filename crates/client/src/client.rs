@@ -162,6 +162,7 @@ impl ClientBuilder {
                 sync_lock: tokio::sync::Mutex::new(()),
                 rooms_restored: AtomicBool::new(false),
                 in_flight: Mutex::new(HashSet::new()),
+                request_backoff: Mutex::new(Default::default()),
                 request_done: tokio::sync::Notify::new(),
                 room_send_lock: tokio::sync::Mutex::new(()),
                 store_lock: self.store_lock,
@@ -198,6 +199,8 @@ pub(crate) struct Inner {
     pub(crate) store_lock_users: tokio::sync::Mutex<crate::store_lock::LockUsers>,
     /// Ids of the engine's requests being sent now (by any task).
     pub(crate) in_flight: Mutex<HashSet<OwnedTransactionId>>,
+    /// Requests waiting after a failure for good.
+    pub(crate) request_backoff: Mutex<crate::request_backoff::RequestBackoff>,
     /// Signalled whenever a request being sent is done.
     pub(crate) request_done: tokio::sync::Notify,
     /// Held while the engine's room events are sent (their order matters).
@@ -421,9 +424,10 @@ impl Client {
     /// Sends every request the crypto engine has queued, concurrently,
     /// hands the answers back and acts on the engine's events (one turn of
     /// the client's drive loop). A client sharing its store does this under
-    /// the store lock.
+    /// the store lock. The first request that failed is the error; the
+    /// others were sent all the same.
     pub async fn send_outgoing_requests(&self) -> Result<(), ClientError> {
-        self.with_store_lock(self.drive()).await
+        self.with_store_lock(async { self.drive().await?.into_result() }).await
     }
 
     pub(crate) fn warn_unencrypted_build_once(&self, room_id: &RoomId) {

@@ -4,6 +4,13 @@
 //! answer back, then act on the engine's events. Every place the client
 //! needs the engine to make progress (after a sync, before a send, after
 //! login) runs [`Client::drive`]; nothing else talks to the engine's queue.
+//!
+//! A request that fails fails alone: its error is logged and reported in
+//! the [`DriveReport`], never turned into the error of the drive (a sync,
+//! say). A caller whose operation needs a request (a send needs its room
+//! key shared, a verification its messages) looks at the report. A
+//! request refused for good, or answered with something the client cannot
+//! read, waits before it is sent again (`request_backoff`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,10 +38,47 @@ impl Drop for InFlight {
 /// How long a drive waits for requests another task is sending.
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(30);
 
+/// What one turn of the drive loop could not send.
+#[derive(Debug, Default)]
+#[must_use = "a caller whose operation needs a request checks whether it failed"]
+pub(crate) struct DriveReport {
+    failures: Vec<RequestFailure>,
+}
+
+/// One request that failed in a turn of the drive loop.
+#[derive(Debug)]
+struct RequestFailure {
+    /// A verification message (to-device `m.key.verification.*`).
+    verification: bool,
+    error: ClientError,
+}
+
+impl DriveReport {
+    /// The first failure as an error, for a caller that needed every
+    /// request of the turn (an explicit `send_outgoing_requests`).
+    pub(crate) fn into_result(self) -> Result<(), ClientError> {
+        self.failures.into_iter().next().map_or(Ok(()), |f| Err(f.error))
+    }
+
+    /// The first failure of a verification message, as an error: what a
+    /// verification step needs. Other requests (a signature upload that
+    /// follows a finished verification) fail alone.
+    pub(crate) fn verification_result(self) -> Result<(), ClientError> {
+        self.failures.into_iter().find(|f| f.verification).map_or(Ok(()), |f| Err(f.error))
+    }
+
+    /// The last failure, if any (for a send that could not get its room ready).
+    pub(crate) fn into_last_failure(self) -> Option<ClientError> {
+        self.failures.into_iter().last().map(|f| f.error)
+    }
+}
+
 impl Client {
     /// One turn of the drive loop. Returns once every request that was
-    /// queued when it started has been answered (by this task or another).
-    pub(crate) async fn drive(&self) -> Result<(), ClientError> {
+    /// queued when it started has been answered (by this task or another),
+    /// or has failed: see [`DriveReport`]. An error is the engine's (a
+    /// timer, the request queue), never one request's.
+    pub(crate) async fn drive(&self) -> Result<DriveReport, ClientError> {
         let machine = self.olm_machine()?;
         if machine.poll_timeout().is_some_and(|at| at <= self.now()) {
             machine.handle_timeout(self.now()).await?;
@@ -47,16 +91,23 @@ impl Client {
         requests.retain(|r| {
             !matches!(r.request(), AnyOutgoingRequest::SigningKeysUpload(_) | AnyOutgoingRequest::RoomMessage(_))
         });
+        {
+            // Requests waiting after a failure for good stay queued, unsent.
+            let mut backoff = lock(&self.inner.request_backoff);
+            backoff.retain(|id| requests.iter().any(|r| r.request_id() == id));
+            let now = std::time::Instant::now();
+            requests.retain(|r| backoff.is_due(r.request_id(), now));
+        }
         let (mine, others): (Vec<OutgoingRequest>, Vec<OutgoingRequest>) = {
             let mut in_flight = lock(&self.inner.in_flight);
             requests.into_iter().partition(|r| in_flight.insert(r.request_id().to_owned()))
         };
-        let result = self.send_all(mine).await;
+        let report = self.send_all(mine).await;
         if !others.is_empty() {
             self.wait_for_others(&others).await;
         }
         self.handle_engine_events().await;
-        result
+        Ok(report)
     }
 
     /// Sends the engine's room events and logs a failure instead of
@@ -90,11 +141,12 @@ impl Client {
         Ok(())
     }
 
-    /// Sends requests concurrently; the first error is returned after all finished.
-    /// Verification messages go out one after another in queue order, in
-    /// one task (a `mac` must not overtake the `key` before it, nor a
-    /// `done` the `mac`).
-    async fn send_all(&self, requests: Vec<OutgoingRequest>) -> Result<(), ClientError> {
+    /// Sends requests concurrently and reports those that failed, after
+    /// all finished. Verification messages go out one after another in
+    /// queue order, in one task (a `mac` must not overtake the `key`
+    /// before it, nor a `done` the `mac`); the first that fails holds back
+    /// the ones after it.
+    async fn send_all(&self, requests: Vec<OutgoingRequest>) -> DriveReport {
         let mut tasks = tokio::task::JoinSet::new();
         let (ordered, requests): (Vec<OutgoingRequest>, Vec<OutgoingRequest>) =
             requests.into_iter().partition(is_verification_message);
@@ -105,9 +157,11 @@ impl Client {
             tasks.spawn(async move {
                 let _guards = guards;
                 for request in &ordered {
-                    client.send_crypto_request(request).await?;
+                    if let Err(error) = client.send_crypto_request(request).await {
+                        return vec![(request.request_id().to_owned(), true, Err(error))];
+                    }
                 }
-                Ok(())
+                Vec::new()
             });
         }
         for request in requests {
@@ -117,18 +171,39 @@ impl Client {
             let guard = InFlight { client: self.clone(), id: request.request_id().to_owned() };
             tasks.spawn(async move {
                 let _guard = guard;
-                client.send_crypto_request(&request).await
+                let result = client.send_crypto_request(&request).await;
+                vec![(request.request_id().to_owned(), false, result)]
             });
         }
-        let mut first_error = None;
-        while let Some(result) = tasks.join_next().await {
-            match result {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => first_error = first_error.or(Some(error)),
-                Err(join) => first_error = first_error.or(Some(ClientError::Task(join.to_string()))),
+        let mut report = DriveReport::default();
+        while let Some(joined) = tasks.join_next().await {
+            let outcomes = joined.unwrap_or_else(|join| {
+                tracing::error!(error = %join, "a request's task ended abnormally");
+                Vec::new()
+            });
+            for (id, verification, result) in outcomes {
+                match result {
+                    Ok(()) => lock(&self.inner.request_backoff).succeeded(&id),
+                    Err(error) => {
+                        self.note_failure(&id, &error);
+                        report.failures.push(RequestFailure { verification, error });
+                    }
+                }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        report
+    }
+
+    /// Logs a request's failure; one refused for good, or answered with
+    /// something unreadable, waits before its next attempt.
+    fn note_failure(&self, id: &ruma_common::TransactionId, error: &ClientError) {
+        let for_good = matches!(error, ClientError::Http(http) if !http.is_transient());
+        if for_good {
+            let wait = lock(&self.inner.request_backoff).failed(id, std::time::Instant::now());
+            tracing::warn!(%error, request_id = %id, wait_s = wait.as_secs(), "a crypto request failed; it waits before it is sent again");
+        } else {
+            tracing::warn!(%error, request_id = %id, "a crypto request failed; it is sent again at the next drive");
+        }
     }
 
     /// Waits (bounded) until requests another task sends are done.

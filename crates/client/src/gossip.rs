@@ -74,10 +74,11 @@ impl crate::Client {
                 Err(error) => tracing::warn!(%room_id, %session_id, %error, "opening a room-key request failed"),
             }
         }
+        // A request that fails is logged by the drive and sent again later.
         if asked > 0
             && let Err(error) = self.drive().await
         {
-            tracing::warn!(%error, "sending room-key requests failed");
+            tracing::warn!(%error, "the drive loop failed after opening room-key requests");
         }
     }
 
@@ -94,7 +95,7 @@ impl crate::Client {
             let Some(backup) = encryption.latest_backup().await? else { return Ok(0) };
             machine.enable_backup(&backup).await?;
             let restored = encryption.restore_backup(|_, _| {}).await?;
-            self.drive().await?;
+            let _requests = self.drive().await?;
             Ok::<_, ClientError>(restored.imported_count)
         }
         .await;

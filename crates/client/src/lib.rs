@@ -44,6 +44,7 @@ pub mod http;
 mod media;
 mod persist;
 mod recovery;
+mod request_backoff;
 mod room;
 mod room_create;
 mod rooms;

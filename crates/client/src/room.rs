@@ -214,6 +214,7 @@ impl Room {
         let machine = self.client.olm_machine()?;
         let room = state.room_info();
         let mut last = None;
+        let mut failure = None;
         for _ in 0..PREPARE_ROUNDS {
             match machine.prepare_room(&room, self.client.now()).await? {
                 RoomReadiness::Ready { .. } => {
@@ -223,10 +224,13 @@ impl Room {
                 }
                 waiting => {
                     last = Some(waiting);
-                    self.client.drive().await?;
+                    // A request the room needs (a query, claim or share) may
+                    // have failed: if the room never gets ready, that is why.
+                    failure = self.client.drive().await?.into_last_failure().or(failure);
                 }
             }
         }
-        Err(ClientError::RoomNotReady { room_id: self.room_id.to_string(), waiting: format!("{last:?}") })
+        Err(failure
+            .unwrap_or(ClientError::RoomNotReady { room_id: self.room_id.to_string(), waiting: format!("{last:?}") }))
     }
 }

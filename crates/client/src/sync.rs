@@ -208,17 +208,11 @@ impl Client {
         let delivered = Box::pin(self.deliver_timeline(timeline)).await;
         // Requests out, answers in, events handled (late decryptions);
         // then the engine's room events (in-room verification). The sync
-        // itself is saved: a crypto request that still fails after its
-        // retries (the server down, or answering 5xx) stays queued in the
-        // engine and goes out on the next drive; it does not fail the sync.
-        if let Err(error) = Box::pin(self.drive()).await {
-            match &error {
-                ClientError::Http(http) if http.is_transient() => {
-                    tracing::warn!(%error, "a crypto request failed; it is sent again on the next sync");
-                }
-                _ => return Err(error),
-            }
-        }
+        // itself is saved: a crypto request that fails (the server down,
+        // refusing it, or answering what we cannot read) fails alone, stays
+        // queued in the engine and goes out at a later drive (see
+        // `driver`); it never fails the sync.
+        let _requests = Box::pin(self.drive()).await?;
         self.send_room_messages_logged().await;
         self.use_gossiped_backup_key().await;
         self.retry_restored_waiting_events().await;

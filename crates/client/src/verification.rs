@@ -92,10 +92,12 @@ impl Client {
     /// Runs the drive loop and sends queued room events (under the store
     /// lock, if the store is shared).
     pub(crate) async fn settle(&self) -> Result<(), ClientError> {
+        // A verification step needs its messages out; a request that only
+        // follows one (a signature upload) fails alone.
         self.with_store_lock(async {
-            self.drive().await?;
+            self.drive().await?.verification_result()?;
             self.send_room_messages().await?;
-            self.drive().await
+            self.drive().await?.verification_result()
         })
         .await
     }

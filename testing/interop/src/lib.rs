@@ -93,7 +93,7 @@ impl SdkDevice {
                     }
                     AnyOutgoingRequest::ToDeviceRequest(r) => self.send_to_device(r).await,
                     AnyOutgoingRequest::SignatureUpload(r) => {
-                        let response = self.server.upload_signatures(r);
+                        let response = self.server.upload_signatures(&self.user_id, r);
                         self.machine.mark_request_as_sent(id, &response).await.expect("signature answer");
                     }
                     AnyOutgoingRequest::RoomMessage(r) => self.send_room_message(r).await,
@@ -125,13 +125,17 @@ impl SdkDevice {
             ruma::api::client::uiaa::FallbackAcknowledgement::new("interop".into()),
         ));
         self.server.upload_signing_keys(&self.user_id, &upload).expect("signing keys accepted");
-        self.server.upload_signatures(&requests.upload_signatures_req);
+        self.server.upload_signatures(&self.user_id, &requests.upload_signatures_req);
         self.drain().await;
     }
 
-    /// Sends a signature upload matrix-sdk-crypto returned from a command.
-    pub fn upload_signatures(&self, request: &ruma::api::client::keys::upload_signatures::v3::Request) {
-        self.server.upload_signatures(request);
+    /// Sends a signature upload matrix-sdk-crypto returned from a command;
+    /// the server's answer (its failures).
+    pub fn upload_signatures(
+        &self,
+        request: &ruma::api::client::keys::upload_signatures::v3::Request,
+    ) -> ruma::api::client::keys::upload_signatures::v3::Response {
+        self.server.upload_signatures(&self.user_id, request)
     }
 
     /// Sends one of matrix-sdk-crypto's to-device requests through the server.

@@ -1,8 +1,10 @@
 //! The server's cross-signing endpoints: `/keys/device_signing/upload`
 //! (replacing keys needs user-interactive auth, as on Synapse) and
 //! `/keys/signatures/upload` (signatures merged into the stored objects),
-//! and the keys listed in `/keys/query`. Like a real server it does not
-//! check signatures; tests that need a lying server write keys directly.
+//! and the keys listed in `/keys/query`. It does not verify signatures
+//! (tests that need a lying server write keys directly), but it refuses
+//! what Synapse refuses on the way: a signature of one's own master key
+//! that is not by one of one's devices.
 
 use ruma_client_api::keys::{get_keys, upload_signatures, upload_signing_keys};
 use ruma_common::{OwnedUserId, UserId, serde::Raw};
@@ -45,6 +47,28 @@ fn merge_signatures(into: &mut Value, from: &Value) {
             entry.extend(by_key.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
     }
+}
+
+/// Whether every signature `user_id` put on `object` names one of its
+/// devices, by a key id that device lists (what Synapse checks of an own
+/// master key's signatures).
+fn signed_by_own_devices_only(state: &State, user_id: &UserId, object: &Value) -> bool {
+    let Some(signatures) = object.get("signatures").and_then(|s| s.get(user_id.as_str())).and_then(Value::as_object)
+    else {
+        return false;
+    };
+    signatures.keys().all(|key_id| {
+        let Some(device_id) = key_id.strip_prefix("ed25519:") else { return false };
+        let keys = state.devices.get(user_id).and_then(|d| d.get(device_id)).and_then(|r| r.keys.as_ref());
+        let keys: Option<Value> = keys.and_then(|k| k.deserialize_as_unchecked().ok());
+        keys.is_some_and(|k| k.get("keys").and_then(|k| k.get(key_id)).is_some())
+    })
+}
+
+/// Synapse's failure for a refused signature.
+fn invalid_signature() -> upload_signatures::v3::Failure {
+    serde_json::from_value(serde_json::json!({"errcode": "M_INVALID_SIGNATURE", "error": "Invalid signature"}))
+        .expect("a well-formed failure")
 }
 
 /// Lists the cross-signing keys of the queried users (the user-signing key
@@ -104,13 +128,33 @@ impl TestServer {
 
     /// `POST /keys/signatures/upload` by `uploader`: each signed object's
     /// signatures are merged into the stored device keys or master key it
-    /// names (by device id, or by the master key's base64).
-    pub fn upload_signatures(&self, request: &upload_signatures::v3::Request) -> upload_signatures::v3::Response {
+    /// names (by device id, or by the master key's base64). As on Synapse,
+    /// every signature the uploader puts on its own master key is taken as
+    /// a device's (`ed25519:DEVICE`): one that names no device of the
+    /// uploader with that key (the master key's self-signature, another
+    /// client's cross-signing key) fails that key with
+    /// `M_INVALID_SIGNATURE`, and nothing of it is merged.
+    pub fn upload_signatures(
+        &self,
+        uploader: &UserId,
+        request: &upload_signatures::v3::Request,
+    ) -> upload_signatures::v3::Response {
         let mut state = self.state();
         let mut changed: Vec<OwnedUserId> = Vec::new();
+        let mut response = upload_signatures::v3::Response::new();
         for (user_id, signed) in &request.signed_keys {
             for (key_id, object) in signed.iter() {
                 let Ok(object) = serde_json::from_str::<Value>(object.get()) else { continue };
+                let is_master = state.cross_signing.get(user_id).and_then(|k| k.master.as_ref()).and_then(public_key)
+                    == Some(key_id);
+                if is_master && user_id == uploader && !signed_by_own_devices_only(&state, user_id, &object) {
+                    response
+                        .failures
+                        .entry(user_id.clone())
+                        .or_default()
+                        .insert(key_id.to_owned(), invalid_signature());
+                    continue;
+                }
                 let master = state.cross_signing.get_mut(user_id).and_then(|k| k.master.as_mut());
                 if let Some(master) = master.filter(|m| public_key(m) == Some(key_id)) {
                     merge_signatures(master, &object);
@@ -131,7 +175,7 @@ impl TestServer {
         for user_id in changed {
             Self::announce_change(&mut state, &user_id);
         }
-        upload_signatures::v3::Response::new()
+        response
     }
 
     /// Replaces a user's cross-signing keys without any check, as a

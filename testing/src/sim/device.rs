@@ -211,7 +211,7 @@ impl SimDevice {
                 response = (&to_device).into();
             }
             AnyOutgoingRequest::SignatureUpload(r) => {
-                signatures = server.upload_signatures(r);
+                signatures = server.upload_signatures(&user, r);
                 response = (&signatures).into();
             }
             AnyOutgoingRequest::KeysBackup(r) => match server.add_backup_keys(&user, r) {

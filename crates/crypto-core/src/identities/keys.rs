@@ -196,6 +196,24 @@ impl CrossSigningPublicKey {
         verify_json(&self.signed, signer, key_id, key)
     }
 
+    /// This key as a signature upload carries it: the signed object with
+    /// only the signature `signer` made under `key_id` (absent if there is
+    /// none). A server checks every signature of an uploaded master key of
+    /// our own as a signature by one of our devices (Synapse answers
+    /// `M_INVALID_SIGNATURE` for the master key's self-signature, or another
+    /// client's), and merges what it accepts with what it holds.
+    pub(crate) fn with_only_signature(&self, signer: &UserId, key_id: &str) -> Value {
+        let mut object = (*self.signed).clone();
+        let signature =
+            object.get("signatures").and_then(|s| s.get(signer.as_str())).and_then(|s| s.get(key_id)).cloned();
+        if let Value::Object(map) = &mut object {
+            map.remove("unsigned");
+            let signatures = signature.map(|s| serde_json::json!({ signer.as_str(): { key_id: s } }));
+            map.insert("signatures".to_owned(), signatures.unwrap_or_else(|| serde_json::json!({})));
+        }
+        object
+    }
+
     /// Adds a signature by `signer` under `key_id`.
     pub(crate) fn sign(
         &mut self,

@@ -16,6 +16,7 @@ mod trust;
 mod view;
 
 pub use identity::{IdentityState, MAX_REPLACED_MASTERS, UserIdentityData};
+pub(crate) use keys::key_id_of;
 pub use keys::{CrossSigningPublicKey, IdentityError, KeyRole};
 pub use private::{CrossSigningKeyExport, CrossSigningStatus, ImportKeyError, PrivateCrossSigningIdentity};
 pub use trust::DeviceTrust;

@@ -347,10 +347,13 @@ impl OlmMachine {
         // that was replaced before.
         identity.clear_replaced_mark();
         let master_id: Box<str> = identity.master_key().key().to_base64().into();
-        if user_id == self.user_id() {
+        // The key id of the one signature this verification adds: only it
+        // is uploaded (see `with_only_signature`).
+        let new_signature = if user_id == self.user_id() {
             let device_key_id = format!("ed25519:{}", self.device_id());
             identity.master_key_mut().sign(user_id, &device_key_id, |bytes| account.sign_bytes(bytes))?;
             identity.trust_master(proof);
+            device_key_id
         } else {
             let own = self.inner.store.get_user_identity(self.user_id()).await?;
             let own = own.filter(|own| identity_is_verified(own, Some(own)));
@@ -364,9 +367,10 @@ impl OlmMachine {
                 })
                 .ok_or(CrossSigningError::MissingPrivateKey(KeyRole::UserSigning))?;
             private.sign_key(KeyRole::UserSigning, identity.master_key_mut())?;
-        }
+            user_signing.map(|key| crate::identities::key_id_of(&key)).unwrap_or_default()
+        };
         identity.note_verified();
-        let master = raw(identity.master_key().signed_json())?;
+        let master = raw(&identity.master_key().with_only_signature(self.user_id(), &new_signature))?;
         let own = match user_id == self.user_id() {
             true => Some(identity.clone()),
             false => self.inner.store.get_user_identity(self.user_id()).await?,
