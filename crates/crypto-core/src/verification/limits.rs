@@ -17,7 +17,7 @@
 //! * Finished flows (their end stays readable) are kept up to
 //!   [`MAX_FINISHED`], the oldest dropped first.
 //!
-//! Pure: the registry describes its flows ([`FlowSummary`]) and applies
+//! Pure: the registry describes its flows (`FlowSummary`) and applies
 //! the answer.
 
 use ruma_common::{RoomId, UserId};
