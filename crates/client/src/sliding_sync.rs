@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use hush_crypto_core::{DeviceListChanges, SyncChanges};
+use hush_crypto_core::{DeviceListChanges, OneTimeKeyCounts, SyncChanges};
 use js_int::uint;
 use ruma_client_api::sync::sync_events::v5;
 use ruma_common::{OwnedRoomId, UserId};
@@ -88,7 +88,8 @@ impl Client {
                 left: e2ee.device_lists.left,
                 is_initial: pos.is_none(),
             },
-            one_time_keys_counts: e2ee.device_one_time_keys_count,
+            // Absent in the e2ee extension means unchanged: unknown.
+            one_time_keys_counts: OneTimeKeyCounts::from_sliding_sync(Some(e2ee.device_one_time_keys_count)),
             unused_fallback_keys: e2ee.device_unused_fallback_key_types,
             next_batch_token: None,
             custom_values,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, SyncChanges};
+use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, OneTimeKeyCounts, SyncChanges};
 use ruma_client_api::sync::sync_events::{self, v3::State};
 use ruma_common::{OwnedRoomId, serde::Raw};
 use serde_json::Value;
@@ -152,7 +152,8 @@ impl Client {
                 left: response.device_lists.left,
                 is_initial: since.is_none(),
             },
-            one_time_keys_counts: response.device_one_time_keys_count,
+            // Absent on /sync means zero (spec v1.17).
+            one_time_keys_counts: OneTimeKeyCounts::from_sync_v3(response.device_one_time_keys_count),
             unused_fallback_keys: response.device_unused_fallback_key_types,
             next_batch_token: Some(response.next_batch.clone()),
             custom_values: Vec::new(),

@@ -39,9 +39,9 @@ pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};
 pub use machine::{
     BackupError, BackupKeyRecovery, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError,
-    MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OpenError, RecoveredSecrets, RecoveryError, RoomInfo,
-    RoomKeyImportResult, RoomReadiness, StoreLockOutcome, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption,
-    ToDeviceOutcome, VerificationState,
+    MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OneTimeKeyCounts, OpenError, RecoveredSecrets, RecoveryError,
+    RoomInfo, RoomKeyImportResult, RoomReadiness, StoreLockOutcome, SyncChanges, SyncOutput, TO_DEVICE_BATCH,
+    ToDeviceEncryption, ToDeviceOutcome, VerificationState,
 };
 pub use megolm::{
     DecryptionSettings, EncryptError, EncryptionMerge, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError,

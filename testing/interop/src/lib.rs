@@ -211,10 +211,14 @@ impl SdkDevice {
         lists.changed = changes.device_lists.changed.clone();
         lists.left = changes.device_lists.left.clone();
         let unused = changes.unused_fallback_keys.clone().unwrap_or_default();
+        let counts = match &changes.one_time_keys_counts {
+            hush_crypto_core::OneTimeKeyCounts::Known(counts) => counts.clone(),
+            hush_crypto_core::OneTimeKeyCounts::Unknown => Default::default(),
+        };
         let sync = EncryptionSyncChanges {
             to_device_events: changes.to_device_events,
             changed_devices: &lists,
-            one_time_keys_counts: &changes.one_time_keys_counts,
+            one_time_keys_counts: &counts,
             unused_fallback_keys: Some(&unused),
             next_batch_token: changes.next_batch_token,
         };

@@ -283,7 +283,7 @@ impl TestServer {
                 left: Vec::new(),
                 is_initial: false,
             },
-            one_time_keys_counts: counts(record.one_time_keys.len()),
+            one_time_keys_counts: hush_crypto_core::OneTimeKeyCounts::from_sync_v3(counts(record.one_time_keys.len())),
             unused_fallback_keys: Some(if fallback_unused {
                 vec![OneTimeKeyAlgorithm::SignedCurve25519]
             } else {

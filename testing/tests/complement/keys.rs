@@ -124,6 +124,47 @@ async fn TestFallbackKeyIsUsedIfOneTimeKeysRunOut() {
     decrypts(&alice, &room, &from_charlie, "Goodbye world!").await;
 }
 
+/// Spec v1.17: on `/sync` an absent `device_one_time_keys_count` means zero
+/// (a server may leave it out once no unclaimed key is left). All of
+/// Alice's one-time keys are claimed, and her syncs come without the count
+/// (the proxy removes it, as such a server would). Before, hush read an
+/// absent count as unknown and never uploaded more, so her next contacts
+/// would all get her fallback key. Now she uploads a new batch, and the
+/// next claim gets a one-time key again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn an_absent_one_time_key_count_on_sync_means_zero_and_keys_are_uploaded() {
+    use hush_testing::proxy::Rewrite;
+    let net = Net::start().await;
+    let (alice, gobbler) = (net.user("alice", "ALICE1").await, net.user("eater_of_keys", "EATER").await);
+    alice.sync().await;
+    let mut claimed = 0;
+    while claim(&gobbler, &alice).await.expect("a key while any is left")["fallback"] != true {
+        claimed += 1;
+        assert!(claimed <= 200, "no fallback key after 200 claims");
+    }
+    assert!(claimed > 0, "alice had uploaded one-time keys");
+    let omit = Rewrite(std::sync::Arc::new(|body: &mut Value| {
+        if let Some(body) = body.as_object_mut() {
+            body.remove("device_one_time_keys_count");
+        }
+    }));
+    let token = alice.session.access_token.clone();
+    let _omitted = net.proxy.add(Rule::path("/v3/sync").token(&token).fault(Fault::Rewrite(omit)));
+    let batches = |net: &Net| {
+        let uploads = net.proxy.seen(Some("POST"), "/keys/upload").into_iter();
+        let by_alice = uploads.filter(|u| u.token.as_deref() == Some(token.as_str()));
+        by_alice
+            .filter(|u| u.body.as_ref().and_then(|b| b["one_time_keys"].as_object()).is_some_and(|k| !k.is_empty()))
+            .count()
+    };
+    let before = batches(&net);
+    alice.sync().await;
+    assert!(batches(&net) > before, "no new one-time keys after a sync without a count");
+    let key = claim(&gobbler, &alice).await.expect("a key");
+    assert!(key["fallback"].is_null(), "a one-time key again, not the fallback: {key}");
+}
+
 /// Alice's sync response that carries Bob's invite is held while she sends:
 /// her client counts Bob as invited from its own invite call, so he gets the
 /// key and decrypts the message after he joins. (In the original this is a

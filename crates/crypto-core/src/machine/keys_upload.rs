@@ -1,7 +1,6 @@
 //! Keeping the server stocked with our device keys, one-time keys and fallback key.
 
 use ruma_client_api::keys::upload_keys;
-use ruma_common::OneTimeKeyAlgorithm;
 
 use super::{OlmMachine, lock};
 use crate::{AnyOutgoingRequest, StoreError, requests::Meta, store::Changes};
@@ -35,8 +34,7 @@ impl OlmMachine {
         let mut account = self.inner.account.lock().await;
         let first_publication = !account.device_keys_published();
         account.mark_keys_as_published(&response.one_time_key_counts);
-        let count = response.one_time_key_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519).map(|c| u64::from(*c));
-        account.update_key_counts(count, None);
+        account.generate_one_time_keys_if_needed();
         let changes = Changes { account: Some(account.to_stored()), ..Default::default() };
         self.save(Some(&mut account), None, changes).await?;
         drop(account);

@@ -33,6 +33,7 @@ use ruma_common::{DeviceId, OwnedDeviceId, TransactionId, UserId};
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 
 pub use crate::megolm::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
+pub use crate::olm::OneTimeKeyCounts;
 pub use crate::olm::{OlmDecryptionInfo, ToDeviceOutcome};
 pub use backup::{BackupError, BackupRestoreResult};
 pub use export::{ImportError, RoomKeyImportResult};

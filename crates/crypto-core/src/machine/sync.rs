@@ -1,14 +1,12 @@
 //! One sync as one input: [`SyncChanges`] in, [`SyncOutput`] out, everything
 //! it changed saved in one batch before the call returns.
 
-use std::collections::BTreeMap;
-
-use js_int::UInt;
 use ruma_common::{OneTimeKeyAlgorithm, OwnedUserId, serde::Raw};
 use ruma_events::AnyToDeviceEvent;
 use serde_json::Value;
 
 use super::{OlmMachine, gossip::GossipInput, lock};
+use crate::olm::OneTimeKeyCounts;
 use crate::{
     StoreError, Timestamp,
     events::{EngineEvent, RoomKeyInfo},
@@ -42,8 +40,9 @@ pub struct SyncChanges {
     pub to_device_events: Vec<Raw<AnyToDeviceEvent>>,
     /// `device_lists`.
     pub device_lists: DeviceListChanges,
-    /// `device_one_time_keys_count` (empty if the server sent none).
-    pub one_time_keys_counts: BTreeMap<OneTimeKeyAlgorithm, UInt>,
+    /// `device_one_time_keys_count`, read by the rule of the transport
+    /// (see [`OneTimeKeyCounts`]).
+    pub one_time_keys_counts: OneTimeKeyCounts,
     /// `device_unused_fallback_key_types` (`None` if the server does not support fallback keys).
     pub unused_fallback_keys: Option<Vec<OneTimeKeyAlgorithm>>,
     /// `next_batch`, saved with the rest so sync and crypto state agree.
@@ -92,11 +91,7 @@ impl OlmMachine {
         // While an upload is unanswered its keys are not yet published; the
         // counts are applied after the answer, never by generating more now.
         if !lock(&self.inner.requests).has_keys_upload() {
-            let count = if one_time_keys_counts.is_empty() {
-                None
-            } else {
-                Some(one_time_keys_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519).map_or(0, |c| u64::from(*c)))
-            };
+            let count = one_time_keys_counts.signed_curve25519();
             if account.update_key_counts(count, unused_fallback_keys.as_deref()) {
                 changes.account = Some(account.to_stored());
             }

@@ -35,6 +35,10 @@ pub(crate) struct Account {
     device_keys_uploaded: bool,
     uploaded_one_time_key_count: u64,
     created_at: Timestamp,
+    /// A sync's count of zero is not believed (see
+    /// [`mark_keys_as_published`](Self::mark_keys_as_published)); in
+    /// memory only, so a restart trusts the server again, once.
+    sync_zero_distrusted: bool,
 }
 
 impl Account {
@@ -47,6 +51,7 @@ impl Account {
             device_keys_uploaded: false,
             uploaded_one_time_key_count: 0,
             created_at: now,
+            sync_zero_distrusted: false,
         };
         account.generate_one_time_keys_if_needed();
         account.inner.generate_fallback_key();
@@ -63,6 +68,7 @@ impl Account {
             device_keys_uploaded,
             uploaded_one_time_key_count,
             created_at,
+            sync_zero_distrusted: false,
         }
     }
 
@@ -171,19 +177,34 @@ impl Account {
     }
 
     /// The server acknowledged an upload: everything in it is published.
-    pub(crate) fn mark_keys_as_published(&mut self, one_time_key_counts: &BTreeMap<OneTimeKeyAlgorithm, js_int::UInt>) {
+    /// Its answer's counts are the server's own (an algorithm it does not
+    /// list has none, as the spec says), returned as the count of
+    /// `signed_curve25519` keys. An answer holding twice the target or more
+    /// proves that a sync's count of zero made us upload keys the server
+    /// did not lack: from then on a sync's zero is not believed, until a
+    /// sync reports a count again (a server that drops the count while it
+    /// holds keys would otherwise get a batch of keys at every sync).
+    pub(crate) fn mark_keys_as_published(
+        &mut self,
+        one_time_key_counts: &BTreeMap<OneTimeKeyAlgorithm, js_int::UInt>,
+    ) -> u64 {
         self.device_keys_uploaded = true;
         self.inner.mark_keys_as_published();
-        if let Some(count) = one_time_key_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519) {
-            self.uploaded_one_time_key_count = u64::from(*count);
+        let count = one_time_key_counts.get(&OneTimeKeyAlgorithm::SignedCurve25519).map_or(0, |c| u64::from(*c));
+        self.uploaded_one_time_key_count = count;
+        if count >= self.one_time_key_target().saturating_mul(2) {
+            self.sync_zero_distrusted = true;
         }
+        count
     }
 
     fn has_unpublished_one_time_keys(&self) -> bool {
         !self.inner.one_time_keys().is_empty()
     }
 
-    fn generate_one_time_keys_if_needed(&mut self) -> bool {
+    /// Generates one-time keys if the server holds fewer than the target
+    /// (as last counted); whether it did.
+    pub(crate) fn generate_one_time_keys_if_needed(&mut self) -> bool {
         if self.has_unpublished_one_time_keys() {
             return false;
         }
@@ -204,6 +225,14 @@ impl Account {
         unused_fallback_keys: Option<&[OneTimeKeyAlgorithm]>,
     ) -> bool {
         let mut changed = false;
+        let one_time_key_count = match one_time_key_count {
+            Some(0) if self.sync_zero_distrusted => None,
+            Some(count) => {
+                self.sync_zero_distrusted &= count == 0;
+                Some(count)
+            }
+            None => None,
+        };
         if let Some(count) = one_time_key_count
             && self.device_keys_uploaded
         {
@@ -249,7 +278,7 @@ impl Account {
     /// A copy of the account, made through its pickle (vodozemac accounts are
     /// not `Clone`); used to undo changes an input turned out not to justify.
     pub(crate) fn snapshot(&self) -> Self {
-        Self::from_stored(self.to_stored())
+        Self { sync_zero_distrusted: self.sync_zero_distrusted, ..Self::from_stored(self.to_stored()) }
     }
 
     /// Forgets the one-time key `public_key` (used by a session created on a
@@ -307,6 +336,40 @@ mod tests {
         // While keys are unpublished, a further drop does not generate more.
         assert!(account.update_key_counts(Some(19), None));
         assert_eq!(account.keys_for_upload().unwrap().unwrap().one_time_keys.len(), 5);
+    }
+
+    /// A server that leaves the count out of every sync while it holds keys
+    /// (against the spec, which allows that only at zero) would get a batch
+    /// of keys at every sync, as a sync's absent count reads as zero. The
+    /// upload's answer is the server's own count: once it shows twice the
+    /// target, a sync's zero is not believed until a sync gives a count.
+    #[test]
+    fn a_server_hoarding_keys_while_reporting_zero_gets_no_more_batches() {
+        let mut account = account();
+        let target = account.one_time_key_target();
+        account.mark_keys_as_published(&BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, uint!(25))]));
+        // The server's sync says zero (it left the count out): a top-up.
+        assert!(account.update_key_counts(Some(0), None));
+        let batch = account.keys_for_upload().unwrap().unwrap().one_time_keys.len() as u64;
+        assert_eq!(batch, target);
+        let held = js_int::UInt::try_from(25 + batch).unwrap();
+        account.mark_keys_as_published(&BTreeMap::from([(OneTimeKeyAlgorithm::SignedCurve25519, held)]));
+        assert!(25 + batch >= 2 * target, "the server holds twice the target");
+        for _ in 0..10 {
+            account.update_key_counts(Some(0), None);
+            assert!(account.keys_for_upload().unwrap().is_none(), "a zero after the hoard is not believed");
+        }
+        // A real count clears the doubt; a later zero is believed again.
+        account.update_key_counts(Some(40), None);
+        assert!(account.update_key_counts(Some(0), None));
+        assert!(account.keys_for_upload().unwrap().is_some());
+    }
+
+    #[test]
+    fn an_upload_answer_without_our_algorithm_counts_zero() {
+        let mut account = account();
+        assert_eq!(account.mark_keys_as_published(&BTreeMap::new()), 0);
+        assert!(account.generate_one_time_keys_if_needed(), "none left: a new batch");
     }
 
     #[test]
