@@ -867,3 +867,39 @@ async fn verifying_a_compared_key_refuses_a_swapped_identity() {
     bob1.drain().await;
     assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
 }
+
+/// Bob verifies Alice, and the upload of his signature of her master key
+/// is lost (the process stops before it is sent; the request queue lives
+/// in memory). Before, Bob's next keys query took the server's copy,
+/// without his signature: Alice showed as a verification violation (which
+/// blocks sending under the identity-based strategy), and his signature
+/// never reached the server. Now the copy keeps his signature (it is the
+/// same key, and it verifies), Alice stays verified, and the signature is
+/// uploaded again.
+#[tokio::test]
+async fn a_lost_signature_upload_is_made_again_and_the_user_stays_verified() {
+    let world = World::new();
+    let alice1 = world.device(&alice(), "A1").await;
+    alice1.bootstrap_cross_signing(false).await;
+    let store: Arc<dyn hush_crypto_core::CryptoStore> = Arc::new(hush_crypto_core::MemoryStore::new());
+    let bob1 = TestDevice::with_store(&world.server, &world.clock, &bob(), "B1", store.clone()).await;
+    bob1.bootstrap_cross_signing(false).await;
+    bob1.refresh_keys(&[&alice(), &bob()]).await;
+    bob1.machine.verify_identity(&alice()).await.expect("bob verifies alice");
+    assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified));
+    drop(bob1);
+
+    // Bob's process starts again; the queued upload is gone.
+    let bob1 = TestDevice::with_store(&world.server, &world.clock, &bob(), "B1", store).await;
+    bob1.refresh_keys(&[&alice()]).await;
+    assert_eq!(state_of(&bob1, &alice()).await, Some(IdentityState::Verified), "no violation from a lost upload");
+    let listed = world.server.query_keys_as(&bob(), &{
+        let mut query = ruma_client_api::keys::get_keys::v3::Request::new();
+        query.device_keys.insert(alice(), Vec::new());
+        query
+    });
+    let master: Value =
+        listed.master_keys.get(&alice()).expect("alice's master key").deserialize_as_unchecked().unwrap();
+    let bob_signed = master["signatures"][bob().as_str()].as_object().is_some_and(|s| !s.is_empty());
+    assert!(bob_signed, "bob's signature of alice's master key reached the server: {master}");
+}

@@ -117,6 +117,7 @@ impl ClientBuilder {
             holder: holder.to_owned(),
             lease,
             wait: Duration::from_secs(60),
+            max_hold: lease.saturating_mul(8),
         });
         self
     }

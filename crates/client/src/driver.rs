@@ -43,6 +43,9 @@ const WAIT_FOR_OTHERS: Duration = Duration::from_secs(30);
 #[must_use = "a caller whose operation needs a request checks whether it failed"]
 pub(crate) struct DriveReport {
     failures: Vec<RequestFailure>,
+    /// Requests held back after failing for good before: how many, and
+    /// the shortest wait left.
+    deferred: Option<(usize, Duration)>,
 }
 
 /// One request that failed in a turn of the drive loop.
@@ -57,7 +60,13 @@ impl DriveReport {
     /// The first failure as an error, for a caller that needed every
     /// request of the turn (an explicit `send_outgoing_requests`).
     pub(crate) fn into_result(self) -> Result<(), ClientError> {
-        self.failures.into_iter().next().map_or(Ok(()), |f| Err(f.error))
+        if let Some(failure) = self.failures.into_iter().next() {
+            return Err(failure.error);
+        }
+        match self.deferred {
+            Some((count, retry_in)) => Err(ClientError::RequestsDeferred { count, retry_in }),
+            None => Ok(()),
+        }
     }
 
     /// The first failure of a verification message, as an error: what a
@@ -91,22 +100,37 @@ impl Client {
         requests.retain(|r| {
             !matches!(r.request(), AnyOutgoingRequest::SigningKeysUpload(_) | AnyOutgoingRequest::RoomMessage(_))
         });
-        {
+        let deferred = {
             // Requests waiting after a failure for good stay queued, unsent.
+            // Verification messages never wait: their order must hold (a
+            // held-back `key` must not let the `mac` after it go first),
+            // and their flow times out on its own.
             let mut backoff = lock(&self.inner.request_backoff);
             backoff.retain(|id| requests.iter().any(|r| r.request_id() == id));
             let now = std::time::Instant::now();
-            requests.retain(|r| backoff.is_due(r.request_id(), now));
-        }
+            let waits: Vec<Duration> = requests
+                .iter()
+                .filter(|r| !is_verification_message(r))
+                .filter_map(|r| backoff.wait_left(r.request_id(), now))
+                .collect();
+            requests.retain(|r| is_verification_message(r) || backoff.is_due(r.request_id(), now));
+            waits.iter().min().map(|shortest| (waits.len(), *shortest))
+        };
         let (mine, others): (Vec<OutgoingRequest>, Vec<OutgoingRequest>) = {
             let mut in_flight = lock(&self.inner.in_flight);
             requests.into_iter().partition(|r| in_flight.insert(r.request_id().to_owned()))
         };
-        let report = self.send_all(mine).await;
+        let mut report = self.send_all(mine).await;
+        report.deferred = deferred;
         if !others.is_empty() {
             self.wait_for_others(&others).await;
         }
         self.handle_engine_events().await;
+        // The store failing while an answer was saved is the engine's
+        // failure, not one request's.
+        if let Some(index) = report.failures.iter().position(|f| matches!(f.error, ClientError::Store(_))) {
+            return Err(report.failures.swap_remove(index).error);
+        }
         Ok(report)
     }
 
@@ -185,7 +209,7 @@ impl Client {
                 match result {
                     Ok(()) => lock(&self.inner.request_backoff).succeeded(&id),
                     Err(error) => {
-                        self.note_failure(&id, &error);
+                        self.note_failure(&id, verification, &error);
                         report.failures.push(RequestFailure { verification, error });
                     }
                 }
@@ -196,8 +220,8 @@ impl Client {
 
     /// Logs a request's failure; one refused for good, or answered with
     /// something unreadable, waits before its next attempt.
-    fn note_failure(&self, id: &ruma_common::TransactionId, error: &ClientError) {
-        let for_good = matches!(error, ClientError::Http(http) if !http.is_transient());
+    fn note_failure(&self, id: &ruma_common::TransactionId, verification: bool, error: &ClientError) {
+        let for_good = !verification && matches!(error, ClientError::Http(http) if !http.is_transient());
         if for_good {
             let wait = lock(&self.inner.request_backoff).failed(id, std::time::Instant::now());
             tracing::warn!(%error, request_id = %id, wait_s = wait.as_secs(), "a crypto request failed; it waits before it is sent again");
@@ -266,59 +290,75 @@ impl Client {
         let token = Some(token.as_str());
         let id = request.request_id();
         let http = self.http();
+        let lease = self.lease_check(&machine);
         let result = match request.request() {
             AnyOutgoingRequest::KeysUpload(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
                 machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::KeysQuery(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
                 machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::KeysClaim(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
                 machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::ToDevice(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
                 machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::SigningKeysUpload(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
                 machine.mark_request_as_sent(id, &response, self.now()).await
             }
             AnyOutgoingRequest::SignatureUpload(r) => {
-                let response = http.send(r.clone(), token, Duration::ZERO).await?;
+                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
                 machine.mark_request_as_sent(id, &response, self.now()).await
             }
-            AnyOutgoingRequest::KeysBackup(r) => match http.send(r.clone(), token, Duration::ZERO).await {
-                Ok(response) => machine.mark_request_as_sent(id, &response, self.now()).await,
-                // The version was deleted or replaced: stop uploading to it
-                // (this cancels the request); a trusted new version is
-                // enabled by whoever manages recovery.
-                Err(HttpError::Server { errcode, .. })
-                    if errcode == "M_WRONG_ROOM_KEYS_VERSION" || errcode == "M_NOT_FOUND" =>
-                {
-                    // A 404 may come from something other than a deleted
-                    // version (a proxy, a server bug): the backup is only
-                    // disabled if the server no longer lists our version.
-                    let current = self.encryption().latest_backup().await?.map(|b| b.version);
-                    if errcode == "M_NOT_FOUND" && current.is_some() && current == machine.backup_version() {
-                        tracing::warn!(
-                            "a backup upload got M_NOT_FOUND but the version is still current; retried later"
-                        );
-                        return Err(ClientError::BackupUploadRefused { errcode });
+            AnyOutgoingRequest::KeysBackup(r) => {
+                match http.send_checked(r.clone(), token, Duration::ZERO, &lease).await {
+                    Ok(response) => machine.mark_request_as_sent(id, &response, self.now()).await,
+                    // The version was deleted or replaced: stop uploading to it
+                    // (this cancels the request); a trusted new version is
+                    // enabled by whoever manages recovery.
+                    Err(HttpError::Server { errcode, .. })
+                        if errcode == "M_WRONG_ROOM_KEYS_VERSION" || errcode == "M_NOT_FOUND" =>
+                    {
+                        // A 404 may come from something other than a deleted
+                        // version (a proxy, a server bug): the backup is only
+                        // disabled if the server no longer lists our version.
+                        let current = self.encryption().latest_backup().await?.map(|b| b.version);
+                        if errcode == "M_NOT_FOUND" && current.is_some() && current == machine.backup_version() {
+                            tracing::warn!(
+                                "a backup upload got M_NOT_FOUND but the version is still current; retried later"
+                            );
+                            return Err(ClientError::BackupUploadRefused { errcode });
+                        }
+                        tracing::warn!(%errcode, "the key backup version is gone; backup disabled");
+                        machine.disable_backup().await?;
+                        return Ok(());
                     }
-                    tracing::warn!(%errcode, "the key backup version is gone; backup disabled");
-                    machine.disable_backup().await?;
-                    return Ok(());
+                    Err(error) => return Err(error.into()),
                 }
-                Err(error) => return Err(error.into()),
-            },
+            }
             // Sent by `send_room_messages`, as the room's own events are.
             AnyOutgoingRequest::RoomMessage(_) => return Ok(()),
         };
         result.map_err(ClientError::from)
+    }
+}
+
+impl Client {
+    /// The check a send under the store lock makes before every attempt:
+    /// the lease still has enough to run (always true when the store is
+    /// not shared).
+    pub(crate) fn lease_check(
+        &self,
+        machine: &hush_crypto_core::OlmMachine,
+    ) -> impl Fn() -> Result<(), String> + use<> {
+        let (client, machine) = (self.clone(), machine.clone());
+        move || machine.check_lease_for_sending(client.now()).map_err(|error| error.to_string())
     }
 }
 

@@ -124,6 +124,16 @@ pub enum ClientError {
         /// How long this client waited.
         waited: std::time::Duration,
     },
+    /// Requests of the engine were not sent in this turn: each failed for
+    /// good before (refused, or answered with something unreadable) and
+    /// waits until its next attempt. They stay queued.
+    #[error("{count} request(s) held back after failing; the next attempt is in {retry_in:?}")]
+    RequestsDeferred {
+        /// How many were held back.
+        count: usize,
+        /// How long until the first of them is tried again.
+        retry_in: std::time::Duration,
+    },
     /// The room is encrypted but the client was built without `e2e-encryption`.
     #[error("room {0} is encrypted and this client was built without the e2e-encryption feature")]
     EncryptionDisabled(String),

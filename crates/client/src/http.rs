@@ -59,6 +59,11 @@ pub enum HttpError {
     /// The answer could not be understood.
     #[error("the homeserver's answer could not be parsed: {0}")]
     Response(String),
+    /// The request was not sent: a check its caller makes before every
+    /// attempt refused (e.g. the store lock's lease is too short to send
+    /// under). Trying again later, once the check passes, may succeed.
+    #[error("the request was not sent: {0}")]
+    NotSent(String),
     /// The answer is larger than the client reads
     /// ([`HttpSettings::max_response_bytes`]); it was refused, unread
     /// beyond the limit. Not retried: the same request gets the same
@@ -74,9 +79,30 @@ pub enum HttpError {
 }
 
 /// The most an answer read whole by the media and discovery calls may
-/// hold (an upload's answer, `/versions`, an error): a server cannot make
-/// the client buffer without end.
+/// hold (an upload's answer, `/versions`, an error), and the answer of a
+/// call that only acknowledges (see [`answers_small`]): a server cannot
+/// make the client buffer without end.
 const SMALL_ANSWER: usize = 1024 * 1024;
+
+/// Calls whose answer only acknowledges (an empty object, an etag, a count
+/// or an event id), by their ruma module: the engine sends many of them at
+/// once (to-device messages, backup uploads), so each is held to
+/// [`SMALL_ANSWER`], not to the limit a sync needs.
+const SMALL_ANSWER_CALLS: [&str; 7] = [
+    "::to_device::send_event_to_device::",
+    "::keys::upload_keys::",
+    "::keys::upload_signatures::",
+    "::keys::upload_signing_keys::",
+    "::backup::add_backup_keys::",
+    "::message::send_message_event::",
+    "::state::send_state_event::",
+];
+
+/// Whether the answer of request type `R` is one that only acknowledges.
+fn answers_small<R>() -> bool {
+    let name = std::any::type_name::<R>();
+    SMALL_ANSWER_CALLS.iter().any(|call| name.contains(call))
+}
 
 /// How requests are sent.
 #[derive(Clone, Debug)]
@@ -119,7 +145,7 @@ impl HttpError {
     /// we cannot parse.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Connection(_) | Self::Timeout(_) => true,
+            Self::Connection(_) | Self::Timeout(_) | Self::NotSent(_) => true,
             Self::Server { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -270,6 +296,27 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
+        self.send_checked(request, access_token, extra_timeout, || Ok(())).await
+    }
+
+    /// [`send`](Self::send), with `check` run before every attempt (the
+    /// first and each retry): if it refuses, nothing more is sent and the
+    /// answer is [`HttpError::NotSent`]. hush-client checks its store lock's
+    /// lease this way before crypto requests and encrypted events, so one
+    /// that waited (a slow connection, retries, `retry_after_ms`) past the
+    /// lease never reaches the server.
+    pub async fn send_checked<R>(
+        &self,
+        request: R,
+        access_token: Option<&str>,
+        extra_timeout: Duration,
+        check: impl Fn() -> Result<(), String>,
+    ) -> Result<R::IncomingResponse, HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
         let token = match access_token {
             Some(token) => SendAccessToken::IfRequired(token),
             None => SendAccessToken::None,
@@ -277,11 +324,13 @@ impl HttpClient {
         let mut backoff = self.settings.initial_backoff;
         let mut attempt = 0;
         loop {
+            check().map_err(HttpError::NotSent)?;
             let http_request = request
                 .clone()
                 .try_into_http_request::<Vec<u8>>(&self.homeserver, token, Cow::Borrowed(&self.versions))
                 .map_err(|e| HttpError::Build(e.to_string()))?;
-            match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout).await {
+            let limit = if answers_small::<R>() { SMALL_ANSWER.min(self.limit()) } else { self.limit() };
+            match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout, limit).await {
                 Attempt::Done(result) => return result,
                 Attempt::Retry { after, error } => {
                     if attempt >= self.settings.retries {
@@ -301,6 +350,7 @@ impl HttpClient {
         &self,
         request: http::Request<Vec<u8>>,
         timeout: Duration,
+        limit: usize,
     ) -> Attempt<Result<R::IncomingResponse, HttpError>> {
         let request = request.map(|body| Full::new(Bytes::from(body)));
         let response = match tokio::time::timeout(timeout, self.client.request(request)).await {
@@ -309,8 +359,7 @@ impl HttpClient {
             Ok(Ok(response)) => response,
         };
         let (parts, body) = response.into_parts();
-        let body = match read_capped(body, parts.headers.get(http::header::CONTENT_LENGTH), self.limit(), timeout).await
-        {
+        let body = match read_capped(body, parts.headers.get(http::header::CONTENT_LENGTH), limit, timeout).await {
             Ok(body) => body,
             Err(error @ HttpError::TooLarge { .. }) => return Attempt::Done(Err(error)),
             Err(error) => return Attempt::Retry { after: None, error },
@@ -423,6 +472,19 @@ mod tests {
         };
         assert_eq!((session.as_deref(), errcode.as_deref()), (Some("s1"), Some("M_FORBIDDEN")));
         assert_eq!(flows, vec![vec!["m.login.password".to_owned()]]);
+    }
+
+    #[test]
+    fn calls_that_only_acknowledge_are_held_to_the_small_limit() {
+        use ruma_client_api::{keys, message, sync::sync_events, to_device};
+        assert!(answers_small::<to_device::send_event_to_device::v3::Request>());
+        assert!(answers_small::<keys::upload_keys::v3::Request>());
+        assert!(answers_small::<keys::upload_signatures::v3::Request>());
+        assert!(answers_small::<message::send_message_event::v3::Request>());
+        assert!(!answers_small::<sync_events::v3::Request>());
+        assert!(!answers_small::<keys::get_keys::v3::Request>());
+        assert!(!answers_small::<keys::claim_keys::v3::Request>());
+        assert!(!answers_small::<message::get_message_events::v3::Request>());
     }
 
     #[test]

@@ -36,6 +36,11 @@ impl RequestBackoff {
         self.waiting.get(id).is_none_or(|w| now >= w.until)
     }
 
+    /// How long until `id` may be sent, if it waits.
+    pub(crate) fn wait_left(&self, id: &TransactionId, now: Instant) -> Option<Duration> {
+        self.waiting.get(id).map(|w| w.until.saturating_duration_since(now)).filter(|left| !left.is_zero())
+    }
+
     /// `id` failed for good at `now`: how long it waits now.
     pub(crate) fn failed(&mut self, id: &TransactionId, now: Instant) -> Duration {
         let entry = self.waiting.entry(id.to_owned()).or_insert(Waiting { failures: 0, until: now });

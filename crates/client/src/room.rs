@@ -150,7 +150,16 @@ impl Room {
             MessageLikeEventType::from(event_type.as_str()),
             raw,
         );
-        let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
+        let response = match &encryption {
+            // An encrypted event leaves only under the store lock's lease
+            // (when the store is shared), at every attempt: a holder that
+            // took over may have rotated its key.
+            Some(_) => {
+                let check = self.client.lease_check(&self.client.olm_machine()?);
+                self.client.http().send_checked(request, Some(&token), Duration::ZERO, check).await?
+            }
+            None => self.client.http().send(request, Some(&token), Duration::ZERO).await?,
+        };
         Ok(SendResult { event_id: response.event_id, encryption })
     }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, OneTimeKeyCounts, SyncChanges};
+use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, OneTimeKeyCounts, StoreError, SyncChanges};
 use ruma_client_api::sync::sync_events::{self, v3::State};
 use ruma_common::{OwnedRoomId, serde::Raw};
 use serde_json::Value;
@@ -291,7 +291,14 @@ impl Client {
             match self.sync_once(settings.clone()).await {
                 Ok(_) => backoff = Duration::from_secs(1),
                 Err(ClientError::Http(HttpError::LoggedOut)) => return Err(ClientError::Http(HttpError::LoggedOut)),
-                Err(ClientError::Http(error)) => {
+                Err(error @ (ClientError::Http(_) | ClientError::StoreLocked { .. }))
+                | Err(
+                    error @ ClientError::Store(
+                        StoreError::LockHeld { .. } | StoreError::LockLost { .. } | StoreError::LockNotHeld { .. },
+                    ),
+                ) => {
+                    // The network, the server, or another holder of a shared
+                    // store: all pass.
                     tracing::warn!(%error, wait_s = backoff.as_secs(), "sync failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(60));

@@ -19,7 +19,7 @@ pub const REQUESTS_PER_DEVICE: usize = 32;
 /// One sync's budget.
 #[derive(Debug, Default)]
 pub struct RequestBudget {
-    seen: BTreeSet<(OwnedDeviceId, String)>,
+    seen: BTreeSet<(OwnedDeviceId, String, bool)>,
     per_device: BTreeMap<OwnedDeviceId, usize>,
 }
 
@@ -35,10 +35,12 @@ pub enum Skipped {
 }
 
 impl RequestBudget {
-    /// Counts a request from `device` (already checked to be one of ours),
-    /// or says why it is skipped.
-    pub fn admit(&mut self, device: &DeviceId, request_id: &str) -> Result<(), Skipped> {
-        let key = (device.to_owned(), request_id.to_owned());
+    /// Counts a request (or, with `cancellation`, its withdrawal) from
+    /// `device` (already checked to be one of ours), or says why it is
+    /// skipped. A request and its cancellation in one sync are both
+    /// handled, in order.
+    pub fn admit(&mut self, device: &DeviceId, request_id: &str, cancellation: bool) -> Result<(), Skipped> {
+        let key = (device.to_owned(), request_id.to_owned(), cancellation);
         if self.seen.contains(&key) {
             return Err(Skipped::Repeated);
         }
@@ -64,11 +66,12 @@ mod tests {
         let mut budget = RequestBudget::default();
         let (loud, quiet) = (<&DeviceId>::from("LOUD"), <&DeviceId>::from("QUIET"));
         for n in 0..1000 {
-            let admitted = budget.admit(loud, &format!("r{n}"));
+            let admitted = budget.admit(loud, &format!("r{n}"), false);
             assert_eq!(admitted.is_ok(), n < REQUESTS_PER_DEVICE, "request {n}");
         }
-        assert_eq!(budget.admit(quiet, "genuine"), Ok(()));
-        assert_eq!(budget.admit(quiet, "genuine"), Err(Skipped::Repeated));
+        assert_eq!(budget.admit(quiet, "genuine", false), Ok(()));
+        assert_eq!(budget.admit(quiet, "genuine", false), Err(Skipped::Repeated));
+        assert_eq!(budget.admit(quiet, "genuine", true), Ok(()), "its cancellation is not a repeat");
     }
 
     #[test]
@@ -78,10 +81,10 @@ mod tests {
         let mut admitted = 0;
         for device in &devices {
             for n in 0..REQUESTS_PER_DEVICE {
-                admitted += usize::from(budget.admit(device, &format!("r{n}")).is_ok());
+                admitted += usize::from(budget.admit(device, &format!("r{n}"), false).is_ok());
             }
         }
         assert_eq!(admitted, REQUESTS_PER_SYNC);
-        assert_eq!(budget.admit(&devices[9], "late"), Err(Skipped::SyncBudget));
+        assert_eq!(budget.admit(&devices[9], "late", false), Err(Skipped::SyncBudget));
     }
 }

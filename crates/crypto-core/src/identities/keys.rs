@@ -214,6 +214,39 @@ impl CrossSigningPublicKey {
         object
     }
 
+    /// Takes `signer`'s signature under `key_id` from `older`, another copy
+    /// of this same key, if this copy lacks it and it verifies on this copy
+    /// with `key`: whether it did. (Our signature of a key we verified,
+    /// which the server does not list: its upload was lost.)
+    pub(crate) fn adopt_signature(
+        &mut self,
+        older: &Self,
+        signer: &UserId,
+        key_id: &str,
+        key: &Ed25519PublicKey,
+    ) -> bool {
+        if older.key() != self.key() || self.check_signed_by(signer, key_id, key).is_ok() {
+            return false;
+        }
+        let signature =
+            older.signed.get("signatures").and_then(|s| s.get(signer.as_str())).and_then(|s| s.get(key_id)).cloned();
+        let Some(signature) = signature else { return false };
+        let before = Arc::clone(&self.signed);
+        let inserted = (|| {
+            let map = Arc::make_mut(&mut self.signed).as_object_mut()?;
+            let signatures = map.entry("signatures").or_insert_with(|| serde_json::json!({})).as_object_mut()?;
+            let by_signer =
+                signatures.entry(signer.as_str()).or_insert_with(|| serde_json::json!({})).as_object_mut()?;
+            by_signer.insert(key_id.to_owned(), signature);
+            Some(())
+        })();
+        if inserted.is_none() || self.check_signed_by(signer, key_id, key).is_err() {
+            self.signed = before;
+            return false;
+        }
+        true
+    }
+
     /// Adds a signature by `signer` under `key_id`.
     pub(crate) fn sign(
         &mut self,

@@ -35,8 +35,13 @@ fn olm_keys(info: &OlmDecryptionInfo) -> (Curve25519PublicKey, Ed25519PublicKey)
     (info.sender_curve25519_key, info.sender_ed25519_key)
 }
 
-/// The most devices whose right to ask is remembered within one sync.
-const MAX_DEVICES_CHECKED: usize = 256;
+/// What one sync learned of the devices asking us: our devices as stored
+/// (read once), and the verdict on each known one that asked.
+#[derive(Default)]
+struct DevicesAsking {
+    own: Option<std::collections::BTreeSet<OwnedDeviceId>>,
+    judged: HashMap<OwnedDeviceId, bool>,
+}
 /// The most open requests sent again at start (the oldest first).
 const RESENT_AT_START: usize = 64;
 
@@ -126,11 +131,23 @@ pub(super) enum GossipInput {
 
 impl GossipInput {
     /// For a request (or its cancellation): who sent it, the device it
-    /// names, its id and its event type.
-    fn request(&self) -> Option<(&UserId, &DeviceId, &str, &'static str)> {
+    /// names, its id, whether it is a cancellation, and its event type.
+    fn request(&self) -> Option<(&UserId, &DeviceId, &str, bool, &'static str)> {
         match self {
-            Self::SecretRequest(sender, r) => Some((sender, &r.requesting_device_id, &r.request_id, SECRET_REQUEST)),
-            Self::KeyRequest(sender, r) => Some((sender, &r.requesting_device_id, &r.request_id, ROOM_KEY_REQUEST)),
+            Self::SecretRequest(sender, r) => Some((
+                sender,
+                &r.requesting_device_id,
+                &r.request_id,
+                r.action != GossipAction::Request,
+                SECRET_REQUEST,
+            )),
+            Self::KeyRequest(sender, r) => Some((
+                sender,
+                &r.requesting_device_id,
+                &r.request_id,
+                r.action != GossipAction::Request,
+                ROOM_KEY_REQUEST,
+            )),
             Self::Secret(..) => None,
         }
     }
@@ -346,9 +363,9 @@ impl OlmMachine {
         // verified, cannot use it up), and each device has a share of its
         // own (see `gossip::budget`).
         let mut budget = RequestBudget::default();
-        let mut may_ask: HashMap<OwnedDeviceId, bool> = HashMap::new();
+        let mut may_ask = DevicesAsking::default();
         for input in inputs {
-            if let Some((sender, device, request_id, event_type)) = input.request() {
+            if let Some((sender, device, request_id, cancellation, event_type)) = input.request() {
                 match self.may_ask_us(sender, device, event_type, &mut may_ask).await {
                     Ok(true) => {}
                     Ok(false) => continue,
@@ -357,7 +374,7 @@ impl OlmMachine {
                         continue;
                     }
                 }
-                if let Err(skipped) = budget.admit(device, request_id) {
+                if let Err(skipped) = budget.admit(device, request_id, cancellation) {
                     tracing::info!(?skipped, %device, "a gossip request of our device was not handled in this sync");
                     continue;
                 }
@@ -374,21 +391,30 @@ impl OlmMachine {
     }
 
     /// Whether `device` may ask us for secrets or keys: one of our own
-    /// other devices, known, not deleted and verified. Checked once per
-    /// device and sync (`checked` remembers).
+    /// other devices, known, not deleted and verified. Our devices are read
+    /// once per sync (`checked.own`), so a device id we do not know costs a
+    /// lookup in memory, however many are named; each known device is
+    /// judged once per sync.
     async fn may_ask_us(
         &self,
         sender: &UserId,
         device: &DeviceId,
         event_type: &'static str,
-        checked: &mut HashMap<OwnedDeviceId, bool>,
+        checked: &mut DevicesAsking,
     ) -> Result<bool, StoreError> {
         if sender != self.user_id() || device == self.device_id() {
             tracing::debug!(%sender, %device, "a gossip request from another user, or from this device, was ignored");
             return Ok(false);
         }
-        if let Some(known) = checked.get(device) {
+        if let Some(known) = checked.judged.get(device) {
             return Ok(*known);
+        }
+        if checked.own.is_none() {
+            checked.own = Some(self.inner.store.get_user_devices(sender).await?.into_keys().collect());
+        }
+        if checked.own.as_ref().is_some_and(|own| !own.contains(device)) {
+            tracing::debug!(%device, "a gossip request names no device of ours");
+            return Ok(false);
         }
         let allowed = match self.check_own_verified_device(sender, device, None, event_type).await? {
             Ok(()) => true,
@@ -397,9 +423,7 @@ impl OlmMachine {
                 false
             }
         };
-        if checked.len() < MAX_DEVICES_CHECKED {
-            checked.insert(device.to_owned(), allowed);
-        }
+        checked.judged.insert(device.to_owned(), allowed);
         Ok(allowed)
     }
 
@@ -519,6 +543,19 @@ impl OlmMachine {
     /// Sends an answer over Olm; without a session with the device, the
     /// answer waits and a claim is queued.
     async fn send_answer(&self, mut answer: WaitingAnswer, now: Timestamp) -> Result<(), StoreError> {
+        // Checked at every attempt, not only when the request came: an
+        // answer kept for later (a key we did not hold yet, a session to
+        // claim) goes only to a device that is still ours and verified.
+        let event_type = match answer.what {
+            Answer::Secret(_) => SECRET_REQUEST,
+            Answer::RoomKey(..) => ROOM_KEY_REQUEST,
+        };
+        if let Err(refused) =
+            self.check_own_verified_device(self.user_id(), &answer.device_id, None, event_type).await?
+        {
+            tracing::info!(%refused, "a kept answer was dropped");
+            return Ok(());
+        }
         let Some((event_type, content)) = self.answer_content(&answer.request_id, &answer.what).await? else {
             tracing::info!(what = ?answer.what, "asked for something we do not hold");
             self.keep_for_later(answer, now, None);

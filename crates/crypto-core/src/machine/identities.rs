@@ -194,6 +194,18 @@ impl OlmMachine {
         self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload);
     }
 
+    /// Queues the upload of our signatures that a keys query found missing
+    /// on the server (see `IdentityOutcome::reuploads`).
+    pub(super) fn queue_signature_reuploads(&self, reuploads: Vec<(OwnedUserId, Box<str>, Value)>) {
+        for (user_id, master_id, object) in reuploads {
+            let Ok(master) = raw(&object) else { continue };
+            let mut signed = upload_signatures::v3::SignedKeys::new();
+            signed.add_cross_signing_keys(master_id, master);
+            let request = upload_signatures::v3::Request::new(BTreeMap::from([(user_id, signed)]));
+            self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload);
+        }
+    }
+
     /// A signature upload was answered; failures are logged (the server
     /// refused a signature we made: a bug, or keys changed meanwhile).
     pub(super) fn receive_signature_upload_response(&self, response: &upload_signatures::v3::Response) {
@@ -535,6 +547,10 @@ pub(super) struct IdentityOutcome {
     /// Each queried user's cross-signing keys (new or known), for the
     /// key-confusion check of their devices.
     pub(super) keys: BTreeMap<OwnedUserId, Vec<CrossSigningPublicKey>>,
+    /// Our signatures of other users' master keys that the server does not
+    /// list (their upload was lost: a crash, a refused answer): kept on the
+    /// new copy and uploaded again once it is saved.
+    pub(super) reuploads: Vec<(OwnedUserId, Box<str>, Value)>,
 }
 
 impl OlmMachine {
@@ -579,7 +595,23 @@ impl OlmMachine {
             outcome.private_identity = self.judge_own_identity(own);
         }
         let own_now = checked.get(self.user_id()).cloned().or_else(|| own_known.clone());
+        // Our user-signing key, if our identity is trusted here.
+        let our_user_signing = own_now
+            .as_ref()
+            .filter(|own| own.is_master_trusted())
+            .and_then(|own| own.user_signing_key().map(CrossSigningPublicKey::key));
         for (user_id, mut identity) in checked {
+            if let (Some(old), Some(user_signing)) = (known.get(&user_id), our_user_signing)
+                && user_id != *self.user_id()
+            {
+                let key_id = crate::identities::key_id_of(&user_signing);
+                if identity.master_key_mut().adopt_signature(old.master_key(), self.user_id(), &key_id, &user_signing) {
+                    tracing::info!(%user_id, "our signature of a verified user's master key is not on the server; uploading it again");
+                    let master_id: Box<str> = identity.master_key().key().to_base64().into();
+                    let object = identity.master_key().with_only_signature(self.user_id(), &key_id);
+                    outcome.reuploads.push((user_id.clone(), master_id, object));
+                }
+            }
             let verified = identity_is_verified(&identity, own_now.as_ref());
             if verified {
                 identity.note_verified();

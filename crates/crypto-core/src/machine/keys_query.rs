@@ -156,6 +156,7 @@ impl OlmMachine {
         }
         let (mut changes, mut events, cleaned) = self.check_queried_users(to_check);
         changes.identities = identities.identities;
+        let reuploads = std::mem::take(&mut identities.reuploads);
         let private_identity = identities.private_identity.clone();
         changes.private_identity = identities.private_identity;
         events.extend(identities.events);
@@ -183,6 +184,7 @@ impl OlmMachine {
         }
         drop(tracker);
         self.announce(events);
+        self.queue_signature_reuploads(reuploads);
         Ok(())
     }
 

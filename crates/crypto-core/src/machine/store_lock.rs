@@ -87,9 +87,12 @@ impl OlmMachine {
         lease: Duration,
     ) -> Result<StoreLease, StoreError> {
         let ours = self.inner.fenced.generation();
-        let taken = self.inner.store.try_lock(holder, now, lease).await.inspect_err(|_| {
-            // Held by someone else: ours ended, and nothing may leave under it.
-            lock(&self.inner.lease).take();
+        let taken = self.inner.store.try_lock(holder, now, lease).await.inspect_err(|error| {
+            // Held by someone else: ours ended, and nothing may leave under
+            // it. (A failing store keeps the lease as it was: it may pass.)
+            if matches!(error, StoreError::LockHeld { .. }) {
+                lock(&self.inner.lease).take();
+            }
         })?;
         if ours != Some(taken.generation) {
             lock(&self.inner.lease).take();
@@ -109,7 +112,10 @@ impl OlmMachine {
     /// of its length left ([`StoreError::LockNotHeld`]). Checked before an
     /// event is encrypted and before requests are handed out, so work that
     /// outlived its lease fails before anything of it reaches the server.
-    pub(super) fn check_lease_for_sending(&self, now: Timestamp) -> Result<(), StoreError> {
+    /// A driver checks it again before each attempt to send a request
+    /// (retries included), so a send that waited past the lease never
+    /// reaches the server.
+    pub fn check_lease_for_sending(&self, now: Timestamp) -> Result<(), StoreError> {
         if self.inner.fenced.generation().is_none() {
             return Ok(());
         }

@@ -10,15 +10,20 @@
 //!   [`MAX_INCOMING_PER_USER`] open incoming requests, the oldest of them
 //!   that nobody accepted is dropped for the new one (a flooder only
 //!   displaces their own requests); when all are in progress, the new one
-//!   is ignored. The same per room ([`MAX_INCOMING_PER_ROOM`]), and over
-//!   all incoming flows ([`MAX_INCOMING`]), where the sender with the most
-//!   unaccepted requests gives way first.
+//!   is ignored. Per room ([`MAX_INCOMING_PER_ROOM`]) and over all incoming
+//!   flows ([`MAX_INCOMING`]), the sender with the most unaccepted requests
+//!   there gives way first (its oldest), so one user's flood costs only
+//!   that user. Requests of our own other devices give way only to our own.
+//!   (Many accounts each sending one request can still crowd a room or the
+//!   whole: nothing here tells a stranger from a genuine requester.)
 //! * Our own requests: at most [`MAX_OUTGOING`] unfinished at once.
 //! * Finished flows (their end stays readable) are kept up to
 //!   [`MAX_FINISHED`], the oldest dropped first.
 //!
 //! Pure: the registry describes its flows (`FlowSummary`) and applies
 //! the answer.
+
+use std::collections::HashMap;
 
 use ruma_common::{RoomId, UserId};
 
@@ -71,64 +76,66 @@ pub(super) enum Admission<K> {
 }
 
 /// Whether a request from `user` (in `room`, for an in-room one) is kept,
-/// and which flows make room for it.
+/// and which flows make room for it. `own_user` is ours: requests of our
+/// own other devices give way only to requests of our own user.
 pub(super) fn admit_incoming<K: Clone + PartialEq>(
     flows: &[(K, FlowSummary<'_>)],
     user: &UserId,
     room: Option<&RoomId>,
+    own_user: &UserId,
 ) -> Admission<K> {
     let mut evicted: Vec<K> = Vec::new();
-    // Per sender, then per room, then over all: each makes room among what
-    // the steps before left.
-    if !make_room(flows, &mut evicted, MAX_INCOMING_PER_USER, |f| f.user == user) {
+    // Per sender (its own oldest gives way), then per room and over all
+    // (the sender with the most unaccepted requests there gives way).
+    let same_user = |f: &FlowSummary<'_>| f.user == user;
+    if !make_room(flows, &mut evicted, MAX_INCOMING_PER_USER, &same_user, &same_user) {
         return Admission::Refuse;
     }
-    if let Some(room) = room
-        && !make_room(flows, &mut evicted, MAX_INCOMING_PER_ROOM, |f| f.room == Some(room))
-    {
-        return Admission::Refuse;
-    }
-    let open = flows.iter().filter(|(k, f)| !evicted.contains(k) && f.open_incoming()).count();
-    if open >= MAX_INCOMING {
-        match loudest_sender_oldest(flows, &evicted) {
-            Some(key) => evicted.push(key),
-            None => return Admission::Refuse,
+    let may_yield = |f: &FlowSummary<'_>| f.user != own_user || user == own_user;
+    if let Some(room) = room {
+        let in_room = |f: &FlowSummary<'_>| f.room == Some(room);
+        let candidates = |f: &FlowSummary<'_>| in_room(f) && may_yield(f);
+        if !make_room(flows, &mut evicted, MAX_INCOMING_PER_ROOM, &in_room, &candidates) {
+            return Admission::Refuse;
         }
+    }
+    if !make_room(flows, &mut evicted, MAX_INCOMING, &|_| true, &may_yield) {
+        return Admission::Refuse;
     }
     Admission::Admit(evicted)
 }
 
 /// Below `limit` open incoming flows in `scope`, nothing to do; otherwise
-/// the oldest unaccepted one in it is evicted. False if none can be.
+/// one unaccepted flow among `candidates` is evicted: of the sender with
+/// the most of them, its oldest. False if none can be.
 fn make_room<K: Clone + PartialEq>(
     flows: &[(K, FlowSummary<'_>)],
     evicted: &mut Vec<K>,
     limit: usize,
-    scope: impl Fn(&FlowSummary<'_>) -> bool,
+    scope: &dyn Fn(&FlowSummary<'_>) -> bool,
+    candidates: &dyn Fn(&FlowSummary<'_>) -> bool,
 ) -> bool {
-    let in_scope = |(key, flow): &&(K, FlowSummary<'_>)| !evicted.contains(key) && scope(flow);
-    if flows.iter().filter(in_scope).filter(|(_, f)| f.open_incoming()).count() < limit {
+    let live = |(key, _): &&(K, FlowSummary<'_>)| !evicted.contains(key);
+    if flows.iter().filter(live).filter(|(_, f)| scope(f) && f.open_incoming()).count() < limit {
         return true;
     }
-    let oldest = flows.iter().filter(in_scope).filter(|(_, f)| f.yields()).min_by_key(|(_, f)| f.serial);
-    match oldest.map(|(key, _)| key.clone()) {
+    let yielding: Vec<&(K, FlowSummary<'_>)> =
+        flows.iter().filter(live).filter(|(_, f)| candidates(f) && f.yields()).collect();
+    let mut per_sender: HashMap<&UserId, usize> = HashMap::new();
+    for (_, flow) in &yielding {
+        *per_sender.entry(flow.user).or_default() += 1;
+    }
+    let loudest = yielding.iter().max_by(|(_, a), (_, b)| {
+        let (count_a, count_b) = (per_sender.get(a.user), per_sender.get(b.user));
+        count_a.cmp(&count_b).then(b.serial.cmp(&a.serial))
+    });
+    match loudest.map(|(key, _)| key.clone()) {
         Some(key) => {
             evicted.push(key);
             true
         }
         None => false,
     }
-}
-
-/// The oldest unaccepted request of the sender with the most of them.
-fn loudest_sender_oldest<K: Clone + PartialEq>(flows: &[(K, FlowSummary<'_>)], evicted: &[K]) -> Option<K> {
-    let yielding: Vec<&(K, FlowSummary<'_>)> =
-        flows.iter().filter(|(k, f)| !evicted.contains(k) && f.yields()).collect();
-    let count = |user: &UserId| yielding.iter().filter(|(_, f)| f.user == user).count();
-    yielding
-        .iter()
-        .max_by(|(_, a), (_, b)| count(a.user).cmp(&count(b.user)).then(b.serial.cmp(&a.serial)))
-        .map(|(key, _)| key.clone())
 }
 
 /// Whether we may start another flow of our own.
@@ -150,6 +157,10 @@ mod tests {
 
     use super::*;
 
+    fn us() -> &'static UserId {
+        user_id!("@us:x.org")
+    }
+
     fn flow(user: &UserId, serial: u64) -> FlowSummary<'_> {
         FlowSummary { user, room: None, we_requested: false, finished: false, accepted: false, serial }
     }
@@ -160,12 +171,12 @@ mod tests {
         let mut flows: Vec<(u64, FlowSummary<'_>)> = (0..4).map(|n| (n, flow(mallory, n))).collect();
         flows.push((9, flow(alice, 9)));
         flows[0].1.accepted = true;
-        assert_eq!(admit_incoming(&flows, mallory, None), Admission::Admit(vec![1]), "the oldest unaccepted");
-        assert_eq!(admit_incoming(&flows, alice, None), Admission::Admit(vec![]), "alice is under her limit");
+        assert_eq!(admit_incoming(&flows, mallory, None, us()), Admission::Admit(vec![1]), "the oldest unaccepted");
+        assert_eq!(admit_incoming(&flows, alice, None, us()), Admission::Admit(vec![]), "alice is under her limit");
         for (_, f) in &mut flows {
             f.accepted = true;
         }
-        assert_eq!(admit_incoming(&flows, mallory, None), Admission::Refuse, "all in progress");
+        assert_eq!(admit_incoming(&flows, mallory, None, us()), Admission::Refuse, "all in progress");
     }
 
     #[test]
@@ -178,8 +189,8 @@ mod tests {
             .map(|(n, u)| (n as u64, FlowSummary { room: Some(&room), ..flow(u, n as u64 + 10) }))
             .collect();
         let newcomer = user_id!("@new:x.org");
-        assert_eq!(admit_incoming(&flows, newcomer, Some(&room)), Admission::Admit(vec![0]));
-        assert_eq!(admit_incoming(&flows, newcomer, None), Admission::Admit(vec![]), "to-device: no room limit");
+        assert_eq!(admit_incoming(&flows, newcomer, Some(&room), us()), Admission::Admit(vec![0]));
+        assert_eq!(admit_incoming(&flows, newcomer, None, us()), Admission::Admit(vec![]), "to-device: no room limit");
     }
 
     #[test]
@@ -191,7 +202,41 @@ mod tests {
         flows.extend((0..3).map(|n| (1000 + n, flow(loud, 1000 + n))));
         assert_eq!(flows.len(), MAX_INCOMING);
         let newcomer = user_id!("@new:x.org");
-        assert_eq!(admit_incoming(&flows, newcomer, None), Admission::Admit(vec![1000]));
+        assert_eq!(admit_incoming(&flows, newcomer, None, us()), Admission::Admit(vec![1000]));
+    }
+
+    #[test]
+    fn in_a_full_room_the_loudest_member_gives_way_even_after_a_genuine_request() {
+        let room: OwnedRoomId = room_id!("!r:x.org").to_owned();
+        let (alice, loud) = (user_id!("@alice:x.org"), user_id!("@loud:x.org"));
+        let others: Vec<OwnedUserId> = (0..3).map(|n| format!("@o{n}:x.org").try_into().unwrap()).collect();
+        // Alice asked first; then a loud member (4) and three others fill the room.
+        let mut flows = vec![(0u64, FlowSummary { room: Some(&room), ..flow(alice, 0) })];
+        flows.extend((1..5).map(|n| (n, FlowSummary { room: Some(&room), ..flow(loud, n) })));
+        flows.extend(
+            others
+                .iter()
+                .enumerate()
+                .map(|(n, u)| (10 + n as u64, FlowSummary { room: Some(&room), ..flow(u, 10 + n as u64) })),
+        );
+        let newcomer = user_id!("@new:x.org");
+        assert_eq!(
+            admit_incoming(&flows, newcomer, Some(&room), us()),
+            Admission::Admit(vec![1]),
+            "the loud member's oldest"
+        );
+    }
+
+    #[test]
+    fn our_own_devices_requests_never_give_way_to_others() {
+        let users: Vec<OwnedUserId> = (0..MAX_INCOMING).map(|n| format!("@u{n}:x.org").try_into().unwrap()).collect();
+        let mut flows = vec![(0u64, flow(us(), 0))];
+        flows.extend(
+            users.iter().take(MAX_INCOMING - 1).enumerate().map(|(n, u)| (1 + n as u64, flow(u, 1 + n as u64))),
+        );
+        let newcomer = user_id!("@new:x.org");
+        let Admission::Admit(evicted) = admit_incoming(&flows, newcomer, None, us()) else { panic!("refused") };
+        assert_eq!(evicted, vec![1], "the oldest stranger gives way, not our own device");
     }
 
     #[test]

@@ -619,7 +619,9 @@ impl Verifications {
         if from_self || self.flows.contains_key(&key) {
             return Step::default();
         }
-        let evicted = match limits::admit_incoming(&self.summaries(), incoming.sender, incoming.flow.room_id()) {
+        let own_user = self.us.user_id.clone();
+        let admission = limits::admit_incoming(&self.summaries(), incoming.sender, incoming.flow.room_id(), &own_user);
+        let evicted = match admission {
             Admission::Admit(evicted) => evicted,
             Admission::Refuse => {
                 tracing::debug!(sender = %incoming.sender, "a verification request was ignored: too many in progress");
