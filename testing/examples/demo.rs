@@ -24,6 +24,7 @@ fn client_with_store(path: std::path::PathBuf) -> Client {
     Client::builder()
         .homeserver_url(homeserver_url())
         .store_config(StoreConfig::Redb { path, passphrase: Some("demo store passphrase".into()) })
+        .trust_settings(hush_client::TrustSettings::legacy())
         .build()
         .expect("build the client")
 }

@@ -122,13 +122,19 @@ pub struct ClientOptions {
     pub clock: Option<hush_client::Clock>,
     /// Syncs with simplified sliding sync (MSC4186) instead of `/sync`.
     pub sliding_sync: bool,
+    /// The client's trust settings. Tests of other features use the
+    /// legacy ones (their users set no cross-signing up); tests of today's
+    /// defaults set `TrustSettings::recommended()` and give their users an
+    /// identity.
+    pub trust: hush_client::TrustSettings,
 }
 
 impl ClientOptions {
     /// Defaults (20 s request timeout, the client's retries) for `homeserver`.
     pub fn at(homeserver: &str) -> Self {
         let http = hush_client::http::HttpSettings { request_timeout: Duration::from_secs(20), ..Default::default() };
-        Self { homeserver: homeserver.to_owned(), http, clock: None, sliding_sync: false }
+        let trust = hush_client::TrustSettings::legacy();
+        Self { homeserver: homeserver.to_owned(), http, clock: None, sliding_sync: false, trust }
     }
 }
 
@@ -273,7 +279,8 @@ impl TestClient {
         let mut builder = Client::builder()
             .homeserver_url(&options.homeserver)
             .store_config(store_config(kind, dir))
-            .http_settings(options.http.clone());
+            .http_settings(options.http.clone())
+            .trust_settings(options.trust);
         if let Some(clock) = &options.clock {
             builder = builder.clock(clock.clone());
         }

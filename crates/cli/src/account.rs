@@ -126,7 +126,11 @@ pub(crate) fn load(dir: &Path) -> Result<SavedLogin, CliError> {
 
 /// A client for `homeserver` with its store in `dir`.
 pub(crate) fn client(homeserver: &str, dir: &Path, passphrase: &str) -> Result<Client, CliError> {
-    Ok(Client::builder().homeserver_url(homeserver).redb_store(store_path(dir), Some(passphrase)).build()?)
+    Ok(Client::builder()
+        .homeserver_url(homeserver)
+        .redb_store(store_path(dir), Some(passphrase))
+        .trust_settings(hush_client::TrustSettings::legacy())
+        .build()?)
 }
 
 /// Opens the account in `dir`: its store must exist (a missing store is

@@ -213,13 +213,20 @@ impl Encryption {
     }
 
     /// Creates a backup version with `auth_data` (our public key, signed)
-    /// and returns it as the server now lists it.
+    /// and returns it as the server now lists it. Sent once, never retried:
+    /// a create whose answer was lost may have made a version, and a retry
+    /// would make a second one (the caller finds the first by its key).
     pub(crate) async fn create_backup_version(&self, auth_data: Value) -> Result<BackupInfo, ClientError> {
         let token = self.client.access_token()?;
         let algorithm = serde_json::json!({ "algorithm": BACKUP_ALGORITHM, "auth_data": auth_data });
         let raw = Raw::new(&algorithm).map_err(ClientError::serialization)?.cast_unchecked();
-        let response =
-            self.client.http().send(create_backup_version::v3::Request::new(raw), Some(&token), Duration::ZERO).await?;
+        let attempted = std::sync::atomic::AtomicBool::new(false);
+        let once = || match attempted.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            true => Err("creating a backup version is not retried".to_owned()),
+            false => Ok(()),
+        };
+        let request = create_backup_version::v3::Request::new(raw);
+        let response = self.client.http().send_checked(request, Some(&token), Duration::ZERO, once).await?;
         Ok(BackupInfo { algorithm: BACKUP_ALGORITHM.to_owned(), auth_data, version: response.version })
     }
 

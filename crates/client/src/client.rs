@@ -36,6 +36,7 @@ pub struct ClientBuilder {
     http: HttpSettings,
     clock: Option<Clock>,
     store_lock: Option<crate::store_lock::StoreLockSettings>,
+    trust: Option<crate::TrustSettings>,
 }
 
 /// The time the client gives the engine as `now`.
@@ -122,6 +123,16 @@ impl ClientBuilder {
         self
     }
 
+    /// The client-wide trust settings (which devices get room keys, whose
+    /// messages are shown). Saved in the store when it is opened, in place
+    /// of settings saved before; without this, the saved ones apply, and
+    /// failing those [`TrustSettings::recommended`](crate::TrustSettings::recommended)
+    /// (spec v1.18). Rooms may override them (`Room::set_trust_settings`).
+    pub fn trust_settings(mut self, settings: crate::TrustSettings) -> Self {
+        self.trust = Some(settings);
+        self
+    }
+
     /// Timeout of one HTTP request attempt (default 30 s).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.http.request_timeout = timeout;
@@ -154,6 +165,7 @@ impl ClientBuilder {
                 session: RwLock::new(None),
                 machine: RwLock::new(None),
                 rooms: Mutex::new(BTreeMap::new()),
+                trust: Mutex::new(crate::trust::TrustState::with_builder(self.trust)),
                 handlers: Mutex::new(Vec::new()),
                 undecrypted: Mutex::new(Default::default()),
                 retry_restored_waiting: Default::default(),
@@ -181,6 +193,8 @@ pub(crate) struct Inner {
     session: RwLock<Option<Session>>,
     machine: RwLock<Option<OlmMachine>>,
     pub(crate) rooms: Mutex<BTreeMap<OwnedRoomId, RoomState>>,
+    /// The trust settings in force, client-wide and per room.
+    pub(crate) trust: Mutex<crate::trust::TrustState>,
     pub(crate) handlers: Mutex<Vec<Handler>>,
     /// Events that could not be decrypted yet: retried when keys arrive.
     pub(crate) undecrypted: Mutex<crate::history::WaitingEvents>,
@@ -306,6 +320,7 @@ impl Client {
             *lock(&self.inner.rooms) = rooms;
             self.inner.rooms_restored.store(true, Ordering::Relaxed);
         }
+        self.load_trust(&**machine.store()).await?;
         let waiting = machine.store().get_custom_value(crate::history::WAITING_KEY).await?;
         *lock(&self.inner.undecrypted) = crate::history::WaitingEvents::from_record(waiting.as_deref());
         self.inner.retry_restored_waiting.store(true, Ordering::SeqCst);

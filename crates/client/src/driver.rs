@@ -158,7 +158,7 @@ impl Client {
             }
             let _in_flight = InFlight { client: self.clone(), id: request.request_id().to_owned() };
             let room = self.get_room(&r.room_id).ok_or_else(|| ClientError::UnknownRoom(r.room_id.to_string()))?;
-            let event_id = room.send(&r.event_type, r.content.clone()).await?.event_id;
+            let event_id = room.send_verification_event(&r.event_type, r.content.clone()).await?.event_id;
             let response = ruma_client_api::message::send_message_event::v3::Response::new(event_id);
             machine.mark_request_as_sent(request.request_id(), &response, self.now()).await?;
         }

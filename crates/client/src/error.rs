@@ -27,7 +27,24 @@ pub enum ClientError {
     Encrypt(#[from] EncryptError),
     /// Sharing the room key failed.
     #[error(transparent)]
-    Share(#[from] ShareError),
+    Share(ShareError),
+    /// Nothing was sent: users we verified changed their cross-signing
+    /// identity (and, under `ErrorOnVerifiedUserProblem`, have devices
+    /// their identity did not sign). Sending stays blocked until the
+    /// application decides for each: withdraw the verification
+    /// (`UserIdentity::withdraw_verification`, accepting the new identity
+    /// as unverified) or verify them again.
+    #[error(
+        "nothing was sent in {room_id}: verified users changed identity ({changed:?}) or have unsigned devices ({unsigned_devices:?}); withdraw the verification or verify again"
+    )]
+    VerifiedUserProblem {
+        /// The room.
+        room_id: String,
+        /// Users we verified whose identity changed.
+        changed: Vec<ruma_common::OwnedUserId>,
+        /// Devices of verified users their identity did not sign.
+        unsigned_devices: Vec<(ruma_common::OwnedUserId, ruma_common::OwnedDeviceId)>,
+    },
     /// Importing keys failed.
     #[error(transparent)]
     Import(#[from] ImportError),
@@ -134,6 +151,10 @@ pub enum ClientError {
         /// How long until the first of them is tried again.
         retry_in: std::time::Duration,
     },
+    /// [`Encryption::ensure_identity`](crate::Encryption::ensure_identity)
+    /// cannot go on without what this says.
+    #[error(transparent)]
+    IdentityNeeds(#[from] crate::IdentityNeed),
     /// The room is encrypted but the client was built without `e2e-encryption`.
     #[error("room {0} is encrypted and this client was built without the e2e-encryption feature")]
     EncryptionDisabled(String),
@@ -146,6 +167,17 @@ pub enum ClientError {
     /// The builder was given inconsistent settings.
     #[error("invalid client configuration: {0}")]
     Config(String),
+}
+
+impl From<ShareError> for ClientError {
+    fn from(error: ShareError) -> Self {
+        match error {
+            ShareError::VerifiedUserProblem { unsigned_devices, violations } => {
+                Self::VerifiedUserProblem { room_id: String::new(), changed: violations, unsigned_devices }
+            }
+            other => Self::Share(other),
+        }
+    }
 }
 
 impl From<hush_crypto_core::ResponseError> for ClientError {

@@ -138,8 +138,8 @@ impl Client {
             raws.push(Raw::new(&page[i].event).map_err(|e| MegolmError::Malformed(e.to_string())));
         }
         let valid: Vec<Raw<Value>> = raws.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-        let mut results =
-            machine.decrypt_room_events(&valid, room_id, &DecryptionSettings::default()).await.into_iter();
+        let settings = DecryptionSettings { sender_device_trust_requirement: self.room_trust(room_id).decryption };
+        let mut results = machine.decrypt_room_events(&valid, room_id, &settings).await.into_iter();
         for (&i, raw) in encrypted.iter().zip(raws) {
             let result = match raw {
                 Err(error) => Err(error),

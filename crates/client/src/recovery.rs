@@ -85,16 +85,10 @@ impl Encryption {
             }
             None => SecretStorageKey::generate()?,
         };
-        let description = serde_json::to_value(key.description()).map_err(ClientError::serialization)?;
-        self.set_account_data(&key.event_type(), &description).await?;
-        for (name, content) in machine.secrets_for_storage(&key).await? {
-            let content = serde_json::to_value(content).map_err(ClientError::serialization)?;
-            self.set_account_data(&name, &content).await?;
-        }
-        // The default key last: until it is set, no client reads the new secrets.
-        let default = serde_json::to_value(DefaultKeyContent { key: key.key_id().to_owned() })
-            .map_err(ClientError::serialization)?;
-        self.set_account_data(DEFAULT_KEY_EVENT_TYPE, &default).await?;
+        self.write_secret_storage(&key).await?;
+        // The user turned key backup on (MSC4287): other clients may follow.
+        let enabled = serde_json::json!({ "enabled": machine.backup_version().is_some() });
+        self.set_account_data(crate::KEY_BACKUP_EVENT_TYPE, &enabled).await?;
         Ok(key.recovery_key())
     }
 

@@ -117,12 +117,39 @@ impl Room {
     /// a room whose encryption state this client never saw is asked of the
     /// server first (`m.room.encryption` state), and sending is refused if
     /// the server's answer does not settle it.
+    ///
+    /// The room key goes to the devices the room's trust settings allow
+    /// ([`trust_settings`](Self::trust_settings)). Under the default, a user
+    /// we verified whose identity changed blocks sending with
+    /// [`ClientError::VerifiedUserProblem`] naming them, until the
+    /// application withdraws the verification or verifies again
+    /// (`UserIdentity::withdraw_verification` / `verify`).
     pub async fn send(&self, event_type: &str, content: Value) -> Result<SendResult, ClientError> {
         // Shared store: the room key is shared and advanced under the lock.
-        self.client.with_store_lock(self.send_locked(event_type, content)).await
+        self.client.with_store_lock(self.send_locked(event_type, content, None)).await
     }
 
-    async fn send_locked(&self, event_type: &str, content: Value) -> Result<SendResult, ClientError> {
+    /// Sends an in-room verification event. The spec asks that every
+    /// device of the user being verified can read it, even those that
+    /// would not get room keys: the room key of this send goes to all
+    /// devices (a room whose strategy is stricter gets a new key at its
+    /// next ordinary message), and a verification violation (which the
+    /// verification may be there to end) does not block it.
+    pub(crate) async fn send_verification_event(
+        &self,
+        event_type: &str,
+        content: Value,
+    ) -> Result<SendResult, ClientError> {
+        let all_devices = Some(hush_crypto_core::SharingStrategy::LegacyAllDevices);
+        self.client.with_store_lock(self.send_locked(event_type, content, all_devices)).await
+    }
+
+    async fn send_locked(
+        &self,
+        event_type: &str,
+        content: Value,
+        sharing: Option<hush_crypto_core::SharingStrategy>,
+    ) -> Result<SendResult, ClientError> {
         let mut state = self.state()?;
         if state.encryption_state() == EncryptionState::Unknown {
             state = self.learn_encryption_state().await?;
@@ -134,7 +161,8 @@ impl Room {
                 return Err(ClientError::EncryptionDisabled(self.room_id.to_string()));
             }
             Some(_) => {
-                let content = self.encrypt(&state, event_type, &content).await?;
+                let sharing = sharing.unwrap_or(self.trust_settings().sharing);
+                let content = self.encrypt(&state, event_type, &content, sharing).await?;
                 ("m.room.encrypted".to_owned(), content)
             }
             None => (event_type.to_owned(), content),
@@ -219,13 +247,31 @@ impl Room {
     /// Gets the room ready with crypto-core's room-level command (it picks
     /// the recipients, queries, claims and shares), driving the request
     /// queue between steps, then encrypts.
-    async fn encrypt(&self, state: &RoomState, event_type: &str, content: &Value) -> Result<Value, ClientError> {
+    async fn encrypt(
+        &self,
+        state: &RoomState,
+        event_type: &str,
+        content: &Value,
+        sharing: hush_crypto_core::SharingStrategy,
+    ) -> Result<Value, ClientError> {
         let machine = self.client.olm_machine()?;
-        let room = state.room_info();
+        let room = state.room_info(sharing);
         let mut last = None;
         let mut failure = None;
         for _ in 0..PREPARE_ROUNDS {
-            match machine.prepare_room(&room, self.client.now()).await? {
+            let readiness = machine.prepare_room(&room, self.client.now()).await.map_err(|error| {
+                match ClientError::from(error) {
+                    ClientError::VerifiedUserProblem { changed, unsigned_devices, .. } => {
+                        ClientError::VerifiedUserProblem {
+                            room_id: self.room_id.to_string(),
+                            changed,
+                            unsigned_devices,
+                        }
+                    }
+                    other => other,
+                }
+            })?;
+            match readiness {
                 RoomReadiness::Ready { .. } => {
                     let encrypted =
                         machine.encrypt_room_event(&self.room_id, event_type, content, self.client.now()).await?;

@@ -163,14 +163,15 @@ impl RoomState {
         key_recipients(self.members.iter().map(|(u, m)| (u.as_ref(), *m)), &self.history_visibility)
     }
 
-    /// The room as crypto-core's room-level command takes it.
-    pub fn room_info(&self) -> RoomInfo {
+    /// The room as crypto-core's room-level command takes it, with the
+    /// sharing strategy in force.
+    pub fn room_info(&self, sharing_strategy: SharingStrategy) -> RoomInfo {
         RoomInfo {
             room_id: self.room_id.clone(),
             members: self.members.iter().map(|(u, m)| (u.clone(), *m)).collect(),
             history_visibility: self.history_visibility.clone(),
             encryption: self.encryption.clone(),
-            sharing_strategy: SharingStrategy::AllDevices,
+            sharing_strategy,
         }
     }
 }

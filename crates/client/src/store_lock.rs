@@ -163,6 +163,7 @@ impl Client {
                 *lock(&self.inner.rooms) = rooms;
                 self.inner.rooms_restored.store(true, std::sync::atomic::Ordering::Relaxed);
             }
+            self.load_trust(&**machine.store()).await?;
         }
         users.holding = users.holding.wrapping_add(1);
         let heartbeat = self.start_heartbeat(settings.clone(), users.holding);

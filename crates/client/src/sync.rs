@@ -394,7 +394,8 @@ impl Client {
     ) -> Result<(Value, hush_crypto_core::MegolmDecryptionInfo), MegolmError> {
         let machine = self.olm_machine().map_err(|e| MegolmError::Malformed(e.to_string()))?;
         let raw: Raw<Value> = Raw::new(event).map_err(|e| MegolmError::Malformed(e.to_string()))?;
-        let decrypted = machine.decrypt_room_event(&raw, room_id, &DecryptionSettings::default()).await?;
+        let settings = DecryptionSettings { sender_device_trust_requirement: self.room_trust(room_id).decryption };
+        let decrypted = machine.decrypt_room_event(&raw, room_id, &settings).await?;
         let value = decrypted.event.deserialize_as_unchecked().map_err(|e| MegolmError::Malformed(e.to_string()))?;
         Ok((value, decrypted.info))
     }

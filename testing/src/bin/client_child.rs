@@ -43,6 +43,7 @@ fn store(kind: &str, path: &str) -> StoreConfig {
 
 fn client(kind: &str, path: &str) -> Client {
     Client::builder()
+        .trust_settings(hush_client::TrustSettings::legacy())
         .homeserver_url(hush_testing::synapse::homeserver_url())
         .store_config(store(kind, path))
         .build()
@@ -64,6 +65,7 @@ async fn stress(path: &str, session: &str, room: &str, site: &str) -> ! {
     let store =
         std::sync::Arc::new(hush_store_redb::open(path, &session.user_id, &session.device_id, options).expect("open"));
     let client = Client::builder()
+        .trust_settings(hush_client::TrustSettings::legacy())
         .homeserver_url(hush_testing::synapse::homeserver_url())
         .store_config(StoreConfig::Custom(store.clone()))
         .build()
@@ -104,6 +106,7 @@ async fn shared(store_arg: &str, holder: &str, lease_ms: &str, session: &str, ro
     let lease = Duration::from_millis(lease_ms.parse().expect("lease in ms"));
     let rounds: u64 = rounds.parse().expect("rounds");
     let client = Client::builder()
+        .trust_settings(hush_client::TrustSettings::legacy())
         .homeserver_url(hush_testing::synapse::homeserver_url())
         .store_config(match store_arg.strip_prefix("redb:") {
             Some(path) => store("redb", path),

@@ -195,8 +195,10 @@ impl DeviceData {
         self.local_trust
     }
 
-    /// Whether the user verified this device.
-    pub fn is_verified(&self) -> bool {
+    /// Whether the user verified this device by hand (its local trust), and
+    /// only that: whether it counts as verified (also when cross-signed by
+    /// an owner we verified) is `OlmMachine::device_trust(..).is_verified()`.
+    pub fn is_locally_verified(&self) -> bool {
         self.local_trust == LocalTrust::Verified
     }
 

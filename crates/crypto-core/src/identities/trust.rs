@@ -72,7 +72,7 @@ pub(crate) fn device_trust(
 ) -> DeviceTrust {
     let cross_signed = owner.is_some_and(|owner| is_cross_signed_by_owner(device, owner));
     DeviceTrust {
-        locally_verified: device.is_verified(),
+        locally_verified: device.is_locally_verified(),
         cross_signed_by_owner: cross_signed,
         owner_verified: cross_signed && owner.is_some_and(|owner| identity_is_verified(owner, own)),
     }

@@ -178,20 +178,30 @@ impl OlmMachine {
         Ok(())
     }
 
+    /// Signs this device with our self-signing key, if we hold it and our
+    /// cross-signing keys are on the server, and queues the signature's
+    /// upload; whether it did. Uploading it again is harmless (a server
+    /// keeps the signature it has): a caller that cannot tell whether an
+    /// earlier upload reached the server (a crash) signs again.
+    pub fn sign_own_device(&self) -> bool {
+        self.queue_own_device_signature()
+    }
+
     /// Queues the signature of this device by our self-signing key, if we
-    /// hold it and the keys are uploaded.
-    pub(super) fn queue_own_device_signature(&self) {
+    /// hold it and the keys are uploaded; whether it did.
+    pub(super) fn queue_own_device_signature(&self) -> bool {
         let private = lock(&self.inner.cross_signing).clone();
-        let Some(private) = private.filter(PrivateCrossSigningIdentity::is_uploaded) else { return };
+        let Some(private) = private.filter(PrivateCrossSigningIdentity::is_uploaded) else { return false };
         let mut keys = self.inner.own.signed_device_keys.clone();
         if private.sign_json(KeyRole::SelfSigning, &mut keys).is_err() {
-            return;
+            return false;
         }
-        let Ok(keys) = raw(&keys) else { return };
+        let Ok(keys) = raw(&keys) else { return false };
         let mut signed_keys = upload_signatures::v3::SignedKeys::new();
         signed_keys.add_device_keys(self.device_id().to_owned(), keys);
         let request = upload_signatures::v3::Request::new(BTreeMap::from([(self.user_id().to_owned(), signed_keys)]));
         self.queue(AnyOutgoingRequest::SignatureUpload(request), Meta::SignatureUpload);
+        true
     }
 
     /// Queues the upload of our signatures that a keys query found missing
@@ -492,7 +502,7 @@ pub(super) type RecipientTrust = std::collections::HashMap<(OwnedUserId, ruma_co
 
 impl OlmMachine {
     /// The trust of every recipient device, if `strategy` looks at it
-    /// (empty for `AllDevices`: no signature is checked); under
+    /// (empty for `LegacyAllDevices`: no signature is checked); under
     /// `ErrorOnVerifiedUserProblem`, the refusal if a verified user has a
     /// problem.
     pub(super) async fn recipient_trust(

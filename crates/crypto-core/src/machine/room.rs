@@ -47,7 +47,7 @@ impl RoomInfo {
             members,
             history_visibility: HistoryVisibility::Shared,
             encryption,
-            sharing_strategy: SharingStrategy::AllDevices,
+            sharing_strategy: SharingStrategy::LegacyAllDevices,
         }
     }
 }

@@ -78,6 +78,11 @@ impl SenderState {
         }
         match requirement {
             R::Untrusted => true,
+            R::ExcludeInsecureDevices => match self.verification {
+                VerificationState::Verified | VerificationState::UnknownDevice => true,
+                VerificationState::Unverified | VerificationState::UnauthenticatedSource => own || self.cross_signed,
+                VerificationState::KeyMismatch => false,
+            },
             R::VerifiedDevice => self.verification == VerificationState::Verified,
             R::CrossSigned => known && (own || self.cross_signed || self.verification == VerificationState::Verified),
             R::CrossSignedOrLegacy => {

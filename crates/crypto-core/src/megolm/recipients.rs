@@ -94,8 +94,8 @@ pub(crate) fn device_share(
         DeviceShare::Withhold(WithheldCode::Blacklisted)
     } else if match strategy {
         SharingStrategy::IdentityBased => !trust.cross_signed_by_owner,
-        SharingStrategy::OnlyTrustedDevices => !(device.is_verified() || trust.is_verified()),
-        SharingStrategy::AllDevices | SharingStrategy::ErrorOnVerifiedUserProblem => false,
+        SharingStrategy::OnlyTrustedDevices => !(device.is_locally_verified() || trust.is_verified()),
+        SharingStrategy::LegacyAllDevices | SharingStrategy::ErrorOnVerifiedUserProblem => false,
     } {
         DeviceShare::Withhold(WithheldCode::Unverified)
     } else {
@@ -127,7 +127,7 @@ pub(crate) fn verified_user_problems(members: &[MemberTrust<'_>], violations_onl
                 member
                     .devices
                     .iter()
-                    .filter(|(device, trust)| !trust.cross_signed_by_owner && !device.is_verified())
+                    .filter(|(device, trust)| !trust.cross_signed_by_owner && !device.is_locally_verified())
                     .map(|(device, _)| (device.user_id().to_owned(), device.device_id().to_owned())),
             ),
             _ => {}

@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn settings_take_the_spec_defaults() {
         let encryption = parse(json!({"algorithm": "m.megolm.v1.aes-sha2"})).unwrap();
-        let settings = encryption.settings(HistoryVisibility::Joined, SharingStrategy::AllDevices);
+        let settings = encryption.settings(HistoryVisibility::Joined, SharingStrategy::LegacyAllDevices);
         assert_eq!(settings.rotation_period_msgs, 100);
         assert_eq!(settings.rotation_period, std::time::Duration::from_secs(7 * 24 * 3600));
         assert_eq!(settings.history_visibility, HistoryVisibility::Joined);
@@ -147,7 +147,7 @@ mod tests {
     fn rotation_limits_have_a_floor() {
         let zero =
             parse(json!({"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_ms": 0, "rotation_period_msgs": 0}));
-        let settings = zero.unwrap().settings(HistoryVisibility::Shared, SharingStrategy::AllDevices);
+        let settings = zero.unwrap().settings(HistoryVisibility::Shared, SharingStrategy::LegacyAllDevices);
         assert_eq!(settings.rotation_period_msgs, 1);
         assert_eq!(settings.rotation_period, std::time::Duration::from_secs(3600));
     }

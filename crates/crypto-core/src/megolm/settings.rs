@@ -27,16 +27,20 @@ pub const MIN_ROTATION_MESSAGES: u64 = 1;
 /// Which devices receive room keys. Blocked devices never do (they get
 /// `m.blacklisted`), whatever the strategy.
 ///
-/// The default is [`AllDevices`](Self::AllDevices): many users have
-/// devices their owner never cross-signed (older clients, users who never
-/// set cross-signing up), and a stricter default would leave their messages
-/// unreadable to them. Applications that want MSC4153's exclusion of
-/// unsigned devices choose [`IdentityBased`](Self::IdentityBased).
+/// Spec v1.18's recommended behaviour (MSC4153, enforced by Element) is
+/// [`IdentityBased`](Self::IdentityBased): no room key for a device its
+/// owner did not cross-sign. That is [`recommended`](Self::recommended) and
+/// hush-client's default. The engine's `Default` stays
+/// [`LegacyAllDevices`](Self::LegacyAllDevices), so an embedder that chose
+/// nothing keeps what it had; choose explicitly.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SharingStrategy {
-    /// Every device of every member.
+    /// The legacy choice: every device of every member, cross-signed or
+    /// not (before spec v1.18). A device the server adds to a member's list
+    /// gets the key.
     #[default]
-    AllDevices,
+    #[serde(alias = "AllDevices")]
+    LegacyAllDevices,
     /// Every device of every member, but sharing is refused
     /// ([`ShareError::VerifiedUserProblem`](super::ShareError::VerifiedUserProblem),
     /// naming them) while a user we verified has a device their identity did
@@ -53,9 +57,14 @@ pub enum SharingStrategy {
 }
 
 impl SharingStrategy {
+    /// Spec v1.18's recommended behaviour: [`IdentityBased`](Self::IdentityBased).
+    pub const fn recommended() -> Self {
+        Self::IdentityBased
+    }
+
     /// Whether the strategy looks at cross-signing trust at all.
     pub(crate) fn needs_trust(self) -> bool {
-        self != Self::AllDevices
+        self != Self::LegacyAllDevices
     }
 }
 
@@ -83,7 +92,7 @@ impl Default for EncryptionSettings {
             rotation_period: DEFAULT_ROTATION_PERIOD,
             rotation_period_msgs: DEFAULT_ROTATION_MESSAGES,
             history_visibility: HistoryVisibility::Shared,
-            sharing_strategy: SharingStrategy::AllDevices,
+            sharing_strategy: SharingStrategy::LegacyAllDevices,
         }
     }
 }
@@ -116,11 +125,25 @@ impl EncryptionSettings {
 }
 
 /// What a decryption demands of the sending device.
+///
+/// Spec v1.18: messages from devices their owner did not cross-sign
+/// "SHOULD NOT be displayed": [`recommended`](Self::recommended) is
+/// [`ExcludeInsecureDevices`](Self::ExcludeInsecureDevices), hush-client's
+/// default. The engine's `Default` stays [`Untrusted`](Self::Untrusted).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TrustRequirement {
     /// Decrypt whatever device sent it; the info says how far it is trusted.
     #[default]
     Untrusted,
+    /// Refuse events from a device we know and its owner did not cross-sign
+    /// (unless we verified it by hand, or it is ours), from a device whose
+    /// keys do not match the key's claim, and from a sender with a
+    /// verification violation. An event whose device cannot be known
+    /// passes, marked by its verification state: a key from a backup, a
+    /// forward or a file (`UnauthenticatedSource`) is judged by the device
+    /// it names if we know it, and a device we do not know yet
+    /// (`UnknownDevice`) is not called insecure.
+    ExcludeInsecureDevices,
     /// Refuse events from unknown devices and keys not received over Olm,
     /// and from devices their owner did not cross-sign, unless we know no
     /// cross-signing identity for the owner (a legacy user). Weaker than it
@@ -135,8 +158,15 @@ pub enum TrustRequirement {
     VerifiedDevice,
 }
 
+impl TrustRequirement {
+    /// Spec v1.18's recommended behaviour: [`ExcludeInsecureDevices`](Self::ExcludeInsecureDevices).
+    pub const fn recommended() -> Self {
+        Self::ExcludeInsecureDevices
+    }
+}
+
 /// Settings for [`OlmMachine::decrypt_room_event`](crate::OlmMachine::decrypt_room_event).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DecryptionSettings {
     /// The trust the sending device must have.
     pub sender_device_trust_requirement: TrustRequirement,
