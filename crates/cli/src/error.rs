@@ -12,7 +12,11 @@ Exit codes:
   4  login refused (wrong user or password)
   5  unknown room (not joined by this account)
   6  the store cannot be used: it belongs to another device, or the passphrase is wrong
-  7  the homeserver could not be reached";
+  7  the homeserver could not be reached
+  8  logged in, but this device is not cross-signed: the account's identity was set up
+     elsewhere (give HUSH_RECOVERY_KEY, or verify this device from another one)
+  9  wrong recovery key or passphrase
+ 10  the verification did not succeed (cancelled, the strings differ, or it timed out)";
 
 /// A failed command.
 #[derive(Debug)]
@@ -29,6 +33,12 @@ pub(crate) enum CliError {
     Store(String),
     /// The homeserver is unreachable (exit 7).
     Network(String),
+    /// Logged in, but the device's identity is not complete (exit 8).
+    IdentityIncomplete(String),
+    /// The recovery key (or passphrase) does not open secret storage (exit 9).
+    WrongRecoveryKey(String),
+    /// A verification did not succeed (exit 10).
+    Verification(String),
     /// Anything else (exit 1).
     Other(String),
 }
@@ -44,6 +54,9 @@ impl CliError {
             Self::UnknownRoom(_) => 5,
             Self::Store(_) => 6,
             Self::Network(_) => 7,
+            Self::IdentityIncomplete(_) => 8,
+            Self::WrongRecoveryKey(_) => 9,
+            Self::Verification(_) => 10,
         }
     }
 
@@ -57,6 +70,9 @@ impl CliError {
             Self::UnknownRoom(_) => "unknown_room",
             Self::Store(_) => "store",
             Self::Network(_) => "network",
+            Self::IdentityIncomplete(_) => "identity_incomplete",
+            Self::WrongRecoveryKey(_) => "wrong_recovery_key",
+            Self::Verification(_) => "verification_failed",
         }
     }
 
@@ -69,6 +85,9 @@ impl CliError {
             | Self::UnknownRoom(m)
             | Self::Store(m)
             | Self::Network(m)
+            | Self::IdentityIncomplete(m)
+            | Self::WrongRecoveryKey(m)
+            | Self::Verification(m)
             | Self::Other(m) => m,
         }
     }
@@ -85,6 +104,8 @@ impl From<ClientError> for CliError {
             ClientError::UnknownRoom(_) => Self::UnknownRoom(message),
             ClientError::DeviceMismatch { .. } | ClientError::Store(_) | ClientError::Open(_) => Self::Store(message),
             ClientError::NotLoggedIn => Self::NotLoggedIn(message),
+            ClientError::IdentityNeeds(_) | ClientError::NoSecretStorage => Self::IdentityIncomplete(message),
+            ClientError::SecretStorage(_) => Self::WrongRecoveryKey(message),
             _ => Self::Other(message),
         }
     }

@@ -39,8 +39,12 @@ struct Cli {
 /// The commands.
 #[derive(Subcommand)]
 enum Command {
-    /// Logs in (password from HUSH_PASSWORD or a prompt) and creates the
-    /// account's encrypted store (passphrase from HUSH_PASSPHRASE or a prompt).
+    /// Logs in (password from HUSH_PASSWORD or a prompt), creates the
+    /// account's encrypted store (passphrase from HUSH_PASSPHRASE or a
+    /// prompt) and sets up the account's cross-signing identity: a new one
+    /// on a fresh account (its recovery key printed once), or, for an
+    /// account set up elsewhere, recovered with HUSH_RECOVERY_KEY (or a
+    /// prompt). Today's clients send room keys only to cross-signed devices.
     Login {
         /// The homeserver URL, e.g. `https://matrix.example.org`.
         #[arg(long)]
@@ -54,6 +58,53 @@ enum Command {
         /// The new device's display name.
         #[arg(long, default_value = "hush CLI")]
         device_name: String,
+        /// Skips the identity setup (the device stays unsigned until
+        /// `hush recovery restore` or `hush verify --accept`).
+        #[arg(long)]
+        no_identity: bool,
+    },
+    /// Registers a new account where the server allows it (password from
+    /// HUSH_PASSWORD or a prompt), then logs in as `login` does.
+    Register {
+        /// The homeserver URL.
+        #[arg(long)]
+        homeserver: String,
+        /// The new account's localpart.
+        #[arg(long)]
+        user: String,
+        /// The device id (default: the server picks one).
+        #[arg(long)]
+        device_id: Option<String>,
+        /// The device's display name.
+        #[arg(long, default_value = "hush CLI")]
+        device_name: String,
+    },
+    /// Verifies a user (or one of their devices; our own other devices
+    /// with our own user id) by comparing emoji, or waits for another
+    /// device's request with --accept. The answer to "do they match?" is
+    /// read from standard input.
+    Verify {
+        /// The user to verify (with --accept: only accept requests from them).
+        user: Option<String>,
+        /// Only this device of theirs.
+        device: Option<String>,
+        /// Waits for a request from another device and accepts it.
+        #[arg(long)]
+        accept: bool,
+        /// Shows a QR code for a phone to scan instead of comparing emoji.
+        #[arg(long, conflicts_with = "accept")]
+        qr: bool,
+        /// Gives up after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+    },
+    /// The account's recovery: `status` (what is in place), `reset` (a new
+    /// key backup and recovery key), `restore` (finish this device's
+    /// identity with the recovery key from HUSH_RECOVERY_KEY or a prompt).
+    Recovery {
+        /// What to do.
+        #[command(subcommand)]
+        action: RecoveryAction,
     },
     /// Shows the account, its device and the device's identity keys.
     Whoami,
@@ -140,6 +191,17 @@ enum Command {
     },
     /// Logs out on the server and deletes the account's session and store.
     Logout,
+}
+
+/// `recovery` subcommands.
+#[derive(Subcommand)]
+enum RecoveryAction {
+    /// Shows what is in place and what is missing.
+    Status,
+    /// Replaces the key backup and the recovery key (the identity stays).
+    Reset,
+    /// Finishes this device's identity with the recovery key.
+    Restore,
 }
 
 fn main() -> ExitCode {

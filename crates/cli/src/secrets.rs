@@ -12,6 +12,14 @@ pub(crate) const STORE_PASSPHRASE: (&str, &str) = ("HUSH_PASSPHRASE", "store pas
 pub(crate) const PASSWORD: (&str, &str) = ("HUSH_PASSWORD", "password: ");
 /// A key file's passphrase: `HUSH_EXPORT_PASSPHRASE`, or a prompt.
 pub(crate) const KEY_FILE_PASSPHRASE: (&str, &str) = ("HUSH_EXPORT_PASSPHRASE", "key file passphrase: ");
+/// The account's recovery key (or secret-storage passphrase):
+/// `HUSH_RECOVERY_KEY`, or a prompt.
+pub(crate) const RECOVERY_KEY: (&str, &str) = ("HUSH_RECOVERY_KEY", "recovery key (or passphrase): ");
+
+/// A secret from its environment variable only, if set.
+pub(crate) fn from_env((variable, _): (&str, &str)) -> Option<Zeroizing<String>> {
+    std::env::var(variable).ok().map(Zeroizing::new)
+}
 
 /// Reads a secret from `(variable, prompt)`.
 pub(crate) fn read((variable, prompt): (&str, &str)) -> Result<Zeroizing<String>, CliError> {

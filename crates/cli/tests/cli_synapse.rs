@@ -1,7 +1,10 @@
 //! The `hush` binary against a real Synapse (started by `cargo xtask
 //! test`): two accounts talking through `send` and `listen --json`, keys
-//! moved between devices with `export-keys` / `import-keys`, and the exit
-//! code of each error.
+//! moved between devices with `export-keys` / `import-keys`, the exit code
+//! of each error, and the identity commands: `register`, `login` setting up
+//! or recovering the identity, `recovery status|reset|restore`, `devices`
+//! with cross-signing trust, and a scripted SAS between two `hush`
+//! processes (`verify` / `verify --accept`).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -148,7 +151,9 @@ async fn keys_exported_on_one_device_import_on_another() {
 
     // A second device of Alice's, on another machine.
     let second = Hush::new();
-    second.json(&["login", "--homeserver", &homeserver_url(), "--user", &alice_id, "--device-id", "SECOND"]);
+    let login =
+        ["login", "--homeserver", &homeserver_url(), "--user", &alice_id, "--device-id", "SECOND", "--no-identity"];
+    second.json(&login);
     let before = second.json(&["history", &room]);
     let locked = before.iter().find(|e| e["sender"] == bob_id.as_str() && e["type"] == "m.room.encrypted");
     assert!(locked.and_then(|e| e["utd_reason"].as_str()).is_some(), "undecryptable first: {before:?}");
@@ -178,7 +183,7 @@ async fn each_error_has_its_message_and_exit_code() {
     assert_fails(&output, 4, "wrong user or password");
     let output = hush.run(&["--json", "login", "--homeserver", &homeserver_url(), "--user", &name]);
     assert!(output.status.success(), "{}", stderr(&output));
-    let user_id = serde_json::from_slice::<Value>(&output.stdout).unwrap()["user_id"].as_str().unwrap().to_owned();
+    let user_id = json_lines(&output)[0]["user_id"].as_str().unwrap().to_owned();
 
     // An unknown room, and a malformed one.
     let server = user_id.split_once(':').unwrap().1;
@@ -196,7 +201,16 @@ async fn each_error_has_its_message_and_exit_code() {
     // The store of another device: this account's store replaced by the
     // store of a second device of the same user.
     let other = Hush::new();
-    other.json(&["login", "--homeserver", &homeserver_url(), "--user", &user_id, "--device-id", "OTHER"]);
+    other.json(&[
+        "login",
+        "--homeserver",
+        &homeserver_url(),
+        "--user",
+        &user_id,
+        "--device-id",
+        "OTHER",
+        "--no-identity",
+    ]);
     let dir = hush.account_dir();
     let store = dir.join("crypto.redb");
     let own_store = std::fs::read(&store).unwrap();
@@ -214,4 +228,148 @@ async fn each_error_has_its_message_and_exit_code() {
     // Logout still works, and removes the account.
     assert!(hush.run(&["logout"]).status.success());
     assert_fails(&hush.run(&["whoami"]), 3, "not logged in");
+}
+
+/// The JSON objects a command printed, and its exit code.
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout).lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// `hush register` makes the account and its identity (recovery key shown
+/// once); a second machine's `login` cannot finish the identity without
+/// the key (exit 8) and says how; `recovery restore` with a wrong key is
+/// exit 9 and changes nothing; with the right key the device is recovered
+/// and `recovery status` is complete; `devices` shows both devices
+/// cross-signed; `recovery reset` gives a new key and the old one stops
+/// working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn register_login_recovery_and_devices_live_by_cross_signing() {
+    let first = Hush::new();
+    let name = unique_name("dana");
+    let registered = first.json(&["register", "--homeserver", &homeserver_url(), "--user", &name]);
+    let user_id = registered[0]["user_id"].as_str().expect("registered").to_owned();
+    assert_eq!(registered[1]["identity"], "created", "{registered:?}");
+    let recovery_key = registered[1]["recovery_key"].as_str().expect("the recovery key, once").to_owned();
+    let status = first.json(&["recovery", "status"]);
+    assert_eq!(status[0]["complete"], true, "{status:?}");
+    assert_eq!(first.json(&["login", "--homeserver", &homeserver_url(), "--user", &user_id])[1]["identity"], "ready");
+
+    let second = Hush::new();
+    let login = second.run(&[
+        "--json",
+        "login",
+        "--homeserver",
+        &homeserver_url(),
+        "--user",
+        &user_id,
+        "--device-id",
+        "SECOND",
+    ]);
+    assert_eq!(exit_code(&login), 8, "{}", stderr(&login));
+    let error: Value = serde_json::from_str(stderr(&login).lines().last().unwrap()).unwrap();
+    assert_eq!(error["error"], "identity_incomplete");
+    assert!(error["message"].as_str().unwrap().contains("HUSH_RECOVERY_KEY"), "says what it needs: {error}");
+    assert_eq!(second.json(&["recovery", "status"])[0]["this_device_cross_signed"], false);
+
+    let wrong =
+        second.command(&["--json", "recovery", "restore"]).env("HUSH_RECOVERY_KEY", "EsT1 not a key").output().unwrap();
+    assert_eq!(exit_code(&wrong), 9, "{}", stderr(&wrong));
+    assert_eq!(second.json(&["recovery", "status"])[0]["private_keys"], false, "a wrong key changed nothing");
+    let restored =
+        second.command(&["--json", "recovery", "restore"]).env("HUSH_RECOVERY_KEY", &recovery_key).output().unwrap();
+    assert!(restored.status.success(), "{}", stderr(&restored));
+    assert_eq!(json_lines(&restored)[0]["identity"], "recovered");
+    assert_eq!(second.json(&["recovery", "status"])[0]["complete"], true);
+
+    let devices = first.json(&["devices"]);
+    assert_eq!(devices[0]["identity"], "verified", "our own identity: {devices:?}");
+    let listed: Vec<&Value> = devices.iter().filter(|d| d["device_id"].is_string()).collect();
+    assert!(listed.len() >= 2 && listed.iter().all(|d| d["cross_signed"] == true), "{devices:?}");
+
+    let reset = first.json(&["recovery", "reset"]);
+    let new_key = reset[0]["recovery_key"].as_str().expect("a new key").to_owned();
+    assert_ne!(new_key, recovery_key);
+    let third = Hush::new();
+    let login = ["--json", "login", "--homeserver", &homeserver_url(), "--user", &user_id, "--device-id", "THIRD"];
+    let old = third.command(&login).env("HUSH_RECOVERY_KEY", &recovery_key).output().unwrap();
+    assert_eq!(exit_code(&old), 9, "the old key opens nothing: {}", stderr(&old));
+    let new = third.command(&["--json", "recovery", "restore"]).env("HUSH_RECOVERY_KEY", &new_key).output().unwrap();
+    assert!(new.status.success(), "the new key works: {}", stderr(&new));
+}
+
+/// Reads a spawned `hush --json` process's lines until one has `event`.
+fn until_event(lines: &mut impl Iterator<Item = std::io::Result<String>>, event: &str) -> Value {
+    for line in lines {
+        let line = line.expect("a line");
+        let value: Value = serde_json::from_str(&line).unwrap_or_default();
+        if value["event"] == event {
+            return value;
+        }
+    }
+    panic!("the process ended before {event:?}")
+}
+
+/// Alice runs `hush verify BOB`, Bob `hush verify --accept`: both show the
+/// same seven emoji (with names) and numbers, both answer `y`, both end
+/// verified, and Alice's `devices BOB` shows Bob's identity verified.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn two_hush_processes_verify_each_other_by_sas() {
+    use std::io::Write;
+    let (alice, bob) = (Hush::new(), Hush::new());
+    alice.new_account("alice").await;
+    let bob_id = bob.new_account("bob").await;
+    let spawn = |hush: &Hush, args: &[&str]| {
+        hush.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap()
+    };
+    let mut accepting = spawn(&bob, &["--json", "verify", "--accept", "--timeout", "120"]);
+    let mut asking = spawn(&alice, &["--json", "verify", &bob_id, "--timeout", "120"]);
+    let mut bob_lines = BufReader::new(accepting.stdout.take().unwrap()).lines();
+    let mut alice_lines = BufReader::new(asking.stdout.take().unwrap()).lines();
+    let bob_sas = until_event(&mut bob_lines, "sas");
+    let alice_sas = until_event(&mut alice_lines, "sas");
+    assert_eq!(alice_sas["emoji"].as_array().map(Vec::len), Some(7), "{alice_sas}");
+    assert!(alice_sas["emoji"][0]["name"].is_string(), "the emoji come with their names");
+    assert_eq!(alice_sas["emoji"], bob_sas["emoji"], "the same emoji on both");
+    assert_eq!(alice_sas["decimals"], bob_sas["decimals"]);
+    for process in [&mut accepting, &mut asking] {
+        process.stdin.as_mut().unwrap().write_all(b"y\n").unwrap();
+    }
+    assert_eq!(until_event(&mut alice_lines, "done")["verified"], true);
+    assert_eq!(until_event(&mut bob_lines, "done")["verified"], true);
+    assert!(asking.wait().unwrap().success() && accepting.wait().unwrap().success());
+    let seen = alice.json(&["devices", &bob_id]);
+    assert_eq!(seen[0]["identity"], "verified", "{seen:?}");
+}
+
+/// `verify BOB --qr`: once Bob's device accepted, Alice's terminal shows a
+/// QR code (half-block characters, on stderr: it holds the flow's secret,
+/// so it is never in the JSON) and she waits for the scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn verify_with_qr_draws_a_code_in_the_terminal() {
+    let (alice, bob) = (Hush::new(), Hush::new());
+    alice.new_account("alice").await;
+    let bob_id = bob.new_account("bob").await;
+    let mut accepting =
+        bob.command(&["--json", "verify", "--accept", "--timeout", "60"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut asking = alice
+        .command(&["--json", "verify", &bob_id, "--qr", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(asking.stdout.take().unwrap()).lines();
+    let shown = until_event(&mut lines, "qr_shown");
+    assert_eq!(shown["user_id"], bob_id.as_str());
+    assert!(shown.get("qr").is_none() && shown.get("secret").is_none(), "nothing of the code in the JSON: {shown}");
+    for process in [&mut asking, &mut accepting] {
+        process.kill().unwrap();
+        process.wait().unwrap();
+    }
+    let mut drawn = String::new();
+    std::io::Read::read_to_string(&mut asking.stderr.take().unwrap(), &mut drawn).unwrap();
+    let modules = drawn.chars().filter(|c| matches!(c, '█' | '▀' | '▄')).count();
+    assert!(modules > 100, "a QR code was drawn: {drawn}");
 }

@@ -143,6 +143,40 @@ pub enum IdentityNeed {
     },
 }
 
+/// Where this account's identity stands on this device, as
+/// [`Encryption::identity_status`] reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityStatus {
+    /// The account has a cross-signing identity on the server.
+    pub identity_on_server: bool,
+    /// This device holds the master, self-signing and user-signing keys.
+    pub private_keys: bool,
+    /// The server lists this device signed by our self-signing key (what
+    /// others judge it by: Element shares room keys only then).
+    pub this_device_cross_signed: bool,
+    /// Secret storage has a default key.
+    pub secret_storage: bool,
+    /// The server's current backup version, if any.
+    pub backup_on_server: Option<String>,
+    /// The backup version this device uploads to, if any.
+    pub backup_enabled_here: Option<String>,
+    /// This device holds the backup's private key.
+    pub backup_key_held: bool,
+    /// The user's choice in `m.key_backup`, if set.
+    pub key_backup_preference: Option<bool>,
+}
+
+impl IdentityStatus {
+    /// Whether everything today's Matrix expects is in place: an identity
+    /// this device is signed by, secret storage, and a backup this device
+    /// uploads to (unless the user turned backup off).
+    pub fn is_complete(&self) -> bool {
+        let backup = self.key_backup_preference == Some(false)
+            || (self.backup_enabled_here.is_some() && self.backup_enabled_here == self.backup_on_server);
+        self.identity_on_server && self.this_device_cross_signed && self.secret_storage && backup
+    }
+}
+
 /// The custom value keeping a recovery key until it is returned.
 const PENDING_KEY: &str = "hush.client.identity.pending_recovery";
 
@@ -216,6 +250,34 @@ impl Encryption {
         let recovery_key = Zeroizing::new(pending.recovery_key.clone());
         self.forget_pending_recovery().await?;
         Ok(IdentityOutcome::Created { recovery_key, backup })
+    }
+
+    /// Where this account's identity stands on this device (reads the
+    /// server: our keys, account data, the backup).
+    pub async fn identity_status(&self) -> Result<IdentityStatus, ClientError> {
+        let machine = self.client.olm_machine()?;
+        let session = self.client.session().ok_or(ClientError::NotLoggedIn)?;
+        self.refresh_user_keys(&[&session.user_id]).await?;
+        let mut query = ruma_client_api::keys::get_keys::v3::Request::new();
+        query.device_keys.insert(session.user_id.clone(), vec![session.device_id.clone()]);
+        let token = self.client.access_token()?;
+        let listed = self.client.http().send(query, Some(&token), std::time::Duration::ZERO).await?;
+        let this_device = listed.device_keys.get(&session.user_id).and_then(|d| d.get(&session.device_id));
+        let this_device: Option<Value> = this_device.and_then(|raw| raw.deserialize_as_unchecked().ok());
+        let this_device_cross_signed = match this_device {
+            Some(keys) => machine.is_own_device_cross_signed(&keys).await?,
+            None => false,
+        };
+        Ok(IdentityStatus {
+            identity_on_server: machine.get_identity(&session.user_id).await?.is_some(),
+            private_keys: machine.cross_signing_status().is_complete(),
+            this_device_cross_signed,
+            secret_storage: self.account_data(DEFAULT_KEY_EVENT_TYPE).await?.is_some(),
+            backup_on_server: self.latest_backup().await?.map(|b| b.version),
+            backup_enabled_here: machine.backup_version(),
+            backup_key_held: machine.backup_decryption_key().await?.is_some(),
+            key_backup_preference: self.key_backup_preference().await?,
+        })
     }
 
     /// The user's choice in `m.key_backup`: `Some(enabled)` if the event is

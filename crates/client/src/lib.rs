@@ -64,7 +64,7 @@ pub use error::ClientError;
 pub use events::RoomEvent;
 pub use history::{Direction, MAX_PAGE, Messages, MessagesOptions};
 pub use hush_crypto_core;
-pub use identity_setup::{IdentityNeed, IdentityOutcome, IdentitySetup, KEY_BACKUP_EVENT_TYPE};
+pub use identity_setup::{IdentityNeed, IdentityOutcome, IdentitySetup, IdentityStatus, KEY_BACKUP_EVENT_TYPE};
 pub use media::{AttachmentData, AttachmentError, EncryptedFile, MAX_DOWNLOAD_BYTES};
 pub use recovery::RecoverySummary;
 pub use room::{Room, SendResult, SentEncryption};

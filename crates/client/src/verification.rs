@@ -127,8 +127,11 @@ impl VerificationRequest {
         self.client.olm_machine().ok()?.verification_state(&self.user_id, &self.flow)
     }
 
-    /// Accepts an incoming request (`ready`).
+    /// Accepts an incoming request (`ready`). The requester's devices are
+    /// fetched first: the keys of the device we verify must be known when
+    /// its `start` comes (a requester we share no room with is not tracked).
     pub async fn accept(&self) -> Result<(), ClientError> {
+        self.client.encryption().refresh_user_keys(&[&self.user_id]).await?;
         self.client.olm_machine()?.accept_verification(&self.user_id, &self.flow, self.client.now())?;
         self.client.settle().await
     }

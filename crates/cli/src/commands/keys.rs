@@ -17,32 +17,51 @@ pub(crate) async fn devices(client: &Client, user: Option<&str>, output: Output)
         Some(user) => user_id(user)?,
         None => own.clone(),
     };
+    let identity = client.encryption().get_user_identity(&user).await?;
+    let identity_state = match &identity {
+        None => "none",
+        Some(identity) if identity.is_verified() => "verified",
+        Some(identity) if identity.state().is_violation() => "changed",
+        Some(_) => "unverified",
+    };
+    output.print(
+        format_args!("{user}  cross-signing identity: {identity_state}"),
+        json!({"user_id": user, "identity": identity_state}),
+    );
     if user == own {
         let device = client.device_id().ok_or_else(|| CliError::NotLoggedIn("not logged in".into()))?;
         let keys = client.encryption().identity_keys()?;
+        let signed = client.encryption().identity_status().await?.this_device_cross_signed;
         output.print(
-            format_args!("{device}  (this device)  {}", keys.ed25519.to_base64()),
+            format_args!("{device}  (this device)  {}  {}", keys.ed25519.to_base64(), cross_signed_text(signed)),
             json!({"user_id": user, "device_id": device, "ed25519": keys.ed25519.to_base64(), "this_device": true,
-                "verified": true}),
+                "cross_signed": signed, "verified": signed}),
         );
     }
     for device in client.encryption().get_user_devices(&user).await? {
         let data = device.data();
-        let verified = device.is_verified();
+        let (verified, cross_signed) = (device.is_verified(), device.is_cross_signed_by_owner());
         output.print(
             format_args!(
-                "{}  {}  {}  {}",
+                "{}  {}  {}  {}  {}",
                 data.device_id(),
                 crate::output::printable(data.display_name().unwrap_or("-")),
                 data.ed25519_key().to_base64(),
+                cross_signed_text(cross_signed),
                 if verified { "verified" } else { "unverified" }
             ),
             json!({"user_id": user, "device_id": data.device_id(), "display_name": data.display_name(),
-                "ed25519": data.ed25519_key().to_base64(), "verified": verified,
-                "cross_signed": device.is_cross_signed_by_owner()}),
+                "ed25519": data.ed25519_key().to_base64(), "verified": verified, "cross_signed": cross_signed,
+                "locally_verified": data.is_locally_verified()}),
         );
     }
     Ok(())
+}
+
+/// Whether a device is cross-signed by its owner, for people: devices
+/// that are not get no room keys from clients that exclude insecure devices.
+fn cross_signed_text(cross_signed: bool) -> &'static str {
+    if cross_signed { "cross-signed" } else { "NOT cross-signed (insecure)" }
 }
 
 fn bar(length: Option<u64>, message: &'static str) -> ProgressBar {

@@ -1,9 +1,11 @@
 //! The commands, each in the module of its concern; `run` picks one.
 
+mod identity;
 mod keys;
 mod messages;
 mod rooms;
 mod session;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,8 +27,13 @@ pub(crate) async fn run(
 ) -> Result<(), CliError> {
     let home = Home::new(home)?;
     match command {
-        Command::Login { homeserver, user, device_id, device_name } => {
-            session::login(&home, &homeserver, &user, device_id.as_deref(), &device_name, output).await
+        Command::Login { homeserver, user, device_id, device_name, no_identity } => {
+            let device = session::NewDevice { id: device_id.as_deref(), name: &device_name };
+            session::login(&home, &homeserver, &user, device, !no_identity, output).await
+        }
+        Command::Register { homeserver, user, device_id, device_name } => {
+            let device = session::NewDevice { id: device_id.as_deref(), name: &device_name };
+            session::register(&home, &homeserver, &user, device, output).await
         }
         Command::Logout => session::logout(&home, account, output).await,
         command => {
@@ -54,7 +61,24 @@ async fn run_logged_in(command: Command, client: &Client, output: Output) -> Res
         Command::Devices { user } => keys::devices(client, user.as_deref(), output).await,
         Command::ExportKeys { file } => keys::export(client, &file, output).await,
         Command::ImportKeys { file } => keys::import(client, &file, output).await,
-        Command::Login { .. } | Command::Logout => Err(CliError::Other("handled before opening the account".into())),
+        Command::Verify { user, device, accept, qr, timeout } => {
+            let timeout = Duration::from_secs(timeout);
+            match (accept, user) {
+                (true, from) => verify::accept(client, from.as_deref(), timeout, output).await,
+                (false, Some(user)) => verify::request(client, &user, device.as_deref(), qr, timeout, output).await,
+                (false, None) => {
+                    Err(CliError::Usage("name the user to verify, or wait for a request with --accept".into()))
+                }
+            }
+        }
+        Command::Recovery { action } => match action {
+            crate::RecoveryAction::Status => identity::status(client, output).await,
+            crate::RecoveryAction::Reset => identity::reset(client, output).await,
+            crate::RecoveryAction::Restore => identity::restore(client, output).await,
+        },
+        Command::Login { .. } | Command::Register { .. } | Command::Logout => {
+            Err(CliError::Other("handled before opening the account".into()))
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `login`, `whoami`, `logout`.
+//! `login`, `register`, `whoami`, `logout`.
 
 use std::fs;
 
@@ -20,12 +20,28 @@ fn login_error(error: ClientError) -> CliError {
     }
 }
 
+/// The device a login or registration makes.
+#[derive(Clone, Copy)]
+pub(crate) struct NewDevice<'a> {
+    /// Its id, if the user picked one.
+    pub(crate) id: Option<&'a str>,
+    /// Its display name.
+    pub(crate) name: &'a str,
+}
+
+/// How the account is reached: a login of an existing account, or a new one.
+#[derive(Clone, Copy)]
+enum Entry {
+    Login,
+    Register,
+}
+
 pub(crate) async fn login(
     home: &Home,
     homeserver: &str,
     user: &str,
-    device_id: Option<&str>,
-    device_name: &str,
+    device: NewDevice<'_>,
+    identity: bool,
     output: Output,
 ) -> Result<(), CliError> {
     let password = secrets::read(secrets::PASSWORD)?;
@@ -43,13 +59,53 @@ pub(crate) async fn login(
             .await
             .map_err(login_error)?;
         account::save(&existing, &SavedLogin { homeserver: homeserver.to_owned(), session: session.clone() })?;
-        return report(&session, output);
+        report(&session, output)?;
+        return match identity {
+            true => super::identity::set_up(&client, &password, output).await,
+            false => Ok(()),
+        };
     }
+    let account = Account { homeserver, user, password: &password, device };
+    enter(home, account, Entry::Login, identity, output).await
+}
+
+/// Registers a new account, then sets its identity up.
+pub(crate) async fn register(
+    home: &Home,
+    homeserver: &str,
+    user: &str,
+    device: NewDevice<'_>,
+    output: Output,
+) -> Result<(), CliError> {
+    let password = secrets::read(secrets::PASSWORD)?;
+    let account = Account { homeserver, user, password: &password, device };
+    enter(home, account, Entry::Register, true, output).await
+}
+
+/// The account a login or registration is for.
+#[derive(Clone, Copy)]
+struct Account<'a> {
+    homeserver: &'a str,
+    user: &'a str,
+    password: &'a str,
+    device: NewDevice<'a>,
+}
+
+/// Logs in or registers into a new account directory (made aside and moved
+/// into place once the server took it), and sets the identity up.
+async fn enter(
+    home: &Home,
+    account: Account<'_>,
+    entry: Entry,
+    identity: bool,
+    output: Output,
+) -> Result<(), CliError> {
+    let Account { homeserver, password, .. } = account;
     let passphrase = secrets::read(secrets::STORE_PASSPHRASE)?;
     let pending = home.pending_dir()?;
-    let result = login_into(&pending, homeserver, user, &password, device_id, device_name, &passphrase).await;
-    let session = match result {
-        Ok(session) => session,
+    let result = login_into(&pending, account, entry, &passphrase).await;
+    let (client, session) = match result {
+        Ok(entered) => entered,
         Err(error) => {
             let _ = fs::remove_dir_all(&pending);
             return Err(error);
@@ -68,28 +124,53 @@ pub(crate) async fn login(
             dir.display()
         )));
     }
+    // The open store moves with its directory (the file stays open).
     fs::rename(&pending, &dir)?;
-    report(&session, output)
+    report(&session, output)?;
+    match identity {
+        true => super::identity::set_up(&client, password, output).await,
+        false => Ok(()),
+    }
 }
 
 async fn login_into(
     dir: &std::path::Path,
-    homeserver: &str,
-    user: &str,
-    password: &str,
-    device_id: Option<&str>,
-    device_name: &str,
+    Account { homeserver, user, password, device }: Account<'_>,
+    entry: Entry,
     passphrase: &str,
-) -> Result<hush_client::Session, CliError> {
+) -> Result<(hush_client::Client, hush_client::Session), CliError> {
     let client = account::client(homeserver, dir, passphrase)?;
-    let mut login = client.matrix_auth().login_username(user, password).initial_device_display_name(device_name);
-    if let Some(device_id) = device_id {
-        login = login.device_id(device_id);
-    }
-    let session = login.send().await.map_err(login_error)?;
+    let session = match entry {
+        Entry::Login => {
+            let login = client.matrix_auth().login_username(user, password);
+            let mut login = login.initial_device_display_name(device.name);
+            if let Some(device_id) = device.id {
+                login = login.device_id(device_id);
+            }
+            login.send().await.map_err(login_error)?
+        }
+        Entry::Register => {
+            let mut register = client.matrix_auth().register(user, password).initial_device_display_name(device.name);
+            if let Some(device_id) = device.id {
+                register = register.device_id(device_id);
+            }
+            register.send().await.map_err(register_error)?
+        }
+    };
     account::save(dir, &SavedLogin { homeserver: homeserver.to_owned(), session: session.clone() })?;
     super::catch_up(&client).await?;
-    Ok(session)
+    Ok((client, session))
+}
+
+/// A refused registration (the name is taken, or the server wants more
+/// than a password) is a refused login for the exit code.
+fn register_error(error: ClientError) -> CliError {
+    match &error {
+        ClientError::Http(HttpError::Server { status: 400 | 403, .. } | HttpError::AuthRequired { .. }) => {
+            CliError::LoginRefused(format!("registration refused: {error}"))
+        }
+        _ => error.into(),
+    }
 }
 
 fn report(session: &hush_client::Session, output: Output) -> Result<(), CliError> {

@@ -23,7 +23,7 @@ pub use trust::DeviceTrust;
 pub use view::{OtherUserIdentity, OwnUserIdentity, UserIdentity};
 
 pub(crate) use identity::ListedIdentity;
-pub(crate) use trust::{device_trust, identity_is_verified, key_confusion};
+pub(crate) use trust::{device_trust, identity_is_verified, is_cross_signed_by_owner, key_confusion};
 
 use ruma_common::{OwnedDeviceId, OwnedUserId};
 

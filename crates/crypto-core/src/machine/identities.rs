@@ -272,6 +272,25 @@ impl OlmMachine {
         Ok(status)
     }
 
+    /// Whether `listed`, the server's copy of this device's keys (from a
+    /// keys query), is this device's keys signed by our self-signing key as
+    /// our stored identity has it: what other devices and users see when
+    /// they judge this device. (The engine does not keep this device among
+    /// the devices it tracks.) A copy of other keys is not ours: `false`.
+    pub async fn is_own_device_cross_signed(&self, listed: &Value) -> Result<bool, StoreError> {
+        let parsed =
+            crate::devices::DeviceData::from_signed_keys(listed.clone(), self.user_id(), Some(self.device_id()));
+        let Ok(device) = parsed else {
+            return Ok(false);
+        };
+        let (ed25519, curve25519) = self.identity_keys();
+        if device.ed25519_key() != ed25519 || device.curve25519_key() != curve25519 {
+            return Ok(false);
+        }
+        let Some(own) = self.inner.store.get_user_identity(self.user_id()).await? else { return Ok(false) };
+        Ok(crate::identities::is_cross_signed_by_owner(&device, &own))
+    }
+
     /// A user's cross-signing identity, with its trust worked out.
     pub async fn get_identity(&self, user_id: &UserId) -> Result<Option<UserIdentity>, StoreError> {
         let Some(identity) = self.inner.store.get_user_identity(user_id).await? else { return Ok(None) };
