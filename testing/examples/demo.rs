@@ -182,6 +182,7 @@ async fn main() {
             if backup { "on" } else { "off" },
             &recovery_key[..9]
         );
+        person.client.encryption().recovery_key_saved().await.expect("recovery key saved");
         if name == "bob" {
             bob_recovery_key = recovery_key.to_string();
         }

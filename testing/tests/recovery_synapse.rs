@@ -203,7 +203,8 @@ async fn server_master_key(client: &TestClient) -> Option<String> {
 }
 
 /// Issue 31: `ensure_identity` on a fresh account creates everything and
-/// returns the recovery key once; a second call finds it done; a second
+/// returns the recovery key, again on every call until the application
+/// says it is saved; then a call finds it done; a second
 /// device with the recovery key recovers, is cross-signed, reads the
 /// history; a third device with a wrong key gets a typed error and nothing
 /// changes; a device with no key is told what it needs.
@@ -218,6 +219,12 @@ async fn ensure_identity_creates_recovers_and_refuses_a_wrong_key() {
     let IdentityOutcome::Created { recovery_key, backup: true } = outcome.expect("set up") else {
         panic!("a fresh account gets an identity and a backup")
     };
+    let unsaved = alice1.client.encryption().ensure_identity(IdentitySetup::new()).await.expect("kept");
+    assert!(
+        matches!(&unsaved, IdentityOutcome::Created { recovery_key: again, .. } if again == &recovery_key),
+        "until the application says the user has it, the same key comes back: {unsaved:?}"
+    );
+    alice1.client.encryption().recovery_key_saved().await.unwrap();
     let again = alice1.client.encryption().ensure_identity(IdentitySetup::new()).await.expect("idempotent");
     assert_eq!(again, IdentityOutcome::Ready { backup: true });
     assert_eq!(alice1.client.encryption().key_backup_preference().await.unwrap(), Some(true), "m.key_backup set");

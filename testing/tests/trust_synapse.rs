@@ -34,6 +34,7 @@ async fn set_up_user(prefix: &str, device: &str) -> (TestClient, String) {
     else {
         panic!("a fresh account gets an identity")
     };
+    client.client.encryption().recovery_key_saved().await.unwrap();
     (client, recovery_key.to_string())
 }
 
@@ -89,6 +90,36 @@ async fn a_device_its_owner_did_not_cross_sign_gets_m_unverified_and_no_key() {
     alice.client.encryption().refresh_user_keys(&[&bob1.session.user_id]).await.unwrap();
     let second = alice.client.get_room(&room).unwrap().send_text("B2 is signed now").await.unwrap().event_id;
     bob2.sync_until("the second message", |c| matches!(outcome(c, &room, &second), Some(Ok(_)))).await;
+}
+
+/// Attack: a device Bob never cross-signed (one the server could have
+/// added to his account) sends Alice a message. Under the recommended
+/// decryption requirement Alice's client does not show it; it keeps the
+/// event, and once Bob cross-signs that device (it recovers with his
+/// recovery key) the device list change makes the client try it again and
+/// show it, without Alice asking for the history again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn a_message_from_a_device_its_owner_did_not_cross_sign_is_shown_once_it_is() {
+    let (alice, _) = set_up_user("alice", "A1").await;
+    let (bob1, bob_recovery) = set_up_user("bob", "B1").await;
+    let (bob_name, _) = bob1.credentials.clone();
+    let bob2 = login(&bob_name, "B2").await;
+    let room = room_with(&alice, &bob1).await;
+    bob2.sync_until("the room", |c| c.client.get_room(&room).is_some_and(|r| r.key_recipients().len() == 2)).await;
+
+    let sent = bob2.client.get_room(&room).unwrap().send_text("from an unsigned device").await.unwrap().event_id;
+    alice.sync_until("the message", |c| outcome(c, &room, &sent).is_some()).await;
+    let refused = outcome(&alice, &room, &sent).expect("seen");
+    assert!(
+        matches!(refused, Err(MegolmError::InsufficientSenderTrust { .. } | MegolmError::UnverifiedSenderDevice)),
+        "shown from a device Bob never cross-signed: {refused:?}"
+    );
+
+    let setup = IdentitySetup::new().recovery_key(&bob_recovery);
+    assert!(matches!(bob2.client.encryption().ensure_identity(setup).await, Ok(IdentityOutcome::Recovered { .. })));
+    alice.sync_until("the held message", |c| matches!(outcome(c, &room, &sent), Some(Ok(_)))).await;
+    assert_eq!(outcome(&alice, &room, &sent), Some(Ok("from an unsigned device".to_owned())));
 }
 
 /// Alice verified Bob; Bob resets his identity. Alice's send is refused

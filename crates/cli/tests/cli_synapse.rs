@@ -272,8 +272,13 @@ async fn register_login_recovery_and_devices_live_by_cross_signing() {
     assert!(error["message"].as_str().unwrap().contains("HUSH_RECOVERY_KEY"), "says what it needs: {error}");
     assert_eq!(second.json(&["recovery", "status"])[0]["this_device_cross_signed"], false);
 
-    let wrong =
-        second.command(&["--json", "recovery", "restore"]).env("HUSH_RECOVERY_KEY", "EsT1 not a key").output().unwrap();
+    // A well-formed recovery key for secret storage that is not this account's.
+    let other_key = hush_client::hush_crypto_core::secret_storage::SecretStorageKey::generate().unwrap().recovery_key();
+    let wrong = second
+        .command(&["--json", "recovery", "restore"])
+        .env("HUSH_RECOVERY_KEY", other_key.as_str())
+        .output()
+        .unwrap();
     assert_eq!(exit_code(&wrong), 9, "{}", stderr(&wrong));
     assert_eq!(second.json(&["recovery", "status"])[0]["private_keys"], false, "a wrong key changed nothing");
     let restored =

@@ -220,13 +220,8 @@ impl Encryption {
         let token = self.client.access_token()?;
         let algorithm = serde_json::json!({ "algorithm": BACKUP_ALGORITHM, "auth_data": auth_data });
         let raw = Raw::new(&algorithm).map_err(ClientError::serialization)?.cast_unchecked();
-        let attempted = std::sync::atomic::AtomicBool::new(false);
-        let once = || match attempted.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            true => Err("creating a backup version is not retried".to_owned()),
-            false => Ok(()),
-        };
         let request = create_backup_version::v3::Request::new(raw);
-        let response = self.client.http().send_checked(request, Some(&token), Duration::ZERO, once).await?;
+        let response = self.client.http().send_once(request, Some(&token), Duration::ZERO).await?;
         Ok(BackupInfo { algorithm: BACKUP_ALGORITHM.to_owned(), auth_data, version: response.version })
     }
 

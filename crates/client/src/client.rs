@@ -166,6 +166,8 @@ impl ClientBuilder {
                 machine: RwLock::new(None),
                 rooms: Mutex::new(BTreeMap::new()),
                 trust: Mutex::new(crate::trust::TrustState::with_builder(self.trust)),
+                trust_writes: tokio::sync::Mutex::new(()),
+                room_encrypt_locks: Mutex::new(BTreeMap::new()),
                 handlers: Mutex::new(Vec::new()),
                 undecrypted: Mutex::new(Default::default()),
                 retry_restored_waiting: Default::default(),
@@ -195,6 +197,12 @@ pub(crate) struct Inner {
     pub(crate) rooms: Mutex<BTreeMap<OwnedRoomId, RoomState>>,
     /// The trust settings in force, client-wide and per room.
     pub(crate) trust: Mutex<crate::trust::TrustState>,
+    /// One change of the saved trust settings at a time.
+    pub(crate) trust_writes: tokio::sync::Mutex<()>,
+    /// Per room: one send at a time from getting the room key ready to
+    /// encrypting, so the key a send prepared (under its sharing strategy)
+    /// is the key it encrypts with.
+    pub(crate) room_encrypt_locks: Mutex<BTreeMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) handlers: Mutex<Vec<Handler>>,
     /// Events that could not be decrypted yet: retried when keys arrive.
     pub(crate) undecrypted: Mutex<crate::history::WaitingEvents>,

@@ -250,16 +250,21 @@ impl Client {
     async fn handle_engine_events(&self) {
         let Ok(machine) = self.olm_machine() else { return };
         let mut sessions = BTreeSet::new();
+        let mut senders = BTreeSet::new();
         for event in machine.drain_events() {
             match event {
                 EngineEvent::RoomKeyReceived(key) => {
                     sessions.insert(key.session_id);
                 }
-                EngineEvent::IdentityChanged { user_id, state } if state.is_violation() => {
-                    tracing::warn!(%user_id, ?state, "a user's cross-signing identity changed; see Room::identity_violations");
+                EngineEvent::IdentityChanged { user_id, state } => {
+                    if state.is_violation() {
+                        tracing::warn!(%user_id, ?state, "a user's cross-signing identity changed; see Room::identity_violations");
+                    }
+                    senders.insert(user_id.to_string());
                 }
                 EngineEvent::DevicesChanged(changes) => {
                     tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
+                    senders.insert(changes.user_id.to_string());
                 }
                 EngineEvent::VerificationChanged { user_id, flow, state } => {
                     if user_id == *machine.user_id() && state.is_finished() && state.cancellation().is_none() {
@@ -280,6 +285,9 @@ impl Client {
         }
         if !sessions.is_empty() {
             self.retry_undecrypted(&sessions).await;
+        }
+        if !senders.is_empty() {
+            self.retry_senders(&senders).await;
         }
     }
 

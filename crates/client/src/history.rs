@@ -187,7 +187,16 @@ impl Client {
     /// Keeps an event whose key may still arrive (missing, or known only
     /// from a later index) for a retry.
     pub(crate) fn remember_undecrypted(&self, room_id: &OwnedRoomId, event: &Value, error: &MegolmError) {
-        if matches!(error, MegolmError::MissingRoomKey { .. } | MegolmError::UnknownMessageIndex { .. }) {
+        // A key may come later; a sender's device may be listed, or
+        // cross-signed, later (tried again when the sender's devices change).
+        let may_change = matches!(
+            error,
+            MegolmError::MissingRoomKey { .. }
+                | MegolmError::UnknownMessageIndex { .. }
+                | MegolmError::InsufficientSenderTrust { .. }
+                | MegolmError::UnverifiedSenderDevice
+        );
+        if may_change {
             lock(&self.inner.undecrypted).push(room_id, event);
         }
     }
@@ -238,10 +247,16 @@ impl WaitingEvents {
 
     /// Takes out the events of these sessions.
     pub(crate) fn take_sessions(&mut self, sessions: &BTreeSet<String>) -> Vec<(OwnedRoomId, Value)> {
-        let (ready, waiting): (Vec<_>, Vec<_>) = self
-            .events
-            .drain(..)
-            .partition(|(_, e)| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)));
+        self.take_where(|e| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)))
+    }
+
+    /// Takes the waiting events sent by one of `senders`.
+    pub(crate) fn take_senders(&mut self, senders: &BTreeSet<String>) -> Vec<(OwnedRoomId, Value)> {
+        self.take_where(|e| e["sender"].as_str().is_some_and(|s| senders.contains(s)))
+    }
+
+    fn take_where(&mut self, take: impl Fn(&Value) -> bool) -> Vec<(OwnedRoomId, Value)> {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self.events.drain(..).partition(|(_, e)| take(e));
         self.events = waiting.into();
         self.dirty |= !ready.is_empty();
         for (_, event) in &ready {

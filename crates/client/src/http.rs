@@ -346,6 +346,34 @@ impl HttpClient {
         }
     }
 
+    /// [`send`](Self::send) made once, never retried: for a request whose
+    /// lost answer may still have acted (creating a backup version), where
+    /// a retry could act twice. A failed attempt returns its own error.
+    pub async fn send_once<R>(
+        &self,
+        request: R,
+        access_token: Option<&str>,
+        extra_timeout: Duration,
+    ) -> Result<R::IncomingResponse, HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
+        let token = match access_token {
+            Some(token) => SendAccessToken::IfRequired(token),
+            None => SendAccessToken::None,
+        };
+        let http_request = request
+            .try_into_http_request::<Vec<u8>>(&self.homeserver, token, Cow::Borrowed(&self.versions))
+            .map_err(|e| HttpError::Build(e.to_string()))?;
+        let limit = if answers_small::<R>() { SMALL_ANSWER.min(self.limit()) } else { self.limit() };
+        match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout, limit).await {
+            Attempt::Done(result) => result,
+            Attempt::Retry { error, .. } => Err(error),
+        }
+    }
+
     async fn attempt<R: OutgoingRequest>(
         &self,
         request: http::Request<Vec<u8>>,

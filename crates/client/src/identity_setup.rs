@@ -5,7 +5,7 @@
 //! On an account without a cross-signing identity it creates one, signs
 //! this device, creates a key backup and secret storage holding the
 //! cross-signing and backup keys under a new recovery key, which it returns
-//! once. On an account set up elsewhere it needs that recovery key: it
+//! (again on every call, until the application says the user has it). On an account set up elsewhere it needs that recovery key: it
 //! imports the secrets, signs this device and restores the backup. It is
 //! idempotent, and every step can be interrupted (a crash, a lost answer):
 //! the next call finishes the work without a second identity or a second
@@ -18,7 +18,8 @@
 //!   (the create is not retried by the HTTP layer either);
 //! * the recovery key is saved (in the encrypted store) before secret
 //!   storage is written, reused until secret storage is complete, and
-//!   forgotten only when it is returned.
+//!   forgotten only when the application calls
+//!   [`Encryption::recovery_key_saved`].
 //!
 //! `m.key_backup` account data (MSC4287, spec v1.19) is honoured: when the
 //! user turned backup off, none is created or enabled; when this call turns
@@ -88,7 +89,9 @@ impl IdentitySetup {
 pub enum IdentityOutcome {
     /// The account had no identity; it has one now, with this device
     /// signed, and secret storage. The recovery key opens secret storage on
-    /// a new device: give it to the user now, it is not shown again.
+    /// a new device: give it to the user, then call
+    /// [`Encryption::recovery_key_saved`]; until then every call returns it
+    /// again.
     Created {
         /// The recovery key (zeroized when dropped).
         recovery_key: Zeroizing<String>,
@@ -132,15 +135,23 @@ pub enum IdentityNeed {
         "this account's cross-signing identity was set up elsewhere: give its recovery key, or verify this device from another one"
     )]
     RecoveryKey,
-    /// Creating the cross-signing keys needs user-interactive auth: the
-    /// account password, or auth for one of these flows.
+    /// Creating the cross-signing keys needs user-interactive auth the call
+    /// did not carry: the password, or auth for one of these flows (give
+    /// it with [`IdentitySetup::auth`], naming `session`).
     #[error(
         "creating the cross-signing keys needs user-interactive auth (the password, or one of the flows {flows:?})"
     )]
     Auth {
         /// The stage lists the server accepts.
         flows: Vec<Vec<String>>,
+        /// The server's UIA session, to name in the auth.
+        session: Option<String>,
     },
+    /// Secret storage opened, but holds no cross-signing keys (set up by a
+    /// client that kept them elsewhere): verify this device from another
+    /// one of the account's devices (SAS or QR code).
+    #[error("secret storage holds no cross-signing keys: verify this device from another of the account's devices")]
+    Verification,
 }
 
 /// Where this account's identity stands on this device, as
@@ -202,7 +213,9 @@ impl Encryption {
     /// Makes sure this device has a cross-signing identity it is signed by,
     /// secret storage, and (unless the user turned it off in `m.key_backup`)
     /// a key backup: see the module documentation. Safe to call at every
-    /// start; an interrupted call is finished by the next one.
+    /// start; an interrupted call is finished by the next one. A new
+    /// recovery key is returned by every call until
+    /// [`recovery_key_saved`](Self::recovery_key_saved).
     ///
     /// Errors: [`ClientError::IdentityNeeds`] says what is missing (the
     /// recovery key of an identity set up elsewhere, or auth to create
@@ -220,6 +233,9 @@ impl Encryption {
                 return Err(ClientError::IdentityNeeds(IdentityNeed::RecoveryKey));
             };
             let summary = self.recover(recovery_key).await?;
+            if !machine.cross_signing_status().has_self_signing {
+                return Err(ClientError::IdentityNeeds(IdentityNeed::Verification));
+            }
             self.sign_this_device().await?;
             return Ok(IdentityOutcome::Recovered { restored_keys: summary.restored_keys });
         }
@@ -247,9 +263,18 @@ impl Encryption {
         if backup {
             self.set_account_data(KEY_BACKUP_EVENT_TYPE, &json!({ "enabled": true })).await?;
         }
-        let recovery_key = Zeroizing::new(pending.recovery_key.clone());
-        self.forget_pending_recovery().await?;
-        Ok(IdentityOutcome::Created { recovery_key, backup })
+        // Kept until the application says the user has it: a key lost on
+        // its way (a crash, a closed terminal) is returned again.
+        Ok(IdentityOutcome::Created { recovery_key: Zeroizing::new(pending.recovery_key.clone()), backup })
+    }
+
+    /// The user has the recovery key [`ensure_identity`](Self::ensure_identity)
+    /// returned (shown, stored): it is forgotten here. Until this is
+    /// called, every `ensure_identity` returns the same key again
+    /// (`Created`), so a key lost between the call and the user is not
+    /// lost for good.
+    pub async fn recovery_key_saved(&self) -> Result<(), ClientError> {
+        self.forget_pending_recovery().await
     }
 
     /// Where this account's identity stands on this device (reads the
@@ -287,19 +312,28 @@ impl Encryption {
         Ok(content.and_then(|c| c.get("enabled").and_then(Value::as_bool)))
     }
 
-    /// Creates and uploads the cross-signing keys, with the setup's auth if
-    /// the server asks for it.
+    /// Creates and uploads the cross-signing keys (or uploads again keys
+    /// made here whose upload was not acknowledged), with the setup's auth
+    /// if the server asks for it. A server that asks for auth may hold an
+    /// identity another device just made: our keys are queried again first,
+    /// and such an identity is never replaced (its recovery key is needed
+    /// instead).
     async fn create_cross_signing(&self, setup: &IdentitySetup) -> Result<(), ClientError> {
-        let created = match (&setup.auth, &setup.password) {
-            (Some(auth), _) => self.bootstrap_cross_signing(false, Some(auth.clone())).await,
-            (None, Some(password)) => self.bootstrap_cross_signing_with_password(false, password).await,
-            (None, None) => self.bootstrap_cross_signing(false, None).await,
+        let (flows, session) = match self.bootstrap_cross_signing(false, setup.auth.clone()).await {
+            Err(ClientError::Http(HttpError::AuthRequired { flows, session, .. })) => (flows, session),
+            other => return other,
         };
-        match created {
-            Err(ClientError::Http(HttpError::AuthRequired { flows, .. })) => {
-                Err(ClientError::IdentityNeeds(IdentityNeed::Auth { flows }))
-            }
-            other => other,
+        let machine = self.client.olm_machine()?;
+        let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
+        self.refresh_user_keys(&[&user_id]).await?;
+        let listed = machine.get_identity(&user_id).await?;
+        let ours = machine.cross_signing_status().has_master && listed.as_ref().is_some_and(|i| i.is_verified());
+        if listed.is_some() && !ours {
+            return Err(ClientError::IdentityNeeds(IdentityNeed::RecoveryKey));
+        }
+        match (&setup.auth, &setup.password) {
+            (None, Some(password)) => self.bootstrap_cross_signing_with_password(false, password).await,
+            _ => Err(ClientError::IdentityNeeds(IdentityNeed::Auth { flows, session })),
         }
     }
 

@@ -119,7 +119,10 @@ impl Encryption {
         let recovered = machine.import_secrets_from_storage(&key, &secrets, backup.as_ref()).await?;
         self.client.send_outgoing_requests().await?;
         let mut restored_keys = 0;
-        if let (true, Some(backup)) = (recovered.has_backup_key(), backup) {
+        // The user's choice in m.key_backup (spec v1.19) holds: no backup
+        // turned on here when they turned it off.
+        let backup_off = self.key_backup_preference().await? == Some(false);
+        if let (true, false, Some(backup)) = (recovered.has_backup_key(), backup_off, backup) {
             machine.enable_backup(&backup).await?;
             restored_keys = self.restore_backup(|_, _| {}).await?.imported_count;
         }

@@ -256,6 +256,11 @@ impl Room {
     ) -> Result<Value, ClientError> {
         let machine = self.client.olm_machine()?;
         let room = state.room_info(sharing);
+        // Another send in this room (an in-room verification event, whose
+        // key goes to every device) must not swap the room key between our
+        // preparing it and encrypting with it.
+        let room_lock = lock(&self.client.inner.room_encrypt_locks).entry(self.room_id.clone()).or_default().clone();
+        let _one_send = room_lock.lock().await;
         let mut last = None;
         let mut failure = None;
         for _ in 0..PREPARE_ROUNDS {

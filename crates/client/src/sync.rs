@@ -407,6 +407,16 @@ impl Client {
             self.deliver(room_id, event, true).await;
         }
     }
+
+    /// Tries again the waiting events of `senders`, whose devices or
+    /// identity changed (a device refused as not listed, or not
+    /// cross-signed, may be now).
+    pub(crate) async fn retry_senders(&self, senders: &BTreeSet<String>) {
+        let waiting = lock(&self.inner.undecrypted).take_senders(senders);
+        for (room_id, event) in waiting {
+            self.deliver(room_id, event, true).await;
+        }
+    }
 }
 
 fn apply_state(room: &mut RoomState, state: &State, own: Option<&str>) {

@@ -98,6 +98,7 @@ impl Client {
     /// hold across restarts). A room whose sharing strategy changes gets a
     /// new room key at its next message.
     pub async fn set_trust_settings(&self, settings: TrustSettings) -> Result<(), ClientError> {
+        let _one_write = self.inner.trust_writes.lock().await;
         self.save_trust(CLIENT_KEY, encode(&settings)?).await?;
         lock(&self.inner.trust).client = settings;
         Ok(())
@@ -156,6 +157,8 @@ impl Room {
     /// Gives this room settings of its own (`None`: the client's apply
     /// again), saved in the store.
     pub async fn set_trust_settings(&self, settings: Option<TrustSettings>) -> Result<(), ClientError> {
+        // Read, change and save under one lock: two rooms set at once keep both.
+        let _one_write = self.client.inner.trust_writes.lock().await;
         let mut rooms = lock(&self.client.inner.trust).rooms.clone();
         match settings {
             Some(settings) => rooms.insert(self.room_id().to_owned(), settings),

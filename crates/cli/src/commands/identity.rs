@@ -24,19 +24,22 @@ pub(crate) async fn set_up(client: &Client, password: &str, output: Output) -> R
         setup = setup.recovery_key(&key);
     }
     match client.encryption().ensure_identity(setup.clone()).await {
-        Ok(outcome) => report(outcome, output),
+        Ok(outcome) => report(client, outcome, output).await,
         Err(ClientError::IdentityNeeds(IdentityNeed::RecoveryKey)) if std::io::stdin().is_terminal() => {
             eprintln!("this account's identity was set up on another device.");
             let key = secrets::read(secrets::RECOVERY_KEY)?;
             let outcome = client.encryption().ensure_identity(setup.recovery_key(&key)).await?;
-            report(outcome, output)
+            report(client, outcome, output).await
         }
         Err(ClientError::IdentityNeeds(need)) => Err(CliError::IdentityIncomplete(format!("{need}: {HOW_TO_FINISH}"))),
         Err(other) => Err(other.into()),
     }
 }
 
-fn report(outcome: IdentityOutcome, output: Output) -> Result<(), CliError> {
+/// Prints what the identity step did. A new recovery key is forgotten by
+/// the client only once it is printed: a run killed before that prints the
+/// same key on the next login.
+async fn report(client: &Client, outcome: IdentityOutcome, output: Output) -> Result<(), CliError> {
     match outcome {
         IdentityOutcome::Created { recovery_key, backup } => {
             let backup_line = if backup { "key backup on" } else { "key backup off (as the account asks)" };
@@ -49,6 +52,7 @@ fn report(outcome: IdentityOutcome, output: Output) -> Result<(), CliError> {
                 ),
                 json!({"identity": "created", "recovery_key": recovery_key.as_str(), "backup": backup}),
             );
+            client.encryption().recovery_key_saved().await?;
         }
         IdentityOutcome::Recovered { restored_keys } => output.print(
             format_args!(
@@ -119,5 +123,5 @@ pub(crate) async fn reset(client: &Client, output: Output) -> Result<(), CliErro
 pub(crate) async fn restore(client: &Client, output: Output) -> Result<(), CliError> {
     let key = secrets::read(secrets::RECOVERY_KEY)?;
     let outcome = client.encryption().ensure_identity(IdentitySetup::new().recovery_key(&key)).await?;
-    report(outcome, output)
+    report(client, outcome, output).await
 }

@@ -41,12 +41,15 @@ pub(crate) async fn request(
         json!({"event": "requested", "user_id": user, "flow_id": request.flow().as_str()}),
     );
     let deadline = tokio::time::Instant::now() + timeout;
-    wait_until(client, &request, deadline, |state| matches!(state.request, RequestState::Ready { .. })).await?;
-    if qr {
-        return show_qr(client, &request, deadline, output).await;
-    }
-    let sas = request.start_sas().await?;
-    compare(client, &request, &sas, deadline, output).await
+    let run = async {
+        wait_until(client, &request, deadline, |state| matches!(state.request, RequestState::Ready { .. })).await?;
+        if qr {
+            return show_qr(client, &request, deadline, output).await;
+        }
+        let sas = request.start_sas().await?;
+        compare(client, &request, &sas, deadline, output).await
+    };
+    cancel_on_error(&request, run.await).await
 }
 
 /// `verify --accept [USER]`: waits for a request (from `USER`, if given),
@@ -77,8 +80,24 @@ pub(crate) async fn accept(
         format_args!("verification request from {}; accepted", request.other_user()),
         json!({"event": "accepted", "user_id": request.other_user(), "flow_id": request.flow().as_str()}),
     );
-    request.accept().await?;
-    compare(client, &request, &request.sas(), deadline, output).await
+    let run = async {
+        request.accept().await?;
+        compare(client, &request, &request.sas(), deadline, output).await
+    };
+    cancel_on_error(&request, run.await).await
+}
+
+/// A flow this run gives up on (an error, no answer, a failed request) is
+/// cancelled, so the other device does not wait for us until it times out.
+async fn cancel_on_error(request: &VerificationRequest, outcome: Result<(), CliError>) -> Result<(), CliError> {
+    if outcome.is_err() {
+        let over = request.state().is_none_or(|state| state.cancellation().is_some()) || request.is_done();
+        if !over {
+            // Best effort: the error that ended the run is what the user needs.
+            let _ = request.cancel().await;
+        }
+    }
+    outcome
 }
 
 /// The first incoming request among the updates received so far.
@@ -127,7 +146,7 @@ async fn compare(
             "decimals": [decimals.0, decimals.1, decimals.2],
         }),
     );
-    if ask("Do they match? [y/n] ")? {
+    if ask("Do they match? [y/n] ", deadline).await? {
         sas.confirm().await?;
     } else {
         sas.mismatch().await?;
@@ -153,7 +172,7 @@ async fn show_qr(
     output.print(format_args!("waiting for the scan"), json!({"event": "qr_shown", "user_id": request.other_user()}));
     wait_until(client, request, deadline, |state| matches!(state.method, Some(MethodState::Qr(QrState::Scanned))))
         .await?;
-    if ask("Does the other device show that the scan succeeded? [y/n] ")? {
+    if ask("Does the other device show that the scan succeeded? [y/n] ", deadline).await? {
         request.confirm_qr_scanned().await?;
     } else {
         request.qr_mismatch().await?;
@@ -201,11 +220,22 @@ async fn sync(client: &Client) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Asks a yes/no question on stderr; the answer is a line on stdin.
-fn ask(question: &str) -> Result<bool, CliError> {
+/// Asks a yes/no question on stderr; the answer is a line on stdin, read
+/// until the flow's deadline (a thread reads it, so the wait can end; the
+/// thread ends with the process).
+async fn ask(question: &str, deadline: tokio::time::Instant) -> Result<bool, CliError> {
     eprint!("{question}");
-    let mut answer = String::new();
-    let read = std::io::stdin().lock().read_line(&mut answer)?;
+    let (sender, answered) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        let read = std::io::stdin().lock().read_line(&mut answer);
+        let _ = sender.send(read.map(|read| (read, answer)));
+    });
+    let (read, answer) = match tokio::time::timeout_at(deadline, answered).await {
+        Ok(Ok(read)) => read?,
+        Ok(Err(_)) => return Err(CliError::Usage("standard input could not be read".into())),
+        Err(_) => return Err(CliError::Verification("no answer came in time".into())),
+    };
     if read == 0 {
         return Err(CliError::Usage("no answer on standard input".into()));
     }

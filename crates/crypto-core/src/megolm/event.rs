@@ -79,9 +79,12 @@ impl SenderState {
         match requirement {
             R::Untrusted => true,
             R::ExcludeInsecureDevices => match self.verification {
-                VerificationState::Verified | VerificationState::UnknownDevice => true,
+                VerificationState::Verified => true,
                 VerificationState::Unverified | VerificationState::UnauthenticatedSource => own || self.cross_signed,
-                VerificationState::KeyMismatch => false,
+                // Not listed for the sender (a device the server made and
+                // hides, or one too new to be known): not shown until its
+                // owner's device list says it is cross-signed.
+                VerificationState::UnknownDevice | VerificationState::KeyMismatch => false,
             },
             R::VerifiedDevice => self.verification == VerificationState::Verified,
             R::CrossSigned => known && (own || self.cross_signed || self.verification == VerificationState::Verified),

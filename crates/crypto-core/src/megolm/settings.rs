@@ -135,14 +135,16 @@ pub enum TrustRequirement {
     /// Decrypt whatever device sent it; the info says how far it is trusted.
     #[default]
     Untrusted,
-    /// Refuse events from a device we know and its owner did not cross-sign
-    /// (unless we verified it by hand, or it is ours), from a device whose
-    /// keys do not match the key's claim, and from a sender with a
-    /// verification violation. An event whose device cannot be known
-    /// passes, marked by its verification state: a key from a backup, a
-    /// forward or a file (`UnauthenticatedSource`) is judged by the device
-    /// it names if we know it, and a device we do not know yet
-    /// (`UnknownDevice`) is not called insecure.
+    /// Show only events from a device its owner cross-signed (or that we
+    /// verified by hand, or ours): refuse a device the sender's device list
+    /// does not hold (`UnknownDevice`: one the server made and hides, or
+    /// one too new to be known; a client tries such events again when the
+    /// sender's devices change), a device whose keys do not match the key's
+    /// claim, and a sender with a verification violation. A key from a
+    /// backup, a forward or a file (`UnauthenticatedSource`: whose device
+    /// made it is only claimed) is judged by the device it names, and
+    /// marked as such: a backup's entries are not authenticated, so an
+    /// application shows such events as of unconfirmed authenticity.
     ExcludeInsecureDevices,
     /// Refuse events from unknown devices and keys not received over Olm,
     /// and from devices their owner did not cross-sign, unless we know no
