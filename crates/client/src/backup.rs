@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hush_crypto_core::Timestamp;
 use hush_crypto_core::{
     BackupRestoreResult,
     backup::{BACKUP_ALGORITHM, BackupInfo},
@@ -18,7 +17,7 @@ use ruma_client_api::{
     },
     config::{get_global_account_data, set_global_account_data},
 };
-use ruma_common::{OwnedRoomId, RoomId, serde::Raw};
+use ruma_common::{RoomId, serde::Raw};
 use serde_json::Value;
 
 use crate::{ClientError, Encryption, http::HttpError};
@@ -34,69 +33,6 @@ impl crate::Client {
     }
 }
 
-/// Backup lookups for missing keys per sync, so a flood of undecryptable
-/// events cannot make one sync send thousands of requests.
-const LOOKUPS_PER_SYNC: usize = 20;
-/// How many looked-up keys are remembered (so each is looked up once per
-/// state of the backup).
-const LOOKUPS_REMEMBERED: usize = 10_000;
-/// How often the backup's etag is checked again for keys it did not have.
-const BACKUP_RECHECK: Duration = Duration::from_secs(600);
-
-/// Keys looked up in the backup, with the backup's etag at the time: a
-/// key that was not there is looked up again once the backup changed (our
-/// other devices upload the keys they receive), the etag being checked at
-/// most every [`BACKUP_RECHECK`].
-#[derive(Default)]
-pub(crate) struct BackupLookups {
-    /// (room, session) → (backup version, etag) when it was looked up.
-    looked: BTreeMap<(OwnedRoomId, String), (String, String)>,
-    checked_at: Option<Timestamp>,
-}
-
-impl BackupLookups {
-    /// Whether the backup must be read now for these waiting keys: one was
-    /// never looked up, or the recheck of those that were is due. Returns
-    /// (read it, it is a recheck).
-    fn needs_backup(&self, waiting: &[(OwnedRoomId, String)], now: Timestamp) -> (bool, bool) {
-        let fresh = waiting.iter().any(|k| !self.looked.contains_key(k));
-        let looked_before = waiting.iter().any(|k| self.looked.contains_key(k));
-        let due = self.checked_at.is_none_or(|at| now.saturating_duration_since(at) >= BACKUP_RECHECK);
-        let recheck = looked_before && due;
-        (fresh || recheck, recheck)
-    }
-
-    /// The keys to look up in the backup `version`, whose etag is now
-    /// `etag` (at most [`LOOKUPS_PER_SYNC`]): never looked up, looked up in
-    /// another version (etags count per version), or looked up when the
-    /// backup was different and `recheck` is on. They are remembered with
-    /// the version and etag.
-    fn take_due(
-        &mut self,
-        waiting: Vec<(OwnedRoomId, String)>,
-        (version, etag): (&str, &str),
-        recheck: bool,
-        now: Timestamp,
-    ) -> Vec<(OwnedRoomId, String)> {
-        if recheck {
-            self.checked_at = Some(now);
-        }
-        if self.looked.len() > LOOKUPS_REMEMBERED {
-            // Forgotten lookups may be made once more; memory stays bounded.
-            self.looked.clear();
-        }
-        let due = |key: &(OwnedRoomId, String)| match self.looked.get(key) {
-            None => true,
-            Some((seen_version, seen_etag)) => seen_version != version || (recheck && seen_etag != etag),
-        };
-        let wanted: Vec<_> = waiting.into_iter().filter(due).take(LOOKUPS_PER_SYNC).collect();
-        for key in &wanted {
-            self.looked.insert(key.clone(), (version.to_owned(), etag.to_owned()));
-        }
-        wanted
-    }
-}
-
 impl crate::Client {
     /// Looks each missing room key of a waiting event up in the backup, if a
     /// backup is enabled and we hold its key: once, and again after the
@@ -104,26 +40,15 @@ impl crate::Client {
     /// decryptions. Failures are logged.
     pub(crate) async fn restore_missing_keys_from_backup(&self) {
         let Ok(machine) = self.olm_machine() else { return };
-        if machine.backup_version().is_none() || !matches!(machine.backup_decryption_key().await, Ok(Some(_))) {
-            return;
-        }
-        let waiting: Vec<(OwnedRoomId, String)> = {
-            let waiting = crate::client::lock(&self.inner.undecrypted);
-            let mut keys: Vec<_> = waiting
-                .iter()
-                .filter_map(|(room_id, event)| {
-                    Some((room_id.clone(), event["content"]["session_id"].as_str()?.to_owned()))
-                })
-                .collect();
-            keys.sort();
-            keys.dedup();
-            keys
-        };
         let now = self.now();
-        let (read, recheck) = crate::client::lock(&self.inner.backup_lookups).needs_backup(&waiting, now);
-        if !read {
-            return;
-        }
+        let due = match machine.backup_read_due(now).await {
+            Ok(Some(due)) => due,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "reading the backup state failed");
+                return;
+            }
+        };
         let (info, etag) = match self.encryption().latest_backup_with_etag().await {
             Ok(Some(info)) => info,
             Ok(None) => return,
@@ -132,9 +57,7 @@ impl crate::Client {
                 return;
             }
         };
-        let wanted =
-            crate::client::lock(&self.inner.backup_lookups).take_due(waiting, (&info.version, &etag), recheck, now);
-        for (room_id, session_id) in wanted {
+        for (room_id, session_id) in machine.take_backup_lookups(&info.version, &etag, due, now) {
             if let Err(error) = self.encryption().restore_room_key_from(&info, &room_id, &session_id).await {
                 tracing::warn!(%room_id, %session_id, %error, "looking a room key up in the backup failed");
             }
@@ -317,47 +240,5 @@ impl Encryption {
         let result = machine.import_backed_up_room_keys(&key, &rooms, |_, _| {}).await?;
         self.client.retry_after_restore(&result).await;
         Ok(result.imported_count > 0)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(n: u32) -> (OwnedRoomId, String) {
-        ("!r:e.org".try_into().unwrap(), format!("s{n}"))
-    }
-
-    #[test]
-    fn a_key_is_looked_up_once_per_state_of_the_backup_and_rechecked_at_most_every_ten_minutes() {
-        let start = Timestamp::from_millis(1_000_000);
-        let later = |secs: u64| Timestamp::from_millis(1_000_000 + secs * 1000);
-        let mut lookups = BackupLookups::default();
-        assert_eq!(lookups.needs_backup(&[key(0)], start), (true, false), "never looked up");
-        assert_eq!(lookups.take_due(vec![key(0)], ("1", "etag1"), false, start), vec![key(0)]);
-        // Looked up, nothing new: the recheck of the backup is due at once
-        // (never checked), but the same etag brings no new lookup.
-        assert_eq!(lookups.needs_backup(&[key(0)], start), (true, true));
-        assert!(lookups.take_due(vec![key(0)], ("1", "etag1"), true, start).is_empty());
-        // Within ten minutes of that check: the backup is not read again.
-        assert_eq!(lookups.needs_backup(&[key(0)], later(599)), (false, false));
-        // After ten minutes, a changed backup: looked up again, once.
-        assert_eq!(lookups.needs_backup(&[key(0)], later(600)), (true, true));
-        assert_eq!(lookups.take_due(vec![key(0)], ("1", "etag2"), true, later(600)), vec![key(0)]);
-        assert!(lookups.take_due(vec![key(0)], ("1", "etag2"), true, later(1200)).is_empty());
-        // A new key is looked up at once, whatever the recheck.
-        assert_eq!(lookups.needs_backup(&[key(0), key(1)], later(601)), (true, false));
-        assert_eq!(lookups.take_due(vec![key(0), key(1)], ("1", "etag2"), false, later(601)), vec![key(1)]);
-        // A new backup version: its etags count anew, so every key is due.
-        assert_eq!(lookups.take_due(vec![key(0)], ("2", "etag2"), false, later(602)), vec![key(0)]);
-    }
-
-    #[test]
-    fn lookups_per_sync_are_bounded() {
-        let mut lookups = BackupLookups::default();
-        let waiting: Vec<_> = (0..100).map(key).collect();
-        let now = Timestamp::from_millis(0);
-        assert_eq!(lookups.take_due(waiting.clone(), ("1", "e"), false, now).len(), LOOKUPS_PER_SYNC);
-        assert_eq!(lookups.take_due(waiting, ("1", "e"), false, now).len(), LOOKUPS_PER_SYNC, "the next ones");
     }
 }

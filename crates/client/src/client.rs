@@ -169,9 +169,7 @@ impl ClientBuilder {
                 trust_writes: tokio::sync::Mutex::new(()),
                 room_encrypt_locks: Mutex::new(BTreeMap::new()),
                 handlers: Mutex::new(Vec::new()),
-                undecrypted: Mutex::new(Default::default()),
                 retry_restored_waiting: Default::default(),
-                backup_lookups: Mutex::new(Default::default()),
                 backup_key_arrived: AtomicBool::new(false),
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -204,12 +202,8 @@ pub(crate) struct Inner {
     /// is the key it encrypts with.
     pub(crate) room_encrypt_locks: Mutex<BTreeMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) handlers: Mutex<Vec<Handler>>,
-    /// Events that could not be decrypted yet: retried when keys arrive.
-    pub(crate) undecrypted: Mutex<crate::history::WaitingEvents>,
     /// The waiting events were just restored: try them once at the next sync.
     pub(crate) retry_restored_waiting: AtomicBool,
-    /// Room keys already looked for in the backup (each is asked for once).
-    pub(crate) backup_lookups: Mutex<crate::backup::BackupLookups>,
     /// A backup key arrived by gossip: the next sync enables and restores the backup.
     pub(crate) backup_key_arrived: AtomicBool,
     pub(crate) warned_unencrypted_build: AtomicBool,
@@ -329,8 +323,6 @@ impl Client {
             self.inner.rooms_restored.store(true, Ordering::Relaxed);
         }
         self.load_trust(&**machine.store()).await?;
-        let waiting = machine.store().get_custom_value(crate::history::WAITING_KEY).await?;
-        *lock(&self.inner.undecrypted) = crate::history::WaitingEvents::from_record(waiting.as_deref());
         self.inner.retry_restored_waiting.store(true, Ordering::SeqCst);
         *self.inner.machine.write().unwrap_or_else(PoisonError::into_inner) = Some(machine);
         *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);

@@ -260,11 +260,11 @@ impl Client {
                     if state.is_violation() {
                         tracing::warn!(%user_id, ?state, "a user's cross-signing identity changed; see Room::identity_violations");
                     }
-                    senders.insert(user_id.to_string());
+                    senders.insert(user_id.clone());
                 }
                 EngineEvent::DevicesChanged(changes) => {
                     tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
-                    senders.insert(changes.user_id.to_string());
+                    senders.insert(changes.user_id.clone());
                 }
                 EngineEvent::VerificationChanged { user_id, flow, state } => {
                     if user_id == *machine.user_id() && state.is_finished() && state.cancellation().is_none() {

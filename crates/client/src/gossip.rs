@@ -1,18 +1,15 @@
 //! Getting secrets and room keys from our other devices: asking for the
 //! cross-signing keys and the backup key (after this device was verified),
-//! asking for the room keys of waiting undecryptable events, and acting on
-//! a backup key that arrived (the backup is enabled and restored). The
-//! engine decides whom to answer and whose answers to take.
+//! sending the engine's requests for the keys of waiting undecryptable
+//! events, and acting on a backup key that arrived (the backup is enabled
+//! and restored). The engine decides what to ask, whom to answer and whose
+//! answers to take.
 
 use std::sync::atomic::Ordering;
 
-use hush_crypto_core::{gossip::GossipKind, secret_storage::names};
+use hush_crypto_core::secret_storage::names;
 
 use crate::{ClientError, Encryption};
-
-/// Room-key requests opened per sync, so a flood of undecryptable events
-/// cannot make one sync send hundreds of requests.
-const KEY_REQUESTS_PER_SYNC: usize = 20;
 
 impl Encryption {
     /// Asks our other devices for the cross-signing private keys and the
@@ -34,51 +31,21 @@ impl Encryption {
 }
 
 impl crate::Client {
-    /// Asks our other devices for the room keys of waiting undecryptable
-    /// events that have no request open yet (at most 20 new ones per sync),
-    /// if we have another device. Failures are logged.
+    /// Has the engine ask our other devices for the missing keys of waiting
+    /// undecryptable events (its rule: one open request per key, at most 20
+    /// new ones per round, only if we have another device), and sends them.
+    /// Failures are logged.
     pub(crate) async fn request_missing_keys_from_own_devices(&self) {
         let Ok(machine) = self.olm_machine() else { return };
-        let own = machine.user_id().to_owned();
-        let others = match machine.get_user_devices(&own).await {
-            Ok(devices) => devices.values().filter(|d| d.device_id() != machine.device_id() && !d.is_deleted()).count(),
-            Err(error) => {
-                tracing::warn!(%error, "reading our devices failed");
-                return;
-            }
-        };
-        if others == 0 {
-            return;
-        }
-        let open = machine.open_gossip_requests();
-        let wanted: Vec<(ruma_common::OwnedRoomId, String)> = {
-            let waiting = crate::client::lock(&self.inner.undecrypted);
-            let mut wanted = Vec::new();
-            for (room_id, event) in waiting.iter() {
-                let Some(session_id) = event["content"]["session_id"].as_str() else { continue };
-                let kind = GossipKind::RoomKey { room_id: room_id.clone(), session_id: session_id.to_owned() };
-                let key = (room_id.clone(), session_id.to_owned());
-                if wanted.len() < KEY_REQUESTS_PER_SYNC
-                    && !open.iter().any(|r| r.kind == kind)
-                    && !wanted.contains(&key)
-                {
-                    wanted.push(key);
+        match machine.request_missing_room_keys().await {
+            // A request that fails is logged by the drive and sent again later.
+            Ok(asked) if asked > 0 => {
+                if let Err(error) = self.drive().await {
+                    tracing::warn!(%error, "the drive loop failed after opening room-key requests");
                 }
             }
-            wanted
-        };
-        let mut asked = 0;
-        for (room_id, session_id) in wanted {
-            match machine.request_room_key(&room_id, &session_id).await {
-                Ok(request) => asked += usize::from(request.is_some()),
-                Err(error) => tracing::warn!(%room_id, %session_id, %error, "opening a room-key request failed"),
-            }
-        }
-        // A request that fails is logged by the drive and sent again later.
-        if asked > 0
-            && let Err(error) = self.drive().await
-        {
-            tracing::warn!(%error, "the drive loop failed after opening room-key requests");
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "opening room-key requests failed"),
         }
     }
 

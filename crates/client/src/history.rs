@@ -1,8 +1,8 @@
 //! Room history over `/messages`: a page of events, decrypted as one batch
-//! by the engine; the undecryptable ones are kept to be retried when their
-//! keys arrive and then delivered to handlers as late decryptions.
+//! by the engine. The engine keeps the undecryptable ones (`utd::pending`);
+//! they are delivered to handlers as late decryptions when their keys
+//! arrive.
 
-use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::time::Duration;
 
 use hush_crypto_core::{DecryptionSettings, MegolmError};
@@ -15,9 +15,6 @@ use crate::{Client, ClientError, Room, RoomEvent, client::lock};
 
 /// The most events one `/messages` page asks for.
 pub const MAX_PAGE: u32 = 1000;
-/// The most undecryptable events kept for a retry; the oldest are dropped
-/// first, so a flood of undecryptable events cannot grow memory.
-pub(crate) const MAX_WAITING: usize = 10_000;
 
 /// Which way a history page runs from its `from` token.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,7 +94,6 @@ impl Room {
         let events: Vec<Value> =
             response.chunk.iter().take(limit).filter_map(|raw| raw.deserialize_as_unchecked::<Value>().ok()).collect();
         let chunk = self.client.decrypt_page(&self.room_id, events).await;
-        self.client.save_waiting_events().await;
         Ok(Messages { start: response.start, end: response.end, chunk })
     }
 }
@@ -151,14 +147,14 @@ impl Client {
             match result.and_then(|decrypted| {
                 let value =
                     decrypted.event.deserialize_as_unchecked().map_err(|e| MegolmError::Malformed(e.to_string()))?;
-                Ok((value, decrypted.info))
+                Ok((value, decrypted.info, decrypted.was_waiting))
             }) {
-                Ok((value, info)) => {
+                Ok((value, info, was_waiting)) => {
                     event.event = value;
                     event.encryption = Some(info);
+                    event.late_decryption |= was_waiting;
                 }
                 Err(error) => {
-                    self.remember_undecrypted(room_id, &event.event, &error);
                     event.utd_cause = self.utd_cause(room_id, &event.event, &error).await;
                     event.unable_to_decrypt = Some(error);
                 }
@@ -183,187 +179,38 @@ impl Client {
             .map_or(hush_crypto_core::MembershipAtEvent::Unknown, |room| room.membership_at(sent));
         Some(machine.utd_cause(&raw, room_id, error, membership).await)
     }
-
-    /// Keeps an event whose key may still arrive (missing, or known only
-    /// from a later index) for a retry.
-    pub(crate) fn remember_undecrypted(&self, room_id: &OwnedRoomId, event: &Value, error: &MegolmError) {
-        // A key may come later; a sender's device may be listed, or
-        // cross-signed, later (tried again when the sender's devices change).
-        let may_change = matches!(
-            error,
-            MegolmError::MissingRoomKey { .. }
-                | MegolmError::UnknownMessageIndex { .. }
-                | MegolmError::InsufficientSenderTrust { .. }
-                | MegolmError::UnverifiedSenderDevice
-        );
-        if may_change {
-            lock(&self.inner.undecrypted).push(room_id, event);
-        }
-    }
-}
-
-/// The custom value holding the waiting events across restarts.
-pub(crate) const WAITING_KEY: &str = "hush.client.waiting_events";
-/// The most waiting events saved (the newest): a restarted client still
-/// delivers them as late decryptions when their keys come, or came just
-/// before it stopped.
-const MAX_SAVED: usize = 500;
-
-/// Events waiting for their keys: once per event id, at most
-/// [`MAX_WAITING`], the oldest dropped first.
-#[derive(Default)]
-pub(crate) struct WaitingEvents {
-    events: VecDeque<(OwnedRoomId, Value)>,
-    ids: HashSet<String>,
-    /// Changed since it was last saved.
-    dirty: bool,
-}
-
-fn event_id(event: &Value) -> Option<&str> {
-    event.get("event_id").and_then(Value::as_str)
-}
-
-impl WaitingEvents {
-    fn push(&mut self, room_id: &OwnedRoomId, event: &Value) {
-        if let Some(id) = event_id(event)
-            && !self.ids.insert(id.to_owned())
-        {
-            return;
-        }
-        self.dirty = true;
-        if self.events.len() >= MAX_WAITING
-            && let Some((_, oldest)) = self.events.pop_front()
-            && let Some(id) = event_id(&oldest)
-        {
-            self.ids.remove(id);
-        }
-        self.events.push_back((room_id.clone(), event.clone()));
-    }
-
-    /// The waiting events, oldest first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &(OwnedRoomId, Value)> {
-        self.events.iter()
-    }
-
-    /// Takes out the events of these sessions.
-    pub(crate) fn take_sessions(&mut self, sessions: &BTreeSet<String>) -> Vec<(OwnedRoomId, Value)> {
-        self.take_where(|e| e["content"]["session_id"].as_str().is_some_and(|s| sessions.contains(s)))
-    }
-
-    /// Takes the waiting events sent by one of `senders`.
-    pub(crate) fn take_senders(&mut self, senders: &BTreeSet<String>) -> Vec<(OwnedRoomId, Value)> {
-        self.take_where(|e| e["sender"].as_str().is_some_and(|s| senders.contains(s)))
-    }
-
-    fn take_where(&mut self, take: impl Fn(&Value) -> bool) -> Vec<(OwnedRoomId, Value)> {
-        let (ready, waiting): (Vec<_>, Vec<_>) = self.events.drain(..).partition(|(_, e)| take(e));
-        self.events = waiting.into();
-        self.dirty |= !ready.is_empty();
-        for (_, event) in &ready {
-            if let Some(id) = event_id(event) {
-                self.ids.remove(id);
-            }
-        }
-        ready
-    }
-}
-
-impl WaitingEvents {
-    /// The newest [`MAX_SAVED`] events to save, if they changed since the
-    /// last save (which this marks done).
-    pub(crate) fn take_record(&mut self) -> Option<Vec<u8>> {
-        if !std::mem::take(&mut self.dirty) {
-            return None;
-        }
-        let skip = self.events.len().saturating_sub(MAX_SAVED);
-        let newest: Vec<&(OwnedRoomId, Value)> = self.events.iter().skip(skip).collect();
-        serde_json::to_vec(&newest).ok()
-    }
-
-    /// The saved events (a record that does not decode reads as none: they
-    /// are only a convenience, and the store is outside input).
-    pub(crate) fn from_record(record: Option<&[u8]>) -> Self {
-        let events: Vec<(OwnedRoomId, Value)> =
-            record.and_then(|bytes| serde_json::from_slice(bytes).ok()).unwrap_or_default();
-        let mut waiting = Self::default();
-        for (room_id, event) in events.into_iter().take(MAX_SAVED) {
-            waiting.push(&room_id, &event);
-        }
-        waiting.dirty = false;
-        waiting
-    }
-
-    /// The sessions of every waiting event.
-    pub(crate) fn sessions(&self) -> BTreeSet<String> {
-        self.events.iter().filter_map(|(_, e)| e["content"]["session_id"].as_str().map(str::to_owned)).collect()
-    }
 }
 
 impl Client {
-    /// Saves the waiting events if they changed (a failure is logged: the
-    /// events are only a convenience for late decryption).
-    pub(crate) async fn save_waiting_events(&self) {
-        let Some(record) = lock(&self.inner.undecrypted).take_record() else { return };
-        let Ok(machine) = self.olm_machine() else { return };
-        let changes =
-            hush_crypto_core::Changes { custom_values: vec![(WAITING_KEY.to_owned(), record)], ..Default::default() };
-        if let Err(error) = machine.store().save_changes(changes).await {
-            tracing::warn!(%error, "saving the events waiting for their keys failed");
-        }
-    }
-
-    /// After a restart: the saved waiting events are tried again once (a
-    /// key may have arrived just before the client stopped), and whatever
-    /// still fails keeps waiting.
+    /// After a restart: the engine's waiting events are tried again once (a
+    /// key may have arrived just before the client stopped); whatever still
+    /// fails keeps waiting in the engine.
     pub(crate) async fn retry_restored_waiting_events(&self) {
         if !self.inner.retry_restored_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return;
         }
-        let sessions = lock(&self.inner.undecrypted).sessions();
-        if !sessions.is_empty() {
-            self.retry_undecrypted(&sessions).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waiting_events_are_kept_once_and_bounded() {
-        let room: OwnedRoomId = "!r:e.org".try_into().unwrap();
-        let mut waiting = WaitingEvents::default();
-        let event = |n: usize, session: &str| serde_json::json!({"event_id": format!("$e{n}"), "content": {"session_id": session}});
-        waiting.push(&room, &event(0, "s0"));
-        waiting.push(&room, &event(0, "s0"));
-        assert_eq!(waiting.iter().count(), 1, "the same event once");
-        for n in 1..=MAX_WAITING {
-            waiting.push(&room, &event(n, "s1"));
-        }
-        assert_eq!(waiting.iter().count(), MAX_WAITING);
-        assert!(waiting.take_sessions(&["s0".to_owned()].into()).is_empty(), "the oldest was dropped");
-        assert_eq!(waiting.take_sessions(&["s1".to_owned()].into()).len(), MAX_WAITING);
-        waiting.push(&room, &event(1, "s1"));
-        assert_eq!(waiting.iter().count(), 1, "a taken event may wait again");
+        let Ok(machine) = self.olm_machine() else { return };
+        self.deliver_late(machine.pending_events()).await;
     }
 
-    #[test]
-    fn waiting_events_are_saved_when_changed_and_restored_bounded() {
-        let room: OwnedRoomId = "!r:e.org".try_into().unwrap();
-        let event =
-            |n: usize| serde_json::json!({"event_id": format!("$e{n}"), "content": {"session_id": format!("s{n}")}});
-        let mut waiting = WaitingEvents::default();
-        assert!(waiting.take_record().is_none(), "nothing changed");
-        for n in 0..MAX_SAVED + 10 {
-            waiting.push(&room, &event(n));
+    /// Decrypts the engine's waiting events again, one batch per room, and
+    /// hands those that now decrypt to the handlers as late decryptions.
+    /// Only the decryption that takes an event out of the engine's registry
+    /// is late (`was_waiting`), so an event is delivered late once, even
+    /// when two retries run at once; one that still fails is not delivered
+    /// again (the application already shows it as unreadable).
+    pub(crate) async fn deliver_late(&self, events: Vec<hush_crypto_core::utd::PendingEvent>) {
+        let mut by_room: std::collections::BTreeMap<OwnedRoomId, Vec<Value>> = Default::default();
+        for waiting in events {
+            let Ok(event) = waiting.event.deserialize_as_unchecked::<Value>() else { continue };
+            by_room.entry(waiting.room_id).or_default().push(event);
         }
-        let record = waiting.take_record().expect("changed");
-        assert!(waiting.take_record().is_none(), "saved");
-        let restored = WaitingEvents::from_record(Some(&record));
-        assert_eq!(restored.iter().count(), MAX_SAVED, "the newest are saved");
-        assert!(restored.sessions().contains(&format!("s{}", MAX_SAVED + 9)));
-        assert!(!restored.sessions().contains("s0"));
-        assert_eq!(WaitingEvents::from_record(Some(b"not json")).iter().count(), 0);
+        for (room_id, events) in by_room {
+            for room_event in self.decrypt_page(&room_id, events).await {
+                if room_event.late_decryption && room_event.encryption.is_some() {
+                    self.deliver_event(room_event).await;
+                }
+            }
+        }
     }
 }

@@ -6,9 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use hush_crypto_core::{DecryptionSettings, DeviceListChanges, MegolmError, OneTimeKeyCounts, StoreError, SyncChanges};
+use hush_crypto_core::{DeviceListChanges, OneTimeKeyCounts, StoreError, SyncChanges};
 use ruma_client_api::sync::sync_events::{self, v3::State};
-use ruma_common::{OwnedRoomId, serde::Raw};
+use ruma_common::{OwnedRoomId, OwnedUserId};
 use serde_json::Value;
 
 use crate::{
@@ -219,7 +219,6 @@ impl Client {
         self.retry_restored_waiting_events().await;
         self.restore_missing_keys_from_backup().await;
         self.request_missing_keys_from_own_devices().await;
-        self.save_waiting_events().await;
         Ok(SyncSummary { next_batch, events: delivered, room_keys: output.room_keys.len(), to_device_events })
     }
 
@@ -308,38 +307,6 @@ impl Client {
         }
     }
 
-    /// Decrypts (if needed) and hands one timeline event to the handlers.
-    pub(crate) async fn deliver(&self, room_id: OwnedRoomId, event: Value, late: bool) {
-        let mut room_event = RoomEvent {
-            room_id: room_id.clone(),
-            event,
-            encryption: None,
-            unable_to_decrypt: None,
-            utd_cause: None,
-            late_decryption: late,
-        };
-        if room_event.event_type() == "m.room.encrypted" {
-            if cfg!(feature = "e2e-encryption") {
-                match self.decrypt(&room_id, &room_event.event).await {
-                    Ok((event, info)) => {
-                        room_event.event = event;
-                        room_event.encryption = Some(info);
-                    }
-                    Err(error) => {
-                        self.remember_undecrypted(&room_id, &room_event.event, &error);
-                        room_event.utd_cause = self.utd_cause(&room_id, &room_event.event, &error).await;
-                        room_event.unable_to_decrypt = Some(error);
-                    }
-                }
-            } else {
-                self.warn_unencrypted_build_once(&room_id);
-            }
-        } else if late {
-            return;
-        }
-        self.deliver_event(room_event).await;
-    }
-
     /// Hands a sync's timeline to the handlers, each room's events
     /// decrypted as one engine batch (one save per room, not per event).
     /// Returns how many events were delivered.
@@ -363,7 +330,7 @@ impl Client {
     }
 
     /// Hands one event, decrypted or not, to in-room verification and the handlers.
-    async fn deliver_event(&self, room_event: RoomEvent) {
+    pub(crate) async fn deliver_event(&self, room_event: RoomEvent) {
         self.feed_verification(&room_event.room_id, &room_event).await;
         let handlers = lock(&self.inner.handlers).clone();
         for handler in handlers {
@@ -387,35 +354,19 @@ impl Client {
         }
     }
 
-    pub(crate) async fn decrypt(
-        &self,
-        room_id: &OwnedRoomId,
-        event: &Value,
-    ) -> Result<(Value, hush_crypto_core::MegolmDecryptionInfo), MegolmError> {
-        let machine = self.olm_machine().map_err(|e| MegolmError::Malformed(e.to_string()))?;
-        let raw: Raw<Value> = Raw::new(event).map_err(|e| MegolmError::Malformed(e.to_string()))?;
-        let settings = DecryptionSettings { sender_device_trust_requirement: self.room_trust(room_id).decryption };
-        let decrypted = machine.decrypt_room_event(&raw, room_id, &settings).await?;
-        let value = decrypted.event.deserialize_as_unchecked().map_err(|e| MegolmError::Malformed(e.to_string()))?;
-        Ok((value, decrypted.info))
-    }
-
-    /// Retries events whose keys just arrived; delivers them again as late decryptions.
+    /// Delivers again, as late decryptions, the waiting events whose keys
+    /// just arrived.
     pub(crate) async fn retry_undecrypted(&self, sessions: &BTreeSet<String>) {
-        let waiting = lock(&self.inner.undecrypted).take_sessions(sessions);
-        for (room_id, event) in waiting {
-            self.deliver(room_id, event, true).await;
-        }
+        let Ok(machine) = self.olm_machine() else { return };
+        self.deliver_late(machine.pending_events_for_sessions(sessions)).await;
     }
 
     /// Tries again the waiting events of `senders`, whose devices or
     /// identity changed (a device refused as not listed, or not
     /// cross-signed, may be now).
-    pub(crate) async fn retry_senders(&self, senders: &BTreeSet<String>) {
-        let waiting = lock(&self.inner.undecrypted).take_senders(senders);
-        for (room_id, event) in waiting {
-            self.deliver(room_id, event, true).await;
-        }
+    pub(crate) async fn retry_senders(&self, senders: &BTreeSet<OwnedUserId>) {
+        let Ok(machine) = self.olm_machine() else { return };
+        self.deliver_late(machine.pending_events_from_senders(senders)).await;
     }
 }
 

@@ -66,11 +66,6 @@ pub(super) struct SimDevice {
     pub(super) positions: BTreeMap<usize, usize>,
     /// What it made of each event it read (the application's timeline).
     pub(super) views: BTreeMap<usize, View>,
-    /// Sessions looked up in the backup, with the backup's version and
-    /// etag then.
-    pub(super) backup_looked: BTreeMap<String, (String, String)>,
-    /// When the backup's etag was last checked for keys looked up before.
-    pub(super) backup_checked_at: Option<hush_crypto_core::Timestamp>,
     /// Sessions whose keys arrived since the last retry, and how.
     pub(super) arrived: BTreeMap<String, HealPath>,
     pub(super) syncs: u64,

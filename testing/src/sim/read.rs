@@ -1,13 +1,14 @@
 //! Reading: a device reads the new events of the rooms its user ever
 //! joined (the server serves the whole timeline, readable or not), each
-//! result checked against the truth; and healing, as hush-client does it:
-//! waiting events are retried when their key arrives, their keys are
-//! looked up in the backup, and asked of our own devices.
+//! result checked against the truth; and healing, driven as hush-client
+//! drives it: the engine keeps the waiting events and decides which keys
+//! to look up in the backup and which to ask our own devices for; this
+//! driver only moves the bytes and decrypts again what the engine lists.
 
 use std::collections::BTreeSet;
 
-use hush_crypto_core::{DecryptedRoomEvent, KeySource, MegolmError, MembershipAtEvent};
-use ruma_common::serde::Raw;
+use hush_crypto_core::{DecryptedRoomEvent, KeySource, MegolmError, MembershipAtEvent, utd::PendingEvent};
+use ruma_common::{OwnedRoomId, serde::Raw};
 use serde_json::Value;
 
 use super::{
@@ -16,12 +17,6 @@ use super::{
     schedule::ROOMS,
     world::World,
 };
-
-/// Room-key requests and backup lookups per sync (hush-client's bound).
-const HEAL_PER_SYNC: usize = 20;
-/// How often the backup is checked again for keys not found in it
-/// (hush-client's `BACKUP_RECHECK`).
-const BACKUP_RECHECK_MS: u64 = 10 * 60 * 1000;
 
 impl World {
     /// Reads every room's new events on device `d`; returns how many.
@@ -160,22 +155,28 @@ impl World {
         Ok(View::Decrypted { healed })
     }
 
-    /// The events device `d` cannot read yet, with their sessions.
-    fn waiting(&self, d: usize) -> Vec<usize> {
-        let dev = &self.devices[d];
-        dev.views.iter().filter(|(_, v)| matches!(v, View::Utd { .. })).map(|(&e, _)| e).collect()
+    /// The events of `pending` (as the engine lists them), as indices of
+    /// the world's events.
+    fn events_of(&self, pending: &[PendingEvent]) -> Vec<usize> {
+        let ids: BTreeSet<&str> = pending.iter().map(|p| p.event_id.as_str()).collect();
+        (0..self.events.len()).filter(|&e| ids.contains(self.events[e].event_id.as_str())).collect()
     }
 
-    /// Retries the waiting events whose keys arrived.
+    /// Decrypts again the waiting events whose keys arrived.
     async fn retry_arrived(&mut self, d: usize) -> Result<(), Halt> {
         let arrived = std::mem::take(&mut self.devices[d].arrived);
-        let retry: Vec<usize> =
-            self.waiting(d).into_iter().filter(|&e| arrived.contains_key(&self.events[e].session_id)).collect();
+        if arrived.is_empty() {
+            return Ok(());
+        }
+        let sessions: BTreeSet<String> = arrived.keys().cloned().collect();
+        let pending = self.devices[d].machine()?.pending_events_for_sessions(&sessions);
+        let retry = self.events_of(&pending);
         self.decrypt_by_room(d, &retry, &arrived).await
     }
 
     /// Healing after a sync: retry what arrived; look missing keys up in
-    /// the backup (once each); ask our other devices for the rest.
+    /// the backup; ask our other devices for the rest (the engine decides
+    /// what is due).
     pub(super) async fn heal(&mut self, d: usize) -> Result<(), Halt> {
         self.retry_arrived(d).await?;
         self.restore_from_backup(d).await?;
@@ -184,45 +185,24 @@ impl World {
     }
 
     async fn restore_from_backup(&mut self, d: usize) -> Result<(), Halt> {
+        let now = self.clock.now();
         let dev = &self.devices[d];
         let machine = dev.machine()?;
+        let Some(due) = machine.backup_read_due(now).await.map_err(Halt::engine)? else { return Ok(()) };
         let (Some(version), Some(key)) =
             (machine.backup_version(), machine.backup_decryption_key().await.map_err(Halt::engine)?)
         else {
             return Ok(());
         };
-        // hush-client's rule: a key is looked up once per state of the
-        // backup (its etag), and the etag of keys looked up before is
-        // checked at most every ten minutes (our other devices upload what
-        // they receive; the sender never writes to our backup).
-        let now = self.clock.now();
-        let recheck = dev.backup_checked_at.is_none_or(|at| now.as_millis() >= at.as_millis() + BACKUP_RECHECK_MS);
         let etag = self.server.backup_etag(&dev.user_id, &version);
-        let mut wanted = BTreeSet::new();
-        let mut rechecked = false;
-        for e in self.waiting(d) {
-            let session = &self.events[e].session_id;
-            let due = match dev.backup_looked.get(session) {
-                None => true,
-                Some((seen_version, seen_etag)) => {
-                    rechecked |= recheck;
-                    *seen_version != version || (recheck && *seen_etag != etag)
-                }
-            };
-            if wanted.len() < HEAL_PER_SYNC && due {
-                wanted.insert(session.clone());
-            }
-        }
-        if rechecked {
-            self.devices[d].backup_checked_at = Some(now);
-        }
+        let wanted: BTreeSet<(OwnedRoomId, String)> =
+            machine.take_backup_lookups(&version, &etag, due, now).into_iter().collect();
         if wanted.is_empty() {
             return Ok(());
         }
-        let mut all = self.server.backup_keys(&self.devices[d].user_id, &version);
-        self.devices[d].backup_looked.extend(wanted.iter().map(|s| (s.clone(), (version.clone(), etag.clone()))));
-        for room in all.values_mut() {
-            room.sessions.retain(|id, _| wanted.contains(id.as_str()));
+        let mut all = self.server.backup_keys(&dev.user_id, &version);
+        for (room_id, room) in &mut all {
+            room.sessions.retain(|id, _| wanted.contains(&(room_id.clone(), id.clone())));
         }
         all.retain(|_, room| !room.sessions.is_empty());
         if all.is_empty() {
@@ -236,33 +216,21 @@ impl World {
     }
 
     async fn request_from_own_devices(&mut self, d: usize) -> Result<(), Halt> {
-        let dev = &self.devices[d];
-        let machine = dev.machine()?;
-        let own = machine.get_user_devices(&dev.user_id).await.map_err(Halt::engine)?;
-        if !own.values().any(|device| *device.device_id() != dev.device_id && !device.is_deleted()) {
-            return Ok(());
-        }
-        let mut asked = BTreeSet::new();
-        for e in self.waiting(d) {
-            let event = &self.events[e];
-            if asked.len() < HEAL_PER_SYNC && asked.insert(event.session_id.clone()) {
-                let room_id = self.rooms[event.room].room_id.clone();
-                self.devices[d].gate("request_room_key")?;
-                self.devices[d].machine()?.request_room_key(&room_id, &event.session_id).await.map_err(Halt::engine)?;
-            }
-        }
-        if asked.is_empty() {
+        self.devices[d].gate("request_room_key")?;
+        let asked = self.devices[d].machine()?.request_missing_room_keys().await.map_err(Halt::engine)?;
+        if asked == 0 {
             return Ok(());
         }
         let (mut net, devices) = self.net();
         devices[d].drive(&mut net).await
     }
 
-    /// After a reopen: every event shown as unreadable is retried (a key
-    /// that arrived just before a kill left no other trace in memory), as
-    /// hush-client does with the waiting events it saves.
+    /// After a reopen: the events the engine still lists as waiting are
+    /// retried (a key that arrived just before a kill left no other trace
+    /// in memory), as hush-client does after a restart.
     pub(super) async fn retry_all_waiting(&mut self, d: usize) -> Result<(), Halt> {
-        let waiting = self.waiting(d);
+        let pending = self.devices[d].machine()?.pending_events();
+        let waiting = self.events_of(&pending);
         self.decrypt_by_room(d, &waiting, &Default::default()).await
     }
 

@@ -165,8 +165,6 @@ impl World {
             clean_sync_step: None,
             positions: Default::default(),
             views: Default::default(),
-            backup_looked: Default::default(),
-            backup_checked_at: None,
             arrived: Default::default(),
             syncs: 0,
             counts: Default::default(),
@@ -510,8 +508,6 @@ impl World {
         dev.crash_after = None;
         // The client's memory is gone with its process (its timeline, kept
         // in `views` and `positions`, is the application's, on disk).
-        dev.backup_looked.clear();
-        dev.backup_checked_at = None;
         dev.arrived.clear();
         self.open(d).await?;
         self.tally.count_fault(if killed { "crash (reopened)" } else { "restart" });

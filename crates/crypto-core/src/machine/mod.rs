@@ -12,6 +12,7 @@ mod identities;
 mod keys_query;
 mod keys_upload;
 mod olm_batch;
+mod pending;
 mod room;
 mod room_decrypt;
 mod room_keys;
@@ -112,6 +113,16 @@ pub enum OpenError {
 ///   [`export_room_keys`](Self::export_room_keys),
 ///   [`import_room_keys`](Self::import_room_keys),
 ///   [`set_local_trust`](Self::set_local_trust).
+/// * **Healing** (`utd::pending`): every room-event decryption keeps the
+///   events that may still heal; a driver decrypts again
+///   [`pending_events_for_sessions`](Self::pending_events_for_sessions) /
+///   [`pending_events_from_senders`](Self::pending_events_from_senders) /
+///   [`pending_events`](Self::pending_events), looks keys up in the backup
+///   as [`backup_read_due`](Self::backup_read_due) and
+///   [`take_backup_lookups`](Self::take_backup_lookups) say, and lets
+///   [`request_missing_room_keys`](Self::request_missing_room_keys) ask our
+///   other devices; [`pending_decryption_count`](Self::pending_decryption_count)
+///   reads the registry.
 /// * **Outputs**: the request queue, drained with
 ///   [`outgoing_requests`](Self::outgoing_requests), and the event queue,
 ///   drained with [`poll_event`](Self::poll_event) /
@@ -183,6 +194,8 @@ struct Inner {
     gossip: Mutex<gossip::GossipState>,
     /// Interactive verification flows (`verification/`), in memory only.
     verifications: Mutex<crate::verification::Verifications>,
+    /// Events waiting for their keys and the healing schedule (`utd/pending`).
+    pending: Mutex<crate::utd::pending::PendingDecryptions>,
     /// Where request and transaction ids come from.
     ids: IdSource,
     /// How many threads CPU-heavy batches may use (see [`OlmMachine::set_worker_threads`]).
@@ -255,6 +268,9 @@ impl OlmMachine {
         let backup = backup::BackupState::from_record(store.get_custom_value(backup::BACKUP_RECORD).await?.as_deref());
         let gossip =
             gossip::GossipState::from_record(store.get_custom_value(crate::gossip::GOSSIP_RECORD).await?.as_deref());
+        let pending = crate::utd::pending::PendingDecryptions::from_record(
+            store.get_custom_value(crate::utd::pending::PENDING_RECORD).await?.as_deref(),
+        );
         let us = crate::verification::Party { user_id: own.user_id.clone(), device_id: own.device_id.clone() };
         let verifications = crate::verification::Verifications::new(us);
         Ok(Self {
@@ -277,6 +293,7 @@ impl OlmMachine {
                 backup: Mutex::new(backup),
                 gossip: Mutex::new(gossip),
                 verifications: Mutex::new(verifications),
+                pending: Mutex::new(pending),
                 ids: IdSource::random(),
                 workers: AtomicUsize::new(crate::parallel::default_workers()),
             }),

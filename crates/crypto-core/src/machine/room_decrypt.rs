@@ -132,7 +132,10 @@ impl OlmMachine {
                 self.check_opened(room_id, settings, opened.collect(), &mut results, &mut changes, &mut replay);
             accepted.extend(checked.await);
         }
+        let (record, was_waiting) = self.note_pending(room_id, events, &results, &accepted);
+        changes.custom_values.extend(record);
         if let Err(error) = self.save(None, None, changes).await {
+            self.unnote_pending(room_id, events, &was_waiting);
             for accepted in accepted {
                 results[accepted.index] = Some(Err(MegolmError::Store(error.clone())));
             }
@@ -151,9 +154,54 @@ impl OlmMachine {
                 sender_cross_signed: sender.cross_signed,
                 sender_identity: sender.identity,
             };
-            results[index] = Some(Ok(DecryptedRoomEvent { event: opened.event, info }));
+            let was_waiting = was_waiting.contains(&index);
+            results[index] = Some(Ok(DecryptedRoomEvent { event: opened.event, info, was_waiting }));
         }
         results.into_iter().flatten().collect()
+    }
+
+    /// Feeds the pending-decryption registry (`utd/pending`): events that
+    /// failed in a way that may heal wait; decrypted ones, and waiting ones
+    /// that now fail in a way that cannot heal, wait no more.
+    /// Returns its record to save with the batch, if it changed, and the
+    /// positions of the decrypted events that were waiting.
+    fn note_pending<T>(
+        &self,
+        room_id: &RoomId,
+        events: &[Raw<T>],
+        results: &[Option<RoomEventResult>],
+        accepted: &[Accepted],
+    ) -> (Option<(String, Vec<u8>)>, HashSet<usize>) {
+        let mut pending = lock(&self.inner.pending);
+        for (event, result) in events.iter().zip(results) {
+            let Some(Err(error)) = result else { continue };
+            let Some(waiting) = crate::utd::PendingEvent::from_event(room_id, event.json()) else { continue };
+            if crate::utd::pending::may_heal(error) {
+                pending.record(waiting);
+            } else if !matches!(error, MegolmError::Store(_)) {
+                pending.resolved(room_id, &waiting.event_id);
+            }
+        }
+        let was_waiting = accepted
+            .iter()
+            .filter(|a| pending.resolved(room_id, a.opened.event_id.as_str()))
+            .map(|a| a.index)
+            .collect();
+        (pending.take_record(), was_waiting)
+    }
+
+    /// The batch was not saved: the events it took out of the registry wait
+    /// again, and the registry is saved with the next batch.
+    fn unnote_pending<T>(&self, room_id: &RoomId, events: &[Raw<T>], was_waiting: &HashSet<usize>) {
+        let mut pending = lock(&self.inner.pending);
+        for &index in was_waiting {
+            if let Some(waiting) =
+                events.get(index).and_then(|e| crate::utd::PendingEvent::from_event(room_id, e.json()))
+            {
+                pending.record(waiting);
+            }
+        }
+        pending.mark_unsaved();
     }
 
     /// Parse phase, on the workers.

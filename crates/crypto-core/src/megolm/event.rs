@@ -107,6 +107,10 @@ pub struct DecryptedRoomEvent {
     pub event: Raw<AnyTimelineEvent>,
     /// Who sent it.
     pub info: MegolmDecryptionInfo,
+    /// An earlier decryption of this event failed and the engine kept it
+    /// waiting for its key (`utd::pending`): this is a late decryption, to
+    /// show in place of the unreadable event shown before.
+    pub was_waiting: bool,
 }
 
 impl std::fmt::Debug for DecryptedRoomEvent {

@@ -5,8 +5,14 @@
 //! sender, lost in transit, a message older than this device and no
 //! backup...). [`classify`] is the rule, from the error and the facts the
 //! engine and its caller know; `OlmMachine::utd_cause` gathers the facts.
+//! [`pending`] keeps the events that may still heal and decides how to heal
+//! them (ask our devices, look up the backup).
 
 use serde::{Deserialize, Serialize};
+
+pub mod pending;
+
+pub use pending::{BackupReadDue, PendingEvent};
 
 use crate::megolm::{MegolmError, TrustRequirement, WithheldCode};
 

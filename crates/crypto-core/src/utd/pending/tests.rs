@@ -1,0 +1,174 @@
+use ruma_common::room_id;
+use serde_json::json;
+
+use super::*;
+
+fn room() -> OwnedRoomId {
+    "!r:e.org".try_into().unwrap()
+}
+
+/// An encrypted event `n` of session `session`, padded to about `pad` bytes.
+fn event(n: usize, session: &str, pad: usize) -> PendingEvent {
+    let value = json!({
+        "event_id": format!("$e{n}"),
+        "sender": "@alice:e.org",
+        "type": "m.room.encrypted",
+        "content": {"session_id": session, "ciphertext": "x".repeat(pad)},
+    });
+    let raw = serde_json::value::to_raw_value(&value).unwrap();
+    PendingEvent::from_event(&room(), &raw).unwrap()
+}
+
+fn key(n: usize) -> (OwnedRoomId, String) {
+    (room(), format!("s{n}"))
+}
+
+fn holding(sessions: impl IntoIterator<Item = usize>) -> PendingDecryptions {
+    let mut pending = PendingDecryptions::default();
+    for n in sessions {
+        pending.record(event(n, &format!("s{n}"), 0));
+    }
+    pending
+}
+
+#[test]
+fn an_event_is_kept_once_and_the_oldest_go_first_over_the_count() {
+    let mut pending = PendingDecryptions::default();
+    pending.record(event(0, "s0", 0));
+    pending.record(event(0, "s0", 0));
+    assert_eq!(pending.len(), 1, "the same event once");
+    for n in 1..=MAX_PENDING {
+        pending.record(event(n, "s1", 0));
+    }
+    assert_eq!(pending.len(), MAX_PENDING);
+    assert!(pending.select(|e| e.session_id == "s0").is_empty(), "the oldest was dropped");
+    pending.record(event(0, "s0", 0));
+    assert_eq!(pending.select(|e| e.session_id == "s0").len(), 1, "a dropped event may wait again");
+}
+
+#[test]
+fn large_events_are_bounded_by_bytes_and_oversized_ones_are_not_kept() {
+    let mut pending = PendingDecryptions::default();
+    for n in 0..400 {
+        pending.record(event(n, "s", 60_000));
+    }
+    assert!(pending.bytes <= MAX_PENDING_BYTES, "{} bytes held", pending.bytes);
+    assert!(pending.len() < 400 && pending.len() > 200, "{} held", pending.len());
+    assert!(pending.select(|e| e.event_id == "$e399").len() == 1, "the newest is kept");
+    let huge = serde_json::value::to_raw_value(&json!({
+        "event_id": "$huge", "sender": "@a:e.org", "content": {"session_id": "s", "c": "x".repeat(70_000)}
+    }))
+    .unwrap();
+    assert!(PendingEvent::from_event(&room(), &huge).is_none());
+    let nameless = serde_json::value::to_raw_value(&json!({"sender": "@a:e.org", "content": {}})).unwrap();
+    assert!(PendingEvent::from_event(&room(), &nameless).is_none());
+}
+
+#[test]
+fn a_decrypted_event_waits_no_more() {
+    let mut pending = holding(0..3);
+    pending.take_record();
+    assert!(!pending.resolved(room_id!("!other:e.org"), "$e1"), "an event id counts in its room");
+    assert!(pending.resolved(&room(), "$e1"));
+    assert!(!pending.resolved(&room(), "$e1"), "once");
+    assert!(!pending.resolved(&room(), "$unknown"));
+    let left: Vec<String> = pending.select(|_| true).into_iter().map(|e| e.event_id).collect();
+    assert_eq!(left, ["$e0", "$e2"]);
+    assert_eq!(pending.bytes, pending.events.iter().map(PendingEvent::bytes).sum::<usize>());
+    assert!(pending.take_record().is_some(), "the change is saved");
+}
+
+#[test]
+fn missing_keys_are_asked_once_per_open_request_and_at_most_twenty_per_round() {
+    let mut pending = holding(0..30);
+    // Two events of one session ask once.
+    pending.record(event(100, "s0", 0));
+    let open = |_: &RoomId, session: &str| session == "s1";
+    let due = pending.key_requests_due(open);
+    assert_eq!(due.len(), KEY_REQUESTS_PER_ROUND);
+    assert_eq!(due[0], key(0));
+    assert_eq!(due[1], key(2), "s1 has a request open");
+    assert_eq!(due.iter().collect::<BTreeSet<_>>().len(), due.len(), "each key once");
+}
+
+#[test]
+fn a_key_is_looked_up_once_per_state_of_the_backup_and_rechecked_at_most_every_ten_minutes() {
+    let start = Timestamp::from_millis(1_000_000);
+    let later = |secs: u64| Timestamp::from_millis(1_000_000 + secs * 1000);
+    let fresh = Some(BackupReadDue { recheck: false });
+    let recheck = Some(BackupReadDue { recheck: true });
+    let mut pending = holding([0]);
+    assert_eq!(pending.backup_read_due(start), fresh, "never looked up");
+    assert_eq!(pending.take_backup_lookups(("1", "etag1"), BackupReadDue { recheck: false }, start), vec![key(0)]);
+    // Looked up, nothing new: the recheck is due at once (never checked),
+    // but the same etag brings no new lookup.
+    assert_eq!(pending.backup_read_due(start), recheck);
+    assert!(pending.take_backup_lookups(("1", "etag1"), BackupReadDue { recheck: true }, start).is_empty());
+    // Within ten minutes of that check the backup is not read again.
+    assert_eq!(pending.backup_read_due(later(599)), None);
+    // After ten minutes, a changed backup: looked up again, once.
+    assert_eq!(pending.backup_read_due(later(600)), recheck);
+    assert_eq!(pending.take_backup_lookups(("1", "etag2"), BackupReadDue { recheck: true }, later(600)), vec![key(0)]);
+    assert!(pending.take_backup_lookups(("1", "etag2"), BackupReadDue { recheck: true }, later(1200)).is_empty());
+    // A new key is looked up at once, whatever the recheck.
+    pending.record(event(1, "s1", 0));
+    assert_eq!(pending.backup_read_due(later(601)), fresh);
+    assert_eq!(pending.take_backup_lookups(("1", "etag2"), BackupReadDue { recheck: false }, later(601)), vec![key(1)]);
+    // A new backup version: its etags count anew, so every key is due.
+    assert_eq!(
+        pending.take_backup_lookups(("2", "etag2"), BackupReadDue { recheck: false }, later(602)),
+        vec![key(0), key(1)]
+    );
+    // Nothing waits: no read at all.
+    assert_eq!(PendingDecryptions::default().backup_read_due(later(9999)), None);
+}
+
+#[test]
+fn backup_lookups_per_round_are_bounded() {
+    let mut pending = holding(0..100);
+    let now = Timestamp::from_millis(0);
+    let first = pending.take_backup_lookups(("1", "e"), BackupReadDue { recheck: false }, now);
+    assert_eq!(first.len(), BACKUP_LOOKUPS_PER_ROUND);
+    let next = pending.take_backup_lookups(("1", "e"), BackupReadDue { recheck: false }, now);
+    assert_eq!(next.len(), BACKUP_LOOKUPS_PER_ROUND);
+    assert!(first.iter().all(|k| !next.contains(k)), "the next ones");
+}
+
+#[test]
+fn the_newest_events_are_saved_when_changed_and_a_bad_record_reads_as_none() {
+    let mut pending = PendingDecryptions::default();
+    assert!(pending.take_record().is_none(), "nothing changed");
+    for n in 0..MAX_SAVED + 10 {
+        pending.record(event(n, &format!("s{n}"), 0));
+    }
+    let (name, record) = pending.take_record().expect("changed");
+    assert_eq!(name, PENDING_RECORD);
+    assert!(pending.take_record().is_none(), "saved");
+    let restored = PendingDecryptions::from_record(Some(&record));
+    assert_eq!(restored.len(), MAX_SAVED, "the newest are saved");
+    assert_eq!(restored.select(|e| e.event_id == format!("$e{}", MAX_SAVED + 9)).len(), 1);
+    assert!(restored.select(|e| e.event_id == "$e0").is_empty());
+    assert_eq!(PendingDecryptions::from_record(Some(b"not json")).len(), 0);
+    // A stored entry whose event disagrees with it is read from the event.
+    let forged = json!([{
+        "room_id": "!r:e.org", "event_id": "$claimed", "sender": "@mallory:e.org", "session_id": "s9",
+        "event": {"event_id": "$real", "sender": "@alice:e.org", "content": {"session_id": "s1"}}
+    }]);
+    let restored = PendingDecryptions::from_record(Some(&serde_json::to_vec(&forged).unwrap()));
+    let only = restored.select(|_| true);
+    assert_eq!((only[0].event_id.as_str(), only[0].session_id.as_str()), ("$real", "s1"));
+    assert_eq!(only[0].sender.as_str(), "@alice:e.org");
+}
+
+#[test]
+fn the_saved_record_is_bounded_in_bytes_newest_first() {
+    let mut pending = PendingDecryptions::default();
+    for n in 0..100 {
+        pending.record(event(n, "s", 30_000));
+    }
+    let (_, record) = pending.take_record().expect("changed");
+    assert!(record.len() <= MAX_SAVED_BYTES + 64 * 1024, "{} bytes", record.len());
+    let restored = PendingDecryptions::from_record(Some(&record));
+    assert!(restored.len() < 100 && restored.len() >= 30, "{} saved", restored.len());
+    assert_eq!(restored.select(|e| e.event_id == "$e99").len(), 1, "the newest is saved");
+}
