@@ -105,3 +105,6 @@ pub(crate) fn rotation_reason(
     }
     None
 }
+
+#[cfg(test)]
+mod tests;
