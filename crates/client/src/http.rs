@@ -317,19 +317,11 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
-        let token = match access_token {
-            Some(token) => SendAccessToken::IfRequired(token),
-            None => SendAccessToken::None,
-        };
         let mut backoff = self.settings.initial_backoff;
         let mut attempt = 0;
         loop {
             check().map_err(HttpError::NotSent)?;
-            let http_request = request
-                .clone()
-                .try_into_http_request::<Vec<u8>>(&self.homeserver, token, Cow::Borrowed(&self.versions))
-                .map_err(|e| HttpError::Build(e.to_string()))?;
-            let limit = if answers_small::<R>() { SMALL_ANSWER.min(self.limit()) } else { self.limit() };
+            let (http_request, limit) = self.prepare(request.clone(), access_token)?;
             match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout, limit).await {
                 Attempt::Done(result) => return result,
                 Attempt::Retry { after, error } => {
@@ -360,6 +352,21 @@ impl HttpClient {
         for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
         for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
     {
+        let (http_request, limit) = self.prepare(request, access_token)?;
+        match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout, limit).await {
+            Attempt::Done(result) => result,
+            Attempt::Retry { error, .. } => Err(error),
+        }
+    }
+
+    /// One attempt's HTTP request for `request`, and the largest answer it
+    /// may read.
+    fn prepare<R>(&self, request: R, access_token: Option<&str>) -> Result<(http::Request<Vec<u8>>, usize), HttpError>
+    where
+        R: OutgoingRequest,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+    {
         let token = match access_token {
             Some(token) => SendAccessToken::IfRequired(token),
             None => SendAccessToken::None,
@@ -368,10 +375,7 @@ impl HttpClient {
             .try_into_http_request::<Vec<u8>>(&self.homeserver, token, Cow::Borrowed(&self.versions))
             .map_err(|e| HttpError::Build(e.to_string()))?;
         let limit = if answers_small::<R>() { SMALL_ANSWER.min(self.limit()) } else { self.limit() };
-        match self.attempt::<R>(http_request, self.settings.request_timeout + extra_timeout, limit).await {
-            Attempt::Done(result) => result,
-            Attempt::Retry { error, .. } => Err(error),
-        }
+        Ok((http_request, limit))
     }
 
     async fn attempt<R: OutgoingRequest>(
