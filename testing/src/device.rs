@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use hush_crypto_core::{
-    AnyOutgoingRequest, CryptoStore, MemoryStore, OlmMachine, OutgoingRequest, SyncOutput, ToDeviceOutcome,
+    AnyOutgoingRequest, CryptoStore, MemoryStore, OlmMachine, OutgoingRequest, RequestRefusal, SyncOutput,
+    ToDeviceOutcome,
 };
 use ruma_client_api::to_device::send_event_to_device;
 use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
@@ -92,11 +93,15 @@ impl TestDevice {
             }
             AnyOutgoingRequest::KeysBackup(r) => match self.server.add_backup_keys(&self.user_id, r) {
                 Ok(response) => self.machine.mark_request_as_sent(id, &response, now).await,
-                Err(errcode) => {
-                    assert_eq!(errcode, "M_WRONG_ROOM_KEYS_VERSION", "backup upload refused");
-                    self.machine.disable_backup().await.expect("backup disabled");
-                    Ok(())
-                }
+                Err(errcode) => self.refused(id, &errcode).await,
+            },
+            AnyOutgoingRequest::BackupVersion(_) => match self.server.latest_backup_response(&self.user_id) {
+                Ok(response) => self.machine.mark_request_as_sent(id, &response, now).await,
+                Err(errcode) => self.refused(id, &errcode).await,
+            },
+            AnyOutgoingRequest::BackupKeyLookup(r) => match self.server.backup_key_response(&self.user_id, r) {
+                Ok(response) => self.machine.mark_request_as_sent(id, &response, now).await,
+                Err(errcode) => self.refused(id, &errcode).await,
             },
             AnyOutgoingRequest::RoomMessage(r) => {
                 let response =
@@ -107,14 +112,25 @@ impl TestDevice {
         result.expect("response accepted");
     }
 
+    /// Hands back a refusal the engine acts on (a backup request's 404 or
+    /// wrong version).
+    async fn refused(
+        &self,
+        id: &ruma_common::TransactionId,
+        errcode: &str,
+    ) -> Result<(), hush_crypto_core::ResponseError> {
+        let refusal = RequestRefusal::from_errcode(errcode).expect("a refusal the engine knows");
+        self.machine.mark_request_as_refused(id, refusal, self.clock.now()).await
+    }
+
     /// The drive loop: runs due timers, then sends every queued request
     /// until none is left. Events stay queued for the test to drain.
     pub async fn drain(&self) {
-        let now = self.clock.now();
-        if self.machine.poll_timeout().is_some_and(|at| at <= now) {
-            self.machine.handle_timeout(now).await.expect("timers handled");
-        }
         for _ in 0..10 {
+            let now = self.clock.now();
+            if self.machine.poll_timeout().is_some_and(|at| at <= now) {
+                self.machine.handle_timeout(now).await.expect("timers handled");
+            }
             let mut requests = self.machine.outgoing_requests(self.clock.now()).await.expect("outgoing requests");
             // Sent with auth by `bootstrap_cross_signing`, as a client does.
             requests.retain(|r| !matches!(r.request(), AnyOutgoingRequest::SigningKeysUpload(_)));

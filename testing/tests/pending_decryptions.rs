@@ -1,26 +1,51 @@
-//! The engine's pending-decryption registry (`utd::pending`), driven as an
-//! embedder of hush-crypto-core drives it: a failed decryption is kept and
-//! saved with the decryption's own batch, a restarted engine still lists
-//! it, its late decryption is flagged, and the engine decides which keys
-//! to ask our own devices for.
+//! The engine heals undecryptable events by itself, driven as an embedder
+//! of hush-crypto-core drives it (no hush-client): the drive loop of
+//! [`TestDevice::drain`] only runs due timers (`poll_timeout` /
+//! `handle_timeout`), sends each queued request to the in-process server
+//! and hands the answer back (a refusal as `mark_request_as_refused`).
+//! Nothing here tells the engine what to retry, ask or look up: the late
+//! decryptions come out of its event queue.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::sync::Arc;
 
-use hush_crypto_core::{CryptoStore, EncryptionSettings, MegolmError, MemoryStore};
-use hush_testing::{TestDevice, TestServer, VirtualClock};
-use ruma_common::{RoomId, room_id, serde::Raw, user_id};
+use hush_crypto_core::{
+    CryptoStore, EncryptionSettings, EngineEvent, KeySource, LateDecryption, MegolmError, MemoryStore,
+};
+use hush_testing::{
+    TestDevice, TestServer, VirtualClock,
+    own_devices::{alice, first_device, second_device},
+};
+use ruma_common::{RoomId, room_id, user_id};
 use serde_json::Value;
 
 fn room() -> &'static RoomId {
     room_id!("!pending:e.org")
 }
 
+/// The late decryptions among the engine's events.
+fn late_decryptions(device: &TestDevice) -> Vec<LateDecryption> {
+    device
+        .machine
+        .drain_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            EngineEvent::LateDecryption(late) => Some(late),
+            _ => None,
+        })
+        .collect()
+}
+
+fn body(late: &LateDecryption) -> String {
+    let event: Value = late.decrypted.event.deserialize_as_unchecked().expect("a decrypted event");
+    event["content"]["body"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Bob reads Alice's message before its key reached him; his engine is
-/// closed and opened again on the same store (a restart); the event is
-/// still listed as waiting, and once the key arrives it decrypts as a late
-/// decryption and waits no more, also after the next restart.
+/// closed and opened again on the same store (a restart); the event still
+/// waits, and once the key arrives the engine announces it once as a late
+/// decryption, and it waits no more, also after the next restart.
 #[tokio::test]
-async fn an_undecryptable_event_waits_across_a_restart_and_decrypts_late() {
+async fn an_undecryptable_event_waits_across_a_restart_and_is_announced_once_when_its_key_arrives() {
     let server = Arc::new(TestServer::new());
     let clock = VirtualClock::default();
     let alice = TestDevice::new(&server, &clock, user_id!("@alice:e.org"), "ALICE").await;
@@ -29,7 +54,6 @@ async fn an_undecryptable_event_waits_across_a_restart_and_decrypts_late() {
     let bob = TestDevice::with_store(&server, &clock, bob_id, "BOB", bob_store.clone()).await;
     alice.share_room_key(room(), &[bob_id], &EncryptionSettings::default()).await;
     let event = alice.encrypt_text(room(), "read before its key").await;
-    let session_id = event["content"]["session_id"].as_str().unwrap().to_owned();
 
     let error = bob.decrypt_text(room(), &event).await.unwrap_err();
     assert!(matches!(error, MegolmError::MissingRoomKey { .. }), "{error}");
@@ -37,28 +61,81 @@ async fn an_undecryptable_event_waits_across_a_restart_and_decrypts_late() {
     drop(bob);
 
     let mut bob = TestDevice::with_store(&server, &clock, bob_id, "BOB", bob_store.clone()).await;
-    let waiting = bob.machine.pending_events();
-    assert_eq!(waiting.len(), 1, "saved with the failed decryption's batch");
-    assert_eq!((waiting[0].session_id.as_str(), waiting[0].room_id.as_ref()), (session_id.as_str(), room()));
-    assert!(bob.machine.pending_events_for_sessions(&BTreeSet::from(["other".to_owned()])).is_empty());
+    assert_eq!(bob.machine.pending_decryption_count(), 1, "saved with the failed decryption's batch");
+    bob.drain().await;
+    assert!(late_decryptions(&bob).is_empty(), "retried after the restart, still without its key");
 
-    bob.sync().await; // the room key arrives
-    let retry = bob.machine.pending_events_for_sessions(&BTreeSet::from([session_id.clone()]));
-    assert_eq!(retry.len(), 1);
-    let raw: Raw<Value> = retry[0].event.clone();
-    let decrypted = bob.machine.decrypt_room_event(&raw, room(), &Default::default()).await.expect("late decryption");
-    assert!(decrypted.was_waiting, "flagged as a late decryption");
+    bob.sync().await; // the room key arrives; the drive loop heals
+    let late = late_decryptions(&bob);
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!((late[0].room_id.as_ref(), late[0].event_id.as_str()), (room(), event["event_id"].as_str().unwrap()));
+    assert_eq!(body(&late[0]), "read before its key");
+    assert!(late[0].decrypted.was_waiting);
     assert_eq!(bob.machine.pending_decryption_count(), 0);
-    let again = bob.machine.decrypt_room_event(&raw, room(), &Default::default()).await.expect("decrypts again");
-    assert!(!again.was_waiting, "late once");
+    bob.drain().await;
+    assert!(late_decryptions(&bob).is_empty(), "announced once");
     drop(bob);
 
     let bob = TestDevice::with_store(&server, &clock, bob_id, "BOB", bob_store).await;
     assert_eq!(bob.machine.pending_decryption_count(), 0, "the healing was saved too");
 }
 
+/// A new device of Alice's that holds the backup key (as after recovery)
+/// cannot read a message sent before it existed; its drive loop alone reads
+/// the backup's version, looks the key up and announces the message as a
+/// late decryption from a key marked as restored from the backup.
+#[tokio::test]
+async fn an_embedder_heals_a_message_from_the_backup_with_only_its_drive_loop() {
+    let (server, clock, mut first, backup_key) = first_device().await;
+    let backup = server.latest_backup(alice()).expect("a backup");
+    first.machine.enable_backup(&backup).await.expect("backup enabled");
+    let bob = TestDevice::new(&server, &clock, user_id!("@bob:e.org"), "BOB").await;
+    bob.share_room_key(room(), &[alice()], &EncryptionSettings::default()).await;
+    let event = bob.encrypt_text(room(), "kept in the backup").await;
+    first.sync().await; // the key arrives and is uploaded to the backup
+    assert_eq!(server.backup_keys(alice(), &backup.version).len(), 1, "uploaded");
+
+    let second = second_device(&server, &clock, &first, false).await;
+    second.machine.save_backup_decryption_key(&backup_key).await.expect("key saved");
+    second.machine.enable_backup(&backup).await.expect("backup enabled");
+    second.decrypt_text(room(), &event).await.unwrap_err();
+    assert_eq!(second.machine.pending_decryption_count(), 1);
+
+    second.drain().await;
+    let late = late_decryptions(&second);
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(body(&late[0]), "kept in the backup");
+    assert_eq!(late[0].decrypted.info.key_source, KeySource::Backup);
+    assert_eq!(second.machine.pending_decryption_count(), 0);
+}
+
+/// A new device of Alice's, verified by her first device, cannot read a
+/// message sent before it existed and no backup has it; its drive loop
+/// alone asks the first device, whose drive loop answers, and the message
+/// is announced as a late decryption from a forwarded key.
+#[tokio::test]
+async fn an_embedder_heals_a_message_from_another_own_device_with_only_its_drive_loop() {
+    let (server, clock, mut first, _) = first_device().await;
+    let bob = TestDevice::new(&server, &clock, user_id!("@bob:e.org"), "BOB").await;
+    bob.share_room_key(room(), &[alice()], &EncryptionSettings::default()).await;
+    let event = bob.encrypt_text(room(), "forwarded by my first device").await;
+    first.sync().await;
+
+    let mut second = second_device(&server, &clock, &first, true).await;
+    second.decrypt_text(room(), &event).await.unwrap_err();
+    second.drain().await; // asks ALICE1
+    assert_eq!(second.machine.open_gossip_requests().len(), 1, "one request for the missing key");
+    first.sync().await; // ALICE1 answers
+    second.sync().await; // the forwarded key arrives; the drive loop heals
+    let late = late_decryptions(&second);
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(body(&late[0]), "forwarded by my first device");
+    assert_eq!(late[0].decrypted.info.key_source, KeySource::Forwarded);
+}
+
 /// The engine asks our other devices for a waiting event's key only when
-/// we have another device, once while the request is open.
+/// we have another device (at once when one appears), once while the
+/// request is open.
 #[tokio::test]
 async fn a_missing_key_is_asked_of_our_other_devices_once() {
     let server = Arc::new(TestServer::new());
@@ -70,12 +147,34 @@ async fn a_missing_key_is_asked_of_our_other_devices_once() {
     let event = alice.encrypt_text(room(), "asked for").await;
     bob.decrypt_text(room(), &event).await.unwrap_err();
     bob.refresh_keys(&[bob_id]).await;
-    assert_eq!(bob.machine.request_missing_room_keys().await.unwrap(), 0, "no other device to ask");
+    assert!(bob.machine.open_gossip_requests().is_empty(), "no other device to ask");
 
     let _laptop = TestDevice::new(&server, &clock, bob_id, "BOBLAPTOP").await;
     bob.refresh_keys(&[bob_id]).await;
-    assert_eq!(bob.machine.request_missing_room_keys().await.unwrap(), 1);
-    assert_eq!(bob.machine.request_missing_room_keys().await.unwrap(), 0, "the request is open");
+    assert_eq!(bob.machine.open_gossip_requests().len(), 1, "asked once a device of ours appeared");
+    bob.drain().await;
     let open = bob.machine.open_gossip_requests();
-    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open.len(), 1, "the request is open: {open:?}");
+}
+
+/// The server loses the backup version we upload to (deleted by another
+/// client): the next upload is refused, the engine reads the current
+/// version, finds none and stops uploading, announcing why.
+#[tokio::test]
+async fn a_deleted_backup_version_is_disabled_on_the_servers_word() {
+    let (server, clock, mut first, _) = first_device().await;
+    let backup = server.latest_backup(alice()).expect("a backup");
+    first.machine.enable_backup(&backup).await.expect("backup enabled");
+    first.drain().await;
+    first.machine.drain_events();
+    server.delete_backup_version(alice(), &backup.version);
+    let bob = TestDevice::new(&server, &clock, user_id!("@bob:e.org"), "BOB").await;
+    bob.share_room_key(room(), &[alice()], &EncryptionSettings::default()).await;
+    first.sync().await; // a key to upload; the upload is refused
+    assert_eq!(first.machine.backup_version(), None, "the backup is disabled");
+    let events = first.machine.drain_events();
+    assert!(
+        events.iter().any(|e| matches!(e, EngineEvent::BackupDisabled { version, .. } if *version == backup.version)),
+        "{events:?}"
+    );
 }

@@ -110,8 +110,8 @@ fn a_backed_up_key_reaching_further_back_heals_a_new_login() {
 /// synced since it sent). A key not found was never looked up again, so
 /// the message stayed unreadable; now the backup is checked again when its
 /// etag changed (at most every ten minutes), and the message heals. (The
-/// simulator's driver applies hush-client's rule, which is unit-tested in
-/// `hush-client`'s `backup` module; this checks that the rule heals.)
+/// rule is the engine's, unit-tested in crypto-core's `utd::pending`; the
+/// simulator only drives it; this checks that the rule heals.)
 #[test]
 fn a_key_uploaded_to_the_backup_after_the_lookup_is_found_later() {
     let ops = vec![
@@ -172,10 +172,12 @@ fn an_open_request_is_sent_again_and_a_better_copy_heals_the_message() {
 /// Found by seed 2239 (shrunk to these six ops): a room key held back
 /// for two of Bob's syncs arrives, and Bob's device is killed before it
 /// retries the messages it showed as unreadable; the key was saved, but
-/// the reason to retry lived in memory only. A reopened device now
-/// retries everything it shows as unreadable, and the messages heal
-/// (hush-client now saves its waiting events and does the same; its
-/// Synapse test is `an_event_waiting_for_its_key_is_decrypted_late_after_a_restart`).
+/// the reason to retry lived in memory only. A reopened engine now
+/// retries every event it kept waiting, and the messages heal. Since the
+/// engine heals by itself, the kill can also land after its retry
+/// decrypted a message and before the late decryption was drained: the
+/// event stays in the saved registry until drained, so it is announced
+/// again after the reopen (this schedule fails without that).
 #[test]
 fn a_key_that_arrived_just_before_a_kill_still_heals_its_messages() {
     let ops = vec![

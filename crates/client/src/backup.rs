@@ -1,14 +1,15 @@
 //! Key backup in the client: the homeserver's backup and account-data
-//! endpoints, and restoring room keys from the backup (all of it, or the
-//! key of one undecryptable event). The engine checks trust and MACs; this
-//! module moves the bytes.
+//! endpoints, and restoring room keys from the backup on request (all of
+//! it, or the key of one event). The engine checks trust and MACs, and
+//! looks up the keys of undecryptable events itself (requests the drive
+//! loop sends); this module moves the bytes.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hush_crypto_core::{
     BackupRestoreResult,
-    backup::{BACKUP_ALGORITHM, BackupInfo},
+    backup::{BACKUP_ALGORITHM, BackupInfo, ServerBackup},
 };
 use ruma_client_api::{
     backup::{
@@ -23,44 +24,17 @@ use serde_json::Value;
 use crate::{ClientError, Encryption, http::HttpError};
 
 impl crate::Client {
-    /// Delivers again, as late decryptions, the waiting events whose keys a
-    /// restore brought.
-    pub(crate) async fn retry_after_restore(&self, result: &BackupRestoreResult) {
-        let sessions: std::collections::BTreeSet<String> = result.keys.values().flatten().cloned().collect();
-        if !sessions.is_empty() {
-            self.retry_undecrypted(&sessions).await;
-        }
-    }
-}
-
-impl crate::Client {
-    /// Looks each missing room key of a waiting event up in the backup, if a
-    /// backup is enabled and we hold its key: once, and again after the
-    /// backup changed. The events it unlocks are delivered again as late
-    /// decryptions. Failures are logged.
-    pub(crate) async fn restore_missing_keys_from_backup(&self) {
-        let Ok(machine) = self.olm_machine() else { return };
-        let now = self.now();
-        let due = match machine.backup_read_due(now).await {
-            Ok(Some(due)) => due,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, "reading the backup state failed");
-                return;
+    /// Runs the drive loop after a restore, so the engine decrypts the
+    /// waiting events whose keys it brought (delivered as late
+    /// decryptions). Failures are logged: the keys are stored.
+    async fn deliver_restored(&self) {
+        match self.drive().await {
+            Ok(report) => {
+                if let Some(error) = report.into_last_failure() {
+                    tracing::warn!(%error, "a request failed after a restore");
+                }
             }
-        };
-        let (info, etag) = match self.encryption().latest_backup_with_etag().await {
-            Ok(Some(info)) => info,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, "reading the backup version failed");
-                return;
-            }
-        };
-        for (room_id, session_id) in machine.take_backup_lookups(&info.version, &etag, due, now) {
-            if let Err(error) = self.encryption().restore_room_key_from(&info, &room_id, &session_id).await {
-                tracing::warn!(%room_id, %session_id, %error, "looking a room key up in the backup failed");
-            }
+            Err(error) => tracing::warn!(%error, "the drive loop failed after a restore"),
         }
     }
 }
@@ -126,13 +100,8 @@ impl Encryption {
                 return if not_found(&error) { Ok(None) } else { Err(error) };
             }
         };
-        let algorithm: Value = response.algorithm.deserialize_as_unchecked().map_err(ClientError::serialization)?;
-        let info = BackupInfo {
-            algorithm: algorithm["algorithm"].as_str().unwrap_or_default().to_owned(),
-            auth_data: algorithm["auth_data"].clone(),
-            version: response.version,
-        };
-        Ok(Some((info, response.etag)))
+        let current = ServerBackup::from_response(&response).map_err(ClientError::serialization)?;
+        Ok(Some((current.info, current.etag)))
     }
 
     /// Creates a backup version with `auth_data` (our public key, signed)
@@ -197,7 +166,7 @@ impl Encryption {
         let request = get_backup_keys::v3::Request::new(info.version.clone());
         let response = self.client.http().send(request, Some(&token), Duration::ZERO).await?;
         let result = machine.import_backed_up_room_keys(&key, &response.rooms, progress).await?;
-        self.client.retry_after_restore(&result).await;
+        self.client.deliver_restored().await;
         Ok(result)
     }
 
@@ -238,7 +207,7 @@ impl Encryption {
         let sessions = BTreeMap::from([(session_id.to_owned(), response.key_data)]);
         let rooms = BTreeMap::from([(room_id.to_owned(), RoomKeyBackup::new(sessions))]);
         let result = machine.import_backed_up_room_keys(&key, &rooms, |_, _| {}).await?;
-        self.client.retry_after_restore(&result).await;
+        self.client.deliver_restored().await;
         Ok(result.imported_count > 0)
     }
 }

@@ -169,7 +169,6 @@ impl ClientBuilder {
                 trust_writes: tokio::sync::Mutex::new(()),
                 room_encrypt_locks: Mutex::new(BTreeMap::new()),
                 handlers: Mutex::new(Vec::new()),
-                retry_restored_waiting: Default::default(),
                 backup_key_arrived: AtomicBool::new(false),
                 warned_unencrypted_build: AtomicBool::new(false),
                 sync_lock: tokio::sync::Mutex::new(()),
@@ -202,8 +201,6 @@ pub(crate) struct Inner {
     /// is the key it encrypts with.
     pub(crate) room_encrypt_locks: Mutex<BTreeMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     pub(crate) handlers: Mutex<Vec<Handler>>,
-    /// The waiting events were just restored: try them once at the next sync.
-    pub(crate) retry_restored_waiting: AtomicBool,
     /// A backup key arrived by gossip: the next sync enables and restores the backup.
     pub(crate) backup_key_arrived: AtomicBool,
     pub(crate) warned_unencrypted_build: AtomicBool,
@@ -323,7 +320,6 @@ impl Client {
             self.inner.rooms_restored.store(true, Ordering::Relaxed);
         }
         self.load_trust(&**machine.store()).await?;
-        self.inner.retry_restored_waiting.store(true, Ordering::SeqCst);
         *self.inner.machine.write().unwrap_or_else(PoisonError::into_inner) = Some(machine);
         *self.inner.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
         self.send_outgoing_requests().await

@@ -12,10 +12,19 @@
 //! request refused for good, or answered with something the client cannot
 //! read, waits before it is sent again (`request_backoff`).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hush_crypto_core::{AnyOutgoingRequest, EngineEvent, OutgoingRequest};
+use std::borrow::Cow;
+
+use hush_crypto_core::{
+    AnyIncomingResponse, AnyOutgoingRequest, EngineEvent, OlmMachine, OutgoingRequest, RequestRefusal, ResponseError,
+};
+use ruma_common::TransactionId;
+use ruma_common::api::{
+    OutgoingRequest as Endpoint, SupportedVersions,
+    auth_scheme::{AuthScheme, SendAccessToken},
+    path_builder::PathBuilder,
+};
 
 use crate::http::HttpError;
 
@@ -37,6 +46,9 @@ impl Drop for InFlight {
 
 /// How long a drive waits for requests another task is sending.
 const WAIT_FOR_OTHERS: Duration = Duration::from_secs(30);
+
+/// The most turns of one drive.
+const DRIVE_TURNS: usize = 4;
 
 /// What one turn of the drive loop could not send.
 #[derive(Debug, Default)]
@@ -83,11 +95,31 @@ impl DriveReport {
 }
 
 impl Client {
-    /// One turn of the drive loop. Returns once every request that was
-    /// queued when it started has been answered (by this task or another),
-    /// or has failed: see [`DriveReport`]. An error is the engine's (a
-    /// timer, the request queue), never one request's.
+    /// The drive loop: turns until a turn sends nothing (or fails), at
+    /// most [`DRIVE_TURNS`], so the requests an answer makes due (a backup
+    /// read brings key lookups, a looked-up key a late decryption) go out
+    /// in the same drive. Returns what could not be sent: see
+    /// [`DriveReport`]. An error is the engine's (a timer, the request
+    /// queue), never one request's.
     pub(crate) async fn drive(&self) -> Result<DriveReport, ClientError> {
+        let mut report = DriveReport::default();
+        for _ in 0..DRIVE_TURNS {
+            let (turn, sent) = self.drive_turn().await?;
+            let failed = !turn.failures.is_empty();
+            report.failures.extend(turn.failures);
+            report.deferred = turn.deferred;
+            if sent == 0 || failed {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// One turn of the drive loop: due timers run, every request queued
+    /// then is sent (by this task or another) and answered, the engine's
+    /// events handled. Returns the turn's report and how many requests this
+    /// task sent.
+    async fn drive_turn(&self) -> Result<(DriveReport, usize), ClientError> {
         let machine = self.olm_machine()?;
         if machine.poll_timeout().is_some_and(|at| at <= self.now()) {
             machine.handle_timeout(self.now()).await?;
@@ -120,6 +152,7 @@ impl Client {
             let mut in_flight = lock(&self.inner.in_flight);
             requests.into_iter().partition(|r| in_flight.insert(r.request_id().to_owned()))
         };
+        let sent = mine.len();
         let mut report = self.send_all(mine).await;
         report.deferred = deferred;
         if !others.is_empty() {
@@ -131,7 +164,7 @@ impl Client {
         if let Some(index) = report.failures.iter().position(|f| matches!(f.error, ClientError::Store(_))) {
             return Err(report.failures.swap_remove(index).error);
         }
-        Ok(report)
+        Ok((report, sent))
     }
 
     /// Sends the engine's room events and logs a failure instead of
@@ -220,7 +253,7 @@ impl Client {
 
     /// Logs a request's failure; one refused for good, or answered with
     /// something unreadable, waits before its next attempt.
-    fn note_failure(&self, id: &ruma_common::TransactionId, verification: bool, error: &ClientError) {
+    fn note_failure(&self, id: &TransactionId, verification: bool, error: &ClientError) {
         let for_good = !verification && matches!(error, ClientError::Http(http) if !http.is_transient());
         if for_good {
             let wait = lock(&self.inner.request_backoff).failed(id, std::time::Instant::now());
@@ -245,32 +278,21 @@ impl Client {
         }
     }
 
-    /// Acts on the engine's events: room keys that arrived let waiting
-    /// events decrypt (delivered again as late decryptions).
+    /// Acts on the engine's events: late decryptions are delivered to the
+    /// handlers, verification updates broadcast, a backup key that arrived
+    /// noted (the whole backup is restored after the sync).
     async fn handle_engine_events(&self) {
         let Ok(machine) = self.olm_machine() else { return };
-        let mut sessions = BTreeSet::new();
-        let mut senders = BTreeSet::new();
         for event in machine.drain_events() {
             match event {
-                EngineEvent::RoomKeyReceived(key) => {
-                    sessions.insert(key.session_id);
-                }
-                EngineEvent::IdentityChanged { user_id, state } => {
-                    if state.is_violation() {
-                        tracing::warn!(%user_id, ?state, "a user's cross-signing identity changed; see Room::identity_violations");
-                    }
-                    senders.insert(user_id.clone());
+                EngineEvent::LateDecryption(late) => self.deliver_late(late).await,
+                EngineEvent::IdentityChanged { user_id, state } if state.is_violation() => {
+                    tracing::warn!(%user_id, ?state, "a user's cross-signing identity changed; see Room::identity_violations");
                 }
                 EngineEvent::DevicesChanged(changes) => {
                     tracing::debug!(user_id = %changes.user_id, added = changes.added.len(), deleted = changes.deleted.len(), "devices changed");
-                    senders.insert(changes.user_id.clone());
                 }
                 EngineEvent::VerificationChanged { user_id, flow, state } => {
-                    if user_id == *machine.user_id() && state.is_finished() && state.cancellation().is_none() {
-                        // Our other device trusts us now: ask it again.
-                        machine.resend_open_gossip_requests();
-                    }
                     // No subscriber is fine: the state stays readable.
                     let _ = self.inner.verification_updates.send(crate::VerificationUpdate { user_id, flow, state });
                 }
@@ -280,80 +302,62 @@ impl Client {
                         self.inner.backup_key_arrived.store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
+                EngineEvent::BackupDisabled { version, reason } => {
+                    tracing::warn!(%version, ?reason, "the key backup version is gone; the engine stopped uploading to it");
+                }
                 other => tracing::debug!(?other, "engine event"),
             }
-        }
-        if !sessions.is_empty() {
-            self.retry_undecrypted(&sessions).await;
-        }
-        if !senders.is_empty() {
-            self.retry_senders(&senders).await;
         }
     }
 
     /// Sends one of crypto-core's requests and hands its answer back.
     pub(crate) async fn send_crypto_request(&self, request: &OutgoingRequest) -> Result<(), ClientError> {
         let machine = self.olm_machine()?;
-        let token = self.access_token()?;
-        let token = Some(token.as_str());
         let id = request.request_id();
-        let http = self.http();
-        let lease = self.lease_check(&machine);
-        let result = match request.request() {
-            AnyOutgoingRequest::KeysUpload(r) => {
-                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
-                machine.mark_request_as_sent(id, &response, self.now()).await
-            }
-            AnyOutgoingRequest::KeysQuery(r) => {
-                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
-                machine.mark_request_as_sent(id, &response, self.now()).await
-            }
-            AnyOutgoingRequest::KeysClaim(r) => {
-                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
-                machine.mark_request_as_sent(id, &response, self.now()).await
-            }
-            AnyOutgoingRequest::ToDevice(r) => {
-                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
-                machine.mark_request_as_sent(id, &response, self.now()).await
-            }
-            AnyOutgoingRequest::SigningKeysUpload(r) => {
-                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
-                machine.mark_request_as_sent(id, &response, self.now()).await
-            }
-            AnyOutgoingRequest::SignatureUpload(r) => {
-                let response = http.send_checked(r.clone(), token, Duration::ZERO, &lease).await?;
-                machine.mark_request_as_sent(id, &response, self.now()).await
-            }
-            AnyOutgoingRequest::KeysBackup(r) => {
-                match http.send_checked(r.clone(), token, Duration::ZERO, &lease).await {
-                    Ok(response) => machine.mark_request_as_sent(id, &response, self.now()).await,
-                    // The version was deleted or replaced: stop uploading to it
-                    // (this cancels the request); a trusted new version is
-                    // enabled by whoever manages recovery.
-                    Err(HttpError::Server { errcode, .. })
-                        if errcode == "M_WRONG_ROOM_KEYS_VERSION" || errcode == "M_NOT_FOUND" =>
-                    {
-                        // A 404 may come from something other than a deleted
-                        // version (a proxy, a server bug): the backup is only
-                        // disabled if the server no longer lists our version.
-                        let current = self.encryption().latest_backup().await?.map(|b| b.version);
-                        if errcode == "M_NOT_FOUND" && current.is_some() && current == machine.backup_version() {
-                            tracing::warn!(
-                                "a backup upload got M_NOT_FOUND but the version is still current; retried later"
-                            );
-                            return Err(ClientError::BackupUploadRefused { errcode });
-                        }
-                        tracing::warn!(%errcode, "the key backup version is gone; backup disabled");
-                        machine.disable_backup().await?;
-                        return Ok(());
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            }
+        match request.request() {
+            AnyOutgoingRequest::KeysUpload(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::KeysQuery(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::KeysClaim(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::ToDevice(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::SigningKeysUpload(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::SignatureUpload(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::KeysBackup(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::BackupVersion(r) => self.exchange(&machine, id, r).await,
+            AnyOutgoingRequest::BackupKeyLookup(r) => self.exchange(&machine, id, r).await,
             // Sent by `send_room_messages`, as the room's own events are.
-            AnyOutgoingRequest::RoomMessage(_) => return Ok(()),
+            AnyOutgoingRequest::RoomMessage(_) => Ok(()),
+        }
+    }
+
+    /// Sends `request` (checking the store lease before every attempt) and
+    /// hands the answer to the engine. A refusal the engine acts on (a
+    /// backup version or key not found, an upload to a version that is not
+    /// current: see `RequestRefusal`) is handed back as one; the engine
+    /// refuses it for the other kinds, and the error is the request's
+    /// failure.
+    async fn exchange<R>(&self, machine: &OlmMachine, id: &TransactionId, request: &R) -> Result<(), ClientError>
+    where
+        R: Endpoint + Clone,
+        for<'a> R::Authentication: AuthScheme<Input<'a> = SendAccessToken<'a>>,
+        for<'a> R::PathBuilder: PathBuilder<Input<'a> = Cow<'a, SupportedVersions>>,
+        for<'a> &'a R::IncomingResponse: Into<AnyIncomingResponse<'a>>,
+    {
+        let token = self.access_token()?;
+        let lease = self.lease_check(machine);
+        let error = match self.http().send_checked(request.clone(), Some(&token), Duration::ZERO, &lease).await {
+            Ok(response) => return Ok(machine.mark_request_as_sent(id, &response, self.now()).await?),
+            Err(error) => error,
         };
-        result.map_err(ClientError::from)
+        let refusal = match &error {
+            HttpError::Server { errcode, .. } => RequestRefusal::from_errcode(errcode),
+            _ => None,
+        };
+        let Some(refusal) = refusal else { return Err(error.into()) };
+        match machine.mark_request_as_refused(id, refusal, self.now()).await {
+            Ok(()) => Ok(()),
+            Err(ResponseError::RefusalNotExpected { .. }) => Err(error.into()),
+            Err(other) => Err(other.into()),
+        }
     }
 }
 
@@ -361,10 +365,7 @@ impl Client {
     /// The check a send under the store lock makes before every attempt:
     /// the lease still has enough to run (always true when the store is
     /// not shared).
-    pub(crate) fn lease_check(
-        &self,
-        machine: &hush_crypto_core::OlmMachine,
-    ) -> impl Fn() -> Result<(), String> + use<> {
+    pub(crate) fn lease_check(&self, machine: &OlmMachine) -> impl Fn() -> Result<(), String> + use<> {
         let (client, machine) = (self.clone(), machine.clone());
         move || machine.check_lease_for_sending(client.now()).map_err(|error| error.to_string())
     }

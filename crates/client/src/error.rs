@@ -125,13 +125,6 @@ pub enum ClientError {
     /// hush, reported with what happened.
     #[error("unexpected engine behaviour (a bug in hush): {0}")]
     Internal(String),
-    /// The server refused a key backup upload for a version it still lists
-    /// as current (answered `errcode`); the upload is retried later.
-    #[error("the server refused a key backup upload ({errcode}) for the current version; retried later")]
-    BackupUploadRefused {
-        /// The server's error code.
-        errcode: String,
-    },
     /// The device's store is shared through its lock, and another process
     /// or host held it for longer than this client waits.
     #[error("the store is locked by {holder}; waited {waited:?} for it")]

@@ -1,9 +1,8 @@
-//! Getting secrets and room keys from our other devices: asking for the
-//! cross-signing keys and the backup key (after this device was verified),
-//! sending the engine's requests for the keys of waiting undecryptable
-//! events, and acting on a backup key that arrived (the backup is enabled
-//! and restored). The engine decides what to ask, whom to answer and whose
-//! answers to take.
+//! Getting secrets from our other devices: asking for the cross-signing
+//! keys and the backup key (after this device was verified), and restoring
+//! the whole backup once its key arrived (the engine enables it). The
+//! engine decides what to ask, whom to answer and whose answers to take,
+//! and asks for the keys of undecryptable events itself.
 
 use std::sync::atomic::Ordering;
 
@@ -31,27 +30,10 @@ impl Encryption {
 }
 
 impl crate::Client {
-    /// Has the engine ask our other devices for the missing keys of waiting
-    /// undecryptable events (its rule: one open request per key, at most 20
-    /// new ones per round, only if we have another device), and sends them.
-    /// Failures are logged.
-    pub(crate) async fn request_missing_keys_from_own_devices(&self) {
-        let Ok(machine) = self.olm_machine() else { return };
-        match machine.request_missing_room_keys().await {
-            // A request that fails is logged by the drive and sent again later.
-            Ok(asked) if asked > 0 => {
-                if let Err(error) = self.drive().await {
-                    tracing::warn!(%error, "the drive loop failed after opening room-key requests");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "opening room-key requests failed"),
-        }
-    }
-
     /// A backup key arrived from a verified device of ours: the current
-    /// backup is enabled (it matches the key, so it is trusted) and
-    /// restored. Failures are logged.
+    /// backup is enabled (it matches the key, so it is trusted; the engine
+    /// does it too when its read of the backup is answered) and restored.
+    /// Failures are logged.
     pub(crate) async fn use_gossiped_backup_key(&self) {
         if !self.inner.backup_key_arrived.swap(false, Ordering::SeqCst) {
             return;
@@ -60,7 +42,9 @@ impl crate::Client {
         let result = async {
             let machine = self.olm_machine()?;
             let Some(backup) = encryption.latest_backup().await? else { return Ok(0) };
-            machine.enable_backup(&backup).await?;
+            if machine.backup_version().as_deref() != Some(backup.version.as_str()) {
+                machine.enable_backup(&backup).await?;
+            }
             let restored = encryption.restore_backup(|_, _| {}).await?;
             let _requests = self.drive().await?;
             Ok::<_, ClientError>(restored.imported_count)

@@ -1,7 +1,7 @@
 //! Room history over `/messages`: a page of events, decrypted as one batch
-//! by the engine. The engine keeps the undecryptable ones (`utd::pending`);
-//! they are delivered to handlers as late decryptions when their keys
-//! arrive.
+//! by the engine. The engine keeps the undecryptable ones (`utd::pending`),
+//! heals them, and announces each that decrypts later; the drive loop
+//! delivers those to the handlers as late decryptions.
 
 use std::time::Duration;
 
@@ -182,35 +182,24 @@ impl Client {
 }
 
 impl Client {
-    /// After a restart: the engine's waiting events are tried again once (a
-    /// key may have arrived just before the client stopped); whatever still
-    /// fails keeps waiting in the engine.
-    pub(crate) async fn retry_restored_waiting_events(&self) {
-        if !self.inner.retry_restored_waiting.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
-        let Ok(machine) = self.olm_machine() else { return };
-        self.deliver_late(machine.pending_events()).await;
-    }
-
-    /// Decrypts the engine's waiting events again, one batch per room, and
-    /// hands those that now decrypt to the handlers as late decryptions.
-    /// Only the decryption that takes an event out of the engine's registry
-    /// is late (`was_waiting`), so an event is delivered late once, even
-    /// when two retries run at once; one that still fails is not delivered
-    /// again (the application already shows it as unreadable).
-    pub(crate) async fn deliver_late(&self, events: Vec<hush_crypto_core::utd::PendingEvent>) {
-        let mut by_room: std::collections::BTreeMap<OwnedRoomId, Vec<Value>> = Default::default();
-        for waiting in events {
-            let Ok(event) = waiting.event.deserialize_as_unchecked::<Value>() else { continue };
-            by_room.entry(waiting.room_id).or_default().push(event);
-        }
-        for (room_id, events) in by_room {
-            for room_event in self.decrypt_page(&room_id, events).await {
-                if room_event.late_decryption && room_event.encryption.is_some() {
-                    self.deliver_event(room_event).await;
-                }
+    /// Hands a late decryption the engine announced (an event delivered
+    /// before as undecryptable) to the handlers.
+    pub(crate) async fn deliver_late(&self, late: hush_crypto_core::LateDecryption) {
+        let event = match late.decrypted.event.deserialize_as_unchecked::<Value>() {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::warn!(%error, room_id = %late.room_id, event_id = %late.event_id, "a late decryption could not be read");
+                return;
             }
-        }
+        };
+        let room_event = RoomEvent {
+            room_id: late.room_id,
+            event,
+            encryption: Some(late.decrypted.info),
+            unable_to_decrypt: None,
+            utd_cause: None,
+            late_decryption: true,
+        };
+        self.deliver_event(room_event).await;
     }
 }

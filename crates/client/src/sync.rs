@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hush_crypto_core::{DeviceListChanges, OneTimeKeyCounts, StoreError, SyncChanges};
 use ruma_client_api::sync::sync_events::{self, v3::State};
-use ruma_common::{OwnedRoomId, OwnedUserId};
+use ruma_common::OwnedRoomId;
 use serde_json::Value;
 
 use crate::{
@@ -216,9 +216,6 @@ impl Client {
         let _requests = Box::pin(self.drive()).await?;
         self.send_room_messages_logged().await;
         self.use_gossiped_backup_key().await;
-        self.retry_restored_waiting_events().await;
-        self.restore_missing_keys_from_backup().await;
-        self.request_missing_keys_from_own_devices().await;
         Ok(SyncSummary { next_batch, events: delivered, room_keys: output.room_keys.len(), to_device_events })
     }
 
@@ -352,21 +349,6 @@ impl Client {
         if let Err(error) = machine.receive_room_verification_event(room_id, event, self.now()).await {
             tracing::warn!(%error, %room_id, "an in-room verification event failed");
         }
-    }
-
-    /// Delivers again, as late decryptions, the waiting events whose keys
-    /// just arrived.
-    pub(crate) async fn retry_undecrypted(&self, sessions: &BTreeSet<String>) {
-        let Ok(machine) = self.olm_machine() else { return };
-        self.deliver_late(machine.pending_events_for_sessions(sessions)).await;
-    }
-
-    /// Tries again the waiting events of `senders`, whose devices or
-    /// identity changed (a device refused as not listed, or not
-    /// cross-signed, may be now).
-    pub(crate) async fn retry_senders(&self, senders: &BTreeSet<OwnedUserId>) {
-        let Ok(machine) = self.olm_machine() else { return };
-        self.deliver_late(machine.pending_events_from_senders(senders)).await;
     }
 }
 

@@ -44,6 +44,38 @@ pub struct DeviceChanges {
     pub deleted: Vec<OwnedDeviceId>,
 }
 
+/// An event that failed to decrypt earlier and decrypts now: its key
+/// arrived (from the sender, another device of ours, the backup or an
+/// import) or its sender became trusted enough. Show it in place of the
+/// unreadable event shown before. `Debug` omits the decrypted content.
+#[derive(Clone, Debug)]
+pub struct LateDecryption {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// The event's id.
+    pub event_id: String,
+    /// The decrypted event.
+    pub decrypted: crate::DecryptedRoomEvent,
+}
+
+impl LateDecryption {
+    /// The bytes of the decrypted event (for the queue's memory bound).
+    fn bytes(&self) -> usize {
+        self.decrypted.event.json().get().len()
+    }
+}
+
+impl PartialEq for LateDecryption {
+    fn eq(&self, other: &Self) -> bool {
+        self.room_id == other.room_id
+            && self.event_id == other.event_id
+            && self.decrypted.info == other.decrypted.info
+            && self.decrypted.event.json().get() == other.decrypted.event.json().get()
+    }
+}
+
+impl Eq for LateDecryption {}
+
 /// Something the engine's state gained or lost. More kinds will come
 /// (identities, verification), so match with a wildcard arm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +125,18 @@ pub enum EngineEvent {
         /// The secret's name.
         name: String,
     },
+    /// An event kept waiting for its key decrypts now (see
+    /// [`LateDecryption`]). Each waiting event is announced once.
+    LateDecryption(LateDecryption),
+    /// The engine stopped uploading to the key backup: the server no longer
+    /// lists its version. Room keys stay where they are; a new version is
+    /// uploaded to once it is enabled.
+    BackupDisabled {
+        /// The version we uploaded to.
+        version: String,
+        /// Why.
+        reason: crate::backup::BackupDisabledReason,
+    },
     /// The queue overflowed: this many older events were dropped.
     EventsDropped {
         /// How many.
@@ -102,22 +146,37 @@ pub enum EngineEvent {
 
 /// The most events held before the oldest are dropped.
 pub(crate) const EVENT_QUEUE_CAPACITY: usize = 10_000;
+/// The most bytes of late decryptions held before the oldest events are
+/// dropped (an event can be 64 KiB; 10,000 of them would be 640 MiB).
+pub(crate) const EVENT_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The bounded queue of events not yet drained.
 #[derive(Debug, Default)]
 pub(crate) struct EventQueue {
     events: VecDeque<EngineEvent>,
+    /// Bytes of the late decryptions held.
+    bytes: usize,
     dropped: u64,
 }
 
+fn weight(event: &EngineEvent) -> usize {
+    match event {
+        EngineEvent::LateDecryption(late) => late.bytes(),
+        _ => 0,
+    }
+}
+
 impl EventQueue {
-    /// Adds an event, dropping the oldest if the queue is full.
+    /// Adds an event, dropping the oldest while the queue is over its
+    /// count or its bytes.
     pub(crate) fn push(&mut self, event: EngineEvent) {
-        if self.events.len() >= EVENT_QUEUE_CAPACITY {
-            self.events.pop_front();
+        self.bytes += weight(&event);
+        self.events.push_back(event);
+        while self.events.len() > EVENT_QUEUE_CAPACITY || self.bytes > EVENT_QUEUE_BYTES {
+            let Some(oldest) = self.events.pop_front() else { break };
+            self.bytes = self.bytes.saturating_sub(weight(&oldest));
             self.dropped = self.dropped.saturating_add(1);
         }
-        self.events.push_back(event);
     }
 
     pub(crate) fn extend(&mut self, events: impl IntoIterator<Item = EngineEvent>) {
@@ -132,7 +191,9 @@ impl EventQueue {
             let count = std::mem::take(&mut self.dropped);
             return Some(EngineEvent::EventsDropped { count });
         }
-        self.events.pop_front()
+        let event = self.events.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(weight(&event));
+        Some(event)
     }
 }
 

@@ -36,7 +36,7 @@ pub mod utd;
 pub mod verification;
 
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
-pub use events::{DeviceChanges, EngineEvent, RoomKeyInfo};
+pub use events::{DeviceChanges, EngineEvent, LateDecryption, RoomKeyInfo};
 pub use machine::{
     BackupError, BackupKeyRecovery, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError,
     MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OneTimeKeyCounts, OpenError, RecoveredSecrets, RecoveryError,
@@ -49,7 +49,9 @@ pub use megolm::{
     WithheldInfo, key_recipients,
 };
 pub use olm::{OLM_ALGORITHM, OlmEncryptionError, OlmError};
-pub use requests::{AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, RoomMessageRequest};
+pub use requests::{
+    AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, RequestRefusal, ResponseError, RoomMessageRequest,
+};
 pub use signing::SignatureError;
 pub use store::{Changes, CryptoStore, MemoryStore, StoreError};
 pub use time::Timestamp;

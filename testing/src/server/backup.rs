@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use hush_crypto_core::backup::{BackupInfo, KeyBackupData};
-use ruma_client_api::backup::{RoomKeyBackup, add_backup_keys};
+use ruma_client_api::backup::{RoomKeyBackup, add_backup_keys, get_backup_keys_for_session, get_latest_backup_info};
 use ruma_common::{OwnedRoomId, UserId, serde::Raw};
 use serde_json::Value;
 
@@ -54,6 +54,31 @@ impl TestServer {
         let state = self.state();
         let (version, algorithm, auth_data) = state.backups.get(user_id)?.versions.last()?.clone();
         Some(BackupInfo { algorithm, auth_data, version })
+    }
+
+    /// `GET /room_keys/version` as the endpoint answers it: the current
+    /// version with its key count and etag, or `Err("M_NOT_FOUND")`.
+    pub fn latest_backup_response(&self, user_id: &UserId) -> Result<get_latest_backup_info::v3::Response, String> {
+        let info = self.latest_backup(user_id).ok_or_else(|| "M_NOT_FOUND".to_owned())?;
+        let etag = self.backup_etag(user_id, &info.version);
+        let count: usize = self.backup_keys(user_id, &info.version).values().map(|r| r.sessions.len()).sum();
+        let algorithm = serde_json::json!({ "algorithm": info.algorithm, "auth_data": info.auth_data });
+        let raw = Raw::new(&algorithm).map_err(|_| "M_UNKNOWN".to_owned())?.cast_unchecked();
+        let count = js_int::UInt::try_from(count).unwrap_or_default();
+        Ok(get_latest_backup_info::v3::Response::new(raw, count, etag, info.version))
+    }
+
+    /// `GET /room_keys/keys/{roomId}/{sessionId}?version=`: one stored key,
+    /// or `Err("M_NOT_FOUND")`.
+    pub fn backup_key_response(
+        &self,
+        user_id: &UserId,
+        request: &get_backup_keys_for_session::v3::Request,
+    ) -> Result<get_backup_keys_for_session::v3::Response, String> {
+        let rooms = self.backup_keys(user_id, &request.version);
+        let key = rooms.get(&request.room_id).and_then(|room| room.sessions.get(&request.session_id));
+        key.map(|key| get_backup_keys_for_session::v3::Response::new(key.clone()))
+            .ok_or_else(|| "M_NOT_FOUND".to_owned())
     }
 
     /// `DELETE /room_keys/version/{version}`.

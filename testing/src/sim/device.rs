@@ -66,8 +66,11 @@ pub(super) struct SimDevice {
     pub(super) positions: BTreeMap<usize, usize>,
     /// What it made of each event it read (the application's timeline).
     pub(super) views: BTreeMap<usize, View>,
-    /// Sessions whose keys arrived since the last retry, and how.
+    /// Sessions whose keys arrived (the latest copy of each), and how: from
+    /// the engine's events, and the backup lookups this driver answered.
     pub(super) arrived: BTreeMap<String, HealPath>,
+    /// Late decryptions the engine announced, not yet checked.
+    pub(super) late: Vec<hush_crypto_core::LateDecryption>,
     pub(super) syncs: u64,
     /// Olm outcomes counted for the tally.
     pub(super) counts: OlmCounts,
@@ -133,12 +136,12 @@ impl SimDevice {
     /// answered until none is left (at most ten rounds).
     pub(super) async fn drive(&mut self, net: &mut Net<'_>) -> Result<(), Halt> {
         let now = net.clock.now();
-        self.gate("handle_timeout")?;
-        let machine = self.machine()?;
-        if machine.poll_timeout().is_some_and(|at| at <= now) {
-            machine.handle_timeout(now).await.map_err(|e| self.engine_error("timers", e))?;
-        }
         for _ in 0..10 {
+            self.gate("handle_timeout")?;
+            let machine = self.machine()?;
+            if machine.poll_timeout().is_some_and(|at| at <= now) {
+                machine.handle_timeout(now).await.map_err(|e| self.engine_error("timers", e))?;
+            }
             self.gate("outgoing_requests")?;
             let mut requests =
                 self.machine()?.outgoing_requests(now).await.map_err(|e| self.engine_error("outgoing", e))?;
@@ -176,6 +179,8 @@ impl SimDevice {
         let to_device = send_event_to_device::v3::Response::new();
         let signatures;
         let backup;
+        let backup_version;
+        let backup_key;
         let room;
         match request.request() {
             AnyOutgoingRequest::KeysUpload(r) => {
@@ -218,6 +223,21 @@ impl SimDevice {
                     return Err(Halt::Invariant(format!("{device}: backup upload refused: {errcode}")));
                 }
             },
+            AnyOutgoingRequest::BackupVersion(_) => match server.latest_backup_response(&user) {
+                Ok(answer) => {
+                    backup_version = answer;
+                    response = (&backup_version).into();
+                }
+                Err(errcode) => return self.refused(request, &errcode, now).await,
+            },
+            AnyOutgoingRequest::BackupKeyLookup(r) => match server.backup_key_response(&user, r) {
+                Ok(answer) => {
+                    self.arrived.insert(r.session_id.clone(), HealPath::Backup);
+                    backup_key = answer;
+                    response = (&backup_key).into();
+                }
+                Err(errcode) => return self.refused(request, &errcode, now).await,
+            },
             AnyOutgoingRequest::RoomMessage(r) => {
                 room = server.send_room_event(&user, &r.room_id, &r.event_type, &r.content, now.as_millis());
                 response = (&room).into();
@@ -229,6 +249,22 @@ impl SimDevice {
             .mark_request_as_sent(request.request_id(), response, now)
             .await
             .map_err(|e| self.engine_error("answer", e))
+    }
+
+    /// Hands back a backup request's refusal (a 404 from the server).
+    async fn refused(
+        &mut self,
+        request: &OutgoingRequest,
+        errcode: &str,
+        now: hush_crypto_core::Timestamp,
+    ) -> Result<(), Halt> {
+        let refusal = hush_crypto_core::RequestRefusal::from_errcode(errcode)
+            .ok_or_else(|| Halt::Invariant(format!("{}: an unexpected refusal {errcode}", self.device_id)))?;
+        self.gate("mark_request_as_refused")?;
+        self.machine()?
+            .mark_request_as_refused(request.request_id(), refusal, now)
+            .await
+            .map_err(|e| self.engine_error("refusal", e))
     }
 
     /// One sync: the server's batch through the delivery faults (none if
@@ -314,16 +350,21 @@ impl SimDevice {
         }
     }
 
-    /// Drains the engine's events: room keys that arrived are noted for
-    /// the retry of waiting events.
+    /// Drains the engine's events: room keys that arrived are noted (how
+    /// each came, for the late decryptions they bring), late decryptions
+    /// are kept for the world to check.
     pub(super) fn take_events(&mut self) -> Result<(), Halt> {
         for event in self.machine()?.drain_events() {
-            if let EngineEvent::RoomKeyReceived(info) = event {
-                let path = match info.source {
-                    KeySource::Forwarded => HealPath::OwnDevice,
-                    _ => HealPath::LateKey,
-                };
-                self.arrived.insert(info.session_id, path);
+            match event {
+                EngineEvent::RoomKeyReceived(info) => {
+                    let path = match info.source {
+                        KeySource::Forwarded => HealPath::OwnDevice,
+                        _ => HealPath::LateKey,
+                    };
+                    self.arrived.insert(info.session_id, path);
+                }
+                EngineEvent::LateDecryption(late) => self.late.push(late),
+                _ => {}
             }
         }
         Ok(())

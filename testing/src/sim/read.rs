@@ -1,14 +1,12 @@
 //! Reading: a device reads the new events of the rooms its user ever
 //! joined (the server serves the whole timeline, readable or not), each
 //! result checked against the truth; and healing, driven as hush-client
-//! drives it: the engine keeps the waiting events and decides which keys
-//! to look up in the backup and which to ask our own devices for; this
-//! driver only moves the bytes and decrypts again what the engine lists.
+//! drives it: the engine keeps the waiting events, asks our own devices,
+//! looks keys up in the backup and announces late decryptions; this
+//! driver only moves requests and answers and checks what it is told.
 
-use std::collections::BTreeSet;
-
-use hush_crypto_core::{DecryptedRoomEvent, KeySource, MegolmError, MembershipAtEvent, utd::PendingEvent};
-use ruma_common::{OwnedRoomId, serde::Raw};
+use hush_crypto_core::{DecryptedRoomEvent, KeySource, MegolmError, MembershipAtEvent};
+use ruma_common::serde::Raw;
 use serde_json::Value;
 
 use super::{
@@ -155,83 +153,46 @@ impl World {
         Ok(View::Decrypted { healed })
     }
 
-    /// The events of `pending` (as the engine lists them), as indices of
-    /// the world's events.
-    fn events_of(&self, pending: &[PendingEvent]) -> Vec<usize> {
-        let ids: BTreeSet<&str> = pending.iter().map(|p| p.event_id.as_str()).collect();
-        (0..self.events.len()).filter(|&e| ids.contains(self.events[e].event_id.as_str())).collect()
-    }
-
-    /// Decrypts again the waiting events whose keys arrived.
-    async fn retry_arrived(&mut self, d: usize) -> Result<(), Halt> {
-        let arrived = std::mem::take(&mut self.devices[d].arrived);
-        if arrived.is_empty() {
-            return Ok(());
-        }
-        let sessions: BTreeSet<String> = arrived.keys().cloned().collect();
-        let pending = self.devices[d].machine()?.pending_events_for_sessions(&sessions);
-        let retry = self.events_of(&pending);
-        self.decrypt_by_room(d, &retry, &arrived).await
-    }
-
-    /// Healing after a sync: retry what arrived; look missing keys up in
-    /// the backup; ask our other devices for the rest (the engine decides
-    /// what is due).
+    /// Healing, as hush-client drives it: the drive loop runs the engine's
+    /// healing (its timers decrypt waiting events again, ask our other
+    /// devices, look keys up in the backup); the late decryptions it
+    /// announces are checked against the truth. A few rounds, so a backup
+    /// lookup's answer is decrypted in the same heal.
     pub(super) async fn heal(&mut self, d: usize) -> Result<(), Halt> {
-        self.retry_arrived(d).await?;
-        self.restore_from_backup(d).await?;
-        self.retry_arrived(d).await?;
-        self.request_from_own_devices(d).await
-    }
-
-    async fn restore_from_backup(&mut self, d: usize) -> Result<(), Halt> {
-        let now = self.clock.now();
-        let dev = &self.devices[d];
-        let machine = dev.machine()?;
-        let Some(due) = machine.backup_read_due(now).await.map_err(Halt::engine)? else { return Ok(()) };
-        let (Some(version), Some(key)) =
-            (machine.backup_version(), machine.backup_decryption_key().await.map_err(Halt::engine)?)
-        else {
-            return Ok(());
-        };
-        let etag = self.server.backup_etag(&dev.user_id, &version);
-        let wanted: BTreeSet<(OwnedRoomId, String)> =
-            machine.take_backup_lookups(&version, &etag, due, now).into_iter().collect();
-        if wanted.is_empty() {
-            return Ok(());
+        for _ in 0..3 {
+            let (mut net, devices) = self.net();
+            devices[d].drive(&mut net).await?;
+            self.devices[d].take_events()?;
+            let late = std::mem::take(&mut self.devices[d].late);
+            if late.is_empty() {
+                return Ok(());
+            }
+            for late in late {
+                self.check_late(d, late).await?;
+            }
         }
-        let mut all = self.server.backup_keys(&dev.user_id, &version);
-        for (room_id, room) in &mut all {
-            room.sessions.retain(|id, _| wanted.contains(&(room_id.clone(), id.clone())));
-        }
-        all.retain(|_, room| !room.sessions.is_empty());
-        if all.is_empty() {
-            return Ok(());
-        }
-        self.devices[d].gate("import_backed_up_room_keys")?;
-        let result =
-            self.devices[d].machine()?.import_backed_up_room_keys(&key, &all, |_, _| {}).await.map_err(Halt::engine)?;
-        self.devices[d].arrived.extend(result.keys.into_values().flatten().map(|s| (s, HealPath::Backup)));
         Ok(())
     }
 
-    async fn request_from_own_devices(&mut self, d: usize) -> Result<(), Halt> {
-        self.devices[d].gate("request_room_key")?;
-        let asked = self.devices[d].machine()?.request_missing_room_keys().await.map_err(Halt::engine)?;
-        if asked == 0 {
-            return Ok(());
+    /// Checks one late decryption: an event the device read and could not
+    /// decrypt, decrypted to the truth.
+    async fn check_late(&mut self, d: usize, late: hush_crypto_core::LateDecryption) -> Result<(), Halt> {
+        let Some(event) = (0..self.events.len()).find(|&e| self.events[e].event_id == late.event_id) else {
+            return Err(Halt::Invariant(format!(
+                "{} announced a late decryption of {}, an event no one sent",
+                self.devices[d].device_id, late.event_id
+            )));
+        };
+        if !matches!(self.devices[d].views.get(&event), Some(View::Utd { .. })) {
+            return Err(Halt::Invariant(format!(
+                "{} announced a late decryption of {}, which it did not show as unreadable",
+                self.devices[d].device_id, late.event_id
+            )));
         }
-        let (mut net, devices) = self.net();
-        devices[d].drive(&mut net).await
-    }
-
-    /// After a reopen: the events the engine still lists as waiting are
-    /// retried (a key that arrived just before a kill left no other trace
-    /// in memory), as hush-client does after a restart.
-    pub(super) async fn retry_all_waiting(&mut self, d: usize) -> Result<(), Halt> {
-        let pending = self.devices[d].machine()?.pending_events();
-        let waiting = self.events_of(&pending);
-        self.decrypt_by_room(d, &waiting, &Default::default()).await
+        let raw = Raw::new(&self.events[event].raw).map_err(|e| Halt::Invariant(e.to_string()))?;
+        // How the key that healed it came (the latest copy of its session).
+        let healed_by = self.devices[d].arrived.get(&self.events[event].session_id).copied();
+        self.record(d, event, &raw, Ok(late.decrypted), healed_by).await
     }
 
     /// After a reopen: everything the device decrypted before still decrypts.

@@ -166,6 +166,7 @@ impl World {
             positions: Default::default(),
             views: Default::default(),
             arrived: Default::default(),
+            late: Vec::new(),
             syncs: 0,
             counts: Default::default(),
         });
@@ -306,9 +307,7 @@ impl World {
                 if !machine.set_local_trust(&own, &b_id, LocalTrust::Verified).await.map_err(Halt::engine)? {
                     continue;
                 }
-                // As hush-client does when a verification with our own
-                // device finishes: it trusts us now, so ask it again.
-                machine.resend_open_gossip_requests();
+                // The engine sends our open requests to it again itself.
                 self.verified.insert((a, b));
                 let (mut net, devices) = self.net();
                 devices[a].drive(&mut net).await?;
@@ -509,6 +508,7 @@ impl World {
         // The client's memory is gone with its process (its timeline, kept
         // in `views` and `positions`, is the application's, on disk).
         dev.arrived.clear();
+        dev.late.clear();
         self.open(d).await?;
         self.tally.count_fault(if killed { "crash (reopened)" } else { "restart" });
         self.note(format!(
@@ -516,6 +516,8 @@ impl World {
             self.step, self.devices[d].device_id
         ));
         self.check_keys_kept(d).await?;
-        self.retry_all_waiting(d).await
+        // The engine decrypts its waiting events again after a reopen (a
+        // key that arrived just before a kill left no other trace).
+        self.heal(d).await
     }
 }

@@ -13,11 +13,14 @@
 mod auth;
 mod convert;
 mod key;
+mod server;
 mod session_data;
 
 pub use auth::{BackupAuthData, BackupInfo, BackupTrust};
 pub(crate) use convert::{backup_entry, session_from_backup};
 pub use key::{BackupDecryptionKey, BackupEncryptionKey, BackupKeyError};
+pub(crate) use server::judge;
+pub use server::{BackupDisabledReason, ServerBackup};
 pub use session_data::{BackedUpRoomKey, EncryptedSessionData, KeyBackupData};
 
 /// The backup algorithm hush reads and writes.

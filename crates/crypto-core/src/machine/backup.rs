@@ -1,7 +1,11 @@
 //! Server-side key backup in the engine: which backup we upload to and why
 //! we trust it, the persisted queue of room keys still to upload (filled in
 //! the same batch that stores each key), the upload requests, and restoring
-//! keys from a backup. The crypto is in `backup/`.
+//! keys from a backup. The crypto is in `backup/`; reading the server's
+//! backup (its version, and keys looked up for waiting events) is in
+//! `read`.
+
+mod read;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -85,16 +89,35 @@ pub(super) struct BackupState {
     /// Whether the persisted queue may hold keys (set when keys are queued
     /// and at start; cleared when a look finds it empty).
     maybe_pending: bool,
+    /// The public part of the backup private key we hold, if any.
+    held: Option<BackupEncryptionKey>,
+    /// The next read of the server's backup enables it if it matches the
+    /// key we hold (a backup key arrived from our verified device).
+    enable_on_read: bool,
 }
 
 impl BackupState {
-    /// The state saved in the store, if a backup was enabled.
-    pub(super) fn from_record(record: Option<&[u8]>) -> Self {
+    /// The state saved in the store, if a backup was enabled, and the
+    /// backup private key we hold (its public part).
+    pub(super) async fn load(store: &dyn crate::CryptoStore) -> Result<Self, StoreError> {
+        let record = store.get_custom_value(BACKUP_RECORD).await?;
         let active = record
-            .and_then(|bytes| serde_json::from_slice::<Option<StoredBackup>>(bytes).ok())
+            .and_then(|bytes| serde_json::from_slice::<Option<StoredBackup>>(&bytes).ok())
             .flatten()
             .and_then(|stored| BackupEncryptionKey::from_base64(&stored.public_key).ok().map(|key| (stored, key)));
-        Self { active, maybe_pending: true, ..Default::default() }
+        let held = store
+            .get_secret(names::BACKUP)
+            .await?
+            .and_then(|secret| BackupDecryptionKey::from_base64(&secret).ok())
+            .map(|key| key.public_key());
+        Ok(Self { active, maybe_pending: true, held, ..Default::default() })
+    }
+
+    /// A fresh state for `active` (or none), keeping what is known of the
+    /// key we hold.
+    fn reset(&mut self, active: Option<(StoredBackup, BackupEncryptionKey)>) {
+        let held = self.held.take();
+        *self = Self { active, maybe_pending: true, held, ..Default::default() };
     }
 
     /// Whether enabling was cut short before every held key was queued.
@@ -207,8 +230,7 @@ impl OlmMachine {
         let changes =
             Changes { clear_backup_queue: true, custom_values: vec![record(Some(&stored))], ..Default::default() };
         self.inner.store.save_changes(changes).await?;
-        *lock(&self.inner.backup) =
-            BackupState { active: Some((stored.clone(), key)), maybe_pending: true, ..Default::default() };
+        lock(&self.inner.backup).reset(Some((stored.clone(), key)));
         tracing::info!(version = %info.version, ?trust, "key backup enabled");
         self.queue_all_held_keys(stored).await?;
         if let Err(error) = self.backup_room_keys().await {
@@ -263,7 +285,7 @@ impl OlmMachine {
         let changes = Changes { clear_backup_queue: true, custom_values: vec![record(None)], ..Default::default() };
         self.inner.store.save_changes(changes).await?;
         self.cancel_backup_uploads();
-        *lock(&self.inner.backup) = BackupState::default();
+        lock(&self.inner.backup).reset(None);
         Ok(())
     }
 
@@ -286,7 +308,9 @@ impl OlmMachine {
     /// trusted, and keys can be restored.
     pub async fn save_backup_decryption_key(&self, key: &BackupDecryptionKey) -> Result<(), StoreError> {
         let secret = StoredSecret { name: names::BACKUP.to_owned(), value: Some(key.to_base64()) };
-        self.inner.store.save_changes(Changes { secrets: vec![secret], ..Default::default() }).await
+        self.save(None, None, Changes { secrets: vec![secret], ..Default::default() }).await?;
+        lock(&self.inner.backup).held = Some(key.public_key());
+        Ok(())
     }
 
     /// The backup's private key, if we hold it.

@@ -27,7 +27,7 @@ use crate::{
     olm::{OlmDecryptionInfo, OlmEncryptionError},
     requests::Meta,
     secret_storage::names,
-    store::{Changes, StoredSecret},
+    store::Changes,
 };
 
 /// The keys the Olm session (and the plaintext's checked `keys`) authenticated.
@@ -685,14 +685,13 @@ impl OlmMachine {
             names::SELF_SIGNING => CrossSigningKeyExport { self_signing: Some(value), ..Default::default() },
             names::USER_SIGNING => CrossSigningKeyExport { user_signing: Some(value), ..Default::default() },
             names::BACKUP => {
-                let matches = BackupDecryptionKey::from_base64(&value)
+                let key = BackupDecryptionKey::from_base64(&value)
                     .ok()
-                    .is_some_and(|key| expected.is_some_and(|expected| key.public_key().to_base64() == expected));
-                if matches {
-                    let stored = StoredSecret { name: names::BACKUP.to_owned(), value: Some(value) };
-                    self.inner.store.save_changes(Changes { secrets: vec![stored], ..Default::default() }).await?;
+                    .filter(|key| expected.is_some_and(|expected| key.public_key().to_base64() == expected));
+                if let Some(key) = &key {
+                    self.save_backup_decryption_key(key).await?;
                 }
-                return Ok(matches);
+                return Ok(key.is_some());
             }
             _ => return Ok(false),
         };

@@ -46,7 +46,7 @@ pub use to_device::{TO_DEVICE_BATCH, ToDeviceEncryption};
 
 use self::rooms::RoomRegistry;
 use crate::{
-    AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, ResponseError, Timestamp,
+    AnyIncomingResponse, AnyOutgoingRequest, OutgoingRequest, RequestRefusal, ResponseError, Timestamp,
     devices::{DeviceData, DeviceTracker, LocalTrust, QUERY_RETRY_RECORD},
     events::{EngineEvent, EventQueue},
     identities::PrivateCrossSigningIdentity,
@@ -95,8 +95,10 @@ pub enum OpenError {
 ///
 /// * **Inputs** say what the server said:
 ///   [`receive_sync_changes`](Self::receive_sync_changes) (one call per
-///   sync) and [`mark_request_as_sent`](Self::mark_request_as_sent) (the
-///   answer to a queued request).
+///   sync), [`mark_request_as_sent`](Self::mark_request_as_sent) (the
+///   answer to a queued request) and
+///   [`mark_request_as_refused`](Self::mark_request_as_refused) (a refusal
+///   that is an answer: a backup version or key not found).
 /// * **Time** is an input too: [`poll_timeout`](Self::poll_timeout) names the
 ///   next deadline, [`handle_timeout`](Self::handle_timeout) runs what is due.
 /// * **The room-level command** [`prepare_room`](Self::prepare_room) owns the
@@ -113,16 +115,16 @@ pub enum OpenError {
 ///   [`export_room_keys`](Self::export_room_keys),
 ///   [`import_room_keys`](Self::import_room_keys),
 ///   [`set_local_trust`](Self::set_local_trust).
-/// * **Healing** (`utd::pending`): every room-event decryption keeps the
-///   events that may still heal; a driver decrypts again
-///   [`pending_events_for_sessions`](Self::pending_events_for_sessions) /
-///   [`pending_events_from_senders`](Self::pending_events_from_senders) /
-///   [`pending_events`](Self::pending_events), looks keys up in the backup
-///   as [`backup_read_due`](Self::backup_read_due) and
-///   [`take_backup_lookups`](Self::take_backup_lookups) say, and lets
-///   [`request_missing_room_keys`](Self::request_missing_room_keys) ask our
-///   other devices; [`pending_decryption_count`](Self::pending_decryption_count)
-///   reads the registry.
+/// * **Healing** (`utd::pending`) needs no calls: every room-event
+///   decryption keeps the events that may still heal, and `handle_timeout`
+///   decrypts them again when a key of theirs was stored or their sender
+///   changed, asks our other devices for missing keys and looks them up in
+///   the backup (requests the drive loop sends, a 404 handed back with
+///   [`mark_request_as_refused`](Self::mark_request_as_refused)); each
+///   event that decrypts late is announced once as
+///   [`EngineEvent::LateDecryption`].
+///   [`pending_decryption_count`](Self::pending_decryption_count) reads the
+///   registry.
 /// * **Outputs**: the request queue, drained with
 ///   [`outgoing_requests`](Self::outgoing_requests), and the event queue,
 ///   drained with [`poll_event`](Self::poll_event) /
@@ -265,7 +267,7 @@ impl OlmMachine {
         };
         let claims = ClaimState::from_records(claims_record.as_deref(), legacy_unwedge.as_deref());
         let cross_signing = store.load_private_identity().await?;
-        let backup = backup::BackupState::from_record(store.get_custom_value(backup::BACKUP_RECORD).await?.as_deref());
+        let backup = backup::BackupState::load(store.as_ref()).await?;
         let gossip =
             gossip::GossipState::from_record(store.get_custom_value(crate::gossip::GOSSIP_RECORD).await?.as_deref());
         let pending = crate::utd::pending::PendingDecryptions::from_record(
@@ -381,7 +383,11 @@ impl OlmMachine {
         if !set {
             return Ok(false);
         }
-        self.inner.store.save_changes(Changes { devices: vec![device], ..Default::default() }).await?;
+        self.save(None, None, Changes { devices: vec![device], ..Default::default() }).await?;
+        if trust == LocalTrust::Verified && user_id == self.user_id() {
+            // Our device we now trust may answer what we asked before.
+            self.resend_open_gossip_requests();
+        }
         Ok(true)
     }
 
@@ -451,6 +457,12 @@ impl OlmMachine {
                 self.receive_signing_keys_upload_response(*master).await
             }
             (Meta::KeysBackup, AnyIncomingResponse::KeysBackup(_)) => self.receive_backup_response(request_id).await,
+            (Meta::BackupVersion, AnyIncomingResponse::BackupVersion(r)) => {
+                self.receive_backup_version(Some(r), now).await
+            }
+            (Meta::BackupKeyLookup { room_id, session_id }, AnyIncomingResponse::BackupKeyLookup(r)) => {
+                self.receive_backup_key_lookup(room_id, session_id, r).await
+            }
             (Meta::GossipRequest(gossip_id), AnyIncomingResponse::ToDevice(_)) => {
                 self.receive_gossip_request_sent(gossip_id).await
             }
@@ -474,15 +486,70 @@ impl OlmMachine {
         Ok(())
     }
 
+    /// Hands back the homeserver's refusal of the request with `request_id`
+    /// where the refusal is an answer (see [`RequestRefusal`]): no backup
+    /// version, no such key in the backup, an upload to a version that is
+    /// not current. The request is answered. Any other failure is not handed
+    /// back: the request stays queued and is sent again.
+    pub async fn mark_request_as_refused(
+        &self,
+        request_id: &TransactionId,
+        refusal: RequestRefusal,
+        now: Timestamp,
+    ) -> Result<(), ResponseError> {
+        let entry = {
+            let mut requests = lock(&self.inner.requests);
+            let Some(request) = requests.find(request_id) else {
+                return match requests.was_finished(request_id) {
+                    true => Ok(()),
+                    false => Err(ResponseError::UnknownRequest(request_id.to_owned())),
+                };
+            };
+            let kind = request.request().kind();
+            let meta = requests.meta(request_id);
+            let expected = matches!(
+                (meta.as_deref(), refusal),
+                (Some(Meta::BackupVersion | Meta::BackupKeyLookup { .. }), RequestRefusal::NotFound)
+                    | (Some(Meta::KeysBackup), _)
+            );
+            if !expected {
+                return Err(ResponseError::RefusalNotExpected { id: request_id.to_owned(), kind, refusal });
+            }
+            match requests.begin_answer(request_id) {
+                Some(entry) => entry,
+                None => return Ok(()),
+            }
+        };
+        let applied = match &*entry.meta {
+            Meta::BackupVersion => self.receive_backup_version(None, now).await,
+            Meta::KeysBackup => {
+                self.receive_backup_upload_refused(request_id);
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = applied {
+            lock(&self.inner.requests).restore(entry);
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
     /// The oldest event not yet drained, if any (see [`EngineEvent`]).
     pub fn poll_event(&self) -> Option<EngineEvent> {
-        lock(&self.inner.events).pop()
+        let event = lock(&self.inner.events).pop()?;
+        self.note_drained(std::slice::from_ref(&event));
+        Some(event)
     }
 
     /// Every event not yet drained, oldest first.
     pub fn drain_events(&self) -> Vec<EngineEvent> {
-        let mut events = lock(&self.inner.events);
-        std::iter::from_fn(|| events.pop()).collect()
+        let drained: Vec<EngineEvent> = {
+            let mut events = lock(&self.inner.events);
+            std::iter::from_fn(|| events.pop()).collect()
+        };
+        self.note_drained(&drained);
+        drained
     }
 
     /// Queues a request with a fresh id; returns a copy for the caller.
@@ -507,6 +574,8 @@ impl OlmMachine {
 
     /// Queues events, after the changes they report were saved.
     fn announce(&self, events: impl IntoIterator<Item = EngineEvent>) {
+        let events: Vec<EngineEvent> = events.into_iter().collect();
+        self.note_announced(&events);
         lock(&self.inner.events).extend(events);
     }
 
@@ -522,8 +591,14 @@ impl OlmMachine {
         if changes.is_empty() {
             return Ok(());
         }
+        // Read before the save, noted after it: a failed save retries
+        // nothing that was not stored.
+        let stored_keys = self.waited_for_keys(&changes);
         match self.inner.store.save_changes(changes).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.note_keys_stored(stored_keys);
+                Ok(())
+            }
             Err(error) => {
                 tracing::error!(%error, "saving changes failed; reloading state from the store");
                 lock(&self.inner.groups).clear();

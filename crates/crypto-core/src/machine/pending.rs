@@ -1,107 +1,198 @@
 //! Routing for healing undecryptable events: gathers the facts the rules in
-//! `utd/pending` need (our other devices, the open key requests, whether a
-//! usable backup is enabled) and hands out the events to decrypt again.
-//! The registry itself is fed by every room-event decryption
-//! (`machine/room_decrypt`) and saved with its batch.
+//! `utd/pending` need (open key requests, our other devices, whether the
+//! backup can be read), runs them from `handle_timeout`, and announces
+//! the events that decrypt late. The registry itself is fed by every
+//! room-event decryption (`machine/room_decrypt`) and saved with its
+//! batch; stored keys and changed senders mark events to retry (`save`,
+//! `announce`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use ruma_common::{OwnedRoomId, OwnedUserId};
+use ruma_common::{OwnedRoomId, serde::Raw};
+use serde_json::Value;
 
-use super::{OlmMachine, lock};
+use super::{OlmMachine, lock, room_decrypt::LateTo};
 use crate::{
-    StoreError, Timestamp,
+    DecryptionSettings, StoreError, Timestamp,
+    events::{EngineEvent, LateDecryption},
     gossip::GossipKind,
-    utd::{BackupReadDue, PendingEvent},
+    store::Changes,
+    utd::PendingEvent,
 };
 
 impl OlmMachine {
     /// How many undecryptable events wait for their keys (or for their
     /// sender to be trusted enough). Every failed decryption that may heal
     /// is kept (at most 10,000 events and 16 MiB, the oldest dropped
-    /// first); a decryption that succeeds removes it.
+    /// first); a decryption that succeeds removes it. The engine heals
+    /// them itself from [`handle_timeout`](Self::handle_timeout): each
+    /// that decrypts later is announced once as
+    /// [`EngineEvent::LateDecryption`].
     pub fn pending_decryption_count(&self) -> usize {
         lock(&self.inner.pending).len()
     }
 
-    /// The waiting events whose keys are in `sessions` (e.g. the sessions
-    /// of [`EngineEvent::RoomKeyReceived`](crate::EngineEvent) events, or of
-    /// a restore's result), oldest first: decrypt them again and deliver
-    /// them as late decryptions. An event stays listed until it decrypts.
-    pub fn pending_events_for_sessions(&self, sessions: &BTreeSet<String>) -> Vec<PendingEvent> {
-        lock(&self.inner.pending).select(|e| sessions.contains(&e.session_id))
-    }
-
-    /// The waiting events sent by one of `senders`, whose devices or
-    /// identity changed (a sender refused as not trusted enough may be
-    /// now), oldest first.
-    pub fn pending_events_from_senders(&self, senders: &BTreeSet<OwnedUserId>) -> Vec<PendingEvent> {
-        lock(&self.inner.pending).select(|e| senders.contains(&e.sender))
-    }
-
-    /// Every waiting event, oldest first (e.g. once after a restart: a key
-    /// may have arrived just before the engine stopped).
-    pub fn pending_events(&self) -> Vec<PendingEvent> {
-        lock(&self.inner.pending).select(|_| true)
-    }
-
-    /// Asks our other devices for the missing keys of waiting events that
-    /// have no request open yet (at most 20 new requests per call, so a
-    /// flood of undecryptable events cannot make one round send hundreds),
-    /// if we have another device. The requests join the request queue;
-    /// returns how many were opened. Only a device of ours that verified
-    /// this one answers, and an answer is taken only from a device we
-    /// verified.
-    pub async fn request_missing_room_keys(&self) -> Result<usize, StoreError> {
-        let own = self.inner.own.user_id.clone();
-        let devices = self.get_user_devices(&own).await?;
-        if !devices.keys().any(|id| *id != self.inner.own.device_id) {
-            return Ok(0);
-        }
-        let open: BTreeSet<(OwnedRoomId, String)> = self
-            .open_gossip_requests()
+    /// The (room, session) keys our open room-key requests ask for.
+    fn open_room_key_requests(&self) -> BTreeSet<(OwnedRoomId, String)> {
+        self.open_gossip_requests()
             .into_iter()
             .filter_map(|r| match r.kind {
                 GossipKind::RoomKey { room_id, session_id } => Some((room_id, session_id)),
                 _ => None,
             })
-            .collect();
+            .collect()
+    }
+
+    /// When healing has something to do: events to decrypt again (at
+    /// once), a round of key requests, a read of the backup.
+    pub(super) fn healing_deadline(&self) -> Option<Timestamp> {
+        let open = self.open_room_key_requests();
+        let backup_readable = self.backup_readable() && !lock(&self.inner.requests).has_backup_read();
+        let pending = lock(&self.inner.pending);
+        let retry = pending.retry_due().then_some(Timestamp::EPOCH);
+        let ask = pending.key_requests_deadline(|r, s| open.contains(&(r.to_owned(), s.to_owned())));
+        let backup = if backup_readable { pending.backup_read_deadline() } else { None };
+        [retry, ask, backup].into_iter().flatten().min()
+    }
+
+    /// Runs the healing that is due at `now`: decrypts again the events
+    /// whose key arrived or whose sender changed (returning the late
+    /// decryptions to announce), asks our other devices for missing keys,
+    /// and reads the backup's version when keys are to be looked up in it.
+    pub(super) async fn handle_healing(&self, now: Timestamp) -> Result<Vec<EngineEvent>, StoreError> {
+        let late = self.retry_waiting_events().await;
+        self.ask_own_devices(now).await?;
+        let backup_due = self.backup_readable()
+            && !lock(&self.inner.requests).has_backup_read()
+            && lock(&self.inner.pending).backup_read_due(now).is_some();
+        if backup_due {
+            self.queue_backup_read();
+        }
+        Ok(late)
+    }
+
+    /// Decrypts again, one batch per room and settings, the waiting events
+    /// that are due; those that decrypt are late decryptions.
+    async fn retry_waiting_events(&self) -> Vec<EngineEvent> {
+        let retries = lock(&self.inner.pending).take_retries();
+        let mut batches: BTreeMap<OwnedRoomId, Vec<(DecryptionSettings, Vec<PendingEvent>)>> = BTreeMap::new();
+        for event in retries {
+            let room = batches.entry(event.room_id.clone()).or_default();
+            match room.iter_mut().find(|(settings, _)| *settings == event.settings) {
+                Some((_, events)) => events.push(event),
+                None => room.push((event.settings, vec![event])),
+            }
+        }
+        let mut late = Vec::new();
+        for (room_id, (settings, events)) in
+            batches.into_iter().flat_map(|(room_id, batches)| batches.into_iter().map(move |b| (room_id.clone(), b)))
+        {
+            let raws: Vec<Raw<Value>> = events.iter().map(|e| e.event.clone()).collect();
+            let results = self.decrypt_group(&raws, &room_id, &settings, LateTo::EventQueue).await;
+            for (event, result) in events.into_iter().zip(results) {
+                // Only the decryption that took it out of the registry is
+                // late: the event is announced once.
+                if let Ok(decrypted) = result
+                    && decrypted.was_waiting
+                {
+                    late.push(EngineEvent::LateDecryption(LateDecryption {
+                        room_id: room_id.clone(),
+                        event_id: event.event_id,
+                        decrypted,
+                    }));
+                }
+            }
+        }
+        late
+    }
+
+    /// A round of room-key requests to our other devices for the missing
+    /// keys the registry says are due (at most 20 per round, so a flood of
+    /// undecryptable events cannot make one round send hundreds). Only a
+    /// device of ours that verified this one answers, and an answer is
+    /// taken only from a device we verified.
+    async fn ask_own_devices(&self, now: Timestamp) -> Result<(), StoreError> {
+        let open = self.open_room_key_requests();
         let due = lock(&self.inner.pending)
-            .key_requests_due(|room_id, session_id| open.contains(&(room_id.to_owned(), session_id.to_owned())));
-        let mut opened = 0;
+            .take_key_requests(now, |room_id, session_id| open.contains(&(room_id.to_owned(), session_id.to_owned())));
+        if due.is_empty() {
+            return Ok(());
+        }
+        let own = self.inner.own.user_id.clone();
+        let devices = self.get_user_devices(&own).await?;
+        if !devices.keys().any(|id| *id != self.inner.own.device_id) {
+            // Asked again after the wait, or when a device of ours appears.
+            return Ok(());
+        }
         for (room_id, session_id) in due {
-            opened += usize::from(self.request_room_key(&room_id, &session_id).await?.is_some());
+            self.request_room_key(&room_id, &session_id).await?;
         }
-        Ok(opened)
+        Ok(())
     }
 
-    /// Whether the key backup should be read at `now` to look up the keys
-    /// of waiting events: a backup is enabled, we hold its key, and a key
-    /// was never looked up or the ten-minute recheck of those that were is
-    /// due. If so, read the backup's current version and `etag` and call
-    /// [`take_backup_lookups`](Self::take_backup_lookups).
-    pub async fn backup_read_due(&self, now: Timestamp) -> Result<Option<BackupReadDue>, StoreError> {
-        if self.backup_version().is_none() || self.backup_decryption_key().await?.is_none() {
-            return Ok(None);
+    /// The sessions of the room keys `changes` stores, if events wait.
+    pub(super) fn waited_for_keys(&self, changes: &Changes) -> Vec<String> {
+        if changes.inbound_group_sessions.is_empty() || lock(&self.inner.pending).len() == 0 {
+            return Vec::new();
         }
-        Ok(lock(&self.inner.pending).backup_read_due(now))
+        changes.inbound_group_sessions.iter().map(|s| s.session_id.clone()).collect()
     }
 
-    /// The (room, session) keys to look up in the backup `version`, whose
-    /// `etag` the server just gave (at most 20): never looked up, looked up
-    /// in another version, or, on a recheck, looked up when the backup was
-    /// different. Each is remembered with the version and etag, so it is
-    /// looked up again only after the backup changed. Import what the
-    /// server returns with
-    /// [`import_backed_up_room_keys`](Self::import_backed_up_room_keys),
-    /// then decrypt again the events of the sessions it brought.
-    pub fn take_backup_lookups(
-        &self,
-        version: &str,
-        etag: &str,
-        due: BackupReadDue,
-        now: Timestamp,
-    ) -> Vec<(OwnedRoomId, String)> {
-        lock(&self.inner.pending).take_backup_lookups((version, etag), due, now)
+    /// After a save: the waiting events of the room keys it stored are due
+    /// to be decrypted again.
+    pub(super) fn note_keys_stored(&self, sessions: Vec<String>) {
+        if !sessions.is_empty() {
+            lock(&self.inner.pending).keys_arrived(sessions.iter().map(String::as_str));
+        }
+    }
+
+    /// Late decryptions were drained: the registry's next saved record no
+    /// longer holds them (until then, a restart announces them again).
+    pub(super) fn note_drained(&self, events: &[EngineEvent]) {
+        let mut pending = lock(&self.inner.pending);
+        for event in events {
+            if let EngineEvent::LateDecryption(late) = event {
+                pending.drained(&late.room_id, &late.event_id);
+            }
+        }
+    }
+
+    /// Before events are announced: a sender whose devices or identity
+    /// changed has its waiting events decrypted again; a new device of ours
+    /// may be asked for missing keys at once; a backup key that arrived
+    /// makes the engine read the backup (to enable it); once we and another
+    /// device of ours verified each other, our open requests go to it again
+    /// (a device that saw a request before it trusted us did not answer it).
+    pub(super) fn note_announced(&self, events: &[EngineEvent]) {
+        let mut backup_key_arrived = false;
+        let mut own_verification_done = false;
+        {
+            let mut pending = lock(&self.inner.pending);
+            for event in events {
+                match event {
+                    EngineEvent::IdentityChanged { user_id, .. } => pending.sender_changed(user_id),
+                    EngineEvent::DevicesChanged(changes) => {
+                        pending.sender_changed(&changes.user_id);
+                        if changes.user_id == self.inner.own.user_id && !changes.added.is_empty() {
+                            pending.own_devices_changed();
+                        }
+                    }
+                    EngineEvent::SecretReceived { name } => {
+                        backup_key_arrived |= name == crate::secret_storage::names::BACKUP;
+                    }
+                    EngineEvent::VerificationChanged { user_id, state, .. } => {
+                        own_verification_done |=
+                            *user_id == self.inner.own.user_id && state.is_finished() && state.cancellation().is_none();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if backup_key_arrived {
+            self.read_backup_to_enable();
+        }
+        if own_verification_done {
+            self.resend_open_gossip_requests();
+        }
     }
 }

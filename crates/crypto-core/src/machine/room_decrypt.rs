@@ -35,6 +35,18 @@ pub(crate) const DECRYPT_CHUNK: usize = 256;
 /// this many events.
 pub(crate) const DECRYPT_SAVE_GROUP: usize = 512;
 
+/// Who receives the late decryptions of a batch: the caller, in the
+/// results (the registry forgets them in the batch), or the event queue
+/// (the registry's saved record keeps them until they are drained, so a
+/// crash before that announces them again after the restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LateTo {
+    /// The caller of a decryption.
+    Caller,
+    /// The engine's event queue (healing).
+    EventQueue,
+}
+
 /// One event's result.
 pub(crate) type RoomEventResult = Result<DecryptedRoomEvent, MegolmError>;
 
@@ -59,7 +71,7 @@ impl OlmMachine {
         room_id: &RoomId,
         settings: &DecryptionSettings,
     ) -> Result<DecryptedRoomEvent, MegolmError> {
-        let mut results = self.decrypt_group(std::slice::from_ref(event), room_id, settings).await;
+        let mut results = self.decrypt_group(std::slice::from_ref(event), room_id, settings, LateTo::Caller).await;
         results.pop().unwrap_or_else(|| Err(MegolmError::Malformed("no result for the event".into())))
     }
 
@@ -78,7 +90,7 @@ impl OlmMachine {
         settings: &DecryptionSettings,
     ) -> Vec<RoomEventResult> {
         // The caller holds every result anyway: one save for the batch.
-        self.decrypt_group(events, room_id, settings).await
+        self.decrypt_group(events, room_id, settings, LateTo::Caller).await
     }
 
     /// [`decrypt_room_events`](Self::decrypt_room_events) that hands each
@@ -95,7 +107,9 @@ impl OlmMachine {
     ) {
         for (n, group) in events.chunks(DECRYPT_SAVE_GROUP).enumerate() {
             let base = n * DECRYPT_SAVE_GROUP;
-            for (i, result) in self.decrypt_group(group, room_id, settings).await.into_iter().enumerate() {
+            for (i, result) in
+                self.decrypt_group(group, room_id, settings, LateTo::Caller).await.into_iter().enumerate()
+            {
                 each(base + i, result);
             }
         }
@@ -105,11 +119,12 @@ impl OlmMachine {
     /// parse (workers), take the sessions it needs, decrypt (workers), check
     /// in event order (sender, trust, replay: one guard for the group, since
     /// its records are saved together); then one save for the group.
-    async fn decrypt_group<T>(
+    pub(super) async fn decrypt_group<T>(
         &self,
         events: &[Raw<T>],
         room_id: &RoomId,
         settings: &DecryptionSettings,
+        late_to: LateTo,
     ) -> Vec<RoomEventResult> {
         let mut results: Vec<Option<RoomEventResult>> = (0..events.len()).map(|_| None).collect();
         let mut changes = Changes::default();
@@ -132,10 +147,10 @@ impl OlmMachine {
                 self.check_opened(room_id, settings, opened.collect(), &mut results, &mut changes, &mut replay);
             accepted.extend(checked.await);
         }
-        let (record, was_waiting) = self.note_pending(room_id, events, &results, &accepted);
+        let (record, was_waiting) = self.note_pending(room_id, settings, events, &results, &accepted, late_to);
         changes.custom_values.extend(record);
         if let Err(error) = self.save(None, None, changes).await {
-            self.unnote_pending(room_id, events, &was_waiting);
+            self.unnote_pending(room_id, settings, events, &was_waiting);
             for accepted in accepted {
                 results[accepted.index] = Some(Err(MegolmError::Store(error.clone())));
             }
@@ -168,14 +183,18 @@ impl OlmMachine {
     fn note_pending<T>(
         &self,
         room_id: &RoomId,
+        settings: &DecryptionSettings,
         events: &[Raw<T>],
         results: &[Option<RoomEventResult>],
         accepted: &[Accepted],
+        late_to: LateTo,
     ) -> (Option<(String, Vec<u8>)>, HashSet<usize>) {
         let mut pending = lock(&self.inner.pending);
         for (event, result) in events.iter().zip(results) {
             let Some(Err(error)) = result else { continue };
-            let Some(waiting) = crate::utd::PendingEvent::from_event(room_id, event.json()) else { continue };
+            let Some(waiting) = crate::utd::PendingEvent::from_event(room_id, event.json(), *settings) else {
+                continue;
+            };
             if crate::utd::pending::may_heal(error) {
                 pending.record(waiting);
             } else if !matches!(error, MegolmError::Store(_)) {
@@ -184,7 +203,10 @@ impl OlmMachine {
         }
         let was_waiting = accepted
             .iter()
-            .filter(|a| pending.resolved(room_id, a.opened.event_id.as_str()))
+            .filter(|a| match late_to {
+                LateTo::Caller => pending.resolved(room_id, a.opened.event_id.as_str()),
+                LateTo::EventQueue => pending.resolved_until_drained(room_id, a.opened.event_id.as_str()),
+            })
             .map(|a| a.index)
             .collect();
         (pending.take_record(), was_waiting)
@@ -192,11 +214,17 @@ impl OlmMachine {
 
     /// The batch was not saved: the events it took out of the registry wait
     /// again, and the registry is saved with the next batch.
-    fn unnote_pending<T>(&self, room_id: &RoomId, events: &[Raw<T>], was_waiting: &HashSet<usize>) {
+    fn unnote_pending<T>(
+        &self,
+        room_id: &RoomId,
+        settings: &DecryptionSettings,
+        events: &[Raw<T>],
+        was_waiting: &HashSet<usize>,
+    ) {
         let mut pending = lock(&self.inner.pending);
         for &index in was_waiting {
             if let Some(waiting) =
-                events.get(index).and_then(|e| crate::utd::PendingEvent::from_event(room_id, e.json()))
+                events.get(index).and_then(|e| crate::utd::PendingEvent::from_event(room_id, e.json(), *settings))
             {
                 pending.record(waiting);
             }

@@ -154,7 +154,7 @@ impl OlmMachine {
         let claims_record = store.get_custom_value(super::CLAIMS_RECORD).await?;
         let claims = ClaimState::from_records(claims_record.as_deref(), None);
         let cross_signing = store.load_private_identity().await?;
-        let backup_record = store.get_custom_value(super::backup::BACKUP_RECORD).await?;
+        let backup = super::backup::BackupState::load(store.as_ref()).await?;
         let gossip_record = store.get_custom_value(crate::gossip::GOSSIP_RECORD).await?;
         // Everything read: swap it in.
         *account = fresh_account;
@@ -164,7 +164,7 @@ impl OlmMachine {
         *lock(&self.inner.groups) = GroupCache::default();
         *lock(&self.inner.requests) = RequestQueue::default();
         *lock(&self.inner.cross_signing) = cross_signing;
-        *lock(&self.inner.backup) = super::backup::BackupState::from_record(backup_record.as_deref());
+        *lock(&self.inner.backup) = backup;
         *lock(&self.inner.gossip) = super::gossip::GossipState::from_record(gossip_record.as_deref());
         tracing::info!("the store lock changed hands: reloaded the engine's state from the store");
         Ok(())

@@ -12,7 +12,9 @@ impl OlmMachine {
     /// has something to do, or `None`: the end of a claim back-off, a
     /// deferred unwedge (at most one new session per device and hour), a
     /// keys-query retry, a room key reaching its age limit, open room-key
-    /// requests to send again to our other devices. The time may be
+    /// requests to send again to our other devices, healing (undecryptable
+    /// events to decrypt again, keys to ask for or look up in the backup:
+    /// `utd::pending`). The time may be
     /// in the past (e.g. after a restart, for state saved before it): call
     /// `handle_timeout` at once then. A caller's drive loop sleeps until the
     /// earlier of this and its next sync.
@@ -23,26 +25,32 @@ impl OlmMachine {
         let rooms = lock(&self.inner.rooms).next_deadline(handled);
         let verifications = self.verification_deadline();
         let gossip = self.gossip_deadline();
-        [claims, queries, rooms, verifications, gossip].into_iter().flatten().min()
+        let healing = self.healing_deadline();
+        [claims, queries, rooms, verifications, gossip, healing].into_iter().flatten().min()
     }
 
     /// Runs what is due at `now`, saving what it changed: deferred unwedges
     /// become claims (listed by `outgoing_requests`), users whose query
     /// back-off ended are queried again, claims whose back-off ended may be
     /// retried, and a room key past its age limit is retired (its unanswered
-    /// shares cancelled, an [`EngineEvent::RoomKeyExpired`] queued). Send
-    /// the requests `outgoing_requests` lists afterwards.
+    /// shares cancelled, an [`EngineEvent::RoomKeyExpired`] queued), and
+    /// healing runs: waiting events whose key arrived decrypt (each an
+    /// [`EngineEvent::LateDecryption`]), missing keys are asked of our
+    /// other devices and looked up in the backup. Send the requests
+    /// `outgoing_requests` lists afterwards.
     pub async fn handle_timeout(&self, now: Timestamp) -> Result<(), StoreError> {
-        // Serialized with syncs and claim answers, which change the same state.
-        let _account = self.inner.account.lock().await;
-        let mut changes = Changes::default();
         {
-            let mut claims = lock(&self.inner.claims);
-            if claims.handle_timeout(now) {
-                changes.custom_values.push(claims.record(now));
+            // Serialized with syncs and claim answers, which change the same state.
+            let _account = self.inner.account.lock().await;
+            let mut changes = Changes::default();
+            {
+                let mut claims = lock(&self.inner.claims);
+                if claims.handle_timeout(now) {
+                    changes.custom_values.push(claims.record(now));
+                }
             }
+            self.save(None, None, changes).await?;
         }
-        self.save(None, None, changes).await?;
         // Retiring an expired room key changes nothing stored (the limit is
         // enforced at the next use anyway): after the save, so a failed save
         // loses no event.
@@ -60,6 +68,7 @@ impl OlmMachine {
         if self.gossip_deadline().is_some_and(|at| at <= now) {
             self.resend_open_room_key_requests(now);
         }
+        events.extend(self.handle_healing(now).await?);
         let mut handled = lock(&self.inner.timers_handled_until);
         *handled = (*handled).max(now);
         drop(handled);

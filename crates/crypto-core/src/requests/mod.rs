@@ -9,7 +9,7 @@ pub(crate) use ids::IdSource;
 pub(crate) use queue::{Meta, RequestQueue};
 
 use ruma_client_api::{
-    backup::add_backup_keys,
+    backup::{add_backup_keys, get_backup_keys_for_session, get_latest_backup_info},
     keys::{claim_keys, get_keys, upload_keys, upload_signatures, upload_signing_keys},
     message::send_message_event,
     to_device::send_event_to_device,
@@ -73,6 +73,17 @@ pub enum AnyOutgoingRequest {
     /// version is not the current one, call `disable_backup` (and enable
     /// the new version once it is trusted): the request is then cancelled.
     KeysBackup(add_backup_keys::v3::Request),
+    /// `GET /room_keys/version`: the server's current backup version and
+    /// its `etag`, read to look up the keys of undecryptable events, after
+    /// an upload was refused, or when a backup key arrived. A 404
+    /// `M_NOT_FOUND` (no backup) is answered with
+    /// [`mark_request_as_refused`](crate::OlmMachine::mark_request_as_refused).
+    BackupVersion(get_latest_backup_info::v3::Request),
+    /// `GET /room_keys/keys/{roomId}/{sessionId}?version=`: the key of
+    /// undecryptable events, looked up in the backup. A 404 `M_NOT_FOUND`
+    /// (the backup does not hold it) is answered with
+    /// [`mark_request_as_refused`](crate::OlmMachine::mark_request_as_refused).
+    BackupKeyLookup(get_backup_keys_for_session::v3::Request),
 }
 
 /// A room event the engine asks its caller to send.
@@ -107,6 +118,52 @@ pub enum AnyIncomingResponse<'a> {
     RoomMessage(&'a send_message_event::v3::Response),
     /// Answer to [`AnyOutgoingRequest::KeysBackup`].
     KeysBackup(&'a add_backup_keys::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::BackupVersion`].
+    BackupVersion(&'a get_latest_backup_info::v3::Response),
+    /// Answer to [`AnyOutgoingRequest::BackupKeyLookup`].
+    BackupKeyLookup(&'a get_backup_keys_for_session::v3::Response),
+}
+
+impl<'a> From<&'a get_latest_backup_info::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a get_latest_backup_info::v3::Response) -> Self {
+        Self::BackupVersion(response)
+    }
+}
+
+impl<'a> From<&'a get_backup_keys_for_session::v3::Response> for AnyIncomingResponse<'a> {
+    fn from(response: &'a get_backup_keys_for_session::v3::Response) -> Self {
+        Self::BackupKeyLookup(response)
+    }
+}
+
+/// A refusal from the homeserver that is an answer the engine acts on
+/// (handed back with
+/// [`mark_request_as_refused`](crate::OlmMachine::mark_request_as_refused)),
+/// as opposed to a failure, after which the request stays queued and is
+/// sent again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestRefusal {
+    /// HTTP 404 `M_NOT_FOUND`: no backup version
+    /// ([`BackupVersion`](AnyOutgoingRequest::BackupVersion)), no such key
+    /// ([`BackupKeyLookup`](AnyOutgoingRequest::BackupKeyLookup)), no such
+    /// version ([`KeysBackup`](AnyOutgoingRequest::KeysBackup)).
+    NotFound,
+    /// HTTP 403 `M_WRONG_ROOM_KEYS_VERSION`
+    /// ([`KeysBackup`](AnyOutgoingRequest::KeysBackup)): the version is not
+    /// the current one.
+    WrongRoomKeysVersion,
+}
+
+impl RequestRefusal {
+    /// The refusal a Matrix error code stands for, if it is one.
+    pub fn from_errcode(errcode: &str) -> Option<Self> {
+        match errcode {
+            "M_NOT_FOUND" => Some(Self::NotFound),
+            "M_WRONG_ROOM_KEYS_VERSION" => Some(Self::WrongRoomKeysVersion),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> From<&'a add_backup_keys::v3::Response> for AnyIncomingResponse<'a> {
@@ -174,6 +231,17 @@ pub enum ResponseError {
         /// The kind of the response.
         found: &'static str,
     },
+    /// A refusal was handed back for a request whose refusal means nothing
+    /// to the engine (only backup requests have one); it stays queued.
+    #[error("request {id} is a {kind} request, which cannot be refused with {refusal:?}")]
+    RefusalNotExpected {
+        /// The request id.
+        id: OwnedTransactionId,
+        /// The kind of the request.
+        kind: &'static str,
+        /// The refusal given.
+        refusal: RequestRefusal,
+    },
     /// Saving what the response changed failed; the response was not applied.
     #[error(transparent)]
     Store(#[from] crate::StoreError),
@@ -190,6 +258,8 @@ impl AnyOutgoingRequest {
             Self::SignatureUpload(_) => "signature upload",
             Self::RoomMessage(_) => "room message",
             Self::KeysBackup(_) => "keys backup",
+            Self::BackupVersion(_) => "backup version",
+            Self::BackupKeyLookup(_) => "backup key lookup",
         }
     }
 }
@@ -205,6 +275,8 @@ impl AnyIncomingResponse<'_> {
             Self::SignatureUpload(_) => "signature upload",
             Self::RoomMessage(_) => "room message",
             Self::KeysBackup(_) => "keys backup",
+            Self::BackupVersion(_) => "backup version",
+            Self::BackupKeyLookup(_) => "backup key lookup",
         }
     }
 }

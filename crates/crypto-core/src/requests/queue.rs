@@ -36,6 +36,15 @@ pub(crate) enum Meta {
     SignatureUpload,
     /// Room keys for the key backup (one upload at a time).
     KeysBackup,
+    /// A read of the server's current backup version (one at a time).
+    BackupVersion,
+    /// A room key looked up in the backup.
+    BackupKeyLookup {
+        /// The room of the key.
+        room_id: ruma_common::OwnedRoomId,
+        /// The key's session id.
+        session_id: String,
+    },
     /// Our secret or room-key request with this id (marked sent on answer).
     GossipRequest(String),
     /// Our in-room verification request to this user: its event id names
@@ -78,6 +87,11 @@ impl RequestQueue {
     /// The queued request with `id`.
     pub(crate) fn find(&self, id: &TransactionId) -> Option<&OutgoingRequest> {
         self.entries.iter().map(|e| &e.request).find(|r| r.request_id() == id)
+    }
+
+    /// What the queued request with `id` needs for its answer.
+    pub(crate) fn meta(&self, id: &TransactionId) -> Option<Arc<Meta>> {
+        self.entries.iter().find(|e| e.request.request_id() == id).map(|e| e.meta.clone())
     }
 
     /// Whether `id` is queued, being answered, or finished lately: a fresh
@@ -147,6 +161,11 @@ impl RequestQueue {
 
     pub(crate) fn has_keys_upload(&self) -> bool {
         self.entries.iter().any(|e| matches!(*e.meta, Meta::KeysUpload))
+    }
+
+    /// Whether a read of the backup version is unanswered.
+    pub(crate) fn has_backup_read(&self) -> bool {
+        self.entries.iter().any(|e| matches!(*e.meta, Meta::BackupVersion))
     }
 
     /// Users in a keys query that is still unanswered.

@@ -10,9 +10,15 @@
 //! decryption's own batch, so a restarted engine still knows what waits.
 //!
 //! The rules are plain functions of the registry and the facts the engine
-//! gathers (open requests, the backup's version and etag, the time):
+//! gathers (open requests, the backup's version and etag, the time); the
+//! engine runs them from `handle_timeout` when `poll_timeout` says so:
+//! * an event is decrypted again once a key of its session was stored, or
+//!   its sender's devices or identity changed, or once after a restart;
 //! * a missing key is asked of our own devices once per open request, at
-//!   most [`KEY_REQUESTS_PER_ROUND`] new requests per round;
+//!   most [`KEY_REQUESTS_PER_ROUND`] new requests per round; a key asked
+//!   before (or when we had no other device) is asked again after
+//!   [`KEY_REASK_FIRST`], doubling up to [`KEY_REASK_MAX`], and at once
+//!   when a device of ours appears;
 //! * a missing key is looked up in the backup once per state of the backup
 //!   (its version and etag): a key that was not there is looked up again
 //!   after the backup changed (our other devices upload what they receive),
@@ -26,7 +32,10 @@ use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, serde::Raw};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Timestamp, megolm::MegolmError};
+use crate::{
+    Timestamp,
+    megolm::{DecryptionSettings, MegolmError},
+};
 
 /// The custom value holding the newest waiting events across restarts.
 pub(crate) const PENDING_RECORD: &str = "hush.engine.pending_decryptions";
@@ -52,6 +61,11 @@ pub const BACKUP_LOOKUPS_PER_ROUND: usize = 20;
 const LOOKUPS_REMEMBERED: usize = 10_000;
 /// How often the backup's etag is read again for keys it did not have.
 pub const BACKUP_RECHECK: Duration = Duration::from_secs(600);
+/// When a key asked of our devices (or not asked: we had no other device)
+/// is asked again, if its request is no longer open.
+pub const KEY_REASK_FIRST: Duration = Duration::from_secs(300);
+/// The longest wait between two rounds for one key.
+pub const KEY_REASK_MAX: Duration = Duration::from_secs(24 * 3600);
 
 /// An encrypted room event waiting for its key (or for its sender to be
 /// trusted enough), to be decrypted again and delivered as a late
@@ -68,6 +82,9 @@ pub struct PendingEvent {
     pub session_id: String,
     /// The encrypted event, as received.
     pub event: Raw<Value>,
+    /// The settings it was decrypted with (and is decrypted again with).
+    #[serde(default)]
+    pub settings: DecryptionSettings,
 }
 
 /// The fields of an encrypted event the registry needs.
@@ -86,7 +103,11 @@ struct HeadContent {
 impl PendingEvent {
     /// The waiting entry for `event` of `room_id`, if the event names its
     /// id, sender and session and is not larger than an event can be.
-    pub(crate) fn from_event(room_id: &RoomId, event: &serde_json::value::RawValue) -> Option<Self> {
+    pub(crate) fn from_event(
+        room_id: &RoomId,
+        event: &serde_json::value::RawValue,
+        settings: DecryptionSettings,
+    ) -> Option<Self> {
         if event.get().len() > MAX_EVENT_BYTES {
             return None;
         }
@@ -98,6 +119,7 @@ impl PendingEvent {
             sender: head.sender,
             session_id: head.content.session_id,
             event,
+            settings,
         })
     }
 
@@ -147,6 +169,20 @@ pub(crate) struct PendingDecryptions {
     looked: BTreeMap<(OwnedRoomId, String), (String, String)>,
     /// When keys looked up before were last checked again.
     rechecked_at: Option<Timestamp>,
+    /// Sessions a key of which was stored since the last retry.
+    retry_sessions: BTreeSet<String>,
+    /// Senders whose devices or identity changed since the last retry.
+    retry_senders: BTreeSet<OwnedUserId>,
+    /// Every event is tried again once (loaded after a restart).
+    retry_all: bool,
+    /// (room, session) → when it was last asked of our devices (or found
+    /// no device to ask), and how many times.
+    asked: BTreeMap<(OwnedRoomId, String), (Timestamp, u32)>,
+    /// No read of the backup before this (its last answer was unreadable).
+    read_held_until: Option<Timestamp>,
+    /// Events that decrypted late, announced and not yet drained: saved as
+    /// waiting, so a crash before the caller took them announces them again.
+    undrained: VecDeque<PendingEvent>,
 }
 
 impl PendingDecryptions {
@@ -180,6 +216,31 @@ impl PendingDecryptions {
         true
     }
 
+    /// [`resolved`](Self::resolved) for a late decryption announced in the
+    /// event queue: it waits no more, but stays in the saved record until
+    /// [`drained`](Self::drained).
+    pub(crate) fn resolved_until_drained(&mut self, room_id: &RoomId, event_id: &str) -> bool {
+        let Some(event) = self.events.iter().find(|e| e.event_id == event_id && e.room_id == room_id).cloned() else {
+            return false;
+        };
+        if !self.resolved(room_id, event_id) {
+            return false;
+        }
+        self.undrained.push_back(event);
+        while self.undrained.len() > MAX_SAVED {
+            self.undrained.pop_front();
+        }
+        true
+    }
+
+    /// The late decryption of `event_id` was drained: the next record no
+    /// longer holds it.
+    pub(crate) fn drained(&mut self, room_id: &RoomId, event_id: &str) {
+        let before = self.undrained.len();
+        self.undrained.retain(|e| !(e.event_id == event_id && e.room_id == room_id));
+        self.dirty |= self.undrained.len() != before;
+    }
+
     /// The last record was not saved: the next one must be.
     pub(crate) fn mark_unsaved(&mut self) {
         self.dirty = true;
@@ -207,25 +268,121 @@ impl PendingDecryptions {
         self.events.iter().map(PendingEvent::key).filter(|key| seen.insert(key.clone())).collect()
     }
 
-    /// The keys to ask our own devices for now: those with no request open
-    /// (`is_open`), at most [`KEY_REQUESTS_PER_ROUND`].
-    pub(crate) fn key_requests_due(&self, is_open: impl Fn(&RoomId, &str) -> bool) -> Vec<(OwnedRoomId, String)> {
+    /// When the next round of key requests is due, given which keys have a
+    /// request open (`is_open`): [`Timestamp::EPOCH`] (at once) for a key
+    /// never asked, else the end of its wait; `None` if no key needs one.
+    pub(crate) fn key_requests_deadline(&self, is_open: impl Fn(&RoomId, &str) -> bool) -> Option<Timestamp> {
         self.wanted_keys()
             .into_iter()
             .filter(|(room_id, session_id)| !is_open(room_id, session_id))
+            .map(|key| self.asked.get(&key).map_or(Timestamp::EPOCH, |&(at, times)| reask_at(at, times)))
+            .min()
+    }
+
+    /// The keys to ask our own devices for at `now`: those with no request
+    /// open (`is_open`) that were never asked or whose wait ended, at most
+    /// [`KEY_REQUESTS_PER_ROUND`]. They count as asked from now (also when
+    /// the caller finds no device to ask: they are due again after their
+    /// wait, or when a device of ours appears).
+    pub(crate) fn take_key_requests(
+        &mut self,
+        now: Timestamp,
+        is_open: impl Fn(&RoomId, &str) -> bool,
+    ) -> Vec<(OwnedRoomId, String)> {
+        let wanted = self.wanted_keys();
+        let live: BTreeSet<&(OwnedRoomId, String)> = wanted.iter().collect();
+        self.asked.retain(|key, _| live.contains(key));
+        let due: Vec<(OwnedRoomId, String)> = wanted
+            .iter()
+            .filter(|(room_id, session_id)| !is_open(room_id, session_id))
+            .filter(|key| self.asked.get(*key).is_none_or(|&(at, times)| reask_at(at, times) <= now))
             .take(KEY_REQUESTS_PER_ROUND)
-            .collect()
+            .cloned()
+            .collect();
+        for key in &due {
+            let times = self.asked.get(key).map_or(0, |&(_, times)| times);
+            self.asked.insert(key.clone(), (now, times.saturating_add(1)));
+        }
+        due
+    }
+
+    /// A device of ours appeared: every missing key may be asked at once.
+    pub(crate) fn own_devices_changed(&mut self) {
+        self.asked.clear();
+    }
+
+    /// Keys of `sessions` were stored: their waiting events are due to be
+    /// decrypted again.
+    pub(crate) fn keys_arrived<'a>(&mut self, sessions: impl IntoIterator<Item = &'a str>) {
+        let waiting: HashSet<&str> = self.events.iter().map(|e| e.session_id.as_str()).collect();
+        for session_id in sessions {
+            if waiting.contains(session_id) {
+                self.retry_sessions.insert(session_id.to_owned());
+            }
+        }
+    }
+
+    /// `sender`'s devices or identity changed: its waiting events are due
+    /// to be decrypted again (a sender refused as not trusted enough may be
+    /// now).
+    pub(crate) fn sender_changed(&mut self, sender: &OwnedUserId) {
+        if self.events.iter().any(|e| e.sender == *sender) {
+            self.retry_senders.insert(sender.clone());
+        }
+    }
+
+    /// Whether waiting events are due to be decrypted again.
+    pub(crate) fn retry_due(&self) -> bool {
+        self.retry_all || !self.retry_sessions.is_empty() || !self.retry_senders.is_empty()
+    }
+
+    /// The waiting events due to be decrypted again, oldest first; they stay
+    /// waiting until a decryption succeeds.
+    pub(crate) fn take_retries(&mut self) -> Vec<PendingEvent> {
+        let all = std::mem::take(&mut self.retry_all);
+        let sessions = std::mem::take(&mut self.retry_sessions);
+        let senders = std::mem::take(&mut self.retry_senders);
+        self.select(|e| all || sessions.contains(&e.session_id) || senders.contains(&e.sender))
     }
 
     /// Whether the backup must be read at `now` for the waiting keys: one
     /// was never looked up, or the recheck of those that were is due.
     pub(crate) fn backup_read_due(&self, now: Timestamp) -> Option<BackupReadDue> {
+        if self.read_held_until.is_some_and(|until| now < until) {
+            return None;
+        }
+        let (fresh, looked_before) = self.backup_wants();
+        let recheck = looked_before && self.recheck_at() <= now;
+        (fresh || recheck).then_some(BackupReadDue { recheck })
+    }
+
+    /// A read of the backup gave nothing usable: the next waits for the
+    /// recheck interval.
+    pub(crate) fn backup_read_fruitless(&mut self, now: Timestamp) {
+        self.read_held_until = Some(now.saturating_add(BACKUP_RECHECK));
+    }
+
+    /// When the backup is next due to be read for the waiting keys
+    /// ([`Timestamp::EPOCH`]: at once), if ever.
+    pub(crate) fn backup_read_deadline(&self) -> Option<Timestamp> {
+        let due = match self.backup_wants() {
+            (true, _) => Timestamp::EPOCH,
+            (false, true) => self.recheck_at(),
+            (false, false) => return None,
+        };
+        Some(due.max(self.read_held_until.unwrap_or(Timestamp::EPOCH)))
+    }
+
+    /// Whether a waiting key was never looked up, and whether one was.
+    fn backup_wants(&self) -> (bool, bool) {
         let wanted = self.wanted_keys();
         let fresh = wanted.iter().any(|k| !self.looked.contains_key(k));
         let looked_before = wanted.iter().any(|k| self.looked.contains_key(k));
-        let due = self.rechecked_at.is_none_or(|at| now.saturating_duration_since(at) >= BACKUP_RECHECK);
-        let recheck = looked_before && due;
-        (fresh || recheck).then_some(BackupReadDue { recheck })
+        (fresh, looked_before)
+    }
+
+    fn recheck_at(&self) -> Timestamp {
+        self.rechecked_at.map_or(Timestamp::EPOCH, |at| at.saturating_add(BACKUP_RECHECK))
     }
 
     /// The keys to look up in the backup `version`, whose etag is now
@@ -265,9 +422,11 @@ impl PendingDecryptions {
             return None;
         }
         let mut bytes = 0;
+        // Announced but not drained first, then the newest waiting events.
         let mut newest: Vec<&PendingEvent> = self
             .events
             .iter()
+            .chain(self.undrained.iter())
             .rev()
             .take(MAX_SAVED)
             .take_while(|e| {
@@ -286,13 +445,22 @@ impl PendingDecryptions {
         let events: Vec<PendingEvent> = record.and_then(|bytes| serde_json::from_slice(bytes).ok()).unwrap_or_default();
         let mut pending = Self::default();
         for event in events.into_iter().take(MAX_SAVED) {
-            if let Some(checked) = PendingEvent::from_event(&event.room_id, event.event.json()) {
+            if let Some(checked) = PendingEvent::from_event(&event.room_id, event.event.json(), event.settings) {
                 pending.record(checked);
             }
         }
         pending.dirty = false;
+        // A key may have arrived just before the engine stopped.
+        pending.retry_all = pending.len() > 0;
         pending
     }
+}
+
+/// When a key asked `times` times, last at `at`, is due to be asked again.
+fn reask_at(at: Timestamp, times: u32) -> Timestamp {
+    let doublings = times.saturating_sub(1).min(16);
+    let wait = KEY_REASK_FIRST.saturating_mul(1 << doublings).min(KEY_REASK_MAX);
+    at.saturating_add(wait)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ fn event(n: usize, session: &str, pad: usize) -> PendingEvent {
         "content": {"session_id": session, "ciphertext": "x".repeat(pad)},
     });
     let raw = serde_json::value::to_raw_value(&value).unwrap();
-    PendingEvent::from_event(&room(), &raw).unwrap()
+    PendingEvent::from_event(&room(), &raw, DecryptionSettings::default()).unwrap()
 }
 
 fn key(n: usize) -> (OwnedRoomId, String) {
@@ -59,9 +59,9 @@ fn large_events_are_bounded_by_bytes_and_oversized_ones_are_not_kept() {
         "event_id": "$huge", "sender": "@a:e.org", "content": {"session_id": "s", "c": "x".repeat(70_000)}
     }))
     .unwrap();
-    assert!(PendingEvent::from_event(&room(), &huge).is_none());
+    assert!(PendingEvent::from_event(&room(), &huge, DecryptionSettings::default()).is_none());
     let nameless = serde_json::value::to_raw_value(&json!({"sender": "@a:e.org", "content": {}})).unwrap();
-    assert!(PendingEvent::from_event(&room(), &nameless).is_none());
+    assert!(PendingEvent::from_event(&room(), &nameless, DecryptionSettings::default()).is_none());
 }
 
 #[test]
@@ -84,11 +84,70 @@ fn missing_keys_are_asked_once_per_open_request_and_at_most_twenty_per_round() {
     // Two events of one session ask once.
     pending.record(event(100, "s0", 0));
     let open = |_: &RoomId, session: &str| session == "s1";
-    let due = pending.key_requests_due(open);
+    let now = Timestamp::from_millis(1_000_000);
+    assert_eq!(pending.key_requests_deadline(open), Some(Timestamp::EPOCH), "due at once");
+    let due = pending.take_key_requests(now, open);
     assert_eq!(due.len(), KEY_REQUESTS_PER_ROUND);
     assert_eq!(due[0], key(0));
     assert_eq!(due[1], key(2), "s1 has a request open");
     assert_eq!(due.iter().collect::<BTreeSet<_>>().len(), due.len(), "each key once");
+    let next = pending.take_key_requests(now, open);
+    assert_eq!(next.len(), 30 - 1 - KEY_REQUESTS_PER_ROUND, "the next round takes the rest");
+    assert!(next.iter().all(|k| !due.contains(k)));
+    assert!(pending.take_key_requests(now, open).is_empty(), "every key was asked");
+}
+
+#[test]
+fn an_asked_key_is_asked_again_with_a_doubling_wait_and_at_once_when_a_device_of_ours_appears() {
+    let mut pending = holding([0]);
+    let never_open = |_: &RoomId, _: &str| false;
+    let at = |secs: u64| Timestamp::from_millis(secs * 1000);
+    let first = KEY_REASK_FIRST.as_secs();
+    assert_eq!(pending.take_key_requests(at(0), never_open), [key(0)]);
+    assert_eq!(pending.key_requests_deadline(never_open), Some(at(first)));
+    assert!(pending.take_key_requests(at(first - 1), never_open).is_empty(), "waits");
+    assert_eq!(pending.take_key_requests(at(first), never_open), [key(0)], "asked again after the wait");
+    assert_eq!(pending.key_requests_deadline(never_open), Some(at(3 * first)), "the wait doubled");
+    assert_eq!(pending.key_requests_deadline(|_, _| true), None, "nothing to ask while a request is open");
+    pending.own_devices_changed();
+    assert_eq!(pending.key_requests_deadline(never_open), Some(Timestamp::EPOCH));
+    for n in 0..40 {
+        pending.take_key_requests(at(n * KEY_REASK_MAX.as_secs()), never_open);
+    }
+    let last = at(39 * KEY_REASK_MAX.as_secs());
+    assert_eq!(pending.key_requests_deadline(never_open), Some(last.saturating_add(KEY_REASK_MAX)), "capped");
+}
+
+#[test]
+fn events_are_retried_when_their_key_is_stored_or_their_sender_changes_and_all_once_after_a_restart() {
+    let mut pending = holding(0..3);
+    assert!(!pending.retry_due());
+    pending.keys_arrived(["s1", "unrelated"]);
+    assert!(pending.retry_due());
+    let retried: Vec<String> = pending.take_retries().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(retried, ["$e1"]);
+    assert!(!pending.retry_due(), "taken once");
+    assert_eq!(pending.len(), 3, "still waiting until a decryption succeeds");
+    pending.keys_arrived(["unrelated"]);
+    pending.sender_changed(&"@nobody:e.org".try_into().unwrap());
+    assert!(!pending.retry_due(), "keys and senders no event waits for");
+    pending.sender_changed(&"@alice:e.org".try_into().unwrap());
+    assert_eq!(pending.take_retries().len(), 3);
+    let (_, record) = pending.take_record().unwrap();
+    let restarted = PendingDecryptions::from_record(Some(&record));
+    assert!(restarted.retry_due(), "a key may have arrived just before the engine stopped");
+    assert!(!PendingDecryptions::from_record(None).retry_due());
+}
+
+#[test]
+fn an_unreadable_backup_answer_holds_the_next_read_until_the_recheck() {
+    let mut pending = holding([0]);
+    let now = Timestamp::from_millis(5_000);
+    assert_eq!(pending.backup_read_deadline(), Some(Timestamp::EPOCH));
+    pending.backup_read_fruitless(now);
+    assert_eq!(pending.backup_read_deadline(), Some(now.saturating_add(BACKUP_RECHECK)));
+    assert_eq!(pending.backup_read_due(now), None);
+    assert!(pending.backup_read_due(now.saturating_add(BACKUP_RECHECK)).is_some());
 }
 
 #[test]
@@ -171,4 +230,23 @@ fn the_saved_record_is_bounded_in_bytes_newest_first() {
     let restored = PendingDecryptions::from_record(Some(&record));
     assert!(restored.len() < 100 && restored.len() >= 30, "{} saved", restored.len());
     assert_eq!(restored.select(|e| e.event_id == "$e99").len(), 1, "the newest is saved");
+}
+
+#[test]
+fn an_announced_late_decryption_stays_in_the_saved_record_until_drained() {
+    let mut pending = holding(0..2);
+    pending.take_record();
+    assert!(pending.resolved_until_drained(&room(), "$e0"));
+    assert!(!pending.resolved_until_drained(&room(), "$e0"), "once");
+    assert_eq!(pending.len(), 1, "it waits no more");
+    let (_, record) = pending.take_record().expect("changed");
+    let restarted = PendingDecryptions::from_record(Some(&record));
+    assert_eq!(restarted.len(), 2, "a crash before the drain announces it again");
+    pending.drained(&room(), "$e0");
+    let (_, record) = pending.take_record().expect("the drain changed the record");
+    let restarted = PendingDecryptions::from_record(Some(&record));
+    let left: Vec<String> = restarted.select(|_| true).into_iter().map(|e| e.event_id).collect();
+    assert_eq!(left, ["$e1"]);
+    pending.drained(&room(), "$e0");
+    assert!(pending.take_record().is_none(), "draining twice changes nothing");
 }
