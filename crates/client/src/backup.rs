@@ -60,9 +60,18 @@ impl Encryption {
         let mut pending = total;
         progress(0, total);
         while pending > 0 {
-            // `None`: an upload is in flight (another task sends it), or
-            // nothing can be prepared; the drive loop sends what is listed.
-            match machine.backup_room_keys().await? {
+            // One batch per step, so `progress` sees each: the upload just
+            // prepared, or the one already queued (a repeated upload is
+            // harmless); the drive loop if there is none.
+            let request = match machine.backup_room_keys().await? {
+                Some(request) => Some(request),
+                None => machine
+                    .outgoing_requests(self.client.now())
+                    .await?
+                    .into_iter()
+                    .find(|r| matches!(r.request(), hush_crypto_core::AnyOutgoingRequest::KeysBackup(_))),
+            };
+            match request {
                 Some(request) => self.client.send_crypto_request(&request).await?,
                 None => self.client.send_outgoing_requests().await?,
             }

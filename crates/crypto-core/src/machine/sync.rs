@@ -129,9 +129,11 @@ impl OlmMachine {
         if let Err(error) = self.answer_awaiting_keys(now).await {
             tracing::warn!(%error, "answering our devices' requests for keys that arrived failed");
         }
-        self.receive_gossip(gossip, now).await;
         // After the save and with the locks released: a verification that
-        // finishes signs keys, which takes the account lock.
+        // finishes signs keys, which takes the account lock. Before the
+        // gossip: a device of ours that finished verifying us sends its
+        // open requests again right after its `mac` and `done`, often in
+        // the same sync, and they must meet the trust the `mac` gives.
         for (sender, device, event_type, content) in verification {
             // The sync is saved: one message's failure (even the store's)
             // is logged, and the others are still handled.
@@ -141,6 +143,7 @@ impl OlmMachine {
                 tracing::warn!(%error, "a verification message failed");
             }
         }
+        self.receive_gossip(gossip, now).await;
         Ok(output)
     }
 
