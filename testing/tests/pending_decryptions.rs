@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use hush_crypto_core::{
-    CryptoStore, EncryptionSettings, EngineEvent, KeySource, LateDecryption, MegolmError, MemoryStore,
+    AnyOutgoingRequest, CryptoStore, EncryptionSettings, EngineEvent, KeySource, LateDecryption, MegolmError,
+    MemoryStore, RequestRefusal,
+    backup::{BACKUP_ALGORITHM, BackupDisabledReason},
 };
 use hush_testing::{
     TestDevice, TestServer, VirtualClock,
@@ -177,4 +179,48 @@ async fn a_deleted_backup_version_is_disabled_on_the_servers_word() {
         events.iter().any(|e| matches!(e, EngineEvent::BackupDisabled { version, .. } if *version == backup.version)),
         "{events:?}"
     );
+}
+
+/// The server refuses an upload with 404 `M_NOT_FOUND` while it still
+/// lists our version (a proxy, a server bug): the engine reads the version
+/// and keeps the backup, instead of disabling it on one refusal.
+#[tokio::test]
+async fn an_upload_refused_while_the_version_is_current_keeps_the_backup() {
+    let (server, clock, first, _) = first_device().await;
+    let backup = server.latest_backup(alice()).expect("a backup");
+    first.machine.enable_backup(&backup).await.expect("backup enabled");
+    first.drain().await;
+    let bob = TestDevice::new(&server, &clock, user_id!("@bob:e.org"), "BOB").await;
+    bob.share_room_key(room(), &[alice()], &EncryptionSettings::default()).await;
+    let changes = server.sync(&first.user_id, &first.device_id, "b1".to_owned());
+    first.machine.receive_sync_changes(changes, clock.now()).await.expect("sync");
+    let requests = first.machine.outgoing_requests(clock.now()).await.expect("requests");
+    let upload = requests.iter().find(|r| matches!(r.request(), AnyOutgoingRequest::KeysBackup(_))).expect("an upload");
+    first.machine.mark_request_as_refused(upload.request_id(), RequestRefusal::NotFound, clock.now()).await.unwrap();
+    first.drain().await; // reads the version: still ours
+    assert_eq!(first.machine.backup_version(), Some(backup.version.clone()), "kept");
+    assert!(!first.machine.drain_events().iter().any(|e| matches!(e, EngineEvent::BackupDisabled { .. })));
+    assert_eq!(first.machine.backup_pending_count().await.unwrap(), 1, "the key stays queued");
+}
+
+/// Another client replaced the backup: the next upload is refused as not
+/// the current version, and the engine disables the backup, saying which
+/// version replaced it.
+#[tokio::test]
+async fn a_replaced_backup_version_is_disabled_naming_the_new_one() {
+    let (server, clock, mut first, _) = first_device().await;
+    let backup = server.latest_backup(alice()).expect("a backup");
+    first.machine.enable_backup(&backup).await.expect("backup enabled");
+    first.drain().await;
+    first.machine.drain_events();
+    let newer = server.create_backup_version(alice(), BACKUP_ALGORITHM, serde_json::json!({"public_key": "x"}));
+    let bob = TestDevice::new(&server, &clock, user_id!("@bob:e.org"), "BOB").await;
+    bob.share_room_key(room(), &[alice()], &EncryptionSettings::default()).await;
+    first.sync().await;
+    assert_eq!(first.machine.backup_version(), None);
+    let reason = first.machine.drain_events().into_iter().find_map(|e| match e {
+        EngineEvent::BackupDisabled { reason, .. } => Some(reason),
+        _ => None,
+    });
+    assert_eq!(reason, Some(BackupDisabledReason::Replaced { current: newer }));
 }

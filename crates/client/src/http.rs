@@ -88,8 +88,10 @@ const SMALL_ANSWER: usize = 1024 * 1024;
 /// or an event id), by their ruma module: the engine sends many of them at
 /// once (to-device messages, backup uploads), so each is held to
 /// [`SMALL_ANSWER`], not to the limit a sync needs.
-const SMALL_ANSWER_CALLS: [&str; 7] = [
+const SMALL_ANSWER_CALLS: [&str; 9] = [
     "::to_device::send_event_to_device::",
+    "::backup::get_latest_backup_info::",
+    "::backup::get_backup_keys_for_session::",
     "::keys::upload_keys::",
     "::keys::upload_signatures::",
     "::keys::upload_signing_keys::",

@@ -178,9 +178,6 @@ impl SimDevice {
         let claim;
         let to_device = send_event_to_device::v3::Response::new();
         let signatures;
-        let backup;
-        let backup_version;
-        let backup_key;
         let room;
         match request.request() {
             AnyOutgoingRequest::KeysUpload(r) => {
@@ -214,36 +211,53 @@ impl SimDevice {
                 signatures = server.upload_signatures(&user, r);
                 response = (&signatures).into();
             }
-            AnyOutgoingRequest::KeysBackup(r) => match server.add_backup_keys(&user, r) {
-                Ok(answer) => {
-                    backup = answer;
-                    response = (&backup).into();
-                }
-                Err(errcode) => {
-                    return Err(Halt::Invariant(format!("{device}: backup upload refused: {errcode}")));
-                }
-            },
-            AnyOutgoingRequest::BackupVersion(_) => match server.latest_backup_response(&user) {
-                Ok(answer) => {
-                    backup_version = answer;
-                    response = (&backup_version).into();
-                }
-                Err(errcode) => return self.refused(request, &errcode, now).await,
-            },
-            AnyOutgoingRequest::BackupKeyLookup(r) => match server.backup_key_response(&user, r) {
-                Ok(answer) => {
-                    self.arrived.insert(r.session_id.clone(), HealPath::Backup);
-                    backup_key = answer;
-                    response = (&backup_key).into();
-                }
-                Err(errcode) => return self.refused(request, &errcode, now).await,
-            },
+            AnyOutgoingRequest::KeysBackup(_)
+            | AnyOutgoingRequest::BackupVersion(_)
+            | AnyOutgoingRequest::BackupKeyLookup(_) => return self.send_backup(request, net).await,
             AnyOutgoingRequest::RoomMessage(r) => {
                 room = server.send_room_event(&user, &r.room_id, &r.event_type, &r.content, now.as_millis());
                 response = (&room).into();
             }
             AnyOutgoingRequest::SigningKeysUpload(_) => return Ok(()),
         }
+        self.gate("mark_request_as_sent")?;
+        self.machine()?
+            .mark_request_as_sent(request.request_id(), response, now)
+            .await
+            .map_err(|e| self.engine_error("answer", e))
+    }
+
+    /// Sends one backup request (an upload, a read of the version, a key
+    /// lookup) and hands back the answer, or the server's refusal.
+    async fn send_backup(&mut self, request: &OutgoingRequest, net: &mut Net<'_>) -> Result<(), Halt> {
+        let now = net.clock.now();
+        let (user, server) = (self.user_id.clone(), net.server);
+        let (upload, version, key);
+        let response: hush_crypto_core::AnyIncomingResponse<'_> = match request.request() {
+            AnyOutgoingRequest::KeysBackup(r) => match server.add_backup_keys(&user, r) {
+                Ok(answer) => {
+                    upload = answer;
+                    (&upload).into()
+                }
+                Err(errcode) => return self.refused(request, &errcode, now).await,
+            },
+            AnyOutgoingRequest::BackupVersion(_) => match server.latest_backup_response(&user) {
+                Ok(answer) => {
+                    version = answer;
+                    (&version).into()
+                }
+                Err(errcode) => return self.refused(request, &errcode, now).await,
+            },
+            AnyOutgoingRequest::BackupKeyLookup(r) => match server.backup_key_response(&user, r) {
+                Ok(answer) => {
+                    self.arrived.insert(r.session_id.clone(), HealPath::Backup);
+                    key = answer;
+                    (&key).into()
+                }
+                Err(errcode) => return self.refused(request, &errcode, now).await,
+            },
+            _ => return Ok(()),
+        };
         self.gate("mark_request_as_sent")?;
         self.machine()?
             .mark_request_as_sent(request.request_id(), response, now)

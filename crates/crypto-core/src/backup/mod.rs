@@ -20,7 +20,7 @@ pub use auth::{BackupAuthData, BackupInfo, BackupTrust};
 pub(crate) use convert::{backup_entry, session_from_backup};
 pub use key::{BackupDecryptionKey, BackupEncryptionKey, BackupKeyError};
 pub(crate) use server::judge;
-pub use server::{BackupDisabledReason, ServerBackup};
+pub use server::{BackupDisabledReason, MAX_VERSION_OR_ETAG_BYTES, ServerBackup};
 pub use session_data::{BackedUpRoomKey, EncryptedSessionData, KeyBackupData};
 
 /// The backup algorithm hush reads and writes.

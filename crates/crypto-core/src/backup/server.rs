@@ -13,6 +13,10 @@ use serde_json::Value;
 
 use super::{BackupInfo, BackupKeyError};
 
+/// The longest backup version or etag taken (both are short opaque strings;
+/// the engine keeps one per looked-up key).
+pub const MAX_VERSION_OR_ETAG_BYTES: usize = 256;
+
 /// The server's current backup, as read from `GET /room_keys/version`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerBackup {
@@ -26,8 +30,12 @@ pub struct ServerBackup {
 
 impl ServerBackup {
     /// Decodes the server's answer; the algorithm must be a JSON object
-    /// naming its algorithm (its key is checked where it is used).
+    /// naming its algorithm (its key is checked where it is used), and the
+    /// version and etag at most [`MAX_VERSION_OR_ETAG_BYTES`] long.
     pub fn from_response(response: &get_latest_backup_info::v3::Response) -> Result<Self, BackupKeyError> {
+        if response.version.len() > MAX_VERSION_OR_ETAG_BYTES || response.etag.len() > MAX_VERSION_OR_ETAG_BYTES {
+            return Err(BackupKeyError::MalformedPublicKey("the backup version or etag is too long".to_owned()));
+        }
         let algorithm: Value = serde_json::from_str(response.algorithm.json().get())
             .map_err(|e| BackupKeyError::MalformedPublicKey(format!("backup algorithm: {e}")))?;
         let name = algorithm
@@ -101,5 +109,19 @@ mod tests {
         assert_eq!(decoded.info.auth_data["public_key"], "x");
         assert!(ServerBackup::from_response(&response(serde_json::json!({"auth_data": {}}))).is_err());
         assert!(ServerBackup::from_response(&response(serde_json::json!(["not", "an", "object"]))).is_err());
+    }
+
+    /// Attack: a hostile server answers with a multi-megabyte etag, which
+    /// the engine would keep once per looked-up key (10,000 of them).
+    #[test]
+    fn an_oversized_etag_or_version_is_refused() {
+        let algorithm = serde_json::json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {}});
+        let mut long = response(algorithm);
+        long.etag = "e".repeat(MAX_VERSION_OR_ETAG_BYTES + 1);
+        assert!(ServerBackup::from_response(&long).is_err());
+        long.etag = "e".repeat(MAX_VERSION_OR_ETAG_BYTES);
+        assert!(ServerBackup::from_response(&long).is_ok(), "the limit itself is taken");
+        long.version = "7".repeat(MAX_VERSION_OR_ETAG_BYTES + 1);
+        assert!(ServerBackup::from_response(&long).is_err());
     }
 }

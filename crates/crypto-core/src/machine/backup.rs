@@ -289,8 +289,11 @@ impl OlmMachine {
         Ok(())
     }
 
+    /// Cancels the uploads, reads and lookups of the backup state that ends.
     fn cancel_backup_uploads(&self) {
-        lock(&self.inner.requests).cancel_where(|entry| matches!(*entry.meta, Meta::KeysBackup));
+        let mut requests = lock(&self.inner.requests);
+        requests.cancel_where(|entry| matches!(*entry.meta, Meta::KeysBackup));
+        requests.cancel_backup_reads();
     }
 
     /// The version we upload to, if a backup is enabled.

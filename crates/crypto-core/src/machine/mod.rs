@@ -384,6 +384,8 @@ impl OlmMachine {
             return Ok(false);
         }
         self.save(None, None, Changes { devices: vec![device], ..Default::default() }).await?;
+        // Events refused for this sender's trust may decrypt now.
+        lock(&self.inner.pending).sender_changed(&user_id.to_owned());
         if trust == LocalTrust::Verified && user_id == self.user_id() {
             // Our device we now trust may answer what we asked before.
             self.resend_open_gossip_requests();
@@ -418,30 +420,16 @@ impl OlmMachine {
         now: Timestamp,
     ) -> Result<(), ResponseError> {
         let response = response.into();
-        let entry = {
-            let requests = lock(&self.inner.requests);
-            let Some(entry) = requests.find(request_id) else {
-                return match requests.was_finished(request_id) {
-                    true => Ok(()),
-                    false => Err(ResponseError::UnknownRequest(request_id.to_owned())),
-                };
-            };
-            let expected = entry.request().kind();
-            if expected != response.kind() {
-                return Err(ResponseError::KindMismatch {
-                    id: request_id.to_owned(),
-                    expected,
-                    found: response.kind(),
-                });
-            }
-            drop(requests);
-            // Taken out of the queue while the answer is applied: a second
-            // answer arriving meanwhile finds it finished and does nothing.
-            match lock(&self.inner.requests).begin_answer(request_id) {
-                Some(entry) => entry,
-                None => return Ok(()),
+        let check = |request: &OutgoingRequest, _: &Meta| {
+            let expected = request.request().kind();
+            match expected == response.kind() {
+                true => Ok(()),
+                false => {
+                    Err(ResponseError::KindMismatch { id: request_id.to_owned(), expected, found: response.kind() })
+                }
             }
         };
+        let Some(entry) = self.begin_answer(request_id, check)? else { return Ok(()) };
         let applied = match (&*entry.meta, response) {
             (Meta::KeysUpload, AnyIncomingResponse::KeysUpload(r)) => self.receive_keys_upload_response(r).await,
             (Meta::KeysQuery(users), AnyIncomingResponse::KeysQuery(r)) => {
@@ -457,8 +445,8 @@ impl OlmMachine {
                 self.receive_signing_keys_upload_response(*master).await
             }
             (Meta::KeysBackup, AnyIncomingResponse::KeysBackup(_)) => self.receive_backup_response(request_id).await,
-            (Meta::BackupVersion, AnyIncomingResponse::BackupVersion(r)) => {
-                self.receive_backup_version(Some(r), now).await
+            (Meta::BackupVersion(judged), AnyIncomingResponse::BackupVersion(r)) => {
+                self.receive_backup_version(judged.as_deref(), Some(r), now).await
             }
             (Meta::BackupKeyLookup { room_id, session_id }, AnyIncomingResponse::BackupKeyLookup(r)) => {
                 self.receive_backup_key_lookup(room_id, session_id, r).await
@@ -497,31 +485,24 @@ impl OlmMachine {
         refusal: RequestRefusal,
         now: Timestamp,
     ) -> Result<(), ResponseError> {
-        let entry = {
-            let mut requests = lock(&self.inner.requests);
-            let Some(request) = requests.find(request_id) else {
-                return match requests.was_finished(request_id) {
-                    true => Ok(()),
-                    false => Err(ResponseError::UnknownRequest(request_id.to_owned())),
-                };
-            };
-            let kind = request.request().kind();
-            let meta = requests.meta(request_id);
+        let check = |request: &OutgoingRequest, meta: &Meta| {
             let expected = matches!(
-                (meta.as_deref(), refusal),
-                (Some(Meta::BackupVersion | Meta::BackupKeyLookup { .. }), RequestRefusal::NotFound)
-                    | (Some(Meta::KeysBackup), _)
+                (meta, refusal),
+                (Meta::BackupVersion(_) | Meta::BackupKeyLookup { .. }, RequestRefusal::NotFound)
+                    | (Meta::KeysBackup, _)
             );
-            if !expected {
-                return Err(ResponseError::RefusalNotExpected { id: request_id.to_owned(), kind, refusal });
-            }
-            match requests.begin_answer(request_id) {
-                Some(entry) => entry,
-                None => return Ok(()),
+            match expected {
+                true => Ok(()),
+                false => Err(ResponseError::RefusalNotExpected {
+                    id: request_id.to_owned(),
+                    kind: request.request().kind(),
+                    refusal,
+                }),
             }
         };
+        let Some(entry) = self.begin_answer(request_id, check)? else { return Ok(()) };
         let applied = match &*entry.meta {
-            Meta::BackupVersion => self.receive_backup_version(None, now).await,
+            Meta::BackupVersion(judged) => self.receive_backup_version(judged.as_deref(), None, now).await,
             Meta::KeysBackup => {
                 self.receive_backup_upload_refused(request_id);
                 Ok(())
@@ -533,6 +514,27 @@ impl OlmMachine {
             return Err(error.into());
         }
         Ok(())
+    }
+
+    /// Takes the request `request_id` out of the queue to apply its answer,
+    /// if `check` accepts the answer for it: a second answer arriving
+    /// meanwhile finds it finished and does nothing. `None` if it was
+    /// answered or cancelled already (the answer is then ignored).
+    fn begin_answer(
+        &self,
+        request_id: &TransactionId,
+        check: impl FnOnce(&OutgoingRequest, &Meta) -> Result<(), ResponseError>,
+    ) -> Result<Option<crate::requests::Entry>, ResponseError> {
+        let mut requests = lock(&self.inner.requests);
+        let Some(request) = requests.find(request_id) else {
+            return match requests.was_finished(request_id) {
+                true => Ok(None),
+                false => Err(ResponseError::UnknownRequest(request_id.to_owned())),
+            };
+        };
+        let meta = requests.meta(request_id).ok_or_else(|| ResponseError::UnknownRequest(request_id.to_owned()))?;
+        check(request, &meta)?;
+        Ok(requests.begin_answer(request_id))
     }
 
     /// The oldest event not yet drained, if any (see [`EngineEvent`]).

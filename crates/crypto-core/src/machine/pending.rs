@@ -43,32 +43,50 @@ impl OlmMachine {
             .collect()
     }
 
-    /// When healing has something to do: events to decrypt again (at
-    /// once), a round of key requests, a read of the backup.
+    /// When healing has something to do: events to decrypt again or a
+    /// drained record to save (at once), a round of key requests, a read of
+    /// the backup.
     pub(super) fn healing_deadline(&self) -> Option<Timestamp> {
         let open = self.open_room_key_requests();
-        let backup_readable = self.backup_readable() && !lock(&self.inner.requests).has_backup_read();
+        let backup_readable = self.backup_read_possible();
         let pending = lock(&self.inner.pending);
-        let retry = pending.retry_due().then_some(Timestamp::EPOCH);
+        let retry = (pending.retry_due() || pending.save_due()).then_some(Timestamp::EPOCH);
         let ask = pending.key_requests_deadline(|r, s| open.contains(&(r.to_owned(), s.to_owned())));
         let backup = if backup_readable { pending.backup_read_deadline() } else { None };
         [retry, ask, backup].into_iter().flatten().min()
     }
 
     /// Runs the healing that is due at `now`: decrypts again the events
-    /// whose key arrived or whose sender changed (returning the late
-    /// decryptions to announce), asks our other devices for missing keys,
-    /// and reads the backup's version when keys are to be looked up in it.
-    pub(super) async fn handle_healing(&self, now: Timestamp) -> Result<Vec<EngineEvent>, StoreError> {
+    /// whose key arrived or whose sender changed (announcing the late
+    /// decryptions at once), saves a record the drain changed, asks our
+    /// other devices for missing keys, and reads the backup's version when
+    /// keys are to be looked up in it.
+    pub(super) async fn handle_healing(&self, now: Timestamp) -> Result<(), StoreError> {
         let late = self.retry_waiting_events().await;
+        self.announce(late);
+        let record = {
+            let mut pending = lock(&self.inner.pending);
+            if pending.save_due() { pending.take_record() } else { None }
+        };
+        if let Some(record) = record {
+            let saved = self.save(None, None, Changes { custom_values: vec![record], ..Default::default() }).await;
+            if saved.is_err() {
+                lock(&self.inner.pending).mark_unsaved();
+            }
+            saved?;
+        }
         self.ask_own_devices(now).await?;
-        let backup_due = self.backup_readable()
-            && !lock(&self.inner.requests).has_backup_read()
-            && lock(&self.inner.pending).backup_read_due(now).is_some();
+        let backup_due = self.backup_read_possible() && lock(&self.inner.pending).backup_read_due(now).is_some();
         if backup_due {
             self.queue_backup_read();
         }
-        Ok(late)
+        Ok(())
+    }
+
+    /// Whether the backup can be read for waiting keys now: it is readable
+    /// and no read is queued.
+    fn backup_read_possible(&self) -> bool {
+        self.backup_readable() && !lock(&self.inner.requests).has_backup_read()
     }
 
     /// Decrypts again, one batch per room and settings, the waiting events
@@ -90,6 +108,10 @@ impl OlmMachine {
             let raws: Vec<Raw<Value>> = events.iter().map(|e| e.event.clone()).collect();
             let results = self.decrypt_group(&raws, &room_id, &settings, LateTo::EventQueue).await;
             for (event, result) in events.into_iter().zip(results) {
+                if let Err(crate::MegolmError::Store(_)) = &result {
+                    // Not saved: the event waits, and is tried again.
+                    lock(&self.inner.pending).retry_later(&event.session_id);
+                }
                 // Only the decryption that took it out of the registry is
                 // late: the event is announced once.
                 if let Ok(decrypted) = result
@@ -130,11 +152,9 @@ impl OlmMachine {
         Ok(())
     }
 
-    /// The sessions of the room keys `changes` stores, if events wait.
+    /// The sessions of the room keys `changes` stores (remembered a while
+    /// even when no event waits: a decryption may be failing right now).
     pub(super) fn waited_for_keys(&self, changes: &Changes) -> Vec<String> {
-        if changes.inbound_group_sessions.is_empty() || lock(&self.inner.pending).len() == 0 {
-            return Vec::new();
-        }
         changes.inbound_group_sessions.iter().map(|s| s.session_id.clone()).collect()
     }
 

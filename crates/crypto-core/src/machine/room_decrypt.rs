@@ -226,6 +226,8 @@ impl OlmMachine {
             if let Some(waiting) =
                 events.get(index).and_then(|e| crate::utd::PendingEvent::from_event(room_id, e.json(), *settings))
             {
+                // Not announced after all: no copy waits for a drain.
+                pending.drained(room_id, &waiting.event_id);
                 pending.record(waiting);
             }
         }

@@ -68,11 +68,13 @@ impl OlmMachine {
         if self.gossip_deadline().is_some_and(|at| at <= now) {
             self.resend_open_room_key_requests(now);
         }
-        events.extend(self.handle_healing(now).await?);
-        let mut handled = lock(&self.inner.timers_handled_until);
-        *handled = (*handled).max(now);
-        drop(handled);
+        {
+            let mut handled = lock(&self.inner.timers_handled_until);
+            *handled = (*handled).max(now);
+        }
         self.announce(events);
-        Ok(())
+        // Last: it announces its late decryptions as it makes them, so a
+        // store failure in a later step loses none.
+        self.handle_healing(now).await
     }
 }

@@ -372,7 +372,9 @@ impl OlmMachine {
             if let Some(mut device) = self.inner.store.get_device(user_id, device_id).await?
                 && device.mark_verified(proof)
             {
-                self.inner.store.save_changes(Changes { devices: vec![device], ..Default::default() }).await?;
+                self.save(None, None, Changes { devices: vec![device], ..Default::default() }).await?;
+                // Events refused for this sender's trust may decrypt now.
+                lock(&self.inner.pending).sender_changed(&user_id.to_owned());
             }
             let holds_keys = lock(&self.inner.cross_signing).is_some();
             if user_id == self.user_id()

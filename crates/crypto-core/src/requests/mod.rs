@@ -6,7 +6,7 @@ mod ids;
 mod queue;
 
 pub(crate) use ids::IdSource;
-pub(crate) use queue::{Meta, RequestQueue};
+pub(crate) use queue::{Entry, Meta, RequestQueue};
 
 use ruma_client_api::{
     backup::{add_backup_keys, get_backup_keys_for_session, get_latest_backup_info},

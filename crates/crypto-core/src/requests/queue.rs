@@ -36,8 +36,10 @@ pub(crate) enum Meta {
     SignatureUpload,
     /// Room keys for the key backup (one upload at a time).
     KeysBackup,
-    /// A read of the server's current backup version (one at a time).
-    BackupVersion,
+    /// A read of the server's current backup version (one at a time), with
+    /// the version we uploaded to when it was queued: its answer judges
+    /// that backup only if it is still the one enabled.
+    BackupVersion(Option<String>),
     /// A room key looked up in the backup.
     BackupKeyLookup {
         /// The room of the key.
@@ -165,7 +167,20 @@ impl RequestQueue {
 
     /// Whether a read of the backup version is unanswered.
     pub(crate) fn has_backup_read(&self) -> bool {
-        self.entries.iter().any(|e| matches!(*e.meta, Meta::BackupVersion))
+        self.entries.iter().any(|e| matches!(*e.meta, Meta::BackupVersion(_)))
+    }
+
+    /// Whether a lookup of this key in the backup is unanswered.
+    pub(crate) fn has_backup_lookup(&self, room_id: &RoomId, session_id: &str) -> bool {
+        self.entries.iter().any(|e| {
+            matches!(&*e.meta, Meta::BackupKeyLookup { room_id: r, session_id: s } if r == room_id && s == session_id)
+        })
+    }
+
+    /// Cancels backup reads and lookups (the backup was enabled or disabled:
+    /// their answers are about another state).
+    pub(crate) fn cancel_backup_reads(&mut self) -> usize {
+        self.cancel_where(|e| matches!(&*e.meta, Meta::BackupVersion(_) | Meta::BackupKeyLookup { .. }))
     }
 
     /// Users in a keys query that is still unanswered.

@@ -25,7 +25,7 @@
 //!   the etag being read again at most every [`BACKUP_RECHECK`], at most
 //!   [`BACKUP_LOOKUPS_PER_ROUND`] lookups per round.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use ruma_common::{OwnedRoomId, OwnedUserId, RoomId, serde::Raw};
@@ -66,6 +66,13 @@ pub const BACKUP_RECHECK: Duration = Duration::from_secs(600);
 pub const KEY_REASK_FIRST: Duration = Duration::from_secs(300);
 /// The longest wait between two rounds for one key.
 pub const KEY_REASK_MAX: Duration = Duration::from_secs(24 * 3600);
+/// The wait after a round that reached its cap (of key requests or backup
+/// lookups) before the next, so a flood of undecryptable events is worked
+/// through at a bounded rate rather than in back-to-back rounds.
+pub const ROUND_INTERVAL: Duration = Duration::from_secs(10);
+/// How many stored sessions are remembered, so an event that fails while
+/// its key is being stored (a decryption racing a sync) is still retried.
+const RECENT_KEYS: usize = 4096;
 
 /// An encrypted room event waiting for its key (or for its sender to be
 /// trusted enough), to be decrypted again and delivered as a late
@@ -183,6 +190,14 @@ pub(crate) struct PendingDecryptions {
     /// Events that decrypted late, announced and not yet drained: saved as
     /// waiting, so a crash before the caller took them announces them again.
     undrained: VecDeque<PendingEvent>,
+    /// A drain changed the record, and no save has carried it yet.
+    drained_unsaved: bool,
+    /// No round of key requests before this (the last one reached its cap).
+    asks_held_until: Option<Timestamp>,
+    /// The sessions stored lately, newest last, and how often each is in
+    /// the list.
+    recent_keys: VecDeque<String>,
+    recent_counts: HashMap<String, usize>,
 }
 
 impl PendingDecryptions {
@@ -191,6 +206,10 @@ impl PendingDecryptions {
     pub(crate) fn record(&mut self, event: PendingEvent) {
         if !self.ids.insert(event.id()) {
             return;
+        }
+        if self.recent_counts.contains_key(&event.session_id) {
+            // Its key was stored while this event was being decrypted.
+            self.retry_sessions.insert(event.session_id.clone());
         }
         self.dirty = true;
         self.bytes += event.bytes();
@@ -238,7 +257,20 @@ impl PendingDecryptions {
     pub(crate) fn drained(&mut self, room_id: &RoomId, event_id: &str) {
         let before = self.undrained.len();
         self.undrained.retain(|e| !(e.event_id == event_id && e.room_id == room_id));
-        self.dirty |= self.undrained.len() != before;
+        if self.undrained.len() != before {
+            self.dirty = true;
+            self.drained_unsaved = true;
+        }
+    }
+
+    /// Whether a drain changed the record and it should be saved on its own.
+    pub(crate) fn save_due(&self) -> bool {
+        self.drained_unsaved
+    }
+
+    /// The retry of an event of `session_id` failed to save: try again.
+    pub(crate) fn retry_later(&mut self, session_id: &str) {
+        self.retry_sessions.insert(session_id.to_owned());
     }
 
     /// The last record was not saved: the next one must be.
@@ -272,11 +304,13 @@ impl PendingDecryptions {
     /// request open (`is_open`): [`Timestamp::EPOCH`] (at once) for a key
     /// never asked, else the end of its wait; `None` if no key needs one.
     pub(crate) fn key_requests_deadline(&self, is_open: impl Fn(&RoomId, &str) -> bool) -> Option<Timestamp> {
+        let held = self.asks_held_until.unwrap_or(Timestamp::EPOCH);
         self.wanted_keys()
             .into_iter()
             .filter(|(room_id, session_id)| !is_open(room_id, session_id))
             .map(|key| self.asked.get(&key).map_or(Timestamp::EPOCH, |&(at, times)| reask_at(at, times)))
             .min()
+            .map(|due| due.max(held))
     }
 
     /// The keys to ask our own devices for at `now`: those with no request
@@ -289,6 +323,9 @@ impl PendingDecryptions {
         now: Timestamp,
         is_open: impl Fn(&RoomId, &str) -> bool,
     ) -> Vec<(OwnedRoomId, String)> {
+        if self.asks_held_until.is_some_and(|until| now < until) {
+            return Vec::new();
+        }
         let wanted = self.wanted_keys();
         let live: BTreeSet<&(OwnedRoomId, String)> = wanted.iter().collect();
         self.asked.retain(|key, _| live.contains(key));
@@ -303,6 +340,9 @@ impl PendingDecryptions {
             let times = self.asked.get(key).map_or(0, |&(_, times)| times);
             self.asked.insert(key.clone(), (now, times.saturating_add(1)));
         }
+        if due.len() == KEY_REQUESTS_PER_ROUND {
+            self.asks_held_until = Some(now.saturating_add(ROUND_INTERVAL));
+        }
         due
     }
 
@@ -314,10 +354,25 @@ impl PendingDecryptions {
     /// Keys of `sessions` were stored: their waiting events are due to be
     /// decrypted again.
     pub(crate) fn keys_arrived<'a>(&mut self, sessions: impl IntoIterator<Item = &'a str>) {
+        let sessions: Vec<&str> = sessions.into_iter().collect();
         let waiting: HashSet<&str> = self.events.iter().map(|e| e.session_id.as_str()).collect();
+        let due: Vec<String> = sessions.iter().filter(|s| waiting.contains(**s)).map(|s| (*s).to_owned()).collect();
+        self.retry_sessions.extend(due);
         for session_id in sessions {
-            if waiting.contains(session_id) {
-                self.retry_sessions.insert(session_id.to_owned());
+            self.remember_stored(session_id);
+        }
+    }
+
+    fn remember_stored(&mut self, session_id: &str) {
+        self.recent_keys.push_back(session_id.to_owned());
+        *self.recent_counts.entry(session_id.to_owned()).or_default() += 1;
+        while self.recent_keys.len() > RECENT_KEYS {
+            let Some(oldest) = self.recent_keys.pop_front() else { break };
+            if let Some(count) = self.recent_counts.get_mut(&oldest) {
+                *count -= 1;
+                if *count == 0 {
+                    self.recent_counts.remove(&oldest);
+                }
             }
         }
     }
@@ -411,6 +466,9 @@ impl PendingDecryptions {
         for key in &wanted {
             self.looked.insert(key.clone(), (version.to_owned(), etag.to_owned()));
         }
+        if wanted.len() == BACKUP_LOOKUPS_PER_ROUND {
+            self.read_held_until = Some(now.saturating_add(ROUND_INTERVAL));
+        }
         wanted
     }
 
@@ -421,6 +479,7 @@ impl PendingDecryptions {
         if !std::mem::take(&mut self.dirty) {
             return None;
         }
+        self.drained_unsaved = false;
         let mut bytes = 0;
         // Announced but not drained first, then the newest waiting events.
         let mut newest: Vec<&PendingEvent> = self

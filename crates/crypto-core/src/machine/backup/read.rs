@@ -33,7 +33,7 @@ impl OlmMachine {
             return;
         }
         let request = AnyOutgoingRequest::BackupVersion(get_latest_backup_info::v3::Request::new());
-        self.queue(request, Meta::BackupVersion);
+        self.queue(request, Meta::BackupVersion(self.backup_version()));
     }
 
     /// A backup key arrived from our verified device: the next read of the
@@ -43,13 +43,15 @@ impl OlmMachine {
         self.queue_backup_read();
     }
 
-    /// The server's current backup version (`None`: it has none). If it is
-    /// not the version we upload to, that backup is disabled (announced as
-    /// [`EngineEvent::BackupDisabled`]); if a backup key just arrived and
+    /// The server's current backup version (`None`: it has none), read
+    /// while we uploaded to `judged`. If it is not the version we upload
+    /// to (and that is still `judged`), that backup is disabled (announced
+    /// as [`EngineEvent::BackupDisabled`]); if a backup key just arrived and
     /// matches it, it is enabled; if keys of waiting events are due to be
     /// looked up in it, the lookups are queued.
     pub(in crate::machine) async fn receive_backup_version(
         &self,
+        judged: Option<&str>,
         response: Option<&get_latest_backup_info::v3::Response>,
         now: Timestamp,
     ) -> Result<(), StoreError> {
@@ -63,13 +65,17 @@ impl OlmMachine {
             }
         };
         let active = self.backup_version();
-        if let Some(reason) = judge(active.as_deref(), current.as_ref().map(|c| c.info.version.as_str())) {
+        // A read queued before the backup changed says nothing about it.
+        let verdict = match active.as_deref() == judged {
+            true => judge(active.as_deref(), current.as_ref().map(|c| c.info.version.as_str())),
+            false => None,
+        };
+        if let Some(reason) = verdict {
             let version = active.unwrap_or_default();
             tracing::warn!(%version, ?reason, "the key backup version is gone; backup disabled");
             self.disable_backup().await?;
             self.announce([EngineEvent::BackupDisabled { version, reason }]);
         }
-        lock(&self.inner.backup).maybe_pending = true;
         let Some(current) = current else { return Ok(()) };
         self.enable_if_key_arrived(&current).await;
         self.queue_backup_lookups(&current, now);
@@ -109,6 +115,9 @@ impl OlmMachine {
             }
         };
         for (room_id, session_id) in lookups {
+            if lock(&self.inner.requests).has_backup_lookup(&room_id, &session_id) {
+                continue;
+            }
             let request = get_backup_keys_for_session::v3::Request::new(
                 current.info.version.clone(),
                 room_id.clone(),
@@ -139,9 +148,10 @@ impl OlmMachine {
 
     /// The server refused an upload to the backup as not found or not the
     /// current version: the upload ends (its keys stay queued, and no new
-    /// upload is prepared until the next key is queued or the version is
-    /// read), and the server's current version is read to decide whether
-    /// the backup is gone.
+    /// upload is prepared until the next key is queued or the engine
+    /// starts again: a server that keeps refusing is not asked in a loop),
+    /// and the server's current version is read to decide whether the
+    /// backup is gone.
     pub(in crate::machine) fn receive_backup_upload_refused(&self, id: &ruma_common::TransactionId) {
         {
             let mut state = lock(&self.inner.backup);

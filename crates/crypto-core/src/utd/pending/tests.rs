@@ -91,10 +91,11 @@ fn missing_keys_are_asked_once_per_open_request_and_at_most_twenty_per_round() {
     assert_eq!(due[0], key(0));
     assert_eq!(due[1], key(2), "s1 has a request open");
     assert_eq!(due.iter().collect::<BTreeSet<_>>().len(), due.len(), "each key once");
-    let next = pending.take_key_requests(now, open);
+    let later = now.saturating_add(ROUND_INTERVAL);
+    let next = pending.take_key_requests(later, open);
     assert_eq!(next.len(), 30 - 1 - KEY_REQUESTS_PER_ROUND, "the next round takes the rest");
     assert!(next.iter().all(|k| !due.contains(k)));
-    assert!(pending.take_key_requests(now, open).is_empty(), "every key was asked");
+    assert!(pending.take_key_requests(later, open).is_empty(), "every key was asked");
 }
 
 #[test]
@@ -249,4 +250,36 @@ fn an_announced_late_decryption_stays_in_the_saved_record_until_drained() {
     assert_eq!(left, ["$e1"]);
     pending.drained(&room(), "$e0");
     assert!(pending.take_record().is_none(), "draining twice changes nothing");
+}
+
+#[test]
+fn a_round_that_reaches_its_cap_holds_the_next_for_the_round_interval() {
+    let mut pending = holding(0..(3 * KEY_REQUESTS_PER_ROUND));
+    let never_open = |_: &RoomId, _: &str| false;
+    let now = Timestamp::from_millis(1_000_000);
+    assert_eq!(pending.take_key_requests(now, never_open).len(), KEY_REQUESTS_PER_ROUND);
+    assert_eq!(pending.key_requests_deadline(never_open), Some(now.saturating_add(ROUND_INTERVAL)));
+    assert!(pending.take_key_requests(now, never_open).is_empty(), "held");
+    let next = now.saturating_add(ROUND_INTERVAL);
+    assert_eq!(pending.take_key_requests(next, never_open).len(), KEY_REQUESTS_PER_ROUND);
+
+    let fresh = BackupReadDue { recheck: false };
+    assert_eq!(pending.take_backup_lookups(("1", "e"), fresh, now).len(), BACKUP_LOOKUPS_PER_ROUND);
+    assert_eq!(pending.backup_read_due(now), None, "the next lookups wait for the round interval");
+    assert_eq!(pending.backup_read_deadline(), Some(now.saturating_add(ROUND_INTERVAL)));
+    assert!(pending.backup_read_due(next).is_some());
+}
+
+/// A key stored while an event of its session was failing to decrypt (a
+/// history page racing a sync) must still retry that event.
+#[test]
+fn an_event_recorded_after_its_key_was_stored_is_retried() {
+    let mut pending = PendingDecryptions::default();
+    pending.keys_arrived(["s7"]);
+    assert!(!pending.retry_due(), "nothing waits yet");
+    pending.record(event(7, "s7", 0));
+    assert!(pending.retry_due(), "the key was stored just before");
+    assert_eq!(pending.take_retries().len(), 1);
+    pending.record(event(8, "s8", 0));
+    assert!(!pending.retry_due(), "a session whose key was not stored");
 }
