@@ -27,6 +27,7 @@ mod machine;
 pub mod megolm;
 pub mod olm;
 mod parallel;
+mod primitives;
 mod requests;
 pub mod secret_storage;
 mod signing;

@@ -12,13 +12,12 @@ use aes::{
     cipher::{BlockModeDecrypt, BlockModeEncrypt, KeyIvInit, block_padding::Pkcs7},
 };
 use base64::Engine as _;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use vodozemac::{Curve25519PublicKey, Curve25519SecretKey};
 use zeroize::Zeroizing;
 
 use super::{BackedUpRoomKey, EncryptedSessionData};
+use crate::primitives;
 
 /// Unpadded base64 out, either form in.
 const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
@@ -80,25 +79,15 @@ struct Derived {
 }
 
 fn derive(shared: &[u8; 32]) -> Derived {
-    let hkdf = hkdf::Hkdf::<Sha256>::new(Some(&[0u8; 32]), shared);
-    let mut okm = Zeroizing::new([0u8; 80]);
-    if hkdf.expand(b"", okm.as_mut_slice()).is_err() {
-        unreachable!("80 bytes is within HKDF-SHA-256's output limit");
-    }
-    let (mut aes, mut mac, mut iv) = (Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 32]), Zeroizing::new([0u8; 16]));
-    aes.copy_from_slice(&okm[..32]);
-    mac.copy_from_slice(&okm[32..64]);
-    iv.copy_from_slice(&okm[64..]);
+    let okm = primitives::hkdf_sha256::<80>(&[0u8; 32], shared, b"");
+    let (aes, rest) = primitives::split::<32, 48>(okm.as_slice());
+    let (mac, iv) = primitives::split::<32, 16>(rest.as_slice());
     Derived { aes, mac, iv }
 }
 
 /// The v1 MAC: HMAC-SHA-256 of the empty string, first 8 bytes.
 fn empty_mac(key: &[u8; 32]) -> [u8; MAC_LEN] {
-    let mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
-    let full: [u8; 32] = mac.finalize().into_bytes().into();
+    let full = primitives::hmac_sha256(key, b"");
     let mut out = [0u8; MAC_LEN];
     out.copy_from_slice(&full[..MAC_LEN]);
     out
@@ -107,8 +96,7 @@ fn empty_mac(key: &[u8; 32]) -> [u8; MAC_LEN] {
 impl BackupDecryptionKey {
     /// A new random backup key.
     pub fn generate() -> Result<Self, BackupKeyError> {
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        getrandom::fill(bytes.as_mut_slice()).map_err(|_| BackupKeyError::Random)?;
+        let bytes = primitives::random_secret::<32>().map_err(|_| BackupKeyError::Random)?;
         Ok(Self { bytes })
     }
 

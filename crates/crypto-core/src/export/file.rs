@@ -8,21 +8,17 @@
 
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 
-use aes::Aes256;
 use base64::{
     Engine,
     alphabet::STANDARD,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
-use ctr::cipher::{KeyIvInit, StreamCipher};
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Sha256, Sha512};
+use ctr::cipher::StreamCipher;
+use hmac::Mac;
 use zeroize::Zeroizing;
 
 use super::ExportedRoomKey;
-
-type Aes256Ctr = ctr::Ctr128BE<Aes256>;
-type HmacSha256 = Hmac<Sha256>;
+use crate::primitives::{self, Aes256Ctr, HmacSha256};
 
 const HEADER: &str = "-----BEGIN MEGOLM SESSION DATA-----";
 const FOOTER: &str = "-----END MEGOLM SESSION DATA-----";
@@ -87,27 +83,17 @@ struct DerivedKeys {
 }
 
 fn derive_keys(passphrase: &str, salt: &[u8; 16], rounds: u32) -> DerivedKeys {
-    let mut derived = Zeroizing::new([0u8; 64]);
-    pbkdf2::pbkdf2_hmac::<Sha512>(passphrase.as_bytes(), salt, rounds, derived.as_mut_slice());
-    let mut aes = Zeroizing::new([0u8; 32]);
-    let mut mac = Zeroizing::new([0u8; 32]);
-    aes.copy_from_slice(&derived[..32]);
-    mac.copy_from_slice(&derived[32..]);
+    let derived = primitives::pbkdf2_sha512::<64>(passphrase.as_bytes(), salt, rounds);
+    let (aes, mac) = primitives::split::<32, 32>(derived.as_slice());
     DerivedKeys { aes, mac }
 }
 
 fn hmac(keys: &DerivedKeys) -> HmacSha256 {
-    // HMAC accepts keys of any length; 32 bytes always works.
-    match <HmacSha256 as KeyInit>::new_from_slice(keys.mac.as_slice()) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    }
+    primitives::hmac_sha256_with(keys.mac.as_slice())
 }
 
 fn random_bytes<const N: usize>() -> Result<[u8; N], KeyExportError> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| KeyExportError::Io(format!("no randomness: {e}")))?;
-    Ok(bytes)
+    primitives::random_bytes::<N>().map_err(|e| KeyExportError::Io(format!("no randomness: {e}")))
 }
 
 /// Writes base64 in lines between the armor lines.
@@ -171,7 +157,7 @@ impl<W: Write> KeyExportWriter<W> {
         mac.update(&prefix);
         let mut armor = ArmorWriter::new(out)?;
         armor.write(&prefix)?;
-        let cipher = Aes256Ctr::new((&*keys.aes).into(), (&iv).into());
+        let cipher = primitives::aes256_ctr(&keys.aes, &iv);
         let mut writer = Self { armor, cipher, mac, keys_written: 0 };
         writer.write_plaintext(b"[")?;
         Ok(writer)
@@ -403,7 +389,7 @@ struct KeyStream<'a, R: Read + Seek> {
 impl<'a, R: Read + Seek> KeyStream<'a, R> {
     fn open(input: &'a mut R, keys: &DerivedKeys) -> Result<Self, KeyExportError> {
         let (payload, prefix) = payload(input)?;
-        let cipher = Aes256Ctr::new((&*keys.aes).into(), (&prefix.iv).into());
+        let cipher = primitives::aes256_ctr(&keys.aes, &prefix.iv);
         let plaintext = BufReader::new(DecryptingReader { inner: payload, cipher });
         Ok(Self { plaintext, started: false, finished: false })
     }
@@ -652,7 +638,7 @@ mod tests {
         bytes.extend_from_slice(&iv);
         bytes.extend_from_slice(&1u32.to_be_bytes());
         let mut plaintext = br#"[{"algorithm":"m.megolm.v1.aes-sha2"},"#.to_vec();
-        Aes256Ctr::new((&*keys.aes).into(), (&iv).into()).apply_keystream(&mut plaintext);
+        primitives::aes256_ctr_apply(&keys.aes, &iv, &mut plaintext);
         bytes.extend_from_slice(&plaintext);
         let mut mac = hmac(&keys);
         mac.update(&bytes);

@@ -5,19 +5,17 @@
 
 use std::collections::BTreeMap;
 
-use aes::Aes256;
 use base64::{
     Engine as _,
     alphabet::STANDARD,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
-use ctr::cipher::{KeyIvInit, StreamCipher};
-use hmac::{Hmac, KeyInit, Mac};
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use super::{SecretStorageError, SecretStorageKey};
+use crate::primitives;
 
 /// Unpadded base64 out; padded or unpadded in (the spec asks us to accept both).
 pub(super) const B64: GeneralPurpose = GeneralPurpose::new(
@@ -56,40 +54,21 @@ pub(super) struct DerivedKeys {
 /// HKDF-SHA-256, salt 32 zero bytes, info the secret's name: 32 bytes of AES
 /// key, then 32 of MAC key.
 pub(super) fn derive_keys(key: &[u8; 32], name: &str) -> DerivedKeys {
-    let hkdf = hkdf::Hkdf::<Sha256>::new(Some(&[0u8; 32]), key);
-    let mut okm = Zeroizing::new([0u8; 64]);
-    if hkdf.expand(name.as_bytes(), okm.as_mut_slice()).is_err() {
-        unreachable!("64 bytes is within HKDF-SHA-256's output limit");
-    }
-    let mut aes = Zeroizing::new([0u8; 32]);
-    let mut mac = Zeroizing::new([0u8; 32]);
-    aes.copy_from_slice(&okm[..32]);
-    mac.copy_from_slice(&okm[32..]);
+    let okm = primitives::hkdf_sha256::<64>(&[0u8; 32], key, name.as_bytes());
+    let (aes, mac) = primitives::split::<32, 32>(okm.as_slice());
     DerivedKeys { aes, mac }
 }
 
 pub(super) fn aes_ctr(key: &[u8; 32], iv: &[u8; 16], data: &mut [u8]) {
-    let mut cipher = ctr::Ctr128BE::<Aes256>::new(key.into(), iv.into());
-    cipher.apply_keystream(data);
-}
-
-fn hmac(key: &[u8; 32]) -> Hmac<Sha256> {
-    match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    }
+    primitives::aes256_ctr_apply(key, iv, data);
 }
 
 pub(super) fn hmac_sha256(key: &[u8; 32], data: &[u8]) -> [u8; 32] {
-    let mut mac = hmac(key);
-    mac.update(data);
-    mac.finalize().into_bytes().into()
+    primitives::hmac_sha256(key, data)
 }
 
 pub(super) fn random_bytes<const N: usize>() -> Result<[u8; N], SecretStorageError> {
-    let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes).map_err(|e| SecretStorageError::Random(e.to_string()))?;
-    Ok(bytes)
+    primitives::random_bytes::<N>().map_err(|e| SecretStorageError::Random(e.to_string()))
 }
 
 /// 16 random bytes with bit 63 cleared, as the spec asks (AES-CTR
@@ -138,7 +117,7 @@ pub fn decrypt_secret(
     let mac = B64.decode(&encrypted.mac).map_err(|_| malformed("mac"))?;
     let mut data = Zeroizing::new(B64.decode(&encrypted.ciphertext).map_err(|_| malformed("ciphertext"))?);
     let keys = derive_keys(key.bytes(), name);
-    let mut check = hmac(&keys.mac);
+    let mut check = primitives::hmac_sha256_with(keys.mac.as_slice());
     check.update(&data);
     check.verify_slice(&mac).map_err(|_| SecretStorageError::BadMac(name.to_owned()))?;
     aes_ctr(&keys.aes, &iv, &mut data);

@@ -3,7 +3,6 @@
 //! description's check that tells a right key from a wrong one.
 
 use serde::{Deserialize, Serialize};
-use sha2::Sha512;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -242,9 +241,7 @@ fn derive_from_passphrase(passphrase: &str, info: &PassphraseInfo) -> Result<Zer
     }
     let rounds = u32::try_from(info.iterations)
         .map_err(|_| SecretStorageError::UnsupportedPassphrase(format!("{} rounds", info.iterations)))?;
-    let mut bytes = Zeroizing::new([0u8; 32]);
-    pbkdf2::pbkdf2_hmac::<Sha512>(passphrase.as_bytes(), info.salt.as_bytes(), rounds, bytes.as_mut_slice());
-    Ok(bytes)
+    Ok(crate::primitives::pbkdf2_sha512::<32>(passphrase.as_bytes(), info.salt.as_bytes(), rounds))
 }
 
 #[cfg(test)]
