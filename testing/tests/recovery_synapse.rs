@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use hush_client::{
-    ClientError,
+    ClientError, RecoveryOptions,
     hush_crypto_core::secret_storage::{SecretStorageError, SecretStorageKey},
 };
 use hush_testing::synapse::{StoreKind, TestClient};
@@ -22,7 +22,12 @@ async fn TestCanBackupKeys() {
     let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
     let (name, password) = alice1.credentials.clone();
     let alice = alice1.session.user_id.clone();
-    let recovery_key = alice1.client.encryption().enable_recovery(None, Some(&password)).await.expect("recovery on");
+    let recovery_key = alice1
+        .client
+        .encryption()
+        .enable_recovery(RecoveryOptions::new().account_password(&password))
+        .await
+        .expect("recovery on");
     let room = alice1.client.create_room("history", true, &[]).await.unwrap();
     alice1.sync().await;
     alice1.client.get_room(&room).unwrap().send_text("written before the new login").await.unwrap();
@@ -65,7 +70,7 @@ async fn TestBackupWrongRecoveryKeyFails() {
     alice1
         .client
         .encryption()
-        .enable_recovery(Some("the right passphrase"), Some(&password))
+        .enable_recovery(RecoveryOptions::new().passphrase("the right passphrase").account_password(&password))
         .await
         .expect("recovery on");
 
@@ -95,7 +100,12 @@ async fn TestBackupWrongRecoveryKeyFails() {
 async fn an_undecryptable_event_is_decrypted_lazily_from_the_backup() {
     let alice1 = TestClient::new_user("alice", "A1", StoreKind::Redb).await;
     let (name, password) = alice1.credentials.clone();
-    alice1.client.encryption().enable_recovery(None, Some(&password)).await.expect("recovery on");
+    alice1
+        .client
+        .encryption()
+        .enable_recovery(RecoveryOptions::new().account_password(&password))
+        .await
+        .expect("recovery on");
     let room = alice1.client.create_room("lazy", true, &[]).await.unwrap();
     alice1.sync().await;
     alice1.client.get_room(&room).unwrap().send_text("only in the backup").await.unwrap();
@@ -106,7 +116,7 @@ async fn an_undecryptable_event_is_decrypted_lazily_from_the_backup() {
         TestClient::login(&name, &password, "A2", StoreKind::Redb, Arc::new(tempfile::TempDir::new().unwrap())).await;
     let machine = alice2.client.olm_machine().unwrap();
     machine.save_backup_decryption_key(&backup_key).await.unwrap();
-    let info = alice2.client.encryption().latest_backup().await.unwrap().expect("a backup");
+    let info = alice2.client.encryption().latest_backup().await.unwrap().expect("a backup").info;
     machine.enable_backup(&info).await.unwrap();
     assert_eq!(machine.store().inbound_group_session_count().await.unwrap(), 0, "A2 holds no room key yet");
     alice2
@@ -150,13 +160,21 @@ async fn many_keys_are_uploaded_to_the_backup_with_progress() {
         .collect();
     // The backup exists first; the imported keys are queued as they are stored.
     let (_, password) = alice1.credentials.clone();
-    alice1.client.encryption().enable_recovery(None, Some(&password)).await.expect("recovery on");
+    alice1
+        .client
+        .encryption()
+        .enable_recovery(RecoveryOptions::new().account_password(&password))
+        .await
+        .expect("recovery on");
     assert_eq!(machine.import_room_keys(keys, |_, _| {}).await.unwrap().imported_count, 250);
     assert_eq!(alice1.client.encryption().backup_keys_pending().await.unwrap(), 250);
     let mut reports = Vec::new();
     alice1.client.encryption().upload_backup(|done, total| reports.push((done, total))).await.unwrap();
     assert_eq!(alice1.client.encryption().backup_keys_pending().await.unwrap(), 0);
     assert_eq!(reports, vec![(0, 250), (100, 250), (200, 250), (250, 250)]);
+    let latest = alice1.client.encryption().latest_backup().await.unwrap().expect("a backup");
+    assert_eq!(latest.count, 250, "the server counts every key");
+    assert!(!latest.etag.is_empty());
     let on_server = alice1.client.encryption().restore_backup(|_, _| {}).await.unwrap();
     assert_eq!(on_server.total_count, 250, "the server holds every key");
 }

@@ -92,14 +92,11 @@ fn not_found(error: &ClientError) -> bool {
 }
 
 impl Encryption {
-    /// The current backup version on the server, if there is one.
-    pub async fn latest_backup(&self) -> Result<Option<BackupInfo>, ClientError> {
-        Ok(self.latest_backup_with_etag().await?.map(|(info, _)| info))
-    }
-
-    /// The current backup version and its `etag` (which changes whenever a
-    /// key is added or replaced), if there is one.
-    pub(crate) async fn latest_backup_with_etag(&self) -> Result<Option<(BackupInfo, String)>, ClientError> {
+    /// The current backup version on the server, if there is one: its
+    /// algorithm and `auth_data` (`info`), how many keys it holds
+    /// (`count`) and its `etag` (which changes whenever a key is added or
+    /// replaced).
+    pub async fn latest_backup(&self) -> Result<Option<ServerBackup>, ClientError> {
         let token = self.client.access_token()?;
         let request = get_latest_backup_info::v3::Request::new();
         let response = match self.client.http().send(request, Some(&token), Duration::ZERO).await {
@@ -109,8 +106,12 @@ impl Encryption {
                 return if not_found(&error) { Ok(None) } else { Err(error) };
             }
         };
-        let current = ServerBackup::from_response(&response).map_err(ClientError::serialization)?;
-        Ok(Some((current.info, current.etag)))
+        Ok(Some(ServerBackup::from_response(&response).map_err(ClientError::serialization)?))
+    }
+
+    /// The current backup version's algorithm and `auth_data`, if any.
+    pub(crate) async fn latest_backup_info(&self) -> Result<Option<BackupInfo>, ClientError> {
+        Ok(self.latest_backup().await?.map(|backup| backup.info))
     }
 
     /// Creates a backup version with `auth_data` (our public key, signed)
@@ -166,7 +167,7 @@ impl Encryption {
     /// (processed, total).
     pub async fn restore_backup(&self, progress: impl FnMut(usize, usize)) -> Result<BackupRestoreResult, ClientError> {
         let machine = self.client.olm_machine()?;
-        let info = self.latest_backup().await?.ok_or(ClientError::NoBackup)?;
+        let info = self.latest_backup_info().await?.ok_or(ClientError::NoBackup)?;
         let key = machine.backup_decryption_key().await?.ok_or(ClientError::NoBackup)?;
         if key.public_key() != info.public_key()? {
             return Err(ClientError::Recovery(hush_crypto_core::RecoveryError::BackupKeyMismatch(info.version)));
@@ -182,7 +183,7 @@ impl Encryption {
     /// Restores one room key from the backup (the key of an event that
     /// could not be decrypted). `Ok(false)` if the backup has no such key.
     pub async fn restore_room_key(&self, room_id: &RoomId, session_id: &str) -> Result<bool, ClientError> {
-        let Some(info) = self.latest_backup().await? else { return Ok(false) };
+        let Some(info) = self.latest_backup_info().await? else { return Ok(false) };
         self.restore_room_key_from(&info, room_id, session_id).await
     }
 

@@ -22,7 +22,7 @@ impl Encryption {
         for name in [names::MASTER, names::SELF_SIGNING, names::USER_SIGNING] {
             machine.request_secret(name).await?;
         }
-        if let Some(backup) = self.latest_backup().await? {
+        if let Some(backup) = self.latest_backup_info().await? {
             machine.request_backup_key(&backup).await?;
         }
         self.client.send_outgoing_requests().await
@@ -41,7 +41,7 @@ impl crate::Client {
         let encryption = self.encryption();
         let result = async {
             let machine = self.olm_machine()?;
-            let Some(backup) = encryption.latest_backup().await? else { return Ok(0) };
+            let Some(backup) = encryption.latest_backup_info().await? else { return Ok(0) };
             if machine.backup_version().as_deref() != Some(backup.version.as_str()) {
                 machine.enable_backup(&backup).await?;
             }

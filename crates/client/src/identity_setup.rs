@@ -298,7 +298,7 @@ impl Encryption {
             private_keys: machine.cross_signing_status().is_complete(),
             this_device_cross_signed,
             secret_storage: self.account_data(DEFAULT_KEY_EVENT_TYPE).await?.is_some(),
-            backup_on_server: self.latest_backup().await?.map(|b| b.version),
+            backup_on_server: self.latest_backup_info().await?.map(|b| b.version),
             backup_enabled_here: machine.backup_version(),
             backup_key_held: machine.backup_decryption_key().await?.is_some(),
             key_backup_preference: self.key_backup_preference().await?,
@@ -356,7 +356,7 @@ impl Encryption {
     async fn ensure_backup(&self) -> Result<bool, ClientError> {
         let machine = self.client.olm_machine()?;
         let held = machine.backup_decryption_key().await?;
-        if let Some(latest) = self.latest_backup().await? {
+        if let Some(latest) = self.latest_backup_info().await? {
             let ours = held.as_ref().is_some_and(|key| is_key_of(&latest, key));
             if !ours {
                 tracing::warn!(version = %latest.version, "a key backup exists whose key this device does not hold; left alone");

@@ -66,7 +66,7 @@ pub use history::{Direction, MAX_PAGE, Messages, MessagesOptions};
 pub use hush_crypto_core;
 pub use identity_setup::{IdentityNeed, IdentityOutcome, IdentitySetup, IdentityStatus, KEY_BACKUP_EVENT_TYPE};
 pub use media::{AttachmentData, AttachmentError, EncryptedFile, MAX_DOWNLOAD_BYTES};
-pub use recovery::RecoverySummary;
+pub use recovery::{RecoveryOptions, RecoverySummary};
 pub use room::{Room, SendResult, SentEncryption};
 pub use room_create::{CreateRoomOptions, RoomPreset, RotationSettings};
 pub use rooms::{EncryptionState, Membership, RoomEncryption, RoomState};

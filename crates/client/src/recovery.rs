@@ -27,23 +27,61 @@ pub struct RecoverySummary {
     pub restored_keys: usize,
 }
 
+/// What [`Encryption::enable_recovery`] needs beyond the account: two
+/// secrets that must not be swapped, so each is named. `Debug` shows
+/// whether each is set, never its value.
+#[derive(Clone, Copy, Default)]
+pub struct RecoveryOptions<'a> {
+    passphrase: Option<&'a str>,
+    account_password: Option<&'a str>,
+}
+
+impl<'a> RecoveryOptions<'a> {
+    /// No passphrase (the recovery key alone opens secret storage), no
+    /// account password (the server must not ask for auth).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Secret storage's key is derived from this passphrase too (the
+    /// recovery key still opens it).
+    pub fn passphrase(mut self, passphrase: &'a str) -> Self {
+        self.passphrase = Some(passphrase);
+        self
+    }
+
+    /// The account's login password, to answer the server's
+    /// user-interactive auth when cross-signing keys are uploaded.
+    pub fn account_password(mut self, password: &'a str) -> Self {
+        self.account_password = Some(password);
+        self
+    }
+}
+
+impl std::fmt::Debug for RecoveryOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryOptions")
+            .field("passphrase", &self.passphrase.map(|_| "(set)"))
+            .field("account_password", &self.account_password.map(|_| "(set)"))
+            .finish()
+    }
+}
+
 impl Encryption {
     /// Sets up recovery: cross-signing (bootstrapped if this account has
-    /// none; `password` answers the server's auth if it asks), a new key
-    /// backup signed by this device and our master key, and secret storage
-    /// holding the cross-signing keys and the backup key under a new key,
-    /// derived from `passphrase` if given. Returns the recovery key for the
-    /// user to keep (it opens secret storage, as the passphrase does).
-    pub async fn enable_recovery(
-        &self,
-        passphrase: Option<&str>,
-        password: Option<&str>,
-    ) -> Result<Zeroizing<String>, ClientError> {
+    /// none; the account password answers the server's auth if it asks), a
+    /// new key backup signed by this device and our master key, and secret
+    /// storage holding the cross-signing keys and the backup key under a
+    /// new key, derived from the passphrase if given. Returns the recovery
+    /// key for the user to keep (it opens secret storage, as the passphrase
+    /// does).
+    pub async fn enable_recovery(&self, options: RecoveryOptions<'_>) -> Result<Zeroizing<String>, ClientError> {
+        let RecoveryOptions { passphrase, account_password } = options;
         let machine = self.client.olm_machine()?;
         let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
         self.refresh_user_keys(&[&user_id]).await?;
         if !machine.cross_signing_status().is_complete() {
-            match password {
+            match account_password {
                 Some(password) => self.bootstrap_cross_signing_with_password(false, password).await?,
                 None => self.bootstrap_cross_signing(false, None).await?,
             }
@@ -56,7 +94,7 @@ impl Encryption {
     /// and secret storage with a new key; the cross-signing identity stays.
     /// Returns the new recovery key.
     pub async fn reset_recovery(&self, passphrase: Option<&str>) -> Result<Zeroizing<String>, ClientError> {
-        if let Some(old) = self.latest_backup().await? {
+        if let Some(old) = self.latest_backup_info().await? {
             self.delete_backup_version(&old.version).await?;
         }
         self.create_backup().await?;
@@ -104,7 +142,7 @@ impl Encryption {
         let key = self.open_secret_storage(recovery_key_or_passphrase).await?;
         let user_id = self.client.session().ok_or(ClientError::NotLoggedIn)?.user_id;
         self.refresh_user_keys(&[&user_id]).await?;
-        let backup = self.latest_backup().await?;
+        let backup = self.latest_backup_info().await?;
         let mut secrets = BTreeMap::new();
         for name in names::ALL {
             if let Some(content) = self.account_data(name).await? {

@@ -264,7 +264,12 @@ async fn a_client_killed_at_seeded_points_loses_no_room_key() {
     let net = Net::start().await;
     let (alice, bob) = (net.user("alice", "ALICE1").await, net.user("bob", "BOB1").await);
     let (_, password) = alice.credentials.clone();
-    alice.client.encryption().enable_recovery(None, Some(&password)).await.expect("alice's backup");
+    alice
+        .client
+        .encryption()
+        .enable_recovery(hush_client::RecoveryOptions::new().account_password(&password))
+        .await
+        .expect("alice's backup");
     let room = create_room(&bob, RoomPreset::TrustedPrivateChat, json!({"rotation_period_msgs": 1}), &[&alice]).await;
     alice.join(&room).await;
     until_recipients(&bob, &room, 2).await;
