@@ -83,6 +83,29 @@ async fn a_registered_account_creates_a_room_with_rotation_settings_and_sends() 
 /// Bob writes 500 messages in a room whose key rotates every 200; Alice,
 /// who did not sync meanwhile, reads them all back with `messages()` page
 /// by page, decrypted in batches, across the three sessions.
+/// Registering without logging in (`inhibit_login`) creates the account
+/// and nothing else: the client stays logged out, the server lists no
+/// device for it, and a later login gets the account's first device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a local Synapse: run `cargo xtask test`"]
+async fn an_account_registered_without_login_has_no_device_until_it_logs_in() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let client = Client::builder()
+        .homeserver_url(homeserver_url())
+        .redb_store(dir.path().join("crypto.redb"), Some("secret"))
+        .build()
+        .unwrap();
+    let name = unique_name("nologin");
+    let user_id = client.matrix_auth().register(&name, "a long password").send_without_login().await.expect("register");
+    assert_eq!(user_id.localpart(), name);
+    assert!(client.user_id().is_none(), "still logged out");
+    assert!(client.olm_machine().is_err(), "no store opened");
+    let session = client.matrix_auth().login_username(&name, "a long password").send().await.expect("login");
+    assert_eq!(session.user_id, user_id);
+    let devices = client.send(ruma_client_api::device::get_devices::v3::Request::new()).await.expect("devices");
+    assert_eq!(devices.devices.len(), 1, "only the login's device: {:?}", devices.devices);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a local Synapse: run `cargo xtask test`"]
 async fn messages_decrypts_a_backlog_of_500_events_across_two_rotations() {

@@ -161,14 +161,43 @@ impl RegisterBuilder<'_> {
     /// user-interactive auth whose flows include `m.login.dummy` alone, the
     /// request is sent again with it, once.
     pub async fn send(self) -> Result<Session, ClientError> {
+        let client = self.client;
+        let response = self.register(false).await?;
+        let (Some(access_token), Some(device_id)) = (response.access_token, response.device_id) else {
+            return Err(ClientError::Http(crate::http::HttpError::Response(
+                "the registration answer has no access token or device id".into(),
+            )));
+        };
+        let session = Session { user_id: response.user_id, device_id, access_token };
+        client.activate(session.clone()).await?;
+        Ok(session)
+    }
+
+    /// Registers the account without logging in (`inhibit_login`): no
+    /// device is created, no store opened, and the client stays logged out
+    /// (an admin tool creating accounts, a bot provisioning its puppets).
+    /// Returns the new account's user id; log in with
+    /// [`login_username`](MatrixAuth::login_username) when a device is
+    /// wanted.
+    pub async fn send_without_login(self) -> Result<OwnedUserId, ClientError> {
+        Ok(self.register(true).await?.user_id)
+    }
+
+    /// `POST /register`, retried once with `m.login.dummy` auth when that
+    /// alone is asked for.
+    async fn register(
+        self,
+        inhibit_login: bool,
+    ) -> Result<ruma_client_api::account::register::v3::Response, ClientError> {
         use ruma_client_api::{account::register, uiaa};
         let mut request = register::v3::Request::new();
-        request.username = Some(self.username.clone());
-        request.password = Some(self.password.clone());
-        request.device_id = self.device_id.clone();
-        request.initial_device_display_name = self.display_name.clone();
+        request.username = Some(self.username);
+        request.password = Some(self.password);
+        request.device_id = self.device_id;
+        request.initial_device_display_name = self.display_name;
+        request.inhibit_login = inhibit_login;
         let http = self.client.http();
-        let response = match http.send(request.clone(), None, Default::default()).await {
+        Ok(match http.send(request.clone(), None, Default::default()).await {
             Err(crate::http::HttpError::AuthRequired { session, flows, errcode: None })
                 if flows.iter().any(|flow| flow.len() == 1 && flow[0] == "m.login.dummy") =>
             {
@@ -178,14 +207,6 @@ impl RegisterBuilder<'_> {
                 http.send(request, None, Default::default()).await?
             }
             other => other?,
-        };
-        let (Some(access_token), Some(device_id)) = (response.access_token, response.device_id) else {
-            return Err(ClientError::Http(crate::http::HttpError::Response(
-                "the registration answer has no access token or device id".into(),
-            )));
-        };
-        let session = Session { user_id: response.user_id, device_id, access_token };
-        self.client.activate(session.clone()).await?;
-        Ok(session)
+        })
     }
 }
