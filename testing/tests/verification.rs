@@ -197,6 +197,24 @@ async fn sas_in_a_room_verifies_both_identities() {
 
 /// The short strings differ: the side that says so cancels with
 /// `m.mismatched_sas`, the other side learns it, nothing is verified.
+/// Both users press "start SAS" on a ready flow: Bob's start reaches
+/// Alice first, her engine accepts it, and her own `start_sas` then joins
+/// that SAS instead of failing, so the two still see the same emoji.
+#[tokio::test]
+async fn starting_sas_after_the_other_side_started_joins_its_sas() {
+    let world = World::new();
+    let (mut a, mut b, flow) = ready_between_users(&world).await;
+    b.machine.start_sas(&alice(), &flow, world.clock.now()).await.unwrap();
+    exchange(&mut [&mut a, &mut b]).await;
+    assert!(sas_state(&a, &bob(), &flow).is_some(), "Bob's start was accepted");
+    a.machine.start_sas(&bob(), &flow, world.clock.now()).await.expect("joins the started SAS");
+    exchange(&mut [&mut a, &mut b]).await;
+    assert_eq!(sas_state(&a, &bob(), &flow), Some(SasState::KeysExchanged));
+    let emoji = a.machine.sas_emoji(&bob(), &flow).expect("emoji offered");
+    assert_eq!(Some(emoji), b.machine.sas_emoji(&alice(), &flow));
+    assert!(state(&a, &bob(), &flow).cancellation().is_none());
+}
+
 #[tokio::test]
 async fn a_mismatched_sas_cancels_both_sides() {
     let world = World::new();

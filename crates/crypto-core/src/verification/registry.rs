@@ -370,8 +370,12 @@ impl Verifications {
         if !methods.iter().any(|m| m == SAS_METHOD) {
             return Err(FlowError::MethodNotOffered { method: SAS_METHOD });
         }
-        if entry.method.is_some() {
-            return Err(FlowError::WrongState { action: "start SAS" });
+        match entry.method {
+            // The other side started first and its start was accepted: both
+            // users pressing "start" end in that one SAS, nothing to send.
+            Some(Method::Sas(_)) => return Ok(Self::step((user_id.to_owned(), flow.clone()), entry, Vec::new())),
+            Some(Method::Qr(_)) => return Err(FlowError::WrongState { action: "start SAS" }),
+            None => {}
         }
         let them = entry.request.other().ok_or(FlowError::WrongState { action: "start SAS" })?;
         let theirs = keys.theirs.ok_or(FlowError::UnknownDevice)?;
