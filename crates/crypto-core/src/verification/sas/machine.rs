@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ruma_common::OwnedDeviceId;
 use serde_json::{Map, Value, json};
 use vodozemac::{
     Curve25519PublicKey, Ed25519PublicKey,
@@ -39,7 +40,7 @@ const MAX_MAC_KEYS: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SasKeys {
     /// The device.
-    pub device_id: ruma_common::OwnedDeviceId,
+    pub device_id: OwnedDeviceId,
     /// Its ed25519 key.
     pub device_key: Ed25519PublicKey,
     /// The user's master key.
@@ -77,10 +78,13 @@ pub enum SasState {
     KeysExchanged,
     /// Our user confirmed; waiting for the other side's MAC.
     Confirmed,
-    /// Verified: these key ids of the other side matched.
+    /// Verified: the other side's keys whose MACs matched.
     Done {
-        /// The other side's key ids whose MACs verified.
-        verified: Vec<String>,
+        /// The other device, whose device key matched (the user is the
+        /// flow's other user).
+        device: Option<OwnedDeviceId>,
+        /// The other user's master key, if we knew it and it matched.
+        master_key: Option<Ed25519PublicKey>,
     },
     /// Ended without success.
     Cancelled(Cancellation),
@@ -217,7 +221,10 @@ impl SasVerification {
             State::Accepted { .. } | State::KeySent { .. } => SasState::WaitingForKey,
             State::Established { confirmed: false, .. } => SasState::KeysExchanged,
             State::Established { confirmed: true, .. } => SasState::Confirmed,
-            State::Done { verified } => SasState::Done { verified: verified.clone() },
+            State::Done { verified } => {
+                let (device, master_key) = self.matched(verified);
+                SasState::Done { device: device.map(|(device_id, _)| device_id), master_key }
+            }
             State::Cancelled(cancellation) => SasState::Cancelled(cancellation.clone()),
         }
     }
@@ -378,12 +385,18 @@ impl SasVerification {
     /// (its device key, its master key if we knew it and it was covered).
     pub fn proof(&self) -> Option<VerificationProof> {
         let State::Done { verified } = &self.state else { return None };
-        let named = |entry: (String, String)| verified.contains(&entry.0);
+        let (device, master) = self.matched(verified);
+        VerificationProof::new(self.them.user_id.clone(), device, master, ProofMethod::Sas)
+    }
+
+    /// The other side's device key and master key among the key ids whose
+    /// MACs verified.
+    fn matched(&self, verified: &[String]) -> (Option<(OwnedDeviceId, Ed25519PublicKey)>, Option<Ed25519PublicKey>) {
         let keys = &self.their_keys;
         let device_id = format!("ed25519:{}", keys.device_id);
         let device = verified.contains(&device_id).then(|| (keys.device_id.clone(), keys.device_key));
-        let master = keys.master_key.filter(|m| named((format!("ed25519:{}", m.to_base64()), String::new())));
-        VerificationProof::new(self.them.user_id.clone(), device, master, ProofMethod::Sas)
+        let master = keys.master_key.filter(|m| verified.contains(&format!("ed25519:{}", m.to_base64())));
+        (device, master)
     }
 
     /// Our user says the short strings differ.
