@@ -80,9 +80,11 @@ async fn run_sas(world: &World, a: &mut TestDevice, b: &mut TestDevice, flow: Fl
     let b_flow = received_flow(b, &a_user);
     assert_eq!(b_flow, flow);
     assert_eq!(state(b, &a_user, &flow).request, RequestState::Requested);
+    assert_eq!(state(b, &a_user, &flow).other_device.as_ref(), Some(&a.device_id), "the request names its device");
     b.machine.accept_verification(&a_user, &flow, world.clock.now()).unwrap();
     exchange(&mut [a, b]).await;
     assert!(matches!(state(a, &b_user, &flow).request, RequestState::Ready { .. }));
+    assert_eq!(state(a, &b_user, &flow).other_device.as_ref(), Some(&b.device_id), "the answer names its device");
     a.machine.start_sas(&b_user, &flow, world.clock.now()).await.unwrap();
     exchange(&mut [a, b]).await;
     assert_eq!(sas_state(a, &b_user, &flow), Some(SasState::KeysExchanged));

@@ -122,6 +122,12 @@ impl VerificationRequest {
         &self.flow
     }
 
+    /// The other user's device in this flow, once known (`None` while a
+    /// request to all of a user's devices is unanswered).
+    pub fn other_device(&self) -> Option<ruma_common::OwnedDeviceId> {
+        self.state()?.other_device
+    }
+
     /// Where it stands (`None` if the engine forgot it, e.g. after a restart).
     pub fn state(&self) -> Option<FlowState> {
         self.client.olm_machine().ok()?.verification_state(&self.user_id, &self.flow)

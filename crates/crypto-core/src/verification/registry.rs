@@ -67,6 +67,10 @@ pub enum MethodState {
 pub struct FlowState {
     /// Whether this device sent the request.
     pub we_requested: bool,
+    /// The other user's device in this flow, once known (the device that
+    /// sent or answered the request; `None` while a request sent to all of
+    /// a user's devices is unanswered).
+    pub other_device: Option<OwnedDeviceId>,
     /// The request.
     pub request: RequestState,
     /// The method.
@@ -163,7 +167,12 @@ impl Flow {
             Method::Sas(sas) => MethodState::Sas(sas.state()),
             Method::Qr(qr) => MethodState::Qr(qr.state()),
         });
-        FlowState { we_requested: self.request.we_requested(), request: self.request.state().clone(), method }
+        FlowState {
+            we_requested: self.request.we_requested(),
+            other_device: self.request.other().map(|party| party.device_id),
+            request: self.request.state().clone(),
+            method,
+        }
     }
 }
 
