@@ -81,7 +81,7 @@ async fn run_sas(world: &World, a: &mut TestDevice, b: &mut TestDevice, flow: Fl
     assert_eq!(b_flow, flow);
     assert_eq!(state(b, &a_user, &flow).request, RequestState::Requested);
     assert_eq!(state(b, &a_user, &flow).other_device.as_ref(), Some(&a.device_id), "the request names its device");
-    b.machine.accept_verification(&a_user, &flow, world.clock.now()).unwrap();
+    b.machine.accept_verification(&a_user, &flow, world.clock.now()).await.unwrap();
     exchange(&mut [a, b]).await;
     assert!(matches!(state(a, &b_user, &flow).request, RequestState::Ready { .. }));
     assert_eq!(state(a, &b_user, &flow).other_device.as_ref(), Some(&b.device_id), "the answer names its device");
@@ -111,7 +111,7 @@ async fn ready_between_users(world: &World) -> (TestDevice, TestDevice, FlowId) 
     b.refresh_keys(&[&alice(), &bob()]).await;
     let flow = a.machine.request_verification(&bob(), None, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a, &mut b]).await;
-    b.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
+    b.machine.accept_verification(&alice(), &flow, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a, &mut b]).await;
     assert!(matches!(state(&a, &bob(), &flow).request, RequestState::Ready { .. }));
     (a, b, flow)
@@ -191,7 +191,7 @@ async fn sas_in_a_room_verifies_both_identities() {
     a.refresh_keys(&[&alice(), &bob()]).await;
     b.refresh_keys(&[&alice(), &bob()]).await;
     let room = owned_room_id!("!dm:example.org");
-    a.machine.request_verification_in_room(&room, &bob()).unwrap();
+    a.machine.request_verification_in_room(&room, &bob()).await.unwrap();
     a.drain().await;
     let flow = received_flow(&a, &bob());
     assert!(matches!(&flow, FlowId::InRoom { room_id, .. } if *room_id == room));
@@ -228,7 +228,7 @@ async fn a_mismatched_sas_cancels_both_sides() {
     let (mut a, mut b, flow) = ready_between_users(&world).await;
     b.machine.start_sas(&alice(), &flow, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a, &mut b]).await;
-    a.machine.mismatch_verification(&bob(), &flow, world.clock.now()).unwrap();
+    a.machine.mismatch_verification(&bob(), &flow, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a, &mut b]).await;
     for (device, other) in [(&a, bob()), (&b, alice())] {
         let cancelled = state(device, &other, &flow);
@@ -250,7 +250,7 @@ async fn a_request_answered_by_one_device_is_cancelled_on_the_others() {
     a1.refresh_keys(&[&alice()]).await;
     let flow = a1.machine.request_verification(&alice(), None, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a1, &mut a2, &mut a3]).await;
-    a2.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
+    a2.machine.accept_verification(&alice(), &flow, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a1, &mut a2, &mut a3]).await;
     assert!(matches!(state(&a1, &alice(), &flow).request, RequestState::Ready { .. }));
     let other = state(&a3, &alice(), &flow);
@@ -292,7 +292,7 @@ async fn a_qr_code_shown_by_the_trusted_device_verifies_the_new_one() {
     a1.refresh_keys(&[&alice()]).await;
     let flow = a2.machine.request_verification(&alice(), None, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a1, &mut a2]).await;
-    a1.machine.accept_verification(&alice(), &flow, world.clock.now()).unwrap();
+    a1.machine.accept_verification(&alice(), &flow, world.clock.now()).await.unwrap();
     exchange(&mut [&mut a1, &mut a2]).await;
     let (code, image) = a1.machine.generate_qr_code(&alice(), &flow, world.clock.now()).await.unwrap();
     assert!(image.width() >= 21);

@@ -63,7 +63,7 @@ impl Encryption {
     ) -> Result<VerificationRequest, ClientError> {
         let machine = self.client.olm_machine()?;
         let before = machine.verifications_with(user_id);
-        machine.request_verification_in_room(room.room_id(), user_id)?;
+        machine.request_verification_in_room(room.room_id(), user_id).await?;
         self.client.settle().await?;
         let flow = machine
             .verifications_with(user_id)
@@ -138,7 +138,7 @@ impl VerificationRequest {
     /// its `start` comes (a requester we share no room with is not tracked).
     pub async fn accept(&self) -> Result<(), ClientError> {
         self.client.encryption().refresh_user_keys(&[&self.user_id]).await?;
-        self.client.olm_machine()?.accept_verification(&self.user_id, &self.flow, self.client.now())?;
+        self.client.olm_machine()?.accept_verification(&self.user_id, &self.flow, self.client.now()).await?;
         self.client.settle().await
     }
 
@@ -177,18 +177,16 @@ impl VerificationRequest {
     /// Showing side: the other device does not show a success after
     /// scanning (`m.key_mismatch`).
     pub async fn qr_mismatch(&self) -> Result<(), ClientError> {
-        self.client.olm_machine()?.mismatch_verification(&self.user_id, &self.flow, self.client.now())?;
+        self.client.olm_machine()?.mismatch_verification(&self.user_id, &self.flow, self.client.now()).await?;
         self.client.settle().await
     }
 
     /// Cancels (`m.user`).
     pub async fn cancel(&self) -> Result<(), ClientError> {
-        self.client.olm_machine()?.cancel_verification(
-            &self.user_id,
-            &self.flow,
-            CancelCode::User,
-            self.client.now(),
-        )?;
+        self.client
+            .olm_machine()?
+            .cancel_verification(&self.user_id, &self.flow, CancelCode::User, self.client.now())
+            .await?;
         self.client.settle().await
     }
 
@@ -243,7 +241,11 @@ impl Sas {
     /// The user says they differ (`m.mismatched_sas`).
     pub async fn mismatch(&self) -> Result<(), ClientError> {
         let request = &self.request;
-        request.client.olm_machine()?.mismatch_verification(&request.user_id, &request.flow, request.client.now())?;
+        request
+            .client
+            .olm_machine()?
+            .mismatch_verification(&request.user_id, &request.flow, request.client.now())
+            .await?;
         request.client.settle().await
     }
 

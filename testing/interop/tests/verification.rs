@@ -168,7 +168,7 @@ async fn the_sdk_starts_sas_and_hush_accepts() {
     pair.exchange().await;
     let flow = FlowId::ToDevice(request.flow_id().as_str().to_owned());
     assert_eq!(pair.hush_state(&flow).request, RequestState::Requested);
-    pair.hush.machine.accept_verification(&bob(), &flow, pair.clock.now()).unwrap();
+    pair.hush.machine.accept_verification(&bob(), &flow, pair.clock.now()).await.unwrap();
     pair.exchange().await;
     assert!(request.is_ready());
     let (_, start) = request.start_sas().await.unwrap().expect("the sdk starts SAS");
@@ -185,7 +185,7 @@ async fn the_sdk_starts_sas_and_hush_accepts() {
 async fn sas_in_a_room_between_hush_and_the_sdk() {
     let mut pair = Pair::new().await;
     let room = owned_room_id!("!dm:example.org");
-    pair.hush.machine.request_verification_in_room(&room, &bob()).unwrap();
+    pair.hush.machine.request_verification_in_room(&room, &bob()).await.unwrap();
     pair.hush.drain().await;
     pair.exchange().await;
     let flows = pair.hush.machine.verifications_with(&bob());
@@ -209,7 +209,7 @@ async fn a_mismatch_on_hush_cancels_the_sdk_with_mismatched_sas() {
     let mut pair = Pair::new().await;
     let flow = hush_starts_sas(&mut pair).await;
     let sas = pair.sdk_sas(&flow);
-    pair.hush.machine.mismatch_verification(&bob(), &flow, pair.clock.now()).unwrap();
+    pair.hush.machine.mismatch_verification(&bob(), &flow, pair.clock.now()).await.unwrap();
     pair.exchange().await;
     let info = sas.cancel_info().expect("the sdk's SAS is cancelled");
     assert_eq!(info.cancel_code(), &SdkCancelCode::MismatchedSas);

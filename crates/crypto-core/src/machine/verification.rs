@@ -76,7 +76,7 @@ impl OlmMachine {
     /// once its answer names the event id, the flow exists (its id is that
     /// event's, reported in an [`EngineEvent::VerificationChanged`]).
     /// Our own devices are verified to-device: `user_id` must be another user.
-    pub fn request_verification_in_room(
+    pub async fn request_verification_in_room(
         &self,
         room_id: &RoomId,
         user_id: &UserId,
@@ -127,7 +127,7 @@ impl OlmMachine {
     }
 
     /// Our user accepts a request: `ready` is sent.
-    pub fn accept_verification(
+    pub async fn accept_verification(
         &self,
         user_id: &UserId,
         flow: &FlowId,
@@ -163,7 +163,7 @@ impl OlmMachine {
 
     /// Our user says the short strings (or the scanner's screen) differ:
     /// `m.mismatched_sas` / `m.key_mismatch`.
-    pub fn mismatch_verification(
+    pub async fn mismatch_verification(
         &self,
         user_id: &UserId,
         flow: &FlowId,
@@ -175,7 +175,7 @@ impl OlmMachine {
     }
 
     /// We cancel a flow (`m.user` when the user declines).
-    pub fn cancel_verification(
+    pub async fn cancel_verification(
         &self,
         user_id: &UserId,
         flow: &FlowId,
