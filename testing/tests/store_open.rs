@@ -103,8 +103,8 @@ async fn a_store_belongs_to_one_device() {
             Backend::Sled => hush_store_sled::open(&path, &user, &other, StoreOptions::default()).map(|_| ()),
         }
         .unwrap_err();
-        assert!(matches!(&error, StoreError::DeviceMismatch { store_device_id, device_id, .. }
-            if store_device_id == "OWNER" && device_id == "OTHERDEVICE"));
+        assert!(matches!(&error, StoreError::AccountMismatch { store_device_id, device_id, .. }
+            if store_device_id.as_str() == "OWNER" && device_id.as_str() == "OTHERDEVICE"));
         let message = error.to_string();
         assert!(message.contains("OWNER") && message.contains("OTHERDEVICE"), "{message}");
     }

@@ -297,9 +297,10 @@ impl Client {
         let shared = self.inner.store_lock.is_some();
         let store =
             self.inner.store.open(&session.user_id, &session.device_id, shared).map_err(|error| match error {
-                StoreError::DeviceMismatch { store_device_id, device_id, .. } => {
-                    ClientError::DeviceMismatch { token_device: device_id, store_device: store_device_id }
-                }
+                StoreError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
+                    token_device: device_id.to_string(),
+                    store_device: store_device_id.to_string(),
+                },
                 other => ClientError::Store(other),
             })?;
         let lease = self.lock_store_to_open(&*store).await?;
@@ -309,10 +310,12 @@ impl Client {
             let _ = store.unlock(lease).await;
         }
         let machine = opened.map_err(|error| match error {
-            OpenError::AccountMismatch { store_device_id, device_id, .. } => ClientError::DeviceMismatch {
-                token_device: device_id.to_string(),
-                store_device: store_device_id.to_string(),
-            },
+            OpenError::Store(StoreError::AccountMismatch { store_device_id, device_id, .. }) => {
+                ClientError::DeviceMismatch {
+                    token_device: device_id.to_string(),
+                    store_device: store_device_id.to_string(),
+                }
+            }
             other => ClientError::Open(other),
         })?;
         if let Some(rooms) = crate::persist::load_rooms(&**machine.store()).await? {

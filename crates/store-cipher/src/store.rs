@@ -224,11 +224,11 @@ impl<B: KvBackend> KvCryptoStore<B> {
         let bytes = self.backend.get(Table::Meta, META_OWNER)?.ok_or_else(|| StoreError::Corrupt("no owner".into()))?;
         let owner: Owner = self.codec.open(Table::Meta, META_OWNER, &bytes)?;
         if owner.user_id != user_id || owner.device_id != device_id {
-            return Err(StoreError::DeviceMismatch {
-                store_user_id: owner.user_id.to_string(),
-                store_device_id: owner.device_id.to_string(),
-                user_id: user_id.to_string(),
-                device_id: device_id.to_string(),
+            return Err(StoreError::AccountMismatch {
+                store_user_id: owner.user_id.clone(),
+                store_device_id: owner.device_id.clone(),
+                user_id: user_id.to_owned(),
+                device_id: device_id.to_owned(),
             });
         }
         Ok(())

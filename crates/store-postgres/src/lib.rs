@@ -97,7 +97,7 @@ impl PgDatabase {
 
     /// Opens the store of `user_id` / `device_id` (creating it if absent).
     /// Errors as [`hush_store_redb::open`]'s: another device's store
-    /// ([`StoreError::DeviceMismatch`]), a wrong or missing passphrase, a
+    /// ([`StoreError::AccountMismatch`]), a wrong or missing passphrase, a
     /// store written by a newer hush. It is never reset or overwritten.
     ///
     /// [`hush_store_redb::open`]: https://docs.rs/hush-store-redb

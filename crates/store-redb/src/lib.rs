@@ -68,7 +68,7 @@ pub fn open_shared(
 /// Opens the store at `path` (creating it if absent) for `user_id` /
 /// `device_id`. Errors: the file is damaged or not a store
 /// ([`StoreError::Corrupt`]), it belongs to another device
-/// ([`StoreError::DeviceMismatch`]), the passphrase is wrong
+/// ([`StoreError::AccountMismatch`]), the passphrase is wrong
 /// ([`StoreError::WrongPassphrase`]) or missing
 /// ([`StoreError::PassphraseRequired`]), or it was written by a newer hush
 /// ([`StoreError::UnsupportedSchema`]). It is never reset or overwritten.

@@ -63,21 +63,6 @@ pub enum OpenError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The store holds the account of another user or device.
-    #[error(
-        "the store belongs to {store_user_id} / {store_device_id}, not {user_id} / {device_id}; \
-         open the store that was created for this device, or log in again with the store's device id"
-    )]
-    AccountMismatch {
-        /// The user the store belongs to.
-        store_user_id: ruma_common::OwnedUserId,
-        /// The device the store belongs to.
-        store_device_id: OwnedDeviceId,
-        /// The user that was asked for.
-        user_id: ruma_common::OwnedUserId,
-        /// The device that was asked for.
-        device_id: OwnedDeviceId,
-    },
     /// Our own device keys could not be signed (cannot happen with valid ids).
     #[error(transparent)]
     Signing(#[from] SignatureError),
@@ -229,12 +214,12 @@ impl OlmMachine {
         let account = match store.load_account().await? {
             Some(stored) => {
                 if stored.user_id != user_id || stored.device_id != device_id {
-                    return Err(OpenError::AccountMismatch {
+                    return Err(OpenError::Store(StoreError::AccountMismatch {
                         store_user_id: stored.user_id,
                         store_device_id: stored.device_id,
                         user_id: user_id.to_owned(),
                         device_id: device_id.to_owned(),
-                    });
+                    }));
                 }
                 Account::from_stored(stored)
             }

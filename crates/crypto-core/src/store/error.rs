@@ -27,20 +27,21 @@ pub enum StoreError {
     /// A passphrase or key was given for a store that is not encrypted.
     #[error("the store is not encrypted, but a passphrase or key was given")]
     NotEncrypted,
-    /// The store belongs to another user or device.
+    /// The store belongs to another user or device: the one error for it,
+    /// whether the store's own header or the account in it tells.
     #[error(
         "the store belongs to {store_user_id} / {store_device_id}, not {user_id} / {device_id}; \
          use the store created for this device, or log in again with device id {store_device_id}"
     )]
-    DeviceMismatch {
+    AccountMismatch {
         /// The user the store belongs to.
-        store_user_id: String,
+        store_user_id: ruma_common::OwnedUserId,
         /// The device the store belongs to.
-        store_device_id: String,
+        store_device_id: ruma_common::OwnedDeviceId,
         /// The user it was opened for.
-        user_id: String,
+        user_id: ruma_common::OwnedUserId,
         /// The device it was opened for.
-        device_id: String,
+        device_id: ruma_common::OwnedDeviceId,
     },
     /// A PBKDF2 round count outside the documented bounds: refused when a
     /// store is created with it, or when a store's header asks for it.
