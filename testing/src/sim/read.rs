@@ -156,20 +156,28 @@ impl World {
     /// Healing, as hush-client drives it: the drive loop runs the engine's
     /// healing (its timers decrypt waiting events again, ask our other
     /// devices, look keys up in the backup); the late decryptions it
-    /// announces are checked against the truth. A few rounds, so a backup
-    /// lookup's answer is decrypted in the same heal.
+    /// announces are checked against the truth. A drain acknowledges them
+    /// (the next save of the engine makes that durable), so they are
+    /// handled before the next call into the engine, as hush-client does.
+    /// A few rounds, so a backup lookup's answer is decrypted in the same
+    /// heal.
     pub(super) async fn heal(&mut self, d: usize) -> Result<(), Halt> {
         for _ in 0..3 {
+            self.check_drained(d).await?;
             let (mut net, devices) = self.net();
             devices[d].drive(&mut net).await?;
             self.devices[d].take_events()?;
-            let late = std::mem::take(&mut self.devices[d].late);
-            if late.is_empty() {
+            if self.devices[d].late.is_empty() {
                 return Ok(());
             }
-            for late in late {
-                self.check_late(d, late).await?;
-            }
+        }
+        self.check_drained(d).await
+    }
+
+    /// Checks the late decryptions drained so far.
+    pub(super) async fn check_drained(&mut self, d: usize) -> Result<(), Halt> {
+        for late in std::mem::take(&mut self.devices[d].late) {
+            self.check_late(d, late).await?;
         }
         Ok(())
     }

@@ -491,6 +491,8 @@ impl World {
         let deliveries = std::mem::take(&mut self.devices[d].inbound.report);
         self.note_deliveries(d, deliveries);
         let taken = result?;
+        // Handled before the next call into the engine (see `heal`).
+        self.check_drained(d).await?;
         let read = self.read_rooms(d).await?;
         self.heal(d).await?;
         let sent = usize::try_from(self.devices[d].counts.to_device_sent - sent_before).unwrap_or(usize::MAX);
