@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ruma_common::{OwnedRoomId, serde::Raw};
+use ruma_common::{OwnedRoomId, RoomId, serde::Raw};
 use serde_json::Value;
 
 use super::{OlmMachine, lock, room_decrypt::LateTo};
@@ -49,9 +49,10 @@ impl OlmMachine {
     pub(super) fn healing_deadline(&self) -> Option<Timestamp> {
         let open = self.open_room_key_requests();
         let backup_readable = self.backup_read_possible();
+        let backup_first = self.backup_readable();
         let pending = lock(&self.inner.pending);
         let retry = (pending.retry_due() || pending.save_due()).then_some(Timestamp::EPOCH);
-        let ask = pending.key_requests_deadline(|r, s| open.contains(&(r.to_owned(), s.to_owned())));
+        let ask = pending.key_requests_deadline(|r, s| open.contains(&(r.to_owned(), s.to_owned())), backup_first);
         let backup = if backup_readable { pending.backup_read_deadline() } else { None };
         [retry, ask, backup].into_iter().flatten().min()
     }
@@ -135,8 +136,10 @@ impl OlmMachine {
     /// taken only from a device we verified.
     async fn ask_own_devices(&self, now: Timestamp) -> Result<(), StoreError> {
         let open = self.open_room_key_requests();
-        let due = lock(&self.inner.pending)
-            .take_key_requests(now, |room_id, session_id| open.contains(&(room_id.to_owned(), session_id.to_owned())));
+        // A key the backup holds needs no device: the backup is searched first.
+        let backup_first = self.backup_readable();
+        let is_open = |room_id: &RoomId, session_id: &str| open.contains(&(room_id.to_owned(), session_id.to_owned()));
+        let due = lock(&self.inner.pending).take_key_requests(now, is_open, backup_first);
         if due.is_empty() {
             return Ok(());
         }

@@ -15,7 +15,8 @@
 //! * an event is decrypted again once a key of its session was stored, or
 //!   its sender's devices or identity changed, or once after a restart;
 //! * a missing key is asked of our own devices once per open request, at
-//!   most [`KEY_REQUESTS_PER_ROUND`] new requests per round; a key asked
+//!   most [`KEY_REQUESTS_PER_ROUND`] new requests per round, and only after
+//!   the backup was searched for it when a backup can be read; a key asked
 //!   before (or when we had no other device) is asked again after
 //!   [`KEY_REASK_FIRST`], doubling up to [`KEY_REASK_MAX`], and at once
 //!   when a device of ours appears;
@@ -308,18 +309,25 @@ impl PendingDecryptions {
     /// When the next round of key requests is due, given which keys have a
     /// request open (`is_open`): [`Timestamp::EPOCH`] (at once) for a key
     /// never asked, else the end of its wait; `None` if no key needs one.
-    pub(crate) fn key_requests_deadline(&self, is_open: impl Fn(&RoomId, &str) -> bool) -> Option<Timestamp> {
+    pub(crate) fn key_requests_deadline(
+        &self,
+        is_open: impl Fn(&RoomId, &str) -> bool,
+        backup_first: bool,
+    ) -> Option<Timestamp> {
         let held = self.asks_held_until.unwrap_or(Timestamp::EPOCH);
         self.wanted_keys()
             .into_iter()
             .filter(|(room_id, session_id)| !is_open(room_id, session_id))
+            .filter(|key| !backup_first || self.looked.contains_key(key))
             .map(|key| self.asked.get(&key).map_or(Timestamp::EPOCH, |&(at, times)| reask_at(at, times)))
             .min()
             .map(|due| due.max(held))
     }
 
     /// The keys to ask our own devices for at `now`: those with no request
-    /// open (`is_open`) that were never asked or whose wait ended, at most
+    /// open (`is_open`) that were never asked or whose wait ended, and, with
+    /// `backup_first` (a backup can be read), that the backup was searched
+    /// for already (a key the backup has needs no device to answer), at most
     /// [`KEY_REQUESTS_PER_ROUND`]. They count as asked from now (also when
     /// the caller finds no device to ask: they are due again after their
     /// wait, or when a device of ours appears).
@@ -327,6 +335,7 @@ impl PendingDecryptions {
         &mut self,
         now: Timestamp,
         is_open: impl Fn(&RoomId, &str) -> bool,
+        backup_first: bool,
     ) -> Vec<(OwnedRoomId, String)> {
         if self.asks_held_until.is_some_and(|until| now < until) {
             return Vec::new();
@@ -337,6 +346,7 @@ impl PendingDecryptions {
         let due: Vec<(OwnedRoomId, String)> = wanted
             .iter()
             .filter(|(room_id, session_id)| !is_open(room_id, session_id))
+            .filter(|key| !backup_first || self.looked.contains_key(*key))
             .filter(|key| self.asked.get(*key).is_none_or(|&(at, times)| reask_at(at, times) <= now))
             .take(KEY_REQUESTS_PER_ROUND)
             .cloned()

@@ -85,17 +85,17 @@ fn missing_keys_are_asked_once_per_open_request_and_at_most_twenty_per_round() {
     pending.record(event(100, "s0", 0));
     let open = |_: &RoomId, session: &str| session == "s1";
     let now = Timestamp::from_millis(1_000_000);
-    assert_eq!(pending.key_requests_deadline(open), Some(Timestamp::EPOCH), "due at once");
-    let due = pending.take_key_requests(now, open);
+    assert_eq!(pending.key_requests_deadline(open, false), Some(Timestamp::EPOCH), "due at once");
+    let due = pending.take_key_requests(now, open, false);
     assert_eq!(due.len(), KEY_REQUESTS_PER_ROUND);
     assert_eq!(due[0], key(0));
     assert_eq!(due[1], key(2), "s1 has a request open");
     assert_eq!(due.iter().collect::<BTreeSet<_>>().len(), due.len(), "each key once");
     let later = now.saturating_add(ROUND_INTERVAL);
-    let next = pending.take_key_requests(later, open);
+    let next = pending.take_key_requests(later, open, false);
     assert_eq!(next.len(), 30 - 1 - KEY_REQUESTS_PER_ROUND, "the next round takes the rest");
     assert!(next.iter().all(|k| !due.contains(k)));
-    assert!(pending.take_key_requests(later, open).is_empty(), "every key was asked");
+    assert!(pending.take_key_requests(later, open, false).is_empty(), "every key was asked");
 }
 
 #[test]
@@ -104,19 +104,19 @@ fn an_asked_key_is_asked_again_with_a_doubling_wait_and_at_once_when_a_device_of
     let never_open = |_: &RoomId, _: &str| false;
     let at = |secs: u64| Timestamp::from_millis(secs * 1000);
     let first = KEY_REASK_FIRST.as_secs();
-    assert_eq!(pending.take_key_requests(at(0), never_open), [key(0)]);
-    assert_eq!(pending.key_requests_deadline(never_open), Some(at(first)));
-    assert!(pending.take_key_requests(at(first - 1), never_open).is_empty(), "waits");
-    assert_eq!(pending.take_key_requests(at(first), never_open), [key(0)], "asked again after the wait");
-    assert_eq!(pending.key_requests_deadline(never_open), Some(at(3 * first)), "the wait doubled");
-    assert_eq!(pending.key_requests_deadline(|_, _| true), None, "nothing to ask while a request is open");
+    assert_eq!(pending.take_key_requests(at(0), never_open, false), [key(0)]);
+    assert_eq!(pending.key_requests_deadline(never_open, false), Some(at(first)));
+    assert!(pending.take_key_requests(at(first - 1), never_open, false).is_empty(), "waits");
+    assert_eq!(pending.take_key_requests(at(first), never_open, false), [key(0)], "asked again after the wait");
+    assert_eq!(pending.key_requests_deadline(never_open, false), Some(at(3 * first)), "the wait doubled");
+    assert_eq!(pending.key_requests_deadline(|_, _| true, false), None, "nothing to ask while a request is open");
     pending.own_devices_changed();
-    assert_eq!(pending.key_requests_deadline(never_open), Some(Timestamp::EPOCH));
+    assert_eq!(pending.key_requests_deadline(never_open, false), Some(Timestamp::EPOCH));
     for n in 0..40 {
-        pending.take_key_requests(at(n * KEY_REASK_MAX.as_secs()), never_open);
+        pending.take_key_requests(at(n * KEY_REASK_MAX.as_secs()), never_open, false);
     }
     let last = at(39 * KEY_REASK_MAX.as_secs());
-    assert_eq!(pending.key_requests_deadline(never_open), Some(last.saturating_add(KEY_REASK_MAX)), "capped");
+    assert_eq!(pending.key_requests_deadline(never_open, false), Some(last.saturating_add(KEY_REASK_MAX)), "capped");
 }
 
 #[test]
@@ -257,11 +257,11 @@ fn a_round_that_reaches_its_cap_holds_the_next_for_the_round_interval() {
     let mut pending = holding(0..(3 * KEY_REQUESTS_PER_ROUND));
     let never_open = |_: &RoomId, _: &str| false;
     let now = Timestamp::from_millis(1_000_000);
-    assert_eq!(pending.take_key_requests(now, never_open).len(), KEY_REQUESTS_PER_ROUND);
-    assert_eq!(pending.key_requests_deadline(never_open), Some(now.saturating_add(ROUND_INTERVAL)));
-    assert!(pending.take_key_requests(now, never_open).is_empty(), "held");
+    assert_eq!(pending.take_key_requests(now, never_open, false).len(), KEY_REQUESTS_PER_ROUND);
+    assert_eq!(pending.key_requests_deadline(never_open, false), Some(now.saturating_add(ROUND_INTERVAL)));
+    assert!(pending.take_key_requests(now, never_open, false).is_empty(), "held");
     let next = now.saturating_add(ROUND_INTERVAL);
-    assert_eq!(pending.take_key_requests(next, never_open).len(), KEY_REQUESTS_PER_ROUND);
+    assert_eq!(pending.take_key_requests(next, never_open, false).len(), KEY_REQUESTS_PER_ROUND);
 
     let fresh = BackupReadDue { recheck: false };
     assert_eq!(pending.take_backup_lookups(("1", "e"), fresh, now).len(), BACKUP_LOOKUPS_PER_ROUND);
@@ -282,4 +282,16 @@ fn an_event_recorded_after_its_key_was_stored_is_retried() {
     assert_eq!(pending.take_retries().len(), 1);
     pending.record(event(8, "s8", 0));
     assert!(!pending.retry_due(), "a session whose key was not stored");
+}
+
+#[test]
+fn with_a_readable_backup_a_key_is_asked_of_our_devices_only_after_the_backup_was_searched() {
+    let mut pending = holding([0]);
+    let never_open = |_: &RoomId, _: &str| false;
+    let now = Timestamp::from_millis(1_000_000);
+    assert_eq!(pending.key_requests_deadline(never_open, true), None, "the backup first");
+    assert!(pending.take_key_requests(now, never_open, true).is_empty());
+    pending.take_backup_lookups(("1", "e"), BackupReadDue { recheck: false }, now);
+    assert_eq!(pending.key_requests_deadline(never_open, true), Some(Timestamp::EPOCH), "not in the backup");
+    assert_eq!(pending.take_key_requests(now, never_open, true), [key(0)]);
 }
