@@ -15,6 +15,7 @@ mod convert;
 mod key;
 mod server;
 mod session_data;
+mod upload;
 
 pub use auth::{BackupAuthData, BackupInfo, BackupTrust};
 pub(crate) use convert::{backup_entry, session_from_backup};
@@ -22,6 +23,7 @@ pub use key::{BackupDecryptionKey, BackupEncryptionKey, BackupKeyError};
 pub(crate) use server::judge;
 pub use server::{BackupDisabledReason, MAX_VERSION_OR_ETAG_BYTES, ServerBackup};
 pub use session_data::{BackedUpRoomKey, EncryptedSessionData, KeyBackupData};
+pub(crate) use upload::Uploads;
 
 /// The backup algorithm hush reads and writes.
 pub const BACKUP_ALGORITHM: &str = "m.megolm_backup.v1.curve25519-aes-sha2";

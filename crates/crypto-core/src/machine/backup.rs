@@ -10,15 +10,15 @@ mod read;
 use std::collections::{BTreeMap, BTreeSet};
 
 use ruma_client_api::backup::{RoomKeyBackup, add_backup_keys};
-use ruma_common::{OwnedDeviceId, OwnedRoomId, OwnedTransactionId, serde::Raw};
+use ruma_common::{OwnedDeviceId, OwnedRoomId, serde::Raw};
 use serde::{Deserialize, Serialize};
 
 use super::{OlmMachine, lock};
 use crate::{
     AnyOutgoingRequest, KeySource, OutgoingRequest, StoreError,
     backup::{
-        BackupDecryptionKey, BackupEncryptionKey, BackupInfo, BackupKeyError, BackupTrust, KeyBackupData, backup_entry,
-        session_from_backup,
+        BackupDecryptionKey, BackupEncryptionKey, BackupInfo, BackupKeyError, BackupTrust, KeyBackupData, Uploads,
+        backup_entry, session_from_backup,
     },
     contain::contain,
     identities::KeyRole,
@@ -79,16 +79,8 @@ fn complete() -> bool {
 #[derive(Debug, Default)]
 pub(super) struct BackupState {
     active: Option<(StoredBackup, BackupEncryptionKey)>,
-    /// The upload in flight and the keys it carries.
-    in_flight: Option<(OwnedTransactionId, Vec<RoomKeyRef>)>,
-    /// Whether an upload is being prepared (the queue read, keys encrypted).
-    preparing: bool,
-    /// Keys stored again (a better copy) since the current upload started
-    /// to be prepared: its answer must not take them off the queue.
-    requeued: BTreeSet<RoomKeyRef>,
-    /// Whether the persisted queue may hold keys (set when keys are queued
-    /// and at start; cleared when a look finds it empty).
-    maybe_pending: bool,
+    /// The uploads to it (see `backup/upload`).
+    pub(super) uploads: Uploads,
     /// The public part of the backup private key we hold, if any.
     held: Option<BackupEncryptionKey>,
     /// The next read of the server's backup enables it if it matches the
@@ -110,14 +102,14 @@ impl BackupState {
             .await?
             .and_then(|secret| BackupDecryptionKey::from_base64(&secret).ok())
             .map(|key| key.public_key());
-        Ok(Self { active, maybe_pending: true, held, ..Default::default() })
+        Ok(Self { active, held, ..Default::default() })
     }
 
     /// A fresh state for `active` (or none), keeping what is known of the
     /// key we hold.
     fn reset(&mut self, active: Option<(StoredBackup, BackupEncryptionKey)>) {
         let held = self.held.take();
-        *self = Self { active, maybe_pending: true, held, ..Default::default() };
+        *self = Self { active, held, ..Default::default() };
     }
 
     /// Whether enabling was cut short before every held key was queued.
@@ -229,7 +221,7 @@ impl OlmMachine {
         self.cancel_backup_uploads();
         let changes =
             Changes { clear_backup_queue: true, custom_values: vec![record(Some(&stored))], ..Default::default() };
-        self.inner.store.save_changes(changes).await?;
+        self.save(None, None, changes).await?;
         lock(&self.inner.backup).reset(Some((stored.clone(), key)));
         tracing::info!(version = %info.version, ?trust, "key backup enabled");
         self.queue_all_held_keys(stored).await?;
@@ -255,7 +247,7 @@ impl OlmMachine {
                 .map(|s| RoomKeyRef { room_id: s.room_id, session_id: s.session_id })
                 .collect();
             if !queue.is_empty() {
-                self.inner.store.save_changes(Changes { backup_queue: queue, ..Default::default() }).await?;
+                self.save(None, None, Changes { backup_queue: queue, ..Default::default() }).await?;
             }
             if !full {
                 break;
@@ -268,10 +260,7 @@ impl OlmMachine {
             // Disabled or replaced meanwhile: its record must not come back.
             return Ok(());
         }
-        self.inner
-            .store
-            .save_changes(Changes { custom_values: vec![record(Some(&stored))], ..Default::default() })
-            .await?;
+        self.save(None, None, Changes { custom_values: vec![record(Some(&stored))], ..Default::default() }).await?;
         let mut state = lock(&self.inner.backup);
         if let Some((active, _)) = state.active.as_mut().filter(|(active, _)| active.version == stored.version) {
             active.queued_all = true;
@@ -283,7 +272,7 @@ impl OlmMachine {
     /// newer version): the queue is emptied, and any upload request cancelled.
     pub async fn disable_backup(&self) -> Result<(), StoreError> {
         let changes = Changes { clear_backup_queue: true, custom_values: vec![record(None)], ..Default::default() };
-        self.inner.store.save_changes(changes).await?;
+        self.save(None, None, changes).await?;
         self.cancel_backup_uploads();
         lock(&self.inner.backup).reset(None);
         Ok(())
@@ -334,7 +323,7 @@ impl OlmMachine {
             tracing::info!(version = %stored.version, "resuming the queueing of held keys for the backup");
             self.queue_all_held_keys(stored).await?;
         }
-        if !lock(&self.inner.backup).maybe_pending {
+        if !lock(&self.inner.backup).uploads.may_have_keys() {
             return Ok(());
         }
         match self.backup_room_keys().await {
@@ -343,7 +332,7 @@ impl OlmMachine {
             Err(error) => {
                 // Not retried on every call: the next key queued, or the
                 // next start, tries again.
-                lock(&self.inner.backup).maybe_pending = false;
+                lock(&self.inner.backup).uploads.nothing_to_upload();
                 tracing::warn!(%error, "a backup upload could not be prepared");
                 Ok(())
             }
@@ -357,26 +346,28 @@ impl OlmMachine {
     pub async fn backup_room_keys(&self) -> Result<Option<OutgoingRequest>, BackupError> {
         let (version, key) = {
             let mut state = lock(&self.inner.backup);
-            match (&state.active, &state.in_flight, state.preparing) {
-                (Some((stored, key)), None, false) => {
-                    let active = (stored.version.clone(), *key);
-                    // From here on, a key stored again is remembered.
-                    state.preparing = true;
-                    state.requeued.clear();
-                    active
-                }
-                _ => return Ok(None),
+            let Some((stored, key)) = &state.active else { return Ok(None) };
+            let active = (stored.version.clone(), *key);
+            if !state.uploads.begin() {
+                return Ok(None);
             }
+            active
         };
         let prepared = self.prepare_backup_upload(&version, &key).await;
         let mut state = lock(&self.inner.backup);
-        state.preparing = false;
-        let Some((request, carried)) = prepared? else { return Ok(None) };
-        // Disabled or replaced meanwhile: this upload is for a stale version.
-        if state.active.as_ref().is_none_or(|(stored, _)| stored.version != version) {
-            return Ok(None);
-        }
-        state.in_flight = Some((request.request_id().to_owned(), carried));
+        // Disabled or replaced meanwhile (the state was reset): this upload
+        // is for a stale version.
+        let current = state.active.as_ref().is_some_and(|(stored, _)| stored.version == version);
+        let (request, carried) = match prepared {
+            Ok(Some(prepared)) if current => prepared,
+            other => {
+                if current {
+                    state.uploads.prepared(None);
+                }
+                return other.map(|_| None);
+            }
+        };
+        state.uploads.prepared(Some((request.request_id().to_owned(), carried)));
         drop(state);
         Ok(Some(lock(&self.inner.requests).push(request, Meta::KeysBackup)))
     }
@@ -389,7 +380,7 @@ impl OlmMachine {
     ) -> Result<Option<(OutgoingRequest, Vec<RoomKeyRef>)>, BackupError> {
         let queued = self.inner.store.get_backup_queue(UPLOAD_BATCH).await?;
         if queued.is_empty() {
-            lock(&self.inner.backup).maybe_pending = false;
+            lock(&self.inner.backup).uploads.nothing_to_upload();
             return Ok(None);
         }
         let mut rooms: BTreeMap<OwnedRoomId, RoomKeyBackup> = BTreeMap::new();
@@ -408,7 +399,7 @@ impl OlmMachine {
                 .insert(entry.session_id.clone(), raw.cast_unchecked());
         }
         if !gone.is_empty() {
-            self.inner.store.save_changes(Changes { backed_up: gone, ..Default::default() }).await?;
+            self.save(None, None, Changes { backed_up: gone, ..Default::default() }).await?;
         }
         if rooms.is_empty() {
             return Ok(None);
@@ -425,27 +416,12 @@ impl OlmMachine {
     /// stays in flight until the queue is updated, so no other upload reads
     /// the keys in between.
     pub(super) async fn receive_backup_response(&self, id: &ruma_common::TransactionId) -> Result<(), StoreError> {
-        let done = {
-            let state = lock(&self.inner.backup);
-            match &state.in_flight {
-                Some((in_flight, keys)) if in_flight == id => {
-                    keys.iter().filter(|k| !state.requeued.contains(k)).cloned().collect::<Vec<_>>()
-                }
-                _ => return Ok(()),
-            }
-        };
-        self.inner.store.save_changes(Changes { backed_up: done.clone(), ..Default::default() }).await?;
-        let stored_again: Vec<RoomKeyRef> = {
-            let mut state = lock(&self.inner.backup);
-            if state.in_flight.as_ref().is_some_and(|(in_flight, _)| in_flight == id) {
-                state.in_flight = None;
-            }
-            let requeued = std::mem::take(&mut state.requeued);
-            done.into_iter().filter(|k| requeued.contains(k)).collect()
-        };
+        let Some(done) = lock(&self.inner.backup).uploads.answered(id) else { return Ok(()) };
+        self.save(None, None, Changes { backed_up: done.backed_up.clone(), ..Default::default() }).await?;
+        let stored_again = lock(&self.inner.backup).uploads.finish(id, done);
         // Stored again while we took it off the queue: it goes back on.
         if !stored_again.is_empty() {
-            self.inner.store.save_changes(Changes { backup_queue: stored_again, ..Default::default() }).await?;
+            self.save(None, None, Changes { backup_queue: stored_again, ..Default::default() }).await?;
         }
         if let Err(error) = self.backup_room_keys().await {
             tracing::warn!(%error, "queueing the next backup upload failed");
@@ -467,12 +443,7 @@ impl OlmMachine {
             .filter(|s| s.source != KeySource::Backup)
             .map(|s| RoomKeyRef { room_id: s.room_id.clone(), session_id: s.session_id.clone() })
             .collect();
-        // While an upload is prepared or in flight, any of these may be one
-        // it carries: remember them all (its answer filters).
-        if state.preparing || state.in_flight.is_some() {
-            state.requeued.extend(fresh.iter().cloned());
-        }
-        state.maybe_pending |= !fresh.is_empty();
+        state.uploads.queued(&fresh);
         changes.backup_queue.extend(fresh);
     }
 

@@ -126,7 +126,7 @@ impl OlmMachine {
             _ => {
                 let new = PrivateCrossSigningIdentity::generate(self.user_id());
                 let changes = Changes { private_identity: Some(new.clone()), ..Default::default() };
-                self.inner.store.save_changes(changes).await?;
+                self.save(None, None, changes).await?;
                 *lock(&self.inner.cross_signing) = Some(new.clone());
                 *lock(&self.inner.pending_reset) = None;
                 tracing::info!("made new cross-signing keys");
@@ -161,7 +161,7 @@ impl OlmMachine {
         let identity = UserIdentityData::new_own(master, self_signing, user_signing, known.as_ref());
         let changes =
             Changes { private_identity: Some(private.clone()), identities: vec![identity], ..Default::default() };
-        self.inner.store.save_changes(changes).await?;
+        self.save(None, None, changes).await?;
         *lock(&self.inner.cross_signing) = Some(private);
         if from_pending {
             *lock(&self.inner.pending_reset) = None;
@@ -261,7 +261,7 @@ impl OlmMachine {
         let status = imported.status();
         let changes =
             Changes { private_identity: Some(imported.clone()), identities: vec![identity], ..Default::default() };
-        self.inner.store.save_changes(changes).await?;
+        self.save(None, None, changes).await?;
         *lock(&self.inner.cross_signing) = Some(imported);
         // An abandoned reset is not resumed over keys the user chose to import.
         *lock(&self.inner.pending_reset) = None;
@@ -417,7 +417,7 @@ impl OlmMachine {
             false => self.inner.store.get_user_identity(self.user_id()).await?,
         };
         let state = identity.state(identity_is_verified(&identity, own.as_ref()));
-        self.inner.store.save_changes(Changes { identities: vec![identity], ..Default::default() }).await?;
+        self.save(None, None, Changes { identities: vec![identity], ..Default::default() }).await?;
         drop(account);
         self.announce([EngineEvent::IdentityChanged { user_id: user_id.to_owned(), state }]);
         let mut signed = upload_signatures::v3::SignedKeys::new();
@@ -448,7 +448,7 @@ impl OlmMachine {
         let own = self.inner.store.get_user_identity(self.user_id()).await?;
         let own = if user_id == self.user_id() { Some(&identity) } else { own.as_ref() };
         let state = identity.state(identity_is_verified(&identity, own));
-        self.inner.store.save_changes(Changes { identities: vec![identity], ..Default::default() }).await?;
+        self.save(None, None, Changes { identities: vec![identity], ..Default::default() }).await?;
         self.announce([EngineEvent::IdentityChanged { user_id: user_id.to_owned(), state }]);
         Ok(())
     }
@@ -508,7 +508,7 @@ impl OlmMachine {
         let private = private.ok_or(CrossSigningError::MissingPrivateKey(KeyRole::SelfSigning))?;
         private.sign_json(KeyRole::SelfSigning, device.signed_keys_mut())?;
         let keys = raw(device.signed_keys())?;
-        self.inner.store.save_changes(Changes { devices: vec![device], ..Default::default() }).await?;
+        self.save(None, None, Changes { devices: vec![device], ..Default::default() }).await?;
         let mut signed = upload_signatures::v3::SignedKeys::new();
         signed.add_device_keys(device_id.to_owned(), keys);
         let request = upload_signatures::v3::Request::new(BTreeMap::from([(user_id.to_owned(), signed)]));

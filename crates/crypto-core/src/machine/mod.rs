@@ -566,8 +566,11 @@ impl OlmMachine {
         lock(&self.inner.events).extend(events);
     }
 
-    /// Saves `changes`. On failure the in-memory caches are dropped and the
-    /// account reloaded, so memory never runs ahead of the store.
+    /// Saves `changes`: the engine's one writer to the store once it is
+    /// open (every batch goes through here, so every stored room key is
+    /// queued for the backup and every failure rolls memory back). On
+    /// failure the in-memory caches are dropped and the account reloaded,
+    /// so memory never runs ahead of the store.
     async fn save(
         &self,
         account: Option<&mut Account>,

@@ -153,13 +153,7 @@ impl OlmMachine {
     /// and the server's current version is read to decide whether the
     /// backup is gone.
     pub(in crate::machine) fn receive_backup_upload_refused(&self, id: &ruma_common::TransactionId) {
-        {
-            let mut state = lock(&self.inner.backup);
-            if state.in_flight.as_ref().is_some_and(|(in_flight, _)| in_flight == id) {
-                state.in_flight = None;
-            }
-            state.maybe_pending = false;
-        }
+        lock(&self.inner.backup).uploads.refused(id);
         self.queue_backup_read();
     }
 }
