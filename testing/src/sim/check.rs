@@ -15,8 +15,9 @@ use super::{
 /// Settle rounds (ten minutes apart) before the network must be quiet.
 const SETTLE_ROUNDS: usize = 12;
 /// The pauses between a settle's phases, in hours (the last longer than
-/// the longest wait between two sendings of open room-key requests).
-const SETTLE_PAUSES_HOURS: [u64; 3] = [2, 2, 25];
+/// the longest wait between two sendings of open room-key requests and
+/// than a device keeps a request it could not answer better: a week).
+const SETTLE_PAUSES_HOURS: [u64; 3] = [2, 2, 7 * 24 + 1];
 
 impl World {
     /// Every unreadable event a device holds has a cause the truth
@@ -61,7 +62,7 @@ impl World {
         }
         // Phases until quiet, with time passing between them so that
         // timers that wait (the resend of open room-key requests, whose
-        // wait doubles up to a day) get to run.
+        // wait doubles up to a week) get to run.
         for pause_hours in SETTLE_PAUSES_HOURS {
             self.settle_until_quiet().await?;
             self.clock.advance(Duration::from_secs(pause_hours * 3600));

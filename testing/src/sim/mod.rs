@@ -17,7 +17,7 @@
 //! a decrypted event names its real sender device, and a forwarded key
 //! reaches only a device that verified one of its own. A settle (faults
 //! paused, killed devices reopened, held messages delivered, every device
-//! synced until quiet in three phases two hours apart) adds the strict
+//! synced until quiet in four phases, the last a week later) adds the strict
 //! checks: only a recorded fault on the sender's path since its session
 //! began excuses a key that never came; no event stays unreadable whose key
 //! is in a backup the device can read, or held by an own device it and

@@ -5,8 +5,10 @@
 //! (every field from outside checked and bounded), the requests we have
 //! outstanding (persisted), who may be answered and whose answer is taken.
 //! The engine (`machine/gossip.rs`) routes sync events here and sends what
-//! the rules decide. `budget` bounds how many requests one sync handles,
-//! per device of ours, counted only once the sender is checked.
+//! the rules decide: `policy` judges who may ask and answer, `budget`
+//! bounds how many requests one sync handles, per device of ours, counted
+//! only once the sender is checked, `answers` keeps the answers that could
+//! not go out yet, `resend` says when our open requests are sent again.
 //!
 //! The rules, against the attacks published on Matrix clients (Albrecht et
 //! al., "Practically-exploitable cryptographic vulnerabilities in Matrix",
@@ -22,17 +24,23 @@
 //!   claimed by the forwarder), never replaces an authenticated or
 //!   differently owned key, and is marked [`KeySource::Forwarded`](crate::KeySource::Forwarded).
 
+pub mod answers;
 pub mod budget;
 mod content;
 mod error;
+mod policy;
 mod requests;
+pub mod resend;
 
+pub(crate) use answers::{Answer, Asked, KeptAnswers};
 pub use budget::RequestBudget;
 pub use content::{ForwardedRoomKey, GossipAction, IncomingKeyRequest, IncomingSecretRequest, SecretSend};
 pub(crate) use content::{forwarded_key_content, key_request_content, secret_request_content, secret_send_content};
 pub use error::GossipError;
+pub(crate) use policy::{Counterpart, judge_own_device};
 pub(crate) use requests::{GOSSIP_RECORD, GossipRequests};
 pub use requests::{GossipKind, GossipRequest};
+pub(crate) use resend::ResendClock;
 
 /// The event type of a secret request (and its cancellation).
 pub const SECRET_REQUEST: &str = "m.secret.request";

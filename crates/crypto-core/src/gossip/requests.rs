@@ -30,6 +30,13 @@ pub enum GossipKind {
     },
 }
 
+impl GossipKind {
+    /// Whether it asks for a room key.
+    pub fn is_room_key(&self) -> bool {
+        matches!(self, Self::RoomKey { .. })
+    }
+}
+
 /// One open request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GossipRequest {

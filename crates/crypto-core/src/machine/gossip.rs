@@ -6,9 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ruma_client_api::to_device::send_event_to_device;
-use ruma_common::{
-    DeviceId, OwnedDeviceId, OwnedRoomId, OwnedUserId, RoomId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices,
-};
+use ruma_common::{DeviceId, OwnedDeviceId, OwnedUserId, RoomId, UserId, serde::Raw, to_device::DeviceIdOrAllDevices};
 use ruma_events::ToDeviceEventType;
 use serde_json::Value;
 use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
@@ -19,9 +17,10 @@ use crate::{
     backup::{BackupDecryptionKey, BackupInfo},
     events::{EngineEvent, RoomKeyInfo},
     gossip::{
-        ForwardedRoomKey, GossipAction, GossipError, GossipKind, GossipRequest, GossipRequests, IncomingKeyRequest,
-        IncomingSecretRequest, ROOM_KEY_REQUEST, RequestBudget, SECRET_REQUEST, SECRET_SEND, SecretSend,
-        forwarded_key_content, key_request_content, secret_request_content, secret_send_content,
+        Answer, Asked, Counterpart, ForwardedRoomKey, GossipAction, GossipError, GossipKind, GossipRequest,
+        GossipRequests, IncomingKeyRequest, IncomingSecretRequest, KeptAnswers, ROOM_KEY_REQUEST, RequestBudget,
+        ResendClock, SECRET_REQUEST, SECRET_SEND, SecretSend, forwarded_key_content, judge_own_device,
+        key_request_content, secret_request_content, secret_send_content,
     },
     identities::CrossSigningKeyExport,
     olm::{OlmDecryptionInfo, OlmEncryptionError},
@@ -45,44 +44,25 @@ struct DevicesAsking {
 /// The most open requests sent again at start (the oldest first).
 const RESENT_AT_START: usize = 64;
 
-/// The most answers kept waiting for an Olm session with their device.
-const MAX_WAITING: usize = 64;
-/// How many times a waiting answer is tried before it is dropped.
-const MAX_WAIT_TRIES: u8 = 5;
-/// The most answers kept for room keys we did not hold when asked.
-const MAX_AWAITING_KEYS: usize = 64;
-/// How long such an answer is kept.
-const AWAITING_KEY_FOR: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
-/// Open room-key requests are sent again after this long, then after
-/// twice as long each time (up to [`RESEND_MAX`]): a device of ours that
-/// had no copy, or a worse one, when it answered may have a better one now
-/// (from the backup, from the sender), and a device that was added since
-/// never saw the request.
-const RESEND_FIRST: std::time::Duration = std::time::Duration::from_secs(30 * 60);
-/// The longest wait between two sendings of the open room-key requests.
-const RESEND_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
-
-/// Gossip state in memory: the open requests (mirrored in the store) and
-/// the answers waiting for a session (not persisted: the asking device
-/// asks again).
+/// Gossip state in memory: the open requests (mirrored in the store), the
+/// answers kept for later and the resend clock (not persisted: the asking
+/// device asks again, and every open request is sent at start).
 #[derive(Debug, Default)]
 pub(super) struct GossipState {
     requests: GossipRequests,
     /// Whether the requests not sent before a restart were queued again.
     relisted: bool,
-    waiting: Vec<WaitingAnswer>,
-    /// Room-key requests of our verified devices, kept a day (or until the
-    /// asker cancels, which it does once a key satisfied it): one we could
-    /// not answer yet, or answered with a copy from some index, is answered
+    /// Answers waiting for a session with their device, and room-key
+    /// requests of our verified devices kept a week (or until the asker
+    /// cancels, which it does once a key satisfied it): one we could not
+    /// answer yet, or answered with a copy from some index, is answered
     /// (again) at a later sync once we hold the key, or a copy reaching
     /// further back (it may come over Olm, forwarded, from the backup or a
     /// file). A new login often asks before our device that will hold the
     /// key got it, or got its best copy.
-    awaiting_key: Vec<AwaitingKey>,
-    /// When the open room-key requests are sent again (set at the first
-    /// `outgoing_requests` after a request opened), and the wait after that.
-    resend_at: Option<Timestamp>,
-    resend_wait: Option<std::time::Duration>,
+    answers: KeptAnswers,
+    /// When the open room-key requests are sent again.
+    resend: ResendClock,
 }
 
 impl GossipState {
@@ -90,32 +70,6 @@ impl GossipState {
     pub(super) fn from_record(record: Option<&[u8]>) -> Self {
         Self { requests: GossipRequests::from_record(record), ..Default::default() }
     }
-}
-
-/// An answer for a device we have no Olm session with yet.
-#[derive(Debug, Clone)]
-struct WaitingAnswer {
-    device_id: OwnedDeviceId,
-    request_id: String,
-    what: Answer,
-    tries: u8,
-}
-
-/// A room-key request kept for a later answer.
-#[derive(Debug, Clone)]
-struct AwaitingKey {
-    answer: WaitingAnswer,
-    asked: Timestamp,
-    /// The first index of the copy we sent, if we sent one.
-    sent_from: Option<u32>,
-}
-
-/// What is asked (the content is built when it is sent, so no secret
-/// waits in memory).
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Answer {
-    Secret(String),
-    RoomKey(OwnedRoomId, String),
 }
 
 /// A request of one of our devices, or an answer to one of ours, read from
@@ -214,15 +168,16 @@ impl OlmMachine {
                 Some(open) => gossip.requests.close(&open.request_id),
                 None => None,
             };
-            if matches!(kind, GossipKind::RoomKey { .. }) {
-                // A new request: the resend clock starts over.
-                gossip.resend_at = None;
-                gossip.resend_wait = None;
+            let open = gossip.requests.sent().into_iter().chain(gossip.requests.unsent());
+            let room_key_open = open.into_iter().any(|r| r.kind.is_room_key());
+            if kind.is_room_key() && !room_key_open {
+                // The first open room-key request: the resend clock starts.
+                gossip.resend.restart();
             }
             let dropped = gossip.requests.open(request_id.clone(), kind, expected_public_key);
             (gossip.requests.record(), dropped, replaced)
         };
-        let saved = self.inner.store.save_changes(Changes { custom_values: vec![record], ..Default::default() }).await;
+        let saved = self.save(None, None, Changes { custom_values: vec![record], ..Default::default() }).await;
         if let Err(error) = saved {
             // Memory follows the store: the request is not open.
             let mut gossip = lock(&self.inner.gossip);
@@ -292,7 +247,7 @@ impl OlmMachine {
         for request in unsent {
             self.queue_gossip_request(&request, GossipAction::Request);
         }
-        if lock(&self.inner.gossip).resend_at.is_none() {
+        if !lock(&self.inner.gossip).resend.started() {
             self.resend_open_room_key_requests(now);
         }
         self.retry_waiting_answers(now).await
@@ -302,7 +257,7 @@ impl OlmMachine {
     pub(super) fn gossip_deadline(&self) -> Option<Timestamp> {
         let gossip = lock(&self.inner.gossip);
         let open = gossip.requests.sent().iter().any(|r| matches!(r.kind, GossipKind::RoomKey { .. }));
-        gossip.resend_at.filter(|_| open)
+        gossip.resend.deadline().filter(|_| open)
     }
 
     /// Starts the resend clock (at the first call after a request opened)
@@ -311,17 +266,9 @@ impl OlmMachine {
     pub(super) fn resend_open_room_key_requests(&self, now: Timestamp) {
         let due = {
             let mut gossip = lock(&self.inner.gossip);
-            let wait = gossip.resend_wait.unwrap_or(RESEND_FIRST);
-            match gossip.resend_at {
-                None => {
-                    gossip.resend_at = Some(now.saturating_add(wait));
-                    gossip.resend_wait = Some(wait);
-                    Vec::new()
-                }
-                Some(at) if at <= now => {
-                    let next = (wait * 2).min(RESEND_MAX);
-                    gossip.resend_at = Some(now.saturating_add(next));
-                    gossip.resend_wait = Some(next);
+            match gossip.resend.tick(now) {
+                false => Vec::new(),
+                true => {
                     let mut open: Vec<GossipRequest> = gossip
                         .requests
                         .sent()
@@ -332,7 +279,6 @@ impl OlmMachine {
                     open.truncate(RESENT_AT_START);
                     open
                 }
-                Some(_) => Vec::new(),
             }
         };
         for request in due {
@@ -347,9 +293,7 @@ impl OlmMachine {
             gossip.requests.mark_sent(request_id).then(|| gossip.requests.record())
         };
         match record {
-            Some(record) => {
-                self.inner.store.save_changes(Changes { custom_values: vec![record], ..Default::default() }).await
-            }
+            Some(record) => self.save(None, None, Changes { custom_values: vec![record], ..Default::default() }).await,
             None => Ok(()),
         }
     }
@@ -428,10 +372,9 @@ impl OlmMachine {
     }
 
     /// Whether `device_id` is one of our other devices, known, not deleted
-    /// and verified; otherwise why not. With `olm_keys` (the keys an Olm
-    /// session authenticated), the stored device must have exactly those
-    /// keys: a device id alone is only claimed (`sender_device_keys` can
-    /// name any id, self-signed by a key pair of the sender's making).
+    /// and verified (and, with `olm_keys`, the device those keys belong
+    /// to); otherwise why not. The facts are gathered here, the verdict is
+    /// [`judge_own_device`]'s.
     async fn check_own_verified_device(
         &self,
         sender: &UserId,
@@ -439,24 +382,17 @@ impl OlmMachine {
         olm_keys: Option<(Curve25519PublicKey, Ed25519PublicKey)>,
         event_type: &'static str,
     ) -> Result<Result<(), GossipError>, StoreError> {
-        if sender != self.user_id() {
-            return Ok(Err(GossipError::NotOurUser { event_type, sender: sender.to_owned() }));
-        }
-        let known = self
-            .inner
-            .store
-            .get_device(sender, device_id)
-            .await?
-            .filter(|d| !d.is_deleted())
-            .filter(|d| olm_keys.is_none_or(|(curve, ed)| d.curve25519_key() == curve && d.ed25519_key() == ed));
-        if known.is_none() {
-            return Ok(Err(GossipError::UnknownDevice(event_type)));
-        }
-        let verified = self.device_trust(sender, device_id).await?.is_some_and(|t| t.is_verified());
-        Ok(match verified {
-            true => Ok(()),
-            false => Err(GossipError::UnverifiedDevice { event_type, device_id: device_id.to_owned() }),
-        })
+        let stored = match sender == self.user_id() {
+            true => self.inner.store.get_device(sender, device_id).await?,
+            false => None,
+        };
+        let stored = stored.map(|d| ((d.curve25519_key(), d.ed25519_key()), d.is_deleted()));
+        let verified = match stored {
+            Some(_) => self.device_trust(sender, device_id).await?.is_some_and(|t| t.is_verified()),
+            None => false,
+        };
+        let counterpart = Counterpart { sender, device_id, stored, olm_keys, verified };
+        Ok(judge_own_device(self.user_id(), &counterpart, event_type))
     }
 
     async fn receive_secret_request(
@@ -471,16 +407,11 @@ impl OlmMachine {
         let Some(name) = request.name.clone().filter(|_| request.action == GossipAction::Request) else {
             // Only the device that asked withdraws its request.
             if sender == self.user_id() {
-                self.drop_waiting(&request.request_id, &request.requesting_device_id);
+                lock(&self.inner.gossip).answers.withdraw(&request.request_id, &request.requesting_device_id);
             }
             return Ok(());
         };
-        let answer = WaitingAnswer {
-            device_id: request.requesting_device_id,
-            request_id: request.request_id,
-            what: Answer::Secret(name),
-            tries: 0,
-        };
+        let answer = Answer::new(request.requesting_device_id, request.request_id, Asked::Secret(name));
         self.send_answer(answer, now).await
     }
 
@@ -497,16 +428,21 @@ impl OlmMachine {
         else {
             // Only the device that asked withdraws its request.
             if sender == self.user_id() {
-                self.drop_waiting(&request.request_id, &request.requesting_device_id);
+                lock(&self.inner.gossip).answers.withdraw(&request.request_id, &request.requesting_device_id);
             }
             return Ok(());
         };
-        let answer = WaitingAnswer {
-            device_id: request.requesting_device_id,
-            request_id: request.request_id,
-            what: Answer::RoomKey(room_id, session_id),
-            tries: 0,
-        };
+        // Asked again (our device sends its open requests again now and
+        // then): answered again only with a better copy than the one sent.
+        let sent = lock(&self.inner.gossip).answers.sent_copy_from(&request.request_id, &request.requesting_device_id);
+        if let Some(sent) = sent {
+            let held = self.load_inbound(&room_id, &session_id).await?.map(|s| s.first_known_index());
+            if held.is_none_or(|held| held >= sent) {
+                tracing::debug!(request_id = %request.request_id, "asked again for a key we sent, with no better copy");
+                return Ok(());
+            }
+        }
+        let answer = Answer::new(request.requesting_device_id, request.request_id, Asked::RoomKey(room_id, session_id));
         self.send_answer(answer, now).await
     }
 
@@ -514,13 +450,13 @@ impl OlmMachine {
     async fn answer_content(
         &self,
         request_id: &str,
-        what: &Answer,
+        what: &Asked,
     ) -> Result<Option<(&'static str, Value)>, StoreError> {
         Ok(match what {
-            Answer::Secret(name) => {
+            Asked::Secret(name) => {
                 self.held_secret(name).await?.map(|secret| ("m.secret.send", secret_send_content(request_id, &secret)))
             }
-            Answer::RoomKey(room_id, session_id) => self
+            Asked::RoomKey(room_id, session_id) => self
                 .load_inbound(room_id, session_id)
                 .await?
                 .and_then(|session| forwarded_key_content(&session))
@@ -542,13 +478,13 @@ impl OlmMachine {
 
     /// Sends an answer over Olm; without a session with the device, the
     /// answer waits and a claim is queued.
-    async fn send_answer(&self, mut answer: WaitingAnswer, now: Timestamp) -> Result<(), StoreError> {
+    async fn send_answer(&self, answer: Answer, now: Timestamp) -> Result<(), StoreError> {
         // Checked at every attempt, not only when the request came: an
         // answer kept for later (a key we did not hold yet, a session to
         // claim) goes only to a device that is still ours and verified.
-        let event_type = match answer.what {
-            Answer::Secret(_) => SECRET_REQUEST,
-            Answer::RoomKey(..) => ROOM_KEY_REQUEST,
+        let event_type = match answer.asked {
+            Asked::Secret(_) => SECRET_REQUEST,
+            Asked::RoomKey(..) => ROOM_KEY_REQUEST,
         };
         if let Err(refused) =
             self.check_own_verified_device(self.user_id(), &answer.device_id, None, event_type).await?
@@ -556,90 +492,54 @@ impl OlmMachine {
             tracing::info!(%refused, "a kept answer was dropped");
             return Ok(());
         }
-        let Some((event_type, content)) = self.answer_content(&answer.request_id, &answer.what).await? else {
-            tracing::info!(what = ?answer.what, "asked for something we do not hold");
-            self.keep_for_later(answer, now, None);
+        let Some((event_type, content)) = self.answer_content(&answer.request_id, &answer.asked).await? else {
+            tracing::info!(asked = ?answer.asked, "asked for something we do not hold");
+            lock(&self.inner.gossip).answers.await_better_key(answer, now, None);
             return Ok(());
         };
         let own = self.user_id().to_owned();
         let result = self.encrypt_to_device(&[(&own, &answer.device_id)], event_type, &content, now).await?;
         if !result.failures.iter().any(|f| matches!(f, OlmEncryptionError::NoSession { .. })) {
             tracing::info!(device_id = %answer.device_id, event_type, "answered a request of our own device");
-            if let Answer::RoomKey(room_id, session_id) = &answer.what {
+            if let Asked::RoomKey(room_id, session_id) = &answer.asked {
                 let sent_from = self.load_inbound(room_id, session_id).await?.map(|s| s.first_known_index());
-                self.keep_for_later(answer, now, sent_from);
+                lock(&self.inner.gossip).answers.await_better_key(answer, now, sent_from);
             }
             return Ok(());
         }
-        answer.tries += 1;
-        if answer.tries > MAX_WAIT_TRIES {
-            tracing::info!(device_id = %answer.device_id, "no Olm session with the asking device; answer dropped");
-            return Ok(());
+        let device = answer.device_id.clone();
+        match lock(&self.inner.gossip).answers.wait_for_session(answer) {
+            true => {
+                self.claim_request(vec![(own, device)], now);
+            }
+            false => tracing::info!(device_id = %device, "no Olm session with the asking device; answer dropped"),
         }
-        self.claim_request(vec![(own, answer.device_id.clone())], now);
-        let mut gossip = lock(&self.inner.gossip);
-        gossip.waiting.retain(|w| w.request_id != answer.request_id || w.device_id != answer.device_id);
-        if gossip.waiting.len() >= MAX_WAITING {
-            gossip.waiting.remove(0);
-        }
-        gossip.waiting.push(answer);
         Ok(())
     }
 
     /// Tries the answers waiting for a session whose claim is not in flight.
     async fn retry_waiting_answers(&self, now: Timestamp) -> Result<(), StoreError> {
         let being_claimed = lock(&self.inner.requests).devices_being_claimed();
-        let ready: Vec<WaitingAnswer> = {
-            let mut gossip = lock(&self.inner.gossip);
-            let own = self.user_id().to_owned();
-            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut gossip.waiting)
-                .into_iter()
-                .partition(|w| !being_claimed.contains(&(own.clone(), w.device_id.clone())));
-            gossip.waiting = still;
-            ready
-        };
+        let own = self.user_id().to_owned();
+        let ready = lock(&self.inner.gossip)
+            .answers
+            .take_ready(|device| being_claimed.contains(&(own.clone(), device.to_owned())));
         for answer in ready {
             self.send_answer(answer, now).await?;
         }
         Ok(())
     }
 
-    fn drop_waiting(&self, request_id: &str, device_id: &DeviceId) {
-        let mut gossip = lock(&self.inner.gossip);
-        gossip.waiting.retain(|w| w.request_id != request_id || w.device_id != device_id);
-        gossip.awaiting_key.retain(|k| k.answer.request_id != request_id || k.answer.device_id != device_id);
-    }
-
-    /// Keeps a room-key request for a later answer (see `awaiting_key`),
-    /// replacing an earlier entry for it; the day counts from the first.
-    fn keep_for_later(&self, answer: WaitingAnswer, now: Timestamp, sent_from: Option<u32>) {
-        if !matches!(answer.what, Answer::RoomKey(..)) {
-            return;
-        }
-        let mut gossip = lock(&self.inner.gossip);
-        let same = |k: &AwaitingKey| k.answer.request_id == answer.request_id && k.answer.device_id == answer.device_id;
-        let asked = gossip.awaiting_key.iter().find(|k| same(k)).map_or(now, |k| k.asked);
-        gossip.awaiting_key.retain(|k| !same(k));
-        if gossip.awaiting_key.len() >= MAX_AWAITING_KEYS {
-            gossip.awaiting_key.remove(0);
-        }
-        gossip.awaiting_key.push(AwaitingKey { answer, asked, sent_from });
-    }
-
     /// Answers the kept requests whose key we now hold, or hold from an
     /// earlier index than the copy we sent (checked in the store: however
-    /// the key came); forgets those older than a day. Called after each
+    /// the key came); forgets those older than a week. Called after each
     /// sync is saved.
     pub(super) async fn answer_awaiting_keys(&self, now: Timestamp) -> Result<(), StoreError> {
-        let awaiting = {
-            let mut gossip = lock(&self.inner.gossip);
-            gossip.awaiting_key.retain(|k| now.saturating_duration_since(k.asked) < AWAITING_KEY_FOR);
-            gossip.awaiting_key.clone()
-        };
+        let awaiting = lock(&self.inner.gossip).answers.awaiting_keys(now);
         for kept in awaiting {
-            let Answer::RoomKey(room_id, session_id) = &kept.answer.what else { continue };
+            let Asked::RoomKey(room_id, session_id) = &kept.answer.asked else { continue };
             let Some(held) = self.load_inbound(room_id, session_id).await? else { continue };
-            if kept.sent_from.is_none_or(|sent| held.first_known_index() < sent) {
+            if kept.better_than_sent(held.first_known_index()) {
                 self.send_answer(kept.answer, now).await?;
             }
         }

@@ -182,13 +182,15 @@ impl OlmMachine {
 
     /// Before events are announced: a sender whose devices or identity
     /// changed has its waiting events decrypted again; a new device of ours
-    /// may be asked for missing keys at once; a backup key that arrived
-    /// makes the engine read the backup (to enable it); once we and another
-    /// device of ours verified each other, our open requests go to it again
-    /// (a device that saw a request before it trusted us did not answer it).
+    /// may be asked for missing keys at once, and our open requests go to
+    /// it (it never saw them); a backup key that arrived makes the engine
+    /// read the backup (to enable it); once we and another device of ours
+    /// verified each other, our open requests go to it again (a device that
+    /// saw a request before it trusted us did not answer it).
     pub(super) fn note_announced(&self, events: &[EngineEvent]) {
         let mut backup_key_arrived = false;
         let mut own_verification_done = false;
+        let mut own_device_added = false;
         {
             let mut pending = lock(&self.inner.pending);
             for event in events {
@@ -198,6 +200,7 @@ impl OlmMachine {
                         pending.sender_changed(&changes.user_id);
                         if changes.user_id == self.inner.own.user_id && !changes.added.is_empty() {
                             pending.own_devices_changed();
+                            own_device_added = true;
                         }
                     }
                     EngineEvent::SecretReceived { name } => {
@@ -214,7 +217,7 @@ impl OlmMachine {
         if backup_key_arrived {
             self.read_backup_to_enable();
         }
-        if own_verification_done {
+        if own_verification_done || own_device_added {
             self.resend_open_gossip_requests();
         }
     }
