@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hush_crypto_core::{
-    BackupRestoreResult,
+    RoomKeyImportResult,
     backup::{BACKUP_ALGORITHM, BackupInfo, ServerBackup},
 };
 use ruma_client_api::{
@@ -165,7 +165,7 @@ impl Encryption {
     /// private key: recovery, or `save_backup_decryption_key`). Entries that
     /// fail their check are counted, not imported. `progress` gets
     /// (processed, total).
-    pub async fn restore_backup(&self, progress: impl FnMut(usize, usize)) -> Result<BackupRestoreResult, ClientError> {
+    pub async fn restore_backup(&self, progress: impl FnMut(usize, usize)) -> Result<RoomKeyImportResult, ClientError> {
         let machine = self.client.olm_machine()?;
         let info = self.latest_backup_info().await?.ok_or(ClientError::NoBackup)?;
         let key = machine.backup_decryption_key().await?.ok_or(ClientError::NoBackup)?;

@@ -39,7 +39,7 @@ pub mod verification;
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use events::{DeviceChanges, EngineEvent, LateDecryption, RoomKeyInfo};
 pub use machine::{
-    BackupError, BackupKeyRecovery, BackupRestoreResult, DecryptedRoomEvent, DeviceListChanges, ImportError,
+    BackupError, BackupKeyRecovery, DecryptedRoomEvent, DeviceListChanges, ImportError,
     MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OneTimeKeyCounts, OpenError, RecoveredSecrets, RecoveryError,
     RoomInfo, RoomKeyImportResult, RoomReadiness, StoreLockOutcome, SyncChanges, SyncOutput, TO_DEVICE_BATCH,
     ToDeviceEncryption, ToDeviceOutcome, VerificationState,

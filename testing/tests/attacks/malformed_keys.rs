@@ -94,6 +94,7 @@ async fn a_33_byte_claimed_key_in_a_key_file_is_skipped() {
     };
     let result = v.bob.machine.import_room_keys(vec![key], |_, _| {}).await.unwrap();
     assert_eq!((result.imported_count, result.total_count), (0, 1), "the key with a broken claimed key was skipped");
+    assert_eq!(result.invalid_count, 1, "and counted as invalid, as a backup restore counts its bad entries");
 }
 
 /// Bytes from a small seeded generator (no clock, no global state).

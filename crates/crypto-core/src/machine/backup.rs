@@ -7,7 +7,7 @@
 
 mod read;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use ruma_client_api::backup::{RoomKeyBackup, add_backup_keys};
 use ruma_common::{OwnedDeviceId, OwnedRoomId, serde::Raw};
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{OlmMachine, lock};
 use crate::{
-    AnyOutgoingRequest, KeySource, OutgoingRequest, StoreError,
+    AnyOutgoingRequest, KeySource, OutgoingRequest, RoomKeyImportResult, StoreError,
     backup::{
         BackupDecryptionKey, BackupEncryptionKey, BackupInfo, BackupKeyError, BackupTrust, KeyBackupData, Uploads,
         backup_entry, session_from_backup,
@@ -116,22 +116,6 @@ impl BackupState {
     fn scan_unfinished(&self) -> bool {
         self.active.as_ref().is_some_and(|(stored, _)| !stored.queued_all)
     }
-}
-
-/// The outcome of a restore from a backup.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BackupRestoreResult {
-    /// Keys stored (new, or better than the copy we had).
-    pub imported_count: usize,
-    /// Entries in the backup data given.
-    pub total_count: usize,
-    /// Entries that failed to decrypt (MAC failure: another key, or data
-    /// not made for this backup) or were malformed; logged and skipped.
-    pub invalid_count: usize,
-    /// Keys refused because their session id is held for another owner.
-    pub conflicting_count: usize,
-    /// The stored keys, by room.
-    pub keys: BTreeMap<OwnedRoomId, BTreeSet<String>>,
 }
 
 fn record(backup: Option<&StoredBackup>) -> (String, Vec<u8>) {
@@ -458,9 +442,9 @@ impl OlmMachine {
         key: &BackupDecryptionKey,
         rooms: &BTreeMap<OwnedRoomId, RoomKeyBackup>,
         mut progress: impl FnMut(usize, usize),
-    ) -> Result<BackupRestoreResult, StoreError> {
+    ) -> Result<RoomKeyImportResult, StoreError> {
         let total = rooms.values().map(|room| room.sessions.len()).sum();
-        let mut result = BackupRestoreResult { total_count: total, ..Default::default() };
+        let mut result = RoomKeyImportResult { total_count: total, ..Default::default() };
         let mut batch = Vec::new();
         let mut done = 0;
         for (room_id, room) in rooms {
@@ -494,7 +478,7 @@ impl OlmMachine {
     async fn import_backup_batch(
         &self,
         sessions: Vec<crate::megolm::InboundGroupSession>,
-        result: &mut BackupRestoreResult,
+        result: &mut RoomKeyImportResult,
     ) -> Result<(), StoreError> {
         let tally = self.store_unauthenticated_keys(sessions).await?;
         result.conflicting_count += tally.conflicting;

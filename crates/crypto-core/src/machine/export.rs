@@ -18,7 +18,8 @@ use crate::{
 /// Keys are read from the store, and saved on import, this many at a time.
 const PAGE: usize = 1000;
 
-/// The outcome of an import.
+/// The outcome of an import of room keys, from a key file, a list of
+/// exported keys or the key backup (the one result of every import).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoomKeyImportResult {
     /// Keys stored (new, or better than the copy we had).
@@ -30,6 +31,10 @@ pub struct RoomKeyImportResult {
     /// Keys refused because their session id is held for another owner
     /// (another sender key, claimed ed25519 key or user).
     pub conflicting_count: usize,
+    /// Entries skipped, logged: malformed (a key that is not a valid
+    /// session), or, from a backup, failing their MAC (another backup's
+    /// key, or data not made for this backup).
+    pub invalid_count: usize,
 }
 
 /// Why a key file could not be imported.
@@ -166,6 +171,7 @@ impl OlmMachine {
             match contain("an imported room key", || session_from_export(key)).ok().flatten() {
                 Some(session) => sessions.push(session),
                 None => {
+                    result.invalid_count += 1;
                     tracing::warn!(room_id = %key.room_id, session_id = %key.session_id, "skipped an invalid exported key")
                 }
             }

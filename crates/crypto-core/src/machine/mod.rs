@@ -36,7 +36,7 @@ use vodozemac::{Curve25519PublicKey, Ed25519PublicKey};
 pub use crate::megolm::{DecryptedRoomEvent, MegolmDecryptionInfo, VerificationState};
 pub use crate::olm::OneTimeKeyCounts;
 pub use crate::olm::{OlmDecryptionInfo, ToDeviceOutcome};
-pub use backup::{BackupError, BackupRestoreResult};
+pub use backup::BackupError;
 pub use export::{ImportError, RoomKeyImportResult};
 pub use room::{RoomInfo, RoomReadiness};
 pub use secrets::{BackupKeyRecovery, RecoveredSecrets, RecoveryError};
