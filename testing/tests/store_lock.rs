@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hush_crypto_core::{CryptoStore, EncryptError, EncryptionSettings, MemoryStore, StoreError, ToDeviceOutcome};
+use hush_crypto_core::{
+    CryptoStore, EncryptError, EncryptionSettings, EngineEvent, MemoryStore, StoreError, ToDeviceOutcome,
+};
 use hush_testing::{TestDevice, TestServer, VirtualClock};
 use ruma_common::{OwnedRoomId, OwnedUserId};
 use serde_json::Value;
@@ -251,4 +253,50 @@ async fn work_that_outlived_its_lease_sends_nothing() {
     assert!(matches!(refused, EncryptError::Store(StoreError::LockNotHeld { .. })), "{refused:?}");
     let drained = app.machine.outgoing_requests(clock.now()).await.expect_err("requests under a lost lease");
     assert!(matches!(drained, StoreError::LockNotHeld { .. }), "{drained:?}");
+}
+
+/// The helper reads a message before its key arrived and lets go of the
+/// lock; the app takes it over (reloading) and syncs the key. The app must
+/// know the event the helper left waiting: it decrypts it and announces it
+/// as a late decryption. Before the fix the reload kept only the app's own
+/// list of waiting events, and the message stayed unreadable until the app
+/// happened to read it again.
+#[tokio::test]
+async fn an_event_left_waiting_by_the_other_engine_heals_after_the_lock_changes_hands() {
+    let server = Arc::new(TestServer::new());
+    let clock = VirtualClock::default();
+    let (alice, bob_id) = (user("alice"), user("bob"));
+    let room: OwnedRoomId = "!waiting:example.org".try_into().expect("room id");
+    let store: Arc<dyn CryptoStore> = Arc::new(MemoryStore::new());
+    let mut app = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    let helper = TestDevice::with_store(&server, &clock, &alice, "ALICE1", store.clone()).await;
+    let bob = TestDevice::new(&server, &clock, &bob_id, "BOB0").await;
+    app.machine.lock_store("app", clock.now(), LEASE).await.expect("lock");
+    app.drain().await;
+    app.machine.unlock_store().await.expect("unlock");
+
+    bob.share_room_key(&room, &[&alice], &EncryptionSettings::default()).await;
+    let message = bob.encrypt_text(&room, "sent while the helper held the store").await;
+    helper.machine.lock_store("helper", clock.now(), LEASE).await.expect("the helper takes the lock");
+    let unreadable = helper.decrypt_text(&room, &message).await;
+    assert!(unreadable.is_err(), "the helper has not synced the key: {unreadable:?}");
+    helper.machine.unlock_store().await.expect("unlock");
+
+    let outcome = app.machine.lock_store("app", clock.now(), LEASE).await.expect("the app takes the lock back");
+    assert!(outcome.reloaded, "the helper held the lock last");
+    let _ = app.machine.drain_events();
+    let synced = app.sync().await;
+    all_decrypted(&synced.to_device, "app");
+    app.drain().await;
+    let late: Vec<String> = app
+        .machine
+        .drain_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            EngineEvent::LateDecryption(late) => Some(late.event_id),
+            _ => None,
+        })
+        .collect();
+    let event_id = message["event_id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(late, vec![event_id], "the event the helper left waiting was decrypted by the app");
 }

@@ -39,10 +39,10 @@ pub mod verification;
 pub use devices::{DeviceData, DeviceKeysError, LocalTrust};
 pub use events::{DeviceChanges, EngineEvent, LateDecryption, RoomKeyInfo};
 pub use machine::{
-    BackupError, BackupKeyRecovery, DecryptedRoomEvent, DeviceListChanges, ImportError,
-    MegolmDecryptionInfo, OlmDecryptionInfo, OlmMachine, OneTimeKeyCounts, OpenError, RecoveredSecrets, RecoveryError,
-    RoomInfo, RoomKeyImportResult, RoomReadiness, StoreLockOutcome, SyncChanges, SyncOutput, TO_DEVICE_BATCH,
-    ToDeviceEncryption, ToDeviceOutcome, VerificationState,
+    BackupError, BackupKeyRecovery, DecryptedRoomEvent, DeviceListChanges, ImportError, MegolmDecryptionInfo,
+    OlmDecryptionInfo, OlmMachine, OneTimeKeyCounts, OpenError, RecoveredSecrets, RecoveryError, RoomInfo,
+    RoomKeyImportResult, RoomReadiness, StoreLockOutcome, SyncChanges, SyncOutput, TO_DEVICE_BATCH, ToDeviceEncryption,
+    ToDeviceOutcome, VerificationState,
 };
 pub use megolm::{
     DecryptionSettings, EncryptError, EncryptionMerge, EncryptionSettings, KeySource, MEGOLM_ALGORITHM, MegolmError,

@@ -156,6 +156,7 @@ impl OlmMachine {
         let cross_signing = store.load_private_identity().await?;
         let backup = super::backup::BackupState::load(store.as_ref()).await?;
         let gossip_record = store.get_custom_value(crate::gossip::GOSSIP_RECORD).await?;
+        let pending_record = store.get_custom_value(crate::utd::pending::PENDING_RECORD).await?;
         // Everything read: swap it in.
         *account = fresh_account;
         sessions.clear();
@@ -166,6 +167,7 @@ impl OlmMachine {
         *lock(&self.inner.cross_signing) = cross_signing;
         *lock(&self.inner.backup) = backup;
         *lock(&self.inner.gossip) = super::gossip::GossipState::from_record(gossip_record.as_deref());
+        lock(&self.inner.pending).merge_stored(pending_record.as_deref());
         tracing::info!("the store lock changed hands: reloaded the engine's state from the store");
         Ok(())
     }

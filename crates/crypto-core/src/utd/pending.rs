@@ -530,6 +530,22 @@ impl PendingDecryptions {
     }
 }
 
+impl PendingDecryptions {
+    /// Another process held the store meanwhile: the events it saved as
+    /// waiting join ours (ours may not all be in its record, and its
+    /// newest are not in ours), and all are decrypted again (it may have
+    /// stored their keys). One it healed meanwhile is announced here too,
+    /// once; an application replaces a late decryption by its event id.
+    pub(crate) fn merge_stored(&mut self, record: Option<&[u8]>) {
+        let stored = Self::from_record(record);
+        for event in stored.events {
+            self.record(event);
+        }
+        self.retry_all = self.len() > 0;
+        self.dirty = true;
+    }
+}
+
 /// When a key asked `times` times, last at `at`, is due to be asked again.
 fn reask_at(at: Timestamp, times: u32) -> Timestamp {
     let doublings = times.saturating_sub(1).min(16);

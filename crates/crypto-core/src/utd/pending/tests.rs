@@ -295,3 +295,19 @@ fn with_a_readable_backup_a_key_is_asked_of_our_devices_only_after_the_backup_wa
     assert_eq!(pending.key_requests_deadline(never_open, true), Some(Timestamp::EPOCH), "not in the backup");
     assert_eq!(pending.take_key_requests(now, never_open, true), [key(0)]);
 }
+
+#[test]
+fn a_record_saved_by_another_process_joins_ours_and_everything_is_retried() {
+    let mut ours = holding([1, 2]);
+    let _ = ours.take_retries();
+    let (_, theirs) = holding([2, 3]).take_record().expect("a record");
+    ours.merge_stored(Some(&theirs));
+    assert_eq!(ours.len(), 3, "ours and theirs, each event once");
+    assert!(ours.retry_due());
+    let retried: Vec<String> = ours.take_retries().into_iter().map(|e| e.event_id).collect();
+    assert_eq!(retried, vec!["$e1".to_owned(), "$e2".to_owned(), "$e3".to_owned()]);
+    assert!(ours.take_record().is_some(), "the merged registry is saved with the next batch");
+    let mut empty = PendingDecryptions::default();
+    empty.merge_stored(Some(b"not json"));
+    assert!(!empty.retry_due(), "a bad record adds nothing and retries nothing");
+}
